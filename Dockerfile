@@ -1,0 +1,45 @@
+# Guest image: Debian's redis-server (7.0 on bookworm) plus the trove-guestagent binary.
+#
+# `docker build .` expects binaries built on the host beforehand with `cargo build --release`:
+#   target/release/trove-guestagent   (required)
+#   target/release/trove-guestctl     (copied too when present)
+# .dockerignore sends only those two files from the repository. They link against the host's
+# glibc, so build them on Debian 12 or another system with glibc <= 2.36, or the check below
+# fails. scripts/docker-images.sh builds the binaries and all images.
+#
+# The agent reads its settings from TROVE_GUESTAGENT__<SECTION>__<KEY> variables (defaults
+# below; see etc/trove-guestagent.toml for every key) or from a file given with --config.
+# TROVE_GUESTAGENT__GUEST__ID has no default and must be set. With REDIS__SERVICE=supervised the
+# agent runs redis-server as its own child, so the image has no init system; use `docker run
+# --init` (compose: `init: true`) so that orphaned processes are reaped.
+FROM debian:bookworm-slim
+
+RUN set -eux; \
+    apt-get update; \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server; \
+    rm -rf /var/lib/apt/lists/*; \
+    install -d -o redis -g redis -m 0750 /var/lib/redis; \
+    redis-server --version
+
+ENV TROVE_GUESTAGENT__RPC__TRANSPORT_URL=rabbit://trove:trove@rabbitmq:5672/ \
+    TROVE_GUESTAGENT__REDIS__SERVICE=supervised \
+    TROVE_GUESTAGENT__REDIS__BINARY=/usr/bin/redis-server \
+    TROVE_GUESTAGENT__REDIS__CONFIG_FILE=/var/lib/redis/redis.conf \
+    TROVE_GUESTAGENT__REDIS__DATA_DIR=/var/lib/redis \
+    TROVE_GUESTAGENT__REDIS__PORT=6379
+
+# The glob copies trove-guestctl only if it was built; the RUN fails if the agent is missing or
+# needs libraries (or a glibc) that the image lacks.
+COPY target/release/trove-guest* /usr/local/bin/
+RUN set -eu; \
+    test -x /usr/local/bin/trove-guestagent; \
+    for b in /usr/local/bin/trove-guest*; do \
+        if ldd "$b" 2>&1 | grep 'not found'; then echo "$b cannot run here" >&2; exit 1; fi; \
+    done
+
+# The agent and Redis run as the unprivileged redis user; everything they write is under
+# /var/lib/redis (config, agent state, dump.rdb).
+USER redis
+WORKDIR /var/lib/redis
+EXPOSE 6379
+ENTRYPOINT ["trove-guestagent"]

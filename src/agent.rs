@@ -1,0 +1,158 @@
+//! The agent: wires config, datastore, strategy, RPC server and heartbeats, and shuts down gracefully.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Settings;
+use crate::datastore::redis::RedisManager;
+use crate::datastore::ServiceStatus;
+use crate::methods::Guest;
+use crate::replication;
+use crate::rpc::{self, crypto::Cipher, publisher::Publisher, server::RpcServer, AmqpOptions};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("datastore: {0}")]
+    Datastore(#[from] crate::datastore::Error),
+    #[error("replication.strategy: {0}")]
+    Strategy(String),
+}
+
+/// Options a caller may add (tests use `on_consuming` to know when the agent is ready).
+#[derive(Default)]
+pub struct Hooks {
+    pub on_consuming: Option<tokio::sync::mpsc::UnboundedSender<()>>,
+}
+
+/// Runs the agent until `cancel` fires.
+pub async fn run(settings: Settings, cancel: CancellationToken, hooks: Hooks) -> Result<(), Error> {
+    let manager = Arc::new(RedisManager::new(settings.redis.clone())?);
+    let strategy = replication::strategy_for(&settings.replication.strategy, manager.clone(), settings.replication.clone())
+        .map_err(Error::Strategy)?;
+    let background = cancel.child_token();
+    manager.boot(background.clone()).await?;
+    let (status_tx, status_rx) = watch::channel(ServiceStatus::New);
+    let guest = Arc::new(Guest::new(manager.clone(), strategy, status_tx.clone()));
+    let cipher = settings.guest.instance_rpc_encr_key.as_ref().map(Cipher::new);
+    let opts = AmqpOptions {
+        transport_url: secrecy::SecretString::from(settings.rpc.transport_url.expose_secret().to_owned()),
+        control_exchange: settings.rpc.control_exchange.clone(),
+        durable: settings.rpc.durable_queues,
+        quorum: settings.rpc.quorum_queues,
+        ha: settings.rpc.ha_queues,
+        transient_ttl_ms: settings.rpc.transient_queues_ttl.saturating_mul(1000),
+        heartbeat: settings.rpc.heartbeat,
+        ssl_ca_file: settings.rpc.ssl_ca_file.clone(),
+        ssl_client_pkcs12: settings.rpc.ssl_client_pkcs12.clone(),
+        ssl_client_pkcs12_password: settings.rpc.ssl_client_pkcs12_password.clone(),
+        connection_name: format!("trove-guestagent:{}", settings.guest.id),
+    };
+    let (handle, publisher) = rpc::publisher::publisher();
+    let heartbeat = Heartbeat {
+        publisher: publisher.clone(),
+        exchange: settings.rpc.control_exchange.clone(),
+        topic: settings.conductor.topic.clone(),
+        instance_id: settings.guest.id.clone(),
+        cipher: cipher.clone(),
+        interval: Duration::from_secs(settings.conductor.report_interval),
+    };
+    let heartbeat_task = tokio::spawn(heartbeat.clone().run(manager.clone(), status_tx, status_rx, background.clone()));
+    let server = RpcServer {
+        opts,
+        topic: format!("guestagent.{}", settings.guest.id),
+        server: settings.guest.id.clone(),
+        endpoint: guest,
+        cipher,
+        max_body: settings.rpc.max_message_bytes,
+        reconnect_max_backoff: Duration::from_secs(settings.rpc.reconnect_max_backoff.max(1)),
+        publisher,
+        publisher_handle: handle,
+        on_consuming: hooks.on_consuming,
+    };
+    let tracker = TaskTracker::new();
+    server.run(cancel.clone(), tracker.clone()).await;
+    tracker.close();
+    let grace = Duration::from_secs(settings.guest.shutdown_grace);
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(grace_s = grace.as_secs(), "in-flight calls did not finish within the grace period");
+    }
+    background.cancel();
+    let _ = heartbeat_task.await;
+    let last = manager.status().await;
+    if let Err(error) = heartbeat.send(last).await {
+        tracing::warn!(%error, "last heartbeat not sent");
+    }
+    tracing::info!(status = last.description(), "agent stopped");
+    Ok(())
+}
+
+#[derive(Clone)]
+struct Heartbeat {
+    publisher: Publisher,
+    exchange: String,
+    topic: String,
+    instance_id: String,
+    cipher: Option<Cipher>,
+    interval: Duration,
+}
+
+impl Heartbeat {
+    async fn send(&self, status: ServiceStatus) -> Result<(), rpc::Error> {
+        rpc::conductor::send_heartbeat(&self.publisher, &self.exchange, &self.topic, &self.instance_id, status.description(), self.cipher.as_ref())
+            .await
+    }
+
+    /// Heartbeats on start, every interval, and at once on every status change.
+    async fn run(
+        self,
+        manager: Arc<RedisManager>,
+        status_tx: watch::Sender<ServiceStatus>,
+        mut status_rx: watch::Receiver<ServiceStatus>,
+        cancel: CancellationToken,
+    ) {
+        status_tx.send_replace(manager.status().await);
+        let probe_every = self.interval.min(Duration::from_secs(5));
+        let mut last_sent = tokio::time::Instant::now() - self.interval;
+        let mut probe = tokio::time::interval(probe_every);
+        loop {
+            let status = *status_rx.borrow_and_update();
+            if last_sent.elapsed() >= self.interval || status_rx.has_changed().unwrap_or(false) {
+                match self.send(status).await {
+                    Ok(()) => {
+                        tracing::debug!(status = status.description(), "heartbeat sent");
+                        last_sent = tokio::time::Instant::now();
+                    }
+                    Err(error) => tracing::warn!(%error, "heartbeat not sent"),
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                changed = status_rx.changed() => {
+                    if changed.is_err() { return; }
+                    let s = *status_rx.borrow();
+                    if let Err(error) = self.send(s).await {
+                        tracing::warn!(%error, "heartbeat not sent");
+                    } else {
+                        last_sent = tokio::time::Instant::now();
+                    }
+                    status_rx.borrow_and_update();
+                }
+                _ = probe.tick() => {
+                    let current = *status_rx.borrow();
+                    if !matches!(current, ServiceStatus::Building | ServiceStatus::Failed) {
+                        let probed = manager.status().await;
+                        if probed != current {
+                            tracing::info!(from = current.description(), to = probed.description(), "status changed");
+                            status_tx.send_replace(probed);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

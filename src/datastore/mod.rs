@@ -1,0 +1,62 @@
+//! The datastore boundary: what the guest manages locally. Knows nothing about AMQP or envelopes.
+
+pub mod redis;
+
+/// The status the guest reports to the conductor (Trove's service_status descriptions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceStatus {
+    Building,
+    Healthy,
+    Shutdown,
+    Blocked,
+    Crashed,
+    Failed,
+    /// Nothing prepared yet: Redis has no configuration (Trove's "build pending" / new instance).
+    New,
+}
+
+impl ServiceStatus {
+    /// The description Trove's conductor understands.
+    pub fn description(self) -> &'static str {
+        match self {
+            ServiceStatus::Building => "building",
+            ServiceStatus::Healthy => "healthy",
+            ServiceStatus::Shutdown => "shutdown",
+            ServiceStatus::Blocked => "blocked",
+            ServiceStatus::Crashed => "crashed",
+            ServiceStatus::Failed => "failed to spawn",
+            ServiceStatus::New => "new",
+        }
+    }
+}
+
+/// Datastore errors. Messages name what failed and never carry passwords.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("redis is not running")]
+    NotRunning,
+    #[error("redis is loading its dataset")]
+    Loading,
+    #[error("redis command {command} failed: {reason}")]
+    Command { command: String, reason: String },
+    #[error("cannot reach {what}: {reason}")]
+    Unreachable { what: String, reason: String },
+    #[error("{0}")]
+    Refused(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
+    #[error("operation {0} is not supported with this service mode")]
+    NotSupported(String),
+    #[error("{path}: {reason}")]
+    Io { path: String, reason: String },
+    #[error("service control failed: {0}")]
+    Service(String),
+}
+
+impl Error {
+    pub fn io(path: &std::path::Path, e: impl std::fmt::Display) -> Self {
+        Error::Io { path: path.display().to_string(), reason: e.to_string() }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,130 @@
+//! The admin connection to a Redis server: typed commands, renamed CONFIG, errors without secrets.
+
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+
+use super::info::{Info, Replication};
+use crate::datastore::{Error, Result};
+
+/// A connection to one Redis server.
+pub struct Admin {
+    con: MultiplexedConnection,
+    config_command: String,
+    what: String,
+}
+
+/// Where and how to connect.
+#[derive(Clone)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub password: Option<secrecy::SecretString>,
+    pub config_command: String,
+    pub timeout: Duration,
+}
+
+impl Admin {
+    pub async fn connect(target: &Target) -> Result<Admin> {
+        use secrecy::ExposeSecret;
+        let what = format!("redis at {}:{}", target.host, target.port);
+        let info = redis::ConnectionInfo {
+            addr: redis::ConnectionAddr::Tcp(target.host.clone(), target.port),
+            redis: redis::RedisConnectionInfo {
+                password: target.password.as_ref().map(|p| p.expose_secret().to_owned()).filter(|p| !p.is_empty()),
+                ..Default::default()
+            },
+        };
+        let client = redis::Client::open(info).map_err(|e| Error::Unreachable { what: what.clone(), reason: e.to_string() })?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(target.timeout)
+            .set_response_timeout(target.timeout.max(Duration::from_secs(10)));
+        let con = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| classify("connect", &what, e))?;
+        Ok(Admin { con, config_command: target.config_command.clone(), what })
+    }
+
+    async fn run<T: redis::FromRedisValue>(&mut self, name: &str, cmd: &redis::Cmd) -> Result<T> {
+        cmd.query_async(&mut self.con).await.map_err(|e| classify(name, &self.what, e))
+    }
+
+    pub async fn ping(&mut self) -> Result<()> {
+        self.run::<String>("PING", &redis::cmd("PING")).await.map(|_| ())
+    }
+
+    pub async fn info(&mut self, section: &str) -> Result<Info> {
+        let text: String = self.run("INFO", redis::cmd("INFO").arg(section)).await?;
+        Ok(Info::parse(&text))
+    }
+
+    pub async fn replication(&mut self) -> Result<Replication> {
+        self.info("replication")
+            .await?
+            .replication()
+            .ok_or_else(|| Error::Command { command: "INFO replication".into(), reason: "no role in reply".into() })
+    }
+
+    pub async fn config_get(&mut self, key: &str) -> Result<Option<String>> {
+        let cmd = self.config_command.clone();
+        let pairs: Vec<String> = self.run("CONFIG GET", redis::cmd(&cmd).arg("GET").arg(key)).await?;
+        Ok(pairs.get(1).cloned())
+    }
+
+    /// `CONFIG SET key value`. The value is never put in the error (it may be a password).
+    pub async fn config_set(&mut self, key: &str, value: &str) -> Result<()> {
+        let cmd = self.config_command.clone();
+        self.run::<()>(&format!("CONFIG SET {key}"), redis::cmd(&cmd).arg("SET").arg(key).arg(value)).await
+    }
+
+    pub async fn replicaof(&mut self, host: &str, port: u16) -> Result<()> {
+        self.run::<String>("SLAVEOF", redis::cmd("SLAVEOF").arg(host).arg(port)).await.map(|_| ())
+    }
+
+    pub async fn replicaof_no_one(&mut self) -> Result<()> {
+        self.run::<String>("SLAVEOF NO ONE", redis::cmd("SLAVEOF").arg("NO").arg("ONE")).await.map(|_| ())
+    }
+
+    /// `CLIENT PAUSE ms WRITE` (6.2+); older servers pause all clients.
+    pub async fn pause_writes(&mut self, ms: u64, write_only: bool) -> Result<()> {
+        let mut cmd = redis::cmd("CLIENT");
+        cmd.arg("PAUSE").arg(ms);
+        if write_only {
+            cmd.arg("WRITE");
+        }
+        self.run::<()>("CLIENT PAUSE", &cmd).await
+    }
+
+    pub async fn unpause(&mut self) -> Result<()> {
+        self.run::<()>("CLIENT UNPAUSE", redis::cmd("CLIENT").arg("UNPAUSE")).await
+    }
+
+    /// `SHUTDOWN` (saving if persistence is configured). The connection dropping is success.
+    pub async fn shutdown(&mut self) -> Result<()> {
+        match redis::cmd("SHUTDOWN").query_async::<()>(&mut self.con).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() => Ok(()),
+            Err(e) => Err(classify("SHUTDOWN", &self.what, e)),
+        }
+    }
+
+    /// A raw command, for tests and benchmarks.
+    pub fn connection(&mut self) -> &mut MultiplexedConnection {
+        &mut self.con
+    }
+}
+
+fn classify(command: &str, what: &str, e: redis::RedisError) -> Error {
+    let reason = e.to_string();
+    if reason.contains("LOADING") {
+        return Error::Loading;
+    }
+    if e.is_connection_refusal() {
+        return Error::NotRunning;
+    }
+    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+        return Error::Unreachable { what: what.to_owned(), reason };
+    }
+    Error::Command { command: command.to_owned(), reason }
+}

@@ -1,0 +1,286 @@
+//! The Redis datastore manager: lifecycle, configuration layers, status probe, filesystem stats.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+use tokio::sync::Mutex;
+
+use super::admin::{Admin, Target};
+use super::service::{self, Service};
+use super::state::{self, MasterSettings, ReplicaOf, State, System};
+use crate::config::{RedisSettings, ServiceKind};
+use crate::datastore::{Error, Result, ServiceStatus};
+
+/// Owns the local Redis: its process, its redis.conf and the admin connection.
+pub struct RedisManager {
+    pub settings: RedisSettings,
+    service: Service,
+    state: Mutex<State>,
+    state_path: PathBuf,
+    major: AtomicU32,
+}
+
+impl RedisManager {
+    /// Loads the state; a config file left by an earlier life is adopted as the base.
+    pub fn new(settings: RedisSettings) -> Result<RedisManager> {
+        let state_path = settings.state_path();
+        let state = match State::load(&state_path)? {
+            Some(s) => s,
+            None => match std::fs::read_to_string(&settings.config_file) {
+                Ok(text) => adopt(&text)?,
+                Err(_) => State::default(),
+            },
+        };
+        let major = redis_major(&settings.binary).unwrap_or(7);
+        Ok(RedisManager {
+            service: Service::new(&settings),
+            settings,
+            state: Mutex::new(state),
+            state_path,
+            major: AtomicU32::new(major),
+        })
+    }
+
+    /// Starts the supervisor; in supervised mode an already prepared Redis is started, as after a reboot.
+    pub async fn boot(&self, cancel: tokio_util::sync::CancellationToken) -> Result<()> {
+        if let Service::Supervised(s) = &self.service {
+            s.spawn_watch(cancel);
+            if self.prepared().await {
+                // Re-render so the file carries the agent's current layers.
+                self.write_config().await?;
+                self.service.start().await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn prepared(&self) -> bool {
+        self.state.lock().await.base.is_some()
+    }
+
+    pub fn major(&self) -> u32 {
+        self.major.load(Ordering::Relaxed)
+    }
+
+    fn system(&self) -> System<'_> {
+        System {
+            port: self.settings.port,
+            dir: &self.settings.data_dir,
+            daemonize: self.settings.service != ServiceKind::Supervised,
+        }
+    }
+
+    /// Renders and writes redis.conf and the state file (both 0600, atomic).
+    async fn write_locked(&self, state: &State) -> Result<()> {
+        std::fs::create_dir_all(&self.settings.data_dir).map_err(|e| Error::io(&self.settings.data_dir, e))?;
+        state::write_private(&self.settings.config_file, state.render(&self.system(), self.major()).as_bytes())?;
+        state.save(&self.state_path)
+    }
+
+    pub async fn write_config(&self) -> Result<()> {
+        let state = self.state.lock().await;
+        self.write_locked(&state).await
+    }
+
+    /// Applies `change` to the state and persists it.
+    pub async fn update<T>(&self, change: impl FnOnce(&mut State) -> T) -> Result<T> {
+        let mut state = self.state.lock().await;
+        let mut next = state.clone();
+        let out = change(&mut next);
+        self.write_locked(&next).await?;
+        *state = next;
+        Ok(out)
+    }
+
+    pub async fn snapshot_state(&self) -> State {
+        self.state.lock().await.clone()
+    }
+
+    pub async fn set_replica(&self, replica: Option<ReplicaOf>) -> Result<()> {
+        self.update(|s| s.replica = replica).await
+    }
+
+    pub async fn set_master(&self, master: Option<MasterSettings>) -> Result<()> {
+        self.update(|s| s.master = master).await
+    }
+
+    /// Connection parameters for the local server.
+    pub async fn target(&self) -> Target {
+        let state = self.state.lock().await;
+        Target {
+            host: "127.0.0.1".into(),
+            port: self.settings.port,
+            password: state.requirepass().map(secrecy::SecretString::from),
+            config_command: self
+                .settings
+                .config_command
+                .clone()
+                .or_else(|| state.config_command())
+                .unwrap_or_else(|| "CONFIG".into()),
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    pub async fn admin(&self) -> Result<Admin> {
+        let mut admin = Admin::connect(&self.target().await).await?;
+        if let Ok(info) = admin.info("server").await {
+            if let Some((major, _, _)) = info.version() {
+                self.major.store(major, Ordering::Relaxed);
+            }
+        }
+        Ok(admin)
+    }
+
+    /// The status probe: PING ok is healthy, refused is shutdown, loading is blocked.
+    pub async fn status(&self) -> ServiceStatus {
+        if !self.prepared().await && !service::port_open(self.settings.port).await {
+            return ServiceStatus::New;
+        }
+        let probe = async {
+            let mut admin = self.admin().await?;
+            admin.ping().await
+        };
+        match probe.await {
+            Ok(()) => ServiceStatus::Healthy,
+            Err(Error::NotRunning) => ServiceStatus::Shutdown,
+            Err(Error::Loading) => ServiceStatus::Blocked,
+            Err(_) => ServiceStatus::Crashed,
+        }
+    }
+
+    /// Waits until Redis answers PING (and has loaded its data).
+    pub async fn wait_ready(&self) -> Result<()> {
+        let timeout = Duration::from_secs(self.settings.start_timeout);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let last = match self.admin().await {
+                Ok(mut a) => match a.ping().await {
+                    Ok(()) => return Ok(()),
+                    Err(e) => e,
+                },
+                Err(e) => e,
+            };
+            if tokio::time::Instant::now() > deadline {
+                return Err(Error::Timeout(format!("redis did not become ready within {timeout:?}: {last}")));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn server_pid(&self) -> Option<i32> {
+        let mut admin = self.admin().await.ok()?;
+        admin.info("server").await.ok()?.get("process_id")?.parse().ok()
+    }
+
+    pub async fn start(&self) -> Result<()> {
+        self.service.start().await?;
+        self.wait_ready().await
+    }
+
+    pub async fn stop(&self) -> Result<()> {
+        let pid = self.server_pid().await;
+        self.service.stop(pid, Duration::from_secs(self.settings.stop_timeout)).await
+    }
+
+    pub async fn restart(&self) -> Result<()> {
+        if !self.service.can_control() {
+            return Err(Error::NotSupported("restart (redis.service = external)".into()));
+        }
+        self.stop().await?;
+        self.start().await
+    }
+
+    /// `prepare`: write the rendered configuration and overrides, then (re)start Redis.
+    pub async fn prepare(&self, config_contents: Option<String>, overrides: Map<String, Value>) -> Result<()> {
+        let base = config_contents.unwrap_or_else(default_base);
+        self.update(|s| {
+            s.base = Some(base);
+            s.user = overrides.into_iter().collect();
+            s.replica = None;
+            s.master = None;
+        })
+        .await?;
+        if service::port_open(self.settings.port).await && self.service.can_control() {
+            self.restart().await
+        } else if self.service.can_control() {
+            self.start().await
+        } else {
+            self.wait_ready().await
+        }
+    }
+
+    /// New base configuration (resize, reset): replication and user layers are kept.
+    pub async fn replace_base(&self, contents: String) -> Result<()> {
+        self.update(|s| s.base = Some(contents)).await
+    }
+
+    pub async fn update_overrides(&self, overrides: Map<String, Value>, remove: bool) -> Result<()> {
+        self.update(|s| s.user = if remove { Default::default() } else { overrides.into_iter().collect() }).await
+    }
+
+    /// Runtime `CONFIG SET` of each override; replication-controlled keys are refused.
+    pub async fn apply_overrides(&self, overrides: &Map<String, Value>) -> Result<()> {
+        for key in overrides.keys() {
+            if state::PROTECTED.contains(&super::conf::canonical(key).as_str()) {
+                return Err(Error::Refused(format!("'{key}' is managed by the replication strategy and cannot be overridden")));
+            }
+        }
+        let mut admin = self.admin().await?;
+        for (key, value) in overrides {
+            admin.config_set(key, &state::value_string(value)).await?;
+        }
+        Ok(())
+    }
+
+    /// Trove's `get_filesystem_stats`: total/used in GB, free in bytes.
+    pub fn filesystem_stats(&self, path: Option<&str>) -> Result<Value> {
+        let path = path.map(PathBuf::from).unwrap_or_else(|| self.settings.data_dir.clone());
+        let probe = if path.exists() { path.clone() } else { path.parent().map(PathBuf::from).unwrap_or(path.clone()) };
+        let st = nix::sys::statvfs::statvfs(&probe).map_err(|e| Error::io(&probe, e))?;
+        let block = st.fragment_size() as u64;
+        let total = st.blocks() as u64 * block;
+        let free = st.blocks_available() as u64 * block;
+        let used = total.saturating_sub(st.blocks_free() as u64 * block);
+        let gb = |b: u64| ((b as f64 / 1024f64.powi(3)) * 100.0).round() / 100.0;
+        Ok(json!({
+            "block_size": block,
+            "total_blocks": st.blocks(),
+            "free_blocks": st.blocks_available(),
+            "total": gb(total),
+            "free": free,
+            "used": gb(used),
+        }))
+    }
+
+    /// Free bytes on the data directory's filesystem.
+    pub fn free_disk(&self) -> Result<u64> {
+        let dir = &self.settings.data_dir;
+        let st = nix::sys::statvfs::statvfs(dir).map_err(|e| Error::io(dir, e))?;
+        Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
+    }
+}
+
+/// Takes over a redis.conf written before the agent managed it (the part above our marker).
+fn adopt(text: &str) -> Result<State> {
+    let base: String = text
+        .lines()
+        .take_while(|l| l.trim() != super::conf::MANAGED_MARKER)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    Ok(State { base: Some(base), ..Default::default() })
+}
+
+/// The configuration used when `prepare` carries none.
+fn default_base() -> String {
+    "bind 127.0.0.1 ::1\nprotected-mode yes\nsave 3600 1 300 100 60 10000\nappendonly no\nreplica-read-only yes\n".into()
+}
+
+/// The major version of the installed redis-server (`redis-server --version`).
+fn redis_major(binary: &str) -> Option<u32> {
+    let out = std::process::Command::new(binary).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = text.split_whitespace().find_map(|w| w.strip_prefix("v="))?;
+    v.split('.').next()?.parse().ok()
+}

@@ -1,0 +1,231 @@
+//! The agent's layered view of redis.conf, persisted atomically with mode 0600.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::conf::{self, Override};
+use crate::datastore::{Error, Result};
+
+/// Where this node replicates from; survives restarts through redis.conf.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaOf {
+    pub host: String,
+    pub port: u16,
+    pub masterauth: Option<String>,
+}
+
+/// Settings a replica source carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MasterSettings {
+    pub diskless_sync: bool,
+    pub diskless_sync_delay: u32,
+    pub diskless_sync_max_replicas: Option<u32>,
+}
+
+/// Everything that makes up redis.conf, by layer: base < user < system < persistence < master < replica.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    /// The configuration Trove rendered (prepare, reset, resize). None: not prepared.
+    pub base: Option<String>,
+    /// Configuration-group overrides.
+    pub user: BTreeMap<String, Value>,
+    /// Save points the agent turned on because the master had no persistence.
+    pub persistence: Option<String>,
+    pub master: Option<MasterSettings>,
+    pub replica: Option<ReplicaOf>,
+}
+
+/// Keys only the agent may set: user overrides of these are ignored.
+pub const PROTECTED: &[&str] = &["replicaof", "masterauth", "replica-read-only", "port", "dir", "daemonize"];
+
+/// Settings the agent forces whatever the base says.
+pub struct System<'a> {
+    pub port: u16,
+    pub dir: &'a Path,
+    pub daemonize: bool,
+}
+
+impl State {
+    pub fn load(path: &Path) -> Result<Option<State>> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| Error::io(path, format!("corrupt state file: {e}"))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self).map_err(|e| Error::io(path, e))?;
+        write_private(path, text.as_bytes())
+    }
+
+    /// The overrides, in order, that turn `base` into the running configuration.
+    pub fn overrides(&self, system: &System<'_>) -> Vec<Override> {
+        let mut out = Vec::new();
+        for (key, value) in &self.user {
+            if PROTECTED.contains(&conf::canonical(key).as_str()) {
+                continue;
+            }
+            out.push(Override { key: key.clone(), lines: value_lines(key, value) });
+        }
+        out.push(Override::set("port", &[&system.port.to_string()]));
+        out.push(Override::set("dir", &[&system.dir.display().to_string()]));
+        out.push(Override::set("daemonize", &[if system.daemonize { "yes" } else { "no" }]));
+        if let Some(save) = &self.persistence {
+            out.push(Override { key: "save".into(), lines: save_lines(save) });
+        }
+        if let Some(m) = &self.master {
+            out.push(Override::set("repl-diskless-sync", &[yes_no(m.diskless_sync)]));
+            out.push(Override::set("repl-diskless-sync-delay", &[&m.diskless_sync_delay.to_string()]));
+        }
+        match &self.replica {
+            Some(r) => {
+                out.push(Override::set("replicaof", &[&r.host, &r.port.to_string()]));
+                out.push(Override::set("replica-read-only", &["yes"]));
+                match &r.masterauth {
+                    Some(pw) => out.push(Override::set("masterauth", &[pw])),
+                    None => out.push(Override::remove("masterauth")),
+                }
+            }
+            None => {
+                out.push(Override::remove("replicaof"));
+                out.push(Override::remove("masterauth"));
+            }
+        }
+        out
+    }
+
+    /// The full redis.conf text.
+    pub fn render(&self, system: &System<'_>, major: u32) -> String {
+        conf::render(self.base.as_deref().unwrap_or(""), &self.overrides(system), major)
+    }
+
+    /// `requirepass` as configured (user overrides beat the base).
+    pub fn requirepass(&self) -> Option<String> {
+        if let Some(v) = self.user.get("requirepass") {
+            return Some(value_string(v)).filter(|s| !s.is_empty());
+        }
+        let directives = conf::parse(self.base.as_deref().unwrap_or("")).ok()?;
+        conf::lookup(&directives, "requirepass").filter(|s| !s.is_empty())
+    }
+
+    /// The name of the CONFIG command, if the base renames it.
+    pub fn config_command(&self) -> Option<String> {
+        let directives = conf::parse(self.base.as_deref().unwrap_or("")).ok()?;
+        directives
+            .iter()
+            .rev()
+            .find(|d| d.key == "rename-command" && d.args.first().is_some_and(|a| a.eq_ignore_ascii_case("config")))
+            .and_then(|d| d.args.get(1).cloned())
+            .filter(|n| !n.is_empty())
+    }
+}
+
+pub fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+/// A typed override value as Redis expects it: booleans as yes/no, lists joined by spaces.
+pub fn value_string(v: &Value) -> String {
+    match v {
+        Value::Bool(b) => yes_no(*b).to_owned(),
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        Value::Array(items) => items.iter().map(value_string).collect::<Vec<_>>().join(" "),
+        other => other.to_string(),
+    }
+}
+
+/// Directive lines for one override: `save` becomes one line per pair; secrets stay one argument.
+fn value_lines(key: &str, v: &Value) -> Vec<Vec<String>> {
+    let text = value_string(v);
+    match conf::canonical(key).as_str() {
+        "save" => save_lines(&text),
+        "requirepass" | "masterauth" | "masteruser" | "dbfilename" | "appendfilename" => vec![vec![text]],
+        _ if text.is_empty() => vec![vec![String::new()]],
+        _ => vec![text.split_whitespace().map(str::to_owned).collect()],
+    }
+}
+
+fn save_lines(save: &str) -> Vec<Vec<String>> {
+    let words: Vec<&str> = save.split_whitespace().collect();
+    if words.is_empty() {
+        return vec![vec![String::new()]];
+    }
+    words.chunks(2).map(|pair| pair.iter().map(|w| w.to_string()).collect()).collect()
+}
+
+/// Writes a file atomically (temporary file, fsync, rename) with mode 0600.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| Error::io(&tmp, e))?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn system(dir: &Path) -> System<'_> {
+        System { port: 7000, dir, daemonize: false }
+    }
+
+    #[test]
+    fn replication_settings_beat_user_overrides_and_survive_base_changes() {
+        let dir = Path::new("/data");
+        let mut s = State { base: Some("port 6379\nsave 900 1\nslave-read-only no\n".into()), ..Default::default() };
+        s.user.insert("slaveof".into(), json!("6.6.6.6 1"));
+        s.user.insert("save".into(), json!("60 1 30 2"));
+        s.user.insert("appendonly".into(), json!(true));
+        s.replica = Some(ReplicaOf { host: "10.0.0.1".into(), port: 6379, masterauth: Some("p \"w".into()) });
+        let d = conf::parse(&s.render(&system(dir), 7)).unwrap();
+        assert_eq!(conf::lookup(&d, "replicaof").as_deref(), Some("10.0.0.1 6379"));
+        assert_eq!(conf::lookup(&d, "masterauth").as_deref(), Some("p \"w"));
+        assert_eq!(conf::lookup(&d, "replica-read-only").as_deref(), Some("yes"));
+        assert_eq!(conf::lookup(&d, "port").as_deref(), Some("7000"));
+        assert_eq!(conf::lookup(&d, "appendonly").as_deref(), Some("yes"));
+        assert_eq!(d.iter().filter(|d| d.key == "save").count(), 2);
+        // A reset replaces the base; the replication settings stay.
+        s.base = Some("port 6379\n".into());
+        let d = conf::parse(&s.render(&system(dir), 7)).unwrap();
+        assert_eq!(conf::lookup(&d, "replicaof").as_deref(), Some("10.0.0.1 6379"));
+        s.replica = None;
+        let d = conf::parse(&s.render(&system(dir), 7)).unwrap();
+        assert_eq!(conf::lookup(&d, "replicaof"), None);
+        assert_eq!(conf::lookup(&d, "masterauth"), None);
+    }
+
+    #[test]
+    fn reads_password_and_renamed_config() {
+        let s = State { base: Some("requirepass \"s3 cret\"\nrename-command CONFIG abc123\n".into()), ..Default::default() };
+        assert_eq!(s.requirepass().as_deref(), Some("s3 cret"));
+        assert_eq!(s.config_command().as_deref(), Some("abc123"));
+    }
+
+    #[test]
+    fn private_files_are_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.conf");
+        write_private(&p, b"a").unwrap();
+        write_private(&p, b"b").unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read(&p).unwrap(), b"b");
+    }
+}

@@ -1,0 +1,1 @@
+//! Taskmanager-side replication flows (create, detach, promote, eject) driven over RPC.

@@ -1,0 +1,20 @@
+//! trove_guest: a Trove guest agent for Redis replication, wire-compatible with OpenStack Trove.
+//!
+//! # Layout
+//! - `rpc`: the only module that knows AMQP: oslo.messaging envelopes, secure RPC, server, client.
+//! - `methods`: the guest API methods: argument checks and return values.
+//! - `datastore`: the local Redis: process control, redis.conf layers, INFO, status.
+//! - `replication`: the `ReplicationStrategy` trait and `RedisSync`.
+//! - `flows`: the taskmanager side: create, detach, promote and eject over RPC.
+//! - `config`: settings, loaded once.
+//! - `agent`: wiring and graceful shutdown.
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod config;
+pub mod datastore;
+pub mod flows;
+pub mod methods;
+pub mod replication;
+pub mod rpc;
+pub mod signal;

@@ -1,0 +1,155 @@
+//! Typed access to an RPC's keyword arguments, with Python-style TypeErrors that name the argument.
+
+use serde_json::{Map, Value};
+
+use crate::replication::MasterRef;
+use crate::rpc::RemoteFailure;
+
+pub struct Args<'a> {
+    pub method: &'a str,
+    map: Map<String, Value>,
+}
+
+impl<'a> Args<'a> {
+    pub fn new(method: &'a str, map: Map<String, Value>) -> Self {
+        Args { method, map }
+    }
+
+    fn missing(&self, name: &str) -> RemoteFailure {
+        RemoteFailure::type_error(format!("Manager.{}() missing 1 required positional argument: '{name}'", self.method))
+    }
+
+    pub fn wrong(&self, name: &str, expected: &str) -> RemoteFailure {
+        RemoteFailure::type_error(format!("Manager.{}() argument '{name}' must be {expected}", self.method))
+    }
+
+    /// A required argument that may be null.
+    pub fn required(&self, name: &str) -> Result<&Value, RemoteFailure> {
+        self.map.get(name).ok_or_else(|| self.missing(name))
+    }
+
+    pub fn opt_str(&self, name: &str) -> Result<Option<String>, RemoteFailure> {
+        match self.map.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(self.wrong(name, "a string or null")),
+        }
+    }
+
+    pub fn req_opt_str(&self, name: &str) -> Result<Option<String>, RemoteFailure> {
+        self.required(name)?;
+        self.opt_str(name)
+    }
+
+    pub fn opt_bool(&self, name: &str, default: bool) -> Result<bool, RemoteFailure> {
+        match self.map.get(name) {
+            None | Some(Value::Null) => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => Err(self.wrong(name, "a boolean")),
+        }
+    }
+
+    pub fn req_bool(&self, name: &str) -> Result<bool, RemoteFailure> {
+        match self.required(name)? {
+            Value::Bool(b) => Ok(*b),
+            _ => Err(self.wrong(name, "a boolean")),
+        }
+    }
+
+    pub fn req_int(&self, name: &str) -> Result<i64, RemoteFailure> {
+        match self.required(name)? {
+            Value::Number(n) if n.is_i64() => Ok(n.as_i64().unwrap_or_default()),
+            Value::Number(n) if n.is_u64() => Err(self.wrong(name, "an integer in range")),
+            _ => Err(self.wrong(name, "an integer")),
+        }
+    }
+
+    pub fn opt_object(&self, name: &str) -> Result<Option<Map<String, Value>>, RemoteFailure> {
+        match self.map.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Object(m)) => Ok(Some(m.clone())),
+            Some(_) => Err(self.wrong(name, "an object or null")),
+        }
+    }
+
+    pub fn req_object(&self, name: &str) -> Result<Map<String, Value>, RemoteFailure> {
+        match self.required(name)? {
+            Value::Object(m) => Ok(m.clone()),
+            _ => Err(self.wrong(name, "an object")),
+        }
+    }
+
+    /// `{"master": {"host", "port", "requirepass"}}` inside argument `name`.
+    pub fn master_ref(&self, name: &str, container: &Map<String, Value>) -> Result<MasterRef, RemoteFailure> {
+        let master = match container.get("master") {
+            Some(Value::Object(m)) => m,
+            Some(_) => return Err(self.wrong(&format!("{name}.master"), "an object")),
+            None => return Err(self.wrong(name, "an object with a 'master' key")),
+        };
+        let host = match master.get("host") {
+            Some(Value::String(h)) => h.clone(),
+            _ => return Err(self.wrong(&format!("{name}.master.host"), "a string")),
+        };
+        let port = match master.get("port") {
+            None | Some(Value::Null) => Some(6379),
+            Some(Value::Number(n)) => n.as_u64().and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0),
+            Some(Value::String(s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+                s.parse::<u16>().ok().filter(|p| *p != 0)
+            }
+            Some(_) => None,
+        }
+        .ok_or_else(|| self.wrong(&format!("{name}.master.port"), "an integer port 1..65535"))?;
+        let requirepass = match master.get("requirepass") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.is_empty() => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => return Err(self.wrong(&format!("{name}.master.requirepass"), "a string or null")),
+        };
+        Ok(MasterRef { host, port, requirepass })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn master_ref_table() {
+        let cases = [
+            (json!({"master": {"host": "10.0.0.1", "port": 6379, "requirepass": "pw"}}), Ok((6379, Some("pw")))),
+            (json!({"master": {"host": "h", "port": "6380", "requirepass": null}}), Ok((6380, None))),
+            (json!({"master": {"host": "h", "requirepass": ""}}), Ok((6379, None))),
+            (json!({"master": {"host": "h", "port": 0}}), Err("port")),
+            (json!({"master": {"host": "h", "port": 65536}}), Err("port")),
+            (json!({"master": {"host": "h", "port": -1}}), Err("port")),
+            (json!({"master": {"host": "h", "port": "6379x"}}), Err("port")),
+            (json!({"master": {"host": "h", "requirepass": 1234}}), Err("requirepass")),
+            (json!({"master": {"host": 5}}), Err("host")),
+            (json!({"master": "x"}), Err("master")),
+            (json!({"nomaster": 1}), Err("'master'")),
+        ];
+        for (input, want) in cases {
+            let args = Args::new("attach_replica", Map::new());
+            let got = args.master_ref("replica_info", input.as_object().unwrap());
+            match (got, want) {
+                (Ok(m), Ok((port, pw))) => {
+                    assert_eq!(m.port, port);
+                    assert_eq!(m.requirepass.as_deref(), pw);
+                }
+                (Err(e), Err(word)) => {
+                    assert_eq!(e.class, "TypeError");
+                    assert!(e.message.contains(word), "{input}: {}", e.message);
+                }
+                (got, want) => panic!("{input}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn missing_argument_names_it() {
+        let args = Args::new("wait_for_txn", Map::new());
+        let e = args.req_int("txn").unwrap_err();
+        assert_eq!(e.message, "Manager.wait_for_txn() missing 1 required positional argument: 'txn'");
+    }
+}

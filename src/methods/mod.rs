@@ -1,0 +1,233 @@
+//! The guest's RPC methods: argument checking, the call into datastore or strategy, the return value.
+//! Every method returns a value; the RPC dispatcher turns errors into oslo failures.
+
+pub mod args;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::{json, Map, Value};
+use tokio::sync::{watch, Mutex};
+
+use crate::datastore::redis::RedisManager;
+use crate::datastore::{self, ServiceStatus};
+use crate::replication::{self, ReplicationStrategy, SnapshotRequest};
+use crate::rpc::{Endpoint, RemoteFailure};
+use args::Args;
+
+/// Trove guest API methods that a Redis guest does not serve.
+const NOT_SUPPORTED: &[&str] = &[
+    "create_database", "list_databases", "delete_database", "create_user", "list_users", "delete_user",
+    "get_user", "update_attributes", "grant_access", "revoke_access", "list_access", "change_passwords",
+    "enable_root", "enable_root_with_password", "disable_root", "is_root_enabled", "get_root_password",
+    "create_backup", "mount_volume", "unmount_volume", "resize_fs", "upgrade", "pre_upgrade", "post_upgrade",
+    "guest_log_list", "guest_log_action", "module_list", "module_apply", "module_remove", "rebuild",
+    "get_diagnostics", "get_hwinfo", "pre_create_backup", "post_create_backup", "ssl_show", "ssl_action",
+    "ssl_rollback", "attach_replication_slave",
+];
+
+/// The endpoint behind topic `guestagent.<id>`.
+pub struct Guest {
+    manager: Arc<RedisManager>,
+    strategy: Arc<dyn ReplicationStrategy>,
+    status: watch::Sender<ServiceStatus>,
+    /// Lifecycle calls that change Redis run one at a time (replication calls serialize in the strategy).
+    lifecycle: Mutex<()>,
+}
+
+impl Guest {
+    pub fn new(manager: Arc<RedisManager>, strategy: Arc<dyn ReplicationStrategy>, status: watch::Sender<ServiceStatus>) -> Self {
+        Guest { manager, strategy, status, lifecycle: Mutex::new(()) }
+    }
+
+    fn set_status(&self, s: ServiceStatus) {
+        self.status.send_replace(s);
+    }
+
+    async fn refresh_status(&self) {
+        self.set_status(self.manager.status().await);
+    }
+
+    async fn prepare(&self, a: &Args<'_>) -> Result<Value, RemoteFailure> {
+        let config_contents = a.opt_str("config_contents")?;
+        let overrides = a.opt_object("overrides")?.unwrap_or_default();
+        let snapshot = a.opt_object("snapshot")?;
+        let master = match &snapshot {
+            Some(s) => {
+                let theirs = s.get("replication_strategy").and_then(Value::as_str).unwrap_or_default();
+                if theirs != self.strategy.name() {
+                    return Err(to_failure(a, replication::Error::Incompatible {
+                        guest: self.strategy.name().into(),
+                        theirs: theirs.into(),
+                    }));
+                }
+                Some(a.master_ref("snapshot", s)?)
+            }
+            None => None,
+        };
+        if a.opt_object("backup_info")?.is_some() {
+            return Err(not_supported("prepare from a backup"));
+        }
+        let _guard = self.lifecycle.lock().await;
+        self.set_status(ServiceStatus::Building);
+        let result = async {
+            self.manager.prepare(config_contents, overrides).await.map_err(replication::Error::from)?;
+            if let Some(master) = &master {
+                let config = snapshot.as_ref().and_then(|s| s.get("config")).and_then(Value::as_str);
+                self.strategy.attach(master, config).await?;
+            }
+            Ok::<_, replication::Error>(())
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                self.set_status(ServiceStatus::Healthy);
+                tracing::info!(replica = master.is_some(), "prepare finished");
+                Ok(Value::Null)
+            }
+            Err(error) => {
+                self.set_status(ServiceStatus::Failed);
+                Err(to_failure(a, error))
+            }
+        }
+    }
+
+    async fn lifecycle<F, Fut>(&self, a: &Args<'_>, f: F) -> Result<Value, RemoteFailure>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = datastore::Result<()>>,
+    {
+        let _guard = self.lifecycle.lock().await;
+        let result = f().await;
+        self.refresh_status().await;
+        result.map(|_| Value::Null).map_err(|e| to_failure(a, e.into()))
+    }
+
+    async fn run(&self, a: &Args<'_>) -> Result<Value, RemoteFailure> {
+        let strategy = &self.strategy;
+        let ok = |r: replication::Result<()>| r.map(|_| Value::Null).map_err(|e| to_failure(a, e));
+        match a.method {
+            "rpc_ping" => Ok(json!(true)),
+            "prepare" => self.prepare(a).await,
+            "get_filesystem_stats" => {
+                let path = a.opt_str("fs_path")?;
+                let mut stats = self.manager.filesystem_stats(path.as_deref()).map_err(|e| to_failure(a, e.into()))?;
+                stats["mgr_extra_info"] = json!({});
+                Ok(stats)
+            }
+            "restart" => self.lifecycle(a, || self.manager.restart()).await,
+            "stop_db" => {
+                a.opt_bool("do_not_start_on_reboot", false)?;
+                self.lifecycle(a, || self.manager.stop()).await
+            }
+            "start_db_with_conf_changes" => {
+                let contents = a.required("config_contents")?.as_str().map(str::to_owned);
+                let contents = contents.ok_or_else(|| a.wrong("config_contents", "a string"))?;
+                self.lifecycle(a, || async {
+                    self.manager.replace_base(contents).await?;
+                    self.manager.restart().await
+                })
+                .await
+            }
+            "reset_configuration" => {
+                let conf = a.req_object("configuration")?;
+                let contents = conf
+                    .get("config_contents")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| a.wrong("configuration.config_contents", "a string"))?
+                    .to_owned();
+                self.lifecycle(a, || self.manager.replace_base(contents)).await
+            }
+            "update_overrides" => {
+                let overrides = a.opt_object("overrides")?.unwrap_or_default();
+                let remove = a.opt_bool("remove", false)?;
+                self.lifecycle(a, || self.manager.update_overrides(overrides, remove)).await
+            }
+            "apply_overrides" => {
+                let overrides = a.req_object("overrides")?;
+                self.lifecycle(a, || async { self.manager.apply_overrides(&overrides).await }).await
+            }
+            "backup_required_for_replication" => Ok(json!(strategy.backup_required())),
+            "get_replication_snapshot" => {
+                let info = a.opt_object("snapshot_info")?.unwrap_or_default();
+                a.required("snapshot_info")?;
+                let replica_count = match info.get("replica_count") {
+                    None | Some(Value::Null) => None,
+                    Some(v) => Some(
+                        v.as_u64()
+                            .and_then(|n| u32::try_from(n).ok())
+                            .filter(|n| *n > 0)
+                            .ok_or_else(|| a.wrong("snapshot_info.replica_count", "a positive integer"))?,
+                    ),
+                };
+                let request = SnapshotRequest { replica_source_config: a.opt_str("replica_source_config")?, replica_count };
+                let snapshot = strategy.snapshot(request).await.map_err(|e| to_failure(a, e))?;
+                Ok(serde_json::to_value(snapshot).unwrap_or(Value::Null))
+            }
+            "get_replica_context" => {
+                let master = strategy.replica_context().await.map_err(|e| to_failure(a, e))?;
+                Ok(json!({"master": master}))
+            }
+            "attach_replica" => {
+                let info = a.req_object("replica_info")?;
+                let master = a.master_ref("replica_info", &info)?;
+                let config = a.opt_str("slave_config")?;
+                a.opt_bool("restart", false)?;
+                let r = strategy.attach(&master, config.as_deref()).await;
+                self.refresh_status().await;
+                ok(r)
+            }
+            "detach_replica" => ok(strategy.detach(a.opt_bool("for_failover", false)?).await),
+            "make_read_only" => ok(strategy.make_read_only(a.req_bool("read_only")?).await),
+            "enable_as_master" => ok(strategy.enable_as_master(a.opt_str("replica_source_config")?.as_deref()).await),
+            "demote_replication_master" => ok(strategy.demote().await),
+            "get_latest_txn_id" => strategy.latest_txn_id().await.map(|t| json!(t)).map_err(|e| to_failure(a, e)),
+            "get_last_txn" => strategy.last_txn().await.map(|(h, t)| json!([h, t])).map_err(|e| to_failure(a, e)),
+            "wait_for_txn" => ok(strategy.wait_for_txn(a.req_int("txn")?).await),
+            "cleanup_source_on_replica_detach" => Ok(Value::Null),
+            "get_replication_status" => strategy.status().await.map_err(|e| to_failure(a, e)),
+            m if NOT_SUPPORTED.contains(&m) => Err(not_supported(m)),
+            m => Err(RemoteFailure::no_such_method(m)),
+        }
+    }
+}
+
+#[async_trait]
+impl Endpoint for Guest {
+    async fn call(&self, method: &str, args: Map<String, Value>) -> Result<Value, RemoteFailure> {
+        let a = Args::new(method, args);
+        self.run(&a).await
+    }
+}
+
+fn not_supported(operation: &str) -> RemoteFailure {
+    let mut kwargs = Map::new();
+    kwargs.insert("operation".into(), json!(operation));
+    kwargs.insert("datastore".into(), json!("redis"));
+    RemoteFailure::trove(
+        "DatastoreOperationNotSupported",
+        format!("The '{operation}' operation is not supported for the 'redis' datastore."),
+        kwargs,
+    )
+}
+
+/// The one place replication and datastore errors become Trove exceptions.
+fn to_failure(a: &Args<'_>, error: replication::Error) -> RemoteFailure {
+    match error {
+        replication::Error::InvalidArgument { name, reason } => {
+            RemoteFailure::type_error(format!("Manager.{}() argument '{name}' {reason}", a.method))
+        }
+        replication::Error::Incompatible { guest, theirs } => {
+            let mut kwargs = Map::new();
+            kwargs.insert("guest_strategy".into(), json!(guest));
+            kwargs.insert("replication_strategy".into(), json!(theirs));
+            RemoteFailure::trove(
+                "IncompatibleReplicationStrategy",
+                format!("Instance with replication strategy {guest} cannot replicate from instance with replication strategy {theirs}."),
+                kwargs,
+            )
+        }
+        replication::Error::Datastore(datastore::Error::NotSupported(op)) => not_supported(&op),
+        other => RemoteFailure::guest_error(&other.to_string()),
+    }
+}

@@ -1,0 +1,117 @@
+//! The guest-side replication contract (`ReplicationStrategy`) and the factory keyed by Trove's names.
+//! Nothing here knows about AMQP or envelopes; implementations ask the datastore manager to persist.
+
+pub mod redis_sync;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::ReplicationSettings;
+use crate::datastore::redis::RedisManager;
+
+/// How a replica reaches its master (`snapshot.master`, `replica_info.master`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MasterRef {
+    pub host: String,
+    pub port: u16,
+    pub requirepass: Option<String>,
+}
+
+impl std::fmt::Debug for MasterRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MasterRef")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("requirepass", &self.requirepass.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// What the master hands to new replicas; for Redis, just its address and password.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub dataset: Dataset,
+    pub replication_strategy: String,
+    pub master: MasterRef,
+    pub log_position: Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Dataset {
+    pub datastore_manager: String,
+    pub dataset_size: f64,
+    pub volume_size: f64,
+    pub snapshot_id: Option<String>,
+}
+
+/// Options for taking a snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotRequest {
+    /// The taskmanager's rendered replica-source template.
+    pub replica_source_config: Option<String>,
+    /// How many replicas will attach (our extension of `snapshot_info`), to size diskless sync.
+    pub replica_count: Option<u32>,
+}
+
+/// Errors the strategy reports; the RPC layer turns them into Trove exceptions.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid {name}: {reason}")]
+    InvalidArgument { name: String, reason: String },
+    #[error("Instance with replication strategy {guest} cannot replicate from instance with replication strategy {theirs}.")]
+    Incompatible { guest: String, theirs: String },
+    #[error("{0}")]
+    Refused(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
+    #[error(transparent)]
+    Datastore(#[from] crate::datastore::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The guest side of Trove's replication: one implementation per datastore strategy.
+#[async_trait]
+pub trait ReplicationStrategy: Send + Sync {
+    /// Trove's config name (`replication_strategy`).
+    fn name(&self) -> &'static str;
+    /// Whether the taskmanager must take a backup before creating replicas.
+    fn backup_required(&self) -> bool;
+    /// Prepares this node as a replica source and describes how to reach it.
+    async fn snapshot(&self, request: SnapshotRequest) -> Result<Snapshot>;
+    /// Makes this node a read-only replica of `master`, persisted, and waits for the initial sync.
+    async fn attach(&self, master: &MasterRef, replica_config: Option<&str>) -> Result<()>;
+    /// Stops replicating; `for_failover` holds the detach back for a direct retarget.
+    async fn detach(&self, for_failover: bool) -> Result<()>;
+    /// Makes this node a writable master with the replica-source settings.
+    async fn enable_as_master(&self, replica_source_config: Option<&str>) -> Result<()>;
+    /// Removes the replica-source settings.
+    async fn demote(&self) -> Result<()>;
+    /// How replicas reach this node.
+    async fn replica_context(&self) -> Result<MasterRef>;
+    /// The offset this node has written (master) or applied (replica).
+    async fn latest_txn_id(&self) -> Result<i64>;
+    /// `(master host, applied offset)` of a replica.
+    async fn last_txn(&self) -> Result<(Option<String>, i64)>;
+    /// Waits until this replica has applied `txn`.
+    async fn wait_for_txn(&self, txn: i64) -> Result<()>;
+    /// Fences (true) or unfences (false) client writes.
+    async fn make_read_only(&self, read_only: bool) -> Result<()>;
+    /// Role, history id, offsets, link and fence state, for callers that compare nodes.
+    async fn status(&self) -> Result<Value>;
+}
+
+/// The strategies this agent implements, by Trove's config name.
+pub fn strategy_for(
+    name: &str,
+    manager: Arc<RedisManager>,
+    settings: ReplicationSettings,
+) -> std::result::Result<Arc<dyn ReplicationStrategy>, String> {
+    match name {
+        "RedisSyncReplication" | "RedisSync" => Ok(Arc::new(redis_sync::RedisSync::new(manager, settings))),
+        other => Err(format!("unknown replication strategy '{other}' (known: RedisSyncReplication)")),
+    }
+}

@@ -1,0 +1,180 @@
+//! The RPC server: consume the guest's queues, ack on receipt, dispatch concurrently, reconnect.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::connection::{self, AmqpOptions};
+use super::crypto::Cipher;
+use super::dispatch::{self, Deduplicator, Endpoint};
+use super::envelope;
+use super::publisher::{Publisher, PublisherHandle};
+
+/// How long a reply may wait for the broker to come back before it is dropped.
+const REPLY_PATIENCE: Duration = Duration::from_secs(60);
+
+pub struct RpcServer {
+    pub opts: AmqpOptions,
+    /// `guestagent.<id>`
+    pub topic: String,
+    /// `<id>`
+    pub server: String,
+    pub endpoint: Arc<dyn Endpoint>,
+    pub cipher: Option<Cipher>,
+    pub max_body: usize,
+    pub reconnect_max_backoff: Duration,
+    pub publisher: Publisher,
+    pub publisher_handle: PublisherHandle,
+    /// Fired once the queues are declared and consumers are running (each connect).
+    pub on_consuming: Option<tokio::sync::mpsc::UnboundedSender<()>>,
+}
+
+enum Ended {
+    Cancelled,
+    Lost(String),
+}
+
+impl RpcServer {
+    /// Serves until `cancel` fires, reconnecting with capped backoff; in-flight handlers go into `tracker`.
+    pub async fn run(self, cancel: CancellationToken, tracker: TaskTracker) {
+        let this = Arc::new(self);
+        let dedup = Arc::new(Deduplicator::new(1024));
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let ended = tokio::select! {
+                _ = cancel.cancelled() => Ended::Cancelled,
+                ended = this.clone().serve_once(&cancel, &tracker, &dedup) => ended,
+            };
+            match ended {
+                Ended::Cancelled => break,
+                Ended::Lost(reason) => {
+                    this.publisher_handle.set(None);
+                    tracing::warn!(%reason, retry_in = ?backoff, "rpc connection lost");
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(this.reconnect_max_backoff);
+                }
+            }
+        }
+        tracing::info!("stopped consuming");
+    }
+
+    async fn serve_once(self: Arc<Self>, cancel: &CancellationToken, tracker: &TaskTracker, dedup: &Arc<Deduplicator>) -> Ended {
+        let conn = match connection::connect(&self.opts).await {
+            Ok(c) => c,
+            Err(e) => return Ended::Lost(e.to_string()),
+        };
+        let setup = async {
+            let consume_channel = conn.create_channel().await?;
+            let publish_channel = conn.create_channel().await?;
+            publish_channel.confirm_select(Default::default()).await?;
+            consume_channel.basic_qos(64, BasicQosOptions::default()).await?;
+            let queues = connection::declare_rpc_server(&consume_channel, &self.opts, &self.topic, &self.server).await?;
+            let mut consumers = Vec::new();
+            for queue in &queues {
+                let consumer = consume_channel
+                    .basic_consume(queue, "", BasicConsumeOptions { no_ack: false, ..Default::default() }, FieldTable::default())
+                    .await?;
+                consumers.push(consumer);
+            }
+            Ok::<_, super::Error>((consume_channel, publish_channel, consumers, queues))
+        };
+        let (consume_channel, publish_channel, consumers, queues) = match setup.await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = conn.close(0, "setup failed").await;
+                return Ended::Lost(e.to_string());
+            }
+        };
+        self.publisher_handle.set(Some(publish_channel));
+        tracing::info!(?queues, "consuming");
+        if let Some(tx) = &self.on_consuming {
+            let _ = tx.send(());
+        }
+        let mut stream = futures_util::stream::select_all(consumers);
+        let ended = loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break Ended::Cancelled,
+                next = stream.next() => match next {
+                    None => break Ended::Lost("consumer stream ended".into()),
+                    Some(Err(e)) => break Ended::Lost(e.to_string()),
+                    Some(Ok(delivery)) => {
+                        // At-most-once, like oslo: ack on receipt, before dispatch.
+                        if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
+                            tracing::warn!(%error, "ack failed; message dropped");
+                            continue;
+                        }
+                        let this = self.clone();
+                        let dedup = dedup.clone();
+                        tracker.spawn(async move { this.handle(delivery.data, &dedup).await });
+                    }
+                }
+            }
+        };
+        if matches!(ended, Ended::Cancelled) {
+            // Stop taking new work; replies of in-flight calls still go out on the publish channel.
+            let _ = consume_channel.close(200, "shutting down").await;
+        }
+        ended
+    }
+
+    async fn handle(&self, body: Vec<u8>, dedup: &Deduplicator) {
+        let request = match envelope::decode(&body, self.max_body) {
+            Ok(r) => r,
+            Err(error) => {
+                tracing::warn!(reason = %error.reason, bytes = body.len(), "malformed message");
+                if let (Some(msg_id), Some(reply_q)) = (&error.msg_id, &error.reply_q) {
+                    if dispatch::valid_reply_queue(reply_q) {
+                        let failure = super::RemoteFailure::guest_error(&format!("malformed message: {}", error.reason));
+                        let body = envelope::reply(msg_id, serde_json::Value::Null, Some(failure.to_wire()));
+                        self.send_reply(reply_q, &body).await;
+                    }
+                }
+                return;
+            }
+        };
+        if let Some(id) = &request.unique_id {
+            if !dedup.first_time(id) {
+                tracing::info!(unique_id = %id, method = %request.method, "duplicate message dropped");
+                return;
+            }
+        }
+        let span = tracing::info_span!(
+            "rpc",
+            method = %request.method,
+            msg_id = request.msg_id.as_deref().unwrap_or("-"),
+            request_id = request.context.get("request_id").and_then(|v| v.as_str()).unwrap_or("-"),
+        );
+        async {
+            let started = std::time::Instant::now();
+            let kind = if request.is_call() { "call" } else { "cast" };
+            if let Some(q) = request.reply_q.as_deref().filter(|q| !dispatch::valid_reply_queue(q)) {
+                tracing::warn!(reply_q = %q, "reply queue name refused; no reply will be sent");
+            }
+            let outcome = dispatch::dispatch(self.endpoint.as_ref(), self.cipher.as_ref(), request).await;
+            match &outcome.failure {
+                Some(f) => tracing::warn!(kind, class = %f.class, error = %f.message, elapsed_ms = started.elapsed().as_millis() as u64, "request failed"),
+                None => tracing::info!(kind, elapsed_ms = started.elapsed().as_millis() as u64, "request done"),
+            }
+            if let Some((reply_q, body)) = outcome.reply {
+                self.send_reply(&reply_q, &body).await;
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn send_reply(&self, reply_q: &str, body: &[u8]) {
+        if let Err(error) = self.publisher.publish("", reply_q, body, REPLY_PATIENCE).await {
+            tracing::warn!(%error, reply_q, "reply could not be sent");
+        }
+    }
+}
