@@ -157,7 +157,7 @@ if ! { chroot "$r" apt-get update -qq &&
     cat "$r/tmp/upgrade.log" >&2
     exit 1
 fi
-grep "^Inst " "$r/tmp/upgrade.log" >&2 || true
+echo "docker-base: $(grep -c "^Setting up" "$r/tmp/upgrade.log" || true) packages updated" >&2
 rm -f "$r/tmp/upgrade.log"
 
 find "$r/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete

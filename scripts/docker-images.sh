@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Builds the images that docker-compose.yml runs, and prints how long each step took.
+#
+#   base      debian:bookworm-slim, pulled or made by scripts/docker-base.sh
+#   rabbitmq  trove-redis-guest/rabbitmq:latest from docker/rabbitmq/Dockerfile
+#   guest     trove-redis-guest/guest:latest from Dockerfile, with the host-built
+#             target/release/trove-guestagent and trove-guestctl
+#
+# Usage: scripts/docker-images.sh [base|rabbitmq|guest]...   (default: all three, in that order)
+#
+# Docker's layer cache makes a repeat run take seconds: apt layers are reused, and only the
+# COPY of the binaries is redone when they changed. The binaries are built with
+# `cargo build --release` only when target/release/trove-guestagent is missing; set
+# TROVE_CARGO_BUILD=always to run cargo every time (it is quick when nothing changed).
+# Environment: TROVE_GUEST_IMAGE, TROVE_RABBITMQ_IMAGE override the image names (docker-compose.yml
+# uses the defaults); docker-base.sh's variables pass through.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+GUEST_IMAGE=${TROVE_GUEST_IMAGE:-trove-redis-guest/guest:latest}
+RABBITMQ_IMAGE=${TROVE_RABBITMQ_IMAGE:-trove-redis-guest/rabbitmq:latest}
+CARGO_BUILD=${TROVE_CARGO_BUILD:-missing}
+
+targets=("$@")
+if [ ${#targets[@]} -eq 0 ]; then
+    targets=(base rabbitmq guest)
+fi
+for t in "${targets[@]}"; do
+    case "$t" in
+        base|rabbitmq|guest) ;;
+        -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) echo "unknown target: $t (base, rabbitmq or guest)" >&2; exit 2 ;;
+    esac
+done
+
+now() { date +%s.%N; }
+# elapsed START: seconds since START, one decimal.
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+timings=()
+total_start=$(now)
+
+# run_step NAME COMMAND...: runs the command with its output in a log, shown only on failure.
+run_step() {
+    local name=$1; shift
+    local start log
+    start=$(now)
+    log=$(mktemp "${TMPDIR:-/tmp}/trove-images-$name.XXXXXX")
+    echo "== $name: $*" >&2
+    if ! "$@" >"$log" 2>&1; then
+        tail -n 40 "$log" >&2
+        echo "== $name failed (full log: $log)" >&2
+        exit 1
+    fi
+    rm -f "$log"
+    timings+=("$(printf '%-10s %7s s' "$name" "$(elapsed "$start")")")
+}
+
+for t in "${targets[@]}"; do
+    case "$t" in
+        base)
+            # Its own progress messages are short; let them through.
+            start=$(now)
+            echo "== base: scripts/docker-base.sh" >&2
+            scripts/docker-base.sh
+            timings+=("$(printf '%-10s %7s s' base "$(elapsed "$start")")")
+            ;;
+        rabbitmq)
+            run_step rabbitmq docker build -t "$RABBITMQ_IMAGE" docker/rabbitmq
+            ;;
+        guest)
+            if [ "$CARGO_BUILD" = always ] || [ ! -x target/release/trove-guestagent ]; then
+                run_step cargo cargo build --release --bins
+            fi
+            run_step guest docker build -t "$GUEST_IMAGE" .
+            ;;
+    esac
+done
+
+timings+=("$(printf '%-10s %7s s' total "$(elapsed "$total_start")")")
+printf '%s\n' "${timings[@]}"

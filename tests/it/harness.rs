@@ -1,0 +1,257 @@
+//! Test harness: agents as child processes on free ports in temp dirs, an RPC client, cleanup on drop.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+use trove_guest::rpc::{client::RpcClient, crypto::Cipher, AmqpOptions};
+
+pub const EXCHANGE: &str = "trove";
+
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "rabbit://guest:guest@127.0.0.1:5672/".into())
+}
+
+/// A client on the shared broker; fails loudly when RabbitMQ is not there.
+pub async fn client() -> RpcClient {
+    let opts = AmqpOptions::new(&amqp_url(), EXCHANGE, "it-client");
+    match RpcClient::connect(&opts).await {
+        Ok(c) => c,
+        Err(e) => panic!("RabbitMQ is not reachable at {} ({e}); start it with scripts/services.sh", amqp_url()),
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", &trove_guest::rpc::envelope::new_id()[..10])
+}
+
+/// One guest: a trove-guestagent process supervising its own redis-server.
+pub struct Guest {
+    pub id: String,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub key: Option<String>,
+    pub env: Vec<(String, String)>,
+    agent: Option<Child>,
+}
+
+impl Guest {
+    pub fn config_file(&self) -> PathBuf {
+        self.dir.path().join("redis.conf")
+    }
+
+    pub fn log_file(&self) -> PathBuf {
+        self.dir.path().join("agent.log")
+    }
+
+    pub fn topic(&self) -> String {
+        format!("guestagent.{}", self.id)
+    }
+
+    pub fn cipher(&self) -> Option<Cipher> {
+        self.key.as_ref().map(|k| Cipher::new(&secrecy::SecretString::from(k.clone())))
+    }
+
+    /// Starts the agent process (again, after a kill).
+    pub fn start_agent(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_file()).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_trove-guestagent"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("TROVE_GUESTAGENT__RPC__TRANSPORT_URL", amqp_url())
+            .env("TROVE_GUESTAGENT__GUEST__ID", &self.id)
+            .env("TROVE_GUESTAGENT__GUEST__SHUTDOWN_GRACE", "5")
+            .env("TROVE_GUESTAGENT__CONDUCTOR__REPORT_INTERVAL", "2")
+            .env("TROVE_GUESTAGENT__REDIS__SERVICE", "supervised")
+            .env("TROVE_GUESTAGENT__REDIS__CONFIG_FILE", self.config_file())
+            .env("TROVE_GUESTAGENT__REDIS__DATA_DIR", self.dir.path().join("data"))
+            .env("TROVE_GUESTAGENT__REDIS__PORT", self.port.to_string())
+            .env("TROVE_GUESTAGENT__REDIS__ADVERTISE_HOST", "127.0.0.1")
+            .env("TROVE_GUESTAGENT__REPLICATION__SYNC_TIMEOUT", "60")
+            .env("TROVE_GUESTAGENT__LOG__LEVEL", "debug,lapin=info,redis=info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        if let Some(k) = &self.key {
+            cmd.env("TROVE_GUESTAGENT__GUEST__INSTANCE_RPC_ENCR_KEY", k);
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.agent = Some(cmd.spawn().expect("cannot start trove-guestagent"));
+    }
+
+    pub fn kill_agent(&mut self) {
+        if let Some(mut c) = self.agent.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for exit; returns the exit code.
+    pub fn stop_agent(&mut self) -> Option<i32> {
+        let mut c = self.agent.take()?;
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_file()).unwrap_or_default()
+    }
+
+    pub fn redis_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.dir.path().join("redis.pid")).ok()?.trim().parse().ok()
+    }
+
+    /// The redis.conf the prepare call will send.
+    pub fn config_contents(&self, password: Option<&str>) -> String {
+        let mut c = format!(
+            "bind 127.0.0.1\nport 6379\nsave 3600 1\nappendonly no\npidfile {}\nlogfile \"\"\nrepl-diskless-sync yes\nrepl-diskless-sync-delay 5\nenable-debug-command local\n",
+            self.dir.path().join("redis.pid").display()
+        );
+        if let Some(pw) = password {
+            c.push_str(&format!("requirepass {}\n", trove_guest::datastore::redis::conf::quote(pw)));
+        }
+        c
+    }
+
+    /// A direct Redis connection for checks.
+    pub async fn redis(&self, password: Option<&str>) -> redis::aio::MultiplexedConnection {
+        let info = redis::ConnectionInfo {
+            addr: redis::ConnectionAddr::Tcp("127.0.0.1".into(), self.port),
+            redis: redis::RedisConnectionInfo { password: password.map(str::to_owned), ..Default::default() },
+        };
+        redis::Client::open(info).unwrap().get_multiplexed_async_connection().await.expect("redis connection")
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        self.kill_agent();
+        if let Some(pid) = self.redis_pid() {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("---- agent {} log (last lines) ----", self.id);
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+/// Starts an agent and waits until it answers `rpc_ping`.
+pub async fn spawn_guest(client: &RpcClient, key: Option<&str>, env: &[(&str, &str)]) -> Guest {
+    let mut g = Guest {
+        id: unique("g"),
+        port: free_port(),
+        dir: tempfile::tempdir().unwrap(),
+        key: key.map(str::to_owned),
+        env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        agent: None,
+    };
+    g.start_agent();
+    wait_ping(client, &g).await;
+    g
+}
+
+pub async fn wait_ping(client: &RpcClient, g: &Guest) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = client.call(&g.topic(), "rpc_ping", Map::new(), "1.0", Duration::from_millis(500), g.cipher().as_ref()).await;
+        if matches!(r, Ok(Value::Bool(true))) {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("agent {} never answered rpc_ping: {r:?}\n{}", g.id, g.log());
+        }
+    }
+}
+
+pub fn args(v: Value) -> Map<String, Value> {
+    v.as_object().cloned().unwrap_or_default()
+}
+
+/// Calls a guest method; panics with the agent log on failure.
+pub async fn call(client: &RpcClient, g: &Guest, method: &str, a: Value) -> Value {
+    match try_call(client, g, method, a).await {
+        Ok(v) => v,
+        Err(e) => panic!("{method} on {} failed: {e}", g.id),
+    }
+}
+
+pub async fn try_call(client: &RpcClient, g: &Guest, method: &str, a: Value) -> Result<Value, trove_guest::rpc::Error> {
+    client.call(&g.topic(), method, args(a), "1.0", Duration::from_secs(120), g.cipher().as_ref()).await
+}
+
+/// The remote failure of a call that must fail.
+pub async fn call_err(client: &RpcClient, g: &Guest, method: &str, a: Value) -> trove_guest::rpc::RemoteFailure {
+    match try_call(client, g, method, a).await {
+        Err(trove_guest::rpc::Error::Remote { failure, .. }) => failure,
+        other => panic!("{method} should have failed remotely, got {other:?}"),
+    }
+}
+
+/// `prepare` (a cast) and wait until Redis answers as a master or synced replica.
+pub async fn prepare(client: &RpcClient, g: &Guest, password: Option<&str>, snapshot: Option<Value>) {
+    let mut a = json!({
+        "packages": null, "databases": [], "memory_mb": 512, "users": [], "device_path": null,
+        "mount_point": "/var/lib/redis", "backup_info": null, "config_contents": g.config_contents(password),
+        "root_password": null, "overrides": {}, "cluster_config": null, "snapshot": snapshot,
+    });
+    if a["snapshot"].is_null() {
+        a.as_object_mut().unwrap().remove("snapshot");
+        a["snapshot"] = Value::Null;
+    }
+    client.cast(&g.topic(), "prepare", args(a), "1.0", g.cipher().as_ref()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(status) = try_call(client, g, "get_replication_status", json!({})).await {
+            let synced = status["role"] == "master" || (status["link_up"] == true && status["sync_in_progress"] == false);
+            if synced && (snapshot.is_none() || status["role"] == "replica") {
+                return;
+            }
+        }
+        if Instant::now() > deadline {
+            panic!("prepare of {} did not finish\n{}", g.id, g.log());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn info(con: &mut redis::aio::MultiplexedConnection, section: &str) -> trove_guest::datastore::redis::info::Info {
+    let text: String = redis::cmd("INFO").arg(section).query_async(con).await.unwrap();
+    trove_guest::datastore::redis::info::Info::parse(&text)
+}
+
+/// Polls `check` until it is true or `secs` pass.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check().await {
+        if Instant::now() > deadline {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,5 @@
+//! Integration tests: real RabbitMQ, real redis-server processes, agents as separate processes.
+
+mod harness;
+mod redis_sync;
+mod rpc_roundtrip;

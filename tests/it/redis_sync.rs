@@ -1,0 +1,262 @@
+//! RedisSync through the agent over RabbitMQ against real redis-server processes.
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use serde_json::{json, Value};
+
+use crate::harness::*;
+
+const PW: &str = "s3cret pass\"word";
+
+async fn run_id(g: &Guest, pw: Option<&str>) -> String {
+    info(&mut g.redis(pw).await, "server").await.run_id().unwrap().to_owned()
+}
+
+async fn stat(g: &Guest, pw: Option<&str>, key: &str) -> i64 {
+    info(&mut g.redis(pw).await, "stats").await.stat(key).unwrap_or(0)
+}
+
+/// Master with a password, one replica created through snapshot + prepare.
+async fn pair(c: &trove_guest::rpc::client::RpcClient, pw: Option<&str>) -> (Guest, Guest, Value) {
+    let master = spawn_guest(c, None, &[]).await;
+    let replica = spawn_guest(c, None, &[]).await;
+    prepare(c, &master, pw, None).await;
+    let mut snapshot = call(c, &master, "get_replication_snapshot", json!({
+        "snapshot_info": {"id": null, "instance_id": master.id, "replica_number": 1, "replica_count": 1},
+        "replica_source_config": "repl-diskless-sync yes\nrepl-diskless-sync-delay 10\n",
+    }))
+    .await;
+    snapshot["config"] = json!("slave-read-only yes\n");
+    prepare(c, &replica, None, Some(snapshot.clone())).await;
+    (master, replica, snapshot)
+}
+
+#[tokio::test]
+async fn create_replica_with_password_keeps_master_running() {
+    let c = client().await;
+    let master = spawn_guest(&c, None, &[]).await;
+    prepare(&c, &master, Some(PW), None).await;
+    let mut m = master.redis(Some(PW)).await;
+    let _: () = m.set("before", "1").await.unwrap();
+    let run_before = run_id(&master, Some(PW)).await;
+    let snapshot = call(&c, &master, "get_replication_snapshot", json!({
+        "snapshot_info": {"id": null, "replica_count": 1}, "replica_source_config": null,
+    }))
+    .await;
+    assert_eq!(snapshot["replication_strategy"], "RedisSyncReplication");
+    assert_eq!(snapshot["master"]["host"], "127.0.0.1");
+    assert_eq!(snapshot["master"]["port"], master.port);
+    assert_eq!(snapshot["master"]["requirepass"], PW);
+    assert_eq!(snapshot["dataset"]["datastore_manager"], "redis");
+    assert!(snapshot["log_position"].is_null());
+    assert_eq!(run_id(&master, Some(PW)).await, run_before, "snapshot restarted the master");
+
+    let replica = spawn_guest(&c, None, &[]).await;
+    let mut snap = snapshot.clone();
+    snap["config"] = json!("slave-read-only yes\n");
+    prepare(&c, &replica, None, Some(snap)).await;
+    let mut r = replica.redis(None).await;
+    let v: Option<String> = r.get("before").await.unwrap();
+    assert_eq!(v.as_deref(), Some("1"));
+    let _: () = m.set("after", "2").await.unwrap();
+    eventually(10, "write reaches the replica", || async {
+        let mut r = replica.redis(None).await;
+        r.get::<_, Option<String>>("after").await.unwrap().as_deref() == Some("2")
+    })
+    .await;
+    let err = r.set::<_, _, ()>("x", "1").await.unwrap_err();
+    assert!(err.to_string().contains("read only"), "{err}");
+    // Persisted: replicaof, masterauth (quoted), read-only; file mode 0600.
+    let conf = std::fs::read_to_string(replica.config_file()).unwrap();
+    let d = trove_guest::datastore::redis::conf::parse(&conf).unwrap();
+    use trove_guest::datastore::redis::conf::lookup;
+    assert_eq!(lookup(&d, "replicaof"), Some(format!("127.0.0.1 {}", master.port)));
+    assert_eq!(lookup(&d, "masterauth").as_deref(), Some(PW));
+    assert_eq!(lookup(&d, "replica-read-only").as_deref(), Some("yes"));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(replica.config_file()).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(run_id(&master, Some(PW)).await, run_before, "attach restarted the master");
+    assert!(!replica.log().contains("s3cret") && !master.log().contains("s3cret"), "password in logs");
+
+    // Context, last txn, latest txn id.
+    let ctx = call(&c, &master, "get_replica_context", json!({})).await;
+    assert_eq!(ctx["master"]["port"], master.port);
+    let last = call(&c, &replica, "get_last_txn", json!({})).await;
+    assert_eq!(last[0], "127.0.0.1");
+    assert!(last[1].as_i64().unwrap() >= 0);
+    let latest = call(&c, &master, "get_latest_txn_id", json!({})).await;
+    call(&c, &replica, "wait_for_txn", json!({"txn": latest})).await;
+}
+
+#[tokio::test]
+async fn replica_survives_kill_9_and_idempotent_attach() {
+    let c = client().await;
+    let (master, replica, snapshot) = pair(&c, Some(PW)).await;
+    let full_before = stat(&master, Some(PW), "sync_full").await;
+    let replica_run = run_id(&replica, None).await;
+    // Same attach again: no change, no resync, no restart.
+    call(&c, &replica, "attach_replica", json!({"replica_info": {"master": snapshot["master"]}, "slave_config": "slave-read-only yes", "restart": false})).await;
+    assert_eq!(stat(&master, Some(PW), "sync_full").await, full_before);
+    assert_eq!(run_id(&replica, None).await, replica_run);
+    // kill -9 the replica's Redis; the supervisor restarts it from the persisted config.
+    let pid = replica.redis_pid().unwrap();
+    std::process::Command::new("kill").arg("-9").arg(pid.to_string()).status().unwrap();
+    eventually(20, "replica back as a replica of the same master", || async {
+        if replica.redis_pid() == Some(pid) {
+            return false;
+        }
+        let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{}", replica.port)) else { return false };
+        let Ok(mut con) = client.get_multiplexed_async_connection().await else { return false };
+        let Ok(text) = redis::cmd("INFO").arg("replication").query_async::<String>(&mut con).await else { return false };
+        let r = trove_guest::datastore::redis::info::Info::parse(&text).replication().unwrap();
+        r.master_port == Some(master.port) && r.linked()
+    })
+    .await;
+    let err = replica.redis(None).await.set::<_, _, ()>("x", "1").await.unwrap_err();
+    assert!(err.to_string().contains("read only"), "{err}");
+}
+
+#[tokio::test]
+async fn replica_of_a_replica_is_refused() {
+    let c = client().await;
+    let (_master, replica, _) = pair(&c, None).await;
+    let third = spawn_guest(&c, None, &[]).await;
+    prepare(&c, &third, None, None).await;
+    let conf_before = std::fs::read(third.config_file()).unwrap();
+    let ctx = call(&c, &replica, "get_replica_context", json!({})).await;
+    let f = call_err(&c, &third, "attach_replica", json!({"replica_info": ctx, "slave_config": ""})).await;
+    assert_eq!(f.class, "GuestError");
+    assert!(f.message.contains("replica of a replica"), "{}", f.message);
+    assert_eq!(std::fs::read(third.config_file()).unwrap(), conf_before);
+    // The replica cannot be a replica source either.
+    let f = call_err(&c, &replica, "get_replication_snapshot", json!({"snapshot_info": {}, "replica_source_config": null})).await;
+    assert!(f.message.contains("replica of a replica"), "{}", f.message);
+}
+
+#[tokio::test]
+async fn bad_arguments_leave_redis_untouched() {
+    let c = client().await;
+    let (master, replica, _) = pair(&c, None).await;
+    let conf_before = std::fs::read(replica.config_file()).unwrap();
+    let host_cases = ["10.0.0.1\nslaveof 6.6.6.6 1", "a b", "", "#x", "\"q\""];
+    for host in host_cases {
+        let f = call_err(&c, &replica, "attach_replica", json!({"replica_info": {"master": {"host": host, "port": master.port}}, "slave_config": ""})).await;
+        assert_eq!(f.class, "TypeError", "{host:?}: {}", f.message);
+        assert!(f.message.contains("master.host"), "{}", f.message);
+    }
+    let bad = [
+        json!({"replica_info": {"master": {"host": "127.0.0.1", "port": 0}}}),
+        json!({"replica_info": {"master": {"host": "127.0.0.1", "port": 65536}}}),
+        json!({"replica_info": {"master": {"host": "127.0.0.1", "port": "6379x"}}}),
+        json!({"replica_info": {"master": {"host": "127.0.0.1", "port": master.port, "requirepass": 1234}}}),
+        json!({"replica_info": "not an object"}),
+        json!({"replica_info": {"no_master": 1}}),
+        json!({}),
+    ];
+    for a in bad {
+        let f = call_err(&c, &replica, "attach_replica", a.clone()).await;
+        assert_eq!(f.class, "TypeError", "{a}: {}", f.message);
+    }
+    assert_eq!(std::fs::read(replica.config_file()).unwrap(), conf_before, "redis.conf changed");
+    let r = info(&mut replica.redis(None).await, "replication").await.replication().unwrap();
+    assert_eq!(r.master_port, Some(master.port));
+}
+
+#[tokio::test]
+async fn wait_for_txn_times_out_clearly() {
+    let c = client().await;
+    let g = spawn_guest(&c, None, &[("TROVE_GUESTAGENT__REPLICATION__WAIT_FOR_TXN_TIMEOUT", "1")]).await;
+    prepare(&c, &g, None, None).await;
+    let f = call_err(&c, &g, "wait_for_txn", json!({"txn": 1_000_000_000i64})).await;
+    assert_eq!(f.class, "GuestError");
+    assert!(f.message.contains("did not reach 1000000000"), "{}", f.message);
+    let f = call_err(&c, &g, "wait_for_txn", json!({"txn": "12"})).await;
+    assert_eq!(f.class, "TypeError");
+}
+
+#[tokio::test]
+async fn detach_makes_a_writable_master_with_the_data() {
+    let c = client().await;
+    let (master, replica, _) = pair(&c, None).await;
+    let _: () = master.redis(None).await.set("k", "v").await.unwrap();
+    eventually(10, "replicated", || async { replica.redis(None).await.get::<_, Option<String>>("k").await.unwrap().is_some() }).await;
+    let run = run_id(&replica, None).await;
+    call(&c, &replica, "detach_replica", json!({"for_failover": false})).await;
+    call(&c, &replica, "detach_replica", json!({"for_failover": false})).await;
+    let mut r = replica.redis(None).await;
+    let _: () = r.set("new", "1").await.unwrap();
+    assert_eq!(r.get::<_, Option<String>>("k").await.unwrap().as_deref(), Some("v"));
+    assert_eq!(run_id(&replica, None).await, run);
+    let d = trove_guest::datastore::redis::conf::parse(&std::fs::read_to_string(replica.config_file()).unwrap()).unwrap();
+    assert_eq!(trove_guest::datastore::redis::conf::lookup(&d, "replicaof"), None);
+}
+
+#[tokio::test]
+async fn persistence_rule() {
+    let c = client().await;
+    let g = spawn_guest(&c, None, &[]).await;
+    prepare(&c, &g, None, None).await;
+    let mut con = g.redis(None).await;
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("save").arg("").query_async(&mut con).await.unwrap();
+    call(&c, &g, "get_replication_snapshot", json!({"snapshot_info": {}, "replica_source_config": null})).await;
+    let save: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("save").query_async(&mut con).await.unwrap();
+    assert!(!save[1].is_empty(), "persistence was not turned on");
+
+    let strict = spawn_guest(&c, None, &[("TROVE_GUESTAGENT__REPLICATION__ENABLE_PERSISTENCE", "false")]).await;
+    prepare(&c, &strict, None, None).await;
+    let mut con = strict.redis(None).await;
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("save").arg("").query_async(&mut con).await.unwrap();
+    let f = call_err(&c, &strict, "get_replication_snapshot", json!({"snapshot_info": {}, "replica_source_config": null})).await;
+    assert!(f.message.contains("persistence"), "{}", f.message);
+}
+
+/// Trove's newest promote order on three nodes: no full resync anywhere, no restart.
+#[tokio::test]
+async fn trove_promote_order_continues_partially() {
+    let c = client().await;
+    let (old, cand, snapshot) = pair(&c, None).await;
+    let other = spawn_guest(&c, None, &[]).await;
+    prepare(&c, &other, None, Some(snapshot)).await;
+    let _: () = old.redis(None).await.set("a", "1").await.unwrap();
+    let runs = (run_id(&old, None).await, run_id(&cand, None).await, run_id(&other, None).await);
+    let cand_full = stat(&cand, None, "sync_full").await;
+
+    call(&c, &old, "make_read_only", json!({"read_only": true})).await;
+    let latest = call(&c, &old, "get_latest_txn_id", json!({})).await;
+    call(&c, &cand, "wait_for_txn", json!({"txn": latest})).await;
+    call(&c, &cand, "detach_replica", json!({"for_failover": true})).await;
+    call(&c, &cand, "enable_as_master", json!({"replica_source_config": "repl-diskless-sync yes\nrepl-diskless-sync-delay 10\n"})).await;
+    call(&c, &cand, "make_read_only", json!({"read_only": false})).await;
+    let ctx = call(&c, &cand, "get_replica_context", json!({})).await;
+    call(&c, &other, "detach_replica", json!({"for_failover": true})).await;
+    call(&c, &other, "attach_replica", json!({"replica_info": ctx, "slave_config": "slave-read-only yes", "restart": true})).await;
+    call(&c, &old, "attach_replica", json!({"replica_info": ctx, "slave_config": "slave-read-only yes", "restart": false})).await;
+    call(&c, &old, "demote_replication_master", json!({})).await;
+
+    assert_eq!(stat(&cand, None, "sync_full").await, cand_full, "a survivor did a full resync");
+    assert!(stat(&cand, None, "sync_partial_ok").await >= 2);
+    assert_eq!((run_id(&old, None).await, run_id(&cand, None).await, run_id(&other, None).await), runs, "a node restarted");
+    let _: () = cand.redis(None).await.set("b", "2").await.unwrap();
+    for g in [&old, &other] {
+        eventually(10, "new write on every node", || async { g.redis(None).await.get::<_, Option<String>>("b").await.unwrap().is_some() }).await;
+        assert!(g.redis(None).await.set::<_, _, ()>("z", "1").await.is_err(), "old nodes must be read-only");
+    }
+    let status = call(&c, &old, "get_replication_status", json!({})).await;
+    assert_eq!(status["role"], "replica");
+    assert_eq!(status["fenced"], false);
+}
+
+/// A fence that nobody lifts expires by itself.
+#[tokio::test]
+async fn fence_expires() {
+    let c = client().await;
+    let g = spawn_guest(&c, None, &[("TROVE_GUESTAGENT__REPLICATION__FENCE_TIMEOUT", "1000")]).await;
+    prepare(&c, &g, None, None).await;
+    call(&c, &g, "make_read_only", json!({"read_only": true})).await;
+    let started = std::time::Instant::now();
+    let mut con = g.redis(None).await;
+    let _: () = con.set("k", "v").await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(500), "the write was not held back by the fence");
+    eventually(5, "fence gone", || async { call(&c, &g, "get_replication_status", json!({})).await["fenced"] == false }).await;
+}
