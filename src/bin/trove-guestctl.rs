@@ -1,1 +1,163 @@
-fn main(){}
+//! trove-guestctl: the taskmanager's side of Trove's guest RPC, running the replication flows.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+use trove_guest::flows::{self, create::CreateOptions, show, Inventory, Taskmanager};
+
+/// Run Trove's Redis replication flows against trove-guestagent instances over RabbitMQ.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Inventory file (TOML): transport_url, control_exchange and one [[guest]] per guest.
+    #[arg(long, global = true, env = "TROVE_GUESTCTL_INVENTORY", value_name = "PATH")]
+    inventory: Option<PathBuf>,
+    /// Print results as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create replicas of MASTER: N spare guests, or the named ones.
+    CreateReplicas {
+        #[arg(long, value_name = "MASTER")]
+        replica_of: String,
+        #[arg(long, conflicts_with = "guests")]
+        replica_count: Option<usize>,
+        /// Let a master without persistence turn RDB save points on (otherwise it is refused).
+        #[arg(long)]
+        enable_persistence: bool,
+        /// redis.conf contents for guests that were never prepared (default: the agent's own).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        guests: Vec<String>,
+    },
+    /// Detach GUEST from its master: it becomes a writable standalone master with its data.
+    DetachReplica { guest: String },
+    /// Promote GUEST (a replica) to replica source, with no acknowledged-write loss.
+    PromoteToReplicaSource { guest: String },
+    /// Replace the dead MASTER with its most current replica.
+    EjectReplicaSource {
+        master: String,
+        /// Eject even though the master still answers.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show every guest's role, master, link, offset, lag, read-only and health.
+    Show,
+    /// One raw guest call; prints the JSON result.
+    Call {
+        guest: String,
+        method: String,
+        /// Keyword arguments as a JSON object.
+        args: Option<String>,
+        #[arg(long, default_value_t = 180)]
+        timeout: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TROVE_GUESTCTL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("trove_guest=info,warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).without_time().init();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let Some(path) = cli.inventory.clone() else {
+        bail!("no inventory: pass --inventory PATH or set TROVE_GUESTCTL_INVENTORY (see etc/inventory.example.toml)");
+    };
+    let inventory = Inventory::load(&path)?;
+    let mut tm = Taskmanager::connect(inventory).await.context("cannot reach RabbitMQ")?;
+    if !matches!(cli.command, Command::Call { .. }) {
+        let live = tm.live_all().await;
+        for d in tm.disagreements(&live) {
+            eprintln!("warning: inventory and live state disagree: {d}");
+        }
+    }
+    let result: Result<Value, flows::Error> = match cli.command {
+        Command::CreateReplicas { replica_of, replica_count, enable_persistence, config, guests } => {
+            if guests.is_empty() && replica_count.is_none() {
+                bail!("name the replicas, or give --replica-count N");
+            }
+            let config_contents = match config {
+                Some(p) => Some(std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?),
+                None => None,
+            };
+            let opts = CreateOptions { master: replica_of, replicas: guests, count: replica_count, enable_persistence, config_contents };
+            tm.create_replicas(opts).await.map(|r| json!(r))
+        }
+        Command::DetachReplica { guest } => tm.detach(&guest).await.map(|()| json!({"detached": guest})),
+        Command::PromoteToReplicaSource { guest } => tm.promote(&guest).await.map(|r| json!(r)),
+        Command::EjectReplicaSource { master, force } => tm.eject(&master, force).await.map(|r| {
+            for c in &r.evidence {
+                eprintln!(
+                    "  candidate {:<12} history {} offset {} last_io {}{}",
+                    c.id,
+                    c.replid.as_deref().unwrap_or("-"),
+                    c.offset,
+                    c.last_io_seconds.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                    if c.id == r.new_master { "  <- chosen" } else { "" }
+                );
+            }
+            json!(r)
+        }),
+        Command::Show => {
+            let (rows, _) = tm.show().await;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", show::table(&rows));
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Call { guest, method, args, timeout } => {
+            let args: Value = match args {
+                Some(text) => serde_json::from_str(&text).context("ARGS must be a JSON object")?,
+                None => json!({}),
+            };
+            if !args.is_object() {
+                bail!("ARGS must be a JSON object");
+            }
+            tm.call(&guest, &method, args, std::time::Duration::from_secs(timeout)).await
+        }
+    };
+    match result {
+        Ok(v) => {
+            if cli.json || v.is_object() || v.is_array() {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("{v}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(flows::Error::Refused(msg)) => {
+            eprintln!("refused: {msg}");
+            Ok(ExitCode::from(3))
+        }
+        Err(e) => {
+            eprintln!("failed: {e}");
+            Ok(ExitCode::from(2))
+        }
+    }
+}

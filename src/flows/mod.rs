@@ -1,1 +1,193 @@
-//! Taskmanager-side replication flows (create, detach, promote, eject) driven over RPC.
+//! Taskmanager-side replication flows (create, detach, promote, eject) driven over RPC, as Trove orders them.
+//! Flows return values and collect per-guest errors; printing is the CLI's job.
+
+pub mod create;
+pub mod eject;
+pub mod inventory;
+pub mod promote;
+pub mod show;
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+use crate::rpc::{client::RpcClient, crypto::Cipher, AmqpOptions};
+pub use inventory::Inventory;
+
+/// Trove's `agent_call_low_timeout`.
+pub const LOW_TIMEOUT: Duration = Duration::from_secs(15);
+/// Trove's `agent_call_high_timeout`.
+pub const HIGH_TIMEOUT: Duration = Duration::from_secs(180);
+/// Trove's `agent_replication_snapshot_timeout`.
+pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(1800);
+/// How long a status probe may take before a guest counts as unreachable.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Trove's replica-source template (`replica_source.config.template`).
+pub const REPLICA_SOURCE_CONFIG: &str = "repl-diskless-sync yes\nrepl-diskless-sync-delay 10\n";
+/// Trove's replica template (`replica.config.template`).
+pub const REPLICA_CONFIG: &str = "slave-read-only yes\n";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Inventory(#[from] inventory::Error),
+    #[error("{0}")]
+    Refused(String),
+    #[error("{guest}: {method} failed: {reason}")]
+    Guest { guest: String, method: String, reason: String },
+    #[error("{} guest(s) failed:\n{}", .0.len(), .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
+    Partial(Vec<Error>),
+    #[error(transparent)]
+    Rpc(#[from] crate::rpc::Error),
+}
+
+/// A guest's live replication view, as `get_replication_status` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Live {
+    pub id: String,
+    pub status: Option<Value>,
+    pub error: Option<String>,
+}
+
+impl Live {
+    pub fn role(&self) -> Option<&str> {
+        self.status.as_ref()?.get("role")?.as_str()
+    }
+    pub fn addr(&self) -> Option<(String, u64)> {
+        let s = self.status.as_ref()?;
+        Some((s.get("host")?.as_str()?.to_owned(), s.get("port")?.as_u64()?))
+    }
+    pub fn master_addr(&self) -> Option<(String, u64)> {
+        let s = self.status.as_ref()?;
+        Some((s.get("master_host")?.as_str()?.to_owned(), s.get("master_port")?.as_u64()?))
+    }
+    pub fn offset(&self) -> i64 {
+        self.status.as_ref().and_then(|s| s.get("offset")).and_then(Value::as_i64).unwrap_or(-1)
+    }
+}
+
+/// The taskmanager: an RPC client plus the inventory that names guests and their keys.
+pub struct Taskmanager {
+    pub client: RpcClient,
+    pub inventory: Inventory,
+}
+
+impl Taskmanager {
+    pub async fn connect(inventory: Inventory) -> Result<Self, Error> {
+        let opts = AmqpOptions::new(&inventory.transport_url, &inventory.control_exchange, "trove-guestctl");
+        let client = RpcClient::connect(&opts).await?;
+        Ok(Taskmanager { client, inventory })
+    }
+
+    fn cipher(&self, guest: &str) -> Option<Cipher> {
+        let key = self.inventory.guest(guest)?.key.clone()?;
+        Some(Cipher::new(&secrecy::SecretString::from(key)))
+    }
+
+    /// One guest call, with Trove's version and the given timeout; errors name the guest and method.
+    pub async fn call(&self, guest: &str, method: &str, args: Value, timeout: Duration) -> Result<Value, Error> {
+        let args: Map<String, Value> = args.as_object().cloned().unwrap_or_default();
+        let topic = format!("guestagent.{guest}");
+        self.client
+            .call(&topic, method, args, "1.0", timeout, self.cipher(guest).as_ref())
+            .await
+            .map_err(|e| Error::Guest { guest: guest.into(), method: method.into(), reason: describe(&e) })
+    }
+
+    pub async fn cast(&self, guest: &str, method: &str, args: Value) -> Result<(), Error> {
+        let args: Map<String, Value> = args.as_object().cloned().unwrap_or_default();
+        let topic = format!("guestagent.{guest}");
+        self.client
+            .cast(&topic, method, args, "1.0", self.cipher(guest).as_ref())
+            .await
+            .map_err(|e| Error::Guest { guest: guest.into(), method: method.into(), reason: describe(&e) })
+    }
+
+    /// `rpc_ping` within `timeout`.
+    pub async fn ping(&self, guest: &str, timeout: Duration) -> bool {
+        matches!(self.call(guest, "rpc_ping", json!({}), timeout).await, Ok(Value::Bool(true)))
+    }
+
+    /// Live status of one guest; unreachable guests give an error after `PROBE_TIMEOUT`.
+    pub async fn live(&self, guest: &str) -> Live {
+        match self.call(guest, "get_replication_status", json!({}), PROBE_TIMEOUT).await {
+            Ok(status) => Live { id: guest.into(), status: Some(status), error: None },
+            Err(e) => Live { id: guest.into(), status: None, error: Some(e.to_string()) },
+        }
+    }
+
+    /// Live status of every guest in the inventory, in parallel.
+    pub async fn live_all(&self) -> Vec<Live> {
+        let ids: Vec<String> = self.inventory.guests.iter().map(|g| g.id.clone()).collect();
+        futures_util::future::join_all(ids.iter().map(|id| self.live(id))).await
+    }
+
+    /// Compares the inventory with what guests report; returns one line per disagreement.
+    pub fn disagreements(&self, live: &[Live]) -> Vec<String> {
+        let by_addr: std::collections::HashMap<(String, u64), String> =
+            live.iter().filter_map(|l| Some((l.addr()?, l.id.clone()))).collect();
+        let mut out = Vec::new();
+        for l in live {
+            let Some(entry) = self.inventory.guest(&l.id) else { continue };
+            let Some(role) = l.role() else { continue };
+            let live_master = l.master_addr().and_then(|a| by_addr.get(&a).cloned());
+            match (role, entry.replica_of.as_deref()) {
+                ("master", Some(m)) => out.push(format!("{}: inventory says replica of {m}, but it is a master", l.id)),
+                ("replica", None) => out.push(format!(
+                    "{}: inventory says standalone, but it replicates from {}",
+                    l.id,
+                    live_master.unwrap_or_else(|| "an unknown master".into())
+                )),
+                ("replica", Some(m)) if live_master.as_deref().is_some_and(|lm| lm != m) => out.push(format!(
+                    "{}: inventory says replica of {m}, but it replicates from {}",
+                    l.id,
+                    live_master.unwrap_or_default()
+                )),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    fn require(&self, id: &str) -> Result<(), Error> {
+        if self.inventory.guest(id).is_none() {
+            return Err(Error::Refused(format!("guest {id} is not in the inventory {}", self.inventory.path.display())));
+        }
+        Ok(())
+    }
+
+    /// `detach-replica`: the replica becomes a writable standalone master that keeps its data.
+    pub async fn detach(&mut self, replica: &str) -> Result<(), Error> {
+        self.require(replica)?;
+        let live = self.live(replica).await;
+        if self.inventory.guest(replica).and_then(|g| g.replica_of.clone()).is_none() && live.role() != Some("replica") {
+            return Err(Error::Refused(format!("{replica} is not a replica")));
+        }
+        tracing::info!(guest = replica, "detach_replica(for_failover=false)");
+        self.call(replica, "detach_replica", json!({"for_failover": false}), HIGH_TIMEOUT).await?;
+        self.inventory.set_replica_of(replica, None)?;
+        Ok(())
+    }
+}
+
+/// A readable reason for an RPC error: the remote message, not the plumbing.
+pub fn describe(e: &crate::rpc::Error) -> String {
+    match e {
+        crate::rpc::Error::Remote { failure, .. } => failure
+            .kwargs
+            .get("original_message")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("{}: {}", failure.class, failure.message)),
+        crate::rpc::Error::Timeout { timeout, .. } => format!("no answer within {timeout:?} (is the agent running?)"),
+        other => other.to_string(),
+    }
+}
+
+/// Collects the errors of a fan-out; Ok when none failed.
+pub fn collect(results: Vec<Result<(), Error>>) -> Result<(), Error> {
+    let errors: Vec<Error> = results.into_iter().filter_map(Result::err).collect();
+    if errors.is_empty() { Ok(()) } else { Err(Error::Partial(errors)) }
+}

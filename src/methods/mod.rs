@@ -160,7 +160,12 @@ impl Guest {
                             .ok_or_else(|| a.wrong("snapshot_info.replica_count", "a positive integer"))?,
                     ),
                 };
-                let request = SnapshotRequest { replica_source_config: a.opt_str("replica_source_config")?, replica_count };
+                let enable_persistence = match info.get("enable_persistence") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::Bool(b)) => Some(*b),
+                    Some(_) => return Err(a.wrong("snapshot_info.enable_persistence", "a boolean")),
+                };
+                let request = SnapshotRequest { replica_source_config: a.opt_str("replica_source_config")?, replica_count, enable_persistence };
                 let snapshot = strategy.snapshot(request).await.map_err(|e| to_failure(a, e))?;
                 Ok(serde_json::to_value(snapshot).unwrap_or(Value::Null))
             }

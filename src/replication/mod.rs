@@ -54,6 +54,8 @@ pub struct SnapshotRequest {
     pub replica_source_config: Option<String>,
     /// How many replicas will attach (our extension of `snapshot_info`), to size diskless sync.
     pub replica_count: Option<u32>,
+    /// Whether a master without persistence may turn it on (our extension); None: the operator's setting.
+    pub enable_persistence: Option<bool>,
 }
 
 /// Errors the strategy reports; the RPC layer turns them into Trove exceptions.

@@ -71,16 +71,16 @@ impl RedisSync {
     }
 
     /// Turns on the default save points when neither RDB nor AOF is on, or refuses.
-    async fn ensure_persistence(&self, admin: &mut Admin) -> Result<()> {
+    async fn ensure_persistence(&self, admin: &mut Admin, allow: Option<bool>) -> Result<()> {
         let save = admin.config_get("save").await?.unwrap_or_default();
         let aof = admin.config_get("appendonly").await?.unwrap_or_default();
         if !save.trim().is_empty() || aof == "yes" {
             return Ok(());
         }
-        if !self.settings.enable_persistence {
+        if !allow.unwrap_or(self.settings.enable_persistence) {
             return Err(Error::Refused(
                 "the master has persistence off (no RDB save points, no AOF); a replica source must persist its data. \
-                 Turn on 'save' or 'appendonly', or set replication.enable_persistence = true"
+                 Turn on 'save' or 'appendonly', or allow the agent to (replication.enable_persistence, or the caller's enable_persistence flag)"
                     .into(),
             ));
         }
@@ -283,7 +283,7 @@ impl ReplicationStrategy for RedisSync {
                 repl.master_port.unwrap_or_default()
             )));
         }
-        self.ensure_persistence(&mut admin).await?;
+        self.ensure_persistence(&mut admin, request.enable_persistence).await?;
         let used = admin.info("memory").await?.used_memory().unwrap_or(0);
         let free = self.manager.free_disk()?;
         let needed = (used as f64 * self.settings.disk_headroom) as u64;
@@ -405,7 +405,7 @@ impl ReplicationStrategy for RedisSync {
         self.cancel_pending_detach();
         self.detach_now().await?;
         let mut admin = self.admin().await?;
-        self.ensure_persistence(&mut admin).await?;
+        self.ensure_persistence(&mut admin, None).await?;
         self.apply_master_settings(&mut admin, replica_source_config, None).await?;
         self.lift_fence(&mut admin).await?;
         Ok(())

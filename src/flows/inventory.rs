@@ -1,0 +1,137 @@
+//! The inventory: which guests exist, their keys, and who replicates from whom (Trove's `slave_of_id`).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read inventory {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("inventory {path} is invalid: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("cannot write inventory {path}: {reason}")]
+    Write { path: PathBuf, reason: String },
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestEntry {
+    pub id: String,
+    /// The instance RPC key (secure RPC); absent for plaintext guests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The id of the guest this one replicates from; maintained by trove-guestctl.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_of: Option<String>,
+}
+
+impl std::fmt::Debug for GuestEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestEntry")
+            .field("id", &self.id)
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .field("replica_of", &self.replica_of)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inventory {
+    pub transport_url: String,
+    #[serde(default = "default_exchange")]
+    pub control_exchange: String,
+    #[serde(default, rename = "guest")]
+    pub guests: Vec<GuestEntry>,
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+fn default_exchange() -> String {
+    "trove".into()
+}
+
+impl Inventory {
+    pub fn load(path: &Path) -> Result<Inventory, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Read { path: path.into(), reason: e.to_string() })?;
+        let mut inv: Inventory = toml::from_str(&text).map_err(|e| Error::Invalid { path: path.into(), reason: e.to_string() })?;
+        inv.path = path.into();
+        inv.validate().map_err(|reason| Error::Invalid { path: path.into(), reason })?;
+        Ok(inv)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let mut seen = std::collections::HashSet::new();
+        for g in &self.guests {
+            if g.id.is_empty() || !g.id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                return Err(format!("guest id {:?} may contain only letters, digits, '-', '_' and '.'", g.id));
+            }
+            if !seen.insert(g.id.as_str()) {
+                return Err(format!("guest {} is listed twice", g.id));
+            }
+        }
+        for g in &self.guests {
+            if let Some(m) = &g.replica_of {
+                if !seen.contains(m.as_str()) {
+                    return Err(format!("guest {} is a replica of unknown guest {m}", g.id));
+                }
+            }
+        }
+        crate::rpc::transport::parse_transport_url(&self.transport_url).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Writes atomically (temp file + rename), mode 0600 (it may hold keys).
+    pub fn save(&self) -> Result<(), Error> {
+        let text = toml::to_string_pretty(self).map_err(|e| Error::Write { path: self.path.clone(), reason: e.to_string() })?;
+        let header = "# trove-guestctl inventory: replica_of is maintained by trove-guestctl.\n";
+        crate::datastore::redis::state::write_private(&self.path, format!("{header}{text}").as_bytes())
+            .map_err(|e| Error::Write { path: self.path.clone(), reason: e.to_string() })
+    }
+
+    pub fn guest(&self, id: &str) -> Option<&GuestEntry> {
+        self.guests.iter().find(|g| g.id == id)
+    }
+
+    pub fn replicas_of(&self, id: &str) -> Vec<String> {
+        self.guests.iter().filter(|g| g.replica_of.as_deref() == Some(id)).map(|g| g.id.clone()).collect()
+    }
+
+    /// Records a topology change and saves at once, so an interrupted command leaves the file true.
+    pub fn set_replica_of(&mut self, id: &str, master: Option<&str>) -> Result<(), Error> {
+        if let Some(g) = self.guests.iter_mut().find(|g| g.id == id) {
+            g.replica_of = master.map(str::to_owned);
+        }
+        self.save()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_validation() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("inv.toml");
+        std::fs::write(&p, "transport_url = \"rabbit://guest:guest@127.0.0.1:5672/\"\n[[guest]]\nid = \"a\"\n[[guest]]\nid = \"b\"\nkey = \"k\"\nreplica_of = \"a\"\n").unwrap();
+        let mut inv = Inventory::load(&p).unwrap();
+        assert_eq!(inv.control_exchange, "trove");
+        assert_eq!(inv.replicas_of("a"), vec!["b".to_string()]);
+        inv.set_replica_of("b", None).unwrap();
+        let again = Inventory::load(&p).unwrap();
+        assert!(again.replicas_of("a").is_empty());
+        assert_eq!(again.guest("b").unwrap().key.as_deref(), Some("k"));
+        for bad in [
+            "transport_url = \"rabbit://h/\"\n[[guest]]\nid = \"a\"\n[[guest]]\nid = \"a\"\n",
+            "transport_url = \"rabbit://h/\"\n[[guest]]\nid = \"a\"\nreplica_of = \"zz\"\n",
+            "transport_url = \"rabbit://h/\"\n[[guest]]\nid = \"a b\"\n",
+            "transport_url = \"rabbit://h/\"\nbogus = 1\n",
+            "transport_url = \"ftp://h/\"\n",
+        ] {
+            std::fs::write(&p, bad).unwrap();
+            assert!(Inventory::load(&p).is_err(), "{bad}");
+        }
+    }
+}

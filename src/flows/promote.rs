@@ -1,0 +1,80 @@
+//! Promote a replica to replica source: fence, catch up, promote, re-point everyone in parallel, demote.
+
+use std::time::Instant;
+
+use serde::Serialize;
+use serde_json::json;
+
+use super::{collect, Error, Taskmanager, HIGH_TIMEOUT, REPLICA_CONFIG, REPLICA_SOURCE_CONFIG};
+
+#[derive(Debug, Serialize)]
+pub struct PromoteReport {
+    pub new_master: String,
+    pub old_master: String,
+    /// From the fence on the old master until the candidate accepts writes.
+    pub writes_blocked_ms: u64,
+    pub total_ms: u64,
+}
+
+impl Taskmanager {
+    pub async fn promote(&mut self, candidate: &str) -> Result<PromoteReport, Error> {
+        let started = Instant::now();
+        self.require(candidate)?;
+        let Some(old) = self.inventory.guest(candidate).and_then(|g| g.replica_of.clone()) else {
+            return Err(Error::Refused(format!("{candidate} is not a replica; only a replica can be promoted")));
+        };
+        let others: Vec<String> = self.inventory.replicas_of(&old).into_iter().filter(|r| r != candidate).collect();
+        let live = self.live(&old).await;
+        if live.role() != Some("master") {
+            return Err(Error::Refused(format!(
+                "the replica source {old} is not a live master ({}); use eject-replica-source for a dead master",
+                live.error.unwrap_or_else(|| "it reports another role".into())
+            )));
+        }
+        tracing::info!(%candidate, %old, ?others, "promoting");
+        // 1. Fence the old master, then read its offset (the order matters: the offset is final).
+        let fence_at = Instant::now();
+        self.call(&old, "make_read_only", json!({"read_only": true}), HIGH_TIMEOUT).await?;
+        let latest = self.call(&old, "get_latest_txn_id", json!({}), HIGH_TIMEOUT).await?;
+        // 2. The candidate catches up to exactly that offset.
+        if latest.as_i64().unwrap_or(0) > 0 {
+            self.call(candidate, "wait_for_txn", json!({"txn": latest}), HIGH_TIMEOUT).await?;
+        }
+        // 3. Promote.
+        self.call(candidate, "detach_replica", json!({"for_failover": true}), HIGH_TIMEOUT).await?;
+        self.inventory.set_replica_of(candidate, None)?;
+        self.call(candidate, "enable_as_master", json!({"replica_source_config": REPLICA_SOURCE_CONFIG}), HIGH_TIMEOUT).await?;
+        self.call(candidate, "make_read_only", json!({"read_only": false}), HIGH_TIMEOUT).await?;
+        let writes_blocked_ms = fence_at.elapsed().as_millis() as u64;
+        tracing::info!(%candidate, writes_blocked_ms, "new master accepts writes");
+        // 4. Re-point the other replicas and the old master directly, in parallel (partial resync).
+        let context = self.call(candidate, "get_replica_context", json!({}), HIGH_TIMEOUT).await?;
+        let mut movers = others.clone();
+        movers.push(old.clone());
+        let this = &*self;
+        let results = futures_util::future::join_all(movers.iter().map(|r| {
+            let context = context.clone();
+            let is_old = *r == old;
+            async move {
+                if !is_old {
+                    this.call(r, "detach_replica", json!({"for_failover": true}), HIGH_TIMEOUT).await?;
+                }
+                this.call(r, "attach_replica", json!({"replica_info": context, "slave_config": REPLICA_CONFIG, "restart": !is_old}), HIGH_TIMEOUT)
+                    .await
+                    .map(|_| ())
+            }
+        }))
+        .await;
+        let mut outcome = Vec::new();
+        for (r, res) in movers.iter().zip(results) {
+            if res.is_ok() {
+                self.inventory.set_replica_of(r, Some(candidate))?;
+            }
+            outcome.push(res);
+        }
+        // 5. The old master drops its replica-source settings.
+        outcome.push(self.call(&old, "demote_replication_master", json!({}), HIGH_TIMEOUT).await.map(|_| ()));
+        collect(outcome)?;
+        Ok(PromoteReport { new_master: candidate.into(), old_master: old, writes_blocked_ms, total_ms: started.elapsed().as_millis() as u64 })
+    }
+}
