@@ -28,18 +28,19 @@ ENV TROVE_GUESTAGENT__RPC__TRANSPORT_URL=rabbit://trove:trove@rabbitmq:5672/ \
     TROVE_GUESTAGENT__REDIS__DATA_DIR=/var/lib/redis \
     TROVE_GUESTAGENT__REDIS__PORT=6379
 
-# The glob copies trove-guestctl only if it was built; the RUN fails if the agent is missing or
-# needs libraries (or a glibc) that the image lacks.
-COPY target/release/trove-guest* /usr/local/bin/
-RUN set -eu; \
-    test -x /usr/local/bin/trove-guestagent; \
-    for b in /usr/local/bin/trove-guest*; do \
-        if ldd "$b" 2>&1 | grep 'not found'; then echo "$b cannot run here" >&2; exit 1; fi; \
-    done
-
 # The agent and Redis run as the unprivileged redis user; everything they write is under
 # /var/lib/redis (config, agent state, dump.rdb).
 USER redis
 WORKDIR /var/lib/redis
 EXPOSE 6379
 ENTRYPOINT ["trove-guestagent"]
+
+# Last, so that a new binary rebuilds only these two layers. The glob copies trove-guestctl only
+# if it was built (the files stay root-owned); the RUN fails if the agent is missing or needs
+# libraries (or a glibc) that the image lacks.
+COPY target/release/trove-guest* /usr/local/bin/
+RUN set -eu; \
+    test -x /usr/local/bin/trove-guestagent; \
+    for b in /usr/local/bin/trove-guest*; do \
+        if ldd "$b" 2>&1 | grep 'not found'; then echo "$b cannot run here" >&2; exit 1; fi; \
+    done

@@ -68,7 +68,7 @@ pub async fn connect(opts: &AmqpOptions) -> Result<Connection, Error> {
         .await;
         match attempt {
             Ok(Ok(conn)) => {
-                tracing::info!(broker = %host, "connected to RabbitMQ");
+                tracing::debug!(broker = %host, "connected to RabbitMQ");
                 return Ok(conn);
             }
             Ok(Err(error)) => last = Some(format!("{host}: {error}")),

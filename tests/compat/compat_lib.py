@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import socket
 import time
 import uuid
@@ -151,6 +152,19 @@ class ConductorHostSerializer(DictContextSerializer):
             ctxt = decrypt_json(ctxt["context"], self.keys[instance_id])
         ctxt["instance_id"] = instance_id
         return ctxt
+
+
+def register_tracing_opts(conf):
+    """oslo.messaging 18's client reads conf.oslo_messaging_metrics / oslo_messaging_tracing but
+    registers those options on the global cfg.CONF only; a private ConfigOpts needs them too."""
+    import importlib
+    for module, attr in (("oslo_messaging._metrics.client", "oslo_messaging_metrics"),
+                         ("oslo_messaging._tracing.client", "oslo_messaging_tracing")):
+        try:
+            opts = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError):  # older oslo.messaging
+            continue
+        conf.register_opts(opts, group=attr)
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,3 +343,22 @@ class RawClient:
         except Exception:  # noqa: BLE001
             pass
         self.conn.release()
+
+
+# --------------------------------------------------------------------------------------------
+# Assertions helpers
+# --------------------------------------------------------------------------------------------
+
+def first_line(exc):
+    s = str(exc)
+    return s.splitlines()[0] if s else ""
+
+
+def failure_of(reply):
+    """The parsed `failure` of a raw reply dict (None if it has none)."""
+    f = reply.get("failure")
+    return json.loads(f) if f else None
+
+
+PY_MISSING_ARG = re.compile(r"^(\w+\.)?wait_for_txn\(\) missing 1 required positional "
+                            r"argument: 'txn'$")

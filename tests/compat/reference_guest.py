@@ -214,6 +214,7 @@ def main():
 
     oconf = cfg.ConfigOpts()
     oconf([], project="reference-guest")
+    lib.register_tracing_opts(oconf)
     oslo_messaging.set_transport_defaults(rpc.get("control_exchange", "openstack"))
     transport = oslo_messaging.get_rpc_transport(
         oconf, url=rpc.get("transport_url", "rabbit://guest:guest@127.0.0.1:5672/"))
