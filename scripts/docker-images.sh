@@ -55,6 +55,17 @@ run_step() {
     timings+=("$(printf '%-10s %7s s' "$name" "$(elapsed "$start")")")
 }
 
+# build_image NAME TAG CONTEXT: docker build, then drop the image TAG used to name if nothing
+# else uses it, so repeated rebuilds do not pile up dangling images.
+build_image() {
+    local name=$1 tag=$2 context=$3 old
+    old=$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)
+    run_step "$name" docker build -t "$tag" "$context"
+    if [ -n "$old" ] && [ "$old" != "$(docker image inspect -f '{{.Id}}' "$tag")" ]; then
+        docker rmi "$old" >/dev/null 2>&1 || true
+    fi
+}
+
 for t in "${targets[@]}"; do
     case "$t" in
         base)
@@ -65,13 +76,13 @@ for t in "${targets[@]}"; do
             timings+=("$(printf '%-10s %7s s' base "$(elapsed "$start")")")
             ;;
         rabbitmq)
-            run_step rabbitmq docker build -t "$RABBITMQ_IMAGE" docker/rabbitmq
+            build_image rabbitmq "$RABBITMQ_IMAGE" docker/rabbitmq
             ;;
         guest)
             if [ "$CARGO_BUILD" = always ] || [ ! -x target/release/trove-guestagent ]; then
                 run_step cargo cargo build --release --bins
             fi
-            run_step guest docker build -t "$GUEST_IMAGE" .
+            build_image guest "$GUEST_IMAGE" .
             ;;
     esac
 done

@@ -158,12 +158,21 @@ def get_transport(url, exmods=TROVE_EXMODS):
 @pytest.fixture(scope="session", autouse=True)
 def _cleanup_transports():
     yield
-    for t in list(_TRANSPORTS.values()):
-        try:
-            t.cleanup()
-        except Exception:  # noqa: BLE001
-            pass
+    # transport.cleanup() takes seconds each (it joins polling threads); run them side by side.
+    threads = [threading.Thread(target=_quiet_cleanup, args=(t,), daemon=True)
+               for t in _TRANSPORTS.values()]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=15)
     _TRANSPORTS.clear()
+
+
+def _quiet_cleanup(t):
+    try:
+        t.cleanup()
+    except Exception:  # noqa: BLE001
+        pass
 
 
 @pytest.fixture(scope="session")

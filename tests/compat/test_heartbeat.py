@@ -54,7 +54,7 @@ def conductor(transport, topic, keys=None):
     serializer = lib.ConductorHostSerializer(keys or {})
     server = oslo_messaging.get_rpc_server(
         transport, oslo_messaging.Target(topic=topic, server="compat-conductor"), [endpoint],
-        executor="threading", serializer=serializer,
+        serializer=serializer,
         access_policy=dispatcher.DefaultRPCAccessPolicy)
     server.start()
     try:

@@ -1,0 +1,238 @@
+//! End-to-end flows through trove_guest::flows against agents in separate processes (Trove's scenario checklist).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands;
+use serde_json::json;
+use trove_guest::flows::{create::CreateOptions, Error, Inventory, Taskmanager};
+
+use crate::harness::*;
+
+async fn topology(n: usize, env: &[(&str, &str)]) -> (Vec<Guest>, Taskmanager, tempfile::TempDir) {
+    let c = client().await;
+    let mut guests = Vec::new();
+    for _ in 0..n {
+        guests.push(spawn_guest(&c, None, env).await);
+    }
+    for g in &guests {
+        prepare(&c, g, None, None).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inventory.toml");
+    let mut text = format!("transport_url = \"{}\"\ncontrol_exchange = \"{EXCHANGE}\"\n", amqp_url());
+    for g in &guests {
+        text.push_str(&format!("\n[[guest]]\nid = \"{}\"\n", g.id));
+    }
+    std::fs::write(&path, text).unwrap();
+    let tm = Taskmanager::connect(Inventory::load(&path).unwrap()).await.unwrap();
+    (guests, tm, dir)
+}
+
+fn create(master: &Guest, replicas: &[&Guest]) -> CreateOptions {
+    CreateOptions {
+        master: master.id.clone(),
+        replicas: replicas.iter().map(|g| g.id.clone()).collect(),
+        count: None,
+        enable_persistence: false,
+        config_contents: None,
+    }
+}
+
+async fn add_set(g: &Guest, name: &str, range: std::ops::Range<u32>) {
+    let mut con = g.redis(None).await;
+    for n in range {
+        let _: () = con.set(format!("user:{n}"), format!("id:{n}")).await.unwrap();
+    }
+    let _: () = con.set(name, "value_set").await.unwrap();
+}
+
+async fn has_set(g: &Guest, name: &str, range: std::ops::Range<u32>) -> bool {
+    let mut con = g.redis(None).await;
+    if con.get::<_, Option<String>>(name).await.unwrap().is_none() {
+        return false;
+    }
+    for n in [range.start, range.end - 1, (range.start + range.end) / 2] {
+        if con.get::<_, Option<String>>(format!("user:{n}")).await.unwrap() != Some(format!("id:{n}")) {
+            return false;
+        }
+    }
+    true
+}
+
+async fn role(g: &Guest) -> String {
+    let r = info(&mut g.redis(None).await, "replication").await.replication().unwrap();
+    format!("{:?}", r.role).to_lowercase()
+}
+
+#[tokio::test]
+async fn replication_scenario_checklist() {
+    let (g, mut tm, _dir) = topology(3, &[]).await;
+    let (m, r1, r2) = (&g[0], &g[1], &g[2]);
+    add_set(m, "small", 1000..2000).await;
+    // Several replicas at once.
+    let report = tm.create_replicas(create(m, &[r1, r2])).await.unwrap();
+    assert_eq!(report.replicas.len(), 2);
+    add_set(m, "tiny", 1..100).await;
+    for r in [r1, r2] {
+        eventually(10, "data on every replica", || async { has_set(r, "small", 1000..2000).await && has_set(r, "tiny", 1..100).await }).await;
+        assert!(r.redis(None).await.set::<_, _, ()>("x", "1").await.is_err(), "replicas reject writes");
+    }
+    // Refusals: promote the master, eject a replica, eject a healthy master, replica of a replica.
+    assert!(matches!(tm.promote(&m.id).await, Err(Error::Refused(_))));
+    assert!(matches!(tm.eject(&r1.id, false).await, Err(Error::Refused(_))));
+    match tm.eject(&m.id, false).await {
+        Err(Error::Refused(msg)) => assert!(msg.contains("alive"), "{msg}"),
+        other => panic!("eject of a live master: {other:?}"),
+    }
+    let (extra, _) = (spawn_guest(&client().await, None, &[]).await, ());
+    // Not in the inventory: refused; a replica as a source: refused.
+    assert!(matches!(tm.create_replicas(create(r1, &[&extra])).await, Err(Error::Refused(_))));
+    // Promote replica1; the old master and replica2 follow it.
+    tm.promote(&r1.id).await.unwrap();
+    assert_eq!(role(r1).await, "master");
+    assert_eq!(role(m).await, "replica");
+    assert_eq!(tm.inventory.guest(&m.id).unwrap().replica_of.as_deref(), Some(r1.id.as_str()));
+    add_set(r1, "tiny2", 500..600).await;
+    for r in [m, r2] {
+        eventually(10, "tiny2 on every replica of the new master", || async { has_set(r, "tiny2", 500..600).await }).await;
+    }
+    // Promote the original back.
+    tm.promote(&m.id).await.unwrap();
+    assert_eq!(role(m).await, "master");
+    add_set(m, "tiny3", 3000..3100).await;
+    for r in [r1, r2] {
+        eventually(10, "tiny3 everywhere", || async { has_set(r, "tiny3", 3000..3100).await }).await;
+    }
+    // Detach replica1: writable, keeps the data.
+    tm.detach(&r1.id).await.unwrap();
+    let mut con = r1.redis(None).await;
+    let _: () = con.set("after-detach", "1").await.unwrap();
+    assert!(has_set(r1, "small", 1000..2000).await);
+    assert!(tm.inventory.guest(&r1.id).unwrap().replica_of.is_none());
+    let (rows, disagreements) = tm.show().await;
+    assert!(disagreements.is_empty(), "{disagreements:?}");
+    assert_eq!(rows.iter().filter(|r| r.role == "master").count(), 2);
+}
+
+#[tokio::test]
+async fn eject_picks_the_most_current_replica() {
+    let (g, mut tm, _dir) = topology(3, &[]).await;
+    let (mut m, a, b) = {
+        let mut it = g.into_iter();
+        (it.next().unwrap(), it.next().unwrap(), it.next().unwrap())
+    };
+    tm.create_replicas(create(&m, &[&a, &b])).await.unwrap();
+    // b lags: stop its Redis while the master takes writes.
+    let b_pid = b.redis_pid().unwrap().to_string();
+    std::process::Command::new("kill").args(["-STOP", &b_pid]).status().unwrap();
+    add_set(&m, "late", 1..500).await;
+    eventually(10, "a has the late writes", || async { has_set(&a, "late", 1..500).await }).await;
+    // The master dies: agent first (so nothing restarts Redis), then Redis.
+    m.kill_agent();
+    let m_pid = m.redis_pid().unwrap().to_string();
+    std::process::Command::new("kill").args(["-9", &m_pid]).status().unwrap();
+    std::process::Command::new("kill").args(["-CONT", &b_pid]).status().unwrap();
+    let started = Instant::now();
+    let report = tm.eject(&m.id, false).await.unwrap();
+    eprintln!("eject took {:?}: {:?}", started.elapsed(), report.evidence);
+    assert_eq!(report.new_master, a.id, "the most current replica must win");
+    assert_eq!(role(&a).await, "master");
+    eventually(10, "b follows a and gets the late writes", || async { has_set(&b, "late", 1..500).await }).await;
+    assert_eq!(tm.inventory.guest(&b.id).unwrap().replica_of.as_deref(), Some(a.id.as_str()));
+    drop(m);
+}
+
+/// A writer records every acknowledged write during the promote; all of them must be on the new master.
+#[tokio::test]
+async fn promote_loses_no_acknowledged_write() {
+    let (g, mut tm, _dir) = topology(3, &[]).await;
+    tm.create_replicas(create(&g[0], &[&g[1], &g[2]])).await.unwrap();
+    let ports: Vec<u16> = g.iter().map(|x| x.port).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(write_loop(ports.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let report = tm.promote(&g[1].id).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (acked, longest_pause) = writer.await.unwrap();
+    let mut con = g[1].redis(None).await;
+    let mut lost = 0;
+    for n in &acked {
+        if con.get::<_, Option<String>>(format!("w:{n}")).await.unwrap().is_none() {
+            lost += 1;
+        }
+    }
+    eprintln!("promote: {} acknowledged writes, {lost} lost, longest pause {longest_pause:?}, fence-to-writable {} ms", acked.len(), report.writes_blocked_ms);
+    assert!(acked.len() > 50, "the writer made too few writes: {}", acked.len());
+    assert_eq!(lost, 0, "acknowledged writes lost in the promote");
+}
+
+/// Writes w:1, w:2, ... to whichever node is master; returns the acknowledged numbers and the longest gap.
+pub async fn write_loop(ports: Vec<u16>, stop: Arc<AtomicBool>) -> (Vec<u64>, Duration) {
+    let mut acked = Vec::new();
+    let mut n = 0u64;
+    let mut last_ack = Instant::now();
+    let mut longest = Duration::ZERO;
+    let mut current: Option<redis::aio::MultiplexedConnection> = None;
+    while !stop.load(Ordering::SeqCst) {
+        if current.is_none() {
+            current = find_master(&ports).await;
+            if current.is_none() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+        }
+        n += 1;
+        let con = current.as_mut().unwrap();
+        let r: redis::RedisResult<()> = tokio::time::timeout(Duration::from_secs(5), con.set(format!("w:{n}"), n))
+            .await
+            .unwrap_or_else(|_| Err(redis::RedisError::from((redis::ErrorKind::IoError, "timeout"))));
+        match r {
+            Ok(()) => {
+                acked.push(n);
+                longest = longest.max(last_ack.elapsed());
+                last_ack = Instant::now();
+            }
+            Err(_) => current = None,
+        }
+    }
+    (acked, longest)
+}
+
+async fn find_master(ports: &[u16]) -> Option<redis::aio::MultiplexedConnection> {
+    for p in ports {
+        let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{p}")) else { continue };
+        let Ok(Ok(mut con)) = tokio::time::timeout(Duration::from_millis(300), client.get_multiplexed_async_connection()).await else { continue };
+        let Ok(Ok(text)) = tokio::time::timeout(Duration::from_millis(300), redis::cmd("INFO").arg("replication").query_async::<String>(&mut con)).await else { continue };
+        if text.contains("role:master") {
+            return Some(con);
+        }
+    }
+    None
+}
+
+/// A create that fails for one guest (its agent is down) names it; re-running converges.
+#[tokio::test]
+async fn interrupted_create_converges_when_rerun() {
+    let (mut g, mut tm, _dir) = topology(3, &[]).await;
+    g[2].kill_agent();
+    let opts = create(&g[0], &[&g[1], &g[2]]);
+    match tm.create_replicas(opts).await {
+        Err(Error::Partial(errors)) => {
+            assert_eq!(errors.len(), 1);
+            assert!(errors[0].to_string().contains(&g[2].id), "{}", errors[0]);
+        }
+        other => panic!("expected a partial failure, got {other:?}"),
+    }
+    assert_eq!(tm.inventory.guest(&g[1].id).unwrap().replica_of.as_deref(), Some(g[0].id.as_str()));
+    g[2].start_agent();
+    wait_ping(&client().await, &g[2]).await;
+    let full_before = info(&mut g[0].redis(None).await, "stats").await.stat("sync_full").unwrap();
+    tm.create_replicas(create(&g[0], &[&g[1], &g[2]])).await.unwrap();
+    assert_eq!(tm.inventory.guest(&g[2].id).unwrap().replica_of.as_deref(), Some(g[0].id.as_str()));
+    let full_after = info(&mut g[0].redis(None).await, "stats").await.stat("sync_full").unwrap();
+    assert_eq!(full_after - full_before, 1, "only the missing replica may sync; the linked one must not resync");
+    let _ = json!({});
+}
