@@ -23,6 +23,8 @@ pub const HIGH_TIMEOUT: Duration = Duration::from_secs(180);
 pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(1800);
 /// How long a status probe may take before a guest counts as unreachable.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long eject waits for the old master before it counts as dead.
+pub const DEAD_MASTER_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Trove's replica-source template (`replica_source.config.template`).
 pub const REPLICA_SOURCE_CONFIG: &str = "repl-diskless-sync yes\nrepl-diskless-sync-delay 10\n";
@@ -112,7 +114,11 @@ impl Taskmanager {
 
     /// Live status of one guest; unreachable guests give an error after `PROBE_TIMEOUT`.
     pub async fn live(&self, guest: &str) -> Live {
-        match self.call(guest, "get_replication_status", json!({}), PROBE_TIMEOUT).await {
+        self.live_within(guest, PROBE_TIMEOUT).await
+    }
+
+    pub async fn live_within(&self, guest: &str, timeout: Duration) -> Live {
+        match self.call(guest, "get_replication_status", json!({}), timeout).await {
             Ok(status) => Live { id: guest.into(), status: Some(status), error: None },
             Err(e) => Live { id: guest.into(), status: None, error: Some(e.to_string()) },
         }

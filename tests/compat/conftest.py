@@ -139,6 +139,8 @@ def restart_broker():
 # oslo.messaging transports (one per broker URL and allow-list, for the whole session)
 # --------------------------------------------------------------------------------------------
 
+# Never cleaned up: transport.cleanup() takes seconds each (it joins polling threads), and the
+# process exit closes the connections just as well.
 _TRANSPORTS = {}
 _TRANSPORT_LOCK = threading.Lock()
 
@@ -153,26 +155,6 @@ def get_transport(url, exmods=TROVE_EXMODS):
             _TRANSPORTS[key] = oslo_messaging.get_rpc_transport(
                 conf, url=url, allowed_remote_exmods=list(exmods))
         return _TRANSPORTS[key]
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _cleanup_transports():
-    yield
-    # transport.cleanup() takes seconds each (it joins polling threads); run them side by side.
-    threads = [threading.Thread(target=_quiet_cleanup, args=(t,), daemon=True)
-               for t in _TRANSPORTS.values()]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(timeout=15)
-    _TRANSPORTS.clear()
-
-
-def _quiet_cleanup(t):
-    try:
-        t.cleanup()
-    except Exception:  # noqa: BLE001
-        pass
 
 
 @pytest.fixture(scope="session")

@@ -124,9 +124,10 @@ async fn eject_picks_the_most_current_replica() {
         (it.next().unwrap(), it.next().unwrap(), it.next().unwrap())
     };
     tm.create_replicas(create(&m, &[&a, &b])).await.unwrap();
-    // b lags: stop its Redis while the master takes writes.
+    // b lags: stop its Redis and cut its link (so nothing buffered reaches it later), then write.
     let b_pid = b.redis_pid().unwrap().to_string();
     std::process::Command::new("kill").args(["-STOP", &b_pid]).status().unwrap();
+    let _: () = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("replica").query_async(&mut m.redis(None).await).await.unwrap();
     add_set(&m, "late", 1..500).await;
     eventually(10, "a has the late writes", || async { has_set(&a, "late", 1..500).await }).await;
     // The master dies: agent first (so nothing restarts Redis), then Redis.
@@ -138,6 +139,8 @@ async fn eject_picks_the_most_current_replica() {
     let report = tm.eject(&m.id, false).await.unwrap();
     eprintln!("eject took {:?}: {:?}", started.elapsed(), report.evidence);
     assert_eq!(report.new_master, a.id, "the most current replica must win");
+    let offsets: Vec<i64> = report.evidence.iter().map(|c| c.offset).collect();
+    assert!(offsets.iter().min() < offsets.iter().max(), "the lag was not real: {offsets:?}");
     assert_eq!(role(&a).await, "master");
     eventually(10, "b follows a and gets the late writes", || async { has_set(&b, "late", 1..500).await }).await;
     assert_eq!(tm.inventory.guest(&b.id).unwrap().replica_of.as_deref(), Some(a.id.as_str()));

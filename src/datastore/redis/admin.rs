@@ -2,14 +2,15 @@
 
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
+use redis::aio::ConnectionManager;
 
 use super::info::{Info, Replication};
 use crate::datastore::{Error, Result};
 
-/// A connection to one Redis server.
+/// A connection to one Redis server; it reconnects by itself after the server restarts.
+#[derive(Clone)]
 pub struct Admin {
-    con: MultiplexedConnection,
+    con: ConnectionManager,
     config_command: String,
     what: String,
 }
@@ -36,11 +37,12 @@ impl Admin {
             },
         };
         let client = redis::Client::open(info).map_err(|e| Error::Unreachable { what: what.clone(), reason: e.to_string() })?;
-        let config = redis::AsyncConnectionConfig::new()
+        let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(target.timeout)
-            .set_response_timeout(target.timeout.max(Duration::from_secs(10)));
-        let con = client
-            .get_multiplexed_async_connection_with_config(&config)
+            .set_response_timeout(target.timeout.max(Duration::from_secs(10)))
+            .set_number_of_retries(1)
+            .set_max_delay(200);
+        let con = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(|e| classify("connect", &what, e))?;
         Ok(Admin { con, config_command: target.config_command.clone(), what })
@@ -107,11 +109,6 @@ impl Admin {
             Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() => Ok(()),
             Err(e) => Err(classify("SHUTDOWN", &self.what, e)),
         }
-    }
-
-    /// A raw command, for tests and benchmarks.
-    pub fn connection(&mut self) -> &mut MultiplexedConnection {
-        &mut self.con
     }
 }
 

