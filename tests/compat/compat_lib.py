@@ -313,11 +313,11 @@ class RawClient:
             if left <= 0:
                 return
             try:
-                self.conn.drain_events(timeout=min(left, 0.25))
+                self.conn.drain_events(timeout=min(left, 0.05))
             except socket.timeout:
                 pass
 
-    def wait_replies(self, msg_id, timeout=10.0, grace=0.7):
+    def wait_replies(self, msg_id, timeout=10.0, grace=0.3):
         """All replies for msg_id: waits until one with ending=True (or timeout), then `grace`
         seconds more to catch stray extra replies."""
         end = time.monotonic() + timeout
@@ -325,7 +325,7 @@ class RawClient:
             mine = [m for m, _ in self.replies if m.get("_msg_id") == msg_id]
             if any(m.get("ending") for m in mine):
                 break
-            self.drain(0.25)
+            self.drain(0.05)
         self.drain(grace)
         return [(m, km) for m, km in self.replies if m.get("_msg_id") == msg_id]
 
