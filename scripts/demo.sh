@@ -59,9 +59,10 @@ step "prepare three guests (what Trove's taskmanager casts to a new instance)"
 for i in 1 2 3; do
   id="demo$RUN-$i"; dir="$DEMO/$id"
   conf=$(printf 'bind 127.0.0.1\nport 6379\nsave 3600 1 300 100\nappendonly no\npidfile %s/redis.pid\nlogfile ""\nrequirepass demo-secret\n' "$dir")
-  args=$(python3 -c 'import json,sys; print(json.dumps({"config_contents": sys.argv[1], "overrides": {}, "snapshot": None, "packages": None, "databases": [], "users": [], "memory_mb": 512, "device_path": None, "mount_point": None, "backup_info": None, "root_password": None, "cluster_config": None}))' "$conf")
+  args=$(CONF="$conf" python3 -c 'import json,os; print(json.dumps({"config_contents": os.environ["CONF"], "overrides": {}, "snapshot": None, "packages": None, "databases": [], "users": [], "memory_mb": 512, "device_path": None, "mount_point": None, "backup_info": None, "root_password": None, "cluster_config": None}))')
   for _ in $(seq 50); do "$BIN/trove-guestctl" call "$id" rpc_ping >/dev/null 2>&1 && break; sleep 0.2; done
-  ctl call "$id" prepare "$args" >/dev/null
+  echo "\$ trove-guestctl call $id prepare - < prepare-args.json   # config_contents with requirepass" >&2
+  printf '%s' "$args" | "$BIN/trove-guestctl" call "$id" prepare - >/dev/null
 done
 ctl show
 

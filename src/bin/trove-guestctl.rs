@@ -55,7 +55,7 @@ enum Command {
     Call {
         guest: String,
         method: String,
-        /// Keyword arguments as a JSON object.
+        /// Keyword arguments as a JSON object; `-` reads them from stdin (keeps secrets out of argv).
         args: Option<String>,
         #[arg(long, default_value_t = 180)]
         timeout: u64,
@@ -132,8 +132,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         Command::Call { guest, method, args, timeout } => {
-            let args: Value = match args {
-                Some(text) => serde_json::from_str(&text).context("ARGS must be a JSON object")?,
+            let args: Value = match args.as_deref() {
+                Some("-") => {
+                    let mut text = String::new();
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).context("cannot read ARGS from stdin")?;
+                    serde_json::from_str(&text).context("ARGS must be a JSON object")?
+                }
+                Some(text) => serde_json::from_str(text).context("ARGS must be a JSON object")?,
                 None => json!({}),
             };
             if !args.is_object() {
