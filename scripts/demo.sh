@@ -28,6 +28,11 @@ cleanup() {
 }
 if [ $KEEP = 0 ]; then trap cleanup EXIT; fi
 
+for port in 16379 16380 16381; do
+  if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
+    echo "port $port is in use (an earlier demo --keep?); stop that first" >&2; exit 1
+  fi
+done
 RUN=$(date +%s)
 INV="$DEMO/inventory.toml"
 {

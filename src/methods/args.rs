@@ -72,6 +72,15 @@ impl<'a> Args<'a> {
         }
     }
 
+    /// Configuration overrides: an object whose keys are directive names (they are written into redis.conf).
+    pub fn overrides(&self, name: &str, required: bool) -> Result<Map<String, Value>, RemoteFailure> {
+        let map = if required { self.req_object(name)? } else { self.opt_object(name)?.unwrap_or_default() };
+        if map.keys().any(|k| !crate::datastore::redis::conf::is_valid_key(k)) {
+            return Err(self.wrong(name, "an object whose keys are configuration names (letters, digits, '-', '_', '.')"));
+        }
+        Ok(map)
+    }
+
     pub fn req_object(&self, name: &str) -> Result<Map<String, Value>, RemoteFailure> {
         match self.required(name)? {
             Value::Object(m) => Ok(m.clone()),
@@ -87,7 +96,10 @@ impl<'a> Args<'a> {
             None => return Err(self.wrong(name, "an object with a 'master' key")),
         };
         let host = match master.get("host") {
-            Some(Value::String(h)) => h.clone(),
+            Some(Value::String(h)) if crate::datastore::redis::conf::is_valid_host(h) => h.clone(),
+            Some(Value::String(_)) => {
+                return Err(self.wrong(&format!("{name}.master.host"), "a host name or IP address (letters, digits, '.', '-', ':')"))
+            }
             _ => return Err(self.wrong(&format!("{name}.master.host"), "a string")),
         };
         let port = match master.get("port") {
@@ -126,6 +138,8 @@ mod tests {
             (json!({"master": {"host": "h", "port": "6379x"}}), Err("port")),
             (json!({"master": {"host": "h", "requirepass": 1234}}), Err("requirepass")),
             (json!({"master": {"host": 5}}), Err("host")),
+            (json!({"master": {"host": "10.0.0.1\nslaveof 6.6.6.6 1"}}), Err("master.host")),
+            (json!({"master": {"host": ""}}), Err("master.host")),
             (json!({"master": "x"}), Err("master")),
             (json!({"nomaster": 1}), Err("'master'")),
         ];

@@ -50,7 +50,7 @@ impl Guest {
 
     async fn prepare(&self, a: &Args<'_>) -> Result<Value, RemoteFailure> {
         let config_contents = a.opt_str("config_contents")?;
-        let overrides = a.opt_object("overrides")?.unwrap_or_default();
+        let overrides = a.overrides("overrides", false)?;
         let snapshot = a.opt_object("snapshot")?;
         let master = match &snapshot {
             Some(s) => {
@@ -139,12 +139,12 @@ impl Guest {
                 self.lifecycle(a, || self.manager.replace_base(contents)).await
             }
             "update_overrides" => {
-                let overrides = a.opt_object("overrides")?.unwrap_or_default();
+                let overrides = a.overrides("overrides", false)?;
                 let remove = a.opt_bool("remove", false)?;
                 self.lifecycle(a, || self.manager.update_overrides(overrides, remove)).await
             }
             "apply_overrides" => {
-                let overrides = a.req_object("overrides")?;
+                let overrides = a.overrides("overrides", true)?;
                 self.lifecycle(a, || async { self.manager.apply_overrides(&overrides).await }).await
             }
             "backup_required_for_replication" => Ok(json!(strategy.backup_required())),

@@ -91,8 +91,8 @@ impl RedisSync {
         Ok(())
     }
 
-    /// Applies diskless-sync settings at runtime and in redis.conf.
-    async fn apply_master_settings(&self, admin: &mut Admin, config: Option<&str>, replica_count: Option<u32>) -> Result<()> {
+    /// Applies diskless-sync settings at runtime; the caller persists the returned settings.
+    async fn apply_master_settings(&self, admin: &mut Admin, config: Option<&str>, replica_count: Option<u32>) -> Result<MasterSettings> {
         let (diskless, delay) = parse_source_config(config);
         let diskless = diskless.unwrap_or(self.settings.diskless_sync);
         let mut delay = delay.unwrap_or(self.settings.diskless_sync_delay);
@@ -112,10 +112,7 @@ impl RedisSync {
                 persisted_max = Some(n);
             }
         }
-        self.manager
-            .set_master(Some(MasterSettings { diskless_sync: diskless, diskless_sync_delay: delay, diskless_sync_max_replicas: persisted_max }))
-            .await?;
-        Ok(())
+        Ok(MasterSettings { diskless_sync: diskless, diskless_sync_delay: delay, diskless_sync_max_replicas: persisted_max })
     }
 
     /// Lifts the fence, if any: unpause, restore the ping period and min-replicas.
@@ -294,7 +291,8 @@ impl ReplicationStrategy for RedisSync {
                 self.manager.settings.data_dir.display()
             )));
         }
-        self.apply_master_settings(&mut admin, request.replica_source_config.as_deref(), request.replica_count).await?;
+        let master = self.apply_master_settings(&mut admin, request.replica_source_config.as_deref(), request.replica_count).await?;
+        self.manager.set_master(Some(master)).await?;
         let fs = self.manager.filesystem_stats(None)?;
         Ok(Snapshot {
             dataset: Dataset {
@@ -403,10 +401,21 @@ impl ReplicationStrategy for RedisSync {
     async fn enable_as_master(&self, replica_source_config: Option<&str>) -> Result<()> {
         let _op = self.op.lock().await;
         self.cancel_pending_detach();
-        self.detach_now().await?;
         let mut admin = self.admin().await?;
+        if admin.replication().await?.role == Role::Replica {
+            admin.replicaof_no_one().await?;
+            tracing::info!("now a master (the replication history is kept for the old replicas' partial resync)");
+        }
+        admin.config_set("masterauth", "").await?;
         self.ensure_persistence(&mut admin, None).await?;
-        self.apply_master_settings(&mut admin, replica_source_config, None).await?;
+        let master = self.apply_master_settings(&mut admin, replica_source_config, None).await?;
+        // One write of redis.conf for both changes.
+        self.manager
+            .update(|s| {
+                s.replica = None;
+                s.master = Some(master);
+            })
+            .await?;
         self.lift_fence(&mut admin).await?;
         Ok(())
     }

@@ -165,6 +165,9 @@ class Manager:
     def backup_required_for_replication(self, context, **kwargs):
         return False
 
+    def cleanup_source_on_replica_detach(self, context, replica_info, **kwargs):
+        return None
+
     def restart(self, context, **kwargs):
         if not self.prepared:
             raise GuestError("Redis is not prepared on this instance (no prepare received yet)")

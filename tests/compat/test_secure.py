@@ -56,16 +56,24 @@ def test_encrypted_call_with_args(secure_guest, ctx):
     assert isinstance(stats, dict) and {"total", "free", "used"} <= set(stats), stats
 
 
+REPLICA_INFO = {"master": {"host": "127.0.0.1", "port": 6379, "requirepass": None}}
+
+
 def test_encrypted_null_result(secure_guest, ctx):
-    assert secure_guest.client().call(ctx, "wait_for_txn", txn=0) is None
+    """cleanup_source_on_replica_detach: a no-op returning None on a Redis guest (no Redis
+    needed); the None travels encrypted."""
+    assert secure_guest.client().call(ctx, "cleanup_source_on_replica_detach",
+                                      replica_info=REPLICA_INFO) is None
 
 
 def test_encrypted_reply_on_the_wire(secure_guest, raw):
     """Raw view: the request carries only _context_context; the reply result is
     base64(IV || AES(json)) -- even a null result -- and decrypts under the instance key."""
     ctxt = {"context": lib.encrypt_json(lib.newest_context(), TEST_KEY)}
-    for method, args, want in (("rpc_ping", {}, True),
-                               ("wait_for_txn", {"txn": lib.encrypt_json(0, TEST_KEY)}, None)):
+    for method, args, want in (
+            ("rpc_ping", {}, True),
+            ("cleanup_source_on_replica_detach",
+             {"replica_info": lib.encrypt_json(REPLICA_INFO, TEST_KEY)}, None)):
         msg = lib.raw_message(method, args=args, context=ctxt)
         replies = raw.call(secure_guest.topic, msg)
         assert len(replies) == 1, replies

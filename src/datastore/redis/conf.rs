@@ -196,6 +196,10 @@ pub const MANAGED_MARKER: &str = "# ---- managed by trove-guestagent: settings b
 pub fn render(base: &str, overrides: &[Override], major: u32) -> String {
     let mut last: Vec<&Override> = Vec::new();
     for o in overrides {
+        // A name is written bare: one that is not a plain directive name could inject lines.
+        if !is_valid_key(&o.key) {
+            continue;
+        }
         let key = canonical(&o.key);
         last.retain(|x| canonical(&x.key) != key);
         last.push(o);
@@ -206,7 +210,11 @@ pub fn render(base: &str, overrides: &[Override], major: u32) -> String {
         if line.trim() == MANAGED_MARKER {
             break;
         }
-        let key = line.split_whitespace().next().map(canonical);
+        // The key as Redis reads it (it may be quoted); unparsable lines by their first word.
+        let key = match split_args(line) {
+            Ok(args) => args.into_iter().next().map(|k| canonical(&k)),
+            Err(_) => line.split_whitespace().next().map(canonical),
+        };
         let is_directive = !line.trim_start().starts_with('#');
         if is_directive && key.as_ref().is_some_and(|k| overridden.contains(k)) {
             continue;
@@ -228,6 +236,14 @@ pub fn render(base: &str, overrides: &[Override], major: u32) -> String {
         }
     }
     out
+}
+
+/// A directive name that is safe to write into redis.conf bare: letters, digits, '-', '_' and '.'
+/// (module settings are `module.name`), starting with a letter or digit.
+pub fn is_valid_key(key: &str) -> bool {
+    key.len() <= 128
+        && key.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
 }
 
 /// A host name or IP address that is safe to write into redis.conf and hand to REPLICAOF.

@@ -172,6 +172,13 @@ impl RedisManager {
         let timeout = Duration::from_secs(self.settings.start_timeout);
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
+            if !service::port_open(self.settings.port).await {
+                if tokio::time::Instant::now() > deadline {
+                    return Err(Error::Timeout(format!("redis did not start listening within {timeout:?}")));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
             let last = match self.admin().await {
                 Ok(mut a) => match a.ping().await {
                     Ok(()) => return Ok(()),

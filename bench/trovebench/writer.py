@@ -1,0 +1,130 @@
+"""The writer: SET w:<n> <n> in a tight loop against whichever node is master, recording every
+acknowledged write and when it was acknowledged. It follows the master: on READONLY, connection
+errors or timeouts it re-resolves who is master (ROLE on every node) and carries on there.
+
+    python -m trovebench.writer --ports 7001,7002,7003 --out result.json
+
+Runs until SIGUSR1 (or SIGTERM), then writes {acked: [...], t: [...], events: [...]} as JSON.
+Times are time.monotonic() (CLOCK_MONOTONIC, comparable across processes on this machine).
+A line "ready" is printed on stdout once the first write is acknowledged.
+"""
+
+import argparse
+import array
+import json
+import signal
+import sys
+import time
+
+import redis
+
+STOP = False
+
+
+def _stop(signum, frame):
+    global STOP
+    STOP = True
+
+
+def connect(port, timeout):
+    return redis.Redis(host="127.0.0.1", port=port, socket_timeout=timeout, socket_connect_timeout=timeout,
+                       single_connection_client=True)
+
+
+ROLE_CONS = {}
+DATA_CONS = {}
+
+
+def con_for(port, timeout, cache):
+    """One cached connection per node and purpose (a new TCP connection costs more than the answer)."""
+    c = cache.get(port)
+    if c is None:
+        c = cache[port] = connect(port, timeout)
+    return c
+
+
+def drop(port, cache):
+    c = cache.pop(port, None)
+    if c is not None:
+        try:
+            c.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def find_master(ports, avoid, events):
+    """The port that reports role master; one other than `avoid` if there are several."""
+    masters = []
+    for p in ports:
+        try:
+            role = con_for(p, 0.3, ROLE_CONS).execute_command("ROLE")
+            if role and role[0] in (b"master", "master"):
+                masters.append(p)
+        except (redis.RedisError, OSError):
+            drop(p, ROLE_CONS)
+            continue
+    if len(masters) > 1:
+        events.append([time.monotonic(), "several-masters", masters])
+        others = [p for p in masters if p != avoid]
+        if others:
+            return others[0]
+    return masters[0] if masters else None
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ports", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--timeout", type=float, default=5.0)
+    ap.add_argument("--prefix", default="w:")
+    a = ap.parse_args()
+    ports = [int(p) for p in a.ports.split(",")]
+    signal.signal(signal.SIGUSR1, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+
+    acked = array.array("q")
+    times = array.array("d")
+    events = []
+    n = 0
+    cur_port = None
+    con = None
+    failed_port = None
+    ready = False
+    prefix = a.prefix
+    mono = time.monotonic
+    for p in ports:  # warm both connections to every node
+        try:
+            con_for(p, 0.3, ROLE_CONS).ping()
+            con_for(p, a.timeout, DATA_CONS).ping()
+        except (redis.RedisError, OSError):
+            drop(p, ROLE_CONS)
+            drop(p, DATA_CONS)
+    while not STOP:
+        if con is None:
+            cur_port = find_master(ports, failed_port, events)
+            if cur_port is None:
+                time.sleep(0.001)
+                continue
+            con = con_for(cur_port, a.timeout, DATA_CONS)
+            events.append([mono(), "master", cur_port])
+        n += 1
+        try:
+            con.execute_command("SET", prefix + str(n), n)
+        except (redis.RedisError, OSError) as e:
+            events.append([mono(), "error", cur_port, type(e).__name__, str(e)[:80]])
+            if not isinstance(e, redis.ResponseError):
+                drop(cur_port, DATA_CONS)
+            con = None
+            failed_port = cur_port
+            continue
+        acked.append(n)
+        times.append(mono())
+        if not ready:
+            ready = True
+            print("ready", flush=True)
+    with open(a.out, "w") as f:
+        json.dump({"acked": acked.tolist(), "t": times.tolist(), "events": events, "sent": n}, f)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
