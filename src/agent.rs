@@ -37,7 +37,7 @@ pub async fn run(settings: Settings, cancel: CancellationToken, hooks: Hooks) ->
     let background = cancel.child_token();
     manager.boot(background.clone()).await?;
     let (status_tx, status_rx) = watch::channel(ServiceStatus::New);
-    let guest = Arc::new(Guest::new(manager.clone(), strategy, status_tx.clone()));
+    let guest = Arc::new(Guest::new(manager.clone(), strategy.clone(), status_tx.clone()));
     let cipher = settings.guest.instance_rpc_encr_key.as_ref().map(Cipher::new);
     let opts = AmqpOptions {
         transport_url: secrecy::SecretString::from(settings.rpc.transport_url.expose_secret().to_owned()),
@@ -61,7 +61,7 @@ pub async fn run(settings: Settings, cancel: CancellationToken, hooks: Hooks) ->
         cipher: cipher.clone(),
         interval: Duration::from_secs(settings.conductor.report_interval),
     };
-    let heartbeat_task = tokio::spawn(heartbeat.clone().run(manager.clone(), status_tx, status_rx, background.clone()));
+    let heartbeat_task = tokio::spawn(heartbeat.clone().run(manager.clone(), strategy, status_tx, status_rx, background.clone()));
     let server = RpcServer {
         opts,
         topic: format!("guestagent.{}", settings.guest.id),
@@ -111,6 +111,7 @@ impl Heartbeat {
     async fn run(
         self,
         manager: Arc<RedisManager>,
+        strategy: Arc<dyn replication::ReplicationStrategy>,
         status_tx: watch::Sender<ServiceStatus>,
         mut status_rx: watch::Receiver<ServiceStatus>,
         cancel: CancellationToken,
@@ -146,6 +147,11 @@ impl Heartbeat {
                     let current = *status_rx.borrow();
                     if !matches!(current, ServiceStatus::Building | ServiceStatus::Failed) {
                         let probed = manager.status().await;
+                        if probed == ServiceStatus::Healthy {
+                            if let Err(error) = strategy.maintain().await {
+                                tracing::warn!(%error, "replication upkeep failed");
+                            }
+                        }
                         if probed != current {
                             tracing::info!(from = current.description(), to = probed.description(), "status changed");
                             status_tx.send_replace(probed);

@@ -111,6 +111,8 @@ pub struct ReplicationSettings {
     pub failover_detach_grace: u64,
     pub fence_timeout: u64,
     pub master_probe_timeout: u64,
+    pub min_replicas_to_write: u32,
+    pub min_replicas_max_lag: u32,
 }
 
 #[derive(Debug, Deserialize)]

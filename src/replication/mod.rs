@@ -104,6 +104,10 @@ pub trait ReplicationStrategy: Send + Sync {
     async fn make_read_only(&self, read_only: bool) -> Result<()>;
     /// Role, history id, offsets, link and fence state, for callers that compare nodes.
     async fn status(&self) -> Result<Value>;
+    /// Periodic upkeep, called with the status probe (e.g. arming a split-brain fence).
+    async fn maintain(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The strategies this agent implements, by Trove's config name.

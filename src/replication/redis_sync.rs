@@ -112,7 +112,20 @@ impl RedisSync {
                 persisted_max = Some(n);
             }
         }
-        Ok(MasterSettings { diskless_sync: diskless, diskless_sync_delay: delay, diskless_sync_max_replicas: persisted_max })
+        let major = self.manager.major();
+        if self.settings.min_replicas_to_write > 0 {
+            admin.config_set(&conf::spelled_for("min-replicas-max-lag", major), &self.settings.min_replicas_max_lag.to_string()).await?;
+            // Armed at runtime only once enough replicas are connected (see `maintain`), so that
+            // creating replicas or promoting never refuses writes while the replicas attach.
+            self.arm_split_brain_fence(admin).await?;
+        }
+        Ok(MasterSettings {
+            diskless_sync: diskless,
+            diskless_sync_delay: delay,
+            diskless_sync_max_replicas: persisted_max,
+            min_replicas_to_write: self.settings.min_replicas_to_write,
+            min_replicas_max_lag: self.settings.min_replicas_max_lag,
+        })
     }
 
     /// Lifts the fence, if any: unpause, restore the ping period and min-replicas.
@@ -133,6 +146,30 @@ impl RedisSync {
         }
         admin.config_set("masterauth", "").await?;
         self.manager.set_replica(None).await?;
+        self.drop_min_replicas(&mut admin).await
+    }
+
+    /// Sets `min-replicas-to-write` once the master has that many connected replicas.
+    async fn arm_split_brain_fence(&self, admin: &mut Admin) -> Result<()> {
+        let want = self.settings.min_replicas_to_write;
+        let repl = admin.replication().await?;
+        let online = repl.replicas.iter().filter(|r| r.state == "online").count() as u32;
+        if repl.role != Role::Master || online < want {
+            return Ok(());
+        }
+        let key = conf::spelled_for("min-replicas-to-write", self.manager.major());
+        if admin.config_get(&key).await?.as_deref() != Some(want.to_string().as_str()) {
+            admin.config_set(&key, &want.to_string()).await?;
+            tracing::info!(min_replicas_to_write = want, "split-brain fence armed");
+        }
+        Ok(())
+    }
+
+    /// A node that is no replica source must not refuse writes for want of replicas.
+    async fn drop_min_replicas(&self, admin: &mut Admin) -> Result<()> {
+        if self.settings.min_replicas_to_write > 0 && self.manager.snapshot_state().await.master.is_none() {
+            admin.config_set(&conf::spelled_for("min-replicas-to-write", self.manager.major()), "0").await?;
+        }
         Ok(())
     }
 
@@ -425,7 +462,7 @@ impl ReplicationStrategy for RedisSync {
         let mut admin = self.admin().await?;
         self.lift_fence(&mut admin).await?;
         self.manager.set_master(None).await?;
-        Ok(())
+        self.drop_min_replicas(&mut admin).await
     }
 
     async fn replica_context(&self) -> Result<MasterRef> {
@@ -517,6 +554,15 @@ impl ReplicationStrategy for RedisSync {
         });
         tracing::info!(timeout_ms = ms, "write fence in place");
         Ok(())
+    }
+
+    async fn maintain(&self) -> Result<()> {
+        if self.settings.min_replicas_to_write == 0 || self.manager.snapshot_state().await.master.is_none() {
+            return Ok(());
+        }
+        let _op = self.op.lock().await;
+        let mut admin = self.admin().await?;
+        self.arm_split_brain_fence(&mut admin).await
     }
 
     async fn status(&self) -> Result<Value> {

@@ -260,3 +260,41 @@ async fn fence_expires() {
     assert!(started.elapsed() >= Duration::from_millis(500), "the write was not held back by the fence");
     eventually(5, "fence gone", || async { call(&c, &g, "get_replication_status", json!({})).await["fenced"] == false }).await;
 }
+
+/// With min_replicas_to_write, a master cut off from its replicas stops taking writes.
+#[tokio::test]
+async fn split_brain_fence_refuses_writes_without_replicas() {
+    let c = client().await;
+    let env = [("TROVE_GUESTAGENT__REPLICATION__MIN_REPLICAS_TO_WRITE", "1"), ("TROVE_GUESTAGENT__REPLICATION__MIN_REPLICAS_MAX_LAG", "1")];
+    let master = spawn_guest(&c, None, &env).await;
+    let replica = spawn_guest(&c, None, &env).await;
+    prepare(&c, &master, None, None).await;
+    let mut snapshot = call(&c, &master, "get_replication_snapshot", json!({"snapshot_info": {"replica_count": 1}, "replica_source_config": null})).await;
+    // No replica yet: the master still takes writes.
+    let _: () = master.redis(None).await.set("before", "1").await.unwrap();
+    snapshot["config"] = json!("slave-read-only yes\n");
+    prepare(&c, &replica, None, Some(snapshot)).await;
+    eventually(15, "fence armed once the replica is online", || async {
+        let v: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("min-replicas-to-write").query_async(&mut master.redis(None).await).await.unwrap();
+        v[1] == "1"
+    })
+    .await;
+    let pid = replica.redis_pid().unwrap().to_string();
+    std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    let refused = async {
+        for _ in 0..100 {
+            if let Err(e) = master.redis(None).await.set::<_, _, ()>("during", "1").await {
+                return Some(e.to_string());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+    .await;
+    std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap();
+    let refused = refused.expect("a master without replicas kept taking writes");
+    assert!(refused.to_lowercase().contains("replicas"), "{refused}");
+    // The fence is written to redis.conf, so a restarted master is fenced too.
+    let conf = std::fs::read_to_string(master.config_file()).unwrap();
+    assert!(conf.contains("min-replicas-to-write 1"), "{conf}");
+}

@@ -25,6 +25,11 @@ pub struct MasterSettings {
     pub diskless_sync: bool,
     pub diskless_sync_delay: u32,
     pub diskless_sync_max_replicas: Option<u32>,
+    /// `min-replicas-to-write` / `min-replicas-max-lag` (0: not set by the agent).
+    #[serde(default)]
+    pub min_replicas_to_write: u32,
+    #[serde(default)]
+    pub min_replicas_max_lag: u32,
 }
 
 /// Everything that makes up redis.conf, by layer: base < user < system < persistence < master < replica.
@@ -83,6 +88,10 @@ impl State {
         if let Some(m) = &self.master {
             out.push(Override::set("repl-diskless-sync", &[yes_no(m.diskless_sync)]));
             out.push(Override::set("repl-diskless-sync-delay", &[&m.diskless_sync_delay.to_string()]));
+            if m.min_replicas_to_write > 0 {
+                out.push(Override::set("min-replicas-to-write", &[&m.min_replicas_to_write.to_string()]));
+                out.push(Override::set("min-replicas-max-lag", &[&m.min_replicas_max_lag.to_string()]));
+            }
         }
         match &self.replica {
             Some(r) => {

@@ -1,0 +1,244 @@
+#!/usr/bin/env bash
+# Fault-injection integration tests across real containers: one RabbitMQ broker and three guests
+# (trove-guestagent + redis-server each), driven from the host with trove-guestctl and a writer
+# that records every acknowledged write (tests/docker/faults.py, Python standard library only).
+#
+# Scenarios (each starts from three fresh guests; default: all, in this order):
+#   promote_under_load              a writer follows the master through promote-to-replica-source
+#   master_killed_eject             docker kill of the master with one replica lagging; eject
+#   master_cut_off                  network disconnect of the master; eject; it comes back fenced; re-attach
+#   broker_restart                  docker restart of RabbitMQ; agents reconnect; the next flow works
+#   agent_killed_mid_attach         the replica's agent is killed while attach_replica waits for a big sync
+#   replica_redis_restart           a replica's redis-server is killed; it rejoins (partial resync)
+#   replica_net_drop_during_create  a replica's network drops during create-replicas
+#
+# Each scenario prints details and exactly one line
+#   scenario=<name> result=pass|fail acked=<n> lost=<n> longest_pause_ms=<n>
+# and the run ends with the line `N passed, M failed`; the exit status is non-zero if any failed,
+# and also when Docker is missing or not running (that is a failure, never a skip).
+#
+# What it does: checks the Docker engine; builds the release binaries and the images
+# (scripts/docker-images.sh with TROVE_CARGO_BUILD=always: cargo and Docker's layer cache make a
+# repeat build take seconds); starts its own compose project (docker-compose.yml plus
+# tests/docker/compose.faults.yml) under a unique project name on a free private /24, the broker
+# published on 127.0.0.1 only; runs each scenario under a time limit; and always removes the
+# project's containers and network on exit (also after a failure, a timeout or Ctrl-C).
+#
+# Usage: scripts/docker-tests.sh [scenario...]
+# Environment:
+#   TROVE_FAULTS_BUILD=0               skip the build (use the images and target/release as they are)
+#   TROVE_FAULTS_SCENARIO_TIMEOUT      seconds per scenario before it is killed and failed (default 180)
+#   TROVE_FAULTS_FLOW_DEADLINE         seconds create-replicas has to report a dropped replica (default 90)
+#   TROVE_FAULTS_FENCE_DELAY           seconds after the cut before the old master comes back (default 12)
+#   TROVE_FAULTS_POPULATE              keys on the master for agent_killed_mid_attach (default 1000000)
+#   TROVE_FAULTS_KEEP=1                keep the containers after the run (for debugging; remove them with
+#                                      the `docker rm -f` command printed at the end)
+#   TROVE_LOG_LEVEL                    agents' log level (default debug,lapin=info,redis=info)
+# Logs: target/docker-tests/<project>/ (scenario output, and on failure every container's log,
+# each guest's redis-server log and the inventory); target/docker-tests/last points to the newest.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+
+ALL_SCENARIOS=(promote_under_load master_killed_eject master_cut_off broker_restart
+    agent_killed_mid_attach replica_redis_restart replica_net_drop_during_create)
+SCENARIO_TIMEOUT=${TROVE_FAULTS_SCENARIO_TIMEOUT:-180}
+BUILD=${TROVE_FAULTS_BUILD:-1}
+KEEP=${TROVE_FAULTS_KEEP:-0}
+
+SCENARIOS=()
+for a in "$@"; do
+    case "$a" in
+        -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *)
+            ok=0
+            for s in "${ALL_SCENARIOS[@]}"; do [ "$s" = "$a" ] && ok=1; done
+            [ $ok = 1 ] || { echo "unknown scenario: $a (one of: ${ALL_SCENARIOS[*]})" >&2; exit 2; }
+            SCENARIOS+=("$a")
+            ;;
+    esac
+done
+[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=("${ALL_SCENARIOS[@]}")
+
+log() { echo "docker-tests: $*" >&2; }
+START=$SECONDS
+
+# Not run at all: say so loudly, fail every scenario, exit non-zero.
+abort_all() {
+    {
+        echo
+        echo "##########################################################################"
+        echo "##  docker-tests: FAILED, the fault-injection tests did NOT run:"
+        echo "##  $*"
+        echo "##########################################################################"
+        echo
+    } >&2
+    for s in "${SCENARIOS[@]}"; do
+        echo "scenario=$s result=fail acked=0 lost=0 longest_pause_ms=0"
+    done
+    echo "0 passed, ${#SCENARIOS[@]} failed"
+    exit 1
+}
+
+# --- prerequisites -------------------------------------------------------------------------
+command -v docker >/dev/null 2>&1 ||
+    abort_all "the docker CLI is not installed. These tests need a running Docker engine."
+if ! docker_err=$(timeout 30 docker info --format '{{.ServerVersion}}' 2>&1 >/dev/null); then
+    abort_all "the Docker engine is not running or not reachable (docker info: ${docker_err:-timed out})."
+fi
+if command -v docker-compose >/dev/null 2>&1; then
+    COMPOSE_BIN="docker-compose"
+elif docker compose version >/dev/null 2>&1; then
+    COMPOSE_BIN="docker compose"
+else
+    abort_all "neither docker-compose nor the docker compose plugin is installed."
+fi
+command -v python3 >/dev/null 2>&1 && python3 -c 'import tomllib' 2>/dev/null ||
+    abort_all "python3 (3.11 or later) is required for tests/docker/faults.py."
+
+# --- build ---------------------------------------------------------------------------------
+if [ "$BUILD" != 0 ]; then
+    log "building the release binaries and the images (scripts/docker-images.sh)"
+    TROVE_CARGO_BUILD=always scripts/docker-images.sh >&2 ||
+        abort_all "building the binaries or the images failed (see above)."
+fi
+for img in trove-redis-guest/guest:latest trove-redis-guest/rabbitmq:latest; do
+    docker image inspect "$img" >/dev/null 2>&1 || abort_all "image $img is missing (run scripts/docker-images.sh)."
+done
+[ -x target/release/trove-guestctl ] || abort_all "target/release/trove-guestctl is missing (cargo build --release)."
+
+# --- our own compose project ---------------------------------------------------------------
+PROJECT="trovefaults$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')"
+WORK="$ROOT/target/docker-tests/$PROJECT"
+mkdir -p "$WORK"
+ln -sfn "$PROJECT" "$ROOT/target/docker-tests/last"
+# Keep the logs of the last few runs only.
+ls -1dt "$ROOT"/target/docker-tests/trovefaults* 2>/dev/null | tail -n +6 | xargs -r rm -rf
+
+export TROVE_RABBITMQ_PORT=""   # a random port on 127.0.0.1 (the tests use the broker's private address)
+export TROVE_FAULTS_PROJECT="$PROJECT"
+export TROVE_FAULTS_GUESTCTL="$ROOT/target/release/trove-guestctl"
+export TROVE_FAULTS_COMPOSE="$COMPOSE_BIN -p $PROJECT -f $ROOT/docker-compose.yml -f $ROOT/tests/docker/compose.faults.yml"
+export TROVE_FAULTS_WORKDIR="$WORK"
+# shellcheck disable=SC2206
+COMPOSE=($TROVE_FAULTS_COMPOSE)
+
+RUN_PID=""
+TAIL_PID=""
+CLEANED=0
+cleanup() {
+    [ "$CLEANED" = 1 ] && return 0
+    CLEANED=1
+    if [ -n "$RUN_PID" ] && kill -0 "$RUN_PID" 2>/dev/null; then
+        kill -TERM "$RUN_PID" 2>/dev/null # timeout(1) passes it on to the scenario
+        sleep 1
+    fi
+    [ -n "$TAIL_PID" ] && kill "$TAIL_PID" 2>/dev/null
+    local filter="label=com.docker.compose.project=$PROJECT" ids paused nets
+    if [ "$KEEP" = 1 ]; then
+        log "TROVE_FAULTS_KEEP=1: containers of $PROJECT left running; remove them with:"
+        log "  docker rm -f \$(docker ps -aq --filter $filter) && docker network rm \$(docker network ls -q --filter $filter)"
+        return 0
+    fi
+    paused=$(docker ps -q --filter "$filter" --filter status=paused 2>/dev/null)
+    [ -n "$paused" ] && docker unpause $paused >/dev/null 2>&1
+    ids=$(docker ps -aq --filter "$filter" 2>/dev/null)
+    [ -n "$ids" ] && docker rm -f -v $ids >/dev/null 2>&1
+    nets=$(docker network ls -q --filter "$filter" 2>/dev/null)
+    [ -n "$nets" ] && docker network rm $nets >/dev/null 2>&1
+    ids=$(docker ps -aq --filter "$filter" 2>/dev/null)
+    nets=$(docker network ls -q --filter "$filter" 2>/dev/null)
+    if [ -n "$ids$nets" ]; then
+        log "WARNING: could not remove everything of $PROJECT: containers [$ids] networks [$nets]"
+    else
+        log "removed the containers and the network of $PROJECT"
+    fi
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT
+trap 'log "terminated"; exit 143' TERM
+
+# A /24 in 172.28.0.0/16 that no Docker network, host address or route overlaps.
+free_prefixes() {
+    {
+        docker network inspect -f '{{range .IPAM.Config}}{{.Subnet}} {{end}}' $(docker network ls -q) 2>/dev/null
+        ip -4 -o addr show 2>/dev/null | awk '{print $4}'
+        ip -4 route show 2>/dev/null | awk '{print $1}'
+    } | python3 -c '
+import ipaddress, random, sys
+used = []
+for word in sys.stdin.read().split():
+    try:
+        used.append(ipaddress.ip_network(word if word != "default" else "0.0.0.0/32", strict=False))
+    except ValueError:
+        pass
+cands = [f"172.28.{i}" for i in range(100, 255)]
+random.shuffle(cands)
+for c in cands:
+    net = ipaddress.ip_network(c + ".0/24")
+    if not any(u.version == 4 and u.prefixlen > 0 and net.overlaps(u) for u in used):
+        print(c)
+' | head -n 5
+}
+
+started=0
+for prefix in $(free_prefixes); do
+    export TROVE_SUBNET_PREFIX="$prefix"
+    log "starting project $PROJECT on $prefix.0/24 (broker first)"
+    if "${COMPOSE[@]}" up -d --no-build rabbitmq >"$WORK/compose-up.log" 2>&1; then
+        started=1
+        break
+    fi
+    log "could not start on $prefix.0/24: $(tail -n 2 "$WORK/compose-up.log" | tr '\n' ' ')"
+    ids=$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT")
+    [ -n "$ids" ] && docker rm -f $ids >/dev/null 2>&1
+    nets=$(docker network ls -q --filter "label=com.docker.compose.project=$PROJECT")
+    [ -n "$nets" ] && docker network rm $nets >/dev/null 2>&1
+done
+[ "$started" = 1 ] || abort_all "could not start the compose project (see $WORK/compose-up.log)."
+
+# --- scenarios -----------------------------------------------------------------------------
+SUMMARY=()
+PASSED=0
+FAILED=0
+for s in "${SCENARIOS[@]}"; do
+    out="$WORK/$s.out"
+    : >"$out"
+    t0=$SECONDS
+    timeout -k 10 "$SCENARIO_TIMEOUT" python3 -u tests/docker/faults.py "$s" >"$out" 2>&1 &
+    RUN_PID=$!
+    tail -n +1 -f --pid="$RUN_PID" "$out" &
+    TAIL_PID=$!
+    rc=0
+    wait "$RUN_PID" || rc=$?
+    RUN_PID=""
+    wait "$TAIL_PID" 2>/dev/null
+    TAIL_PID=""
+    line=$(grep -E "^scenario=$s result=(pass|fail) " "$out" | tail -n 1)
+    if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+        echo "  TIMEOUT: the scenario did not finish within ${SCENARIO_TIMEOUT}s and was killed" | tee -a "$out"
+        line="scenario=$s result=fail acked=0 lost=0 longest_pause_ms=0"
+        echo "$line" | tee -a "$out"
+    elif [ -z "$line" ]; then
+        echo "  ERROR: the scenario ended (exit $rc) without a summary line" | tee -a "$out"
+        line="scenario=$s result=fail acked=0 lost=0 longest_pause_ms=0"
+        echo "$line" | tee -a "$out"
+    fi
+    if [ "$rc" = 0 ] && [[ "$line" == *" result=pass "* ]]; then
+        PASSED=$((PASSED + 1))
+    else
+        FAILED=$((FAILED + 1))
+        [[ "$line" == *" result=pass "* ]] && line="${line/ result=pass / result=fail }"
+    fi
+    result=fail
+    [[ "$line" == *" result=pass "* ]] && result=pass
+    SUMMARY+=("$(printf '  %-32s %s  %4d s  %s' "$s" "$result" $((SECONDS - t0)) "${line#* result=* }")")
+done
+
+cleanup
+echo
+echo "== fault-injection summary (project $PROJECT, logs in target/docker-tests/$PROJECT, $((SECONDS - START)) s in all)"
+for l in "${SUMMARY[@]}"; do echo "$l"; done
+echo "$PASSED passed, $FAILED failed"
+[ "$FAILED" = 0 ]
