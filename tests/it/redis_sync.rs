@@ -298,3 +298,56 @@ async fn split_brain_fence_refuses_writes_without_replicas() {
     let conf = std::fs::read_to_string(master.config_file()).unwrap();
     assert!(conf.contains("min-replicas-to-write 1"), "{conf}");
 }
+
+/// Resizes, resets and user overrides never drop or override the replication settings; a restart keeps them.
+#[tokio::test]
+async fn config_changes_keep_replication() {
+    let c = client().await;
+    let (master, replica, _) = pair(&c, None).await;
+    let new_base = replica.config_contents(None).replace("save 3600 1", "save 60 100");
+    call(&c, &replica, "reset_configuration", json!({"configuration": {"config_contents": new_base}})).await;
+    call(&c, &replica, "update_overrides", json!({"overrides": {"slaveof": "6.6.6.6 1", "masterauth": "x", "maxmemory-policy": "allkeys-lru"}, "remove": false})).await;
+    let f = call_err(&c, &replica, "apply_overrides", json!({"overrides": {"slaveof": "6.6.6.6 1"}})).await;
+    assert!(f.message.contains("managed by the replication strategy"), "{}", f.message);
+    call(&c, &replica, "apply_overrides", json!({"overrides": {"maxmemory-policy": "allkeys-lru"}})).await;
+    use trove_guest::datastore::redis::conf::{lookup, parse};
+    let d = parse(&std::fs::read_to_string(replica.config_file()).unwrap()).unwrap();
+    assert_eq!(lookup(&d, "replicaof"), Some(format!("127.0.0.1 {}", master.port)));
+    assert_eq!(lookup(&d, "maxmemory-policy").as_deref(), Some("allkeys-lru"));
+    assert_eq!(lookup(&d, "save").as_deref(), Some("60 100"));
+    // A resize (start_db_with_conf_changes) restarts Redis with new contents: still a replica.
+    call(&c, &replica, "start_db_with_conf_changes", json!({"config_contents": new_base, "ds_version": "7.0"})).await;
+    eventually(20, "replica again after the restart", || async {
+        let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{}", replica.port)) else { return false };
+        let Ok(mut con) = client.get_multiplexed_async_connection().await else { return false };
+        let Ok(text) = redis::cmd("INFO").arg("replication").query_async::<String>(&mut con).await else { return false };
+        let r = trove_guest::datastore::redis::info::Info::parse(&text).replication().unwrap();
+        r.master_port == Some(master.port) && r.linked()
+    })
+    .await;
+}
+
+/// Trove's images rename CONFIG; every replication method still works.
+#[tokio::test]
+async fn renamed_config_command() {
+    let c = client().await;
+    let master = spawn_guest(&c, None, &[]).await;
+    let replica = spawn_guest(&c, None, &[]).await;
+    for g in [&master, &replica] {
+        let mut a = json!({"config_contents": format!("{}rename-command CONFIG cfg_8d1f2a\n", g.config_contents(Some(PW))), "overrides": {}, "snapshot": null});
+        if g.id == replica.id {
+            let mut snap = call(&c, &master, "get_replication_snapshot", json!({"snapshot_info": {}, "replica_source_config": null})).await;
+            snap["config"] = json!("slave-read-only yes\n");
+            a["snapshot"] = snap;
+        }
+        call(&c, g, "prepare", a).await;
+    }
+    let status = call(&c, &replica, "get_replication_status", json!({})).await;
+    assert_eq!(status["role"], "replica");
+    assert_eq!(status["link_up"], true);
+    call(&c, &master, "make_read_only", json!({"read_only": true})).await;
+    call(&c, &master, "make_read_only", json!({"read_only": false})).await;
+    call(&c, &replica, "detach_replica", json!({"for_failover": false})).await;
+    let err = redis::cmd("CONFIG").arg("GET").arg("save").query_async::<Vec<String>>(&mut master.redis(Some(PW)).await).await;
+    assert!(err.is_err(), "CONFIG should be renamed in this test");
+}
