@@ -175,11 +175,10 @@ for word in sys.stdin.read().split():
         pass
 cands = [f"172.28.{i}" for i in range(100, 255)]
 random.shuffle(cands)
-for c in cands:
-    net = ipaddress.ip_network(c + ".0/24")
-    if not any(u.version == 4 and u.prefixlen > 0 and net.overlaps(u) for u in used):
-        print(c)
-' | head -n 5
+free = [c for c in cands
+        if not any(u.prefixlen > 0 and ipaddress.ip_network(c + ".0/24").overlaps(u) for u in used if u.version == 4)]
+print("\n".join(free[:5]))
+'
 }
 
 started=0

@@ -26,6 +26,14 @@
 #   TROVE_RABBIT_STATE          parent of the state directories (default /tmp/trove-rabbit)
 #   TROVE_RABBIT_START_TIMEOUT  seconds to wait for AMQP after starting (default 90)
 #   TROVE_RABBIT_STOP_TIMEOUT   seconds to wait for the VM to exit on stop (default 60)
+#   TROVE_RABBIT_TLS_PORT       if set, also listen for AMQPS on 127.0.0.1:TLS_PORT, with:
+#   TROVE_RABBIT_TLS_CA         CA bundle (PEM) that client certificates must chain to
+#   TROVE_RABBIT_TLS_CERT       the server certificate (PEM) ...
+#   TROVE_RABBIT_TLS_KEY        ... and its private key (PEM)
+#   TROVE_RABBIT_TLS_VERIFY     verify_peer (default: check a client certificate if one is sent)
+#                               or verify_none
+#   TROVE_RABBIT_TLS_FAIL_IF_NO_PEER_CERT  true: refuse TLS clients without a certificate
+#                               (default false)
 set -euo pipefail
 
 CMD=${1:-}
@@ -78,6 +86,20 @@ loopback_users.guest = true
 log.file.level = info
 log.console = false
 EOF
+    if [ -n "${TROVE_RABBIT_TLS_PORT:-}" ]; then
+        local f
+        for f in TROVE_RABBIT_TLS_CA TROVE_RABBIT_TLS_CERT TROVE_RABBIT_TLS_KEY; do
+            [ -r "${!f:-}" ] || die "TROVE_RABBIT_TLS_PORT is set but $f (${!f:-unset}) is not a readable file"
+        done
+        cat >>"$STATE/rabbitmq.conf" <<EOF
+listeners.ssl.1 = 127.0.0.1:$TROVE_RABBIT_TLS_PORT
+ssl_options.cacertfile = $TROVE_RABBIT_TLS_CA
+ssl_options.certfile = $TROVE_RABBIT_TLS_CERT
+ssl_options.keyfile = $TROVE_RABBIT_TLS_KEY
+ssl_options.verify = ${TROVE_RABBIT_TLS_VERIFY:-verify_peer}
+ssl_options.fail_if_no_peer_cert = ${TROVE_RABBIT_TLS_FAIL_IF_NO_PEER_CERT:-false}
+EOF
+    fi
     : >"$STATE/rabbitmq-env.conf"
     export HOME="$STATE"
     export RABBITMQ_NODENAME="$NODE"
@@ -126,7 +148,9 @@ node_pid() {
     for f in "$PIDFILE" "$WRAPPER_PIDFILE"; do
         if [ -s "$f" ]; then
             p=$(tr -dc '0-9' <"$f")
-            if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then
+            # alive, and really ours (a stale pid file may name a recycled pid)
+            if [ -n "$p" ] && kill -0 "$p" 2>/dev/null \
+                && tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q -e rabbit -e beam; then
                 echo "$p"
                 return 0
             fi

@@ -16,7 +16,7 @@
 #   TROVE_RABBIT_PORT  its AMQP port (default 5672)
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+HERE=$(cd "$(dirname "$0")" && pwd)
 NAME=${TROVE_RABBIT_NAME:-trove}
 PORT=${TROVE_RABBIT_PORT:-5672}
 
@@ -97,4 +97,4 @@ if { [ -n "$deb_rabbit_pid" ] && kill -0 "$deb_rabbit_pid" 2>/dev/null; } \
     svc_disable rabbitmq-server
 fi
 
-exec bash "$ROOT/scripts/rabbitmq.sh" start "$NAME" "$PORT"
+exec bash "$HERE/rabbitmq.sh" start "$NAME" "$PORT"

@@ -81,11 +81,12 @@ def ratio(a, b):
 class Ctx:
     """Everything one benchmark run owns; `close()` stops every process it started."""
 
-    def __init__(self, amqp_url, bin_dir, smoke=False, keep=False):
+    def __init__(self, amqp_url, bin_dir, load_bin=None, smoke=False, keep=False):
         self.amqp_url = amqp_url
         self.bin_dir = bin_dir
         self.agent_bin = os.path.join(bin_dir, "trove-guestagent")
         self.ctl_bin = os.path.join(bin_dir, "trove-guestctl")
+        self.load_bin = load_bin or os.path.join(bin_dir, "trovebench-rpc-load")
         self.smoke = smoke
         self.keep = keep
         self.tmp = tempfile.mkdtemp(prefix="trovebench-")
@@ -360,8 +361,7 @@ class Fleet:
         self.write_inventory()
         for g in self.guests:
             self.wait_ping(g)
-        for g in self.guests:
-            self.prepare(g)
+        self.prepare_all(self.guests)
 
     def write_inventory(self, replica_of=None):
         replica_of = replica_of or {}
@@ -400,25 +400,52 @@ class Fleet:
         return self.ctl("call", g.id, method, json.dumps(args or {}), "--timeout", str(timeout), timeout=timeout + 30)[2]
 
     def wait_ping(self, g, timeout=30.0):
+        """Until the agent consumes (its log says so; a ping sent before its queue exists would be
+        dropped and cost a whole call timeout), then one rpc_ping."""
         deadline = now() + timeout
-        while True:
-            _, rc, out, _ = self.ctl("call", g.id, "rpc_ping", "--timeout", "1", check=False, timeout=30)
-            if rc == 0 and out is True:
-                return
+        while "consuming" not in tail(g.log_path, 200):
             if g.proc.poll() is not None:
                 raise BenchError("agent %s exited: %s" % (g.id, tail(g.log_path)))
+            if now() > deadline:
+                raise BenchError("agent %s never started consuming: %s" % (g.id, tail(g.log_path)))
+            time.sleep(0.01)
+        while True:
+            _, rc, out, _ = self.ctl("call", g.id, "rpc_ping", "--timeout", "2", check=False, timeout=30)
+            if rc == 0 and out is True:
+                return
             if now() > deadline:
                 raise BenchError("agent %s never answered rpc_ping: %s" % (g.id, tail(g.log_path)))
             time.sleep(0.05)
 
-    def prepare(self, g):
-        args = {
+    def prepare_all(self, guests):
+        """prepare on every guest at once (each a call that returns when its Redis runs)."""
+        env = dict(os.environ, TROVE_GUESTCTL_INVENTORY=self.inventory)
+        procs = []
+        for g in guests:
+            procs.append(subprocess.Popen([self.ctx.ctl_bin, "call", g.id, "prepare", json.dumps(self.prepare_args(g)),
+                                           "--timeout", "120"], env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True))
+        for p, g in zip(procs, guests):
+            out, err = p.communicate(timeout=180)
+            if p.returncode != 0:
+                raise BenchError("prepare of %s failed: %s %s" % (g.id, out, err[-1000:]))
+        for g in guests:
+            wait_until("redis of %s" % g.id, lambda g=g: g.con(0.5).ping(), timeout=60)
+
+    def prepare_args(self, g):
+        return {
             "packages": None, "databases": [], "memory_mb": 2048, "users": [], "device_path": None,
             "mount_point": None, "backup_info": None, "config_contents": g.config_contents(),
             "root_password": None, "overrides": {}, "cluster_config": None, "snapshot": None,
         }
-        self.call(g, "prepare", args)
-        wait_until("redis of %s" % g.id, lambda: g.con(0.5).ping(), timeout=60)
+
+    def prepare(self, g):
+        self.prepare_all([g])
+
+    def close(self):
+        """Stops every agent of the fleet and its Redis."""
+        for g in self.guests:
+            g.kill9()
 
     def live_roles(self):
         """{guest id: (role, master_port)} read from Redis directly."""

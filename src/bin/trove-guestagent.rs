@@ -32,8 +32,15 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log.level)
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&settings.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // At trace level lapin logs every AMQP frame: the connection's credentials (StartOk) and message
+    // bodies (passwords, when secure RPC is off). Its frame dumps never go into our log.
+    if filter.max_level_hint() == Some(tracing::level_filters::LevelFilter::TRACE) {
+        for target in ["lapin", "lapin::io_loop", "lapin::channels"] {
+            filter = filter.add_directive(format!("{target}=debug").parse().expect("static directive"));
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

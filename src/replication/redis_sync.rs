@@ -241,7 +241,7 @@ async fn connect_master(master: &MasterRef, settings: &ReplicationSettings) -> R
         timeout: Duration::from_secs(settings.master_probe_timeout),
     };
     Admin::connect(&target).await.map_err(|e| match e {
-        crate::datastore::Error::Command { reason, .. } if reason.contains("WRONGPASS") || reason.contains("NOAUTH") || reason.contains("invalid password") => {
+        crate::datastore::Error::Command { reason, .. } if reason.contains("WRONGPASS") || reason.contains("NOAUTH") || reason.contains("invalid password") || reason.contains("AuthenticationFailed") => {
             Error::Refused(format!("master {}:{} refused the replication password", master.host, master.port))
         }
         other => Error::Refused(format!("cannot reach master {}:{}: {other}", master.host, master.port)),

@@ -54,14 +54,24 @@ pub fn decode(body: &[u8], max_body: usize) -> Result<Request, DecodeError> {
         return Err(fail("message body is not a JSON object".into()));
     };
     let mut message = if let Some(version) = outer.get("oslo.version") {
+        // Errors about the envelope itself still carry the reply address when the inner dict has one.
+        let routed = |reason: String| {
+            let inner = match outer.get("oslo.message") {
+                Some(Value::String(s)) => serde_json::from_str::<Value>(s).ok(),
+                Some(v @ Value::Object(_)) => Some(v.clone()),
+                _ => None,
+            };
+            let field = |k: &str| inner.as_ref().and_then(|m| m.get(k)).and_then(Value::as_str).map(str::to_owned);
+            DecodeError { reason, msg_id: field("_msg_id"), reply_q: field("_reply_q") }
+        };
         let version = version.as_str().unwrap_or_default();
         if version.split('.').next() != Some("2") {
-            return Err(fail(format!("unsupported envelope version {:?}", outer["oslo.version"])));
+            return Err(routed(format!("unsupported envelope version {:?}", outer["oslo.version"])));
         }
         let inner = outer
             .get("oslo.message")
             .and_then(Value::as_str)
-            .ok_or_else(|| fail("oslo.message is missing or not a string".into()))?;
+            .ok_or_else(|| routed("oslo.message is missing or not a string".into()))?;
         match serde_json::from_str(inner) {
             Ok(Value::Object(m)) => m,
             Ok(_) => return Err(fail("oslo.message is not a JSON object".into())),
@@ -245,6 +255,15 @@ pub(crate) mod tests {
         let err = decode(body, DEFAULT_MAX_BODY).unwrap_err();
         assert_eq!(err.msg_id.as_deref(), Some("m1"));
         assert_eq!(err.reply_q.as_deref(), Some("reply_abc"));
+        let inner = r#"{"method":"rpc_ping","_msg_id":"m2","_reply_q":"reply_def"}"#;
+        for body in [
+            json!({"oslo.version": "3.0", "oslo.message": inner}),
+            json!({"oslo.version": 2, "oslo.message": inner}),
+            json!({"oslo.version": "2.0", "oslo.message": serde_json::from_str::<Value>(inner).unwrap()}),
+        ] {
+            let err = decode(body.to_string().as_bytes(), DEFAULT_MAX_BODY).unwrap_err();
+            assert_eq!((err.msg_id.as_deref(), err.reply_q.as_deref()), (Some("m2"), Some("reply_def")), "{body}");
+        }
     }
 
     #[test]

@@ -298,7 +298,7 @@ class Guest:
                             % (self.target, self.proc.returncode, " ".join(self.command()),
                                self.log_tail()), pytrace=False)
             try:
-                if self.client(timeout=2).call(lib.newest_context(), "rpc_ping") is True:
+                if self.client(timeout=1).call(lib.newest_context(), "rpc_ping") is True:
                     return
                 last = "rpc_ping did not return True"
             except oslo_messaging.MessagingTimeout:

@@ -145,14 +145,14 @@ def test_get_filesystem_stats_shape(guest, ctx):
 
 
 def test_remote_trove_exception(make_guest, ctx):
-    """restart before prepare fails (promptly: within 20 s) with a Trove exception the client
+    """restart before prepare fails (promptly: within 10 s) with a Trove exception the client
     re-raises readably. (A guest of its own: a failed restart may leave things behind.)"""
     guest = make_guest(name="restart")
     with pytest.raises(Exception) as ei:
-        guest.client(timeout=20).call(ctx, "restart")
+        guest.client(timeout=10).call(ctx, "restart")
     e = ei.value
     assert not isinstance(e, oslo_messaging.MessagingTimeout), (
-        "restart before prepare got no answer within 20 s")
+        "restart before prepare got no answer within 10 s")
     prefix = "An error occurred communicating with the guest: "
     if trove_exception is not None:
         assert isinstance(e, trove_exception.GuestError), (

@@ -32,7 +32,7 @@ def trove(rabbit_url):
     conf.set_override("control_exchange", "trove")
     # Trove's defaults are 15 s / 180 s; a guest that does not answer should fail the test
     # in reasonable time (it then surfaces as GuestTimeout).
-    conf.set_override("agent_call_high_timeout", 20)
+    conf.set_override("agent_call_high_timeout", 10)
     if trove_rpc.TRANSPORT is None:
         trove_rpc.init(conf)
 
@@ -83,7 +83,7 @@ def test_trove_api_cast_then_call(trove, guest):
 
 def test_trove_api_restart_unprepared_is_guest_error(trove, make_guest):
     """restart before prepare: Trove raises GuestError with the guest's message (a guest that
-    does not answer within 20 s gives GuestTimeout instead, and fails this test)."""
+    does not answer within 10 s gives GuestTimeout instead, and fails this test)."""
     guest = make_guest(name="restart")
     api = trove.API(trove.context(), guest.id)
     with pytest.raises(trove.exception.GuestError) as ei:

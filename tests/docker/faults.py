@@ -955,8 +955,14 @@ def s_replica_net_drop_during_create(env, res):
     w = Writer([env.ip("guest1")], "s7")
     w.start()
     p, t_start, out, err = env.ctl_background("create-replicas", "--replica-of", env.gid("guest1"), env.gid("guest2"), env.gid("guest3"))
-    seen = wait_for(lambda: (replica_state(env, "guest3") or {}).get("role") == "slave" or p.poll() is not None, 60, interval=0.01)
-    res.require(seen and p.poll() is None, f"never saw guest3 start replicating while the create ran (create exit {p.poll()})")
+
+    def guest3_joined():
+        # guest3 is among the master's replicas (waiting for, or receiving, the shared diskless transfer).
+        info = rinfo(env.ip("guest1"), "replication") or {}
+        return any(k.startswith("slave") and f"ip={env.ip('guest3')}," in v for k, v in info.items()) or p.poll() is not None
+
+    seen = wait_for(guest3_joined, 60, interval=0.01)
+    res.require(seen and p.poll() is None, f"never saw guest3 join the master's sync while the create ran (create exit {p.poll()})")
     set_net(env, "guest3", False)
     t_cut = time.monotonic()
     say(f"disconnected guest3 {t_cut - t_start:.2f}s into the create")

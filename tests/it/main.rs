@@ -2,5 +2,8 @@
 
 mod flows;
 mod harness;
+mod hostile;
 mod redis_sync;
 mod rpc_roundtrip;
+mod secrets;
+mod tls;

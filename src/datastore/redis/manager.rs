@@ -303,7 +303,13 @@ fn default_base() -> String {
 
 /// The major version of the installed redis-server (`redis-server --version`).
 fn redis_major(binary: &str) -> Option<u32> {
-    let out = std::process::Command::new(binary).arg("--version").output().ok()?;
+    let mut cmd = std::process::Command::new(binary);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with(crate::config::ENV_PREFIX) {
+            cmd.env_remove(key);
+        }
+    }
+    let out = cmd.arg("--version").output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let v = text.split_whitespace().find_map(|w| w.strip_prefix("v="))?;
     v.split('.').next()?.parse().ok()

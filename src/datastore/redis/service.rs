@@ -137,7 +137,14 @@ impl Supervisor {
             .open(&self.log_file)
             .map_err(|e| Error::io(&self.log_file, e))?;
         let err = log.try_clone().map_err(|e| Error::io(&self.log_file, e))?;
-        let child = Command::new(&self.binary)
+        let mut cmd = Command::new(&self.binary);
+        // Redis does not need the agent's configuration (instance key, transport URL with its password).
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with(crate::config::ENV_PREFIX) {
+                cmd.env_remove(key);
+            }
+        }
+        let child = cmd
             .arg(&self.config_file)
             .stdin(std::process::Stdio::null())
             .stdout(log)

@@ -1,0 +1,82 @@
+"""python -m trovebench [--smoke] [--only a,b] [--results FILE] [--report-only] ...
+
+Runs the benchmarks (see suite.py), saves every raw figure as JSON, then writes the Markdown
+report and one PNG chart per benchmark (report.py). Exit status 1 on any error."""
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+
+from . import report, suite
+from .common import ROOT, Ctx, log, machine_description
+
+
+def main():
+    ap = argparse.ArgumentParser(prog="trovebench")
+    ap.add_argument("--smoke", action="store_true", help="tiny configuration, one repetition")
+    ap.add_argument("--only", default=",".join(suite.ALL), help="comma-separated: " + ",".join(suite.ALL))
+    ap.add_argument("--amqp-url", default=os.environ.get("AMQP_URL", "rabbit://guest:guest@127.0.0.1:5672/"))
+    ap.add_argument("--bin-dir", default=os.path.join(ROOT, "target", "release"))
+    ap.add_argument("--load-bin", default=None)
+    ap.add_argument("--results", default=None, help="raw results JSON (written, or read with --report-only)")
+    ap.add_argument("--markdown", default=None, help="report path (default BENCHMARKS.md, or a temp dir for --smoke)")
+    ap.add_argument("--charts", default=None, help="chart directory (default bench/charts)")
+    ap.add_argument("--report-only", action="store_true", help="only regenerate the report from --results")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, data)")
+    a = ap.parse_args()
+    sys.setswitchinterval(0.0005)  # the monitor thread must not wait 5 ms for the GIL
+    import signal
+
+    def on_term(signum, frame):
+        raise SystemExit(128 + signum)  # unwinds through ctx.close(): every process we started stops
+    signal.signal(signal.SIGTERM, on_term)
+
+    results_path = a.results or os.path.join(ROOT, "bench", "results", "smoke.json" if a.smoke else "full.json")
+    md = a.markdown or os.path.join(ROOT, "BENCHMARKS.md")
+    charts = a.charts or os.path.join(ROOT, "bench", "charts")
+    if a.report_only:
+        with open(results_path) as f:
+            results = json.load(f)
+        report.write(results, md, charts)
+        log("wrote", md, "and charts in", charts)
+        return 0
+
+    only = [x for x in a.only.split(",") if x]
+    unknown = set(only) - set(suite.ALL)
+    if unknown:
+        ap.error("unknown benchmark(s): %s" % ", ".join(sorted(unknown)))
+    cfg = suite.SMOKE if a.smoke else suite.FULL
+    results = {"meta": {"mode": "smoke" if a.smoke else "full", "machine": machine_description(),
+                        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "only": only,
+                        "config": {k: cfg[k] for k in cfg}}}
+    ctx = Ctx(a.amqp_url, a.bin_dir, load_bin=a.load_bin, smoke=a.smoke, keep=a.keep)
+    t0 = time.monotonic()
+    ok = False
+    try:
+        suite.run(ctx, cfg, only, results)
+        ok = True
+    except BaseException:  # noqa: BLE001 - also Ctrl-C and SIGTERM: report, then clean up
+        traceback.print_exc()
+        log("FAILED; agent and Redis logs are in", ctx.tmp, "(kept)")
+        ctx.keep = True
+    finally:
+        ctx.close()
+    results["meta"]["total_seconds"] = round(time.monotonic() - t0, 1)
+    results["meta"]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    with open("/proc/loadavg") as f:
+        results["meta"]["machine"]["load_at_end"] = " ".join(f.read().split()[:3])
+    os.makedirs(os.path.dirname(results_path), exist_ok=True)
+    with open(results_path, "w") as f:
+        json.dump(results, f, indent=1, default=str)
+    if not ok:
+        return 1
+    report.write(results, md, charts)
+    log("wrote %s, charts in %s, raw figures in %s (%.0fs)" % (md, charts, results_path, results["meta"]["total_seconds"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Unplanned failover: kill -9 the master (and its agent) under the writer, with one replica made
+to lag first, then our eject-replica-source vs Sentinel's automatic failover."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import redis
+
+from .common import BenchError, linked_to, log, now, rcon, replication, wait_until
+from .switch import OursTrio, SentinelTrio, Writer, count_lost, longest_pause, monitor, sum_stats
+
+
+def role_offset(port):
+    """The applied offset. Not ROLE's: it says -1 once the master link is gone, while INFO's
+    slave_repl_offset keeps the last applied offset (replication-pitfalls.md, 6)."""
+    r = rcon(port, timeout=2).info("replication")
+    return int(r["slave_repl_offset"]) if r.get("role") == "slave" else int(r["master_repl_offset"])
+
+
+def make_lag(master_port, lagger_port, other_port, lagger_pid):
+    """Freeze the lagger's Redis and cut its link so nothing buffered reaches it later; wait until
+    the other replica is back on the master (the frozen one cannot be) and has moved ahead."""
+    os.kill(lagger_pid, signal.SIGSTOP)
+    mc = rcon(master_port)
+    mc.execute_command("CLIENT", "KILL", "TYPE", "replica")
+
+    def relinked():
+        r = mc.info("replication")
+        return int(r.get("connected_slaves", 0)) == 1 and r.get("slave0", {}).get("state") == "online" \
+            and int(r["slave0"]["port"]) == other_port
+    # The replica notices the cut and reconnects from its once-a-second replicationCron.
+    wait_until("the current replica to re-link", relinked, timeout=15, interval=0.005)
+    time.sleep(0.25)
+
+
+def run_failover(ctx, name, ports, master_port, lagger_port, lagger_pid, kill, command, timeout, settle=None):
+    """Writer on; lag one replica; kill the master; run `command()` (or nothing); monitor."""
+    survivors = [p for p in ports if p != master_port]
+    before = sum_stats(survivors)
+    w = Writer(ctx, ports, name)
+    time.sleep(0.5)
+    other = [p for p in survivors if p != lagger_port][0]
+    make_lag(master_port, lagger_port, other, lagger_pid)
+    box = {}
+
+    def start():
+        kill()
+        box["t_kill"] = now()
+        os.kill(lagger_pid, signal.SIGCONT)
+        box["offsets"] = {p: role_offset(p) for p in survivors}
+        return command()
+
+    m = monitor(survivors, survivors, start, lambda nm: [p for p in survivors if p != nm], timeout)
+    time.sleep(0.3)
+    data = w.stop()
+    after = sum_stats(survivors)
+    t0 = m["t0"]
+    offsets = box.get("offsets", {})
+    new = m["new_master"]
+    lost = count_lost(new, data["acked"]) if new else None
+    last_ack_before_kill = [t for t in data["t"] if t <= box.get("t_kill", t0)]
+    pause, _ = longest_pause(data["t"], t0, t0 + (m["all_linked_s"] or m["writable_s"] or timeout) + 0.3)
+    rec = {
+        "method": name,
+        "writable_ms": None if m["writable_s"] is None else m["writable_s"] * 1000,
+        "all_linked_ms": None if m["all_linked_s"] is None else m["all_linked_s"] * 1000,
+        "command_done_ms": None if m["command_done_s"] is None else m["command_done_s"] * 1000,
+        "timed_out": m["timed_out"],
+        "longest_pause_ms": pause * 1000,
+        "acked": len(data["acked"]),
+        "acked_before_kill": len(last_ack_before_kill),
+        "lost": lost,
+        "offsets_at_kill": {str(k): v for k, v in offsets.items()},
+        "chosen": new,
+        "lagger": lagger_port,
+        "chosen_most_current": (new is not None and offsets and offsets.get(new) == max(offsets.values())),
+        "offset_gap_bytes": (max(offsets.values()) - min(offsets.values())) if offsets else None,
+        "sync_full_delta": after["sync_full"] - before["sync_full"],
+        "handle": m["handle"],
+    }
+    return rec
+
+
+class OursFailover(OursTrio):
+    name = "ours"
+    label = "trove-guestctl eject-replica-source"
+
+    def __init__(self, ctx):
+        super().__init__(ctx, tag="uf")
+
+    def fail(self, rep, timeout):
+        self.check()
+        m = self.master()
+        reps = self.replicas()
+        lagger = reps[rep % 2]
+        box = {}
+
+        def kill():
+            m.kill9()
+
+        def command():
+            box["p"] = self.fleet.ctl_popen("eject-replica-source", m.id)
+            return box["p"]
+
+        rec = run_failover(self.ctx, self.name, self.ports, m.port, lagger.port, lagger.redis_pid(), kill, command, timeout)
+        p = box["p"]
+        out, err = p.communicate(timeout=120)
+        if p.returncode != 0:
+            raise BenchError("eject failed (%d): %s %s" % (p.returncode, out, err[-2000:]))
+        rec.pop("handle")
+        rep_json = json.loads(out)
+        rec["total_ms_reported"] = rep_json.get("total_ms")
+        if not getattr(self, "recover", True):
+            return rec
+        # Bring the dead guest back as a replica of the new master (not timed).
+        m.start()
+        self.fleet.wait_ping(m)
+        new = next(g for g in self.fleet.guests if g.port == rec["chosen"])
+        self.fleet.ctl("create-replicas", "--replica-of", new.id, m.id)
+        return rec
+
+
+class SentinelFailover(SentinelTrio):
+    name = "sentinel"
+    label = "Sentinel automatic failover (down-after 1000 ms)"
+
+    def __init__(self, ctx):
+        super().__init__(ctx, down_after=1000, failover_timeout=10000, tag="sf")
+
+    def fail(self, rep, timeout):
+        mp = self.check()
+        self.wait_sentinels()
+        node = next(n for n in self.nodes if n.port == mp)
+        reps = sorted(p for p in self.ports if p != mp)
+        lagger = reps[rep % 2]
+        lagger_pid = int(rcon(lagger).info("server")["process_id"])
+
+        rec = run_failover(self.ctx, self.name, self.ports, mp, lagger, lagger_pid, node.kill9, lambda: None, timeout)
+        rec.pop("handle")
+        if not getattr(self, "recover", True):
+            return rec
+        # Bring the dead node back under the new master and let the sentinels see it (not timed).
+        node.start()
+        if rec["chosen"]:
+            rcon(node.port).execute_command("REPLICAOF", "127.0.0.1", rec["chosen"])
+            wait_until("old master re-linked", lambda: linked_to(node.port, rec["chosen"]), timeout=60)
+        self.wait_sentinels(timeout=90)
+        return rec

@@ -1,0 +1,694 @@
+"""Turns the raw results (results JSON) into BENCHMARKS.md and one PNG chart per benchmark."""
+
+import os
+import statistics
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .common import percentile  # noqa: E402
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def vals(runs, key, **where):
+    out = []
+    for r in runs:
+        if all(r.get(k) == v for k, v in where.items()):
+            v = r.get(key)
+            out.append(v)
+    return out
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return percentile(xs, 50) if xs else None
+
+
+def p95(xs):
+    xs = [x for x in xs if x is not None]
+    return percentile(xs, 95) if xs else None
+
+
+def num(v, digits=None):
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if digits is None:
+        a = abs(v)
+        digits = 0 if a >= 100 else 1 if a >= 10 else 2 if a >= 0.1 else 3
+    return ("{:,.%df}" % digits).format(v)
+
+
+def fig(xs, digits=None):
+    """'median (p95 x)' of a list, or — when nothing was measured."""
+    xs2 = [x for x in xs if x is not None]
+    if not xs2:
+        return "—" + (" (%d of %d missing)" % (len(xs) - len(xs2), len(xs)) if xs else "")
+    m, p = med(xs2), p95(xs2)
+    s = num(m, digits)
+    if len(xs2) > 1:
+        s += " (p95 %s)" % num(p, digits)
+    if len(xs2) < len(xs):
+        s += " [%d of %d n/a]" % (len(xs) - len(xs2), len(xs))
+    return s
+
+
+def ratio_txt(a, b, digits=2):
+    if a is None or b is None:
+        return "—"
+    if b == 0:
+        return "—" if a != 0 else "1.00×"
+    return ("%." + str(digits) + "f×") % (a / b)
+
+
+def met(ok):
+    return "—" if ok is None else ("✅ met" if ok else "❌ missed")
+
+
+def table(headers, rows):
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    for r in rows:
+        out.append("| " + " | ".join("" if c is None else str(c) for c in r) + " |")
+    return "\n".join(out)
+
+
+def save(figure, charts, name):
+    os.makedirs(charts, exist_ok=True)
+    path = os.path.join(charts, name)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def bars(ax, groups, series, data, ylabel, log=False, colors=None):
+    """Grouped bars of medians with p95 whiskers. data[(group, series)] = list of values."""
+    import numpy as np
+    x = np.arange(len(groups))
+    w = 0.8 / max(1, len(series))
+    for i, s in enumerate(series):
+        m = [med(data.get((g, s), [])) or 0 for g in groups]
+        hi = [max(0, (p95(data.get((g, s), [])) or 0) - (med(data.get((g, s), [])) or 0)) for g in groups]
+        ax.bar(x + (i - (len(series) - 1) / 2) * w, m, w, yerr=[[0] * len(m), hi], capsize=3, label=s,
+               color=(colors or {}).get(s))
+    ax.set_xticks(x)
+    ax.set_xticklabels(groups, fontsize=8)
+    ax.set_ylabel(ylabel)
+    if log:
+        ax.set_yscale("log")
+    ax.grid(axis="y", alpha=0.3)
+
+
+COLORS = {"ours": "#1f77b4", "sentinel": "#d62728", "failover": "#ff7f0e", "floor": "#2ca02c", "hand": "#2ca02c",
+          "python": "#9467bd", "python+trove": "#8c564b"}
+
+# ---------------------------------------------------------------------------------------------
+# 1. switchover
+
+
+def sec_switchover(res, charts):
+    runs = res["runs"]
+    labels = res["labels"]
+    reps = res["config"]["reps"]
+    anchors = ["sentinel", "failover", "floor"]
+    L = ["## 1. Planned switchover (one master, two replicas, persistence on, writer running)", ""]
+    L.append(
+        "Each round: the writer (`trovebench/writer.py`, a separate process) runs `SET w:<n> <n>` back to back "
+        "against whichever node says `ROLE` master, records every acknowledged write and its time, and re-resolves "
+        "the master on READONLY or connection errors. After 0.5 s of writing, the switch is started and a monitor "
+        "polls: a probe `SET` on the candidate(s) every ~1 ms (→ *writable*), then `ROLE` on every other node until it "
+        "follows the new master with the link up (→ *all linked*). Then every acknowledged write is looked up on the "
+        "new master (→ *lost*), and `sync_full` is summed over the three nodes before and after. "
+        "%d round(s) per method, interleaved (the method order rotates each round), candidates alternating." % reps)
+    L.append("")
+    L.append("Methods: **ours** = `trove-guestctl promote-to-replica-source` (a new process: connect to RabbitMQ, "
+             "probe the guests, then the flow); **Sentinel** = `SENTINEL FAILOVER mymaster` on three sentinels, "
+             "quorum 2, down-after 1000 ms, failover-timeout 10000 ms, parallel-syncs 1; **FAILOVER** = "
+             "`FAILOVER TO host port` on the master (the third node stays a replica of the old master, so *all "
+             "linked* does not apply; the table gives the old master's link time instead); **floor** = "
+             "`trovebench/floor.py`, a pre-connected script: `CLIENT PAUSE WRITE` on the master, wait for the "
+             "candidate's offset, `REPLICAOF NO ONE`, re-point the old master (then unpause it) and the other replica.")
+    L.append("")
+    ours = [r for r in runs if r["method"] == "ours"]
+
+    def series(method, key):
+        rs = [r for r in runs if r["method"] == method]
+        if key == "all_linked_ms" and method == "failover":
+            return [r.get("old_master_linked_ms") for r in rs]
+        if key == "repoint_after_fence_ms":
+            return [None if r.get("all_linked_ms") is None or r.get("pause_starts_ms") is None
+                    else r["all_linked_ms"] - r["pause_starts_ms"] for r in rs]
+        return [r.get(key) for r in rs]
+
+    metrics = [
+        ("time from command until the new master accepts a write (ms)", "writable_ms", None),
+        ("time from command until every other node follows it, link up (ms)", "all_linked_ms", ("≤ 100 ms", lambda v: v <= 100)),
+        ("same, counted from the start of the write pause (ms)", "repoint_after_fence_ms", None),
+        ("longest write pause the writer saw (ms)", "longest_pause_ms", ("≤ 25 ms", lambda v: v <= 25)),
+        ("acknowledged writes lost", "lost", ("0", lambda v: v == 0)),
+        ("full resyncs (sync_full delta, all nodes)", "sync_full_delta", ("0", lambda v: v == 0)),
+        ("time until the command returned (ms)", "command_done_ms", None),
+    ]
+    rows = []
+    for title, key, target in metrics:
+        o = series("ours", key)
+        ok = None
+        if target:
+            om = [v for v in o if v is not None]
+            if key in ("lost", "sync_full_delta"):
+                ok = bool(om) and all(target[1](v) for v in om) and len(om) == len(o)
+            else:
+                ok = bool(om) and target[1](med(om)) and len(om) == len(o)
+        for i, a in enumerate(anchors):
+            av = series(a, key)
+            note = ""
+            if a == "failover" and key == "all_linked_ms":
+                note = " (old master only; 3rd node left chained)"
+            d = 0 if key in ("lost", "sync_full_delta") else None
+            rows.append([title if i == 0 else "", labels.get(a, a) + note, fig(o, d), fig(av, d),
+                         ratio_txt(med(o), med(av)), target[0] if (target and i == 0) else "",
+                         met(ok) if (target and i == 0) else ""])
+    L.append(table(["Metric", "Anchor (same run)", "Ours: median (p95)", "Anchor: median (p95)", "Ratio ours/anchor",
+                    "Target", "Ours vs target"], rows))
+    L.append("")
+    tot = {m: (sum(v for v in series(m, "lost") if v), sum(v for v in series(m, "acked") if v)) for m in ["ours", *anchors]}
+    L.append("Totals over all rounds — acknowledged / lost writes: " + "; ".join(
+        "%s %s / %s" % (m, num(tot[m][1], 0), num(tot[m][0], 0)) for m in tot) + ". "
+        "Writer's baseline (longest gap in the 0.45 s before each command, i.e. machine noise): median %s ms." % num(
+            med([r.get("baseline_pause_ms") for r in runs])))
+    L.append("")
+    # documented anchors
+    L.append("Documented anchor figures (replication-anchors.md §5): Redis `FAILOVER` \"typically less than a "
+             "second\" (≤ ~1 s ACK wait + handshake); `SENTINEL FAILOVER` seconds and lossy (redis#6062); "
+             "switchover floor ≈ 2–5 ms + drain on a LAN (estimate); Azure planned < 1 s; Trove Liberty Redis "
+             "promote: minutes.")
+    L.append("")
+    # ours: where the time goes
+    ph = [r.get("phases") for r in ours if r.get("phases")]
+    if ph:
+        L.append("Where ours spends it (from the agents' own `request done … elapsed_ms` log lines, medians over "
+                 "the rounds, ms since the command started):")
+        L.append("")
+        prow = [
+            ["CLI start-up until the first RPC reaches an agent (process start, AMQP connect, status probe of every guest)", fig([p["cli_setup"] for p in ph])],
+            ["fence on the old master → candidate writable and unfenced (`writes_blocked_ms` as the CLI reports it: %s)" % fig([r.get("writes_blocked_ms_reported") for r in ours]), fig([p["fence_to_writable"] for p in ph])],
+            ["  … of which inside agent handlers (sum of `elapsed_ms`, %s RPCs in that window)" % num(med([p["fence_to_writable_rpcs"] for p in ph]), 0), fig([p["fence_to_writable_agent"] for p in ph])],
+            ["writable → last `attach_replica` returned (old master and replica re-pointed, caught up)", fig([p["writable_to_repointed"] for p in ph])],
+            ["last attach → command exit (inventory saves, `demote_replication_master`)", fig([p["repointed_to_exit"] for p in ph])],
+        ]
+        by = {}
+        for p in ph:
+            for k, v in p["agent_ms_by_method"].items():
+                by.setdefault(k, []).append(v)
+        L.append(table(["Phase of `promote-to-replica-source`", "ms: median (p95)"], prow))
+        L.append("")
+        if by:
+            L.append("Agent handler time inside the write-blocked window, by method (median ms): " + ", ".join(
+                "`%s` %s" % (k, num(med(v))) for k, v in sorted(by.items(), key=lambda kv: -med(kv[1]))) + ".")
+            L.append("")
+    # chart
+    import numpy as np  # noqa: F401
+    f, axes = plt.subplots(1, 3, figsize=(13, 4))
+    methods = ["ours", *anchors]
+    names = [labels.get(m, m).split(" (")[0] for m in methods]
+    for ax, (key, ttl) in zip(axes, [("writable_ms", "command → new master writable"),
+                                     ("all_linked_ms", "command → all linked (FAILOVER: old master)"),
+                                     ("longest_pause_ms", "longest write pause")]):
+        data = {(n, "x"): series(m, key) for n, m in zip(names, methods)}
+        bars(ax, names, ["x"], data, "ms (median, whisker p95)", log=True)
+        for patch, m in zip(ax.patches, methods):
+            patch.set_color(COLORS[m])
+        ax.set_title(ttl, fontsize=10)
+        ax.tick_params(axis="x", labelrotation=15)
+    f.suptitle("Planned switchover, 1 master + 2 replicas, writer running (%d rounds each; log scale)" % reps, fontsize=11)
+    save(f, charts, "switchover.png")
+    L.append("![switchover](bench/charts/switchover.png)")
+    L.append("")
+    return L
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. unplanned failover
+
+
+def sec_failover(res, charts):
+    runs = res["runs"]
+    reps = res["config"]["reps"]
+    L = ["## 2. Unplanned failover (kill -9 the master and its agent)", ""]
+    L.append(
+        "Same writer. Before the kill one replica is made to lag: its Redis is `SIGSTOP`ped and the master's "
+        "replica links are cut (`CLIENT KILL TYPE replica`); the other replica re-links and moves ahead for "
+        "0.25 s. Then the master (and, for ours, its agent first) is killed with SIGKILL, the lagging replica is "
+        "`SIGCONT`ed, both replicas' offsets are read, and: **ours** runs `trove-guestctl eject-replica-source "
+        "<dead master>` at once (the operator's reaction time is not counted); **Sentinel** does its automatic "
+        "failover with `down-after-milliseconds 1000` (the stock default is 30000, which adds ~29 s). Time is "
+        "counted from the kill. The lagging replica alternates. %d round(s) per method, interleaved." % reps)
+    L.append("")
+    rows = []
+    o = [r for r in runs if r["method"] == "ours"]
+    s = [r for r in runs if r["method"] == "sentinel"]
+
+    def col(rs, k):
+        return [r.get(k) for r in rs]
+    rows.append(["time from kill until the new master accepts a write (ms)", fig(col(o, "writable_ms")),
+                 fig(col(s, "writable_ms")), ratio_txt(med(col(o, "writable_ms")), med(col(s, "writable_ms"))),
+                 "Sentinel at stock down-after 30000: ~32–35 s; Azure unplanned 10–15 s"])
+    rows.append(["time from kill until the other replica follows it, link up (ms)", fig(col(o, "all_linked_ms")),
+                 fig(col(s, "all_linked_ms")), ratio_txt(med(col(o, "all_linked_ms")), med(col(s, "all_linked_ms"))), ""])
+    rows.append(["acknowledged writes lost", fig(col(o, "lost"), 0), fig(col(s, "lost"), 0),
+                 ratio_txt(med(col(o, "lost")), med(col(s, "lost"))), "Sentinel: \"a window always exists\""])
+    rows.append(["chose the most current replica (rounds)", "%d of %d" % (sum(1 for r in o if r["chosen_most_current"]), len(o)),
+                 "%d of %d" % (sum(1 for r in s if r["chosen_most_current"]), len(s)), "",
+                 "Sentinel can pick by a stale INFO offset (redis#13483)"])
+    rows.append(["chose the lagging replica (rounds)", "%d of %d" % (sum(1 for r in o if r["chosen"] == r["lagger"]), len(o)),
+                 "%d of %d" % (sum(1 for r in s if r["chosen"] == r["lagger"]), len(s)), "", ""])
+    rows.append(["offset gap between the two replicas at the kill (bytes)", fig(col(o, "offset_gap_bytes"), 0),
+                 fig(col(s, "offset_gap_bytes"), 0), "", ""])
+    rows.append(["full resyncs on the survivors (sync_full delta)", fig(col(o, "sync_full_delta"), 0),
+                 fig(col(s, "sync_full_delta"), 0), "", ""])
+    rows.append(["time until the eject command returned (ms)", fig(col(o, "command_done_ms")), "—", "", ""])
+    L.append(table(["Metric", "Ours: median (p95)", "Sentinel (same run): median (p95)", "Ratio ours/Sentinel",
+                    "Documented anchor"], rows))
+    L.append("")
+    f, axes = plt.subplots(1, 2, figsize=(10, 4))
+    bars(axes[0], ["ours (eject)", "Sentinel auto"], ["x"],
+         {("ours (eject)", "x"): col(o, "writable_ms"), ("Sentinel auto", "x"): col(s, "writable_ms")},
+         "ms from kill to writable (median, p95)")
+    for patch, m in zip(axes[0].patches, ["ours", "sentinel"]):
+        patch.set_color(COLORS[m])
+    axes[0].set_title("kill -9 → new master writable", fontsize=10)
+    bars(axes[1], ["ours (eject)", "Sentinel auto"], ["x"],
+         {("ours (eject)", "x"): col(o, "lost"), ("Sentinel auto", "x"): col(s, "lost")}, "acknowledged writes lost")
+    for patch, m in zip(axes[1].patches, ["ours", "sentinel"]):
+        patch.set_color(COLORS[m])
+    axes[1].set_title("acknowledged writes lost", fontsize=10)
+    f.suptitle("Unplanned failover with one lagging replica (%d rounds each)" % reps, fontsize=11)
+    save(f, charts, "failover.png")
+    L.append("![failover](bench/charts/failover.png)")
+    L.append("")
+    return L
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. replica creation
+
+
+def sec_create(res, charts):
+    runs = res["runs"]
+    sizes = res["sizes"]
+    cfg = res["config"]
+    L = ["## 3. Replica creation", ""]
+    L.append(
+        "One agent-managed master filled with `DEBUG POPULATE` (1 KiB values; `rdbcompression no`, so the RDB is "
+        "as large as the data). **ours** = `trove-guestctl create-replicas --replica-of M R1..Rn` on prepared, empty "
+        "guests; it returns when every replica is linked and caught up. The CLI always sends Trove's replica-source "
+        "template (`repl-diskless-sync yes`), so for **diskless off** the same RPC sequence as `create.rs` "
+        "(`backup_required_for_replication`, `get_replication_snapshot` with `repl-diskless-sync no`, then "
+        "`attach_replica` on every replica in parallel) is sent with `trove-guestctl call`. **hand-made** = "
+        "`REPLICAOF` on n plain redis-servers of the same master, with the master settings the agent applies "
+        "(`repl-diskless-sync-delay` 0 for one replica, otherwise `repl-diskless-sync-max-replicas n`), polling "
+        "`ROLE` every 5 ms until all are linked with the master's offset. Replicas are emptied between runs. "
+        "Sizes and rounds: " + ", ".join("%s MB × %d round(s)" % (mb, r) for mb, r in cfg["sizes"]) +
+        " (the 1 GB runs take minutes each on 2 cores, hence one round; their p95 is the single value).")
+    L.append("")
+    L.append("Data: " + "; ".join("%s MB target → %s keys, used_memory %.0f MiB" % (
+        k, num(v["keys"], 0), v["used_memory"] / 2**20) for k, v in sizes.items()) + ".")
+    L.append("")
+    rows = []
+    for mb, _ in cfg["sizes"]:
+        for d in cfg["diskless"]:
+            for n in cfg["counts"]:
+                o = vals(runs, "total_ms", method="ours", n=n, diskless=d, mb=mb)
+                h = vals(runs, "total_ms", method="hand", n=n, diskless=d, mb=mb)
+                r = ratio_txt(med(o), med(h))
+                ok = None if med(o) is None or med(h) is None else med(o) <= 1.10 * med(h)
+                rows.append(["%s MB, %d replica%s, diskless %s" % (mb, n, "s" if n > 1 else "", "on" if d else "off"),
+                             fig([x / 1000 for x in o], 2), fig([x / 1000 for x in h], 2), r, "≤ 1.10×", met(ok)])
+    L.append(table(["Setting", "Ours: s, median (p95)", "Hand-made REPLICAOF (same run): s", "Ratio ours/hand",
+                    "Target", "Met"], rows))
+    L.append("")
+    rows = []
+    for mb, _ in cfg["sizes"]:
+        for d in cfg["diskless"]:
+            for method in ("ours", "hand"):
+                one = med(vals(runs, "total_ms", method=method, n=1, diskless=d, mb=mb))
+                two = med(vals(runs, "total_ms", method=method, n=2, diskless=d, mb=mb))
+                four = med(vals(runs, "total_ms", method=method, n=4, diskless=d, mb=mb))
+                ok = None if (method != "ours" or one is None or two is None) else two <= 1.35 * one
+                rows.append(["%s MB, diskless %s" % (mb, "on" if d else "off"), method, ratio_txt(two, one),
+                             ratio_txt(four, one), "≤ 1.35× (2 vs 1)" if method == "ours" else "",
+                             met(ok) if method == "ours" else ""])
+    L.append("Scaling with the number of replicas (ratios of medians):")
+    L.append("")
+    L.append(table(["Setting", "Method", "2 replicas / 1", "4 replicas / 1", "Target", "Met"], rows))
+    L.append("")
+    L.append("Documented anchor: no public end-to-end figure for `SLAVEOF` → link up; the estimate in "
+             "replication-anchors.md §5.2 is delay + fork + max(transfer, disk) + load at ~1–1.3 M keys/s "
+             "(e.g. 10 GB on 10 GbE ≈ 20–30 s). Trove Liberty did not wait for the sync at all and restarted the "
+             "master on every replica creation; its template's 10 s diskless delay applied to every attach.")
+    L.append("")
+    # chart
+    f, axes = plt.subplots(1, len(cfg["sizes"]), figsize=(6 * len(cfg["sizes"]), 4), squeeze=False)
+    for ax, (mb, _) in zip(axes[0], cfg["sizes"]):
+        groups = ["%d, %s" % (n, "dl on" if d else "dl off") for d in cfg["diskless"] for n in cfg["counts"]]
+        data = {}
+        for d in cfg["diskless"]:
+            for n in cfg["counts"]:
+                g = "%d, %s" % (n, "dl on" if d else "dl off")
+                data[(g, "ours")] = [x / 1000 for x in vals(runs, "total_ms", method="ours", n=n, diskless=d, mb=mb)]
+                data[(g, "hand")] = [x / 1000 for x in vals(runs, "total_ms", method="hand", n=n, diskless=d, mb=mb)]
+        bars(ax, groups, ["ours", "hand"], data, "s until all linked and caught up", colors=COLORS)
+        ax.set_title("%s MB master (replicas, diskless)" % mb, fontsize=10)
+        ax.legend(fontsize=8)
+    f.suptitle("Replica creation: ours vs hand-made REPLICAOF on the same master", fontsize=11)
+    save(f, charts, "create.png")
+    L.append("![create](bench/charts/create.png)")
+    L.append("")
+    return L
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. RPC overhead
+
+
+def sec_rpc(res, charts):
+    m = res["matrix"]
+    cfg = res["config"]
+    L = ["## 4. RPC overhead", ""]
+    L.append(
+        "`rpc_ping` round trips against **ours** (a prepared trove-guestagent) and **python** (`trovebench/py_guest.py`: "
+        "an oslo.messaging 18.3.1 RPC server set up as `trove/cmd/guest.py` does — topic `guestagent.<id>`, "
+        "control exchange `trove`, endpoint version 1.3, threading executor — with the same methods, reading Redis "
+        "with redis-py%s). Both on the same RabbitMQ and the same Redis. Callers call back to back for %.1f s after a "
+        "warm-up; %d round(s), servers interleaved. Two drivers: the **Python oslo.messaging client** (the reference; "
+        "callers are threads spread over up to 4 processes, each with its own transport) and the agent library's "
+        "**Rust RpcClient** (`bench/rpc-load`, one connection), which shows what the servers do when the client is "
+        "not the bottleneck. p50/p99 are per round over every call; the table gives the median over rounds (p95 over "
+        "rounds in brackets)." % (", and importing Trove's guest-agent modules" if cfg.get("import_trove") else "",
+                                  cfg["duration_s"], cfg["reps"]))
+    L.append("")
+    rows = []
+    for client in cfg["clients"]:
+        for c in cfg["callers"]:
+            o = [r for r in m if r["client"] == client and r["callers"] == c and r["server"] == "ours"]
+            p = [r for r in m if r["client"] == client and r["callers"] == c and r["server"] == "python"]
+            for key, label, target in (("p50_ms", "p50 (ms)", ("≤ 1 ms", lambda v: v <= 1.0)),
+                                       ("p99_ms", "p99 (ms)", None),
+                                       ("calls_per_s", "calls/s", ("≥ 2000 at 16", lambda v: v >= 2000) if c == 16 else None)):
+                ov, pv = [r[key] for r in o], [r[key] for r in p]
+                ok = None
+                if target and med(ov) is not None and (key != "p50_ms" or c == 1):
+                    ok = target[1](med(ov))
+                rows.append(["%s client, %d caller%s" % (client, c, "s" if c > 1 else ""), label, fig(ov), fig(pv),
+                             ratio_txt(med(ov), med(pv)) + (" (higher is better)" if key == "calls_per_s" else ""),
+                             target[0] if target and (key != "p50_ms" or c == 1) else "", met(ok)])
+    L.append(table(["Setting", "Figure", "Ours", "Python oslo.messaging server (same run)", "Ratio ours/python",
+                    "Target", "Met"], rows))
+    L.append("")
+    errs = sum(r["errors"] for r in m)
+    L.append("Errors during the runs: %d." % errs)
+    L.append("")
+    meth = res.get("methods") or []
+    if meth:
+        rows = []
+        for name in sorted({r["method"] for r in meth}, key=lambda x: (x != "rpc_ping", x)):
+            o = [r["p50_ms"] for r in meth if r["method"] == name and r["server"] == "ours"]
+            p = [r["p50_ms"] for r in meth if r["method"] == name and r["server"] == "python"]
+            o99 = [r["p99_ms"] for r in meth if r["method"] == name and r["server"] == "ours"]
+            p99 = [r["p99_ms"] for r in meth if r["method"] == name and r["server"] == "python"]
+            rows.append(["`%s`" % name, fig(o), fig(o99), fig(p), fig(p99), ratio_txt(med(o), med(p))])
+        L.append("Other methods, one caller, %s client, %d round(s) of %.1f s (each does real Redis work: `INFO "
+                 "replication`, or `INFO all` for `get_replication_status`):" % (
+                     "Python oslo.messaging" if cfg.get("method_client", "python") == "python" else "Rust",
+                     cfg.get("method_reps", 1), cfg.get("method_duration_s", 0)))
+        L.append("")
+        L.append(table(["Method", "Ours p50 (ms)", "Ours p99 (ms)", "Python p50 (ms)", "Python p99 (ms)", "Ratio p50"], rows))
+        L.append("")
+    # chart
+    f, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for client, ls in zip(cfg["clients"], ["-", "--"]):
+        for server in ("ours", "python"):
+            xs = cfg["callers"]
+            ys = [med([r["calls_per_s"] for r in m if r["client"] == client and r["callers"] == c and r["server"] == server]) for c in xs]
+            ys50 = [med([r["p50_ms"] for r in m if r["client"] == client and r["callers"] == c and r["server"] == server]) for c in xs]
+            axes[0].plot(xs, ys, ls, marker="o", color=COLORS[server], label="%s (%s client)" % (server, client))
+            axes[1].plot(xs, ys50, ls, marker="o", color=COLORS[server], label="%s (%s client)" % (server, client))
+    axes[0].axhline(2000, color="grey", lw=0.8, ls=":")
+    axes[0].set_title("rpc_ping calls/s (target ≥ 2000 at 16)", fontsize=10)
+    axes[1].axhline(1.0, color="grey", lw=0.8, ls=":")
+    axes[1].set_title("rpc_ping p50 latency, ms (target ≤ 1)", fontsize=10)
+    axes[1].set_yscale("log")
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(cfg["callers"])
+        ax.set_xticklabels([str(c) for c in cfg["callers"]])
+        ax.set_xlabel("concurrent callers")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    f.suptitle("RPC round trips over RabbitMQ: trove-guestagent vs Python oslo.messaging server", fontsize=11)
+    save(f, charts, "rpc.png")
+    L.append("![rpc](bench/charts/rpc.png)")
+    L.append("")
+    return L
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. footprint
+
+
+def sec_footprint(res, rpc, charts):
+    idle = res["idle"]
+    st = res["startup"]
+    L = ["## 5. Footprint", ""]
+    trove = res.get("python_server_imports_trove")
+    L.append(
+        "Resident memory (`VmRSS`, the agent process alone, not its redis-server child) and CPU (utime+stime from "
+        "`/proc/<pid>/stat` over the window) of both servers idle for %d s (both send heartbeats every 3 s) and during "
+        "the Python client's 4-caller `rpc_ping` load of benchmark 4; start-up = from spawning a fresh server (new "
+        "guest id, not prepared, so the agent starts no Redis) until the first `rpc_ping` answers (the Rust client "
+        "probes every 2 ms). The Python server %s Trove's guest-agent modules (`trove` %s from PyPI: %s); "
+        "start-up is given with and without them." % (
+            res["config"]["idle_s"], "also imports" if trove else "does not import",
+            "26.0.0", "trove.guestagent.api, trove.guestagent.datastore.manager/service, "
+            "trove.guestagent.strategies.replication, trove.common.cfg, trove.common.rpc.*"))
+    L.append("")
+    load_rows = [r for r in rpc.get("matrix", []) if r["client"] == "python" and r["callers"] == 4]
+    lo = [r for r in load_rows if r["server"] == "ours"]
+    lp = [r for r in load_rows if r["server"] == "python"]
+    s_o = [r["ms"] for r in st if r["kind"] == "ours"]
+    s_p = [r["ms"] for r in st if r["kind"] == "python" and not r["import_trove"]]
+    s_t = [r["ms"] for r in st if r["kind"] == "python" and r["import_trove"]]
+    rss_o = idle["ours"]["mem_kib"]["VmRSS"] / 1024
+    rss_p = idle["python"]["mem_kib"]["VmRSS"] / 1024
+    rows = [
+        ["RSS idle (MiB)", num(rss_o, 1), num(rss_p, 1), ratio_txt(rss_o, rss_p, 3), "≤ 10 MiB", met(rss_o <= 10)],
+        ["… of which anonymous / file-backed (MiB)", "%s / %s" % (num(idle["ours"]["mem_kib"].get("RssAnon", 0) / 1024, 1),
+                                                           num(idle["ours"]["mem_kib"].get("RssFile", 0) / 1024, 1)),
+         "%s / %s" % (num(idle["python"]["mem_kib"].get("RssAnon", 0) / 1024, 1),
+                      num(idle["python"]["mem_kib"].get("RssFile", 0) / 1024, 1)), "", "", ""],
+        ["CPU idle (% of one core)", num(idle["ours"]["cpu_pct"], 2), num(idle["python"]["cpu_pct"], 2),
+         ratio_txt(idle["ours"]["cpu_pct"], idle["python"]["cpu_pct"]), "", ""],
+        ["peak RSS under the 4-caller load (VmHWM, MiB)", fig([r["server_mem_kib"]["VmHWM"] / 1024 for r in lo], 1),
+         fig([r["server_mem_kib"]["VmHWM"] / 1024 for r in lp], 1),
+         ratio_txt(med([r["server_mem_kib"]["VmHWM"] for r in lo]), med([r["server_mem_kib"]["VmHWM"] for r in lp]), 3),
+         "≤ 10 MiB", met(None if not lo else med([r["server_mem_kib"]["VmHWM"] / 1024 for r in lo]) <= 10)],
+        ["CPU under the 4-caller load (% of one core)", fig([r["server_cpu_pct"] for r in lo], 1),
+         fig([r["server_cpu_pct"] for r in lp], 1),
+         ratio_txt(med([r["server_cpu_pct"] for r in lo]), med([r["server_cpu_pct"] for r in lp])), "", ""],
+        ["… at calls/s", fig([r["calls_per_s"] for r in lo], 0), fig([r["calls_per_s"] for r in lp], 0), "", "", ""],
+        ["CPU per 1000 calls (ms)", num(med([r["server_cpu_pct"] * 10000 / r["calls_per_s"] for r in lo if r["calls_per_s"]]), 0),
+         num(med([r["server_cpu_pct"] * 10000 / r["calls_per_s"] for r in lp if r["calls_per_s"]]), 0), "", "", ""],
+        ["start-up until the first rpc_ping answers (ms)", fig(s_o), fig(s_p), ratio_txt(med(s_o), med(s_p)),
+         "≤ 100 ms", met(None if not s_o else med(s_o) <= 100)],
+        ["… vs Python with Trove's modules imported (ms)", fig(s_o), fig(s_t), ratio_txt(med(s_o), med(s_t)), "", ""],
+        ["RSS right after start-up (MiB)", fig([r["mem_kib"].get("VmRSS", 0) / 1024 for r in st if r["kind"] == "ours"], 1),
+         fig([r["mem_kib"].get("VmRSS", 0) / 1024 for r in st if r["kind"] == "python" and not r["import_trove"]], 1)
+         + " / with Trove: " + fig([r["mem_kib"].get("VmRSS", 0) / 1024 for r in st if r["kind"] == "python" and r["import_trove"]], 1),
+         "", "", ""],
+    ]
+    L.append(table(["Figure", "Ours", "Python oslo.messaging server (same run)", "Ratio ours/python", "Target", "Met"], rows))
+    L.append("")
+    f, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+    axes[0].bar(["ours", "python"], [rss_o, rss_p], color=[COLORS["ours"], COLORS["python"]])
+    axes[0].axhline(10, color="grey", lw=0.8, ls=":")
+    axes[0].set_title("RSS idle, MiB (target ≤ 10)", fontsize=10)
+    bars(axes[1], ["ours", "python", "python+trove"], ["x"],
+         {("ours", "x"): s_o, ("python", "x"): s_p, ("python+trove", "x"): s_t}, "ms (median, p95)")
+    for patch, m in zip(axes[1].patches, ["ours", "python", "python+trove"]):
+        patch.set_color(COLORS[m])
+    axes[1].axhline(100, color="grey", lw=0.8, ls=":")
+    axes[1].set_title("start-up until first rpc_ping answer (target ≤ 100 ms)", fontsize=10)
+    axes[1].set_yscale("log")
+    bars(axes[2], ["idle", "4-caller load"], ["ours", "python"],
+         {("idle", "ours"): [idle["ours"]["cpu_pct"]], ("idle", "python"): [idle["python"]["cpu_pct"]],
+          ("4-caller load", "ours"): [r["server_cpu_pct"] for r in lo],
+          ("4-caller load", "python"): [r["server_cpu_pct"] for r in lp]}, "% of one core", colors=COLORS)
+    axes[2].set_title("CPU", fontsize=10)
+    axes[2].legend(fontsize=8)
+    f.suptitle("Footprint: trove-guestagent vs Python oslo.messaging server", fontsize=11)
+    save(f, charts, "footprint.png")
+    L.append("![footprint](bench/charts/footprint.png)")
+    L.append("")
+    return L
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. scale
+
+
+def create_phases(spans):
+    snap = [s for s in spans if s["method"] == "get_replication_snapshot"]
+    att = [s for s in spans if s["method"] == "attach_replica"]
+    if not snap or not att:
+        return None
+    first = min(s["start"] for s in spans)
+    return {"cli_setup": first, "snapshot": snap[0]["ms"],
+            "snapshot_to_first_attach": min(s["start"] for s in att) - snap[0]["end"],
+            "attach_max": max(s["ms"] for s in att), "attach_min": min(s["ms"] for s in att),
+            "attach_end": max(s["end"] for s in att)}
+
+
+def sec_scale(res, create_res, charts):
+    cfg = res["config"]
+    L = ["## 6. Scale: replica count and data size", ""]
+    L.append(
+        "Ours only, one fleet per replica count (1 master + k replicas, %s MB of data, writer running during each "
+        "promote as in benchmark 1). Creates: %d per count (replicas detached and emptied before each); promotes: %d "
+        "per count, candidates alternating. Where the time goes comes from the agents' `elapsed_ms` log fields." % (
+            cfg["data_mb"], cfg["create_reps"], cfg["promote_reps"]))
+    L.append("")
+    rows = []
+    ks = cfg["counts"]
+    for k in ks:
+        p = [r for r in res["promote"] if r["replicas"] == k]
+        c = [r for r in res["create"] if r["replicas"] == k]
+        rows.append([k, fig([r["writable_ms"] for r in p]), fig([r["all_linked_ms"] for r in p]),
+                     fig([r["longest_pause_ms"] for r in p]), fig([r["command_done_ms"] for r in p]),
+                     "%d / %d" % (sum(r["lost"] or 0 for r in p), sum(r["sync_full_delta"] or 0 for r in p)),
+                     fig([r["total_ms"] for r in c])])
+    L.append(table(["Replicas", "Promote: command → writable (ms)", "→ all linked (ms)", "longest write pause (ms)",
+                    "command returned (ms)", "lost / full resyncs (sum)", "Create k replicas (ms)"], rows))
+    L.append("")
+    # where the promote time goes
+    rows = []
+    for k in ks:
+        ph = [r["phases"] for r in res["promote"] if r["replicas"] == k and r.get("phases")]
+        if not ph:
+            continue
+        rows.append([k, fig([p["cli_setup"] for p in ph]), fig([p["fence_to_writable"] for p in ph]),
+                     fig([p["fence_to_writable_agent"] for p in ph]), fig([p["writable_to_repointed"] for p in ph]),
+                     fig([max(p["attach_ms"]) for p in ph]), fig([p["repointed_to_exit"] for p in ph])])
+    if rows:
+        L.append("Promote, where the time goes (ms, medians):")
+        L.append("")
+        L.append(table(["Replicas", "CLI start-up → first RPC", "fence → writable", "… inside agent handlers",
+                        "writable → all attaches returned", "slowest attach_replica", "last attach → exit"], rows))
+        L.append("")
+    rows = []
+    for k in ks:
+        ph = [create_phases(r["spans"]) for r in res["create"] if r["replicas"] == k]
+        ph = [p for p in ph if p]
+        tot = [r["total_ms"] for r in res["create"] if r["replicas"] == k]
+        if not ph:
+            continue
+        rows.append([k, fig(tot), fig([p["cli_setup"] for p in ph]), fig([p["snapshot"] for p in ph]),
+                     fig([p["snapshot_to_first_attach"] for p in ph]), fig([p["attach_min"] for p in ph]),
+                     fig([p["attach_max"] for p in ph])])
+    if rows:
+        L.append("Create, where the time goes (ms, medians):")
+        L.append("")
+        L.append(table(["Replicas", "total", "CLI start-up → first RPC", "get_replication_snapshot",
+                        "snapshot → first attach", "fastest attach_replica", "slowest attach_replica"], rows))
+        L.append("")
+    # by data size
+    pb = (create_res or {}).get("promote_by_size") or []
+    if pb:
+        rows = []
+        for mb in sorted({r["mb"] for r in pb}):
+            rs = [r for r in pb if r["mb"] == mb]
+            rows.append(["%s MB" % mb, fig([r["total_ms"] for r in rs]), fig([r["writes_blocked_ms_reported"] for r in rs])])
+        scale_promote = [r for r in res["promote"] if r["replicas"] == 2]
+        if scale_promote:
+            rows.insert(0, ["%s MB (this benchmark, 2 replicas)" % cfg["data_mb"],
+                            fig([r["command_done_ms"] for r in scale_promote]),
+                            fig([r["writes_blocked_ms_reported"] for r in scale_promote])])
+        L.append("Promote with more data (2 replicas, no writer; the create benchmark's master):")
+        L.append("")
+        L.append(table(["Data", "promote command (ms)", "writes blocked, as reported (ms)"], rows))
+        L.append("")
+        cr = create_res["runs"]
+        rows = []
+        for mb in sorted({r["mb"] for r in cr}):
+            for n in sorted({r["n"] for r in cr}):
+                o = vals(cr, "total_ms", method="ours", n=n, diskless=True, mb=mb)
+                ph = [create_phases(r.get("spans") or []) for r in cr if r["method"] == "ours" and r["n"] == n and r["diskless"] and r["mb"] == mb]
+                ph = [p for p in ph if p]
+                rows.append(["%s MB" % mb, n, fig(o), fig([p["snapshot"] for p in ph]), fig([p["attach_max"] for p in ph])])
+        L.append("Create by data size (diskless on, from benchmark 3):")
+        L.append("")
+        L.append(table(["Data", "Replicas", "total (ms)", "get_replication_snapshot (ms)", "slowest attach_replica (ms)"], rows))
+        L.append("")
+    f, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for key, lab in (("writable_ms", "command → writable"), ("all_linked_ms", "command → all linked"),
+                     ("longest_pause_ms", "longest write pause"), ("command_done_ms", "command returned")):
+        ys = [med([r[key] for r in res["promote"] if r["replicas"] == k]) for k in ks]
+        axes[0].plot(ks, ys, marker="o", label=lab)
+    axes[0].set_title("promote-to-replica-source vs replica count", fontsize=10)
+    ys = [med([r["total_ms"] for r in res["create"] if r["replicas"] == k]) for k in ks]
+    axes[1].plot(ks, ys, marker="o", color=COLORS["ours"], label="create-replicas (%s MB)" % cfg["data_mb"])
+    axes[1].set_title("create-replicas vs replica count", fontsize=10)
+    for ax in axes:
+        ax.set_xticks(ks)
+        ax.set_xlabel("replicas")
+        ax.set_ylabel("ms (median)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.set_ylim(bottom=0)
+    f.suptitle("Scale: ours with 1–8 replicas", fontsize=11)
+    save(f, charts, "scale.png")
+    L.append("![scale](bench/charts/scale.png)")
+    L.append("")
+    return L
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def write(results, md_path, charts):
+    meta = results["meta"]
+    mach = meta["machine"]
+    L = ["# Benchmarks", ""]
+    L.append("Generated by `scripts/bench.sh` (%s run, %s → %s, %.0f s of benchmarks). Every figure is a median over "
+             "repeated runs with the 95th percentile beside it; every ratio compares figures measured in the same "
+             "run, interleaved, on this machine. Raw figures: `bench/results/full.json`; how the suite works: "
+             "`bench/README.md`." % (meta["mode"], meta["started"], meta["finished"], meta.get("total_seconds", 0)))
+    L.append("")
+    L.append("**Machine.** " + "; ".join("%s: %s" % (k, v) for k, v in mach.items()) + ". The machine is shared "
+             "and noisy (other workloads run beside the benchmark; see the load averages), and has 2 cores for "
+             "RabbitMQ, every Redis, the agents, the drivers and the measurement itself.")
+    L.append("")
+    secs = []
+    if "switchover" in results:
+        secs += sec_switchover(results["switchover"], charts)
+    if "failover" in results:
+        secs += sec_failover(results["failover"], charts)
+    if "create" in results:
+        secs += sec_create(results["create"], charts)
+    if "rpc" in results and results["rpc"].get("matrix") and "rpc" in meta.get("only", ["rpc"]):
+        secs += sec_rpc(results["rpc"], charts)
+    if "footprint" in results:
+        secs += sec_footprint(results["footprint"], results.get("rpc", {}), charts)
+    if "scale" in results:
+        secs += sec_scale(results["scale"], results.get("create"), charts)
+    L += secs
+    os.makedirs(os.path.dirname(os.path.abspath(md_path)), exist_ok=True)
+    with open(md_path, "w") as f:
+        f.write("\n".join(L).rstrip() + "\n")
+
+
+__all__ = ["write", "statistics"]

@@ -1,0 +1,220 @@
+"""The six benchmarks, their configurations (full and smoke) and the order they run in."""
+
+import time
+
+from .agentlog import rpc_spans
+from .common import BenchError, log, now, rcon
+from .create import CreateBench
+from .failover import OursFailover, SentinelFailover
+from .footprint import Servers, idle, method_times, rpc_matrix, startup
+from .switch import FailoverTrio, FloorTrio, OursTrio, SentinelTrio
+
+FULL = {
+    "switchover": {"reps": 6, "timeout_s": 40},
+    "failover": {"reps": 5, "timeout_s": 60},
+    "create": {"sizes": [[100, 3], [1024, 1]], "counts": [1, 2, 4], "diskless": [True, False]},
+    "rpc": {"reps": 3, "callers": [1, 4, 16], "clients": ["python", "rust"], "duration_s": 2.5, "warmup_s": 1.0,
+            "method_reps": 2, "method_duration_s": 2.0, "method_client": "python", "import_trove": True},
+    "footprint": {"idle_s": 20, "startup_reps": 5},
+    "scale": {"counts": [1, 2, 4, 8], "create_reps": 3, "promote_reps": 4, "data_mb": 10},
+}
+
+SMOKE = {
+    "switchover": {"reps": 1, "timeout_s": 4},
+    "failover": {"reps": 1, "timeout_s": 20, "no_recovery": True},
+    "create": {"sizes": [[2, 1]], "counts": [1, 2], "diskless": [True, False]},
+    "rpc": {"reps": 1, "callers": [4], "clients": ["python", "rust"], "duration_s": 0.5, "warmup_s": 0.3,
+            "method_reps": 1, "method_duration_s": 0.3, "method_client": "rust", "import_trove": False},
+    "footprint": {"idle_s": 2, "startup_reps": 1},
+    "scale": {"counts": [2], "create_reps": 1, "promote_reps": 1, "data_mb": 1},
+}
+
+ALL = ["switchover", "failover", "create", "rpc", "footprint", "scale"]
+
+
+def rotate(items, k):
+    k %= len(items)
+    return items[k:] + items[:k]
+
+
+def bench_switchover_and_failover(ctx, cfg, results, only):
+    """Benchmarks 1 and 2 share their topologies: one agent trio and one Sentinel trio, plus two
+    plain trios for FAILOVER and the floor."""
+    t = now()
+    ours = OursFailover(ctx)
+    sentinel = SentinelFailover(ctx)
+    log("set up the agent trio and the Sentinel trio in %.1fs" % (now() - t))
+    if "switchover" in only:
+        c = cfg["switchover"]
+        others = [FailoverTrio(ctx), FloorTrio(ctx)]
+        methods = [ours, sentinel, *others]
+        runs = []
+        for rep in range(c["reps"]):
+            for m in rotate(methods, rep):
+                t = now()
+                # Sentinel re-points the old master only after ~8-18 s: give it the whole timeout.
+                rec = m.switch(rep, c["timeout_s"])
+                rec["rep"] = rep
+                runs.append(rec)
+                log("switchover %-8s rep %d: writable %s ms, all linked %s ms, pause %.1f ms, lost %s, full syncs %s (%.1fs)" % (
+                    rec["method"], rep, fmt(rec["writable_ms"]), fmt(rec["all_linked_ms"]), rec["longest_pause_ms"],
+                    rec["lost"], rec["sync_full_delta"], now() - t))
+                if ctx.smoke and rec["method"] == "ours" and rec["lost"]:
+                    raise BenchError("ours lost %d acknowledged writes in a planned switchover" % rec["lost"])
+        results["switchover"] = {"config": c, "runs": runs,
+                                 "labels": {"ours": OursTrio.label, "sentinel": SentinelTrio.label,
+                                            **{m.name: m.label for m in others}}}
+        for m in others:
+            for n in m.nodes:
+                n.kill9()
+    if "failover" in only:
+        c = cfg["failover"]
+        runs = []
+        methods = [ours, sentinel]
+        for rep in range(c["reps"]):
+            for m in rotate(methods, rep):
+                t = now()
+                if c.get("no_recovery") and rep == c["reps"] - 1:
+                    m.recover = False
+                rec = m.fail(rep, c["timeout_s"])
+                rec["rep"] = rep
+                runs.append(rec)
+                log("failover %-8s rep %d: writable %s ms, lost %s, chose %s (most current: %s, gap %s B) (%.1fs)" % (
+                    rec["method"], rep, fmt(rec["writable_ms"]), rec["lost"], rec["chosen"], rec["chosen_most_current"],
+                    rec["offset_gap_bytes"], now() - t))
+        results["failover"] = {"config": c, "runs": runs, "labels": {m.name: m.label for m in methods}}
+    ours.fleet.close()
+    for n in sentinel.nodes:
+        n.kill9()
+    for s in sentinel.sentinels:
+        ctx.kill(s.proc)
+
+
+def fmt(v):
+    return "-" if v is None else "%.1f" % v
+
+
+def bench_create(ctx, cfg, results):
+    c = cfg["create"]
+    cb = CreateBench(ctx, max(c["counts"]))
+    runs, promotes, sizes = [], [], {}
+    for mb, reps in c["sizes"]:
+        data = cb.fill(mb)
+        sizes[str(mb)] = data
+        for rep in range(reps):
+            combos = [(n, d) for n in c["counts"] for d in c["diskless"]]
+            for i, (n, d) in enumerate(combos):
+                order = ["ours", "hand"] if (rep + i) % 2 == 0 else ["hand", "ours"]
+                for method in order:
+                    t = now()
+                    rec = cb.ours(n, d) if method == "ours" else cb.hand_made(n, d)
+                    rec.update({"mb": mb, "rep": rep, "used_memory": data["used_memory"]})
+                    runs.append(rec)
+                    log("create %4d MB x%d diskless=%-5s %-4s: %.0f ms (full syncs %d) (%.1fs)" % (
+                        mb, n, d, method, rec["total_ms"], rec["sync_full_delta"], now() - t))
+        # Promote with this much data: two replicas, promote one and back (benchmark 6's data-size axis).
+        promotes.extend(promote_with_data(cb, mb, 1 if ctx.smoke else 2))
+    results["create"] = {"config": c, "runs": runs, "sizes": sizes, "promote_by_size": promotes}
+    cb.fleet.close()
+    for n in cb.hand:
+        n.kill9()
+
+
+def promote_with_data(cb, mb, rounds):
+    fl = cb.fleet
+    m, r1, r2 = cb.master, cb.replicas[0], cb.replicas[1]
+    fl.ctl("create-replicas", "--replica-of", m.id, r1.id, r2.id, timeout=3600)
+    out = []
+    cur_master = m
+    for i in range(rounds):
+        target = r1 if cur_master is m else m
+        wall0 = time.time()
+        took, _, report, _ = fl.ctl("promote-to-replica-source", target.id)
+        spans = rpc_spans([m, r1, r2], wall0, wall0 + took + 0.05)
+        out.append({"mb": mb, "replicas": 2, "total_ms": took * 1000,
+                    "writes_blocked_ms_reported": report.get("writes_blocked_ms"), "spans": spans})
+        log("promote with %d MB: %.0f ms (fence to writable %s ms)" % (mb, took * 1000, report.get("writes_blocked_ms")))
+        cur_master = target
+    if cur_master is not m:
+        fl.ctl("promote-to-replica-source", m.id)
+    for r in (r1, r2):
+        fl.ctl("detach-replica", r.id)
+        rcon(r.port, timeout=600).flushall()
+    return out
+
+
+def bench_rpc_and_footprint(ctx, cfg, results, only):
+    c = cfg["rpc"]
+    servers = Servers(ctx, import_trove=c["import_trove"])
+    if "rpc" in only:
+        matrix = rpc_matrix(ctx, servers, c["reps"], c["callers"], c["duration_s"], c["warmup_s"], c["clients"])
+        methods = method_times(ctx, servers, c["method_reps"], c["method_duration_s"],
+                               ["rpc_ping", "get_last_txn", "get_latest_txn_id", "get_replication_status"],
+                               c.get("method_client", "python"))
+        results["rpc"] = {"config": c, "matrix": matrix, "methods": methods}
+    if "footprint" in only:
+        f = cfg["footprint"]
+        if "rpc" not in only:  # the "under load" figures come from the 4-caller Python-client runs
+            results.setdefault("rpc", {"config": c, "matrix": rpc_matrix(ctx, servers, 1, [4], c["duration_s"], c["warmup_s"], ["python"]), "methods": []})
+        idle_r = idle(ctx, servers, f["idle_s"])
+        log("idle: ours %.2f%% CPU %d KiB RSS; python %.2f%% CPU %d KiB RSS" % (
+            idle_r["ours"]["cpu_pct"], idle_r["ours"]["mem_kib"]["VmRSS"], idle_r["python"]["cpu_pct"],
+            idle_r["python"]["mem_kib"]["VmRSS"]))
+        starts = []
+        for rep in range(f["startup_reps"]):
+            kinds = [("ours", False), ("python", False), ("python", True)]
+            for kind, it in rotate(kinds, rep):
+                s = startup(ctx, kind, rep, servers.agent.port, import_trove=it)
+                s["rep"] = rep
+                starts.append(s)
+                log("start-up %-6s%s: %.0f ms, RSS %s KiB" % (kind, " +trove" if it else "", s["ms"], s["mem_kib"].get("VmRSS")))
+        results["footprint"] = {"config": f, "idle": idle_r, "startup": starts,
+                                "python_server_imports_trove": c["import_trove"]}
+    servers.fleet.close()
+    ctx.kill(servers.py)
+
+
+def bench_scale(ctx, cfg, results):
+    c = cfg["scale"]
+    creates, promotes = [], []
+    for k in c["counts"]:
+        trio = OursTrio(ctx, count=k + 1, tag="sc%d" % k)  # creates k replicas (warm-up, not timed)
+        m = trio.fleet.guests[0]
+        reps = trio.fleet.guests[1:]
+        rcon(m.port, timeout=600).execute_command("DEBUG", "POPULATE", int(c["data_mb"] * 1024), "data", 1024)
+        for rep in range(c["create_reps"]):
+            for r in reps:
+                trio.fleet.ctl("detach-replica", r.id)
+                rcon(r.port).flushall()
+            wall0 = time.time()
+            took, _, report, _ = trio.fleet.ctl("create-replicas", "--replica-of", m.id, *[r.id for r in reps])
+            spans = rpc_spans(trio.fleet.guests, wall0, wall0 + took + 0.05)
+            creates.append({"replicas": k, "rep": rep, "mb": c["data_mb"], "total_ms": took * 1000,
+                            "snapshot_ms": report.get("snapshot_ms"), "spans": spans})
+            log("scale create x%d: %.0f ms" % (k, took * 1000))
+        for rep in range(c["promote_reps"]):
+            rec = trio.switch(rep, 30)
+            rec["rep"] = rep
+            promotes.append(rec)
+            log("scale promote x%d: writable %s ms, all linked %s ms, pause %.1f ms, done %s ms, lost %s" % (
+                k, fmt(rec["writable_ms"]), fmt(rec["all_linked_ms"]), rec["longest_pause_ms"], fmt(rec["command_done_ms"]),
+                rec["lost"]))
+        trio.fleet.close()
+    results["scale"] = {"config": c, "create": creates, "promote": promotes}
+
+
+def run(ctx, cfg, only, results):
+    timings = results.setdefault("meta", {}).setdefault("bench_seconds", {})
+    steps = [
+        (("switchover", "failover"), lambda: bench_switchover_and_failover(ctx, cfg, results, only)),
+        (("create",), lambda: bench_create(ctx, cfg, results)),
+        (("rpc", "footprint"), lambda: bench_rpc_and_footprint(ctx, cfg, results, only)),
+        (("scale",), lambda: bench_scale(ctx, cfg, results)),
+    ]
+    for names, fn in steps:
+        if not any(n in only for n in names):
+            continue
+        t = now()
+        log("=== %s" % " + ".join(n for n in names if n in only))
+        fn()
+        timings["+".join(n for n in names if n in only)] = round(now() - t, 1)

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Benchmarks: the agent against its anchors (Redis Sentinel, Redis FAILOVER, a hand-made floor, hand-made
+# REPLICAOF, a Python oslo.messaging server). Installs what it needs (RabbitMQ and Redis via
+# scripts/services.sh, the Python venv via scripts/pyenv.sh plus bench/requirements.txt), builds the
+# binaries, starts every process it measures on 127.0.0.1 and stops them all at the end.
+#
+# Usage: scripts/bench.sh [--smoke] [--only LIST] [--keep] [--report-only]
+#   (no flag)      the full suite (~20-25 min on 2 cores): writes BENCHMARKS.md, bench/charts/*.png and
+#                  the raw figures in bench/results/full.json
+#   --smoke        tiny configuration (1 repetition, a few MB of data, well under a minute once built):
+#                  writes its report into a temporary directory, never over BENCHMARKS.md; exits non-zero
+#                  on any error (CI runs it so the suite cannot rot)
+#   --only LIST    comma-separated subset: switchover,failover,create,rpc,footprint,scale
+#   --keep         keep the temporary directory (agent and Redis logs, data)
+#   --report-only  regenerate BENCHMARKS.md and the charts from bench/results/full.json
+# Environment:
+#   BENCH_PROFILE  cargo profile of the binaries: release (default for the full suite) or debug
+#                  (default for --smoke, which then reuses the binaries `cargo test` built)
+#   BENCH_OUT      output directory for --smoke (default: a new temporary directory)
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+
+SMOKE=0
+ARGS=()
+for a in "$@"; do
+    case "$a" in
+        --smoke) SMOKE=1 ;;
+        -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) ARGS+=("$a") ;;
+    esac
+done
+log() { echo "bench.sh: $*" >&2; }
+REPORT_ONLY=0
+for a in "${ARGS[@]+"${ARGS[@]}"}"; do [ "$a" = "--report-only" ] && REPORT_ONLY=1; done
+
+VENV="${TROVE_VENV:-$ROOT/.venv}"
+PY="$VENV/bin/python"
+
+# 1. Python: the project's venv (oslo.messaging, trove) plus the benchmark's own packages.
+bash "$ROOT/scripts/pyenv.sh" >&2
+BENCH_STAMP="$VENV/.trove-bench-stamp"
+want=$(cat "$ROOT/bench/requirements.txt" "$ROOT/bench/constraints.txt" "$ROOT/tests/compat/constraints.txt" \
+    <("$PY" -c 'import sys; print(sys.version)') | sha256sum | cut -d' ' -f1)
+if [ ! -f "$BENCH_STAMP" ] || [ "$(cat "$BENCH_STAMP")" != "$want" ] \
+    || ! "$PY" -c 'import redis, matplotlib, psutil' 2>/dev/null; then
+    log "installing bench/requirements.txt into $VENV"
+    "$PY" -m pip install -q --disable-pip-version-check -c "$ROOT/tests/compat/constraints.txt" \
+        -c "$ROOT/bench/constraints.txt" -r "$ROOT/bench/requirements.txt"
+    echo "$want" > "$BENCH_STAMP"
+fi
+
+if [ "$REPORT_ONLY" = 1 ]; then
+    exec env PYTHONPATH="$ROOT/bench" "$PY" -m trovebench "${ARGS[@]}"
+fi
+
+# 2. RabbitMQ and Redis (Debian packages), the default broker node on 127.0.0.1:5672.
+AMQP_URL=$(bash "$ROOT/scripts/services.sh")
+AMQP_URL="rabbit://${AMQP_URL#*://}"   # oslo.messaging's scheme; the agent accepts both
+command -v redis-server >/dev/null || { log "redis-server missing after services.sh"; exit 1; }
+
+# 3. Binaries: the agent and CLI, and the RPC load generator (bench/rpc-load, built on the agent's library).
+command -v cargo >/dev/null || { log "cargo is required"; exit 1; }
+if [ "$SMOKE" = 1 ]; then PROFILE=${BENCH_PROFILE:-debug}; else PROFILE=${BENCH_PROFILE:-release}; fi
+case "$PROFILE" in
+    release) CARGO_FLAGS=(--release); BIN="$ROOT/target/release" ;;
+    debug) CARGO_FLAGS=(); BIN="$ROOT/target/debug" ;;
+    *) log "BENCH_PROFILE must be release or debug"; exit 2 ;;
+esac
+log "building ($PROFILE)"
+cargo build --quiet "${CARGO_FLAGS[@]}" --bins
+CARGO_TARGET_DIR="$ROOT/target" cargo build --quiet "${CARGO_FLAGS[@]}" --manifest-path "$ROOT/bench/rpc-load/Cargo.toml"
+
+# 4. Run. The Python driver owns every process it starts and stops them on exit (also on errors,
+# Ctrl-C and SIGTERM).
+RUN=(env PYTHONPATH="$ROOT/bench" PYTHONWARNINGS=ignore AMQP_URL="$AMQP_URL" "$PY" -m trovebench
+     --bin-dir "$BIN" --load-bin "$BIN/trovebench-rpc-load")
+if [ "$SMOKE" = 1 ]; then
+    OUT=${BENCH_OUT:-$(mktemp -d /tmp/trove-bench-smoke.XXXXXX)}
+    mkdir -p "$OUT"
+    start=$SECONDS
+    "${RUN[@]}" --smoke --results "$OUT/results.json" --markdown "$OUT/BENCHMARKS.md" --charts "$OUT/charts" \
+        "${ARGS[@]+"${ARGS[@]}"}"
+    # The report must have come out whole: one section and one readable PNG per benchmark run.
+    "$PY" - "$OUT" <<'EOF'
+import json, os, sys
+out = sys.argv[1]
+res = json.load(open(os.path.join(out, "results.json")))
+md = open(os.path.join(out, "BENCHMARKS.md")).read()
+charts = {"switchover": "switchover.png", "failover": "failover.png", "create": "create.png", "rpc": "rpc.png",
+          "footprint": "footprint.png", "scale": "scale.png"}
+bad = []
+for name in res["meta"]["only"]:
+    png = os.path.join(out, "charts", charts[name])
+    if not os.path.exists(png) or open(png, "rb").read(8) != b"\x89PNG\r\n\x1a\n":
+        bad.append("chart %s missing or not a PNG" % charts[name])
+    if name not in res:
+        bad.append("no results for %s" % name)
+if "| ---" not in md and "|---" not in md:
+    bad.append("BENCHMARKS.md has no table")
+if bad:
+    sys.exit("bench.sh --smoke: " + "; ".join(bad))
+EOF
+    log "smoke passed in $((SECONDS - start))s: report in $OUT/BENCHMARKS.md"
+else
+    "${RUN[@]}" "${ARGS[@]+"${ARGS[@]}"}"
+fi
