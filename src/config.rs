@@ -140,6 +140,11 @@ impl RedisSettings {
     }
 }
 
+/// The agent's own environment variables, which child processes must not inherit (they may hold secrets).
+pub fn agent_env_keys() -> Vec<std::ffi::OsString> {
+    std::env::vars_os().map(|(k, _)| k).filter(|k| k.to_string_lossy().starts_with(ENV_PREFIX)).collect()
+}
+
 /// Loads the settings: defaults, then `file`, then guest_info.conf, then the environment.
 pub fn load(file: Option<&Path>) -> Result<Settings, Error> {
     load_from(file, std::env::vars())
@@ -250,6 +255,9 @@ fn validate(s: &Settings) -> Result<(), Error> {
     if s.rpc.control_exchange.is_empty() {
         return invalid("rpc.control_exchange", "must not be empty");
     }
+    if tracing_subscriber::EnvFilter::try_new(&s.log.level).is_err() {
+        return invalid("log.level", "is not a level (trace, debug, info, warn, error) or a tracing filter directive");
+    }
     if s.replication.disk_headroom < 0.0 || s.replication.disk_headroom.is_nan() {
         return invalid("replication.disk_headroom", "must be a non-negative number");
     }
@@ -326,6 +334,7 @@ mod tests {
             ("[rpc]\ntransport_url = \"http://x\"\n", &[], "transport_url"),
             ("[replication]\ndefault_save = \"900\"\n", &[], "default_save"),
             ("[redis]\nadvertise_host = \"a\\nb\"\n", &[], "advertise_host"),
+            ("[log]\nlevel = \"loud=[\"\n", &[], "log.level"),
         ];
         for (i, (text, extra, want)) in cases.iter().enumerate() {
             let file = dir.path().join(format!("c{i}.toml"));

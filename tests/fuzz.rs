@@ -178,7 +178,7 @@ fn envelope_decoder_arbitrary_bytes() {
 #[test]
 fn envelope_decoder_json_shapes() {
     let s = (json_object(true), wrapping());
-    fuzz("envelope_json", regressions!("envelope_json"), 1500, s, |(message, how)| {
+    fuzz("envelope_json", regressions!("envelope_json"), 1200, s, |(message, how)| {
         let body = wrap(&Value::Object(message.clone()), &how);
         match envelope::decode(&body, DEFAULT_MAX_BODY) {
             Ok(req) => {
@@ -190,9 +190,16 @@ fn envelope_decoder_json_shapes() {
             }
             Err(e) => {
                 prop_assert!(!e.reason.is_empty());
-                // A reply address is only ever one the message carried.
+                // A reply address is only ever one the dict on the wire carried.
+                let carried = match &how {
+                    Wrapping::InnerNotString(v) => v.as_object().cloned().unwrap_or_default(),
+                    _ => message.clone(),
+                };
                 if let Some(id) = &e.msg_id {
-                    prop_assert_eq!(Some(&json!(id)), message.get("_msg_id"));
+                    prop_assert_eq!(Some(&json!(id)), carried.get("_msg_id"));
+                }
+                if let Some(q) = &e.reply_q {
+                    prop_assert_eq!(Some(&json!(q)), carried.get("_reply_q"));
                 }
             }
         }
@@ -209,7 +216,7 @@ fn envelope_request_round_trips() {
         prop::collection::btree_map("[a-z_]{1,12}", json_value(false), 0..5),
         prop::option::of(("[0-9a-f]{32}", "reply_[0-9a-f]{32}")),
     );
-    fuzz("envelope_round_trip", regressions!("envelope_round_trip"), 700, s, |(method, args, version, ctx, reply)| {
+    fuzz("envelope_round_trip", regressions!("envelope_round_trip"), 600, s, |(method, args, version, ctx, reply)| {
         let ctx: Map<String, Value> = ctx.into_iter().collect();
         let body = envelope::request(&method, args.clone(), version.as_deref().unwrap_or("1.0"), &ctx, reply.as_ref().map(|(a, b)| (a.as_str(), b.as_str())));
         let req = envelope::decode(&body, DEFAULT_MAX_BODY).map_err(|e| TestCaseError::fail(e.reason))?;
@@ -511,7 +518,7 @@ fn override_entry() -> impl Strategy<Value = Override> {
 #[test]
 fn conf_render_parse_round_trip() {
     let s = (prop::collection::vec(base_line(), 0..12), prop::collection::vec(override_entry(), 0..6), prop::sample::select(vec![4u32, 7]));
-    fuzz("conf_render", regressions!("conf_render"), 1800, s, |(base, overrides, major)| {
+    fuzz("conf_render", regressions!("conf_render"), 1500, s, |(base, overrides, major)| {
         let base_txt = base_text(&base);
         let out = conf::render(&base_txt, &overrides, major);
         let parsed = conf::parse(&out).map_err(|e| TestCaseError::fail(format!("{e} in {out:?}")))?;

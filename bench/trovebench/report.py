@@ -104,6 +104,19 @@ def bars(ax, groups, series, data, ylabel, log=False, colors=None):
     ax.grid(axis="y", alpha=0.3)
 
 
+def label_bars(ax, fmt="{:.0f}", missing=None):
+    """Writes each bar's height above it (or `missing` for empty bars)."""
+    for patch in ax.patches:
+        h = patch.get_height()
+        x = patch.get_x() + patch.get_width() / 2
+        if h and h > 0:
+            txt = fmt.format(h) if h >= 10 or "." in fmt else "{:.2g}".format(h)
+            ax.annotate(txt, (x, h), ha="center", va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
+        elif missing:
+            ax.annotate(missing, (x, ax.get_ylim()[0]), ha="center", va="bottom", fontsize=7, xytext=(0, 4),
+                        textcoords="offset points", color="grey")
+
+
 COLORS = {"ours": "#1f77b4", "sentinel": "#d62728", "failover": "#ff7f0e", "floor": "#2ca02c", "hand": "#2ca02c",
           "python": "#9467bd", "python+trove": "#8c564b"}
 
@@ -213,18 +226,24 @@ def sec_switchover(res, charts):
             L.append("")
     # chart
     import numpy as np  # noqa: F401
-    f, axes = plt.subplots(1, 3, figsize=(13, 4))
+    f, axes = plt.subplots(1, 4, figsize=(16, 4.2))
     methods = ["ours", *anchors]
-    names = [labels.get(m, m).split(" (")[0] for m in methods]
-    for ax, (key, ttl) in zip(axes, [("writable_ms", "command → new master writable"),
-                                     ("all_linked_ms", "command → all linked (FAILOVER: old master)"),
-                                     ("longest_pause_ms", "longest write pause")]):
+    names = [labels.get(m, m).split(" (")[0].replace("Sentinel SENTINEL", "SENTINEL") for m in methods]
+    for ax, (key, ttl) in zip(axes, [("writable_ms", "command → new master writable (ms)"),
+                                     ("all_linked_ms", "command → all linked (ms)\n(FAILOVER: old master only)"),
+                                     ("longest_pause_ms", "longest write pause (ms)"),
+                                     ("lost", "acknowledged writes lost")]):
         data = {(n, "x"): series(m, key) for n, m in zip(names, methods)}
-        bars(ax, names, ["x"], data, "ms (median, whisker p95)", log=True)
+        bars(ax, names, ["x"], data, "median, whisker p95", log=key != "lost")
+        if key == "lost":
+            ax.set_yscale("symlog", linthresh=1)
         for patch, m in zip(ax.patches, methods):
             patch.set_color(COLORS[m])
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(lo, hi * (4 if ax.get_yscale() != "linear" else 1.15))
+        label_bars(ax, missing="0" if key == "lost" else "n/a")
         ax.set_title(ttl, fontsize=10)
-        ax.tick_params(axis="x", labelrotation=15)
+        ax.tick_params(axis="x", labelrotation=20)
     f.suptitle("Planned switchover, 1 master + 2 replicas, writer running (%d rounds each; log scale)" % reps, fontsize=11)
     save(f, charts, "switchover.png")
     L.append("![switchover](bench/charts/switchover.png)")
@@ -281,11 +300,13 @@ def sec_failover(res, charts):
          "ms from kill to writable (median, p95)")
     for patch, m in zip(axes[0].patches, ["ours", "sentinel"]):
         patch.set_color(COLORS[m])
+    label_bars(axes[0])
     axes[0].set_title("kill -9 → new master writable", fontsize=10)
     bars(axes[1], ["ours (eject)", "Sentinel auto"], ["x"],
          {("ours (eject)", "x"): col(o, "lost"), ("Sentinel auto", "x"): col(s, "lost")}, "acknowledged writes lost")
     for patch, m in zip(axes[1].patches, ["ours", "sentinel"]):
         patch.set_color(COLORS[m])
+    label_bars(axes[1])
     axes[1].set_title("acknowledged writes lost", fontsize=10)
     f.suptitle("Unplanned failover with one lagging replica (%d rounds each)" % reps, fontsize=11)
     save(f, charts, "failover.png")

@@ -15,17 +15,17 @@ FULL = {
     "create": {"sizes": [[100, 3], [1024, 1]], "counts": [1, 2, 4], "diskless": [True, False]},
     "rpc": {"reps": 3, "callers": [1, 4, 16], "clients": ["python", "rust"], "duration_s": 2.5, "warmup_s": 1.0,
             "method_reps": 2, "method_duration_s": 2.0, "method_client": "python", "import_trove": True},
-    "footprint": {"idle_s": 20, "startup_reps": 5},
+    "footprint": {"idle_s": 20, "startup_reps": 5, "startup_with_trove": True},
     "scale": {"counts": [1, 2, 4, 8], "create_reps": 3, "promote_reps": 4, "data_mb": 10},
 }
 
 SMOKE = {
-    "switchover": {"reps": 1, "timeout_s": 4},
+    "switchover": {"reps": 1, "timeout_s": 2},
     "failover": {"reps": 1, "timeout_s": 20, "no_recovery": True},
     "create": {"sizes": [[2, 1]], "counts": [1, 2], "diskless": [True, False]},
     "rpc": {"reps": 1, "callers": [4], "clients": ["python", "rust"], "duration_s": 0.5, "warmup_s": 0.3,
             "method_reps": 1, "method_duration_s": 0.3, "method_client": "rust", "import_trove": False},
-    "footprint": {"idle_s": 2, "startup_reps": 1},
+    "footprint": {"idle_s": 1, "startup_reps": 1, "startup_with_trove": False},
     "scale": {"counts": [2], "create_reps": 1, "promote_reps": 1, "data_mb": 1},
 }
 
@@ -162,7 +162,7 @@ def bench_rpc_and_footprint(ctx, cfg, results, only):
             idle_r["python"]["mem_kib"]["VmRSS"]))
         starts = []
         for rep in range(f["startup_reps"]):
-            kinds = [("ours", False), ("python", False), ("python", True)]
+            kinds = [("ours", False), ("python", False)] + ([("python", True)] if f.get("startup_with_trove", True) else [])
             for kind, it in rotate(kinds, rep):
                 s = startup(ctx, kind, rep, servers.agent.port, import_trove=it)
                 s["rep"] = rep

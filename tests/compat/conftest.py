@@ -65,8 +65,10 @@ oslo_messaging.set_transport_defaults(CONTROL_EXCHANGE)
 
 
 def pytest_collection_modifyitems(config, items):
-    """Parity tests need both targets; with only one selected they are deselected (reported as
+    """Tests on the second broker run last (its boot overlaps with everything else).
+    Parity tests need both targets; with only one selected they are deselected (reported as
     such by pytest), never skipped."""
+    items.sort(key=lambda item: "restart_broker" in getattr(item, "fixturenames", ()))
     if set(TARGETS) >= {"python", "rust"}:
         return
     keep, drop = [], []
@@ -109,13 +111,32 @@ def rabbit_url():
                                     "(or set TROVE_COMPAT_RABBIT_URL).")
 
 
+_RESTART_BROKER_START = {}
+
+
+def pytest_collection_finish(session):
+    """The second broker takes 5-15 s to boot: when a selected test needs it, start it in the
+    background right away so the boot overlaps with the other tests."""
+    if any("restart_broker" in getattr(item, "fixturenames", ()) for item in session.items):
+        _RESTART_BROKER_START["proc"] = subprocess.Popen(
+            ["bash", str(ROOT / "scripts/rabbitmq.sh"), "start", RESTART_NODE,
+             str(RESTART_PORT)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            text=True)
+
+
 @pytest.fixture(scope="session")
 def restart_broker():
     """A second RabbitMQ node of our own (scripts/rabbitmq.sh), the one test_broker_restart
-    restarts. Started on first use, stopped at the end of the session."""
+    restarts. Started at collection time (see above), stopped at the end of the session."""
     script = ROOT / "scripts/rabbitmq.sh"
-    proc = subprocess.run(["bash", str(script), "start", RESTART_NODE, str(RESTART_PORT)],
-                          capture_output=True, text=True, timeout=180)
+    bg = _RESTART_BROKER_START.pop("proc", None)
+    if bg is not None:
+        out, _ = bg.communicate(timeout=180)
+        proc = subprocess.CompletedProcess(bg.args, bg.returncode, out, "")
+    else:
+        proc = subprocess.run(["bash", str(script), "start", RESTART_NODE, str(RESTART_PORT)],
+                              capture_output=True, text=True, timeout=180)
     if proc.returncode != 0:
         pytest.fail("could not start the second RabbitMQ node %s@localhost on port %d with "
                     "scripts/rabbitmq.sh (exit %d):\n%s%s"

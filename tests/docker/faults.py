@@ -710,7 +710,8 @@ def s_master_killed_eject(env, res):
     wb.start()
     c = env.ctl("eject-replica-source", env.gid("guest1"), timeout=120)
     rep = c.json() or {}
-    say(f"eject-replica-source guest1: rc={c.rc} in {c.ms} ms, new_master={rep.get('new_master')}")
+    say(f"eject-replica-source guest1: rc={c.rc} in {c.ms} ms (the flow itself: total_ms={rep.get('total_ms')}), "
+        f"new_master={rep.get('new_master')}")
     for line in c.err.splitlines():
         if "candidate" in line:
             say("  " + line.strip())
@@ -756,7 +757,8 @@ def s_master_cut_off(env, res):
         say("eject refused (the old master still answered); retrying with --force")
         c = env.ctl("eject-replica-source", env.gid("guest1"), "--force", timeout=120)
     rep = c.json() or {}
-    say(f"eject-replica-source guest1: rc={c.rc} in {c.ms} ms, new_master={rep.get('new_master')}")
+    say(f"eject-replica-source guest1: rc={c.rc} in {c.ms} ms (the flow itself: total_ms={rep.get('total_ms')}), "
+        f"new_master={rep.get('new_master')}")
     res.require(c.rc == 0, "eject failed: " + c.describe())
     new = next((g for g in GUESTS if env.gid(g) == rep.get("new_master")), None)
     res.require(new in ("guest2", "guest3"), f"unexpected new master {rep.get('new_master')}")

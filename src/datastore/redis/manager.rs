@@ -304,10 +304,8 @@ fn default_base() -> String {
 /// The major version of the installed redis-server (`redis-server --version`).
 fn redis_major(binary: &str) -> Option<u32> {
     let mut cmd = std::process::Command::new(binary);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with(crate::config::ENV_PREFIX) {
-            cmd.env_remove(key);
-        }
+    for key in crate::config::agent_env_keys() {
+        cmd.env_remove(key);
     }
     let out = cmd.arg("--version").output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout);

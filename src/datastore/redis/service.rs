@@ -139,10 +139,8 @@ impl Supervisor {
         let err = log.try_clone().map_err(|e| Error::io(&self.log_file, e))?;
         let mut cmd = Command::new(&self.binary);
         // Redis does not need the agent's configuration (instance key, transport URL with its password).
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with(crate::config::ENV_PREFIX) {
-                cmd.env_remove(key);
-            }
+        for key in crate::config::agent_env_keys() {
+            cmd.env_remove(key);
         }
         let child = cmd
             .arg(&self.config_file)
