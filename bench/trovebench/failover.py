@@ -36,7 +36,7 @@ def make_lag(master_port, lagger_port, other_port, lagger_pid):
     time.sleep(0.25)
 
 
-def run_failover(ctx, name, ports, master_port, lagger_port, lagger_pid, kill, command, timeout, settle=None):
+def run_failover(ctx, name, ports, master_port, lagger_port, lagger_pid, kill, command, timeout, final_master=None):
     """Writer on; lag one replica; kill the master; run `command()` (or nothing); monitor."""
     survivors = [p for p in ports if p != master_port]
     before = sum_stats(survivors)
@@ -60,7 +60,15 @@ def run_failover(ctx, name, ports, master_port, lagger_port, lagger_pid, kill, c
     t0 = m["t0"]
     offsets = box.get("offsets", {})
     new = m["new_master"]
-    lost = count_lost(new, data["acked"]) if new else None
+    # Lost = acknowledged writes missing on the node that is master at the end (Sentinel may have
+    # failed over a second time by then).
+    final = new
+    if final_master is not None:
+        try:
+            final = final_master()
+        except (redis.RedisError, OSError, ValueError, TypeError):
+            final = new
+    lost = count_lost(final, data["acked"]) if final else None
     last_ack_before_kill = [t for t in data["t"] if t <= box.get("t_kill", t0)]
     pause, _ = longest_pause(data["t"], t0, t0 + (m["all_linked_s"] or m["writable_s"] or timeout) + 0.3)
     rec = {
@@ -75,11 +83,14 @@ def run_failover(ctx, name, ports, master_port, lagger_port, lagger_pid, kill, c
         "lost": lost,
         "offsets_at_kill": {str(k): v for k, v in offsets.items()},
         "chosen": new,
+        "final_master": final,
+        "second_failover": final != new,
         "lagger": lagger_port,
         "chosen_most_current": (new is not None and offsets and offsets.get(new) == max(offsets.values())),
         "offset_gap_bytes": (max(offsets.values()) - min(offsets.values())) if offsets else None,
         "sync_full_delta": after["sync_full"] - before["sync_full"],
         "handle": m["handle"],
+        "_acked": data["acked"],
     }
     return rec
 
@@ -106,6 +117,7 @@ class OursFailover(OursTrio):
             return box["p"]
 
         rec = run_failover(self.ctx, self.name, self.ports, m.port, lagger.port, lagger.redis_pid(), kill, command, timeout)
+        rec.pop("_acked")
         p = box["p"]
         out, err = p.communicate(timeout=120)
         if p.returncode != 0:
@@ -138,14 +150,32 @@ class SentinelFailover(SentinelTrio):
         lagger = reps[rep % 2]
         lagger_pid = int(rcon(lagger).info("server")["process_id"])
 
-        rec = run_failover(self.ctx, self.name, self.ports, mp, lagger, lagger_pid, node.kill9, lambda: None, timeout)
+        rec = run_failover(self.ctx, self.name, self.ports, mp, lagger, lagger_pid, node.kill9, lambda: None, timeout,
+                           final_master=self.sentinel_master)
         rec.pop("handle")
         if not getattr(self, "recover", True):
+            rec.pop("_acked")
             return rec
-        # Bring the dead node back under the new master and let the sentinels see it (not timed).
+        # Bring the dead node back under whatever Sentinel says is master now and let the sentinels
+        # see it (not timed).
         node.start()
-        if rec["chosen"]:
-            rcon(node.port).execute_command("REPLICAOF", "127.0.0.1", rec["chosen"])
-            wait_until("old master re-linked", lambda: linked_to(node.port, rec["chosen"]), timeout=60)
+
+        def follows_sentinels_master():
+            m = self.sentinel_master()
+            if m == node.port:
+                return False
+            if not linked_to(node.port, m):
+                r = replication(node.port)
+                if r.get("role") != "slave" or int(r.get("master_port", 0)) != m:
+                    rcon(node.port).execute_command("REPLICAOF", "127.0.0.1", m)
+                return False
+            return True
+        wait_until("old master re-linked under Sentinel's master", follows_sentinels_master, timeout=90, interval=0.2)
         self.wait_sentinels(timeout=90)
+        final = self.sentinel_master()
+        if final != rec["final_master"]:  # Sentinel failed over once more after the measurement
+            rec["final_master"] = final
+            rec["second_failover"] = True
+            rec["lost"] = count_lost(final, rec["_acked"])
+        rec.pop("_acked")
         return rec

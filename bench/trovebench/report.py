@@ -286,6 +286,8 @@ def sec_failover(res, charts):
                  "Sentinel can pick by a stale INFO offset (redis#13483)"])
     rows.append(["chose the lagging replica (rounds)", "%d of %d" % (sum(1 for r in o if r["chosen"] == r["lagger"]), len(o)),
                  "%d of %d" % (sum(1 for r in s if r["chosen"] == r["lagger"]), len(s)), "", ""])
+    rows.append(["failed over a second time within the round (rounds)", "%d of %d" % (sum(1 for r in o if r.get("second_failover")), len(o)),
+                 "%d of %d" % (sum(1 for r in s if r.get("second_failover")), len(s)), "", ""])
     rows.append(["offset gap between the two replicas at the kill (bytes)", fig(col(o, "offset_gap_bytes"), 0),
                  fig(col(s, "offset_gap_bytes"), 0), "", ""])
     rows.append(["full resyncs on the survivors (sync_full delta)", fig(col(o, "sync_full_delta"), 0),

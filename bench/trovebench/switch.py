@@ -373,7 +373,10 @@ class SentinelTrio(PlainTrio):
         """Until every sentinel agrees on the live master, sees the other two sentinels and
         `expect_replicas` healthy replicas, and no failover is in progress."""
         def ok():
-            actual = self.master_port()
+            try:
+                actual = self.master_port()
+            except BenchError:  # two masters for a moment (Sentinel is still converging)
+                return False
             for s in self.sentinels:
                 m, reps = self.sentinel_view(s)
                 if int(m["port"]) != actual or m["flags"] != "master":
@@ -386,9 +389,13 @@ class SentinelTrio(PlainTrio):
             return True
         wait_until("sentinels to agree", ok, timeout=timeout, interval=0.2)
 
+    def sentinel_master(self):
+        host, port = self.sentinels[0].con().execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster")
+        return int(port)
+
     def switch(self, rep, timeout):
-        m = self.check()
         self.wait_sentinels()
+        m = self.check()
         reps = sorted(p for p in self.ports if p != m)
         box = {}
 

@@ -189,7 +189,10 @@ impl Guest {
             "get_latest_txn_id" => strategy.latest_txn_id().await.map(|t| json!(t)).map_err(|e| to_failure(a, e)),
             "get_last_txn" => strategy.last_txn().await.map(|(h, t)| json!([h, t])).map_err(|e| to_failure(a, e)),
             "wait_for_txn" => ok(strategy.wait_for_txn(a.req_int("txn")?).await),
-            "cleanup_source_on_replica_detach" => Ok(Value::Null),
+            "cleanup_source_on_replica_detach" => {
+                a.required("replica_info")?;
+                Ok(Value::Null)
+            }
             "get_replication_status" => strategy.status().await.map_err(|e| to_failure(a, e)),
             m if NOT_SUPPORTED.contains(&m) => Err(not_supported(m)),
             m => Err(RemoteFailure::no_such_method(m)),

@@ -34,6 +34,10 @@ async fn ping_and_failures() {
     assert_eq!(f.class, "GuestError");
     assert!(f.message.contains("redis"), "{}", f.message);
     assert_eq!(call(&c, &g, "backup_required_for_replication", json!({})).await, json!(false));
+    let started = std::time::Instant::now();
+    let f = call_err(&c, &g, "restart", json!({})).await;
+    assert!(f.message.contains("prepared first"), "{}", f.message);
+    assert!(started.elapsed() < Duration::from_secs(5), "restart of an unprepared guest took {:?}", started.elapsed());
 }
 
 #[tokio::test]

@@ -199,6 +199,9 @@ impl RedisManager {
     }
 
     pub async fn start(&self) -> Result<()> {
+        if !self.prepared().await {
+            return Err(Error::Refused("redis has no configuration yet: the instance must be prepared first".into()));
+        }
         self.service.start().await?;
         self.wait_ready().await
     }
@@ -211,6 +214,9 @@ impl RedisManager {
     pub async fn restart(&self) -> Result<()> {
         if !self.service.can_control() {
             return Err(Error::NotSupported("restart (redis.service = external)".into()));
+        }
+        if !self.prepared().await {
+            return Err(Error::Refused("redis has no configuration yet: the instance must be prepared first".into()));
         }
         self.stop().await?;
         self.start().await

@@ -94,6 +94,7 @@ impl Supervisor {
         let this = self.clone();
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(500);
+            let mut started_at = tokio::time::Instant::now();
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
@@ -114,15 +115,22 @@ impl Supervisor {
                 };
                 let running = this.child.lock().await.is_some() || port_open(this.port).await;
                 if let Some(status) = &exited {
-                    tracing::warn!(%status, "redis-server exited; restarting");
+                    // A server that dies right after starting will die again: back off, up to 30 s.
+                    if started_at.elapsed() < Duration::from_secs(10) {
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    } else {
+                        backoff = Duration::from_millis(500);
+                    }
+                    tracing::warn!(%status, retry_in = ?backoff, log = %this.log_file.display(), "redis-server exited; restarting");
                 }
                 if !running && this.wanted.load(Ordering::SeqCst) {
                     tokio::time::sleep(backoff).await;
+                    started_at = tokio::time::Instant::now();
                     match this.spawn_child().await {
-                        Ok(()) => backoff = Duration::from_millis(500),
+                        Ok(()) => {}
                         Err(error) => {
                             tracing::error!(%error, "cannot restart redis-server");
-                            backoff = (backoff * 2).min(Duration::from_secs(10));
+                            backoff = (backoff * 2).min(Duration::from_secs(30));
                         }
                     }
                 }
