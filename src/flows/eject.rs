@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::{collect, Error, Live, Taskmanager, HIGH_TIMEOUT, REPLICA_CONFIG, REPLICA_SOURCE_CONFIG};
+use super::{collect, Error, Live, Taskmanager, HIGH_TIMEOUT, REPLICA_SOURCE_CONFIG};
 
 /// One replica's evidence for the choice.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -98,24 +98,7 @@ impl Taskmanager {
         self.call(&new, "make_read_only", json!({"read_only": false}), HIGH_TIMEOUT).await?;
         let context = self.call(&new, "get_replica_context", json!({}), HIGH_TIMEOUT).await?;
         let others: Vec<String> = evidence.iter().map(|c| c.id.clone()).filter(|id| *id != new).collect();
-        let this = &*self;
-        let results = futures_util::future::join_all(others.iter().map(|r| {
-            let context = context.clone();
-            async move {
-                this.call(r, "detach_replica", json!({"for_failover": true}), HIGH_TIMEOUT).await?;
-                this.call(r, "attach_replica", json!({"replica_info": context, "slave_config": REPLICA_CONFIG, "restart": true}), HIGH_TIMEOUT)
-                    .await
-                    .map(|_| ())
-            }
-        }))
-        .await;
-        let mut outcome = Vec::new();
-        for (r, res) in others.iter().zip(results) {
-            if res.is_ok() {
-                self.inventory.set_replica_of(r, Some(&new))?;
-            }
-            outcome.push(res);
-        }
+        let mut outcome = self.repoint(&others, None, &new, &context).await?;
         for s in &skipped {
             outcome.push(Err(Error::Guest { guest: s.clone(), method: "get_replication_status".into(), reason: "unreachable; not re-pointed (re-run create-replicas for it later)".into() }));
         }

@@ -178,6 +178,38 @@ impl Taskmanager {
     }
 }
 
+impl Taskmanager {
+    /// Re-points `movers` at `new_master` directly and in parallel, as Trove does each one:
+    /// `detach_replica(for_failover=true)` then `attach_replica` (the old master, `old_master`, is
+    /// a master and only attaches). The inventory follows each success; errors are returned per guest.
+    pub async fn repoint(
+        &mut self,
+        movers: &[String],
+        old_master: Option<&str>,
+        new_master: &str,
+        context: &Value,
+    ) -> Result<Vec<Result<(), Error>>, Error> {
+        let this = &*self;
+        let results = futures_util::future::join_all(movers.iter().map(|r| {
+            let is_old = Some(r.as_str()) == old_master;
+            async move {
+                if !is_old {
+                    this.call(r, "detach_replica", json!({"for_failover": true}), HIGH_TIMEOUT).await?;
+                }
+                let args = json!({"replica_info": context, "slave_config": REPLICA_CONFIG, "restart": !is_old});
+                this.call(r, "attach_replica", args, HIGH_TIMEOUT).await.map(|_| ())
+            }
+        }))
+        .await;
+        for (r, res) in movers.iter().zip(&results) {
+            if res.is_ok() {
+                self.inventory.set_replica_of(r, Some(new_master))?;
+            }
+        }
+        Ok(results)
+    }
+}
+
 /// A readable reason for an RPC error: the remote message, not the plumbing.
 pub fn describe(e: &crate::rpc::Error) -> String {
     match e {

@@ -5,7 +5,7 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::json;
 
-use super::{collect, Error, Taskmanager, HIGH_TIMEOUT, REPLICA_CONFIG, REPLICA_SOURCE_CONFIG};
+use super::{collect, Error, Taskmanager, HIGH_TIMEOUT, REPLICA_SOURCE_CONFIG};
 
 #[derive(Debug, Serialize)]
 pub struct PromoteReport {
@@ -51,27 +51,7 @@ impl Taskmanager {
         let context = self.call(candidate, "get_replica_context", json!({}), HIGH_TIMEOUT).await?;
         let mut movers = others.clone();
         movers.push(old.clone());
-        let this = &*self;
-        let results = futures_util::future::join_all(movers.iter().map(|r| {
-            let context = context.clone();
-            let is_old = *r == old;
-            async move {
-                if !is_old {
-                    this.call(r, "detach_replica", json!({"for_failover": true}), HIGH_TIMEOUT).await?;
-                }
-                this.call(r, "attach_replica", json!({"replica_info": context, "slave_config": REPLICA_CONFIG, "restart": !is_old}), HIGH_TIMEOUT)
-                    .await
-                    .map(|_| ())
-            }
-        }))
-        .await;
-        let mut outcome = Vec::new();
-        for (r, res) in movers.iter().zip(results) {
-            if res.is_ok() {
-                self.inventory.set_replica_of(r, Some(candidate))?;
-            }
-            outcome.push(res);
-        }
+        let mut outcome = self.repoint(&movers, Some(&old), candidate, &context).await?;
         // 5. The old master drops its replica-source settings.
         outcome.push(self.call(&old, "demote_replication_master", json!({}), HIGH_TIMEOUT).await.map(|_| ()));
         collect(outcome)?;

@@ -255,3 +255,12 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// True when the Redis on `port` answers and is a linked replica of the Redis on `master_port`.
+pub async fn linked_replica_of(port: u16, master_port: u16) -> bool {
+    let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else { return false };
+    let Ok(mut con) = client.get_multiplexed_async_connection().await else { return false };
+    let Ok(text) = redis::cmd("INFO").arg("replication").query_async::<String>(&mut con).await else { return false };
+    let Some(r) = trove_guest::datastore::redis::info::Info::parse(&text).replication() else { return false };
+    r.master_port == Some(master_port) && r.linked()
+}

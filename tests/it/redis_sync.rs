@@ -106,11 +106,7 @@ async fn replica_survives_kill_9_and_idempotent_attach() {
         if replica.redis_pid() == Some(pid) {
             return false;
         }
-        let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{}", replica.port)) else { return false };
-        let Ok(mut con) = client.get_multiplexed_async_connection().await else { return false };
-        let Ok(text) = redis::cmd("INFO").arg("replication").query_async::<String>(&mut con).await else { return false };
-        let r = trove_guest::datastore::redis::info::Info::parse(&text).replication().unwrap();
-        r.master_port == Some(master.port) && r.linked()
+        linked_replica_of(replica.port, master.port).await
     })
     .await;
     let err = replica.redis(None).await.set::<_, _, ()>("x", "1").await.unwrap_err();
@@ -318,11 +314,7 @@ async fn config_changes_keep_replication() {
     // A resize (start_db_with_conf_changes) restarts Redis with new contents: still a replica.
     call(&c, &replica, "start_db_with_conf_changes", json!({"config_contents": new_base, "ds_version": "7.0"})).await;
     eventually(20, "replica again after the restart", || async {
-        let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{}", replica.port)) else { return false };
-        let Ok(mut con) = client.get_multiplexed_async_connection().await else { return false };
-        let Ok(text) = redis::cmd("INFO").arg("replication").query_async::<String>(&mut con).await else { return false };
-        let r = trove_guest::datastore::redis::info::Info::parse(&text).replication().unwrap();
-        r.master_port == Some(master.port) && r.linked()
+        linked_replica_of(replica.port, master.port).await
     })
     .await;
 }
