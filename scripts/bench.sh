@@ -10,7 +10,10 @@
 #   --smoke        tiny configuration (1 repetition, a few MB of data, well under a minute once built):
 #                  writes its report into a temporary directory, never over BENCHMARKS.md; exits non-zero
 #                  on any error (CI runs it so the suite cannot rot)
-#   --only LIST    comma-separated subset: switchover,failover,create,rpc,footprint,scale
+#   --only LIST    comma-separated subset: switchover,failover,create,rpc,footprint,scale; the diagnostic
+#                  "fsync" (the promote with and without fsync, via Debian's eatmydata) runs only when listed
+#   --results F    raw figures file (default bench/results/full.json); --markdown F, --charts DIR likewise
+#   --merge F      with --report-only: add the benchmarks of another results file (e.g. a diagnostic run)
 #   --keep         keep the temporary directory (agent and Redis logs, data)
 #   --report-only  regenerate BENCHMARKS.md and the charts from bench/results/full.json
 # Environment:
@@ -58,6 +61,13 @@ fi
 AMQP_URL=$(bash "$ROOT/scripts/services.sh")
 AMQP_URL="rabbit://${AMQP_URL#*://}"   # oslo.messaging's scheme; the agent accepts both
 command -v redis-server >/dev/null || { log "redis-server missing after services.sh"; exit 1; }
+
+# The fsync diagnostic needs libeatmydata (Debian package eatmydata).
+if [[ " ${ARGS[*]+"${ARGS[*]}"} " == *fsync* ]] && ! dpkg-query -W -f='${Status}' eatmydata 2>/dev/null | grep -q 'install ok installed'; then
+    log "installing eatmydata (for the fsync diagnostic)"
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq eatmydata >/dev/null
+fi
 
 # 3. Binaries: the agent and CLI, and the RPC load generator (bench/rpc-load, built on the agent's library).
 command -v cargo >/dev/null || { log "cargo is required"; exit 1; }

@@ -28,9 +28,12 @@
 # Environment:
 #   TROVE_FAULTS_BUILD=0               skip the build (use the images and target/release as they are)
 #   TROVE_FAULTS_SCENARIO_TIMEOUT      seconds per scenario before it is killed and failed (default 180)
-#   TROVE_FAULTS_FLOW_DEADLINE         seconds create-replicas has to report a dropped replica (default 90)
+#   TROVE_FAULTS_FLOW_DEADLINE         seconds create-replicas has to report a dropped replica (default 120;
+#                                      the surviving replica alone needs ~75 s, see the scenario)
 #   TROVE_FAULTS_FENCE_DELAY           seconds after the cut before the old master comes back (default 12)
 #   TROVE_FAULTS_POPULATE              keys on the master for agent_killed_mid_attach (default 1000000)
+#   TROVE_FAULTS_MIN_REPLICAS          the agents' [replication] min_replicas_to_write, the split-brain
+#                                      fence master_cut_off relies on (default 1; 0 runs without it)
 #   TROVE_FAULTS_KEEP=1                keep the containers after the run (for debugging; remove them with
 #                                      the `docker rm -f` command printed at the end)
 #   TROVE_LOG_LEVEL                    agents' log level (default debug,lapin=info,redis=info)

@@ -17,7 +17,10 @@ from .common import ROOT, Ctx, log, machine_description
 def main():
     ap = argparse.ArgumentParser(prog="trovebench")
     ap.add_argument("--smoke", action="store_true", help="tiny configuration, one repetition")
-    ap.add_argument("--only", default=",".join(suite.ALL), help="comma-separated: " + ",".join(suite.ALL))
+    ap.add_argument("--only", default=",".join(suite.ALL),
+                    help="comma-separated: " + ",".join(suite.ALL) + " (diagnostics, only on request: " + ",".join(suite.EXTRA) + ")")
+    ap.add_argument("--merge", action="append", default=[],
+                    help="with --report-only: also take the benchmarks of this results JSON (e.g. a diagnostic run)")
     ap.add_argument("--amqp-url", default=os.environ.get("AMQP_URL", "rabbit://guest:guest@127.0.0.1:5672/"))
     ap.add_argument("--bin-dir", default=os.path.join(ROOT, "target", "release"))
     ap.add_argument("--load-bin", default=None)
@@ -40,12 +43,18 @@ def main():
     if a.report_only:
         with open(results_path) as f:
             results = json.load(f)
+        for extra in a.merge:
+            with open(extra) as f:
+                more = json.load(f)
+            results.setdefault("meta", {}).setdefault("merged", []).append(
+                {"file": os.path.relpath(extra, ROOT), "started": more["meta"]["started"], "only": more["meta"]["only"]})
+            results.update({k: v for k, v in more.items() if k != "meta"})
         report.write(results, md, charts)
         log("wrote", md, "and charts in", charts)
         return 0
 
     only = [x for x in a.only.split(",") if x]
-    unknown = set(only) - set(suite.ALL)
+    unknown = set(only) - set(suite.ALL) - set(suite.EXTRA)
     if unknown:
         ap.error("unknown benchmark(s): %s" % ", ".join(sorted(unknown)))
     cfg = suite.SMOKE if a.smoke else suite.FULL

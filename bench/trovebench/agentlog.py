@@ -9,6 +9,10 @@ LINE = re.compile(r"^(?P<ts>\d{4}-\d\d-\d\dT[0-9:.]+Z)\s+\w+\s+rpc\{method=(?P<m
                   r"request (?P<what>done|failed).*?elapsed_ms=(?P<ms>\d+)")
 
 
+SYNC = re.compile(r"^(?P<ts>\d{4}-\d\d-\d\dT[0-9:.]+Z)\s+\w+\s+rpc\{method=(?P<method>[a-z_]+)[^}]*\}.*?"
+                  r"replica linked and caught up.*?elapsed_ms=(?P<ms>\d+)")
+
+
 def parse_ts(ts):
     return datetime.datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
 
@@ -24,14 +28,19 @@ def rpc_spans(guests, wall_from, wall_to):
         except OSError:
             continue
         for line in lines:
-            m = LINE.search(ANSI.sub("", line))
-            if not m:
+            clean = ANSI.sub("", line)
+            m = LINE.search(clean)
+            sync = None if m else SYNC.search(clean)
+            if not m and not sync:
                 continue
-            end = parse_ts(m.group("ts"))
+            hit = m or sync
+            end = parse_ts(hit.group("ts"))
             if end < wall_from - 0.001 or end > wall_to + 0.05:
                 continue
-            ms = int(m.group("ms"))
-            out.append({"guest": getattr(g, "name", g.id), "method": m.group("method"), "ok": m.group("what") == "done",
+            ms = int(hit.group("ms"))
+            # "<method>/sync": the part of an attach spent waiting for Redis's own sync (after REPLICAOF).
+            method = hit.group("method") if m else hit.group("method") + "/sync"
+            out.append({"guest": getattr(g, "name", g.id), "method": method, "ok": (m.group("what") == "done") if m else True,
                         "start": round((end - wall_from) * 1000 - ms, 2), "end": round((end - wall_from) * 1000, 2),
                         "ms": ms})
     out.sort(key=lambda s: s["start"])

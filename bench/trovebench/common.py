@@ -357,6 +357,7 @@ class Fleet:
         self.ctx = ctx
         self.name = name
         self.guests = [Guest(ctx, "%s%d" % (name, i + 1), env=env) for i in range(count)]
+        self.ctl_env = dict(env or {})  # also for trove-guestctl (e.g. LD_PRELOAD in the fsync diagnostic)
         self.inventory = ctx.path("inventory-%s.toml" % name)
         self.write_inventory()
         for g in self.guests:
@@ -378,7 +379,7 @@ class Fleet:
 
     def ctl(self, *args, timeout=600, check=True):
         """Runs trove-guestctl; returns (seconds, exit code, parsed JSON or text, stderr)."""
-        env = dict(os.environ, TROVE_GUESTCTL_INVENTORY=self.inventory)
+        env = dict(os.environ, TROVE_GUESTCTL_INVENTORY=self.inventory, **getattr(self, "ctl_env", {}))
         t0 = now()
         p = subprocess.run([self.ctx.ctl_bin, *args], capture_output=True, text=True, env=env, timeout=timeout)
         took = now() - t0
@@ -392,7 +393,7 @@ class Fleet:
         return took, p.returncode, parsed, p.stderr
 
     def ctl_popen(self, *args):
-        env = dict(os.environ, TROVE_GUESTCTL_INVENTORY=self.inventory)
+        env = dict(os.environ, TROVE_GUESTCTL_INVENTORY=self.inventory, **getattr(self, "ctl_env", {}))
         return subprocess.Popen([self.ctx.ctl_bin, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, env=env)
 

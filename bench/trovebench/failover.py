@@ -10,7 +10,7 @@ import time
 import redis
 
 from .common import BenchError, linked_to, log, now, rcon, replication, wait_until
-from .switch import OursTrio, SentinelTrio, Writer, count_lost, longest_pause, monitor, sum_stats
+from .switch import OursTrio, SentinelTrio, Writer, count_lost, drop_keys, longest_pause, monitor, sum_stats
 
 
 def role_offset(port):
@@ -68,7 +68,7 @@ def run_failover(ctx, name, ports, master_port, lagger_port, lagger_pid, kill, c
             final = final_master()
         except (redis.RedisError, OSError, ValueError, TypeError):
             final = new
-    lost = count_lost(final, data["acked"]) if final else None
+    lost = count_lost(final, data["acked"], w.prefix) if final else None
     last_ack_before_kill = [t for t in data["t"] if t <= box.get("t_kill", t0)]
     pause, _ = longest_pause(data["t"], t0, t0 + (m["all_linked_s"] or m["writable_s"] or timeout) + 0.3)
     rec = {
@@ -91,6 +91,8 @@ def run_failover(ctx, name, ports, master_port, lagger_port, lagger_pid, kill, c
         "sync_full_delta": after["sync_full"] - before["sync_full"],
         "handle": m["handle"],
         "_acked": data["acked"],
+        "_prefix": w.prefix,
+        "_sent": data["sent"],
     }
     return rec
 
@@ -117,6 +119,7 @@ class OursFailover(OursTrio):
             return box["p"]
 
         rec = run_failover(self.ctx, self.name, self.ports, m.port, lagger.port, lagger.redis_pid(), kill, command, timeout)
+        drop_keys(rec["final_master"], rec.pop("_prefix"), rec.pop("_sent"))
         rec.pop("_acked")
         p = box["p"]
         out, err = p.communicate(timeout=120)
@@ -155,6 +158,8 @@ class SentinelFailover(SentinelTrio):
         rec.pop("handle")
         if not getattr(self, "recover", True):
             rec.pop("_acked")
+            rec.pop("_prefix")
+            rec.pop("_sent")
             return rec
         # Bring the dead node back under whatever Sentinel says is master now and let the sentinels
         # see it (not timed).
@@ -176,6 +181,7 @@ class SentinelFailover(SentinelTrio):
         if final != rec["final_master"]:  # Sentinel failed over once more after the measurement
             rec["final_master"] = final
             rec["second_failover"] = True
-            rec["lost"] = count_lost(final, rec["_acked"])
+            rec["lost"] = count_lost(final, rec["_acked"], rec["_prefix"])
+        drop_keys(final, rec.pop("_prefix"), rec.pop("_sent"))
         rec.pop("_acked")
         return rec

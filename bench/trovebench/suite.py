@@ -1,5 +1,6 @@
 """The six benchmarks, their configurations (full and smoke) and the order they run in."""
 
+import os
 import time
 
 from .agentlog import rpc_spans
@@ -30,6 +31,39 @@ SMOKE = {
 }
 
 ALL = ["switchover", "failover", "create", "rpc", "footprint", "scale"]
+# Diagnostics: run only when asked for with --only.
+EXTRA = ["fsync"]
+FULL["fsync"] = {"reps": 8}
+SMOKE["fsync"] = {"reps": 1}
+
+
+def eatmydata_lib():
+    for d in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib"):
+        p = os.path.join(d, "libeatmydata.so")
+        if os.path.exists(p):
+            return p
+    raise BenchError("libeatmydata.so not found (apt-get install eatmydata)")
+
+
+def bench_fsync(ctx, cfg, results):
+    """Diagnostic: the same promote with fsync() as usual and with fsync() made a no-op
+    (libeatmydata preloaded into the agents, their Redis and trove-guestctl), interleaved."""
+    c = cfg["fsync"]
+    lib = eatmydata_lib()
+    normal = OursTrio(ctx, tag="fs")
+    nosync = OursTrio(ctx, tag="fe", env={"LD_PRELOAD": lib})
+    runs = []
+    for rep in range(c["reps"]):
+        for name, trio in rotate([("fsync", normal), ("no-fsync", nosync)], rep):
+            rec = trio.switch(rep, 30)
+            rec.update({"variant": name, "rep": rep})
+            runs.append(rec)
+            ph = rec.get("phases") or {}
+            log("fsync diagnostic %-8s rep %d: fence->writable %s ms, pause %.1f ms, done %s ms" % (
+                name, rep, fmt(ph.get("fence_to_writable")), rec["longest_pause_ms"], fmt(rec["command_done_ms"])))
+    results["fsync"] = {"config": c, "runs": runs}
+    normal.fleet.close()
+    nosync.fleet.close()
 
 
 def rotate(items, k):
@@ -210,6 +244,7 @@ def run(ctx, cfg, only, results):
         (("create",), lambda: bench_create(ctx, cfg, results)),
         (("rpc", "footprint"), lambda: bench_rpc_and_footprint(ctx, cfg, results, only)),
         (("scale",), lambda: bench_scale(ctx, cfg, results)),
+        (("fsync",), lambda: bench_fsync(ctx, cfg, results)),
     ]
     for names, fn in steps:
         if not any(n in only for n in names):

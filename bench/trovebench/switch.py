@@ -8,6 +8,7 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 
 import redis
 
@@ -31,8 +32,11 @@ class Writer:
     def __init__(self, ctx, ports, tag):
         self.ctx = ctx
         self.out = ctx.path("writer", "%s-%d.json" % (tag, int(time.time() * 1000)))
+        # A fresh key prefix per round: a key left by an earlier round must not hide a lost write.
+        self.prefix = "w%s:" % uuid.uuid4().hex[:8]
         self.proc = subprocess.Popen(
-            [ctx.python, "-m", "trovebench.writer", "--ports", ",".join(map(str, ports)), "--out", self.out],
+            [ctx.python, "-m", "trovebench.writer", "--ports", ",".join(map(str, ports)), "--out", self.out,
+             "--prefix", self.prefix],
             stdout=subprocess.PIPE, stderr=open(self.out + ".err", "w"), text=True,
             cwd=PKG_PARENT)
         ctx.procs.append(self.proc)
@@ -78,6 +82,16 @@ def count_lost(port, acked, prefix="w:"):
         vals = c.mget(keys)
         lost += sum(1 for v in vals if v is None)
     return lost
+
+
+def drop_keys(port, prefix, sent):
+    """Removes a round's keys (so the data set does not grow from round to round)."""
+    try:
+        c = rcon(port, timeout=60)
+        for i in range(1, sent + 1, 5000):
+            c.unlink(*[prefix + str(n) for n in range(i, min(i + 5000, sent + 1))])
+    except (redis.RedisError, OSError):
+        pass
 
 
 def sum_stats(ports):
@@ -162,7 +176,9 @@ def run_switch(ctx, name, ports, candidates, start, follow_expect, timeout, extr
     tend = t0 + (m["all_linked_s"] or m["writable_s"] or timeout) + 0.3
     pause, pause_at = longest_pause(data["t"], t0, tend)
     base_pause, _ = longest_pause(data["t"], t0 - 0.45, t0)
-    lost = count_lost(m["new_master"], data["acked"]) if m["new_master"] else None
+    lost = count_lost(m["new_master"], data["acked"], w.prefix) if m["new_master"] else None
+    if m["new_master"]:
+        drop_keys(m["new_master"], w.prefix, data["sent"])
     rec = {
         "method": name,
         "writable_ms": None if m["writable_s"] is None else m["writable_s"] * 1000,
@@ -194,9 +210,9 @@ class OursTrio:
     name = "ours"
     label = "trove-guestctl promote"
 
-    def __init__(self, ctx, count=3, tag="sw"):
+    def __init__(self, ctx, count=3, tag="sw", env=None):
         self.ctx = ctx
-        self.fleet = Fleet(ctx, tag, count)
+        self.fleet = Fleet(ctx, tag, count, env=env)
         g = self.fleet.guests
         self.fleet.ctl("create-replicas", "--replica-of", g[0].id, *[x.id for x in g[1:]])
         self.ports = [x.port for x in g]

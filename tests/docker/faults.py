@@ -316,7 +316,7 @@ class Env:
         self.guestctl = e["TROVE_FAULTS_GUESTCTL"]
         self.compose = shlex.split(e["TROVE_FAULTS_COMPOSE"])
         self.workdir = os.path.join(e["TROVE_FAULTS_WORKDIR"], scenario)
-        self.flow_deadline = int(e.get("TROVE_FAULTS_FLOW_DEADLINE", "90"))
+        self.flow_deadline = int(e.get("TROVE_FAULTS_FLOW_DEADLINE", "120"))
         self.fence_delay = int(e.get("TROVE_FAULTS_FENCE_DELAY", "12"))
         os.makedirs(self.workdir, exist_ok=True)
         self.tag = f"{scenario.split('_')[0][:8]}{random.randrange(16**4):04x}"
@@ -741,6 +741,7 @@ def s_master_killed_eject(env, res):
 def s_master_cut_off(env, res):
     """3. The master is cut off the network, ejected, then comes back: it must be fenced, then re-attached."""
     create(env, res, "guest1", ["guest2", "guest3"])
+    t_created = time.monotonic()
     wa = Writer([env.ip(g) for g in GUESTS], "s3a")
     wa.start()
     time.sleep(1.0)
@@ -748,6 +749,14 @@ def s_master_cut_off(env, res):
     say(wa.summary())
     for g in ("guest2", "guest3"):
         res.require(wait_for(lambda: linked_to(env, g, "guest1"), 10), f"{g} did not catch up before the cut")
+    fence = int(os.environ.get("TROVE_FAULTS_MIN_REPLICAS", "1"))
+    if fence > 0:
+        # The agent arms min-replicas-to-write once the replicas are online (at its next status probe).
+        armed = wait_for(lambda: config_get(env, "guest1", "min-replicas-to-write") == {"min-replicas-to-write": str(fence)}, 15)
+        say(f"split-brain fence on guest1 {'armed' if armed else 'NOT armed'} {time.monotonic() - t_created:.1f}s after create-replicas returned")
+        res.check(armed, f"the agent did not arm min-replicas-to-write={fence} on the master within 15 s of create-replicas")
+    else:
+        say("the agent's split-brain fence is off (TROVE_FAULTS_MIN_REPLICAS=0)")
     say(f"guest1 before the cut: {config_get(env, 'guest1', 'min-replicas-*')}")
     set_net(env, "guest1", False)
     t_cut = time.monotonic()
@@ -791,7 +800,8 @@ def s_master_cut_off(env, res):
         f"{config_get(env, 'guest1', 'min-replicas-*')}")
     say(f"writes tried on the old master after reconnect: {n}, acknowledged {len(split_acked)}, refused {dict(refusals)}")
     res.check(not split_acked, f"split brain: the old master guest1 acknowledged {len(split_acked)} of {n} writes after it came back "
-              "(it has no fence: nothing makes a master without replicas refuse writes)")
+              "(nothing makes a master that lost its replicas refuse writes; the agent's [replication] "
+              f"min_replicas_to_write is {os.environ.get('TROVE_FAULTS_MIN_REPLICAS', '1')})")
     pinged = env.wait_ping("guest1", 40)
     say(f"guest1's agent answers again {time.monotonic() - t_back:.1f}s after the reconnect" if pinged else "guest1's agent does not answer")
     res.require(pinged, "the old master's agent did not come back within 40 s of the reconnect")
