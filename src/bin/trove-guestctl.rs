@@ -90,10 +90,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let inventory = Inventory::load(&path)?;
     let mut tm = Taskmanager::connect(inventory).await.context("cannot reach RabbitMQ")?;
     if !matches!(cli.command, Command::Call { .. }) {
-        let live = tm.live_all().await;
+        // One quick probe of every guest, reused by the flow (a dead guest costs DEAD_MASTER_TIMEOUT once).
+        let live = tm.live_all_within(flows::DEAD_MASTER_TIMEOUT).await;
         for d in tm.disagreements(&live) {
             eprintln!("warning: inventory and live state disagree: {d}");
         }
+        tm.recent = live;
     }
     let result: Result<Value, flows::Error> = match cli.command {
         Command::CreateReplicas { replica_of, replica_count, enable_persistence, config, guests } => {

@@ -7,6 +7,10 @@ use serde_json::{json, Value};
 
 use super::{collect, Error, Taskmanager, HIGH_TIMEOUT, LOW_TIMEOUT, REPLICA_CONFIG, REPLICA_SOURCE_CONFIG, SNAPSHOT_TIMEOUT};
 
+/// How often a long attach checks that the guest still answers, and how many misses fail it.
+const WATCH_EVERY: Duration = Duration::from_secs(5);
+const WATCH_MISSES: usize = 3;
+
 pub struct CreateOptions {
     pub master: String,
     /// Named replicas; empty means pick `count` spare guests.
@@ -94,17 +98,57 @@ impl Taskmanager {
         let snapshot_ms = snap_started.elapsed().as_millis() as u64;
         snapshot["config"] = json!(REPLICA_CONFIG);
         tracing::info!(%master, snapshot_ms, "snapshot taken; attaching replicas in parallel");
-        let results = futures_util::future::join_all(targets.iter().map(|r| self.attach_one(r, &snapshot, &opts))).await;
+        // Record each replica as soon as it is in, so an interrupted command leaves the inventory true.
+        let mut record = self.inventory.clone();
+        let mut pending: futures_util::stream::FuturesUnordered<_> = targets
+            .iter()
+            .map(|r| {
+                let this = &*self;
+                let (snapshot, opts) = (&snapshot, &opts);
+                async move { (r.clone(), this.attach_watched(r, snapshot, opts).await) }
+            })
+            .collect();
         let mut outcome = Vec::new();
-        for (r, res) in targets.iter().zip(results) {
+        while let Some((r, res)) = futures_util::StreamExt::next(&mut pending).await {
             if res.is_ok() {
-                self.inventory.set_replica_of(r, Some(&master))?;
+                record.set_replica_of(&r, Some(&master))?;
                 tracing::info!(replica = %r, "replica linked and caught up");
             }
             outcome.push(res);
         }
+        drop(pending);
+        self.inventory = record;
         collect(outcome)?;
         Ok(CreateReport { master, replicas: targets, snapshot_ms, total_ms: started.elapsed().as_millis() as u64 })
+    }
+
+    /// `attach_one`, failing early when the guest stops answering pings (its reply would never come:
+    /// requests are acked on receipt, so a lost agent or network loses the reply too).
+    async fn attach_watched(&self, replica: &str, snapshot: &Value, opts: &CreateOptions) -> Result<(), Error> {
+        let attach = self.attach_one(replica, snapshot, opts);
+        let watchdog = async {
+            let mut missed = 0;
+            loop {
+                tokio::time::sleep(WATCH_EVERY).await;
+                if self.ping(replica, WATCH_EVERY).await {
+                    missed = 0;
+                } else {
+                    missed += 1;
+                    tracing::warn!(%replica, missed, "guest does not answer rpc_ping during the attach");
+                    if missed >= WATCH_MISSES {
+                        return Error::Guest {
+                            guest: replica.into(),
+                            method: "attach_replica".into(),
+                            reason: format!("the guest stopped answering (no rpc_ping reply for {}s); re-run the command when it is back", (WATCH_EVERY * WATCH_MISSES as u32 * 2).as_secs()),
+                        };
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            res = attach => res,
+            err = watchdog => Err(err),
+        }
     }
 
     /// Attaches one replica: `attach_replica` on a running guest, `prepare(snapshot=...)` on a new one.

@@ -80,7 +80,10 @@ impl Taskmanager {
         if replicas.is_empty() {
             return Err(Error::Refused(format!("{master} is not a replica source (it has no replicas)")));
         }
-        let live_master = self.live_within(master, super::DEAD_MASTER_TIMEOUT).await;
+        let live_master = match self.recent.iter().find(|l| l.id == master) {
+            Some(l) => l.clone(),
+            None => self.live_within(master, super::DEAD_MASTER_TIMEOUT).await,
+        };
         if live_master.role() == Some("master") && !force {
             return Err(Error::Refused(format!(
                 "{master} is alive and serving as master; eject is for a dead master (use promote-to-replica-source, or --force)"

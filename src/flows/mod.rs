@@ -74,13 +74,15 @@ impl Live {
 pub struct Taskmanager {
     pub client: RpcClient,
     pub inventory: Inventory,
+    /// Live statuses taken just before the command (the cross-check); flows reuse them.
+    pub recent: Vec<Live>,
 }
 
 impl Taskmanager {
     pub async fn connect(inventory: Inventory) -> Result<Self, Error> {
         let opts = AmqpOptions::new(&inventory.transport_url, &inventory.control_exchange, "trove-guestctl");
         let client = RpcClient::connect(&opts).await?;
-        Ok(Taskmanager { client, inventory })
+        Ok(Taskmanager { client, inventory, recent: Vec::new() })
     }
 
     fn cipher(&self, guest: &str) -> Option<Cipher> {
@@ -126,8 +128,12 @@ impl Taskmanager {
 
     /// Live status of every guest in the inventory, in parallel.
     pub async fn live_all(&self) -> Vec<Live> {
+        self.live_all_within(PROBE_TIMEOUT).await
+    }
+
+    pub async fn live_all_within(&self, timeout: Duration) -> Vec<Live> {
         let ids: Vec<String> = self.inventory.guests.iter().map(|g| g.id.clone()).collect();
-        futures_util::future::join_all(ids.iter().map(|id| self.live(id))).await
+        futures_util::future::join_all(ids.iter().map(|id| self.live_within(id, timeout))).await
     }
 
     /// Compares the inventory with what guests report; returns one line per disagreement.
