@@ -748,6 +748,41 @@ def sec_fsync(res, charts):
     return L
 
 
+def sec_agentcost(res, charts):
+    rows_in = res["rows"]
+    c = res["config"]
+    L = ["## Diagnostic: what the agent's CPU per call and memory are made of", ""]
+    L.append("Three prepared agents side by side on the same broker, each with one knob changed, interleaved, "
+             "%d rounds: RSS after %d s idle, then `rpc_ping` from the Rust client for %.1f s at %s callers; CPU = "
+             "utime+stime of the agent process over the load. Run with `scripts/bench.sh --only agentcost "
+             "--results bench/results/agentcost.json`." % (c["reps"], c["idle_s"], c["duration_s"],
+                                                          " and ".join(map(str, c["callers"]))))
+    L.append("")
+    names = []
+    for r in rows_in:
+        if r["variant"] not in names:
+            names.append(r["variant"])
+    rows = []
+    base = names[0]
+    for n in names:
+        idle = [r for r in rows_in if r["variant"] == n and r["what"] == "idle"]
+        row = [n, fig([r["mem_kib"]["VmRSS"] / 1024 for r in idle], 1),
+               fig([r["mem_kib"].get("RssAnon", 0) / 1024 for r in idle], 1)]
+        for cl in c["callers"]:
+            ld = [r for r in rows_in if r["variant"] == n and r["what"] == "load" and r["callers"] == cl]
+            per = [r["cpu_pct"] * 1e4 / r["calls_per_s"] for r in ld if r["calls_per_s"]]
+            bld = [r for r in rows_in if r["variant"] == base and r["what"] == "load" and r["callers"] == cl]
+            bper = [r["cpu_pct"] * 1e4 / r["calls_per_s"] for r in bld if r["calls_per_s"]]
+            row += [fig([r["calls_per_s"] for r in ld], 0), fig(per, 0), ratio_txt(med(per), med(bper))]
+        rows.append(row)
+    hdr = ["Agent", "RSS idle (MiB)", "anonymous (MiB)"]
+    for cl in c["callers"]:
+        hdr += ["calls/s @%d" % cl, "CPU µs/call @%d" % cl, "vs as shipped"]
+    L.append(table(hdr, rows))
+    L.append("")
+    return L
+
+
 # ---------------------------------------------------------------------------------------------
 # the summary: every target of the issue, measured
 
@@ -859,6 +894,8 @@ def write(results, md_path, charts):
         secs += sec_scale(results["scale"], results.get("create"), charts)
     if "fsync" in results:
         secs += sec_fsync(results["fsync"], charts)
+    if "agentcost" in results:
+        secs += sec_agentcost(results["agentcost"], charts)
     L += secs
     os.makedirs(os.path.dirname(os.path.abspath(md_path)), exist_ok=True)
     with open(md_path, "w") as f:

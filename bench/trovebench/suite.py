@@ -32,9 +32,46 @@ SMOKE = {
 
 ALL = ["switchover", "failover", "create", "rpc", "footprint", "scale"]
 # Diagnostics: run only when asked for with --only.
-EXTRA = ["fsync"]
+EXTRA = ["fsync", "agentcost"]
 FULL["fsync"] = {"reps": 8}
 SMOKE["fsync"] = {"reps": 1}
+FULL["agentcost"] = {"reps": 3, "callers": [4, 16], "duration_s": 2.5, "idle_s": 5}
+SMOKE["agentcost"] = {"reps": 1, "callers": [4], "duration_s": 0.5, "idle_s": 1}
+
+AGENT_VARIANTS = [
+    ("as shipped (log level info)", {}),
+    ("log level warn", {"TROVE_GUESTAGENT__LOG__LEVEL": "warn"}),
+    ("MALLOC_ARENA_MAX=1", {"MALLOC_ARENA_MAX": "1"}),
+]
+
+
+def bench_agentcost(ctx, cfg, results):
+    """Diagnostic: the agent's CPU per rpc_ping and its RSS, as shipped and with one knob changed
+    (per-request info logging off; one malloc arena), interleaved, same broker, Rust client."""
+    from .footprint import load, load_stats, proc_cpu_s, proc_mem_kib
+    from .common import Fleet
+    c = cfg["agentcost"]
+    fleets = [(name, Fleet(ctx, "ac%d" % i, 1, env=env)) for i, (name, env) in enumerate(AGENT_VARIANTS)]
+    rows = []
+    for rep in range(c["reps"]):
+        time.sleep(c["idle_s"])
+        for name, fl in rotate(fleets, rep):
+            g = fl.guests[0]
+            mem = proc_mem_kib(g.proc.pid)
+            rows.append({"rep": rep, "variant": name, "what": "idle", "mem_kib": mem})
+            for callers in c["callers"]:
+                cpu0, t0 = proc_cpu_s(g.proc.pid), now()
+                st = load_stats(load(ctx, "rust", g.id, "rpc_ping", callers, c["duration_s"], 0.5))
+                cpu1, t1 = proc_cpu_s(g.proc.pid), now()
+                st.update({"rep": rep, "variant": name, "what": "load", "callers": callers,
+                           "cpu_pct": 100 * (cpu1 - cpu0) / (t1 - t0), "mem_kib": proc_mem_kib(g.proc.pid)})
+                rows.append(st)
+                log("agentcost %-28s %2d callers: %5.0f calls/s, %.0f%% CPU, %.0f us CPU/call, RSS %d KiB" % (
+                    name, callers, st["calls_per_s"], st["cpu_pct"], st["cpu_pct"] * 1e4 / max(1, st["calls_per_s"]),
+                    st["mem_kib"]["VmRSS"]))
+    results["agentcost"] = {"config": c, "rows": rows}
+    for _, fl in fleets:
+        fl.close()
 
 
 def eatmydata_lib():
@@ -245,6 +282,7 @@ def run(ctx, cfg, only, results):
         (("rpc", "footprint"), lambda: bench_rpc_and_footprint(ctx, cfg, results, only)),
         (("scale",), lambda: bench_scale(ctx, cfg, results)),
         (("fsync",), lambda: bench_fsync(ctx, cfg, results)),
+        (("agentcost",), lambda: bench_agentcost(ctx, cfg, results)),
     ]
     for names, fn in steps:
         if not any(n in only for n in names):
