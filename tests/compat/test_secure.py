@@ -19,7 +19,7 @@ try:
 except Exception:  # noqa: BLE001
     trove_exception = None
 
-WIRE_DIRS = [ROOT / "tests/data/wire", ROOT.parent / "shared/wire", Path("/work/shared/wire")]
+WIRE_DIRS = [ROOT / "tests/data/wire"]
 
 
 def wire(name):
