@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::{collect, Error, Taskmanager, HIGH_TIMEOUT, LOW_TIMEOUT, REPLICA_CONFIG, REPLICA_SOURCE_CONFIG, SNAPSHOT_TIMEOUT};
+use super::{collect, Error, Taskmanager, LOW_TIMEOUT, REPLICA_CONFIG, REPLICA_SOURCE_CONFIG, SNAPSHOT_TIMEOUT};
 
 /// How often a long attach checks that the guest still answers, and how many misses fail it.
 const WATCH_EVERY: Duration = Duration::from_secs(5);
@@ -187,5 +187,3 @@ impl Taskmanager {
     }
 }
 
-#[allow(dead_code)]
-const _: Duration = HIGH_TIMEOUT;

@@ -1,7 +1,7 @@
 //! Eject a dead replica source: choose the most current replica by history and offset, promote it, re-point the rest.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -110,8 +110,6 @@ impl Taskmanager {
     }
 }
 
-#[allow(dead_code)]
-const _: Duration = HIGH_TIMEOUT;
 
 #[cfg(test)]
 mod tests {

@@ -62,7 +62,7 @@ pub fn split_args(line: &str) -> Result<Vec<String>, String> {
                 loop {
                     let Some(&c) = bytes.get(i) else { return Err("unbalanced double quotes".into()) };
                     match c {
-                        b'\\' if i + 3 < bytes.len() + 0 && bytes[i + 1] == b'x' && is_hex(bytes.get(i + 2)) && is_hex(bytes.get(i + 3)) => {
+                        b'\\' if i + 3 < bytes.len() && bytes[i + 1] == b'x' && is_hex(bytes.get(i + 2)) && is_hex(bytes.get(i + 3)) => {
                             cur.push(u8::from_str_radix(&line[i + 2..i + 4], 16).unwrap_or(0));
                             i += 4;
                         }
