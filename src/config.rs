@@ -113,6 +113,10 @@ pub struct ReplicationSettings {
     pub master_probe_timeout: u64,
     pub min_replicas_to_write: u32,
     pub min_replicas_max_lag: u32,
+    #[serde(deserialize_with = "opt_string")]
+    pub replication_user: Option<String>,
+    #[serde(deserialize_with = "opt_secret")]
+    pub replication_password: Option<SecretString>,
 }
 
 #[derive(Debug, Deserialize)]

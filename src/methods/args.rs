@@ -117,7 +117,12 @@ impl<'a> Args<'a> {
             Some(Value::String(s)) => Some(s.clone()),
             Some(_) => return Err(self.wrong(&format!("{name}.master.requirepass"), "a string or null")),
         };
-        Ok(MasterRef { host, port, requirepass })
+        let masteruser = match master.get("masteruser") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if !s.is_empty() && s.chars().all(|c| c.is_ascii_graphic() && c != '"' && c != '\'') => Some(s.clone()),
+            Some(_) => return Err(self.wrong(&format!("{name}.master.masteruser"), "an ACL user name (printable, no quotes) or null")),
+        };
+        Ok(MasterRef { host, port, requirepass, masteruser })
     }
 }
 

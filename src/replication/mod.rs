@@ -18,6 +18,9 @@ pub struct MasterRef {
     pub host: String,
     pub port: u16,
     pub requirepass: Option<String>,
+    /// The ACL user replicas authenticate as (our extension; absent: the default user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masteruser: Option<String>,
 }
 
 impl std::fmt::Debug for MasterRef {
@@ -25,6 +28,7 @@ impl std::fmt::Debug for MasterRef {
         f.debug_struct("MasterRef")
             .field("host", &self.host)
             .field("port", &self.port)
+            .field("masteruser", &self.masteruser)
             .field("requirepass", &self.requirepass.as_ref().map(|_| "<redacted>"))
             .finish()
     }

@@ -67,7 +67,21 @@ impl RedisSync {
 
     async fn master_ref(&self) -> MasterRef {
         let state = self.manager.snapshot_state().await;
-        MasterRef { host: self.advertise_host(), port: self.manager.settings.port, requirepass: state.requirepass() }
+        use secrecy::ExposeSecret;
+        match &self.settings.replication_user {
+            Some(user) => MasterRef {
+                host: self.advertise_host(),
+                port: self.manager.settings.port,
+                requirepass: self.settings.replication_password.as_ref().map(|p| p.expose_secret().to_owned()),
+                masteruser: Some(user.clone()),
+            },
+            None => MasterRef {
+                host: self.advertise_host(),
+                port: self.manager.settings.port,
+                requirepass: state.requirepass(),
+                masteruser: None,
+            },
+        }
     }
 
     /// Turns on the default save points when neither RDB nor AOF is on, or refuses.
@@ -144,7 +158,7 @@ impl RedisSync {
             admin.replicaof_no_one().await?;
             tracing::info!("detached: now a standalone master");
         }
-        admin.config_set("masterauth", "").await?;
+        clear_master_auth(&mut admin, self.manager.major()).await?;
         self.manager.set_replica(None).await?;
         self.drop_min_replicas(&mut admin).await
     }
@@ -216,6 +230,15 @@ impl RedisSync {
     }
 }
 
+/// Forgets the old master's credentials (`masterauth`, and `masteruser` on Redis >= 6).
+async fn clear_master_auth(admin: &mut Admin, major: u32) -> crate::datastore::Result<()> {
+    admin.config_set("masterauth", "").await?;
+    if major >= 6 {
+        admin.config_set("masteruser", "").await?;
+    }
+    Ok(())
+}
+
 async fn restore_fence(admin: &mut Admin, fence: &Fence, major: u32) -> Result<()> {
     let period_key = conf::spelled_for("repl-ping-replica-period", major);
     let min_key = conf::spelled_for("min-replicas-to-write", major);
@@ -237,6 +260,7 @@ async fn connect_master(master: &MasterRef, settings: &ReplicationSettings) -> R
         host: master.host.clone(),
         port: master.port,
         password: master.requirepass.clone().map(secrecy::SecretString::from),
+        username: master.masteruser.clone(),
         config_command: "CONFIG".into(),
         timeout: Duration::from_secs(settings.master_probe_timeout),
     };
@@ -367,7 +391,15 @@ impl ReplicationStrategy for RedisSync {
         }
         drop(remote);
         let repl = admin.replication().await?;
-        let desired = ReplicaOf { host: master.host.clone(), port: master.port, masterauth: master.requirepass.clone() };
+        let desired = ReplicaOf {
+            host: master.host.clone(),
+            port: master.port,
+            masterauth: master.requirepass.clone(),
+            masteruser: master.masteruser.clone(),
+        };
+        if desired.masteruser.is_some() && self.manager.major() < 6 {
+            return Err(Error::Refused("masteruser (ACL replication user) needs Redis 6 or newer".into()));
+        }
         let state = self.manager.snapshot_state().await;
         let already = repl.role == Role::Replica
             && repl.master_host.as_deref() == Some(master.host.as_str())
@@ -378,6 +410,9 @@ impl ReplicationStrategy for RedisSync {
         } else {
             let major = self.manager.major();
             admin.config_set("masterauth", master.requirepass.as_deref().unwrap_or("")).await?;
+            if major >= 6 {
+                admin.config_set("masteruser", master.masteruser.as_deref().unwrap_or("")).await?;
+            }
             admin.config_set(&conf::spelled_for("replica-read-only", major), "yes").await?;
             self.manager.set_replica(Some(desired)).await?;
             admin.replicaof(&master.host, master.port).await?;
@@ -421,7 +456,7 @@ impl ReplicationStrategy for RedisSync {
                     let result = async {
                         let mut admin = manager.admin().await?;
                         admin.replicaof_no_one().await?;
-                        admin.config_set("masterauth", "").await?;
+                        clear_master_auth(&mut admin, manager.major()).await?;
                         manager.set_replica(None).await
                     }.await;
                     match result {
@@ -443,7 +478,7 @@ impl ReplicationStrategy for RedisSync {
             admin.replicaof_no_one().await?;
             tracing::info!("now a master (the replication history is kept for the old replicas' partial resync)");
         }
-        admin.config_set("masterauth", "").await?;
+        clear_master_auth(&mut admin, self.manager.major()).await?;
         self.ensure_persistence(&mut admin, None).await?;
         let master = self.apply_master_settings(&mut admin, replica_source_config, None).await?;
         // One write of redis.conf for both changes.
@@ -614,7 +649,7 @@ mod tests {
 
     #[test]
     fn master_validation() {
-        let m = |host: &str, port| MasterRef { host: host.into(), port, requirepass: None };
+        let m = |host: &str, port| MasterRef { host: host.into(), port, requirepass: None, masteruser: None };
         assert!(validate_master(&m("10.0.0.1", 6379)).is_ok());
         for bad in [m("", 1), m("a b", 1), m("a\nslaveof x", 1), m("#", 1), m("h", 0)] {
             assert!(validate_master(&bad).is_err(), "{bad:?}");

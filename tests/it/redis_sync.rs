@@ -343,3 +343,28 @@ async fn renamed_config_command() {
     let err = redis::cmd("CONFIG").arg("GET").arg("save").query_async::<Vec<String>>(&mut master.redis(Some(PW)).await).await;
     assert!(err.is_err(), "CONFIG should be renamed in this test");
 }
+
+/// Replicas authenticate as an ACL replication user (masteruser) when the master's agent names one.
+#[tokio::test]
+async fn acl_replication_user() {
+    let c = client().await;
+    let env = [("TROVE_GUESTAGENT__REPLICATION__REPLICATION_USER", "repl"), ("TROVE_GUESTAGENT__REPLICATION__REPLICATION_PASSWORD", "repl pw\"1")];
+    let master = spawn_guest(&c, None, &env).await;
+    let replica = spawn_guest(&c, None, &[]).await;
+    let conf = format!("{}user repl on \">repl pw\\\"1\" +psync +replconf +ping +info\n", master.config_contents(Some(PW)));
+    call(&c, &master, "prepare", json!({"config_contents": conf, "overrides": {}, "snapshot": null})).await;
+    let mut snap = call(&c, &master, "get_replication_snapshot", json!({"snapshot_info": {"replica_count": 1}, "replica_source_config": null})).await;
+    assert_eq!(snap["master"]["masteruser"], "repl");
+    assert_eq!(snap["master"]["requirepass"], "repl pw\"1");
+    snap["config"] = json!("slave-read-only yes\n");
+    prepare(&c, &replica, None, Some(snap)).await;
+    let _: () = master.redis(Some(PW)).await.set("acl", "1").await.unwrap();
+    eventually(10, "replicated through the ACL user", || async { replica.redis(None).await.get::<_, Option<String>>("acl").await.unwrap().is_some() }).await;
+    use trove_guest::datastore::redis::conf::{lookup, parse};
+    let d = parse(&std::fs::read_to_string(replica.config_file()).unwrap()).unwrap();
+    assert_eq!(lookup(&d, "masteruser").as_deref(), Some("repl"));
+    assert_eq!(lookup(&d, "masterauth").as_deref(), Some("repl pw\"1"));
+    call(&c, &replica, "detach_replica", json!({"for_failover": false})).await;
+    let d = parse(&std::fs::read_to_string(replica.config_file()).unwrap()).unwrap();
+    assert_eq!(lookup(&d, "masteruser"), None);
+}

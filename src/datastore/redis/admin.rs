@@ -21,6 +21,8 @@ pub struct Target {
     pub host: String,
     pub port: u16,
     pub password: Option<secrecy::SecretString>,
+    /// ACL user; None: the default user.
+    pub username: Option<String>,
     pub config_command: String,
     pub timeout: Duration,
 }
@@ -33,6 +35,7 @@ impl Admin {
             addr: redis::ConnectionAddr::Tcp(target.host.clone(), target.port),
             redis: redis::RedisConnectionInfo {
                 password: target.password.as_ref().map(|p| p.expose_secret().to_owned()).filter(|p| !p.is_empty()),
+                username: target.username.clone(),
                 ..Default::default()
             },
         };

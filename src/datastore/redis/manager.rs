@@ -116,6 +116,7 @@ impl RedisManager {
             host: "127.0.0.1".into(),
             port: self.settings.port,
             password: state.requirepass().map(secrecy::SecretString::from),
+            username: None,
             config_command: self
                 .settings
                 .config_command

@@ -17,6 +17,8 @@ pub struct ReplicaOf {
     pub host: String,
     pub port: u16,
     pub masterauth: Option<String>,
+    #[serde(default)]
+    pub masteruser: Option<String>,
 }
 
 /// Settings a replica source carries.
@@ -47,7 +49,7 @@ pub struct State {
 }
 
 /// Keys only the agent may set: user overrides of these are ignored.
-pub const PROTECTED: &[&str] = &["replicaof", "masterauth", "replica-read-only", "port", "dir", "daemonize"];
+pub const PROTECTED: &[&str] = &["replicaof", "masterauth", "masteruser", "replica-read-only", "port", "dir", "daemonize"];
 
 /// Settings the agent forces whatever the base says.
 pub struct System<'a> {
@@ -101,10 +103,15 @@ impl State {
                     Some(pw) => out.push(Override::set("masterauth", &[pw])),
                     None => out.push(Override::remove("masterauth")),
                 }
+                match &r.masteruser {
+                    Some(user) => out.push(Override::set("masteruser", &[user])),
+                    None => out.push(Override::remove("masteruser")),
+                }
             }
             None => {
                 out.push(Override::remove("replicaof"));
                 out.push(Override::remove("masterauth"));
+                out.push(Override::remove("masteruser"));
             }
         }
         out
@@ -203,7 +210,7 @@ mod tests {
         s.user.insert("slaveof".into(), json!("6.6.6.6 1"));
         s.user.insert("save".into(), json!("60 1 30 2"));
         s.user.insert("appendonly".into(), json!(true));
-        s.replica = Some(ReplicaOf { host: "10.0.0.1".into(), port: 6379, masterauth: Some("p \"w".into()) });
+        s.replica = Some(ReplicaOf { host: "10.0.0.1".into(), port: 6379, masterauth: Some("p \"w".into()), masteruser: None });
         let d = conf::parse(&s.render(&system(dir), 7)).unwrap();
         assert_eq!(conf::lookup(&d, "replicaof").as_deref(), Some("10.0.0.1 6379"));
         assert_eq!(conf::lookup(&d, "masterauth").as_deref(), Some("p \"w"));
