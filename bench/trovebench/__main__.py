@@ -47,7 +47,10 @@ def main():
             with open(extra) as f:
                 more = json.load(f)
             results.setdefault("meta", {}).setdefault("merged", []).append(
-                {"file": os.path.relpath(extra, ROOT), "started": more["meta"]["started"], "only": more["meta"]["only"]})
+                {"file": os.path.relpath(extra, ROOT), "started": more["meta"]["started"], "only": more["meta"]["only"],
+                 "agent": more["meta"].get("machine", {}).get("agent"),
+                 "load": "%s → %s" % (more["meta"].get("machine", {}).get("load_at_start"),
+                                      more["meta"].get("machine", {}).get("load_at_end"))})
             results.update({k: v for k, v in more.items() if k != "meta"})
         report.write(results, md, charts)
         log("wrote", md, "and charts in", charts)

@@ -78,7 +78,8 @@ def load(ctx, client, gid, method, callers, duration, warmup, args="{}"):
         cwd = None
     else:
         argv = [ctx.python, "-m", "trovebench.rpcload", "--url", ctx.amqp_url, "--id", gid, "--method", method,
-                "--args", args, "--callers", str(callers), "--duration", str(duration), "--warmup", str(max(warmup, 1.5))]
+                "--args", args, "--callers", str(callers), "--duration", str(duration),
+                "--warmup", str(max(warmup, 1.0 if ctx.smoke else 1.5))]  # the processes import oslo first
         cwd = PKG_PARENT
     p = subprocess.run(argv, capture_output=True, text=True, cwd=cwd, timeout=duration + warmup + 180,
                        env=dict(os.environ, PYTHONWARNINGS="ignore"))

@@ -111,7 +111,8 @@ def label_bars(ax, fmt="{:.0f}", missing=None):
         x = patch.get_x() + patch.get_width() / 2
         if h and h > 0:
             txt = fmt.format(h) if h >= 10 or "." in fmt else "{:.2g}".format(h)
-            ax.annotate(txt, (x, h), ha="center", va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
+            # Beside the p95 whisker (which rises from the bar's centre), not on it.
+            ax.annotate(txt, (x, h), ha="left", va="bottom", fontsize=7, xytext=(4, 1), textcoords="offset points")
         elif missing:
             ax.annotate(missing, (x, ax.get_ylim()[0]), ha="center", va="bottom", fontsize=7, xytext=(0, 4),
                         textcoords="offset points", color="grey")
@@ -154,8 +155,9 @@ def sec_switchover(res, charts):
         if key == "all_linked_ms" and method == "failover":
             return [r.get("old_master_linked_ms") for r in rs]
         if key == "repoint_after_fence_ms":
-            return [None if r.get("all_linked_ms") is None or r.get("pause_starts_ms") is None
-                    else r["all_linked_ms"] - r["pause_starts_ms"] for r in rs]
+            lk = "old_master_linked_ms" if method == "failover" else "all_linked_ms"
+            return [None if r.get(lk) is None or r.get("pause_starts_ms") is None
+                    else r[lk] - r["pause_starts_ms"] for r in rs]
         return [r.get(key) for r in rs]
 
     metrics = [
@@ -340,7 +342,8 @@ def sec_create(res, charts):
         "`attach_replica` on every replica in parallel) is sent with `trove-guestctl call`. **hand-made** = "
         "`REPLICAOF` on n plain redis-servers of the same master, with the master settings the agent applies "
         "(`repl-diskless-sync-delay` 0 for one replica, otherwise `repl-diskless-sync-max-replicas n`), polling "
-        "`ROLE` every 5 ms until all are linked with the master's offset. Replicas are emptied between runs. "
+        "`ROLE` every 5 ms until all are linked with the master's offset. Replicas are emptied between runs, and "
+        "dirty page cache is flushed (`sync`) before each timed run. "
         "Sizes and rounds: " + ", ".join("%s MB × %d round(s)" % (mb, r) for mb, r in cfg["sizes"]) +
         " (the 1 GB runs take minutes each on 2 cores, hence one round; their p95 is the single value).")
     L.append("")
@@ -389,7 +392,7 @@ def sec_create(res, charts):
     L.append("")
     # chart
     f, axes = plt.subplots(1, len(cfg["sizes"]), figsize=(6 * len(cfg["sizes"]), 4), squeeze=False)
-    for ax, (mb, _) in zip(axes[0], cfg["sizes"]):
+    for ax, (mb, rounds) in zip(axes[0], cfg["sizes"]):
         groups = ["%d, %s" % (n, "dl on" if d else "dl off") for d in cfg["diskless"] for n in cfg["counts"]]
         data = {}
         for d in cfg["diskless"]:
@@ -398,7 +401,7 @@ def sec_create(res, charts):
                 data[(g, "ours")] = [x / 1000 for x in vals(runs, "total_ms", method="ours", n=n, diskless=d, mb=mb)]
                 data[(g, "hand")] = [x / 1000 for x in vals(runs, "total_ms", method="hand", n=n, diskless=d, mb=mb)]
         bars(ax, groups, ["ours", "hand"], data, "s until all linked and caught up", colors=COLORS)
-        ax.set_title("%s MB master (replicas, diskless)" % mb, fontsize=10)
+        ax.set_title("%s MB master, %d round(s) (replicas, diskless)" % (mb, rounds), fontsize=10)
         ax.legend(fontsize=8)
     f.suptitle("Replica creation: ours vs hand-made REPLICAOF on the same master", fontsize=11)
     save(f, charts, "create.png")
@@ -835,7 +838,7 @@ def summary(results):
             p50 = med([r["p50_ms"] for r in m if r["client"] == client and r["callers"] == 1 and r["server"] == "ours"])
             if p50 is not None:
                 rows.append(["4 RPC", "rpc_ping p50, 1 caller (%s client)" % client, "≤ 1 ms", "%s ms (python server: %s ms)" % (
-                    num(p50), num(med([r["p50_ms"] for r in m if r["client"] == client and r["callers"] == 1 and r["server"] == "python"]))),
+                    num(p50, 3 if p50 < 10 else None), num(med([r["p50_ms"] for r in m if r["client"] == client and r["callers"] == 1 and r["server"] == "python"]))),
                     met(p50 <= 1.0)])
             cps = med([r["calls_per_s"] for r in m if r["client"] == client and r["callers"] == 16 and r["server"] == "ours"])
             if cps is not None:
@@ -871,6 +874,11 @@ def write(results, md_path, charts):
              "run, interleaved, on this machine. Raw figures: `bench/results/full.json`; how the suite works: "
              "`bench/README.md`." % (meta["mode"], meta["started"], meta["finished"], meta.get("total_seconds", 0)))
     L.append("")
+    for mrg in meta.get("merged", []):
+        L.append("Merged in: `%s` (run started %s: %s; agent %s; load average %s)." % (
+            mrg["file"], mrg["started"], ", ".join(mrg["only"]), mrg.get("agent") or "?", mrg.get("load") or "?"))
+    if meta.get("merged"):
+        L.append("")
     L.append("**Machine.** " + "; ".join("%s: %s" % (k, v) for k, v in mach.items()) + ". The machine is shared "
              "and noisy (other workloads run beside the benchmark; see the load averages), and has 2 cores for "
              "RabbitMQ, every Redis, the agents, the drivers and the measurement itself.")
