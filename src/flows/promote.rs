@@ -24,7 +24,11 @@ impl Taskmanager {
             return Err(Error::Refused(format!("{candidate} is not a replica; only a replica can be promoted")));
         };
         let others: Vec<String> = self.inventory.replicas_of(&old).into_iter().filter(|r| r != candidate).collect();
-        let live = self.live(&old).await;
+        // Reuse the pre-command probe when there is one (as eject does); otherwise probe now.
+        let live = match self.recent.iter().find(|l| l.id == old) {
+            Some(l) => l.clone(),
+            None => self.live(&old).await,
+        };
         if live.role() != Some("master") {
             return Err(Error::Refused(format!(
                 "the replica source {old} is not a live master ({}); use eject-replica-source for a dead master",
