@@ -94,6 +94,45 @@ pub struct RedisSettings {
     pub config_command: Option<String>,
     pub start_timeout: u64,
     pub stop_timeout: u64,
+    /// Redis `tls-port`; 0: no TLS listener.
+    pub tls_port: u16,
+    #[serde(deserialize_with = "opt_path")]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(deserialize_with = "opt_path")]
+    pub tls_key_file: Option<PathBuf>,
+    #[serde(deserialize_with = "opt_path")]
+    pub tls_ca_cert_file: Option<PathBuf>,
+    pub tls_auth_clients: TlsAuthClients,
+    /// Whether the agent's TLS client checks that a master's certificate names its address.
+    pub tls_verify_hostname: bool,
+}
+
+/// Redis `tls-auth-clients`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsAuthClients {
+    Yes,
+    Optional,
+    No,
+}
+
+impl TlsAuthClients {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsAuthClients::Yes => "yes",
+            TlsAuthClients::Optional => "optional",
+            TlsAuthClients::No => "no",
+        }
+    }
+}
+
+/// The certificate files of a node with TLS on: its own certificate and key (also its client
+/// certificate towards a master) and the CA that signs every node's certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub ca_cert_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -117,6 +156,8 @@ pub struct ReplicationSettings {
     pub replication_user: Option<String>,
     #[serde(deserialize_with = "opt_secret")]
     pub replication_password: Option<SecretString>,
+    /// Replicate over TLS: advertise `redis.tls_port`, and replicas use `tls-replication yes`.
+    pub tls_replication: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,6 +175,15 @@ pub enum LogFormat {
 }
 
 impl RedisSettings {
+    /// The TLS certificate files, when all three are configured.
+    pub fn tls_files(&self) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            cert_file: self.tls_cert_file.clone()?,
+            key_file: self.tls_key_file.clone()?,
+            ca_cert_file: self.tls_ca_cert_file.clone()?,
+        })
+    }
+
     /// The agent's own state file: configured, or beside the Redis config.
     pub fn state_path(&self) -> PathBuf {
         self.state_file.clone().unwrap_or_else(|| {
@@ -273,11 +323,37 @@ fn validate(s: &Settings) -> Result<(), Error> {
             return invalid("redis.advertise_host", "is not a valid host name or address");
         }
     }
+    validate_tls(s)?;
     for (key, value) in [("replication.default_save", &s.replication.default_save)] {
         let nums: Vec<_> = value.split_whitespace().collect();
         if nums.is_empty() || nums.len() % 2 != 0 || nums.iter().any(|n| n.parse::<u64>().is_err()) {
             return invalid(key, "must be pairs of <seconds> <changes>");
         }
+    }
+    Ok(())
+}
+
+fn validate_tls(s: &Settings) -> Result<(), Error> {
+    let invalid = |key: &str, why: String| Err(Error::Invalid(format!("{key}: {why}")));
+    let r = &s.redis;
+    let files = [("redis.tls_cert_file", &r.tls_cert_file), ("redis.tls_key_file", &r.tls_key_file), ("redis.tls_ca_cert_file", &r.tls_ca_cert_file)];
+    let wanted = r.tls_port != 0 || s.replication.tls_replication;
+    for (key, path) in files {
+        match path {
+            None if wanted => return invalid(key, "must be set when redis.tls_port or replication.tls_replication is on".into()),
+            Some(p) => {
+                if let Err(e) = std::fs::metadata(p) {
+                    return invalid(key, format!("cannot read {}: {e}", p.display()));
+                }
+            }
+            None => {}
+        }
+    }
+    if r.tls_port != 0 && r.tls_port == r.port {
+        return invalid("redis.tls_port", "must differ from redis.port".into());
+    }
+    if s.replication.tls_replication && r.tls_port == 0 {
+        return invalid("replication.tls_replication", "needs redis.tls_port (the port replicas reach over TLS)".into());
     }
     Ok(())
 }
@@ -339,6 +415,10 @@ mod tests {
             ("[replication]\ndefault_save = \"900\"\n", &[], "default_save"),
             ("[redis]\nadvertise_host = \"a\\nb\"\n", &[], "advertise_host"),
             ("[log]\nlevel = \"loud=[\"\n", &[], "log.level"),
+            ("[replication]\ntls_replication = true\n", &[], "tls_cert_file"),
+            ("[redis]\ntls_port = 6380\n", &[], "tls_cert_file"),
+            ("[redis]\ntls_auth_clients = \"maybe\"\n", &[], "maybe"),
+            ("[redis]\ntls_cert_file = \"/nonexistent/c.pem\"\n", &[], "tls_cert_file"),
         ];
         for (i, (text, extra, want)) in cases.iter().enumerate() {
             let file = dir.path().join(format!("c{i}.toml"));

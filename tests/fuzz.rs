@@ -568,8 +568,8 @@ fn conf_state_render_round_trip() {
         let dir = std::path::Path::new("/var/lib/redis");
         let mut state = State { base: Some(base_text(&base)), ..Default::default() };
         state.user = user.into_iter().collect();
-        state.replica = replica.clone().map(|(host, port, masterauth)| ReplicaOf { host, port, masterauth, masteruser: None });
-        let out = state.render(&System { port: 7000, dir, daemonize: false }, 7);
+        state.replica = replica.clone().map(|(host, port, masterauth)| ReplicaOf { host, port, masterauth, masteruser: None, tls: false });
+        let out = state.render(&System { port: 7000, dir, daemonize: false, tls: None }, 7);
         let d = conf::parse(&out).map_err(|e| TestCaseError::fail(format!("{e} in {out:?}")))?;
         prop_assert_eq!(conf::lookup(&d, "port"), Some("7000".to_string()));
         prop_assert_eq!(conf::lookup(&d, "dir"), Some("/var/lib/redis".to_string()));

@@ -122,7 +122,12 @@ impl<'a> Args<'a> {
             Some(Value::String(s)) if !s.is_empty() && s.chars().all(|c| c.is_ascii_graphic() && c != '"' && c != '\'') => Some(s.clone()),
             Some(_) => return Err(self.wrong(&format!("{name}.master.masteruser"), "an ACL user name (printable, no quotes) or null")),
         };
-        Ok(MasterRef { host, port, requirepass, masteruser })
+        let tls = match master.get("tls") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(self.wrong(&format!("{name}.master.tls"), "true, false or null")),
+        };
+        Ok(MasterRef { host, port, requirepass, masteruser, tls })
     }
 }
 
@@ -147,6 +152,8 @@ mod tests {
             (json!({"master": {"host": ""}}), Err("master.host")),
             (json!({"master": "x"}), Err("master")),
             (json!({"nomaster": 1}), Err("'master'")),
+            (json!({"master": {"host": "h", "tls": "yes"}}), Err("master.tls")),
+            (json!({"master": {"host": "h", "port": 6380, "tls": true}}), Ok((6380, None))),
         ];
         for (input, want) in cases {
             let args = Args::new("attach_replica", Map::new());

@@ -21,6 +21,9 @@ pub struct MasterRef {
     /// The ACL user replicas authenticate as (our extension; absent: the default user).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub masteruser: Option<String>,
+    /// The port is a TLS port: replicate with `tls-replication yes` (our extension; absent: plain).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
 }
 
 impl std::fmt::Debug for MasterRef {
@@ -29,6 +32,7 @@ impl std::fmt::Debug for MasterRef {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("masteruser", &self.masteruser)
+            .field("tls", &self.tls)
             .field("requirepass", &self.requirepass.as_ref().map(|_| "<redacted>"))
             .finish()
     }

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Dataset, Error, MasterRef, ReplicationStrategy, Result, Snapshot, SnapshotRequest};
 use crate::config::ReplicationSettings;
-use crate::datastore::redis::admin::{Admin, Target};
+use crate::datastore::redis::admin::{Admin, Target, TlsClient};
 use crate::datastore::redis::conf;
 use crate::datastore::redis::info::Role;
 use crate::datastore::redis::state::{MasterSettings, ReplicaOf};
@@ -65,22 +65,54 @@ impl RedisSync {
         self.manager.settings.advertise_host.clone().unwrap_or_else(default_route_ipv4)
     }
 
+    /// The port replicas reach: the TLS port with TLS replication, else the plain one.
+    fn replication_port(&self) -> u16 {
+        if self.settings.tls_replication {
+            self.manager.settings.tls_port
+        } else {
+            self.manager.settings.port
+        }
+    }
+
     async fn master_ref(&self) -> MasterRef {
-        let state = self.manager.snapshot_state().await;
         use secrecy::ExposeSecret;
-        match &self.settings.replication_user {
-            Some(user) => MasterRef {
-                host: self.advertise_host(),
-                port: self.manager.settings.port,
-                requirepass: self.settings.replication_password.as_ref().map(|p| p.expose_secret().to_owned()),
-                masteruser: Some(user.clone()),
-            },
-            None => MasterRef {
-                host: self.advertise_host(),
-                port: self.manager.settings.port,
-                requirepass: state.requirepass(),
-                masteruser: None,
-            },
+        let (requirepass, masteruser) = match &self.settings.replication_user {
+            Some(user) => (self.settings.replication_password.as_ref().map(|p| p.expose_secret().to_owned()), Some(user.clone())),
+            None => (self.manager.snapshot_state().await.requirepass(), None),
+        };
+        MasterRef {
+            host: self.advertise_host(),
+            port: self.replication_port(),
+            requirepass,
+            masteruser,
+            tls: self.settings.tls_replication,
+        }
+    }
+
+    /// The TLS client for reaching a master's tls-port, from this node's certificate settings.
+    fn tls_client(&self) -> Option<TlsClient> {
+        Some(TlsClient { files: self.manager.settings.tls_files()?, verify_hostname: self.manager.settings.tls_verify_hostname })
+    }
+
+    /// Refuses a master this node cannot, or must not, replicate from as offered.
+    fn check_transport(&self, master: &MasterRef) -> Result<Option<TlsClient>> {
+        let at = format!("{}:{}", master.host, master.port);
+        if !master.tls {
+            if self.settings.tls_replication {
+                return Err(Error::Refused(format!(
+                    "master {at} offers plain replication, and this guest replicates only over TLS (replication.tls_replication)"
+                )));
+            }
+            return Ok(None);
+        }
+        if self.manager.major() < 6 {
+            return Err(Error::Refused("TLS replication needs Redis 6 or newer".into()));
+        }
+        match self.tls_client() {
+            Some(tls) => Ok(Some(tls)),
+            None => Err(Error::Refused(format!(
+                "master {at} replicates over TLS, and this guest has no TLS certificates (redis.tls_cert_file, tls_key_file, tls_ca_cert_file)"
+            ))),
         }
     }
 
@@ -158,7 +190,7 @@ impl RedisSync {
             admin.replicaof_no_one().await?;
             tracing::info!("detached: now a standalone master");
         }
-        clear_master_auth(&mut admin, self.manager.major()).await?;
+        clear_master_auth(&mut admin, &self.manager).await?;
         self.manager.set_replica(None).await?;
         self.drop_min_replicas(&mut admin).await
     }
@@ -188,7 +220,7 @@ impl RedisSync {
     }
 
     /// Polls until the link is up, the sync is over and the replica has the master's offset.
-    async fn wait_synced(&self, admin: &mut Admin, master: &MasterRef) -> Result<()> {
+    async fn wait_synced(&self, admin: &mut Admin, master: &MasterRef, tls: Option<TlsClient>) -> Result<()> {
         let timeout = Duration::from_secs(self.settings.sync_timeout);
         let started = Instant::now();
         let mut last_log = Instant::now();
@@ -197,7 +229,7 @@ impl RedisSync {
             let repl = admin.replication().await?;
             if repl.linked() {
                 if target.is_none() {
-                    let mut m = connect_master(master, &self.settings).await?;
+                    let mut m = connect_master(master, &self.settings, tls.clone()).await?;
                     target = Some(m.replication().await?.master_repl_offset);
                 }
                 if target.is_some_and(|t| repl.applied_offset() >= t) {
@@ -230,11 +262,15 @@ impl RedisSync {
     }
 }
 
-/// Forgets the old master's credentials (`masterauth`, and `masteruser` on Redis >= 6).
-async fn clear_master_auth(admin: &mut Admin, major: u32) -> crate::datastore::Result<()> {
+/// Forgets the old master's credentials (`masterauth`, and `masteruser` on Redis >= 6) and
+/// turns `tls-replication` off when it was on; the caller persists the state without the replica.
+async fn clear_master_auth(admin: &mut Admin, manager: &RedisManager) -> crate::datastore::Result<()> {
     admin.config_set("masterauth", "").await?;
-    if major >= 6 {
+    if manager.major() >= 6 {
         admin.config_set("masteruser", "").await?;
+    }
+    if manager.snapshot_state().await.replica.is_some_and(|r| r.tls) {
+        admin.config_set("tls-replication", "no").await?;
     }
     Ok(())
 }
@@ -255,7 +291,7 @@ async fn restore_fence(admin: &mut Admin, fence: &Fence, major: u32) -> Result<(
 }
 
 /// Connects to a (remote) master with its password.
-async fn connect_master(master: &MasterRef, settings: &ReplicationSettings) -> Result<Admin> {
+async fn connect_master(master: &MasterRef, settings: &ReplicationSettings, tls: Option<TlsClient>) -> Result<Admin> {
     let target = Target {
         host: master.host.clone(),
         port: master.port,
@@ -263,6 +299,7 @@ async fn connect_master(master: &MasterRef, settings: &ReplicationSettings) -> R
         username: master.masteruser.clone(),
         config_command: "CONFIG".into(),
         timeout: Duration::from_secs(settings.master_probe_timeout),
+        tls,
     };
     Admin::connect(&target).await.map_err(|e| match e {
         crate::datastore::Error::Command { reason, .. } if reason.contains("WRONGPASS") || reason.contains("NOAUTH") || reason.contains("invalid password") || reason.contains("AuthenticationFailed") => {
@@ -371,8 +408,9 @@ impl ReplicationStrategy for RedisSync {
     async fn attach(&self, master: &MasterRef, _replica_config: Option<&str>) -> Result<()> {
         validate_master(master)?;
         let _op = self.op.lock().await;
+        let tls = self.check_transport(master)?;
         let held_back = self.cancel_pending_detach();
-        let mut remote = connect_master(master, &self.settings).await?;
+        let mut remote = connect_master(master, &self.settings, tls.clone()).await?;
         let remote_repl = remote.replication().await?;
         if remote_repl.role == Role::Replica {
             return Err(Error::Refused(format!(
@@ -396,6 +434,7 @@ impl ReplicationStrategy for RedisSync {
             port: master.port,
             masterauth: master.requirepass.clone(),
             masteruser: master.masteruser.clone(),
+            tls: master.tls,
         };
         if desired.masteruser.is_some() && self.manager.major() < 6 {
             return Err(Error::Refused("masteruser (ACL replication user) needs Redis 6 or newer".into()));
@@ -414,6 +453,9 @@ impl ReplicationStrategy for RedisSync {
                 admin.config_set("masteruser", master.masteruser.as_deref().unwrap_or("")).await?;
             }
             admin.config_set(&conf::spelled_for("replica-read-only", major), "yes").await?;
+            if master.tls || state.replica.as_ref().is_some_and(|r| r.tls) {
+                admin.config_set("tls-replication", if master.tls { "yes" } else { "no" }).await?;
+            }
             self.manager.set_replica(Some(desired)).await?;
             admin.replicaof(&master.host, master.port).await?;
             tracing::info!(
@@ -425,7 +467,7 @@ impl ReplicationStrategy for RedisSync {
         }
         // Now a replica: client writes are refused by replica-read-only, so the fence can go.
         self.lift_fence(&mut admin).await?;
-        self.wait_synced(&mut admin, master).await
+        self.wait_synced(&mut admin, master, tls).await
     }
 
     async fn detach(&self, for_failover: bool) -> Result<()> {
@@ -456,7 +498,7 @@ impl ReplicationStrategy for RedisSync {
                     let result = async {
                         let mut admin = manager.admin().await?;
                         admin.replicaof_no_one().await?;
-                        clear_master_auth(&mut admin, manager.major()).await?;
+                        clear_master_auth(&mut admin, &manager).await?;
                         manager.set_replica(None).await
                     }.await;
                     match result {
@@ -478,7 +520,7 @@ impl ReplicationStrategy for RedisSync {
             admin.replicaof_no_one().await?;
             tracing::info!("now a master (the replication history is kept for the old replicas' partial resync)");
         }
-        clear_master_auth(&mut admin, self.manager.major()).await?;
+        clear_master_auth(&mut admin, &self.manager).await?;
         self.ensure_persistence(&mut admin, None).await?;
         let master = self.apply_master_settings(&mut admin, replica_source_config, None).await?;
         // One write of redis.conf for both changes.
@@ -624,7 +666,8 @@ impl ReplicationStrategy for RedisSync {
             "sync_full": info.stat("sync_full"),
             "sync_partial_ok": info.stat("sync_partial_ok"),
             "run_id": info.run_id(),
-            "port": self.manager.settings.port,
+            "port": self.replication_port(),
+            "tls": self.settings.tls_replication,
             "host": self.advertise_host(),
         }))
     }
@@ -649,7 +692,7 @@ mod tests {
 
     #[test]
     fn master_validation() {
-        let m = |host: &str, port| MasterRef { host: host.into(), port, requirepass: None, masteruser: None };
+        let m = |host: &str, port| MasterRef { host: host.into(), port, requirepass: None, masteruser: None, tls: false };
         assert!(validate_master(&m("10.0.0.1", 6379)).is_ok());
         for bad in [m("", 1), m("a b", 1), m("a\nslaveof x", 1), m("#", 1), m("h", 0)] {
             assert!(validate_master(&bad).is_err(), "{bad:?}");

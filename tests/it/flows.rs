@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 use serde_json::json;
-use trove_guest::flows::{create::CreateOptions, Error, Inventory, Taskmanager};
+use trove_guest::flows::{create::CreateOptions, Error, Taskmanager};
 
 use crate::harness::*;
 
@@ -19,18 +19,11 @@ async fn topology(n: usize, env: &[(&str, &str)]) -> (Vec<Guest>, Taskmanager, t
     for g in &guests {
         prepare(&c, g, None, None).await;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("inventory.toml");
-    let mut text = format!("transport_url = \"{}\"\ncontrol_exchange = \"{EXCHANGE}\"\n", amqp_url());
-    for g in &guests {
-        text.push_str(&format!("\n[[guest]]\nid = \"{}\"\n", g.id));
-    }
-    std::fs::write(&path, text).unwrap();
-    let tm = Taskmanager::connect(Inventory::load(&path).unwrap()).await.unwrap();
+    let (tm, dir) = taskmanager(&guests).await;
     (guests, tm, dir)
 }
 
-fn create(master: &Guest, replicas: &[&Guest]) -> CreateOptions {
+pub fn create(master: &Guest, replicas: &[&Guest]) -> CreateOptions {
     CreateOptions {
         master: master.id.clone(),
         replicas: replicas.iter().map(|g| g.id.clone()).collect(),

@@ -264,3 +264,16 @@ pub async fn linked_replica_of(port: u16, master_port: u16) -> bool {
     let Some(r) = trove_guest::datastore::redis::info::Info::parse(&text).replication() else { return false };
     r.master_port == Some(master_port) && r.linked()
 }
+
+/// A taskmanager whose inventory names `guests` (unencrypted), kept in the returned temp dir.
+pub async fn taskmanager(guests: &[Guest]) -> (trove_guest::flows::Taskmanager, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inventory.toml");
+    let mut text = format!("transport_url = \"{}\"\ncontrol_exchange = \"{EXCHANGE}\"\n", amqp_url());
+    for g in guests {
+        text.push_str(&format!("\n[[guest]]\nid = \"{}\"\n", g.id));
+    }
+    std::fs::write(&path, text).unwrap();
+    let inventory = trove_guest::flows::Inventory::load(&path).unwrap();
+    (trove_guest::flows::Taskmanager::connect(inventory).await.unwrap(), dir)
+}

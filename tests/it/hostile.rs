@@ -261,7 +261,7 @@ fn nested(depth: usize) -> Value {
 const WATCHED_CONFIG: &[&str] = &[
     "replicaof", "masterauth", "masteruser", "replica-read-only", "repl-diskless-sync", "repl-diskless-sync-delay",
     "repl-diskless-sync-max-replicas", "repl-ping-replica-period", "min-replicas-to-write", "min-replicas-max-lag",
-    "requirepass", "save", "appendonly", "port", "dir",
+    "requirepass", "save", "appendonly", "port", "dir", "tls-replication", "tls-port",
 ];
 
 #[derive(Debug, PartialEq)]
@@ -534,6 +534,11 @@ fn build_cases(cat: &mut Catalogue<'_>, good_master: &Value, other_guest_q: &str
     ];
     cat.wrong_types(R, "attach_replica", good_info.clone(), &["replica_info", "master", "port"], "replica_info.master.port", ports.to_vec());
     cat.wrong_types(R, "attach_replica", good_info.clone(), &["replica_info", "master", "requirepass"], "replica_info.master.requirepass", vec![json!(1234), json!(0), json!(12.5), json!(true), json!([]), json!({})]);
+    cat.wrong_types(R, "attach_replica", good_info.clone(), &["replica_info", "master", "masteruser"], "replica_info.master.masteruser", vec![json!(""), json!("a b"), json!("q\""), json!("n\nl"), json!(7), json!([])]);
+    cat.wrong_types(R, "attach_replica", good_info.clone(), &["replica_info", "master", "tls"], "replica_info.master.tls", vec![json!("yes"), json!(1), json!([]), json!({})]);
+    let mut a = good_info.clone();
+    a["replica_info"]["master"]["tls"] = json!(true);
+    cat.call("attach_replica: TLS master, no TLS certificates here", R, "attach_replica", a, fails("GuestError", &["no TLS certificates"]));
     cat.wrong_types(R, "attach_replica", good_info.clone(), &["slave_config"], "slave_config", not_string.clone());
     cat.wrong_types(R, "attach_replica", good_info.clone(), &["restart"], "restart", not_bool.clone());
     // Well-typed but wrong passwords for the real master: refused there, nothing changes here.

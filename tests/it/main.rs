@@ -4,6 +4,7 @@ mod flows;
 mod harness;
 mod hostile;
 mod redis_sync;
+mod redis_tls;
 mod rpc_roundtrip;
 mod secrets;
 mod tls;

@@ -25,21 +25,52 @@ pub struct Target {
     pub username: Option<String>,
     pub config_command: String,
     pub timeout: Duration,
+    /// Connect with TLS (a master's tls-port); None: plain TCP.
+    pub tls: Option<TlsClient>,
+}
+
+/// How the agent's TLS client authenticates itself and checks the server.
+#[derive(Debug, Clone)]
+pub struct TlsClient {
+    pub files: crate::config::TlsFiles,
+    /// Check that the certificate names the host; false checks only the chain, as Redis does.
+    pub verify_hostname: bool,
+}
+
+impl TlsClient {
+    /// The client for `addr`, with the certificate files read now (so rotated files are picked up).
+    fn client(&self, host: &str, port: u16, redis: redis::RedisConnectionInfo) -> Result<redis::Client> {
+        let addr = format!("redis at {host}:{port}");
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| Error::Unreachable { what: addr.clone(), reason: format!("cannot read {}: {e}", p.display()) })
+        };
+        let certs = redis::TlsCertificates {
+            client_tls: Some(redis::ClientTlsConfig { client_cert: read(&self.files.cert_file)?, client_key: read(&self.files.key_file)? }),
+            root_cert: Some(read(&self.files.ca_cert_file)?),
+        };
+        let info = redis::ConnectionInfo { addr: redis::ConnectionAddr::TcpTls { host: host.to_owned(), port, insecure: false, tls_params: None }, redis };
+        let bad = |e: redis::RedisError| Error::Unreachable { what: addr.clone(), reason: format!("TLS settings: {e}") };
+        let client = redis::Client::build_with_tls(info, certs).map_err(bad)?;
+        let mut info = client.get_connection_info().clone();
+        info.addr.set_danger_accept_invalid_hostnames(!self.verify_hostname);
+        redis::Client::open(info).map_err(bad)
+    }
 }
 
 impl Admin {
     pub async fn connect(target: &Target) -> Result<Admin> {
         use secrecy::ExposeSecret;
         let what = format!("redis at {}:{}", target.host, target.port);
-        let info = redis::ConnectionInfo {
-            addr: redis::ConnectionAddr::Tcp(target.host.clone(), target.port),
-            redis: redis::RedisConnectionInfo {
-                password: target.password.as_ref().map(|p| p.expose_secret().to_owned()).filter(|p| !p.is_empty()),
-                username: target.username.clone(),
-                ..Default::default()
-            },
+        let redis = redis::RedisConnectionInfo {
+            password: target.password.as_ref().map(|p| p.expose_secret().to_owned()).filter(|p| !p.is_empty()),
+            username: target.username.clone(),
+            ..Default::default()
         };
-        let client = redis::Client::open(info).map_err(|e| Error::Unreachable { what: what.clone(), reason: e.to_string() })?;
+        let client = match &target.tls {
+            Some(tls) => tls.client(&target.host, target.port, redis)?,
+            None => redis::Client::open(redis::ConnectionInfo { addr: redis::ConnectionAddr::Tcp(target.host.clone(), target.port), redis })
+                .map_err(|e| Error::Unreachable { what: what.clone(), reason: e.to_string() })?,
+        };
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(target.timeout)
             .set_response_timeout(target.timeout.max(Duration::from_secs(10)))

@@ -70,6 +70,11 @@ impl RedisManager {
     fn system(&self) -> System<'_> {
         System {
             port: self.settings.port,
+            tls: self.settings.tls_files().map(|files| state::TlsListener {
+                port: self.settings.tls_port,
+                files,
+                auth_clients: self.settings.tls_auth_clients.as_str(),
+            }),
             dir: &self.settings.data_dir,
             daemonize: self.settings.service != ServiceKind::Supervised,
         }
@@ -124,6 +129,7 @@ impl RedisManager {
                 .or_else(|| state.config_command())
                 .unwrap_or_else(|| "CONFIG".into()),
             timeout: Duration::from_secs(5),
+            tls: None,
         }
     }
 

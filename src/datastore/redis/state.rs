@@ -19,6 +19,9 @@ pub struct ReplicaOf {
     pub masterauth: Option<String>,
     #[serde(default)]
     pub masteruser: Option<String>,
+    /// Replicate over TLS (`tls-replication yes`) to the master's tls-port.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 /// Settings a replica source carries.
@@ -49,13 +52,37 @@ pub struct State {
 }
 
 /// Keys only the agent may set: user overrides of these are ignored.
-pub const PROTECTED: &[&str] = &["replicaof", "masterauth", "masteruser", "replica-read-only", "port", "dir", "daemonize"];
+pub const PROTECTED: &[&str] = &[
+    "replicaof",
+    "masterauth",
+    "masteruser",
+    "replica-read-only",
+    "port",
+    "dir",
+    "daemonize",
+    "tls-replication",
+    "tls-port",
+    "tls-cert-file",
+    "tls-key-file",
+    "tls-ca-cert-file",
+    "tls-auth-clients",
+];
 
 /// Settings the agent forces whatever the base says.
 pub struct System<'a> {
     pub port: u16,
     pub dir: &'a Path,
     pub daemonize: bool,
+    /// TLS settings, when the agent is configured with certificates.
+    pub tls: Option<TlsListener<'a>>,
+}
+
+/// The certificate settings the agent forces, and `tls-port` (0: no TLS listener, the
+/// certificates serve only as a replica's client certificate).
+pub struct TlsListener<'a> {
+    pub port: u16,
+    pub files: crate::config::TlsFiles,
+    pub auth_clients: &'a str,
 }
 
 impl State {
@@ -84,6 +111,16 @@ impl State {
         out.push(Override::set("port", &[&system.port.to_string()]));
         out.push(Override::set("dir", &[&system.dir.display().to_string()]));
         out.push(Override::set("daemonize", &[if system.daemonize { "yes" } else { "no" }]));
+        if let Some(tls) = &system.tls {
+            if tls.port != 0 {
+                out.push(Override::set("tls-port", &[&tls.port.to_string()]));
+            }
+            let f = &tls.files;
+            out.push(Override::set("tls-cert-file", &[&f.cert_file.display().to_string()]));
+            out.push(Override::set("tls-key-file", &[&f.key_file.display().to_string()]));
+            out.push(Override::set("tls-ca-cert-file", &[&f.ca_cert_file.display().to_string()]));
+            out.push(Override::set("tls-auth-clients", &[tls.auth_clients]));
+        }
         if let Some(save) = &self.persistence {
             out.push(Override { key: "save".into(), lines: save_lines(save) });
         }
@@ -107,11 +144,16 @@ impl State {
                     Some(user) => out.push(Override::set("masteruser", &[user])),
                     None => out.push(Override::remove("masteruser")),
                 }
+                match r.tls {
+                    true => out.push(Override::set("tls-replication", &["yes"])),
+                    false => out.push(Override::remove("tls-replication")),
+                }
             }
             None => {
                 out.push(Override::remove("replicaof"));
                 out.push(Override::remove("masterauth"));
                 out.push(Override::remove("masteruser"));
+                out.push(Override::remove("tls-replication"));
             }
         }
         out
@@ -200,7 +242,7 @@ mod tests {
     use serde_json::json;
 
     fn system(dir: &Path) -> System<'_> {
-        System { port: 7000, dir, daemonize: false }
+        System { port: 7000, dir, daemonize: false, tls: None }
     }
 
     #[test]
@@ -210,7 +252,7 @@ mod tests {
         s.user.insert("slaveof".into(), json!("6.6.6.6 1"));
         s.user.insert("save".into(), json!("60 1 30 2"));
         s.user.insert("appendonly".into(), json!(true));
-        s.replica = Some(ReplicaOf { host: "10.0.0.1".into(), port: 6379, masterauth: Some("p \"w".into()), masteruser: None });
+        s.replica = Some(ReplicaOf { host: "10.0.0.1".into(), port: 6379, masterauth: Some("p \"w".into()), masteruser: None, tls: false });
         let d = conf::parse(&s.render(&system(dir), 7)).unwrap();
         assert_eq!(conf::lookup(&d, "replicaof").as_deref(), Some("10.0.0.1 6379"));
         assert_eq!(conf::lookup(&d, "masterauth").as_deref(), Some("p \"w"));
@@ -226,6 +268,30 @@ mod tests {
         let d = conf::parse(&s.render(&system(dir), 7)).unwrap();
         assert_eq!(conf::lookup(&d, "replicaof"), None);
         assert_eq!(conf::lookup(&d, "masterauth"), None);
+    }
+
+    #[test]
+    fn tls_listener_and_tls_replication() {
+        let dir = Path::new("/data");
+        let files = crate::config::TlsFiles { cert_file: "/etc/redis/n.crt".into(), key_file: "/etc/redis/n.key".into(), ca_cert_file: "/etc/redis/ca.crt".into() };
+        let sys = System { port: 7000, dir, daemonize: false, tls: Some(TlsListener { port: 7443, files, auth_clients: "yes" }) };
+        let mut s = State { base: Some("port 6379\ntls-replication yes\n".into()), ..Default::default() };
+        s.user.insert("tls-port".into(), json!(1));
+        s.user.insert("tls-replication".into(), json!("yes"));
+        let d = conf::parse(&s.render(&sys, 7)).unwrap();
+        assert_eq!(conf::lookup(&d, "tls-port").as_deref(), Some("7443"));
+        assert_eq!(conf::lookup(&d, "tls-cert-file").as_deref(), Some("/etc/redis/n.crt"));
+        assert_eq!(conf::lookup(&d, "tls-ca-cert-file").as_deref(), Some("/etc/redis/ca.crt"));
+        assert_eq!(conf::lookup(&d, "tls-auth-clients").as_deref(), Some("yes"));
+        assert_eq!(conf::lookup(&d, "tls-replication"), None, "only the replica layer sets tls-replication");
+        s.replica = Some(ReplicaOf { host: "10.0.0.1".into(), port: 7443, masterauth: None, masteruser: None, tls: true });
+        let d = conf::parse(&s.render(&sys, 7)).unwrap();
+        assert_eq!(conf::lookup(&d, "tls-replication").as_deref(), Some("yes"));
+        assert_eq!(conf::lookup(&d, "replicaof").as_deref(), Some("10.0.0.1 7443"));
+        s.replica = None;
+        let d = conf::parse(&s.render(&system(dir), 7)).unwrap();
+        assert_eq!(conf::lookup(&d, "tls-replication"), None);
+        assert_eq!(conf::lookup(&d, "tls-port"), None);
     }
 
     #[test]
