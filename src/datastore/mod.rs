@@ -51,6 +51,9 @@ pub enum Error {
     Io { path: String, reason: String },
     #[error("service control failed: {0}")]
     Service(String),
+    /// redis-server refused the configuration the change would write; nothing was changed.
+    #[error("redis-server rejects the configuration{}: {reason}; nothing was changed", .key.as_ref().map(|k| format!(" at '{k}'")).unwrap_or_default())]
+    InvalidConfig { key: Option<String>, reason: String },
 }
 
 impl Error {

@@ -78,6 +78,16 @@ impl<'a> Args<'a> {
         if map.keys().any(|k| !crate::datastore::redis::conf::is_valid_key(k)) {
             return Err(self.wrong(name, "an object whose keys are configuration names (letters, digits, '-', '_', '.')"));
         }
+        let scalar = |v: &Value| matches!(v, Value::String(_) | Value::Number(_) | Value::Bool(_) | Value::Null);
+        for (key, value) in &map {
+            let ok = match value {
+                Value::Array(items) => items.iter().all(scalar),
+                other => scalar(other),
+            };
+            if !ok {
+                return Err(self.wrong(&format!("{name}.{key}"), "a string, number, boolean, null or a list of those"));
+            }
+        }
         Ok(map)
     }
 

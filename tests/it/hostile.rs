@@ -261,7 +261,7 @@ fn nested(depth: usize) -> Value {
 const WATCHED_CONFIG: &[&str] = &[
     "replicaof", "masterauth", "masteruser", "replica-read-only", "repl-diskless-sync", "repl-diskless-sync-delay",
     "repl-diskless-sync-max-replicas", "repl-ping-replica-period", "min-replicas-to-write", "min-replicas-max-lag",
-    "requirepass", "save", "appendonly", "port", "dir", "tls-replication", "tls-port",
+    "requirepass", "save", "appendonly", "port", "dir", "tls-replication", "tls-port", "maxmemory", "maxmemory-policy", "hz",
 ];
 
 #[derive(Debug, PartialEq)]
@@ -617,6 +617,25 @@ fn build_cases(cat: &mut Catalogue<'_>, good_master: &Value, other_guest_q: &str
         cat.call(format!("apply_overrides: overrides = {bad}"), R, "apply_overrides", json!({"overrides": bad}), type_error("overrides"));
     }
     cat.call("update_overrides: remove = \"yes\"", R, "update_overrides", json!({"overrides": {}, "remove": "yes"}), type_error("remove"));
+    // Values: redis-server itself checks the configuration they would make; all or nothing.
+    for (name, overrides, key) in [
+        ("maxmemory not a size", json!({"maxmemory": "lots"}), "maxmemory"),
+        ("unknown policy", json!({"maxmemory-policy": "sometimes"}), "maxmemory-policy"),
+        ("unknown directive", json!({"no-such-directive": "1"}), "no-such-directive"),
+        ("odd save", json!({"save": "900"}), "save"),
+        ("appendonly maybe", json!({"appendonly": "maybe"}), "appendonly"),
+        ("one good, one bad", json!({"maxmemory-policy": "allkeys-lru", "hz": "-5"}), "hz"),
+    ] {
+        let want = format!("at '{key}'");
+        cat.call(format!("update_overrides: {name}"), R, "update_overrides", json!({"overrides": overrides, "remove": false}), fails("GuestError", &["rejects the configuration", &want]));
+        cat.call(format!("apply_overrides: {name}"), R, "apply_overrides", json!({"overrides": overrides}), fails("GuestError", &["rejects the configuration", &want]));
+    }
+    for bad in [json!({"a": 1}), json!([[1]]), json!([{}])] {
+        cat.call(format!("update_overrides: maxmemory = {bad}"), R, "update_overrides", json!({"overrides": {"maxmemory": bad}, "remove": false}), type_error("overrides.maxmemory"));
+    }
+    let mut a = prep.clone();
+    a["config_contents"] = json!("port 6379\nmaxmemory lots\n");
+    cat.cast("prepare cast: config_contents redis-server rejects", R, "prepare", a);
     for key in ["replicaof", "slaveof", "SLAVEOF", "masterauth", "replica-read-only", "port", "dir"] {
         cat.call(format!("apply_overrides: protected {key}"), R, "apply_overrides", json!({"overrides": {key: "6.6.6.6 1"}}), fails("GuestError", &["managed by the replication strategy"]));
     }

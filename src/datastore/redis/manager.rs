@@ -94,12 +94,35 @@ impl RedisManager {
 
     /// Applies `change` to the state and persists it.
     pub async fn update<T>(&self, change: impl FnOnce(&mut State) -> T) -> Result<T> {
+        self.update_inner(change, false).await
+    }
+
+    /// As `update`, but first lets redis-server check the configuration the change would write
+    /// (for changes carrying caller-supplied text: base configurations and overrides).
+    pub async fn update_checked<T>(&self, change: impl FnOnce(&mut State) -> T) -> Result<T> {
+        self.update_inner(change, true).await
+    }
+
+    async fn update_inner<T>(&self, change: impl FnOnce(&mut State) -> T, check: bool) -> Result<T> {
         let mut state = self.state.lock().await;
         let mut next = state.clone();
         let out = change(&mut next);
+        if check {
+            self.check(&next).await?;
+        }
         self.write_locked(&next).await?;
         *state = next;
         Ok(out)
+    }
+
+    /// Runs redis-server's own parser over the configuration `state` renders.
+    async fn check(&self, state: &State) -> Result<()> {
+        std::fs::create_dir_all(&self.settings.data_dir).map_err(|e| Error::io(&self.settings.data_dir, e))?;
+        let text = state.render(&self.system(), self.major());
+        service::check_config(&self.settings.binary, &text)
+            .await
+            .map(|_| ())
+            .map_err(|r| Error::InvalidConfig { key: r.key, reason: r.reason })
     }
 
     pub async fn snapshot_state(&self) -> State {
@@ -232,7 +255,7 @@ impl RedisManager {
     /// `prepare`: write the rendered configuration and overrides, then (re)start Redis.
     pub async fn prepare(&self, config_contents: Option<String>, overrides: Map<String, Value>) -> Result<()> {
         let base = config_contents.unwrap_or_else(default_base);
-        self.update(|s| {
+        self.update_checked(|s| {
             s.base = Some(base);
             s.user = overrides.into_iter().collect();
             s.replica = None;
@@ -250,11 +273,11 @@ impl RedisManager {
 
     /// New base configuration (resize, reset): replication and user layers are kept.
     pub async fn replace_base(&self, contents: String) -> Result<()> {
-        self.update(|s| s.base = Some(contents)).await
+        self.update_checked(|s| s.base = Some(contents)).await
     }
 
     pub async fn update_overrides(&self, overrides: Map<String, Value>, remove: bool) -> Result<()> {
-        self.update(|s| s.user = if remove { Default::default() } else { overrides.into_iter().collect() }).await
+        self.update_checked(|s| s.user = if remove { Default::default() } else { overrides.into_iter().collect() }).await
     }
 
     /// Runtime `CONFIG SET` of each override; replication-controlled keys are refused.
@@ -264,6 +287,10 @@ impl RedisManager {
                 return Err(Error::Refused(format!("'{key}' is managed by the replication strategy and cannot be overridden")));
             }
         }
+        // All or nothing: Redis checks the whole set first, then each is applied.
+        let mut next = self.snapshot_state().await;
+        next.user.extend(overrides.clone());
+        self.check(&next).await?;
         let mut admin = self.admin().await?;
         for (key, value) in overrides {
             admin.config_set(key, &state::value_string(value)).await?;

@@ -28,6 +28,63 @@ pub struct Supervisor {
     child: Mutex<Option<Child>>,
 }
 
+/// Why redis-server refused a configuration: the directive (never its value) and Redis's reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub key: Option<String>,
+    pub reason: String,
+}
+
+/// Has `binary` parse `text` as its configuration, read from stdin, with no listener and nothing
+/// loaded: Redis applies every one of its own rules and exits. `Ok(false)`: the binary cannot run
+/// here, so nothing was checked.
+pub async fn check_config(binary: &str, text: &str) -> std::result::Result<bool, Rejected> {
+    use tokio::io::AsyncWriteExt;
+    let mut cmd = Command::new(binary);
+    cmd.arg("-")
+        .args(["--port", "0", "--tls-port", "0", "--unixsocket", "", "--daemonize", "no", "--supervised", "no"])
+        .args(["--pidfile", "", "--logfile", "", "--syslog-enabled", "no"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    for key in crate::config::agent_env_keys() {
+        cmd.env_remove(key);
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(binary, error = %e, "cannot run redis-server to check the configuration; not checked");
+            return Ok(false);
+        }
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(text.as_bytes()).await;
+    }
+    let out = match tokio::time::timeout(Duration::from_secs(10), child.wait_with_output()).await {
+        Ok(Ok(out)) => out,
+        _ => return Err(Rejected { key: None, reason: "redis-server did not finish checking the configuration within 10s".into() }),
+    };
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    parse_check_output(&text)
+}
+
+/// Reads redis-server's verdict. The offending line is never returned: it may hold a password.
+fn parse_check_output(text: &str) -> std::result::Result<bool, Rejected> {
+    if text.contains("Configured to not listen anywhere") {
+        return Ok(true);
+    }
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    if let Some(i) = lines.iter().position(|l| l.starts_with(">>> '")) {
+        let key = lines[i][5..].split_whitespace().next().map(|k| k.trim_end_matches('\'').to_owned());
+        let reason = lines.get(i + 1).map(|r| r.to_string()).unwrap_or_else(|| "rejected".into());
+        return Err(Rejected { key, reason });
+    }
+    // Other fatal start-up errors are log lines ("pid:X date # message"): keep the messages.
+    let reasons: Vec<&str> = lines.iter().filter_map(|l| l.split_once(" # ").map(|(_, m)| m)).filter(|m| !m.starts_with("oO0OoO0OoO0Oo") && !m.starts_with("Redis version") && !m.starts_with("Reading config") && !m.starts_with("Configuration loaded") && !m.starts_with("WARNING")).collect();
+    Err(Rejected { key: None, reason: if reasons.is_empty() { "redis-server refused the configuration".into() } else { reasons.join("; ") } })
+}
+
 impl Service {
     pub fn new(settings: &RedisSettings) -> Service {
         match settings.service {
@@ -198,5 +255,24 @@ impl Supervisor {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_output_verdicts() {
+        let ok = "1:C 26 Nov # Reading config from stdin\n1:M 26 Nov # Configured to not listen anywhere, exiting.\n";
+        assert_eq!(parse_check_output(ok), Ok(true));
+        let bad = "\n*** FATAL CONFIG FILE ERROR (Redis 7.0.15) ***\nReading the configuration file, at line 2\n>>> 'requirepass \"s3cret\" \"x\"'\nwrong number of arguments\n";
+        let r = parse_check_output(bad).unwrap_err();
+        assert_eq!(r, Rejected { key: Some("requirepass".into()), reason: "wrong number of arguments".into() });
+        let tls = "1:C 26 Nov # Reading config from stdin\n1:M 26 Nov # No tls-key-file configured!\n1:M 26 Nov # Failed to configure TLS. Check logs for more info.\n";
+        let r = parse_check_output(tls).unwrap_err();
+        assert_eq!(r.key, None);
+        assert!(r.reason.contains("No tls-key-file") && r.reason.contains("Failed to configure TLS"), "{}", r.reason);
+        assert!(parse_check_output("").is_err());
     }
 }
