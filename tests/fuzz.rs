@@ -558,36 +558,54 @@ fn conf_render_parse_round_trip() {
 /// The agent's own layers: whatever the strings, what Redis reads back is what was set.
 #[test]
 fn conf_state_render_round_trip() {
-    use trove_guest::datastore::redis::state::{ReplicaOf, State, System};
+    use trove_guest::config::TlsFiles;
+    use trove_guest::datastore::redis::state::{ReplicaOf, State, System, TlsListener};
     let s = (
         prop::collection::vec(base_line(), 0..6),
-        prop::option::of(("[a-z0-9][a-z0-9.-]{0,20}", 1u16.., prop::option::of(any::<String>()))),
+        prop::option::of(("[a-z0-9][a-z0-9.-]{0,20}", 1u16.., prop::option::of(any::<String>()), any::<bool>())),
         prop::collection::btree_map(prop_oneof![conf_key(), any::<String>()], json_value(false), 0..5),
+        prop::option::of((0u16..3, any::<String>(), any::<String>(), any::<String>())),
     );
-    fuzz("conf_state", regressions!("conf_state"), 1000, s, |(base, replica, user)| {
+    fuzz("conf_state", regressions!("conf_state"), 1000, s, |(base, replica, user, tls)| {
         let dir = std::path::Path::new("/var/lib/redis");
         let mut state = State { base: Some(base_text(&base)), ..Default::default() };
         state.user = user.into_iter().collect();
-        state.replica = replica.clone().map(|(host, port, masterauth)| ReplicaOf { host, port, masterauth, masteruser: None, tls: false });
-        let out = state.render(&System { port: 7000, dir, daemonize: false, tls: None }, 7);
+        state.replica = replica.clone().map(|(host, port, masterauth, tls)| ReplicaOf { host, port, masterauth, masteruser: None, tls });
+        let listener = tls.clone().map(|(port, cert, key, ca)| TlsListener {
+            port,
+            files: TlsFiles { cert_file: cert.into(), key_file: key.into(), ca_cert_file: ca.into() },
+            auth_clients: "yes",
+        });
+        let out = state.render(&System { port: 7000, dir, daemonize: false, tls: listener }, 7);
         let d = conf::parse(&out).map_err(|e| TestCaseError::fail(format!("{e} in {out:?}")))?;
         prop_assert_eq!(conf::lookup(&d, "port"), Some("7000".to_string()));
         prop_assert_eq!(conf::lookup(&d, "dir"), Some("/var/lib/redis".to_string()));
         let count = |k: &str| d.iter().filter(|x| conf::canonical(&x.key) == k).count();
+        let last = |k: &str| d.iter().rev().find(|x| x.key == k).map(|x| x.args.clone());
         match &replica {
-            Some((host, port, pw)) => {
+            Some((host, port, pw, tls)) => {
                 prop_assert_eq!(count("replicaof"), 1, "{}", out);
                 prop_assert_eq!(conf::lookup(&d, "replicaof"), Some(format!("{host} {port}")));
-                let got = d.iter().rev().find(|x| x.key == "masterauth").map(|x| x.args.clone());
                 match pw {
-                    Some(pw) => prop_assert_eq!(got, Some(vec![pw.clone()])),
-                    None => prop_assert_eq!(got, None),
+                    Some(pw) => prop_assert_eq!(last("masterauth"), Some(vec![pw.clone()])),
+                    None => prop_assert_eq!(last("masterauth"), None),
                 }
+                prop_assert_eq!(conf::lookup(&d, "tls-replication"), tls.then(|| "yes".to_string()), "{}", out);
             }
             None => {
                 prop_assert_eq!(count("replicaof"), 0, "user content made a master replicate:\n{}", out);
                 prop_assert_eq!(count("masterauth"), 0, "{}", out);
+                prop_assert_eq!(count("tls-replication"), 0, "{}", out);
             }
+        }
+        match &tls {
+            Some((port, cert, key, ca)) => {
+                prop_assert_eq!(last("tls-cert-file"), Some(vec![cert.clone()]), "{}", out);
+                prop_assert_eq!(last("tls-key-file"), Some(vec![key.clone()]));
+                prop_assert_eq!(last("tls-ca-cert-file"), Some(vec![ca.clone()]));
+                prop_assert_eq!(conf::lookup(&d, "tls-port"), (*port != 0).then(|| port.to_string()));
+            }
+            None => prop_assert_eq!(count("tls-port"), 0, "user content opened a TLS port:\n{}", out),
         }
         Ok(())
     });
