@@ -195,24 +195,34 @@ impl Taskmanager {
         new_master: &str,
         context: &Value,
     ) -> Result<Vec<Result<(), Error>>, Error> {
-        let this = &*self;
-        let results = futures_util::future::join_all(movers.iter().map(|r| {
+        let results = self.repoint_calls(movers, old_master, context).await;
+        self.record_repoint(movers, new_master, &results)?;
+        Ok(results)
+    }
+
+    /// The calls of `repoint`, without touching the inventory.
+    pub async fn repoint_calls(&self, movers: &[String], old_master: Option<&str>, context: &Value) -> Vec<Result<(), Error>> {
+        futures_util::future::join_all(movers.iter().map(|r| {
             let is_old = Some(r.as_str()) == old_master;
             async move {
                 if !is_old {
-                    this.call(r, "detach_replica", json!({"for_failover": true}), HIGH_TIMEOUT).await?;
+                    self.call(r, "detach_replica", json!({"for_failover": true}), HIGH_TIMEOUT).await?;
                 }
                 let args = json!({"replica_info": context, "slave_config": REPLICA_CONFIG, "restart": !is_old});
-                this.call(r, "attach_replica", args, HIGH_TIMEOUT).await.map(|_| ())
+                self.call(r, "attach_replica", args, HIGH_TIMEOUT).await.map(|_| ())
             }
         }))
-        .await;
-        for (r, res) in movers.iter().zip(&results) {
+        .await
+    }
+
+    /// Records in the inventory each mover whose re-point succeeded.
+    pub fn record_repoint(&mut self, movers: &[String], new_master: &str, results: &[Result<(), Error>]) -> Result<(), Error> {
+        for (r, res) in movers.iter().zip(results) {
             if res.is_ok() {
                 self.inventory.set_replica_of(r, Some(new_master))?;
             }
         }
-        Ok(results)
+        Ok(())
     }
 }
 

@@ -36,6 +36,9 @@ impl Taskmanager {
             )));
         }
         tracing::info!(%candidate, %old, ?others, "promoting");
+        // How replicas will reach the candidate does not change when it becomes master: ask now,
+        // outside the write-blocked window.
+        let context = self.call(candidate, "get_replica_context", json!({}), HIGH_TIMEOUT).await?;
         // 1. Fence the old master, then read its offset (the order matters: the offset is final).
         let fence_at = Instant::now();
         self.call(&old, "make_read_only", json!({"read_only": true}), HIGH_TIMEOUT).await?;
@@ -46,16 +49,22 @@ impl Taskmanager {
         }
         // 3. Promote.
         self.call(candidate, "detach_replica", json!({"for_failover": true}), HIGH_TIMEOUT).await?;
-        self.inventory.set_replica_of(candidate, None)?;
         self.call(candidate, "enable_as_master", json!({"replica_source_config": REPLICA_SOURCE_CONFIG}), HIGH_TIMEOUT).await?;
-        self.call(candidate, "make_read_only", json!({"read_only": false}), HIGH_TIMEOUT).await?;
-        let writes_blocked_ms = fence_at.elapsed().as_millis() as u64;
-        tracing::info!(%candidate, writes_blocked_ms, "new master accepts writes");
-        // 4. Re-point the other replicas and the old master directly, in parallel (partial resync).
-        let context = self.call(candidate, "get_replica_context", json!({}), HIGH_TIMEOUT).await?;
+        // 4. Unfence the candidate (a no-op unless it was fenced) while the other replicas and the
+        // old master are re-pointed directly, in parallel (partial resync). The writers of the old
+        // master wait until its re-point, so nothing else (inventory fsyncs) runs before it.
         let mut movers = others.clone();
         movers.push(old.clone());
-        let mut outcome = self.repoint(&movers, Some(&old), candidate, &context).await?;
+        let unfence = async {
+            let r = self.call(candidate, "make_read_only", json!({"read_only": false}), HIGH_TIMEOUT).await;
+            (r, fence_at.elapsed().as_millis() as u64)
+        };
+        let ((unfenced, writes_blocked_ms), results) = tokio::join!(unfence, self.repoint_calls(&movers, Some(&old), &context));
+        tracing::info!(%candidate, writes_blocked_ms, "new master accepts writes");
+        self.inventory.set_replica_of(candidate, None)?;
+        unfenced?;
+        self.record_repoint(&movers, candidate, &results)?;
+        let mut outcome = results;
         // 5. The old master drops its replica-source settings.
         outcome.push(self.call(&old, "demote_replication_master", json!({}), HIGH_TIMEOUT).await.map(|_| ()));
         collect(outcome)?;

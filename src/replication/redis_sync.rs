@@ -219,23 +219,24 @@ impl RedisSync {
         Ok(())
     }
 
-    /// Polls until the link is up, the sync is over and the replica has the master's offset.
-    async fn wait_synced(&self, admin: &mut Admin, master: &MasterRef, tls: Option<TlsClient>) -> Result<()> {
+    /// Polls until the link is up, the sync is over and the replica has the master's offset,
+    /// read from the master (on `remote`, the connection the attach checked it with) once the link
+    /// is up. Polls every 5 ms for the first second (a partial resync takes ~10 ms), then 100 ms.
+    async fn wait_synced(&self, admin: &mut Admin, master: &MasterRef, remote: &mut Admin) -> Result<()> {
         let timeout = Duration::from_secs(self.settings.sync_timeout);
         let started = Instant::now();
         let mut last_log = Instant::now();
         let mut target: Option<i64> = None;
         loop {
-            let repl = admin.replication().await?;
-            if repl.linked() {
-                if target.is_none() {
-                    let mut m = connect_master(master, &self.settings, tls.clone()).await?;
-                    target = Some(m.replication().await?.master_repl_offset);
-                }
-                if target.is_some_and(|t| repl.applied_offset() >= t) {
-                    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, offset = repl.applied_offset(), "replica linked and caught up");
-                    return Ok(());
-                }
+            let mut repl = admin.replication().await?;
+            if repl.linked() && target.is_none() {
+                target = Some(remote.replication().await?.master_repl_offset);
+                // The master's offset is read after the replica's: look again before sleeping.
+                repl = admin.replication().await?;
+            }
+            if repl.linked() && target.is_some_and(|t| repl.applied_offset() >= t) {
+                tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, offset = repl.applied_offset(), "replica linked and caught up");
+                return Ok(());
             }
             if started.elapsed() > timeout {
                 return Err(Error::Timeout(format!(
@@ -257,7 +258,8 @@ impl RedisSync {
                     "waiting for initial sync"
                 );
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            let pause = if started.elapsed() < Duration::from_secs(1) { 5 } else { 100 };
+            tokio::time::sleep(Duration::from_millis(pause)).await;
         }
     }
 }
@@ -410,8 +412,12 @@ impl ReplicationStrategy for RedisSync {
         let _op = self.op.lock().await;
         let tls = self.check_transport(master)?;
         let held_back = self.cancel_pending_detach();
-        let mut remote = connect_master(master, &self.settings, tls.clone()).await?;
-        let remote_repl = remote.replication().await?;
+        let mut remote = connect_master(master, &self.settings, tls).await?;
+        // One INFO each (server and replication sections) keeps the checks to two round trips.
+        let remote_info = remote.info("default").await?;
+        let remote_repl = remote_info
+            .replication()
+            .ok_or_else(|| Error::Refused(format!("{}:{} sent INFO without a replication section", master.host, master.port)))?;
         if remote_repl.role == Role::Replica {
             return Err(Error::Refused(format!(
                 "{}:{} is itself a replica of {}:{}; a replica of a replica is not allowed",
@@ -422,13 +428,12 @@ impl ReplicationStrategy for RedisSync {
             )));
         }
         let mut admin = self.admin().await?;
-        let own_run_id = admin.info("server").await?.run_id().map(str::to_owned);
-        let remote_run_id = remote.info("server").await?.run_id().map(str::to_owned);
-        if own_run_id.is_some() && own_run_id == remote_run_id {
+        let own_info = admin.info("default").await?;
+        let own_run_id = own_info.run_id();
+        if own_run_id.is_some() && own_run_id == remote_info.run_id() {
             return Err(Error::Refused(format!("{}:{} is this instance itself", master.host, master.port)));
         }
-        drop(remote);
-        let repl = admin.replication().await?;
+        let repl = own_info.replication().ok_or_else(|| Error::Refused("local INFO has no replication section".into()))?;
         let desired = ReplicaOf {
             host: master.host.clone(),
             port: master.port,
@@ -467,7 +472,7 @@ impl ReplicationStrategy for RedisSync {
         }
         // Now a replica: client writes are refused by replica-read-only, so the fence can go.
         self.lift_fence(&mut admin).await?;
-        self.wait_synced(&mut admin, master, tls).await
+        self.wait_synced(&mut admin, master, &mut remote).await
     }
 
     async fn detach(&self, for_failover: bool) -> Result<()> {

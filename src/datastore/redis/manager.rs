@@ -80,11 +80,17 @@ impl RedisManager {
         }
     }
 
-    /// Renders and writes redis.conf and the state file (both 0600, atomic).
+    /// Renders and writes redis.conf and the state file (both 0600, atomic), the two side by
+    /// side so their fsyncs overlap (they sit on the promote's critical path).
     async fn write_locked(&self, state: &State) -> Result<()> {
         std::fs::create_dir_all(&self.settings.data_dir).map_err(|e| Error::io(&self.settings.data_dir, e))?;
-        state::write_private(&self.settings.config_file, state.render(&self.system(), self.major()).as_bytes())?;
-        state.save(&self.state_path)
+        let conf = state.render(&self.system(), self.major());
+        std::thread::scope(|scope| {
+            let conf_write = scope.spawn(|| state::write_private(&self.settings.config_file, conf.as_bytes()));
+            let saved = state.save(&self.state_path);
+            let written = conf_write.join().unwrap_or_else(|_| Err(Error::io(&self.settings.config_file, "writer thread panicked")));
+            written.and(saved)
+        })
     }
 
     pub async fn write_config(&self) -> Result<()> {
