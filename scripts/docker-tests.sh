@@ -45,7 +45,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
 ALL_SCENARIOS=(promote_under_load master_killed_eject master_cut_off broker_restart
-    agent_killed_mid_attach replica_redis_restart replica_net_drop_during_create)
+    agent_killed_mid_attach replica_redis_restart replica_net_drop_during_create tls_promote_and_eject)
 SCENARIO_TIMEOUT=${TROVE_FAULTS_SCENARIO_TIMEOUT:-180}
 BUILD=${TROVE_FAULTS_BUILD:-1}
 KEEP=${TROVE_FAULTS_KEEP:-0}
