@@ -324,11 +324,9 @@ fn validate(s: &Settings) -> Result<(), Error> {
         }
     }
     validate_tls(s)?;
-    for (key, value) in [("replication.default_save", &s.replication.default_save)] {
-        let nums: Vec<_> = value.split_whitespace().collect();
-        if nums.is_empty() || nums.len() % 2 != 0 || nums.iter().any(|n| n.parse::<u64>().is_err()) {
-            return invalid(key, "must be pairs of <seconds> <changes>");
-        }
+    let nums: Vec<_> = s.replication.default_save.split_whitespace().collect();
+    if nums.is_empty() || nums.len() % 2 != 0 || nums.iter().any(|n| n.parse::<u64>().is_err()) {
+        return invalid("replication.default_save", "must be pairs of <seconds> <changes>");
     }
     Ok(())
 }
@@ -404,7 +402,8 @@ mod tests {
     #[test]
     fn bad_input_names_the_key() {
         let dir = tempfile::tempdir().unwrap();
-        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
             ("[rpc]\nbogus = 1\n", &[], "bogus"),
             ("[nosuch]\nx = 1\n", &[], "nosuch"),
             ("", &[("TROVE_GUESTAGENT__REDIS__PORT", "70000")], "port"),

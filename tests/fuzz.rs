@@ -404,7 +404,7 @@ fn info_parser_ignores_unknown_fields() {
         let mut mixed = String::new();
         let mut extra = extra.into_iter().flatten().filter(|l| {
             let key = l.split(':').next().unwrap_or("");
-            !INFO_KEYS.contains(&key) && !(key.starts_with("slave") && key[5..].parse::<u32>().is_ok())
+            !INFO_KEYS.contains(&key) && (!key.starts_with("slave") || key[5..].parse::<u32>().is_err())
         });
         for (k, v) in &lines {
             if let Some(x) = extra.next() {

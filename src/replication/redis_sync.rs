@@ -337,7 +337,7 @@ pub fn default_route_ipv4() -> String {
         for a in addrs {
             if a.interface_name == iface {
                 if let Some(sin) = a.address.as_ref().and_then(|s| s.as_sockaddr_in()) {
-                    return std::net::Ipv4Addr::from(sin.ip()).to_string();
+                    return sin.ip().to_string();
                 }
             }
         }

@@ -166,6 +166,19 @@ pub fn new_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Decodes a reply body (envelope or bare) into its message dict.
+pub fn decode_reply(body: &[u8]) -> Result<Map<String, Value>, String> {
+    let outer: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let inner = match outer.get("oslo.message").and_then(Value::as_str) {
+        Some(s) => serde_json::from_str(s).map_err(|e| e.to_string())?,
+        None => outer,
+    };
+    match inner {
+        Value::Object(m) => Ok(m),
+        _ => Err("reply is not an object".into()),
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -273,18 +286,5 @@ pub(crate) mod tests {
         assert_eq!(req.method, "rpc_ping");
         assert_eq!(req.timeout, None);
         assert_eq!(req.context["user"], "u");
-    }
-}
-
-/// Decodes a reply body (envelope or bare) into its message dict.
-pub fn decode_reply(body: &[u8]) -> Result<Map<String, Value>, String> {
-    let outer: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-    let inner = match outer.get("oslo.message").and_then(Value::as_str) {
-        Some(s) => serde_json::from_str(s).map_err(|e| e.to_string())?,
-        None => outer,
-    };
-    match inner {
-        Value::Object(m) => Ok(m),
-        _ => Err("reply is not an object".into()),
     }
 }

@@ -102,7 +102,8 @@ mod tests {
 
     #[test]
     fn parses_oslo_urls() {
-        let cases: &[(&str, &[(&str, &str, &str, u16, bool)], &str)] = &[
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str, &'a str, u16, bool)], &'a str);
+        let cases: &[Case] = &[
             ("rabbit://guest:guest@127.0.0.1:5672/", &[("guest", "guest", "127.0.0.1", 5672, false)], "/"),
             ("rabbit://u:p%40ss@h1:5673,u2:p2@h2/trove", &[("u", "p@ss", "h1", 5673, false), ("u2", "p2", "h2", 5672, false)], "trove"),
             ("rabbit://u:p@h?ssl=1", &[("u", "p", "h", 5671, true)], "/"),

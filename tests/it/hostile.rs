@@ -30,6 +30,9 @@ use crate::harness::*;
 const MASTER_PW: &str = "m pw \"q\" 'é' #x";
 const REPLICA_KEY: &str = "hostileKey0123456789abcdefghijklm";
 
+/// Replies by `_msg_id`.
+type Replies = Arc<Mutex<HashMap<String, Vec<Map<String, Value>>>>>;
+
 // ---------------------------------------------------------------------------------------------
 // Raw AMQP: publish anything, collect replies by _msg_id
 // ---------------------------------------------------------------------------------------------
@@ -38,7 +41,7 @@ struct Wire {
     _conn: Connection,
     channel: Channel,
     reply_q: String,
-    replies: Arc<Mutex<HashMap<String, Vec<Map<String, Value>>>>>,
+    replies: Replies,
     /// Replies we could not correlate (no `_msg_id`, or not decodable).
     strays: Arc<Mutex<Vec<String>>>,
 }
@@ -57,7 +60,7 @@ impl Wire {
             .basic_consume(&reply_q, "", BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
             .await
             .unwrap();
-        let replies: Arc<Mutex<HashMap<String, Vec<Map<String, Value>>>>> = Arc::default();
+        let replies: Replies = Arc::default();
         let strays: Arc<Mutex<Vec<String>>> = Arc::default();
         let (r, s) = (replies.clone(), strays.clone());
         tokio::spawn(async move {
@@ -319,7 +322,7 @@ fn diff(a: &NodeState, b: &NodeState) -> String {
         }
     }
     for (what, x, y) in [
-        ("run_id", format!("{}", a.run_id), format!("{}", b.run_id)),
+        ("run_id", a.run_id.clone(), b.run_id.clone()),
         ("role", a.role.clone(), b.role.clone()),
         ("master", format!("{:?}", a.master), format!("{:?}", b.master)),
         ("fenced", a.fenced.to_string(), b.fenced.to_string()),
@@ -586,9 +589,9 @@ fn build_cases(cat: &mut Catalogue<'_>, good_master: &Value, other_guest_q: &str
     cat.wrong_types(R, "prepare", prep.clone(), &["snapshot", "master", "requirepass"], "snapshot.master.requirepass", vec![json!(1234), json!([])]);
     cat.wrong_types(R, "prepare", prep.clone(), &["backup_info"], "backup_info", vec![json!("x"), json!(5)]);
     let incompatible = "Instance with replication strategy RedisSyncReplication cannot replicate from instance with replication strategy MysqlGTIDReplication.";
-    for strategy in [json!("MysqlGTIDReplication")] {
+    {
         let mut a = prep.clone();
-        a["snapshot"]["replication_strategy"] = strategy;
+        a["snapshot"]["replication_strategy"] = json!("MysqlGTIDReplication");
         cat.call("prepare: snapshot from another strategy", R, "prepare", a.clone(), fails("IncompatibleReplicationStrategy", &[incompatible]));
         cat.cast("prepare cast: snapshot from another strategy", R, "prepare", a);
     }
