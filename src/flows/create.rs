@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::{collect, Error, Taskmanager, LOW_TIMEOUT, REPLICA_CONFIG, REPLICA_SOURCE_CONFIG, SNAPSHOT_TIMEOUT};
+use super::{collect, Error, Taskmanager, LOW_TIMEOUT, REPLICA_CONFIG, SNAPSHOT_TIMEOUT};
 
 /// How often a long attach checks that the guest still answers, and how many misses fail it.
 const WATCH_EVERY: Duration = Duration::from_secs(5);
@@ -93,7 +93,7 @@ impl Taskmanager {
             "replica_count": targets.len(), "enable_persistence": opts.enable_persistence,
         });
         let mut snapshot = self
-            .call(&master, "get_replication_snapshot", json!({"snapshot_info": snapshot_info, "replica_source_config": REPLICA_SOURCE_CONFIG}), SNAPSHOT_TIMEOUT)
+            .call(&master, "get_replication_snapshot", json!({"snapshot_info": snapshot_info, "replica_source_config": self.inventory.replica_source_config}), SNAPSHOT_TIMEOUT)
             .await?;
         let snapshot_ms = snap_started.elapsed().as_millis() as u64;
         snapshot["config"] = json!(REPLICA_CONFIG);

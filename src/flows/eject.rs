@@ -6,7 +6,7 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::{collect, Error, Live, Taskmanager, HIGH_TIMEOUT, REPLICA_SOURCE_CONFIG};
+use super::{collect, Error, Live, Taskmanager, HIGH_TIMEOUT};
 
 /// One replica's evidence for the choice.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -97,7 +97,7 @@ impl Taskmanager {
         let new = chosen.id.clone();
         self.call(&new, "detach_replica", json!({"for_failover": true}), HIGH_TIMEOUT).await?;
         self.inventory.set_replica_of(&new, None)?;
-        self.call(&new, "enable_as_master", json!({"replica_source_config": REPLICA_SOURCE_CONFIG}), HIGH_TIMEOUT).await?;
+        self.call(&new, "enable_as_master", json!({"replica_source_config": self.inventory.replica_source_config}), HIGH_TIMEOUT).await?;
         self.call(&new, "make_read_only", json!({"read_only": false}), HIGH_TIMEOUT).await?;
         let context = self.call(&new, "get_replica_context", json!({}), HIGH_TIMEOUT).await?;
         let others: Vec<String> = evidence.iter().map(|c| c.id.clone()).filter(|id| *id != new).collect();

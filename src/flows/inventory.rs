@@ -42,6 +42,10 @@ pub struct Inventory {
     pub transport_url: String,
     #[serde(default = "default_exchange")]
     pub control_exchange: String,
+    /// What a new replica source is given (Trove's rendered replica-source template): the
+    /// diskless-sync settings. Empty: each agent's own `[replication] diskless_sync` applies.
+    #[serde(default = "default_source_config", skip_serializing_if = "is_default_source_config")]
+    pub replica_source_config: String,
     #[serde(default, rename = "guest")]
     pub guests: Vec<GuestEntry>,
     #[serde(skip)]
@@ -50,6 +54,14 @@ pub struct Inventory {
 
 fn default_exchange() -> String {
     "trove".into()
+}
+
+fn default_source_config() -> String {
+    super::REPLICA_SOURCE_CONFIG.into()
+}
+
+fn is_default_source_config(s: &str) -> bool {
+    s == super::REPLICA_SOURCE_CONFIG
 }
 
 impl Inventory {
@@ -79,6 +91,22 @@ impl Inventory {
             }
         }
         crate::rpc::transport::parse_transport_url(&self.transport_url).map_err(|e| e.to_string())?;
+        let directives = crate::datastore::redis::conf::parse(&self.replica_source_config)
+            .map_err(|e| format!("replica_source_config: {e}"))?;
+        for d in directives {
+            let known = matches!(d.key.as_str(), "repl-diskless-sync" | "repl-diskless-sync-delay");
+            let value = d.args.first().map(String::as_str).unwrap_or("");
+            let valid = match d.key.as_str() {
+                "repl-diskless-sync" => d.args.len() == 1 && matches!(value, "yes" | "no"),
+                _ => d.args.len() == 1 && value.parse::<u32>().is_ok(),
+            };
+            if !known || !valid {
+                return Err(format!(
+                    "replica_source_config: '{}' is not 'repl-diskless-sync yes|no' or 'repl-diskless-sync-delay <seconds>'",
+                    d.key
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -123,12 +151,21 @@ mod tests {
         let again = Inventory::load(&p).unwrap();
         assert!(again.replicas_of("a").is_empty());
         assert_eq!(again.guest("b").unwrap().key.as_deref(), Some("k"));
+        assert_eq!(again.replica_source_config, crate::flows::REPLICA_SOURCE_CONFIG);
+        assert!(!std::fs::read_to_string(&p).unwrap().contains("replica_source_config"), "the default is not written out");
+        std::fs::write(&p, "transport_url = \"rabbit://h/\"\nreplica_source_config = \"repl-diskless-sync no\\n\"\n[[guest]]\nid = \"a\"\n").unwrap();
+        let mut inv = Inventory::load(&p).unwrap();
+        inv.set_replica_of("a", None).unwrap();
+        assert_eq!(Inventory::load(&p).unwrap().replica_source_config, "repl-diskless-sync no\n");
         for bad in [
             "transport_url = \"rabbit://h/\"\n[[guest]]\nid = \"a\"\n[[guest]]\nid = \"a\"\n",
             "transport_url = \"rabbit://h/\"\n[[guest]]\nid = \"a\"\nreplica_of = \"zz\"\n",
             "transport_url = \"rabbit://h/\"\n[[guest]]\nid = \"a b\"\n",
             "transport_url = \"rabbit://h/\"\nbogus = 1\n",
             "transport_url = \"ftp://h/\"\n",
+            "transport_url = \"rabbit://h/\"\nreplica_source_config = \"maxmemory 1\"\n",
+            "transport_url = \"rabbit://h/\"\nreplica_source_config = \"repl-diskless-sync maybe\"\n",
+            "transport_url = \"rabbit://h/\"\nreplica_source_config = \"repl-diskless-sync-delay -1\"\n",
         ] {
             std::fs::write(&p, bad).unwrap();
             assert!(Inventory::load(&p).is_err(), "{bad}");

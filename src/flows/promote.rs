@@ -5,7 +5,7 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::json;
 
-use super::{collect, Error, Taskmanager, HIGH_TIMEOUT, REPLICA_SOURCE_CONFIG};
+use super::{collect, Error, Taskmanager, HIGH_TIMEOUT};
 
 #[derive(Debug, Serialize)]
 pub struct PromoteReport {
@@ -49,7 +49,7 @@ impl Taskmanager {
         }
         // 3. Promote.
         self.call(candidate, "detach_replica", json!({"for_failover": true}), HIGH_TIMEOUT).await?;
-        self.call(candidate, "enable_as_master", json!({"replica_source_config": REPLICA_SOURCE_CONFIG}), HIGH_TIMEOUT).await?;
+        self.call(candidate, "enable_as_master", json!({"replica_source_config": self.inventory.replica_source_config}), HIGH_TIMEOUT).await?;
         // 4. Unfence the candidate (a no-op unless it was fenced) while the other replicas and the
         // old master are re-pointed directly, in parallel (partial resync). The writers of the old
         // master wait until its re-point, so nothing else (inventory fsyncs) runs before it.

@@ -232,3 +232,35 @@ async fn interrupted_create_converges_when_rerun() {
     assert_eq!(full_after - full_before, 1, "only the missing replica may sync; the linked one must not resync");
     let _ = json!({});
 }
+
+/// The replica-source settings come from the inventory (Trove's rendered template); an empty one
+/// leaves diskless sync to each agent's `[replication] diskless_sync`.
+#[tokio::test]
+async fn replica_source_config_comes_from_the_inventory() {
+    let c = client().await;
+    let diskless = |g: &Guest| {
+        let port = g.port;
+        async move {
+            let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+            let mut con = client.get_multiplexed_async_connection().await.unwrap();
+            let v: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("repl-diskless-sync").query_async(&mut con).await.unwrap();
+            v[1].clone()
+        }
+    };
+    // 1. The inventory says disk-based sync; the agent's own setting (diskless) loses.
+    let g1 = vec![spawn_guest(&c, None, &[]).await, spawn_guest(&c, None, &[]).await];
+    // 2. The inventory says nothing; this master's agent is set to disk-based sync.
+    let g2 = vec![spawn_guest(&c, None, &[("TROVE_GUESTAGENT__REPLICATION__DISKLESS_SYNC", "false")]).await, spawn_guest(&c, None, &[]).await];
+    for g in g1.iter().chain(&g2) {
+        prepare(&c, g, None, None).await;
+    }
+    for (guests, setting) in [(&g1, "replica_source_config = \"repl-diskless-sync no\\n\"\n"), (&g2, "replica_source_config = \"\"\n")] {
+        assert_eq!(diskless(&guests[0]).await, "yes", "Redis 7's default, before the create");
+        let (mut tm, _dir) = taskmanager_with(guests, setting).await;
+        tm.create_replicas(create(&guests[0], &[&guests[1]])).await.unwrap();
+        assert_eq!(diskless(&guests[0]).await, "no", "with inventory setting {setting:?}");
+        let conf = std::fs::read_to_string(guests[0].config_file()).unwrap();
+        assert!(conf.contains("\nrepl-diskless-sync no\n"), "not persisted:\n{conf}");
+        assert!(linked_replica_of(guests[1].port, guests[0].port).await);
+    }
+}

@@ -267,9 +267,14 @@ pub async fn linked_replica_of(port: u16, master_port: u16) -> bool {
 
 /// A taskmanager whose inventory names `guests` (unencrypted), kept in the returned temp dir.
 pub async fn taskmanager(guests: &[Guest]) -> (trove_guest::flows::Taskmanager, tempfile::TempDir) {
+    taskmanager_with(guests, "").await
+}
+
+/// As `taskmanager`, with `settings` (top-level inventory keys, TOML) added.
+pub async fn taskmanager_with(guests: &[Guest], settings: &str) -> (trove_guest::flows::Taskmanager, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("inventory.toml");
-    let mut text = format!("transport_url = \"{}\"\ncontrol_exchange = \"{EXCHANGE}\"\n", amqp_url());
+    let mut text = format!("transport_url = \"{}\"\ncontrol_exchange = \"{EXCHANGE}\"\n{settings}", amqp_url());
     for g in guests {
         text.push_str(&format!("\n[[guest]]\nid = \"{}\"\n", g.id));
     }
