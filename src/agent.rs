@@ -87,6 +87,7 @@ pub async fn run(settings: Settings, cancel: CancellationToken, hooks: Hooks) ->
     if let Err(error) = heartbeat.send(last).await {
         tracing::warn!(%error, "last heartbeat not sent");
     }
+    heartbeat.publisher.close().await;
     tracing::info!(status = last.description(), "agent stopped");
     Ok(())
 }

@@ -89,6 +89,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     let inventory = Inventory::load(&path)?;
     let mut tm = Taskmanager::connect(inventory).await.context("cannot reach RabbitMQ")?;
+    let outcome = command(cli, &mut tm).await;
+    // Close the AMQP connection while the runtime still runs lapin's I/O.
+    tm.close().await;
+    outcome
+}
+
+/// Runs one command against the connected taskmanager.
+async fn command(cli: Cli, tm: &mut Taskmanager) -> anyhow::Result<ExitCode> {
     if !matches!(cli.command, Command::Call { .. }) {
         // One quick probe of every guest, reused by the flow (a dead guest costs DEAD_MASTER_TIMEOUT once).
         let live = tm.live_all_within(flows::DEAD_MASTER_TIMEOUT).await;

@@ -85,6 +85,11 @@ impl Taskmanager {
         Ok(Taskmanager { client, inventory, recent: Vec::new() })
     }
 
+    /// Closes the RPC connection.
+    pub async fn close(&self) {
+        self.client.close().await
+    }
+
     fn cipher(&self, guest: &str) -> Option<Cipher> {
         let key = self.inventory.guest(guest)?.key.clone()?;
         Some(Cipher::new(&secrecy::SecretString::from(key)))

@@ -22,7 +22,7 @@ type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Value>>>>;
 
 /// One connection, one reply queue, any number of concurrent calls.
 pub struct RpcClient {
-    _conn: Connection,
+    conn: Connection,
     channel: Channel,
     exchange: String,
     reply_q: String,
@@ -55,7 +55,7 @@ impl RpcClient {
                 }
             }
         });
-        Ok(RpcClient { _conn: conn, channel, exchange: opts.control_exchange.clone(), reply_q, pending })
+        Ok(RpcClient { conn, channel, exchange: opts.control_exchange.clone(), reply_q, pending })
     }
 
     /// Calls `method` on `topic` and waits up to `timeout` for its one reply.
@@ -104,6 +104,13 @@ impl RpcClient {
     }
 
     /// Sends `method` to `topic` without waiting.
+    /// Closes the connection (before the runtime stops, so lapin's I/O loop ends cleanly).
+    pub async fn close(&self) {
+        if let Err(error) = self.conn.close(200, "client closing").await {
+            tracing::debug!(%error, "closing the AMQP connection");
+        }
+    }
+
     pub async fn cast(&self, topic: &str, method: &str, args: Map<String, Value>, version: &str, cipher: Option<&Cipher>) -> Result<(), Error> {
         let (args, context) = seal(args, cipher);
         let body = envelope::request(method, args, version, &context, None);

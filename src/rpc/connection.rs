@@ -65,12 +65,12 @@ pub async fn connect(opts: &AmqpOptions) -> Result<Connection, Error> {
         uri.query.heartbeat = Some(opts.heartbeat);
         uri.query.frame_max = Some(FRAME_MAX);
         let host = format!("{}:{}", uri.authority.host, uri.authority.port);
-        // lapin runs its tasks and timers on our tokio runtime, not on an executor and reactor
-        // of its own (four more threads and their memory).
+        // lapin runs its tasks on our tokio runtime rather than on an executor of its own. Its
+        // reactor stays its own: the I/O loop thread outlives the runtime at exit, and on the
+        // tokio reactor it would then fail loudly.
         let props = ConnectionProperties::default()
             .with_connection_name(opts.connection_name.clone().into())
-            .with_executor(tokio_executor_trait::Tokio::current())
-            .with_reactor(tokio_reactor_trait::Tokio);
+            .with_executor(tokio_executor_trait::Tokio::current());
         let tls = tls_config(opts)?;
         let attempt = tokio::time::timeout(
             Duration::from_secs(10),

@@ -2,8 +2,10 @@
 
 use std::time::Duration;
 
-use lapin::{options::BasicPublishOptions, BasicProperties, Channel};
-use tokio::sync::watch;
+use std::sync::Arc;
+
+use lapin::{options::BasicPublishOptions, BasicProperties, Channel, Connection};
+use tokio::sync::{watch, Mutex};
 
 use super::Error;
 
@@ -11,21 +13,29 @@ use super::Error;
 #[derive(Clone)]
 pub struct Publisher {
     channel: watch::Receiver<Option<Channel>>,
+    conn: Arc<Mutex<Option<Connection>>>,
 }
 
-/// The server side that installs a fresh channel after each reconnect.
+/// The server side that installs a fresh channel (and its connection) after each reconnect.
 pub struct PublisherHandle {
     channel: watch::Sender<Option<Channel>>,
+    conn: Arc<Mutex<Option<Connection>>>,
 }
 
 pub fn publisher() -> (PublisherHandle, Publisher) {
     let (tx, rx) = watch::channel(None);
-    (PublisherHandle { channel: tx }, Publisher { channel: rx })
+    let conn = Arc::new(Mutex::new(None));
+    (PublisherHandle { channel: tx, conn: conn.clone() }, Publisher { channel: rx, conn })
 }
 
 impl PublisherHandle {
     pub fn set(&self, channel: Option<Channel>) {
         self.channel.send_replace(channel);
+    }
+
+    /// Keeps the connection the channel lives on, until `Publisher::close` (replacing a lost one).
+    pub async fn set_connection(&self, conn: Connection) {
+        *self.conn.lock().await = Some(conn);
     }
 }
 
@@ -44,6 +54,15 @@ pub fn properties(expiration_ms: Option<u64>) -> BasicProperties {
 }
 
 impl Publisher {
+    /// Closes the connection, last thing at shutdown, while the runtime still drives lapin's I/O.
+    pub async fn close(&self) {
+        if let Some(conn) = self.conn.lock().await.take() {
+            if let Err(error) = conn.close(200, "agent stopping").await {
+                tracing::debug!(%error, "closing the AMQP connection");
+            }
+        }
+    }
+
     /// Publishes `body`, waiting up to `patience` for a connection if there is none.
     pub async fn publish(&self, exchange: &str, routing_key: &str, body: &[u8], patience: Duration) -> Result<(), Error> {
         let deadline = tokio::time::Instant::now() + patience;

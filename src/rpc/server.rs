@@ -95,10 +95,12 @@ impl RpcServer {
             }
         };
         self.publisher_handle.set(Some(publish_channel));
+        self.publisher_handle.set_connection(conn).await;
         tracing::info!(?queues, "consuming");
         if let Some(tx) = &self.on_consuming {
             let _ = tx.send(());
         }
+        let tags: Vec<String> = consumers.iter().map(|c| c.tag().to_string()).collect();
         let mut stream = futures_util::stream::select_all(consumers);
         let ended = loop {
             tokio::select! {
@@ -121,6 +123,9 @@ impl RpcServer {
         };
         if matches!(ended, Ended::Cancelled) {
             // Stop taking new work; replies of in-flight calls still go out on the publish channel.
+            for tag in &tags {
+                let _ = consume_channel.basic_cancel(tag, Default::default()).await;
+            }
             let _ = consume_channel.close(200, "shutting down").await;
         }
         ended
