@@ -610,6 +610,15 @@ def create(env, res, master, replicas, timeout=120):
     return c
 
 
+def promote(env, g, note=""):
+    """promote-to-replica-source g; returns the command and its JSON report, and says how it went."""
+    c = env.ctl("promote-to-replica-source", env.gid(g))
+    rep = c.json() or {}
+    say(f"promote-to-replica-source {g}{note}: rc={c.rc} in {c.ms} ms, writes_blocked_ms={rep.get('writes_blocked_ms')}, "
+        f"total_ms={rep.get('total_ms')}")
+    return c, rep
+
+
 def verify_writes(env, res, pairs, nodes, secs=15, label="acknowledged writes"):
     """Waits until every pair is on every node; sets res.acked/res.lost; returns the missing map."""
     missing = {}
@@ -666,10 +675,7 @@ def s_promote_under_load(env, res):
     w = Writer([env.ip(g) for g in GUESTS], "s1")
     w.start()
     time.sleep(1.5)
-    c = env.ctl("promote-to-replica-source", env.gid("guest2"))
-    rep = c.json() or {}
-    say(f"promote-to-replica-source guest2: rc={c.rc} in {c.ms} ms, writes_blocked_ms={rep.get('writes_blocked_ms')}, "
-        f"total_ms={rep.get('total_ms')}")
+    c, rep = promote(env, "guest2")
     time.sleep(1.5)
     w.stop()
     say(w.summary())
@@ -836,9 +842,7 @@ def s_broker_restart(env, res):
             back[g] = time.monotonic() - t
     say("agents answering rpc_ping, seconds after the restart began: " + ", ".join(f"{g}={s:.1f}" for g, s in back.items()))
     res.check(len(back) == len(GUESTS), f"agents that never reconnected: {[g for g in GUESTS if g not in back]}")
-    c = env.ctl("promote-to-replica-source", env.gid("guest2"))
-    rep = c.json() or {}
-    say(f"promote-to-replica-source guest2 after the restart: rc={c.rc} in {c.ms} ms, writes_blocked_ms={rep.get('writes_blocked_ms')}")
+    c, rep = promote(env, "guest2", " after the restart")
     time.sleep(1.0)
     w.stop()
     say(w.summary())
@@ -1089,9 +1093,7 @@ def s_tls_promote_and_eject(env, res):
     w = Writer([env.ip(g) for g in GUESTS], "s8a")
     w.start()
     time.sleep(1.0)
-    c = env.ctl("promote-to-replica-source", env.gid("guest2"))
-    rep = c.json() or {}
-    say(f"promote-to-replica-source guest2: rc={c.rc} in {c.ms} ms, writes_blocked_ms={rep.get('writes_blocked_ms')}")
+    c, rep = promote(env, "guest2")
     time.sleep(1.0)
     w.stop()
     say(w.summary())

@@ -50,6 +50,7 @@ impl TlsClient {
         };
         let info = redis::ConnectionInfo { addr: redis::ConnectionAddr::TcpTls { host: host.to_owned(), port, insecure: false, tls_params: None }, redis };
         let bad = |e: redis::RedisError| Error::Unreachable { what: addr.clone(), reason: format!("TLS settings: {e}") };
+        // build_with_tls resets the host-name flag, so it is set on the built client's address.
         let client = redis::Client::build_with_tls(info, certs).map_err(bad)?;
         let mut info = client.get_connection_info().clone();
         info.addr.set_danger_accept_invalid_hostnames(!self.verify_hostname);

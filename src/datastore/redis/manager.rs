@@ -83,7 +83,7 @@ impl RedisManager {
     /// Renders and writes redis.conf and the state file (both 0600, atomic), the two side by
     /// side so their fsyncs overlap (they sit on the promote's critical path).
     async fn write_locked(&self, state: &State) -> Result<()> {
-        std::fs::create_dir_all(&self.settings.data_dir).map_err(|e| Error::io(&self.settings.data_dir, e))?;
+        self.ensure_data_dir()?;
         let conf = state.render(&self.system(), self.major());
         std::thread::scope(|scope| {
             let conf_write = scope.spawn(|| state::write_private(&self.settings.config_file, conf.as_bytes()));
@@ -121,9 +121,14 @@ impl RedisManager {
         Ok(out)
     }
 
+    fn ensure_data_dir(&self) -> Result<()> {
+        std::fs::create_dir_all(&self.settings.data_dir).map_err(|e| Error::io(&self.settings.data_dir, e))
+    }
+
     /// Runs redis-server's own parser over the configuration `state` renders.
     async fn check(&self, state: &State) -> Result<()> {
-        std::fs::create_dir_all(&self.settings.data_dir).map_err(|e| Error::io(&self.settings.data_dir, e))?;
+        // The rendered `dir` must exist: Redis changes into it while it parses.
+        self.ensure_data_dir()?;
         let text = state.render(&self.system(), self.major());
         service::check_config(&self.settings.binary, &text)
             .await
