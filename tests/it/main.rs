@@ -5,6 +5,7 @@ mod harness;
 mod hostile;
 mod redis_sync;
 mod redis_tls;
+mod restart;
 mod rpc_roundtrip;
 mod secrets;
 mod tls;

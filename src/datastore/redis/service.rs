@@ -26,6 +26,9 @@ pub struct Supervisor {
     port: u16,
     wanted: AtomicBool,
     child: Mutex<Option<Child>>,
+    /// Whether the current child has been seen serving, and where its output starts in the log.
+    served: AtomicBool,
+    log_start: std::sync::atomic::AtomicU64,
 }
 
 /// Why redis-server refused a configuration: the directive (never its value) and Redis's reason.
@@ -97,6 +100,8 @@ impl Service {
                 port: settings.port,
                 wanted: AtomicBool::new(false),
                 child: Mutex::new(None),
+                served: AtomicBool::new(false),
+                log_start: std::sync::atomic::AtomicU64::new(0),
             })),
         }
     }
@@ -171,9 +176,13 @@ impl Supervisor {
                     }
                 };
                 let running = this.child.lock().await.is_some() || port_open(this.port).await;
+                if running && exited.is_none() && !this.served.load(Ordering::SeqCst) && port_open(this.port).await {
+                    this.served.store(true, Ordering::SeqCst);
+                }
                 if let Some(status) = &exited {
-                    // A server that dies right after starting will die again: back off, up to 30 s.
-                    if started_at.elapsed() < Duration::from_secs(10) {
+                    // A server that dies before it ever served will die again: back off, up to 30 s.
+                    // One that was serving (killed, OOM) is restarted at once.
+                    if started_at.elapsed() < Duration::from_secs(10) && !this.has_served() {
                         backoff = (backoff * 2).min(Duration::from_secs(30));
                     } else {
                         backoff = Duration::from_millis(500);
@@ -195,7 +204,23 @@ impl Supervisor {
         });
     }
 
+    /// Whether the last child accepted connections: seen by the watch loop, or said in its log.
+    fn has_served(&self) -> bool {
+        use std::io::{Read, Seek, SeekFrom};
+        if self.served.load(Ordering::SeqCst) {
+            return true;
+        }
+        let Ok(mut f) = std::fs::File::open(&self.log_file) else { return false };
+        let mut text = Vec::new();
+        if f.seek(SeekFrom::Start(self.log_start.load(Ordering::SeqCst))).is_err() || f.take(1 << 20).read_to_end(&mut text).is_err() {
+            return false;
+        }
+        String::from_utf8_lossy(&text).contains("Ready to accept connections")
+    }
+
     async fn spawn_child(&self) -> Result<()> {
+        self.served.store(false, Ordering::SeqCst);
+        self.log_start.store(std::fs::metadata(&self.log_file).map(|m| m.len()).unwrap_or(0), Ordering::SeqCst);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
