@@ -51,6 +51,8 @@ pub struct Live {
     pub id: String,
     pub status: Option<Value>,
     pub error: Option<String>,
+    /// The guest said it has never been prepared (not merely that it could not answer).
+    pub unprepared: bool,
 }
 
 impl Live {
@@ -125,9 +127,14 @@ impl Taskmanager {
     }
 
     pub async fn live_within(&self, guest: &str, timeout: Duration) -> Live {
-        match self.call(guest, "get_replication_status", json!({}), timeout).await {
-            Ok(status) => Live { id: guest.into(), status: Some(status), error: None },
-            Err(e) => Live { id: guest.into(), status: None, error: Some(e.to_string()) },
+        let topic = format!("guestagent.{guest}");
+        match self.client.call(&topic, "get_replication_status", Map::new(), "1.0", timeout, self.cipher(guest).as_ref()).await {
+            Ok(status) => Live { id: guest.into(), status: Some(status), error: None, unprepared: false },
+            Err(e) => {
+                let unprepared = matches!(&e, crate::rpc::Error::Remote { failure, .. } if failure.is_not_prepared());
+                let error = Error::Guest { guest: guest.into(), method: "get_replication_status".into(), reason: describe(&e) };
+                Live { id: guest.into(), status: None, error: Some(error.to_string()), unprepared }
+            }
         }
     }
 

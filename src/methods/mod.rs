@@ -193,7 +193,12 @@ impl Guest {
                 a.required("replica_info")?;
                 Ok(Value::Null)
             }
-            "get_replication_status" => strategy.status().await.map_err(|e| to_failure(a, e)),
+            "get_replication_status" => {
+                if !self.manager.prepared().await {
+                    return Err(RemoteFailure::not_prepared());
+                }
+                strategy.status().await.map_err(|e| to_failure(a, e))
+            }
             m if NOT_SUPPORTED.contains(&m) => Err(not_supported(m)),
             m => Err(RemoteFailure::no_such_method(m)),
         }

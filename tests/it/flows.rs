@@ -264,3 +264,31 @@ async fn replica_source_config_comes_from_the_inventory() {
         assert!(linked_replica_of(guests[1].port, guests[0].port).await);
     }
 }
+
+/// A prepared guest whose Redis does not answer is never re-prepared: create-replicas fails for
+/// it, naming it, and its configuration and overrides are untouched.
+#[tokio::test]
+async fn create_never_reprepares_a_guest_that_cannot_answer() {
+    let c = client().await;
+    let (g, mut tm, _dir) = topology(2, &[]).await;
+    call(&c, &g[1], "update_overrides", json!({"overrides": {"maxmemory-policy": "allkeys-lru"}, "remove": false})).await;
+    call(&c, &g[1], "stop_db", json!({})).await;
+    let conf_before = std::fs::read_to_string(g[1].config_file()).unwrap();
+    let state_before = std::fs::read_to_string(g[1].dir.path().join("redis.conf.agent.json")).unwrap();
+    let prepares = g[1].log().matches("method=prepare").count();
+    match tm.create_replicas(create(&g[0], &[&g[1]])).await {
+        Err(Error::Partial(errors)) => {
+            assert_eq!(errors.len(), 1);
+            let e = errors[0].to_string();
+            assert!(e.contains(&g[1].id) && e.contains("cannot tell whether the guest is prepared"), "{e}");
+        }
+        other => panic!("expected a refusal for the silent guest, got {other:?}"),
+    }
+    assert_eq!(std::fs::read_to_string(g[1].config_file()).unwrap(), conf_before, "redis.conf changed");
+    assert_eq!(std::fs::read_to_string(g[1].dir.path().join("redis.conf.agent.json")).unwrap(), state_before, "state changed");
+    assert_eq!(g[1].log().matches("method=prepare").count(), prepares, "prepare was sent to a prepared guest");
+    call(&c, &g[1], "restart", json!({})).await;
+    tm.create_replicas(create(&g[0], &[&g[1]])).await.unwrap();
+    let conf = std::fs::read_to_string(g[1].config_file()).unwrap();
+    assert!(conf.contains("maxmemory-policy"), "the override was dropped:\n{conf}");
+}

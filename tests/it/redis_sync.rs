@@ -302,7 +302,13 @@ async fn config_changes_keep_replication() {
     let (master, replica, _) = pair(&c, None).await;
     let new_base = replica.config_contents(None).replace("save 3600 1", "save 60 100");
     call(&c, &replica, "reset_configuration", json!({"configuration": {"config_contents": new_base}})).await;
-    call(&c, &replica, "update_overrides", json!({"overrides": {"slaveof": "6.6.6.6 1", "masterauth": "x", "maxmemory-policy": "allkeys-lru"}, "remove": false})).await;
+    // Replication keys in stored overrides are refused, and nothing of the call is stored.
+    let state_before = std::fs::read_to_string(replica.dir.path().join("redis.conf.agent.json")).ok();
+    let f = call_err(&c, &replica, "update_overrides", json!({"overrides": {"slaveof": "6.6.6.6 1", "masterauth": "x", "maxmemory-policy": "allkeys-lru"}, "remove": false})).await;
+    assert!(f.message.contains("managed by the replication strategy"), "{}", f.message);
+    let state_after = std::fs::read_to_string(replica.dir.path().join("redis.conf.agent.json")).ok();
+    assert_eq!(state_before, state_after, "a refused update_overrides changed the state file");
+    call(&c, &replica, "update_overrides", json!({"overrides": {"maxmemory-policy": "allkeys-lru"}, "remove": false})).await;
     let f = call_err(&c, &replica, "apply_overrides", json!({"overrides": {"slaveof": "6.6.6.6 1"}})).await;
     assert!(f.message.contains("managed by the replication strategy"), "{}", f.message);
     call(&c, &replica, "apply_overrides", json!({"overrides": {"maxmemory-policy": "allkeys-lru"}})).await;

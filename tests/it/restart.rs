@@ -12,7 +12,7 @@ async fn crash_redis(g: &Guest, master_port: Option<u16>) {
     let pid = g.redis_pid().expect("redis pid");
     std::process::Command::new("kill").arg("-9").arg(pid.to_string()).status().unwrap();
     eventually(30, "redis-server restarted by the agent", || async {
-        if g.redis_pid().is_none_or(|p| p == pid) {
+        if !matches!(g.redis_pid(), Some(p) if p != pid) {
             return false;
         }
         match master_port {

@@ -287,17 +287,18 @@ impl RedisManager {
         self.update_checked(|s| s.base = Some(contents)).await
     }
 
+    /// Stores the user's overrides (rendered at the next restart); replication-controlled and
+    /// listener keys are refused and nothing is stored.
     pub async fn update_overrides(&self, overrides: Map<String, Value>, remove: bool) -> Result<()> {
+        if !remove {
+            refuse_protected(&overrides)?;
+        }
         self.update_checked(|s| s.user = if remove { Default::default() } else { overrides.into_iter().collect() }).await
     }
 
     /// Runtime `CONFIG SET` of each override; replication-controlled keys are refused.
     pub async fn apply_overrides(&self, overrides: &Map<String, Value>) -> Result<()> {
-        for key in overrides.keys() {
-            if state::PROTECTED.contains(&super::conf::canonical(key).as_str()) {
-                return Err(Error::Refused(format!("'{key}' is managed by the replication strategy and cannot be overridden")));
-            }
-        }
+        refuse_protected(overrides)?;
         // All or nothing: Redis checks the whole set first, then each is applied.
         let mut next = self.snapshot_state().await;
         next.user.extend(overrides.clone());
@@ -362,4 +363,30 @@ fn redis_major(binary: &str) -> Option<u32> {
     let text = String::from_utf8_lossy(&out.stdout);
     let v = text.split_whitespace().find_map(|w| w.strip_prefix("v="))?;
     v.split('.').next()?.parse().ok()
+}
+
+/// Refuses overrides of keys the agent controls (replication, listeners), naming the first.
+fn refuse_protected(overrides: &Map<String, Value>) -> Result<()> {
+    match overrides.keys().find(|k| state::PROTECTED.contains(&super::conf::canonical(k).as_str())) {
+        Some(key) => Err(Error::Refused(format!("'{key}' is managed by the replication strategy and cannot be overridden"))),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protected_overrides_are_refused_in_any_spelling() {
+        for key in ["slaveof", "replicaof", "SLAVEOF", "masterauth", "slave-read-only", "port", "tls-port"] {
+            let mut o = Map::new();
+            o.insert(key.into(), json!("1.2.3.4 1"));
+            let err = refuse_protected(&o).unwrap_err().to_string();
+            assert!(err.contains(key) && !err.contains("1.2.3.4"), "{err}");
+        }
+        let mut o = Map::new();
+        o.insert("maxmemory".into(), json!("10mb"));
+        assert!(refuse_protected(&o).is_ok());
+    }
 }
