@@ -197,6 +197,9 @@ impl Guest {
                 if !self.manager.prepared().await {
                     return Err(RemoteFailure::not_prepared());
                 }
+                if let Some(why) = self.manager.foreign() {
+                    return Err(RemoteFailure::guest_error(&why));
+                }
                 strategy.status().await.map_err(|e| to_failure(a, e))
             }
             m if NOT_SUPPORTED.contains(&m) => Err(not_supported(m)),

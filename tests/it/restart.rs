@@ -70,3 +70,55 @@ async fn first_call_after_a_redis_restart_works() {
     assert_eq!(status["role"], "master");
     assert!(!replica.log().contains(PW) && !master.log().contains(PW), "password in a log");
 }
+
+/// A redis-server from another config and dir on the guest's port is not adopted after an agent
+/// restart: the agent refuses to drive it, says why, and leaves it running.
+#[tokio::test]
+async fn a_stray_server_on_the_port_is_not_adopted() {
+    let c = client().await;
+    let mut g = spawn_guest(&c, None, &[]).await;
+    prepare(&c, &g, None, None).await;
+    g.kill_agent();
+    let pid = g.redis_pid().unwrap();
+    std::process::Command::new("kill").arg("-9").arg(pid.to_string()).status().unwrap();
+    eventually(10, "the guest's redis-server gone", || async { !port_answers(g.port).await }).await;
+    let other = tempfile::tempdir().unwrap();
+    let mut stray = KillOnDrop(std::process::Command::new("redis-server")
+        .args(["--port", &g.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--dir"])
+        .arg(other.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap());
+    eventually(10, "the stray redis-server answers", || async { port_answers(g.port).await }).await;
+
+    g.start_agent();
+    wait_ping(&c, &g).await;
+    let f = call_err(&c, &g, "get_replication_status", json!({})).await;
+    assert!(f.message.contains("did not start") && f.message.contains(&other.path().display().to_string()), "{}", f.message);
+    let f = call_err(&c, &g, "restart", json!({})).await;
+    assert!(f.message.contains("did not start"), "{}", f.message);
+    assert!(matches!(stray.0.try_wait(), Ok(None)), "the agent stopped a server it does not own");
+    assert!(g.log().contains("not starting redis"), "{}", g.log());
+
+    // Once it is gone, restart starts the guest's own server again.
+    drop(stray);
+    call(&c, &g, "restart", json!({})).await;
+    let status = call(&c, &g, "get_replication_status", json!({})).await;
+    assert_eq!(status["role"], "master");
+}
+
+async fn port_answers(port: u16) -> bool {
+    let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else { return false };
+    let Ok(mut con) = client.get_multiplexed_async_connection().await else { return false };
+    redis::cmd("PING").query_async::<String>(&mut con).await.is_ok()
+}
+
+/// A child process killed when the test ends, passed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

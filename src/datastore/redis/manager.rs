@@ -22,6 +22,8 @@ pub struct RedisManager {
     major: AtomicU32,
     /// The admin connection, reused while the password and CONFIG name stay the same.
     admin_cache: Mutex<Option<(String, Admin)>>,
+    /// Set while a redis-server from another configuration holds our port (supervised mode).
+    foreign: std::sync::Mutex<Option<String>>,
 }
 
 impl RedisManager {
@@ -43,6 +45,7 @@ impl RedisManager {
             state_path,
             major: AtomicU32::new(major),
             admin_cache: Mutex::new(None),
+            foreign: std::sync::Mutex::new(None),
         })
     }
 
@@ -53,10 +56,58 @@ impl RedisManager {
             if self.prepared().await {
                 // Re-render so the file carries the agent's current layers.
                 self.write_config().await?;
-                self.service.start().await?;
+                match self.check_adoption().await {
+                    Ok(()) => self.service.start().await?,
+                    // Reported by the status probe; the agent keeps serving RPCs.
+                    Err(error) => tracing::error!(%error, "not starting redis"),
+                }
             }
         }
         Ok(())
+    }
+
+    /// In supervised mode, a server this agent did not start may answer on its port (the agent
+    /// restarted): it is adopted only when it runs from our config file and data dir.
+    async fn check_adoption(&self) -> Result<()> {
+        let Service::Supervised(s) = &self.service else { return Ok(()) };
+        if s.has_child().await || !service::port_open(self.settings.port).await {
+            self.set_foreign(None);
+            return Ok(());
+        }
+        let probe = async {
+            let mut admin = self.admin().await?;
+            let config_file = admin.info("server").await?.get("config_file").unwrap_or_default().to_owned();
+            Ok::<_, Error>((config_file, admin.config_get("dir").await?.unwrap_or_default()))
+        };
+        let (config_file, dir) = match probe.await {
+            Ok(found) => found,
+            Err(e) => (format!("unknown: {e}"), "unknown".into()),
+        };
+        let same = |a: &str, b: &std::path::Path| {
+            let canon = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+            !a.is_empty() && canon(std::path::Path::new(a)) == canon(b)
+        };
+        if same(&config_file, &self.settings.config_file) && same(&dir, &self.settings.data_dir) {
+            self.set_foreign(None);
+            return Ok(());
+        }
+        let why = format!(
+            "a redis-server this agent did not start answers on port {} with config file '{config_file}' and dir '{dir}' (expected '{}' and '{}'): stop it, then restart the agent",
+            self.settings.port,
+            self.settings.config_file.display(),
+            self.settings.data_dir.display()
+        );
+        self.set_foreign(Some(why.clone()));
+        Err(Error::Refused(why))
+    }
+
+    fn set_foreign(&self, why: Option<String>) {
+        *self.foreign.lock().unwrap_or_else(|p| p.into_inner()) = why;
+    }
+
+    /// Why the server on our port is not ours, while that is so.
+    pub fn foreign(&self) -> Option<String> {
+        self.foreign.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub async fn prepared(&self) -> bool {
@@ -130,10 +181,7 @@ impl RedisManager {
         // The rendered `dir` must exist: Redis changes into it while it parses.
         self.ensure_data_dir()?;
         let text = state.render(&self.system(), self.major());
-        service::check_config(&self.settings.binary, &text)
-            .await
-            .map(|_| ())
-            .map_err(|r| Error::InvalidConfig { key: r.key, reason: r.reason })
+        service::check_config(&self.settings.binary, &text).await
     }
 
     pub async fn snapshot_state(&self) -> State {
@@ -193,6 +241,12 @@ impl RedisManager {
 
     /// The status probe: PING ok is healthy, refused is shutdown, loading is blocked.
     pub async fn status(&self) -> ServiceStatus {
+        if self.foreign().is_some() {
+            if service::port_open(self.settings.port).await {
+                return ServiceStatus::Failed;
+            }
+            self.set_foreign(None);
+        }
         if !self.prepared().await && !service::port_open(self.settings.port).await {
             return ServiceStatus::New;
         }
@@ -243,11 +297,13 @@ impl RedisManager {
         if !self.prepared().await {
             return Err(Error::Refused("redis has no configuration yet: the instance must be prepared first".into()));
         }
+        self.check_adoption().await?;
         self.service.start().await?;
         self.wait_ready().await
     }
 
     pub async fn stop(&self) -> Result<()> {
+        self.check_adoption().await?;
         let pid = self.server_pid().await;
         self.service.stop(pid, Duration::from_secs(self.settings.stop_timeout)).await
     }
@@ -265,6 +321,7 @@ impl RedisManager {
 
     /// `prepare`: write the rendered configuration and overrides, then (re)start Redis.
     pub async fn prepare(&self, config_contents: Option<String>, overrides: Map<String, Value>) -> Result<()> {
+        self.check_adoption().await?;
         let base = config_contents.unwrap_or_else(default_base);
         self.update_checked(|s| {
             s.base = Some(base);

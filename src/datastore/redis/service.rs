@@ -39,9 +39,9 @@ pub struct Rejected {
 }
 
 /// Has `binary` parse `text` as its configuration, read from stdin, with no listener and nothing
-/// loaded: Redis applies every one of its own rules and exits. `Ok(false)`: the binary cannot run
-/// here, so nothing was checked.
-pub async fn check_config(binary: &str, text: &str) -> std::result::Result<bool, Rejected> {
+/// loaded: Redis applies every one of its own rules and exits. Fails closed: a binary that cannot
+/// run here refuses the change (`Error::Unchecked`), it never lets it through unchecked.
+pub async fn check_config(binary: &str, text: &str) -> Result<()> {
     use tokio::io::AsyncWriteExt;
     let mut cmd = Command::new(binary);
     cmd.arg("-")
@@ -54,28 +54,23 @@ pub async fn check_config(binary: &str, text: &str) -> std::result::Result<bool,
     for key in crate::config::agent_env_keys() {
         cmd.env_remove(key);
     }
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(binary, error = %e, "cannot run redis-server to check the configuration; not checked");
-            return Ok(false);
-        }
-    };
+    let mut child = cmd.spawn().map_err(|e| Error::Unchecked(format!("cannot run {binary}: {e}")))?;
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(text.as_bytes()).await;
     }
     let out = match tokio::time::timeout(Duration::from_secs(10), child.wait_with_output()).await {
         Ok(Ok(out)) => out,
-        _ => return Err(Rejected { key: None, reason: "redis-server did not finish checking the configuration within 10s".into() }),
+        Ok(Err(e)) => return Err(Error::Unchecked(format!("{binary}: {e}"))),
+        Err(_) => return Err(Error::Unchecked(format!("{binary} did not finish checking the configuration within 10s"))),
     };
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    parse_check_output(&text)
+    parse_check_output(&text).map_err(|r| Error::InvalidConfig { key: r.key, reason: r.reason })
 }
 
 /// Reads redis-server's verdict. The offending line is never returned: it may hold a password.
-fn parse_check_output(text: &str) -> std::result::Result<bool, Rejected> {
+fn parse_check_output(text: &str) -> std::result::Result<(), Rejected> {
     if text.contains("Configured to not listen anywhere") {
-        return Ok(true);
+        return Ok(());
     }
     let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     if let Some(i) = lines.iter().position(|l| l.starts_with(">>> '")) {
@@ -204,6 +199,11 @@ impl Supervisor {
         });
     }
 
+    /// Whether this agent started the server that runs now (else one on the port is adopted).
+    pub async fn has_child(&self) -> bool {
+        self.child.lock().await.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// Whether the last child accepted connections: seen by the watch loop, or said in its log.
     fn has_served(&self) -> bool {
         use std::io::{Read, Seek, SeekFrom};
@@ -290,7 +290,7 @@ mod tests {
     #[test]
     fn check_output_verdicts() {
         let ok = "1:C 26 Nov # Reading config from stdin\n1:M 26 Nov # Configured to not listen anywhere, exiting.\n";
-        assert_eq!(parse_check_output(ok), Ok(true));
+        assert_eq!(parse_check_output(ok), Ok(()));
         let bad = "\n*** FATAL CONFIG FILE ERROR (Redis 7.0.15) ***\nReading the configuration file, at line 2\n>>> 'requirepass \"s3cret\" \"x\"'\nwrong number of arguments\n";
         let r = parse_check_output(bad).unwrap_err();
         assert_eq!(r, Rejected { key: Some("requirepass".into()), reason: "wrong number of arguments".into() });
