@@ -6,6 +6,7 @@ pub mod eject;
 pub mod inventory;
 pub mod promote;
 pub mod show;
+pub mod watch;
 
 use std::time::Duration;
 

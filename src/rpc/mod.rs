@@ -6,6 +6,7 @@ pub mod connection;
 pub mod crypto;
 pub mod dispatch;
 pub mod envelope;
+pub mod lease;
 pub mod failure;
 pub mod publisher;
 pub mod secure;
