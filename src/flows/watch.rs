@@ -25,12 +25,12 @@ pub struct WatchOptions {
 impl WatchOptions {
     /// Time between probe rounds.
     fn period(&self) -> Duration {
-        (self.down_after / 10).clamp(Duration::from_millis(20), Duration::from_millis(250))
+        (self.down_after / 20).clamp(Duration::from_millis(20), Duration::from_millis(250))
     }
 
     /// How long one status probe may take before it counts as no answer.
     fn probe_timeout(&self) -> Duration {
-        (self.down_after / 4).clamp(Duration::from_millis(100), Duration::from_secs(1))
+        (self.down_after / 8).clamp(Duration::from_millis(100), Duration::from_secs(1))
     }
 }
 
@@ -152,13 +152,19 @@ impl Taskmanager {
         let master_live = live_of(&master);
         let master_ok = master_live.is_some_and(|l| l.status.is_some());
         let silent_for = now - mem.last_good.get(&master).copied().unwrap_or(started);
-        let sdown = !master_ok && silent_for >= opts.down_after;
+        // Strong evidence halves the wait: the master's agent is gone (no answer at all, not a
+        // report of Redis down) and a majority of replicas saw their link reset (not merely silent).
+        let agent_gone = master_live.is_some_and(|l| l.silent);
+        let reset = |r: &String| live_of(r).and_then(|l| l.status.as_ref()).is_some_and(|s| s.get("link_up") == Some(&json!(false)));
+        let majority = replicas.len() / 2 + 1;
+        let strong = agent_gone && replicas.iter().filter(|r| reset(r)).count() >= majority;
+        let wait = if strong { opts.down_after / 2 } else { opts.down_after };
+        let sdown = !master_ok && silent_for >= wait;
         let unlinked: Vec<&String> = replicas
             .iter()
             .filter(|r| live_of(r).is_some_and(|l| l.status.is_some() && !link_up(l)))
-            .filter(|r| now - mem.last_linked.get(*r).copied().unwrap_or(started) >= opts.down_after)
+            .filter(|r| now - mem.last_linked.get(*r).copied().unwrap_or(started) >= wait)
             .collect();
-        let majority = replicas.len() / 2 + 1;
         let odown = sdown && unlinked.len() >= majority;
 
         let addr = mem.nodes.get(&master).map(|n| format!("{} {}", n.host, n.port)).unwrap_or_else(|| "? 0".into());
@@ -183,7 +189,7 @@ impl Taskmanager {
                 })
                 .collect();
             let why = master_live.and_then(|l| l.error.clone()).unwrap_or_default();
-            tracing::warn!(%master, silent_ms = silent_for.as_millis() as u64, master_error = %why, ?evidence, "decision: master is down (its agent and a majority of its replicas agree); ejecting");
+            tracing::warn!(%master, silent_ms = silent_for.as_millis() as u64, strong, master_error = %why, ?evidence, "decision: master is down (its agent and a majority of its replicas agree); ejecting");
             self.fail_over(&master, lives.clone(), shared, mem, lease).await;
             return;
         }
