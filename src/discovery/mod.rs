@@ -152,7 +152,7 @@ impl Session {
     }
 
     fn check_password(&self, given: &str) -> bool {
-        self.shared.password.as_ref().is_none_or(|p| p.expose_secret() == given)
+        self.shared.password.as_ref().map_or(true, |p| p.expose_secret() == given)
     }
 
     async fn handle(&mut self, args: Vec<String>) -> Next {

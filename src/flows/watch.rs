@@ -99,7 +99,7 @@ impl Taskmanager {
                 Ok(inv) => self.inventory = inv,
                 Err(error) => tracing::warn!(%error, "cannot re-read the inventory; using the last one"),
             }
-            if lease.is_none() && last_try.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            if lease.is_none() && last_try.map_or(true, |t| t.elapsed() >= Duration::from_secs(1)) {
                 last_try = Some(Instant::now());
                 match Lease::try_acquire(&amqp, &lease_name).await {
                     Ok(Some(l)) => {
