@@ -10,3 +10,4 @@ mod restart;
 mod rpc_roundtrip;
 mod secrets;
 mod tls;
+mod trove_boot;
