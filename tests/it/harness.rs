@@ -22,6 +22,25 @@ pub async fn client() -> RpcClient {
     }
 }
 
+/// The server binary under test: `TROVE_TEST_REDIS_SERVER` (the matrix stage sets it), else
+/// `redis-server` on PATH. Every agent the harness starts supervises this binary.
+pub fn server_binary() -> String {
+    std::env::var("TROVE_TEST_REDIS_SERVER").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "redis-server".into())
+}
+
+/// The server under test as its `--version` names it: ("redis" or "valkey", (major, minor, patch)).
+/// Fails loudly when the binary cannot run.
+pub fn server_version() -> (&'static str, (u32, u32, u32)) {
+    static VERSION: std::sync::OnceLock<(&'static str, (u32, u32, u32))> = std::sync::OnceLock::new();
+    *VERSION.get_or_init(|| {
+        let bin = server_binary();
+        let out = Command::new(&bin).arg("--version").output().unwrap_or_else(|e| panic!("cannot run the server under test {bin}: {e}"));
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let server = trove_guest::datastore::redis::server::Server::from_version_output(&text).unwrap_or_else(|| panic!("{bin} --version said {text:?}"));
+        (if server.valkey { "valkey" } else { "redis" }, server.version)
+    })
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -68,6 +87,7 @@ impl Guest {
             .env("TROVE_GUESTAGENT__GUEST__SHUTDOWN_GRACE", "5")
             .env("TROVE_GUESTAGENT__CONDUCTOR__REPORT_INTERVAL", "2")
             .env("TROVE_GUESTAGENT__REDIS__SERVICE", "supervised")
+            .env("TROVE_GUESTAGENT__REDIS__BINARY", server_binary())
             .env("TROVE_GUESTAGENT__REDIS__CONFIG_FILE", self.config_file())
             .env("TROVE_GUESTAGENT__REDIS__DATA_DIR", self.dir.path().join("data"))
             .env("TROVE_GUESTAGENT__REDIS__PORT", self.port.to_string())
@@ -121,9 +141,12 @@ impl Guest {
     /// The redis.conf the prepare call will send.
     pub fn config_contents(&self, password: Option<&str>) -> String {
         let mut c = format!(
-            "bind 127.0.0.1\nport 6379\nsave 3600 1\nappendonly no\npidfile {}\nlogfile \"\"\nrepl-diskless-sync yes\nrepl-diskless-sync-delay 5\nenable-debug-command local\n",
+            "bind 127.0.0.1\nport 6379\nsave 3600 1\nappendonly no\npidfile {}\nlogfile \"\"\nrepl-diskless-sync yes\nrepl-diskless-sync-delay 5\n",
             self.dir.path().join("redis.pid").display()
         );
+        if server_version().1 >= (7, 0, 0) {
+            c.push_str("enable-debug-command local\n");
+        }
         if let Some(pw) = password {
             c.push_str(&format!("requirepass {}\n", trove_guest::datastore::redis::conf::quote(pw)));
         }
