@@ -3,6 +3,7 @@
 mod flows;
 mod harness;
 mod hostile;
+mod matrix;
 mod redis_sync;
 mod redis_tls;
 mod rpc_roundtrip;

@@ -32,6 +32,16 @@ impl Server {
         Some(Server { valkey, version: parse_version(v)? })
     }
 
+    /// Runs `<binary> --version` (without the agent's environment); `None` when it cannot run.
+    pub fn of_binary(binary: &str) -> Option<Server> {
+        let mut cmd = std::process::Command::new(binary);
+        for key in crate::config::agent_env_keys() {
+            cmd.env_remove(key);
+        }
+        let out = cmd.arg("--version").stdin(std::process::Stdio::null()).output().ok()?;
+        Server::from_version_output(&String::from_utf8_lossy(&out.stdout))
+    }
+
     pub fn name(&self) -> &'static str {
         if self.valkey {
             "valkey"
