@@ -31,14 +31,22 @@ pub fn server_binary() -> String {
 /// The server under test as its `--version` names it: ("redis" or "valkey", (major, minor, patch)).
 /// Fails loudly when the binary cannot run.
 pub fn server_version() -> (&'static str, (u32, u32, u32)) {
-    static VERSION: std::sync::OnceLock<(&'static str, (u32, u32, u32))> = std::sync::OnceLock::new();
-    *VERSION.get_or_init(|| {
-        let bin = server_binary();
-        let out = Command::new(&bin).arg("--version").output().unwrap_or_else(|e| panic!("cannot run the server under test {bin}: {e}"));
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let server = trove_guest::datastore::redis::server::Server::from_version_output(&text).unwrap_or_else(|| panic!("{bin} --version said {text:?}"));
-        (if server.valkey { "valkey" } else { "redis" }, server.version)
-    })
+    version_of(&server_binary())
+}
+
+/// As `server_version`, for any server binary (cached).
+pub fn version_of(bin: &str) -> (&'static str, (u32, u32, u32)) {
+    static VERSIONS: std::sync::Mutex<Vec<(String, (&'static str, (u32, u32, u32)))>> = std::sync::Mutex::new(Vec::new());
+    let mut known = VERSIONS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, v)) = known.iter().find(|(b, _)| b == bin) {
+        return *v;
+    }
+    let out = Command::new(bin).arg("--version").output().unwrap_or_else(|e| panic!("cannot run the server under test {bin}: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let server = trove_guest::datastore::redis::server::Server::from_version_output(&text).unwrap_or_else(|| panic!("{bin} --version said {text:?}"));
+    let v = (if server.valkey { "valkey" } else { "redis" }, server.version);
+    known.push((bin.to_owned(), v));
+    v
 }
 
 pub fn free_port() -> u16 {
@@ -134,8 +142,19 @@ impl Guest {
         std::fs::read_to_string(self.log_file()).unwrap_or_default()
     }
 
+    /// The Redis server's pid: its pidfile, else the process whose title names this port
+    /// (servers set their title to `redis-server 127.0.0.1:<port>`, Valkey likewise).
     pub fn redis_pid(&self) -> Option<i32> {
-        std::fs::read_to_string(self.dir.path().join("redis.pid")).ok()?.trim().parse().ok()
+        if let Some(pid) = std::fs::read_to_string(self.dir.path().join("redis.pid")).ok().and_then(|t| t.trim().parse().ok()) {
+            return Some(pid);
+        }
+        let suffix = format!(":{}", self.port);
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read_to_string(e.path().join("cmdline")).ok()?;
+            let title = cmd.trim_end_matches('\0').trim();
+            ((title.contains("redis-server") || title.contains("valkey-server")) && title.ends_with(&suffix)).then_some(pid)
+        })
     }
 
     /// The redis.conf the prepare call will send.
@@ -144,7 +163,8 @@ impl Guest {
             "bind 127.0.0.1\nport 6379\nsave 3600 1\nappendonly no\npidfile {}\nlogfile \"\"\nrepl-diskless-sync yes\nrepl-diskless-sync-delay 5\n",
             self.dir.path().join("redis.pid").display()
         );
-        if server_version().1 >= (7, 0, 0) {
+        let binary = self.env.iter().find(|(k, _)| k == "TROVE_GUESTAGENT__REDIS__BINARY").map(|(_, v)| v.clone()).unwrap_or_else(server_binary);
+        if version_of(&binary).1 >= (7, 0, 0) {
             c.push_str("enable-debug-command local\n");
         }
         if let Some(pw) = password {
