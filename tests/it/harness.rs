@@ -28,15 +28,17 @@ pub fn server_binary() -> String {
     std::env::var("TROVE_TEST_REDIS_SERVER").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "redis-server".into())
 }
 
-/// The server under test as its `--version` names it: ("redis" or "valkey", (major, minor, patch)).
-/// Fails loudly when the binary cannot run.
-pub fn server_version() -> (&'static str, (u32, u32, u32)) {
+/// ("redis" or "valkey", (major, minor, patch))
+pub type ServerVersion = (&'static str, (u32, u32, u32));
+
+/// The server under test as its `--version` names it. Fails loudly when the binary cannot run.
+pub fn server_version() -> ServerVersion {
     version_of(&server_binary())
 }
 
 /// As `server_version`, for any server binary (cached).
-pub fn version_of(bin: &str) -> (&'static str, (u32, u32, u32)) {
-    static VERSIONS: std::sync::Mutex<Vec<(String, (&'static str, (u32, u32, u32)))>> = std::sync::Mutex::new(Vec::new());
+pub fn version_of(bin: &str) -> ServerVersion {
+    static VERSIONS: std::sync::Mutex<Vec<(String, ServerVersion)>> = std::sync::Mutex::new(Vec::new());
     let mut known = VERSIONS.lock().unwrap_or_else(|p| p.into_inner());
     if let Some((_, v)) = known.iter().find(|(b, _)| b == bin) {
         return *v;

@@ -32,6 +32,11 @@ async fn config_is_checked_by_the_server_itself() {
     let g = spawn_guest(&c, None, &[]).await;
     prepare(&c, &g, None, None).await;
     let (name, version) = server_version();
+    // Valkey's `primaryauth`/`primaryuser` are `masterauth`/`masteruser`: managed by the agent.
+    for key in ["primaryauth", "primaryuser"] {
+        let f = call_err(&c, &g, "apply_overrides", json!({"overrides": {key: "x"}})).await;
+        assert!(f.message.contains("managed by the replication strategy"), "{key}: {}", f.message);
+    }
     let cases = [
         ("repl-diskless-load", "flush-before-load", name == "valkey"),
         ("repl-diskless-sync-max-replicas", "2", name == "valkey" || version >= (7, 0, 0)),

@@ -104,7 +104,9 @@ mod tests {
     use super::*;
 
     /// The INFO each server of the test matrix really sent (tests/fuzz-corpus/info/).
-    const CAPTURED: &[(&str, &str, bool, (u32, u32, u32))] = &[
+    /// (name-version, INFO text, Valkey, version)
+    type Captured = (&'static str, &'static str, bool, (u32, u32, u32));
+    const CAPTURED: &[Captured] = &[
         ("redis-6.0.9", include_str!("../../../tests/fuzz-corpus/info/redis-6.0.9-master.txt"), false, (6, 0, 9)),
         ("redis-6.2.5", include_str!("../../../tests/fuzz-corpus/info/redis-6.2.5-master.txt"), false, (6, 2, 5)),
         ("redis-6.2.14", include_str!("../../../tests/fuzz-corpus/info/redis-6.2.14-master.txt"), false, (6, 2, 14)),
