@@ -21,6 +21,9 @@ async fn agent_identifies_the_server() {
     let status = call(&c, &g, "get_replication_status", json!({})).await;
     assert_eq!(status["server"], json!({"name": name, "version": format!("{a}.{b}.{p}")}), "{status}");
     assert!(g.log().contains(&format!("server detected server={name} {a}.{b}.{p}")), "{}", g.log());
+    let (tm, _dir) = taskmanager(std::slice::from_ref(&g)).await;
+    let (rows, _) = tm.show().await;
+    assert_eq!(rows[0].server.as_deref(), Some(format!("{name} {a}.{b}.{p}").as_str()), "trove-guestctl show --json");
 }
 
 /// Overrides are parsed by the server binary itself: Valkey accepts `repl-diskless-load
