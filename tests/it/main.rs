@@ -4,6 +4,7 @@ mod config_check;
 mod flows;
 mod harness;
 mod hostile;
+mod matrix;
 mod redis_sync;
 mod redis_tls;
 mod restart;

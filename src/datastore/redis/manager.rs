@@ -465,16 +465,9 @@ fn default_base() -> String {
     "bind * -::*\nprotected-mode yes\nsave 3600 1 300 100 60 10000\nappendonly no\nreplica-read-only yes\n".into()
 }
 
-/// The major version of the installed redis-server (`redis-server --version`).
+/// The major version of the installed server (`redis-server --version`, or Valkey's).
 fn redis_major(binary: &str) -> Option<u32> {
-    let mut cmd = std::process::Command::new(binary);
-    for key in crate::config::agent_env_keys() {
-        cmd.env_remove(key);
-    }
-    let out = cmd.arg("--version").output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let v = text.split_whitespace().find_map(|w| w.strip_prefix("v="))?;
-    v.split('.').next()?.parse().ok()
+    super::server::Server::of_binary(binary).map(|s| s.version.0)
 }
 
 /// Refuses overrides of keys the agent controls (replication, listeners), naming the first.
