@@ -300,17 +300,7 @@ impl Session {
         if v.odown {
             flags.extend(["s_down", "o_down"]);
         }
-        Reply::pairs(&[
-            ("name", self.shared.name.clone()),
-            ("ip", m.host.clone()),
-            ("port", m.port.to_string()),
-            ("runid", m.run_id.clone()),
-            ("flags", flags.join(",")),
-            ("link-pending-commands", "0".into()),
-            ("link-refcount", "1".into()),
-            ("last-ping-sent", "0".into()),
-            ("last-ok-ping-reply", "0".into()),
-            ("last-ping-reply", "0".into()),
+        state(self.shared.name.clone(), &m.host, m.port, &m.run_id, &flags, &[
             ("down-after-milliseconds", self.shared.down_after_ms.to_string()),
             ("info-refresh", "0".into()),
             ("role-reported", "master".into()),
@@ -331,17 +321,7 @@ fn replica_state(r: &Node, m: &Node) -> Reply {
         flags.push("s_down");
         flags.push("disconnected");
     }
-    Reply::pairs(&[
-        ("name", format!("{}:{}", r.host, r.port)),
-        ("ip", r.host.clone()),
-        ("port", r.port.to_string()),
-        ("runid", r.run_id.clone()),
-        ("flags", flags.join(",")),
-        ("link-pending-commands", "0".into()),
-        ("link-refcount", "1".into()),
-        ("last-ping-sent", "0".into()),
-        ("last-ok-ping-reply", "0".into()),
-        ("last-ping-reply", "0".into()),
+    state(format!("{}:{}", r.host, r.port), &r.host, r.port, &r.run_id, &flags, &[
         ("info-refresh", "0".into()),
         ("role-reported", "slave".into()),
         ("role-reported-time", "0".into()),
@@ -356,20 +336,28 @@ fn replica_state(r: &Node, m: &Node) -> Reply {
 
 fn peer_state(addr: &str) -> Reply {
     let (host, port) = addr.rsplit_once(':').unwrap_or((addr, "26379"));
-    Reply::pairs(&[
-        ("name", addr.into()),
-        ("ip", host.into()),
-        ("port", port.into()),
-        ("runid", String::new()),
-        ("flags", "sentinel".into()),
-        ("link-pending-commands", "0".into()),
-        ("link-refcount", "1".into()),
-        ("last-ping-sent", "0".into()),
-        ("last-ok-ping-reply", "0".into()),
-        ("last-ping-reply", "0".into()),
+    state(addr.into(), host, port.parse().unwrap_or(26379), "", &["sentinel"], &[
         ("down-after-milliseconds", "0".into()),
         ("last-hello-message", "0".into()),
         ("voted-leader", "?".into()),
         ("voted-leader-epoch", "0".into()),
     ])
+}
+
+/// One Sentinel state record: identity, flags and link fields, then `rest`.
+fn state(name: String, host: &str, port: u16, run_id: &str, flags: &[&str], rest: &[(&str, String)]) -> Reply {
+    let mut kv: Vec<(&str, String)> = vec![
+        ("name", name),
+        ("ip", host.to_owned()),
+        ("port", port.to_string()),
+        ("runid", run_id.to_owned()),
+        ("flags", flags.join(",")),
+        ("link-pending-commands", "0".into()),
+        ("link-refcount", "1".into()),
+        ("last-ping-sent", "0".into()),
+        ("last-ok-ping-reply", "0".into()),
+        ("last-ping-reply", "0".into()),
+    ];
+    kv.extend(rest.iter().cloned());
+    Reply::pairs(&kv)
 }

@@ -97,19 +97,19 @@ def topology(rabbit_url, tmp_path):
                                       config_contents=CONF, root_password=None, overrides={},
                                       cluster_config=None, snapshot=None)
         inv = tmp_path / "inventory.toml"
-        listen = "127.0.0.1:%d" % lib.free_port()
+        listen = ["127.0.0.1:%d" % lib.free_port() for _ in range(2)]
         inv.write_text('transport_url = "%s"\ncontrol_exchange = "trove"\nname = "%s"\n'
-                       'watchers = ["%s"]\n%s' % (
-                           rabbit_url, NAME, listen,
+                       'watchers = ["%s", "%s"]\n%s' % (
+                           rabbit_url, NAME, listen[0], listen[1],
                            "".join('\n[[guest]]\nid = "%s"\n' % g.id for g in guests)))
         guestctl(inv, "create-replicas", "--replica-of", guests[0].id, guests[1].id,
                  guests[2].id)
         yield guests, inv, listen, watcher
     finally:
-        proc = watcher.get("proc")
-        if proc and proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
+        for proc in watcher.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
         for g in guests:
             g.cleanup()
 
@@ -122,12 +122,18 @@ def start_watcher(inv, listen, log):
 
 
 def test_watch_fails_over_and_sentinel_clients_follow(topology, tmp_path):
-    guests, inv, listen, watcher = topology
-    host, port = listen.rsplit(":", 1)
-    log_path = tmp_path / "watch.log"
-    with open(log_path, "wb") as log:
-        watcher["proc"] = start_watcher(inv, listen, log)
-    log_text = lambda: log_path.read_text(errors="replace")  # noqa: E731
+    """Two watchers: one holds the lease and acts, both serve discovery; the other takes over
+    when the first dies."""
+    guests, inv, listens, watcher = topology
+    logs = [tmp_path / ("watch%d.log" % n) for n in range(2)]
+    with open(logs[0], "wb") as log:
+        watcher["a"] = start_watcher(inv, listens[0], log)
+    read = lambda n: logs[n].read_text(errors="replace") if logs[n].exists() else ""  # noqa: E731
+    wait_until("the first watcher holds the lease", lambda: "holds the lease" in read(0), secs=20)
+    with open(logs[1], "wb") as log:
+        watcher["b"] = start_watcher(inv, listens[1], log)
+    log_text = lambda: read(0)  # noqa: E731
+    host, port = listens[0].rsplit(":", 1)
 
     ports = [redis_port(g) for g in guests]
     sentinel = Sentinel([(host, int(port))], socket_timeout=0.5)
@@ -193,7 +199,16 @@ def test_watch_fails_over_and_sentinel_clients_follow(topology, tmp_path):
         m and m.get("channel") in (b"+switch-master", "+switch-master")
         for m in seen.append(events.get_message(timeout=0.2)) or seen), secs=5)
     assert "decision: master is down" in log_text()
+    # The second watcher serves the same answer and never acted.
+    other = Sentinel([tuple((h, int(p)) for h, p in [listens[1].rsplit(":", 1)])[0]],
+                     socket_timeout=0.5)
+    wait_until("the second watcher names the new master",
+               lambda: other.discover_master(NAME) == new, secs=10)
+    assert "holds the lease" not in read(1) and "decision:" not in read(1), read(1)[-3000:]
 
-    # SIGTERM: the watcher exits cleanly.
-    watcher["proc"].send_signal(signal.SIGTERM)
-    assert watcher["proc"].wait(15) == 0, log_text()[-3000:]
+    # SIGTERM: the acting watcher exits cleanly, and the other one takes the lease.
+    watcher["a"].send_signal(signal.SIGTERM)
+    assert watcher["a"].wait(15) == 0, log_text()[-3000:]
+    wait_until("the second watcher takes the lease", lambda: "holds the lease" in read(1), secs=15)
+    watcher["b"].send_signal(signal.SIGTERM)
+    assert watcher["b"].wait(15) == 0, read(1)[-3000:]
