@@ -208,3 +208,32 @@ async fn heartbeats_of_a_fast_prepare_are_spaced_and_in_order() {
         assert!(pair[1].1 - pair[0].1 >= 0.95, "two heartbeats {:.3}s apart: {beats:?}", pair[1].1 - pair[0].1);
     }
 }
+
+#[tokio::test]
+async fn guestctl_prepare_sends_troves_payload_and_refuses_a_prepared_guest() {
+    let c = client().await;
+    let g = spawn_guest(&c, None, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let inv = dir.path().join("inventory.toml");
+    std::fs::write(&inv, format!("transport_url = \"{}\"\ncontrol_exchange = \"{EXCHANGE}\"\n\n[[guest]]\nid = \"{}\"\n", amqp_url(), g.id)).unwrap();
+    let conf = dir.path().join("redis.conf");
+    std::fs::write(&conf, g.config_contents(None)).unwrap();
+    let ctl = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_trove-guestctl")).arg("--inventory").arg(&inv).args(args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let conf_arg = conf.display().to_string();
+    let (code, out) = ctl(&["prepare", "--config", &conf_arg, "--memory-mb", "1024", &g.id]);
+    assert_eq!(code, Some(0), "{out}\n{}", g.log());
+    assert!(out.contains("prepared, Redis serves as master"), "{out}");
+    assert!(g.log().contains("prepare finished"), "{}", g.log());
+    let mut con = g.redis(None).await;
+    let _: () = con.set("k", "v").await.unwrap();
+    // A second prepare would drop replication settings: refused, nothing changed (exit 3).
+    let (code, out) = ctl(&["prepare", &g.id]);
+    assert_eq!(code, Some(3), "{out}");
+    assert!(out.contains("already prepared"), "{out}");
+    assert_eq!(con.get::<_, Option<String>>("k").await.unwrap().as_deref(), Some("v"));
+    // A guest not in the inventory is refused too.
+    assert_eq!(ctl(&["prepare", "nosuch"]).0, Some(3));
+}
