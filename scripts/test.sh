@@ -32,7 +32,8 @@ banner "services"
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
 AMQP_URL=$(bash scripts/services.sh)
 export AMQP_URL
-bash scripts/pyenv.sh
+# The Python venv only for the stages that use it (compat, bench).
+case " ${STAGES[*]} " in *" compat "* | *" bench "*) bash scripts/pyenv.sh ;; esac
 
 stage_rust() { cargo test --all-targets; }
 stage_matrix() { bash scripts/test-matrix.sh; }

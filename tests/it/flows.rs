@@ -121,6 +121,12 @@ async fn eject_picks_the_most_current_replica() {
     let b_pid = b.redis_pid().unwrap().to_string();
     std::process::Command::new("kill").args(["-STOP", &b_pid]).status().unwrap();
     let _: () = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("replica").query_async(&mut m.redis(None).await).await.unwrap();
+    // Valkey closes killed replicas asynchronously: write only once b is off the master's list.
+    eventually(10, "b cut off from the master", || async {
+        let r = info(&mut m.redis(None).await, "replication").await.replication().unwrap();
+        !r.replicas.iter().any(|x| x.port == b.port)
+    })
+    .await;
     add_set(&m, "late", 1..500).await;
     eventually(10, "a has the late writes", || async { has_set(&a, "late", 1..500).await }).await;
     // The master dies: agent first (so nothing restarts Redis), then Redis.
