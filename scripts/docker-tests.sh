@@ -35,7 +35,8 @@
 #   TROVE_FAULTS_BUILD=0               skip the build (use the images and target/release as they are)
 #   TROVE_FAULTS_SCENARIO_TIMEOUT      seconds per scenario before it is killed and failed (default 180;
 #                                      the campaign gets 60 s per step plus 120 s)
-#   TROVE_FAULTS_CAMPAIGN_SEED/_STEPS  the campaign smoke run of a full run (default seed 1, 4 steps)
+#   TROVE_FAULTS_CAMPAIGN_SEED/_STEPS  the campaign smoke run of a full run (default seed 2255, 4 steps: a broker
+#                                      restart, a master cut off, a master killed, a replica's redis-server killed)
 #   TROVE_FAULTS_FLOW_DEADLINE         seconds create-replicas has to report a dropped replica (default 120;
 #                                      the surviving replica alone needs ~75 s, see the scenario)
 #   TROVE_FAULTS_POPULATE              keys on the master for agent_killed_mid_attach (default 1000000)
@@ -77,7 +78,7 @@ else
     done
     if [ ${#SCENARIOS[@]} -eq 0 ]; then
         SCENARIOS=("${ALL_SCENARIOS[@]}" campaign)
-        CAMPAIGN_ARGS=(--seed "${TROVE_FAULTS_CAMPAIGN_SEED:-1}" --steps "${TROVE_FAULTS_CAMPAIGN_STEPS:-4}")
+        CAMPAIGN_ARGS=(--seed "${TROVE_FAULTS_CAMPAIGN_SEED:-2255}" --steps "${TROVE_FAULTS_CAMPAIGN_STEPS:-4}")
     fi
 fi
 # The campaign's time limit grows with its steps.

@@ -103,13 +103,13 @@ class Campaign:
                 start = time.monotonic() - (time.time() - float(p.stdout.strip())) - dur - 1.0
             pid = self.redis_pid(g)
             t_before = time.monotonic()
-            self.env.exec(g, "kill", "-9", pid)
+            self.env.exec(g, "sh", "-c", f"kill -9 {pid}")
             t_kill = time.monotonic()
             age = "no snapshot" if start == float("-inf") else f"snapshot forked {t_before - start - 1.0:.1f}s before"
             self.windows.append(Window(None, start, t_kill, f"kill -9 of the master's redis-server ({age}): "
                                        "writes after its last RDB snapshot"))
         else:
-            self.env.exec(g, "kill", "-9", self.redis_pid(g))
+            self.env.exec(g, "sh", "-c", f"kill -9 {self.redis_pid(g)}")
 
     def f_kill_agent(self, g):
         """kill -9 of g's agent; the container's loop starts a new one."""
@@ -160,11 +160,11 @@ class Campaign:
         """SIGSTOP of the master's redis-server for longer than repl-timeout, then SIGCONT."""
         g = self.master
         pid = self.redis_pid(g)
-        self.env.exec(g, "kill", "-STOP", pid)
+        self.env.exec(g, "sh", "-c", f"kill -STOP {pid}")
         try:
             time.sleep(REPL_TIMEOUT + 2)
         finally:
-            self.env.exec(g, "kill", "-CONT", pid)
+            self.env.exec(g, "sh", "-c", f"kill -CONT {pid}")
 
     FAULTS = {
         "kill9_redis": (f_kill9_redis, 3),

@@ -161,7 +161,8 @@ def check_losses(env, res, records, final, others=(), windows=(), secs=15, label
         lw = [r for r in lost if w.holds(r[2], r[3])]
         span = (max(r[3] for r in lw) - min(r[3] for r in lw)) * 1000 if lw else 0
         before = (w.end - min(r[3] for r in lw)) * 1000 if lw else 0
-        say(f"loss window [{w.why}] on {w.host or 'any node'}: {(w.end - w.start) * 1000:.0f} ms stated, {len(inw)} writes acked in it, "
+        stated = f"{(w.end - w.start) * 1000:.0f} ms" if w.start > float("-inf") else "from the start"
+        say(f"loss window [{w.why}] on {w.host or 'any node'}: {stated} stated, {len(inw)} writes acked in it, "
             f"{len(lw)} lost (spanning {span:.0f} ms, the first {before:.0f} ms before the window's end)")
     say(f"{label}: {len(records)} checked on the final master {final}: {len(lost)} lost, bound {len(bounded)}, "
         f"{len(outside)} lost outside the stated windows")
