@@ -11,7 +11,7 @@ from faultlib.checks import check_losses, check_writer, create, linked_to, promo
 from faultlib.writer import Writer
 
 MIN_WRITES = 1000
-# The agent's reconnect delays are capped at [rpc] reconnect_max_backoff (2 s by default) and
+# The agent's reconnect delays are capped at [rpc] reconnect_max_backoff (1 s by default) and
 # jittered; the target is to consume again within 2 s of the broker accepting connections.
 # The check allows 5 s (a connect and the queue declarations on a broker that just started).
 TARGET_S = 2.0
