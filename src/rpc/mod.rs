@@ -1,5 +1,6 @@
 //! The only module that knows AMQP: oslo.messaging's wire format over RabbitMQ, both sides.
 
+pub mod backoff;
 pub mod client;
 pub mod conductor;
 pub mod connection;
