@@ -4,8 +4,10 @@
 #      agents as separate processes);
 #   2. the oslo.messaging compatibility tests (the real Python client, Trove's own guest API);
 #   3. the fault-injection tests across Docker containers (fails loudly without a Docker engine);
-#   4. a smoke run of the benchmarks, so they cannot rot.
-# Usage: scripts/test.sh [rust|compat|docker|bench ...]   (default: all stages)
+#   4. the trove stage: Trove's own API, taskmanager and conductor (trove 26.0.0, MariaDB) boot guest
+#      containers from Trove's injected files and drive the replication flows (scripts/trove-stage.sh);
+#   5. a smoke run of the benchmarks, so they cannot rot.
+# Usage: scripts/test.sh [rust|compat|docker|trove|bench ...]   (default: all stages)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -38,6 +40,7 @@ stage_compat() {
   TROVE_GUESTAGENT_BIN="$ROOT/target/debug/trove-guestagent" .venv/bin/python -m pytest -q tests/compat
 }
 stage_docker() { bash scripts/docker-tests.sh; }
+stage_trove() { bash scripts/trove-stage.sh; }
 stage_bench() { bash scripts/bench.sh --smoke; }
 
 for s in "${STAGES[@]}"; do
@@ -45,6 +48,7 @@ for s in "${STAGES[@]}"; do
     rust) run_stage rust stage_rust ;;
     compat) run_stage compat stage_compat ;;
     docker) run_stage docker stage_docker ;;
+    trove) run_stage trove stage_trove ;;
     bench) run_stage bench stage_bench ;;
     *) echo "unknown stage $s" >&2; exit 2 ;;
   esac
