@@ -7,9 +7,15 @@
 # glibc, so build them on Debian 12 or another system with glibc <= 2.36, or the check below
 # fails. scripts/docker-images.sh builds the binaries and all images.
 #
-# The agent reads its settings from TROVE_GUESTAGENT__<SECTION>__<KEY> variables (defaults
-# below; see etc/trove-guestagent.toml for every key) or from a file given with --config.
-# TROVE_GUESTAGENT__GUEST__ID has no default and must be set. With REDIS__SERVICE=supervised the
+# Two ways to boot (docker/guest/entrypoint.sh):
+# * As Trove boots a guest: Trove's injected guest_info.conf and trove-guestagent.conf mounted in
+#   /etc/trove/conf.d (readable by the redis user); the entrypoint runs
+#   `trove-guestagent --config-dir /etc/trove/conf.d`, as Trove's guest-agent.service does.
+# * Otherwise from TROVE_GUESTAGENT__<SECTION>__<KEY> variables (defaults below; see
+#   etc/trove-guestagent.toml for every key); TROVE_GUESTAGENT__GUEST__ID must be set, and the
+#   broker defaults to rabbit://trove:trove@rabbitmq:5672/.
+# In both, the variables below place Redis (Trove's files do not say where) and any
+# TROVE_GUESTAGENT__* variable overrides the files. With REDIS__SERVICE=supervised the
 # agent runs redis-server as its own child, so the image has no init system; use `docker run
 # --init` (compose: `init: true`) so that orphaned processes are reaped.
 FROM debian:bookworm-slim
@@ -18,22 +24,24 @@ RUN set -eux; \
     apt-get update; \
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server; \
     rm -rf /var/lib/apt/lists/*; \
-    install -d -o redis -g redis -m 0750 /var/lib/redis; \
+    install -d -o redis -g redis -m 0750 /var/lib/redis /var/log/trove; \
+    install -d -m 0755 /etc/trove/conf.d; \
     redis-server --version
 
-ENV TROVE_GUESTAGENT__RPC__TRANSPORT_URL=rabbit://trove:trove@rabbitmq:5672/ \
-    TROVE_GUESTAGENT__REDIS__SERVICE=supervised \
+ENV TROVE_GUESTAGENT__REDIS__SERVICE=supervised \
     TROVE_GUESTAGENT__REDIS__BINARY=/usr/bin/redis-server \
     TROVE_GUESTAGENT__REDIS__CONFIG_FILE=/var/lib/redis/redis.conf \
     TROVE_GUESTAGENT__REDIS__DATA_DIR=/var/lib/redis \
     TROVE_GUESTAGENT__REDIS__PORT=6379
 
 # The agent and Redis run as the unprivileged redis user; everything they write is under
-# /var/lib/redis (config, agent state, dump.rdb).
+# /var/lib/redis (config, agent state, dump.rdb), and the agent's log under /var/log/trove when
+# Trove's log_dir puts it there.
+COPY docker/guest/entrypoint.sh /usr/local/bin/trove-guest-entrypoint
 USER redis
 WORKDIR /var/lib/redis
 EXPOSE 6379
-ENTRYPOINT ["trove-guestagent"]
+ENTRYPOINT ["trove-guest-entrypoint"]
 
 # Last, so that a new binary rebuilds only these two layers. The glob copies trove-guestctl only
 # if it was built (the files stay root-owned); the RUN fails if the agent is missing or needs

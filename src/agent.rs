@@ -47,6 +47,7 @@ pub async fn run(settings: Settings, cancel: CancellationToken, hooks: Hooks) ->
         ha: settings.rpc.ha_queues,
         transient_ttl_ms: settings.rpc.transient_queues_ttl.saturating_mul(1000),
         heartbeat: settings.rpc.heartbeat,
+        ssl: settings.rpc.ssl,
         ssl_ca_file: settings.rpc.ssl_ca_file.clone(),
         ssl_client_pkcs12: settings.rpc.ssl_client_pkcs12.clone(),
         ssl_client_pkcs12_password: settings.rpc.ssl_client_pkcs12_password.clone(),

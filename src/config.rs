@@ -1,9 +1,11 @@
-//! Agent settings: one typed tree, loaded once from defaults, file, guest_info.conf and environment.
+//! Agent settings: one typed tree, loaded once from defaults, TOML, Trove's oslo INI files and environment.
 
 use std::path::{Path, PathBuf};
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
+
+use crate::oslo_ini;
 
 /// The documented defaults, built into the binary.
 pub const DEFAULTS: &str = include_str!("../etc/trove-guestagent.toml");
@@ -27,6 +29,9 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub replication: ReplicationSettings,
     pub log: LogSettings,
+    /// Options found in Trove's INI files that this agent does not use (`[section] key`), for one debug line.
+    #[serde(skip)]
+    pub ignored_trove_options: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -41,6 +46,8 @@ pub struct RpcSettings {
     pub max_message_bytes: usize,
     pub heartbeat: u16,
     pub reconnect_max_backoff: u64,
+    /// TLS to every broker host, whatever the URL says (oslo's `[oslo_messaging_rabbit] ssl`).
+    pub ssl: bool,
     #[serde(deserialize_with = "opt_path")]
     pub ssl_ca_file: Option<PathBuf>,
     #[serde(deserialize_with = "opt_path")]
@@ -165,6 +172,9 @@ pub struct ReplicationSettings {
 pub struct LogSettings {
     pub level: String,
     pub format: LogFormat,
+    /// Append the log to this file instead of stderr.
+    #[serde(deserialize_with = "opt_path")]
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -209,6 +219,17 @@ pub fn load_from(
     file: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Settings, Error> {
+    load_all(file, &[], env)
+}
+
+/// Loads the settings from every layer, later wins: the built-in defaults, the TOML `file`
+/// (`--config`), the guest_info.conf that `[guest] guest_info_file` names, Trove's oslo INI
+/// `trove_files` (`--config-file`/`--config-dir`, in command-line order), then the environment.
+pub fn load_all(
+    file: Option<&Path>,
+    trove_files: &[PathBuf],
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Settings, Error> {
     let env: Vec<(String, String)> = env
         .into_iter()
         .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
@@ -217,24 +238,35 @@ pub fn load_from(
         Some(path) => Some(std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.into(), source })?),
         None => None,
     };
-    // First pass: find guest_info_file, which can itself come from the file or the environment.
-    let first = build(file_text.as_deref(), None, &env)?;
+    let mut trove = oslo_ini::OsloConf::default();
+    for path in trove_files {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.clone(), source })?;
+        trove.add(&text, path).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+    }
+    // First pass: find guest_info_file and the datastore manager (which names Trove's datastore
+    // section); either can come from any layer.
+    let first = build(&[file_text.as_deref()], &env)?;
+    let manager = trove.get("DEFAULT", "datastore_manager").map(|v| v.value.clone()).unwrap_or(first.guest.datastore_manager.clone());
     let guest_info = match &first.guest.guest_info_file {
-        Some(path) => Some(guest_info_layer(path)?),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.into(), source })?;
+            let mut conf = oslo_ini::OsloConf::default();
+            conf.add(&text, path).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+            Some(trove_layer(&conf, &manager)?.0)
+        }
         None => None,
     };
-    let settings = build(file_text.as_deref(), guest_info.as_deref(), &env)?;
+    let (trove_text, ignored) = if trove_files.is_empty() { (None, Vec::new()) } else { let (t, i) = trove_layer(&trove, &manager)?; (Some(t), i) };
+    let mut settings = build(&[file_text.as_deref(), guest_info.as_deref(), trove_text.as_deref()], &env)?;
+    settings.ignored_trove_options = ignored;
     validate(&settings)?;
     Ok(settings)
 }
 
-fn build(file: Option<&str>, guest_info: Option<&str>, env: &[(String, String)]) -> Result<Settings, Error> {
+fn build(layers: &[Option<&str>], env: &[(String, String)]) -> Result<Settings, Error> {
     use config::{File, FileFormat};
     let mut builder = config::Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
-    if let Some(text) = file {
-        builder = builder.add_source(File::from_str(text, FileFormat::Toml));
-    }
-    if let Some(text) = guest_info {
+    for text in layers.iter().flatten() {
         builder = builder.add_source(File::from_str(text, FileFormat::Toml));
     }
     for (key, value) in env {
@@ -266,30 +298,112 @@ fn env_value(value: &str) -> config::Value {
     value.to_owned().into()
 }
 
-/// Reads Trove's guest_info.conf (INI) and renders its keys as a TOML layer.
-fn guest_info_layer(path: &Path) -> Result<String, Error> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.into(), source })?;
-    let mut guest = toml::Table::new();
-    let mut replication = toml::Table::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') || line.starts_with(';') || line.starts_with('[') {
-            continue;
-        }
-        let Some((key, value)) = line.split_once('=') else { continue };
-        let value = toml::Value::String(value.trim().to_owned());
-        match key.trim() {
-            "guest_id" => guest.insert("id".into(), value),
-            "instance_rpc_encr_key" => guest.insert("instance_rpc_encr_key".into(), value),
-            "datastore_manager" => guest.insert("datastore_manager".into(), value),
-            "replication_strategy" => replication.insert("strategy".into(), value),
-            _ => None,
-        };
-    }
+/// How a Trove option's value is read.
+#[derive(Clone, Copy)]
+enum Kind {
+    Str,
+    Bool,
+    /// An integer in `min..=max`.
+    Int(i64, i64),
+}
+
+/// Trove's option → our key, for options that map one to one. `{ds}` is the datastore section.
+const TROVE_OPTIONS: &[(&str, &str, &str, Kind)] = &[
+    ("DEFAULT", "transport_url", "rpc.transport_url", Kind::Str),
+    ("DEFAULT", "control_exchange", "rpc.control_exchange", Kind::Str),
+    ("DEFAULT", "report_interval", "conductor.report_interval", Kind::Int(1, 86_400)),
+    ("DEFAULT", "conductor_queue", "conductor.topic", Kind::Str),
+    ("DEFAULT", "guest_id", "guest.id", Kind::Str),
+    ("DEFAULT", "instance_rpc_encr_key", "guest.instance_rpc_encr_key", Kind::Str),
+    ("DEFAULT", "datastore_manager", "guest.datastore_manager", Kind::Str),
+    ("oslo_messaging_rabbit", "ssl", "rpc.ssl", Kind::Bool),
+    ("oslo_messaging_rabbit", "ssl_ca_file", "rpc.ssl_ca_file", Kind::Str),
+    ("oslo_messaging_rabbit", "rabbit_quorum_queue", "rpc.quorum_queues", Kind::Bool),
+    ("oslo_messaging_rabbit", "rabbit_ha_queues", "rpc.ha_queues", Kind::Bool),
+    ("oslo_messaging_rabbit", "amqp_durable_queues", "rpc.durable_queues", Kind::Bool),
+    ("oslo_messaging_rabbit", "rabbit_transient_queues_ttl", "rpc.transient_queues_ttl", Kind::Int(1, 4_294_967)),
+    ("oslo_messaging_rabbit", "heartbeat_timeout_threshold", "rpc.heartbeat", Kind::Int(0, 65_535)),
+    ("oslo_messaging_rabbit", "rabbit_interval_max", "rpc.reconnect_max_backoff", Kind::Int(1, 3_600)),
+];
+
+/// Options handled below rather than in `TROVE_OPTIONS`.
+const TROVE_SPECIAL: &[(&str, &str)] = &[
+    ("DEFAULT", "debug"),
+    ("DEFAULT", "log_dir"),
+    ("DEFAULT", "log_file"),
+    ("DEFAULT", "replication_strategy"),
+    ("oslo_messaging_rabbit", "ssl_cert_file"),
+    ("oslo_messaging_rabbit", "ssl_key_file"),
+];
+
+/// Renders Trove's oslo INI options as a TOML layer of our settings, and lists the options not
+/// used. A value we cannot honour is refused, naming the option and its file (never the value).
+fn trove_layer(conf: &oslo_ini::OsloConf, datastore: &str) -> Result<(String, Vec<String>), Error> {
+    let refuse = |section: &str, key: &str, why: &str| {
+        let file = conf.get(section, key).map(|v| v.file.display().to_string()).unwrap_or_default();
+        Error::Invalid(format!("[{section}] {key} in {file}: {why}"))
+    };
     let mut root = toml::Table::new();
-    root.insert("guest".into(), guest.into());
-    root.insert("replication".into(), replication.into());
-    Ok(root.to_string())
+    let mut set = |path: &str, value: toml::Value| {
+        let (section, key) = path.split_once('.').expect("section.key");
+        root.entry(section).or_insert_with(|| toml::Table::new().into()).as_table_mut().expect("table").insert(key.into(), value);
+    };
+    for &(section, key, ours, kind) in TROVE_OPTIONS {
+        let Some(v) = conf.get(section, key) else { continue };
+        let value = match kind {
+            Kind::Str => toml::Value::String(v.value.clone()),
+            Kind::Bool => toml::Value::Boolean(oslo_ini::parse_bool(&v.value).ok_or_else(|| refuse(section, key, "must be true or false"))?),
+            Kind::Int(min, max) => match v.value.trim().parse::<i64>() {
+                Ok(n) if (min..=max).contains(&n) => toml::Value::Integer(n),
+                _ => return Err(refuse(section, key, &format!("must be an integer in {min}..{max}"))),
+            },
+        };
+        set(ours, value);
+    }
+    if let Some(v) = conf.get("DEFAULT", "debug") {
+        if oslo_ini::parse_bool(&v.value).ok_or_else(|| refuse("DEFAULT", "debug", "must be true or false"))? {
+            set("log.level", "debug".into());
+        }
+    }
+    // oslo.log: log_file inside log_dir; log_dir alone: <log_dir>/trove-guestagent.log.
+    let nonempty = |key: &str| conf.get("DEFAULT", key).map(|v| v.value.trim().to_owned()).filter(|v| !v.is_empty());
+    let log_file = match (nonempty("log_dir"), nonempty("log_file")) {
+        (Some(dir), Some(file)) => Some(Path::new(&dir).join(file)),
+        (None, Some(file)) => Some(PathBuf::from(file)),
+        (Some(dir), None) => Some(Path::new(&dir).join("trove-guestagent.log")),
+        (None, None) => None,
+    };
+    if let Some(path) = log_file {
+        set("log.file", path.display().to_string().into());
+    }
+    for key in ["ssl_cert_file", "ssl_key_file"] {
+        if conf.get("oslo_messaging_rabbit", key).is_some_and(|v| !v.value.trim().is_empty()) {
+            return Err(refuse("oslo_messaging_rabbit", key, "PEM client certificates are not supported; give the agent a PKCS#12 file in [rpc] ssl_client_pkcs12 of its TOML config instead"));
+        }
+    }
+    // Trove's own rule: [DEFAULT] replication_strategy (guest_info.conf, dotted) wins; else the
+    // datastore section's replication_namespace + replication_strategy.
+    let ds = oslo_ini::normalize_section(datastore);
+    let strategy = match (nonempty("replication_strategy"), conf.get(&ds, "replication_strategy"), conf.get(&ds, "replication_namespace")) {
+        (Some(dotted), _, _) => Some(("DEFAULT".to_owned(), "replication_strategy", dotted)),
+        (None, name, Some(ns)) if !name.is_some_and(|n| n.value.contains('.')) => {
+            let class = name.map(|n| n.value.trim().to_owned()).unwrap_or_else(|| "RedisSyncReplication".into());
+            Some((ds.clone(), "replication_namespace", format!("{}.{class}", ns.value.trim())))
+        }
+        (None, Some(name), _) => Some((ds.clone(), "replication_strategy", name.value.clone())),
+        (None, None, _) => None,
+    };
+    if let Some((section, key, name)) = strategy {
+        crate::replication::resolve_strategy(&name).map_err(|why| refuse(&section, key, &why))?;
+        set("replication.strategy", name.into());
+    }
+    let used = |s: &str, k: &str| {
+        TROVE_OPTIONS.iter().any(|&(ts, tk, _, _)| ts == s && tk == k)
+            || TROVE_SPECIAL.iter().any(|&(ts, tk)| ts == s && tk == k)
+            || (s == ds && (k == "replication_strategy" || k == "replication_namespace"))
+    };
+    let ignored = conf.keys().filter(|(s, k)| !used(s, k)).map(|(s, k)| format!("[{s}] {k}")).collect();
+    Ok((root.to_string(), ignored))
 }
 
 fn validate(s: &Settings) -> Result<(), Error> {
@@ -305,6 +419,12 @@ fn validate(s: &Settings) -> Result<(), Error> {
     }
     if s.conductor.report_interval == 0 {
         return invalid("conductor.report_interval", "must be at least 1 second");
+    }
+    if s.guest.datastore_manager != "redis" {
+        return invalid("guest.datastore_manager", "this agent serves only the redis datastore manager");
+    }
+    if let Err(e) = crate::replication::resolve_strategy(&s.replication.strategy) {
+        return invalid("replication.strategy", &e);
     }
     if s.rpc.control_exchange.is_empty() {
         return invalid("rpc.control_exchange", "must not be empty");
@@ -426,5 +546,98 @@ mod tests {
             let err = load_from(Some(&file), env(extra)).unwrap_err().to_string();
             assert!(err.contains(want), "case {i}: {err}");
         }
+    }
+
+    /// guest_info.conf exactly as Trove 26's taskmanager writes it.
+    const GUEST_INFO: &str = "[DEFAULT]\nguest_id=0c3f2a8e-1c1e-4b4e-9a43-3f5f0b7f0a11\ndatastore_manager=redis\ndatastore_version=7.0\ntenant_id=abc\ndatastore_registry_ext=redis:trove.guestagent.datastore.redis.manager.Manager\nreplication_strategy=trove.guestagent.strategies.replication.experimental.redis_sync.RedisSyncReplication\nssl_mode=None\nnetwork_isolation=False\ninstance_rpc_encr_key=0123456789abcdef0123456789abcdef\n";
+
+    /// An operator's trove-guestagent.conf, as Trove injects it next to guest_info.conf.
+    const GUESTAGENT_CONF: &str = "[DEFAULT]\n# injected by the taskmanager\ntransport_url = rabbit://trove:s3cret@10.0.0.5:5672/\ncontrol_exchange = trove\nreport_interval = 10\ndebug = True\nlog_dir = /var/log/trove/\nlog_file = trove-guestagent.log\ncommand_process_timeout = 60\n\n[oslo_messaging_rabbit]\nrabbit_quorum_queue = true\nheartbeat_timeout_threshold = 30\nheartbeat_rate = 2\nssl = false\n\n[service_credentials]\npassword = hidden\n";
+
+    fn conf_dir(files: &[(&str, &str)]) -> (tempfile::TempDir, Vec<PathBuf>) {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let files = oslo_ini::dir_files(dir.path()).unwrap();
+        (dir, files)
+    }
+
+    #[test]
+    fn trove_injected_files_configure_the_agent() {
+        let (_dir, files) = conf_dir(&[("guest_info.conf", GUEST_INFO), ("trove-guestagent.conf", GUESTAGENT_CONF)]);
+        let s = load_all(None, &files, env(&[])).unwrap();
+        assert_eq!(s.guest.id, "0c3f2a8e-1c1e-4b4e-9a43-3f5f0b7f0a11");
+        assert_eq!(s.guest.instance_rpc_encr_key.unwrap().expose_secret(), "0123456789abcdef0123456789abcdef");
+        assert_eq!(s.rpc.transport_url.expose_secret(), "rabbit://trove:s3cret@10.0.0.5:5672/");
+        assert_eq!(s.conductor.report_interval, 10);
+        assert!(s.rpc.quorum_queues && !s.rpc.ssl);
+        assert_eq!(s.rpc.heartbeat, 30);
+        assert_eq!(s.log.level, "debug");
+        assert_eq!(s.log.file.unwrap(), Path::new("/var/log/trove/trove-guestagent.log"));
+        assert_eq!(s.replication.strategy, "trove.guestagent.strategies.replication.experimental.redis_sync.RedisSyncReplication");
+        let ignored = s.ignored_trove_options.join(", ");
+        for key in ["[DEFAULT] datastore_version", "[DEFAULT] ssl_mode", "[DEFAULT] command_process_timeout", "[oslo_messaging_rabbit] heartbeat_rate", "[service_credentials] password"] {
+            assert!(ignored.contains(key), "{ignored}");
+        }
+        assert!(!ignored.contains("guest_id") && !ignored.contains("transport_url"), "{ignored}");
+    }
+
+    #[test]
+    fn precedence_defaults_toml_guest_info_trove_files_env() {
+        let (dir, files) = conf_dir(&[("trove-guestagent.conf", "[DEFAULT]\ncontrol_exchange = from-ini\nreport_interval = 7\n[redis]\nreplication_namespace = trove.guestagent.strategies.replication.experimental.redis_sync\nreplication_strategy = RedisSyncReplication\n")]);
+        let info = dir.path().join("info.ini");
+        std::fs::write(&info, "[DEFAULT]\nguest_id=from-info\n").unwrap();
+        let toml = dir.path().join("agent.toml");
+        std::fs::write(&toml, format!("[guest]\nid = \"from-toml\"\nguest_info_file = \"{}\"\n[rpc]\ncontrol_exchange = \"from-toml\"\nheartbeat = 11\n[conductor]\nreport_interval = 5\n", info.display())).unwrap();
+        let s = load_all(Some(&toml), &files, env(&[("TROVE_GUESTAGENT__CONDUCTOR__REPORT_INTERVAL", "9")])).unwrap();
+        assert_eq!(s.guest.id, "from-info");
+        assert_eq!(s.rpc.control_exchange, "from-ini");
+        assert_eq!(s.rpc.heartbeat, 11);
+        assert_eq!(s.conductor.report_interval, 9);
+        assert_eq!(s.replication.strategy, "trove.guestagent.strategies.replication.experimental.redis_sync.RedisSyncReplication");
+        assert!(s.log.file.is_none());
+    }
+
+    #[test]
+    fn strategy_namespace_given_separately_or_short() {
+        for (ini, want) in [
+            ("[redis]\nreplication_namespace = trove.guestagent.strategies.replication.experimental.redis_sync\n", "trove.guestagent.strategies.replication.experimental.redis_sync.RedisSyncReplication"),
+            ("[Redis]\nreplication_strategy = RedisSyncReplication\n", "RedisSyncReplication"),
+            ("[DEFAULT]\nreplication_strategy = RedisSyncReplication\n[redis]\nreplication_strategy = Nonsense\n", "RedisSyncReplication"),
+        ] {
+            let (_dir, files) = conf_dir(&[("a.conf", &format!("[DEFAULT]\nguest_id = g\n{ini}"))]);
+            assert_eq!(load_all(None, &files, env(&[])).unwrap().replication.strategy, want, "{ini}");
+        }
+    }
+
+    #[test]
+    fn trove_values_we_cannot_honour_are_refused_naming_the_key() {
+        for (ini, want) in [
+            ("[DEFAULT]\nreport_interval = soon\n", "[DEFAULT] report_interval in"),
+            ("[DEFAULT]\nreport_interval = 0\n", "report_interval"),
+            ("[DEFAULT]\ndebug = perhaps\n", "[DEFAULT] debug"),
+            ("[DEFAULT]\ndatastore_manager = mysql\n", "datastore_manager"),
+            ("[DEFAULT]\nreplication_strategy = trove.guestagent.strategies.replication.mysql_gtid.MysqlGTIDReplication\n", "[DEFAULT] replication_strategy"),
+            ("[redis]\nreplication_namespace = elsewhere\n", "[redis] replication_namespace"),
+            ("[oslo_messaging_rabbit]\nssl_cert_file = /etc/c.pem\n", "[oslo_messaging_rabbit] ssl_cert_file"),
+            ("[oslo_messaging_rabbit]\nheartbeat_timeout_threshold = 70000\n", "heartbeat_timeout_threshold"),
+            ("[oslo_messaging_rabbit]\nrabbit_quorum_queue = sometimes\n", "rabbit_quorum_queue"),
+            ("[DEFAULT]\ntransport_url = kafka://h:9092/\n", "transport_url"),
+            ("[DEFAULT]\nbroken line\n", "line 4"),
+        ] {
+            let (_dir, files) = conf_dir(&[("a.conf", &format!("[DEFAULT]\nguest_id = g\n{ini}"))]);
+            let err = load_all(None, &files, env(&[])).unwrap_err().to_string();
+            assert!(err.contains(want), "{ini}: {err}");
+            assert!(!err.contains("soon") && !err.contains("perhaps"), "value leaked: {err}");
+        }
+    }
+
+    #[test]
+    fn log_dir_alone_names_the_agent_log() {
+        let (_dir, files) = conf_dir(&[("a.conf", "[DEFAULT]\nguest_id = g\nlog_dir = /var/log/trove\ndebug = false\n")]);
+        let s = load_all(None, &files, env(&[])).unwrap();
+        assert_eq!(s.log.file.unwrap(), Path::new("/var/log/trove/trove-guestagent.log"));
+        assert_eq!(s.log.level, "info");
     }
 }

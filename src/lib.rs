@@ -6,7 +6,7 @@
 //! - `datastore`: the local Redis: process control, redis.conf layers, INFO, status.
 //! - `replication`: the `ReplicationStrategy` trait and `RedisSync`.
 //! - `flows`: the taskmanager side: create, detach, promote and eject over RPC.
-//! - `config`: settings, loaded once.
+//! - `config`: settings, loaded once; `oslo_ini`: Trove's INI option files.
 //! - `agent`: wiring and graceful shutdown.
 
 // `RemoteFailure` (oslo's serialized exception, with its args and kwargs maps) is the error of
@@ -20,6 +20,7 @@ pub mod config;
 pub mod datastore;
 pub mod flows;
 pub mod methods;
+pub mod oslo_ini;
 pub mod replication;
 pub mod rpc;
 pub mod signal;

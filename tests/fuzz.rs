@@ -651,6 +651,79 @@ fn config_loader_never_panics() {
     });
 }
 
+// ---------------------------------------------------------------------------------------------
+// Trove's oslo INI files
+// ---------------------------------------------------------------------------------------------
+
+fn oslo_line() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::sample::select(vec!["[DEFAULT]", "[default]", "[redis]", "[Oslo_Messaging_Rabbit]", "[]", "[x", "#c", ";c", "", "  cont", "\tcont"]).prop_map(str::to_owned),
+        (
+            prop::sample::select(vec!["guest_id", "transport_url", "report_interval", "debug", "ssl", "heartbeat_timeout_threshold", "replication_strategy", "replication_namespace", "log_dir", "log_file", "datastore_manager", "ssl_cert_file"]),
+            prop::sample::select(vec![" = ", "=", ": ", " :"]),
+            "[ -~]{0,24}",
+        )
+            .prop_map(|(k, sep, v)| format!("{k}{sep}{v}")),
+        "[ -~]{0,30}",
+        any::<String>(),
+    ]
+}
+
+#[test]
+fn oslo_ini_parser_never_panics() {
+    fuzz("oslo_ini_text", regressions!("oslo_ini_text"), 1500, prop::collection::vec(oslo_line(), 0..14), |lines| {
+        let text = lines.join("\n");
+        match trove_guest::oslo_ini::parse(&text) {
+            Ok(items) => prop_assert!(items.iter().all(|(s, k, _)| !s.is_empty() && !k.is_empty())),
+            Err(e) => prop_assert!(e.line >= 1 && e.line <= text.split('\n').count(), "{e} for {text:?}"),
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn oslo_ini_round_trips() {
+    // Values as oslo would give them back: trimmed, no newline, not wrapped in matching quotes.
+    let value = "[ -~]{0,20}".prop_filter("oslo strips these", |v: &String| {
+        v.trim() == v && !(!v.is_empty() && (v.starts_with('"') || v.starts_with('\'')) && v.ends_with(&v[..1]))
+    });
+    let items = prop::collection::vec(("[A-Z]?[a-z_]{1,6}", "[a-zA-Z_][a-z_]{0,10}", value), 1..10);
+    fuzz("oslo_ini_round_trip", regressions!("oslo_ini_round_trip"), 1000, items, |items| {
+        let mut text = String::from("# Trove\n");
+        let mut want = Vec::new();
+        for (section, key, value) in &items {
+            text.push_str(&format!("[{section}]\n{key} = {value}\n\n"));
+            want.push((trove_guest::oslo_ini::normalize_section(section), key.clone(), value.clone()));
+        }
+        prop_assert_eq!(trove_guest::oslo_ini::parse(&text).unwrap(), want, "{}", text);
+        Ok(())
+    });
+}
+
+#[test]
+fn trove_files_loader_never_panics_nor_leaks_values() {
+    thread_local! {
+        static DIR: tempfile::TempDir = tempfile::tempdir().unwrap();
+    }
+    let files = prop::collection::vec(prop::collection::vec(oslo_line(), 0..10).prop_map(|l| l.join("\n")), 1..3);
+    fuzz("trove_files", regressions!("trove_files"), 400, files, |files| {
+        DIR.with(|d| {
+            let mut paths = Vec::new();
+            for (i, text) in files.iter().enumerate() {
+                let path = d.path().join(format!("{i}.conf"));
+                // A marker in the secret options shows whether an error ever quotes a value.
+                std::fs::write(&path, format!("[DEFAULT]\ninstance_rpc_encr_key = SEKRETkey\n{text}")).unwrap();
+                paths.push(path);
+            }
+            if let Err(e) = trove_guest::config::load_all(None, &paths, Vec::new()) {
+                let e = e.to_string();
+                prop_assert!(!e.is_empty() && !e.contains("SEKRETkey"), "{}", e);
+            }
+            Ok(())
+        })
+    });
+}
+
 /// Every key of the documented defaults, with its default value.
 fn schema() -> Vec<(String, String, toml::Value)> {
     let t: toml::Table = trove_guest::config::DEFAULTS.parse().unwrap();

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use tokio_util::sync::CancellationToken;
 use trove_guest::config::{self, LogFormat};
 
@@ -11,26 +11,46 @@ use trove_guest::config::{self, LogFormat};
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
-    /// TOML config file (see etc/trove-guestagent.toml); env TROVE_GUESTAGENT__<SECTION>__<KEY> overrides it.
+    /// TOML config file (see etc/trove-guestagent.toml); Trove's INI files and env TROVE_GUESTAGENT__<SECTION>__<KEY> override it.
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
+    /// A Trove (oslo INI) option file, such as guest_info.conf or trove-guestagent.conf; repeatable.
+    #[arg(long = "config-file", value_name = "FILE")]
+    config_file: Vec<PathBuf>,
+    /// A directory of Trove option files: every *.conf in it, in sorted order (as Trove's image starts its agent).
+    #[arg(long = "config-dir", value_name = "DIR")]
+    config_dir: Vec<PathBuf>,
     /// Print the documented default configuration and exit.
     #[arg(long)]
     print_defaults: bool,
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
     if cli.print_defaults {
         print!("{}", config::DEFAULTS);
         return ExitCode::SUCCESS;
     }
-    let settings = match config::load(cli.config.as_deref()) {
+    let settings = match trove_files(&cli, &matches).and_then(|files| config::load_all(cli.config.as_deref(), &files, std::env::vars())) {
         Ok(s) => s,
         Err(error) => {
             eprintln!("trove-guestagent: {error}");
             return ExitCode::from(64);
         }
+    };
+    let log_file = match &settings.log.file {
+        Some(path) => match std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            Ok(f) => Some(std::sync::Arc::new(f)),
+            Err(error) => {
+                eprintln!("trove-guestagent: invalid configuration: log.file: cannot open {}: {error}", path.display());
+                return ExitCode::from(64);
+            }
+        },
+        None => None,
     };
     let mut filter = tracing_subscriber::EnvFilter::try_new(&settings.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -41,13 +61,17 @@ fn main() -> ExitCode {
             filter = filter.add_directive(format!("{target}=debug").parse().expect("static directive"));
         }
     }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match settings.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match (settings.log.format, log_file) {
+        (LogFormat::Json, Some(f)) => builder.json().with_writer(f).init(),
+        (LogFormat::Text, Some(f)) => builder.with_ansi(false).with_writer(f).init(),
+        (LogFormat::Json, None) => builder.json().with_writer(std::io::stderr).init(),
+        (LogFormat::Text, None) => {
+            builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_writer(std::io::stderr).init()
+        }
+    }
+    if !settings.ignored_trove_options.is_empty() {
+        tracing::debug!(options = %settings.ignored_trove_options.join(", "), "Trove options not used by this agent");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
@@ -72,4 +96,19 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// Trove's option files in command-line order, as oslo.config reads them: each `--config-file`,
+/// and each `--config-dir`'s `*.conf` files sorted by name.
+fn trove_files(cli: &Cli, matches: &clap::ArgMatches) -> Result<Vec<PathBuf>, config::Error> {
+    let mut args: Vec<(usize, Vec<PathBuf>)> = Vec::new();
+    for (file, index) in cli.config_file.iter().zip(matches.indices_of("config_file").into_iter().flatten()) {
+        args.push((index, vec![file.clone()]));
+    }
+    for (dir, index) in cli.config_dir.iter().zip(matches.indices_of("config_dir").into_iter().flatten()) {
+        let files = trove_guest::oslo_ini::dir_files(dir).map_err(|source| config::Error::Read { path: dir.clone(), source })?;
+        args.push((index, files));
+    }
+    args.sort_by_key(|(index, _)| *index);
+    Ok(args.into_iter().flat_map(|(_, files)| files).collect())
 }

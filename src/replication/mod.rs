@@ -118,14 +118,64 @@ pub trait ReplicationStrategy: Send + Sync {
     }
 }
 
-/// The strategies this agent implements, by Trove's config name.
+/// Trove's namespaces for the Redis replication strategy (Trove's `[redis] replication_namespace`).
+pub const REDIS_SYNC_NAMESPACES: &[&str] =
+    &["trove.guestagent.strategies.replication.experimental.redis_sync", "trove.guestagent.strategies.replication.redis_sync"];
+
+/// Resolves a strategy name as Trove spells it — short (`RedisSyncReplication`) or dotted with its
+/// namespace (`trove.guestagent.strategies.replication.experimental.redis_sync.RedisSyncReplication`,
+/// as `guest_info.conf` carries it) — to the short name of a strategy this agent implements.
+pub fn resolve_strategy(name: &str) -> std::result::Result<&'static str, String> {
+    let name = name.trim();
+    let (namespace, class) = match name.rsplit_once('.') {
+        Some((ns, class)) => (Some(ns), class),
+        None => (None, name),
+    };
+    if !matches!(class, "RedisSyncReplication" | "RedisSync") {
+        return Err(format!("unknown replication strategy '{name}' (known: RedisSyncReplication, in {})", REDIS_SYNC_NAMESPACES[0]));
+    }
+    if let Some(ns) = namespace {
+        if !REDIS_SYNC_NAMESPACES.contains(&ns) {
+            return Err(format!("unknown replication namespace '{ns}' (known: {})", REDIS_SYNC_NAMESPACES.join(", ")));
+        }
+    }
+    Ok("RedisSyncReplication")
+}
+
+/// The strategies this agent implements, by Trove's config name (short or dotted).
 pub fn strategy_for(
     name: &str,
     manager: Arc<RedisManager>,
     settings: ReplicationSettings,
 ) -> std::result::Result<Arc<dyn ReplicationStrategy>, String> {
-    match name {
-        "RedisSyncReplication" | "RedisSync" => Ok(Arc::new(redis_sync::RedisSync::new(manager, settings))),
-        other => Err(format!("unknown replication strategy '{other}' (known: RedisSyncReplication)")),
+    match resolve_strategy(name)? {
+        "RedisSyncReplication" => Ok(Arc::new(redis_sync::RedisSync::new(manager, settings))),
+        other => Err(format!("replication strategy '{other}' has no implementation")),
+    }
+}
+
+#[cfg(test)]
+mod strategy_name_tests {
+    use super::resolve_strategy;
+
+    #[test]
+    fn trove_spellings_resolve() {
+        for name in [
+            "RedisSyncReplication",
+            "RedisSync",
+            "trove.guestagent.strategies.replication.experimental.redis_sync.RedisSyncReplication",
+            " trove.guestagent.strategies.replication.redis_sync.RedisSyncReplication ",
+        ] {
+            assert_eq!(resolve_strategy(name), Ok("RedisSyncReplication"), "{name}");
+        }
+        for (name, want) in [
+            ("trove.guestagent.strategies.replication.mysql_gtid.MysqlGTIDReplication", "MysqlGTIDReplication"),
+            ("elsewhere.redis_sync.RedisSyncReplication", "namespace 'elsewhere.redis_sync'"),
+            ("", "unknown replication strategy"),
+            ("trove.guestagent.strategies.replication.experimental.redis_sync.", "unknown replication strategy"),
+        ] {
+            let err = resolve_strategy(name).unwrap_err();
+            assert!(err.contains(want), "{name}: {err}");
+        }
     }
 }

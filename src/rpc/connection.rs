@@ -23,6 +23,8 @@ pub struct AmqpOptions {
     pub ha: bool,
     pub transient_ttl_ms: u32,
     pub heartbeat: u16,
+    /// TLS to every host, whatever the transport URL says.
+    pub ssl: bool,
     pub ssl_ca_file: Option<std::path::PathBuf>,
     pub ssl_client_pkcs12: Option<std::path::PathBuf>,
     pub ssl_client_pkcs12_password: Option<secrecy::SecretString>,
@@ -40,6 +42,7 @@ impl AmqpOptions {
             ha: false,
             transient_ttl_ms: 1_800_000,
             heartbeat: 60,
+            ssl: false,
             ssl_ca_file: None,
             ssl_client_pkcs12: None,
             ssl_client_pkcs12_password: None,
@@ -63,6 +66,9 @@ pub async fn connect(opts: &AmqpOptions) -> Result<Connection, Error> {
     let mut last = None;
     for mut uri in uris {
         uri.query.heartbeat = Some(opts.heartbeat);
+        if opts.ssl {
+            uri.scheme = lapin::uri::AMQPScheme::AMQPS;
+        }
         uri.query.frame_max = Some(FRAME_MAX);
         let host = format!("{}:{}", uri.authority.host, uri.authority.port);
         // lapin runs its tasks on our tokio runtime rather than on an executor of its own. Its

@@ -37,6 +37,8 @@ pub struct Guest {
     pub dir: tempfile::TempDir,
     pub key: Option<String>,
     pub env: Vec<(String, String)>,
+    /// Boot from Trove's option files in this directory (`--config-dir`) instead of the environment.
+    pub conf_dir: Option<PathBuf>,
     agent: Option<Child>,
 }
 
@@ -61,6 +63,23 @@ impl Guest {
     pub fn start_agent(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_file()).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_trove-guestagent"));
+        if let Some(dir) = &self.conf_dir {
+            // As the guest image boots under Trove: Trove's files say everything but where Redis
+            // lives, which the image's environment says.
+            cmd.env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .env("TROVE_GUESTAGENT__REDIS__SERVICE", "supervised")
+                .env("TROVE_GUESTAGENT__REDIS__CONFIG_FILE", self.config_file())
+                .env("TROVE_GUESTAGENT__REDIS__DATA_DIR", self.dir.path().join("data"))
+                .env("TROVE_GUESTAGENT__REDIS__PORT", self.port.to_string())
+                .env("TROVE_GUESTAGENT__REDIS__ADVERTISE_HOST", "127.0.0.1")
+                .arg(format!("--config-dir={}", dir.display()))
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log);
+            self.agent = Some(cmd.spawn().expect("cannot start trove-guestagent"));
+            return;
+        }
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("TROVE_GUESTAGENT__RPC__TRANSPORT_URL", amqp_url())
@@ -165,6 +184,24 @@ pub async fn spawn_guest(client: &RpcClient, key: Option<&str>, env: &[(&str, &s
         dir: tempfile::tempdir().unwrap(),
         key: key.map(str::to_owned),
         env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        conf_dir: None,
+        agent: None,
+    };
+    g.start_agent();
+    wait_ping(client, &g).await;
+    g
+}
+
+/// Starts an agent configured only by Trove's option files in `conf_dir` (plus where Redis
+/// lives), with instance `id` and secure-RPC `key` as those files give them.
+pub async fn spawn_guest_from_conf_dir(client: &RpcClient, id: &str, key: &str, dir: tempfile::TempDir, conf_dir: PathBuf) -> Guest {
+    let mut g = Guest {
+        id: id.to_owned(),
+        port: free_port(),
+        dir,
+        key: Some(key.to_owned()),
+        env: Vec::new(),
+        conf_dir: Some(conf_dir),
         agent: None,
     };
     g.start_agent();

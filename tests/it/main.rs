@@ -8,3 +8,4 @@ mod redis_tls;
 mod rpc_roundtrip;
 mod secrets;
 mod tls;
+mod trove_boot;

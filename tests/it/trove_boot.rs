@@ -1,0 +1,104 @@
+//! Booting the way Trove boots a guest: only Trove's injected guest_info.conf and trove-guestagent.conf (`--config-dir`).
+
+use std::path::Path;
+use std::process::Command;
+
+use redis::AsyncCommands;
+use trove_guest::flows::{create::CreateOptions, Inventory, Taskmanager};
+
+use crate::harness::*;
+
+/// guest_info.conf exactly as Trove 26's taskmanager writes it (`Instance.get_injected_files`).
+fn guest_info(id: &str, key: &str) -> String {
+    format!(
+        "[DEFAULT]\nguest_id={id}\ndatastore_manager=redis\ndatastore_version=7.0\ntenant_id=4c4fe1ac0e6c4d2a8c1a6bd5e0e3c0a1\ndatastore_registry_ext=redis:trove.guestagent.datastore.redis.manager.Manager\nreplication_strategy=trove.guestagent.strategies.replication.experimental.redis_sync.RedisSyncReplication\nssl_mode=None\nnetwork_isolation=False\ninstance_rpc_encr_key={key}\n"
+    )
+}
+
+/// An operator's trove-guestagent.conf, injected next to it from the taskmanager's `guest_config`.
+fn guestagent_conf(log_dir: &Path) -> String {
+    format!(
+        "[DEFAULT]\nlog_dir = {}\nlog_file = agent.log\nignore_users = os_admin\ncontrol_exchange = {EXCHANGE}\ntransport_url = {}\ncommand_process_timeout = 60\nuse_syslog = False\ndebug = True\nreport_interval = 2\n\n[oslo_messaging_rabbit]\nheartbeat_timeout_threshold = 30\nheartbeat_rate = 2\nrabbit_quorum_queue = false\n\n[service_credentials]\nauth_url = http://keystone:5000/v3\nregion_name = RegionOne\nproject_name = service\npassword = not-used-by-the-agent\nproject_domain_name = Default\nuser_domain_name = Default\nusername = trove\n\n[redis]\n# Trove's datastore section: the agent reads only its replication options.\nmount_point = /var/lib/redis\n",
+        log_dir.display(),
+        amqp_url()
+    )
+}
+
+/// A guest whose agent knows nothing but Trove's two files (and where its Redis lives).
+async fn trove_booted(c: &trove_guest::rpc::client::RpcClient) -> Guest {
+    let id = uuid_like();
+    let key = unique("k").replace('-', "").repeat(3)[..32].to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let conf_dir = dir.path().join("conf.d");
+    std::fs::create_dir(&conf_dir).unwrap();
+    std::fs::write(conf_dir.join("guest_info.conf"), guest_info(&id, &key)).unwrap();
+    std::fs::write(conf_dir.join("trove-guestagent.conf"), guestagent_conf(dir.path())).unwrap();
+    spawn_guest_from_conf_dir(c, &id, &key, dir, conf_dir).await
+}
+
+/// A Trove-style instance id (a UUID), unique per run.
+fn uuid_like() -> String {
+    let hex = trove_guest::rpc::envelope::new_id().replace('-', "");
+    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+}
+
+#[tokio::test]
+async fn agent_booted_from_trove_files_prepares_and_replicates() {
+    let c = client().await;
+    let master = trove_booted(&c).await;
+    let replica = trove_booted(&c).await;
+    // Secure RPC is on (the key came from guest_info.conf): a plaintext call is refused.
+    let plain = c.call(&master.topic(), "get_replication_status", Default::default(), "1.0", std::time::Duration::from_secs(10), None).await;
+    assert!(plain.is_err(), "a plaintext call reached a guest with an instance key: {plain:?}");
+    for g in [&master, &replica] {
+        prepare(&c, g, None, None).await;
+        let log = g.log();
+        assert!(log.contains("Trove options not used by this agent"), "no debug line on ignored options:\n{log}");
+        assert!(log.contains("[DEFAULT] datastore_version") && log.contains("[service_credentials] password"), "{log}");
+        assert!(!log.contains("not-used-by-the-agent") && !log.contains(g.key.as_deref().unwrap()), "a secret reached the log");
+    }
+    let mut con = master.redis(None).await;
+    let _: () = con.set("boot:k", "v1").await.unwrap();
+
+    let inv_dir = tempfile::tempdir().unwrap();
+    let inv = inv_dir.path().join("inventory.toml");
+    let mut text = format!("transport_url = \"{}\"\ncontrol_exchange = \"{EXCHANGE}\"\n", amqp_url());
+    for g in [&master, &replica] {
+        text.push_str(&format!("\n[[guest]]\nid = \"{}\"\nkey = \"{}\"\n", g.id, g.key.as_deref().unwrap()));
+    }
+    std::fs::write(&inv, text).unwrap();
+    let mut tm = Taskmanager::connect(Inventory::load(&inv).unwrap()).await.unwrap();
+    let report = tm
+        .create_replicas(CreateOptions {
+            master: master.id.clone(),
+            replicas: vec![replica.id.clone()],
+            count: None,
+            enable_persistence: false,
+            config_contents: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.replicas.len(), 1);
+    eventually(30, "replica linked to the master", || linked_replica_of(replica.port, master.port)).await;
+    eventually(10, "data on the replica", || async {
+        replica.redis(None).await.get::<_, Option<String>>("boot:k").await.unwrap().as_deref() == Some("v1")
+    })
+    .await;
+    tm.close().await;
+}
+
+#[test]
+fn trove_value_the_agent_cannot_honour_exits_64_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("guest_info.conf"), guest_info("0c3f2a8e-0000-4b4e-9a43-3f5f0b7f0a11", "0123456789abcdef0123456789abcdef")).unwrap();
+    std::fs::write(dir.path().join("trove-guestagent.conf"), "[DEFAULT]\ntransport_url = rabbit://u:p@127.0.0.1:1/\n[oslo_messaging_rabbit]\nssl = True\nssl_cert_file = /etc/trove/client.pem\n").unwrap();
+    for args in [vec!["--config-dir".to_owned(), dir.path().display().to_string()], vec![format!("--config-file={}", dir.path().join("trove-guestagent.conf").display())]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_trove-guestagent")).env_clear().args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {err}");
+        assert!(err.contains("[oslo_messaging_rabbit] ssl_cert_file") && err.contains("trove-guestagent.conf"), "{err}");
+    }
+    // A missing --config-dir is a configuration error too.
+    let out = Command::new(env!("CARGO_BIN_EXE_trove-guestagent")).env_clear().arg("--config-dir=/nonexistent/conf.d").output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
