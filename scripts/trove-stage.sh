@@ -218,11 +218,14 @@ control_exchange = trove
 guest_config = $WORK/etc/trove-guestagent.conf
 injected_config_location = /etc/trove/conf.d
 cloudinit_location = $WORK/etc/cloudinit
-# compute, network, image and volumes: our stand-ins (tests/trove/trove_standins.py)
+# compute, network, image, volumes and object storage: our stand-ins (tests/trove/trove_standins.py)
 remote_nova_client = trove_standins.nova_client
 remote_neutron_client = trove_standins.neutron_client
 remote_glance_client = trove_standins.glance_client
 remote_cinder_client = trove_standins.cinder_client
+# Trove checks Swift before creating a replica (storage_strategy = swift), although Redis takes no backup
+remote_swift_client = trove_standins.swift_client
+swift_url = http://127.0.0.1:1/unused
 nova_compute_url = http://127.0.0.1:1/unused
 neutron_url = http://127.0.0.1:1/unused
 glance_url = http://127.0.0.1:1/unused

@@ -379,3 +379,23 @@ class CinderClient:
 
 def cinder_client(context, region_name=None, **kwargs):
     return CinderClient(context, region_name=region_name)
+
+
+# ---------------------------------------------------------------- swift
+
+
+class SwiftClient:
+    """Trove checks Swift (get_account) before creating replicas when storage_strategy is swift, although
+    a Redis replica needs no backup; an empty account is all it looks for."""
+
+    url = "http://127.0.0.1:1/unused"
+
+    def __init__(self, context, region_name=None, **_):
+        pass
+
+    def get_account(self, **_):
+        return {}, []
+
+
+def swift_client(context, region_name=None, **kwargs):
+    return SwiftClient(context, region_name=region_name)
