@@ -55,7 +55,8 @@ impl Guest {
         let master = match &snapshot {
             Some(s) => {
                 let theirs = s.get("replication_strategy").and_then(Value::as_str).unwrap_or_default();
-                if theirs != self.strategy.name() {
+                // Trove may spell the strategy short or dotted with its namespace.
+                if replication::resolve_strategy(theirs).ok() != Some(self.strategy.name()) {
                     return Err(to_failure(a, replication::Error::Incompatible {
                         guest: self.strategy.name().into(),
                         theirs: theirs.into(),

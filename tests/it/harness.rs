@@ -133,8 +133,11 @@ impl Guest {
         std::fs::read_to_string(self.log_file()).unwrap_or_default()
     }
 
+    /// The pid of this guest's redis-server, from the harness's pidfile or Trove's (moved under the temp dir).
     pub fn redis_pid(&self) -> Option<i32> {
-        std::fs::read_to_string(self.dir.path().join("redis.pid")).ok()?.trim().parse().ok()
+        ["redis.pid", "run/redis/redis-server.pid"]
+            .iter()
+            .find_map(|f| std::fs::read_to_string(self.dir.path().join(f)).ok()?.trim().parse().ok())
     }
 
     /// The redis.conf the prepare call will send.

@@ -2,8 +2,10 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
+use serde_json::json;
 use trove_guest::flows::{create::CreateOptions, Inventory, Taskmanager};
 
 use crate::harness::*;
@@ -101,4 +103,60 @@ fn trove_value_the_agent_cannot_honour_exits_64_naming_the_key() {
     // A missing --config-dir is a configuration error too.
     let out = Command::new(env!("CARGO_BIN_EXE_trove-guestagent")).env_clear().arg("--config-dir=/nonexistent/conf.d").output().unwrap();
     assert_eq!(out.status.code(), Some(64));
+}
+
+async fn linked_or_listening(port: u16) -> bool {
+    tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+}
+
+/// Trove 26's stock Redis configuration as Trove renders it, its run directory moved to `run_dir`.
+fn trove_template(run_dir: &Path) -> String {
+    include_str!("../data/trove/redis-config.rendered").replace("/var/run/redis", &run_dir.display().to_string())
+}
+
+fn prepare_args(config: &str) -> serde_json::Value {
+    json!({
+        "packages": null, "databases": [], "memory_mb": 512, "users": [], "device_path": null,
+        "mount_point": "/var/lib/redis", "backup_info": null, "config_contents": config,
+        "root_password": null, "overrides": {}, "cluster_config": null, "snapshot": null,
+    })
+}
+
+#[tokio::test]
+async fn trove_stock_template_starts_redis_with_its_run_dir() {
+    let c = client().await;
+    let g = spawn_guest(&c, None, &[]).await;
+    let run = g.dir.path().join("run/redis");
+    assert!(!run.exists());
+    call(&c, &g, "prepare", prepare_args(&trove_template(&run))).await;
+    // The socket and pidfile Trove's template names are there, and Redis answers on the socket.
+    let sock = run.join("redis.sock");
+    assert!(sock.exists(), "no unix socket; agent log:\n{}", g.log());
+    let pid: i32 = std::fs::read_to_string(run.join("redis-server.pid")).unwrap().trim().parse().unwrap();
+    let mut con = redis::Client::open(format!("unix://{}", sock.display())).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let info = info(&mut con, "server").await;
+    assert_eq!(info.get("process_id"), Some(pid.to_string().as_str()));
+    assert!(g.log().contains("created redis runtime directories"), "{}", g.log());
+}
+
+#[tokio::test]
+async fn redis_that_cannot_start_fails_prepare_at_once_saying_why() {
+    let c = client().await;
+    let g = spawn_guest(&c, None, &[]).await;
+    let run = g.dir.path().join("run/redis");
+    // Redis parses this (the agent's check passes) but exits at start: the module is not there.
+    let config = format!("{}requirepass \"pw-SECRET-1\"\nloadmodule {}\n", trove_template(&run), g.dir.path().join("no-such-module.so").display());
+    let started = Instant::now();
+    let failure = call_err(&c, &g, "prepare", prepare_args(&config)).await;
+    let took = started.elapsed();
+    let message = format!("{failure:?}");
+    assert!(took < Duration::from_secs(20), "prepare failed only after {took:?} (start_timeout is 60 s): {message}");
+    assert!(message.contains("exited while starting"), "{message}");
+    assert!(message.contains("no-such-module.so"), "the reason from Redis's log is missing: {message}");
+    assert!(!message.contains("pw-SECRET-1") && !g.log().contains("pw-SECRET-1"), "a password leaked: {message}");
+    eprintln!("prepare failed after {took:?}: {message}");
+    // The agent does not keep restarting a server that cannot start (its restart backoff starts at 0.5 s).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(g.log().matches("started redis-server").count(), 1, "{}", g.log());
+    assert!(!linked_or_listening(g.port).await, "a redis-server is listening after the failed prepare");
 }

@@ -8,6 +8,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::Mutex;
 
 use super::admin::{Admin, Target};
+use super::runtime;
 use super::service::{self, Service};
 use super::state::{self, MasterSettings, ReplicaOf, State, System};
 use crate::config::{RedisSettings, ServiceKind};
@@ -53,6 +54,7 @@ impl RedisManager {
             if self.prepared().await {
                 // Re-render so the file carries the agent's current layers.
                 self.write_config().await?;
+                self.ensure_runtime_dirs(&self.rendered().await)?;
                 self.service.start().await?;
             }
         }
@@ -210,9 +212,22 @@ impl RedisManager {
 
     /// Waits until Redis answers PING (and has loaded its data).
     pub async fn wait_ready(&self) -> Result<()> {
+        self.wait_ready_since(None).await
+    }
+
+    /// As `wait_ready`; with `mark`, a supervised redis-server started after it that exits fails
+    /// the wait at once (and is no longer restarted).
+    async fn wait_ready_since(&self, mark: Option<u64>) -> Result<()> {
         let timeout = Duration::from_secs(self.settings.start_timeout);
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
+            if let Some(status) = match mark {
+                Some(m) => self.service.exited_since(m).await,
+                None => None,
+            } {
+                let _ = self.service.stop(None, Duration::from_secs(5)).await;
+                return Err(Error::Service(format!("redis-server exited while starting ({status})")));
+            }
             if !service::port_open(self.settings.port).await {
                 if tokio::time::Instant::now() > deadline {
                     return Err(Error::Timeout(format!("redis did not start listening within {timeout:?}")));
@@ -220,11 +235,17 @@ impl RedisManager {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             }
-            let last = match self.admin().await {
-                Ok(mut a) => match a.ping().await {
-                    Ok(()) => return Ok(()),
-                    Err(e) => e,
-                },
+            let probe = async {
+                let mut a = self.admin().await?;
+                a.ping().await
+            };
+            // While a start is watched, probe briefly so that an exit is seen at once.
+            let probe = match mark {
+                Some(_) => tokio::time::timeout(Duration::from_millis(500), probe).await.unwrap_or_else(|_| Err(Error::Timeout("PING took over 500ms".into()))),
+                None => probe.await,
+            };
+            let last = match probe {
+                Ok(()) => return Ok(()),
                 Err(e) => e,
             };
             if tokio::time::Instant::now() > deadline {
@@ -243,8 +264,42 @@ impl RedisManager {
         if !self.prepared().await {
             return Err(Error::Refused("redis has no configuration yet: the instance must be prepared first".into()));
         }
-        self.service.start().await?;
-        self.wait_ready().await
+        let rendered = self.rendered().await;
+        self.ensure_runtime_dirs(&rendered)?;
+        let log = runtime::StartLog::mark(self.service.capture_log().into_iter().chain(runtime::StartLog::logfile(&rendered)), &rendered);
+        let mark = self.service.start_mark();
+        let started = match self.service.start().await {
+            Ok(()) => self.wait_ready_since(Some(mark)).await,
+            Err(e) => Err(e),
+        };
+        self.service.start_waited();
+        // Say why, from this start's log lines (secrets redacted).
+        started.map_err(|e| match (e, log.tail(8)) {
+            (e, tail) if tail.is_empty() => e,
+            (Error::Service(m), tail) => Error::Service(format!("{m}; redis-server log: {tail}")),
+            (Error::Timeout(m), tail) => Error::Timeout(format!("{m}; redis-server log: {tail}")),
+            (e, _) => e,
+        })
+    }
+
+    /// The redis.conf text the current state renders.
+    async fn rendered(&self) -> String {
+        self.state.lock().await.render(&self.system(), self.major())
+    }
+
+    /// Creates the directories the configuration names for Redis's pidfile, socket and log
+    /// (given to the redis user when the agent runs as root).
+    fn ensure_runtime_dirs(&self, rendered: &str) -> Result<()> {
+        let dirs = runtime::runtime_dirs(rendered);
+        match runtime::ensure_dirs(&dirs, "redis") {
+            Ok(created) => {
+                if !created.is_empty() {
+                    tracing::info!(dirs = ?created, "created redis runtime directories");
+                }
+                Ok(())
+            }
+            Err(e) => Err(Error::Service(format!("cannot create the runtime directories redis.conf names ({}): {e}", dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")))),
+        }
     }
 
     pub async fn stop(&self) -> Result<()> {

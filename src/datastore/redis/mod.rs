@@ -4,6 +4,7 @@ pub mod admin;
 pub mod conf;
 pub mod info;
 pub mod manager;
+pub mod runtime;
 pub mod service;
 pub mod state;
 

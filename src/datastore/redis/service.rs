@@ -1,7 +1,7 @@
 //! Starting and stopping redis-server: systemd units, a supervised child process, or nothing.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +26,12 @@ pub struct Supervisor {
     port: u16,
     wanted: AtomicBool,
     child: Mutex<Option<Child>>,
+    /// Children spawned so far; the current child is number `spawns`.
+    spawns: AtomicU64,
+    /// The last child seen to exit: its number and exit status.
+    last_exit: std::sync::Mutex<Option<(u64, String)>>,
+    /// A start is being waited for: the watch loop reaps but does not restart (the waiter decides).
+    starting: AtomicBool,
 }
 
 /// Why redis-server refused a configuration: the directive (never its value) and Redis's reason.
@@ -97,12 +103,50 @@ impl Service {
                 port: settings.port,
                 wanted: AtomicBool::new(false),
                 child: Mutex::new(None),
+                spawns: AtomicU64::new(0),
+                last_exit: std::sync::Mutex::new(None),
+                starting: AtomicBool::new(false),
             })),
         }
     }
 
     pub fn can_control(&self) -> bool {
         !matches!(self, Service::External)
+    }
+
+    /// Where a supervised redis-server's stdout and stderr go.
+    pub fn capture_log(&self) -> Option<PathBuf> {
+        match self {
+            Service::Supervised(s) => Some(s.log_file.clone()),
+            _ => None,
+        }
+    }
+
+    /// Begins a start that the caller waits for: returns a mark to pass to `exited_since`, and
+    /// until `start_waited` a supervised server that exits is not restarted behind the caller.
+    pub fn start_mark(&self) -> u64 {
+        match self {
+            Service::Supervised(s) => {
+                s.starting.store(true, Ordering::SeqCst);
+                s.spawns.load(Ordering::SeqCst)
+            }
+            _ => 0,
+        }
+    }
+
+    /// Ends the wait begun by `start_mark`.
+    pub fn start_waited(&self) {
+        if let Service::Supervised(s) = self {
+            s.starting.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// The exit status of a supervised redis-server started after `mark`, if one has exited.
+    pub async fn exited_since(&self, mark: u64) -> Option<String> {
+        match self {
+            Service::Supervised(s) => s.exited_since(mark).await,
+            _ => None,
+        }
     }
 
     pub async fn start(&self) -> Result<()> {
@@ -160,16 +204,7 @@ impl Supervisor {
                 if !this.wanted.load(Ordering::SeqCst) {
                     continue;
                 }
-                let exited = {
-                    let mut child = this.child.lock().await;
-                    match child.as_mut().map(|c| c.try_wait()) {
-                        Some(Ok(Some(status))) => {
-                            *child = None;
-                            Some(status.to_string())
-                        }
-                        _ => None,
-                    }
-                };
+                let exited = this.reap().await;
                 let running = this.child.lock().await.is_some() || port_open(this.port).await;
                 if let Some(status) = &exited {
                     // A server that dies right after starting will die again: back off, up to 30 s.
@@ -180,8 +215,12 @@ impl Supervisor {
                     }
                     tracing::warn!(%status, retry_in = ?backoff, log = %this.log_file.display(), "redis-server exited; restarting");
                 }
-                if !running && this.wanted.load(Ordering::SeqCst) {
+                if !running && this.wanted.load(Ordering::SeqCst) && !this.starting.load(Ordering::SeqCst) {
                     tokio::time::sleep(backoff).await;
+                    // A failed start may have given the server up meanwhile.
+                    if !this.wanted.load(Ordering::SeqCst) || this.starting.load(Ordering::SeqCst) {
+                        continue;
+                    }
                     started_at = tokio::time::Instant::now();
                     match this.spawn_child().await {
                         Ok(()) => {}
@@ -193,6 +232,26 @@ impl Supervisor {
                 }
             }
         });
+    }
+
+    /// Collects the child if it has exited, recording its status.
+    async fn reap(&self) -> Option<String> {
+        let mut child = self.child.lock().await;
+        match child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(status))) => {
+                *child = None;
+                let status = status.to_string();
+                *self.last_exit.lock().unwrap_or_else(|e| e.into_inner()) = Some((self.spawns.load(Ordering::SeqCst), status.clone()));
+                Some(status)
+            }
+            _ => None,
+        }
+    }
+
+    async fn exited_since(&self, mark: u64) -> Option<String> {
+        self.reap().await;
+        let last = self.last_exit.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        last.filter(|(n, _)| *n > mark).map(|(_, status)| status)
     }
 
     async fn spawn_child(&self) -> Result<()> {
@@ -216,7 +275,9 @@ impl Supervisor {
             .spawn()
             .map_err(|e| Error::Service(format!("cannot run {}: {e}", self.binary)))?;
         tracing::info!(pid = child.id(), "started redis-server");
-        *self.child.lock().await = Some(child);
+        let mut slot = self.child.lock().await;
+        self.spawns.fetch_add(1, Ordering::SeqCst);
+        *slot = Some(child);
         Ok(())
     }
 
