@@ -38,6 +38,9 @@ ENV TROVE_GUESTAGENT__REDIS__SERVICE=supervised \
 # /var/lib/redis (config, agent state, dump.rdb), and the agent's log under /var/log/trove when
 # Trove's log_dir puts it there.
 COPY docker/guest/entrypoint.sh /usr/local/bin/trove-guest-entrypoint
+# Trove's stock Redis template puts the pidfile and the unix socket in /var/run/redis; the agent
+# runs as redis here and could not create that directory under /run itself.
+RUN install -d -o redis -g redis -m 0755 /run/redis
 USER redis
 WORKDIR /var/lib/redis
 EXPOSE 6379

@@ -13,7 +13,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 export CARGO_TERM_COLOR=never
 STAGES=("$@")
-[ ${#STAGES[@]} -eq 0 ] && STAGES=(rust compat docker bench)
+[ ${#STAGES[@]} -eq 0 ] && STAGES=(rust compat docker trove bench)
 
 banner() { printf '\n==== %s ====\n' "$*"; }
 passed=0; failed=0; failures=()

@@ -110,6 +110,7 @@ def trove(request, stage):
     c = client.Client(session=session.Session(auth=auth))
     c.secure = request.param
     c.pass_name = "secure" if request.param else "plain"
+    c.via_cli = not request.param  # the plain pass drives Trove with `openstack database ...`, the secure pass with the API
     try:
         yield c
     finally:

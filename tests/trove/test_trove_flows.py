@@ -110,18 +110,27 @@ def server_info(ip):
     return info
 
 
-def cli(stage, trove, *args):
-    """Runs `openstack database ...` (python-troveclient's OSC plugin) in this process and keeps its output for the report."""
-    if trove.pass_name != "plain":
-        return
+def cli(stage, trove, *args, check=True, keep=True):
+    """Runs `openstack database ...` (python-troveclient's OSC plugin) in this process; returns (status, output).
+
+    The output is kept for the report (docs/trove.md shows it)."""
     from openstackclient import shell
     buf = io.StringIO()
     argv = ["--os-auth-type", "admin_token", "--os-endpoint", f"{stage.api}/v1.0/trovestage", "--os-token", "trovestage",
             "database", *args]
     with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
         rc = shell.main(argv)
-    assert rc == 0, f"openstack database {' '.join(args)} failed: {buf.getvalue()[-500:]}"
-    stage.cli_output.append((trove.pass_name, "openstack database " + " ".join(args), buf.getvalue()))
+    out = buf.getvalue()
+    assert rc == 0 or not check, f"openstack database {' '.join(args)} failed (exit {rc}): {out[-500:]}"
+    if keep:
+        shown = " ".join(f"'{a}'" if " " in a else a for a in args)
+        stage.cli_output.append((trove.pass_name, f"openstack database {shown}", out if rc == 0 else f"{out}(exit {rc})"))
+    return rc, out
+
+
+def show_list(stage, trove):
+    if trove.via_cli:
+        cli(stage, trove, "instance", "list", "-c", "ID", "-c", "Name", "-c", "Status", "-c", "Operating Status", "-c", "Role")
 
 
 def test_replication_lifecycle(trove, stage):
@@ -131,7 +140,12 @@ def test_replication_lifecycle(trove, stage):
 
     # 1. a master, with data
     with steps.step("1 create master") as n:
-        m = trove.instances.create(names["master"], FLAVOR, datastore="redis", datastore_version="7.0")
+        if trove.via_cli:
+            cli(stage, trove, "instance", "create", names["master"], "--flavor", FLAVOR, "--datastore", "redis",
+                "--datastore-version", "7.0")
+            m = next(i for i in trove.instances.list() if i.name == names["master"])
+        else:
+            m = trove.instances.create(names["master"], FLAVOR, datastore="redis", datastore_version="7.0")
         insts = wait_for(trove, "the master to become ready", lambda x: ready(x, [m.id]), 240)
         assert insts[m.id].status in READY
         gm = Guest(stage, m)
@@ -154,11 +168,14 @@ def test_replication_lifecycle(trove, stage):
         for i in range(INITIAL_KEYS):
             r.call("SET", f"init:{i}", i)
     initial = [(f"init:{i}", i) for i in range(INITIAL_KEYS)]
-    cli(stage, trove, "instance", "list")
+    show_list(stage, trove)
 
     # 2. two replicas of it, in one request as Trove's CLI does with --replica-count
     with steps.step("2 create two replicas") as n:
-        trove.instances.create(names["replica"], replica_of=m.id, replica_count=2)  # no flavor, no datastore
+        if trove.via_cli:  # no flavor, no datastore: a replica takes its source's
+            cli(stage, trove, "instance", "create", names["replica"], "--replica-of", m.id, "--replica-count", "2")
+        else:
+            trove.instances.create(names["replica"], replica_of=m.id, replica_count=2)
 
         def replicas_ready(x):
             reps = [i for i in x.values() if ref(field(i, "replica_of", None)) == m.id]
@@ -173,8 +190,9 @@ def test_replication_lifecycle(trove, stage):
     for g in (g1, g2):
         wait_linked(g.ip, gm.ip)
         wait_no_missing(g.ip, initial)
-    cli(stage, trove, "instance", "list")
-    cli(stage, trove, "instance", "show", m.id)
+    show_list(stage, trove)
+    if trove.via_cli:
+        cli(stage, trove, "instance", "show", m.id)
 
     # 3. promote replica1 while a writer follows the master
     before = {g.instance_id: server_info(g.ip) for g in (gm, g1, g2)}
@@ -182,7 +200,10 @@ def test_replication_lifecycle(trove, stage):
     w.start()
     time.sleep(1.5)
     with steps.step("3 promote replica1 (writer running)") as n:
-        trove.instances.promote_to_replica_source(r1.id)
+        if trove.via_cli:
+            cli(stage, trove, "instance", "promote", r1.id)
+        else:
+            trove.instances.promote_to_replica_source(r1.id)
 
         def promoted(x):
             return (ref(field(x[m.id], "replica_of", None)) == r1.id and ref(field(x[r2.id], "replica_of", None)) == r1.id
@@ -207,7 +228,7 @@ def test_replication_lifecycle(trove, stage):
     steps.stage.report[-1] = steps.stage.report[-1][:4] + (
         f"writer {w.summary()}; lost 0; new master sync_full +0, sync_partial_ok "
         f"+{int(a1['sync_partial_ok']) - int(b1['sync_partial_ok'])}",)
-    cli(stage, trove, "instance", "list")
+    show_list(stage, trove)
 
     # 4. the new master's container dies; eject once Trove sees its heartbeat expired
     with steps.step("4 kill replica1's container, eject") as n:
@@ -215,12 +236,22 @@ def test_replication_lifecycle(trove, stage):
         killed = time.monotonic()
         refused = 0
         while True:
-            try:
-                trove.instances.eject_replica_source(r1.id)
-                break
-            except trove_exc.BadRequest as e:
-                assert "current heartbeat" in str(e), f"eject refused for another reason: {e}"
+            if trove.via_cli:
+                rc, out = cli(stage, trove, "instance", "eject", r1.id, check=False, keep=False)
+                if rc == 0:
+                    stage.cli_output.append((p, f"openstack database instance eject {r1.id}", out))
+                    break
+                assert "current heartbeat" in out, f"eject refused for another reason: {out[-500:]}"
+                if not refused:
+                    stage.cli_output.append((p, f"openstack database instance eject {r1.id}", f"{out}(exit {rc})"))
                 refused += 1
+            else:
+                try:
+                    trove.instances.eject_replica_source(r1.id)
+                    break
+                except trove_exc.BadRequest as e:
+                    assert "current heartbeat" in str(e), f"eject refused for another reason: {e}"
+                    refused += 1
             assert time.monotonic() - killed < 90, "Trove still refused the eject 90 s after the kill"
             time.sleep(1)
         accepted = time.monotonic() - killed
@@ -236,11 +267,14 @@ def test_replication_lifecycle(trove, stage):
     wait_linked(go.ip, gn.ip)
     for g in (gn, go):
         wait_no_missing(g.ip, pairs)
-    cli(stage, trove, "instance", "list")
+    show_list(stage, trove)
 
     # 5. detach the last replica
     with steps.step("5 detach the last replica") as n:
-        trove.instances.update(other.id, detach_replica_source=True)
+        if trove.via_cli:
+            cli(stage, trove, "instance", "detach", other.id)
+        else:
+            trove.instances.update(other.id, detach_replica_source=True)
 
         def detached(x):
             return field(x[other.id], "replica_of", None) is None and not field(x[new_master.id], "replicas", []) \
@@ -250,12 +284,15 @@ def test_replication_lifecycle(trove, stage):
     wait_no_missing(go.ip, pairs)
     with redisnode.Redis(go.ip) as r:
         assert r.call("SET", "after-detach", 1) == "OK"
-    cli(stage, trove, "instance", "list")
+    show_list(stage, trove)
 
     # 6. delete everything
     with steps.step("6 delete all three") as n:
-        for i in (m, r1, r2):
-            trove.instances.delete(i.id)
+        if trove.via_cli:
+            cli(stage, trove, "instance", "delete", m.id, r1.id, r2.id)
+        else:
+            for i in (m, r1, r2):
+                trove.instances.delete(i.id)
         wait_for(trove, "the instances to be deleted", lambda x: not ({m.id, r1.id, r2.id} & set(x)), 180)
         deadline = time.monotonic() + 60
         while docker("ps", "-aq", "--filter", f"label=trovestage.run={stage.run}",
