@@ -25,6 +25,7 @@ RUN set -eux; \
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server; \
     rm -rf /var/lib/apt/lists/*; \
     install -d -o redis -g redis -m 0750 /var/lib/redis /var/log/trove; \
+    install -d -o redis -g redis -m 0755 /var/run/redis; \
     install -d -m 0755 /etc/trove/conf.d; \
     redis-server --version
 
@@ -35,8 +36,9 @@ ENV TROVE_GUESTAGENT__REDIS__SERVICE=supervised \
     TROVE_GUESTAGENT__REDIS__PORT=6379
 
 # The agent and Redis run as the unprivileged redis user; everything they write is under
-# /var/lib/redis (config, agent state, dump.rdb), and the agent's log under /var/log/trove when
-# Trove's log_dir puts it there.
+# /var/lib/redis (config, agent state, dump.rdb), the agent's log under /var/log/trove when
+# Trove's log_dir puts it there, and the pidfile and unix socket of Trove's stock template under
+# /var/run/redis (which the agent, not being root, could not create).
 COPY docker/guest/entrypoint.sh /usr/local/bin/trove-guest-entrypoint
 # Trove's stock Redis template puts the pidfile and the unix socket in /var/run/redis; the agent
 # runs as redis here and could not create that directory under /run itself.

@@ -61,6 +61,7 @@ pub async fn run(settings: Settings, cancel: CancellationToken, hooks: Hooks) ->
         instance_id: settings.guest.id.clone(),
         cipher: cipher.clone(),
         interval: Duration::from_secs(settings.conductor.report_interval),
+        pacer: Pacer::new(Duration::from_millis(settings.conductor.heartbeat_spacing_ms)),
     };
     let heartbeat_task = tokio::spawn(heartbeat.clone().run(manager.clone(), strategy, status_tx, status_rx, background.clone()));
     let server = RpcServer {
@@ -85,6 +86,7 @@ pub async fn run(settings: Settings, cancel: CancellationToken, hooks: Hooks) ->
     background.cancel();
     let _ = heartbeat_task.await;
     let last = manager.status().await;
+    heartbeat.pacer.wait().await;
     if let Err(error) = heartbeat.send(last).await {
         tracing::warn!(%error, "last heartbeat not sent");
     }
@@ -101,6 +103,34 @@ struct Heartbeat {
     instance_id: String,
     cipher: Option<Cipher>,
     interval: Duration,
+    pacer: Pacer,
+}
+
+/// Spaces heartbeats: at most one per `spacing`. Trove's conductor handles casts concurrently, so
+/// two heartbeats close together can be written out of order (or collide on the heartbeat row);
+/// a status change that comes sooner waits, and the status sent is the latest at sending time.
+#[derive(Clone)]
+struct Pacer {
+    spacing: Duration,
+    last: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
+}
+
+impl Pacer {
+    fn new(spacing: Duration) -> Pacer {
+        Pacer { spacing, last: Arc::default() }
+    }
+
+    /// Waits until a heartbeat may go, and reserves that moment for it.
+    async fn wait(&self) {
+        let at = {
+            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            let now = tokio::time::Instant::now();
+            let at = last.map(|l| (l + self.spacing).max(now)).unwrap_or(now);
+            *last = Some(at);
+            at
+        };
+        tokio::time::sleep_until(at).await;
+    }
 }
 
 impl Heartbeat {
@@ -109,7 +139,8 @@ impl Heartbeat {
             .await
     }
 
-    /// Heartbeats on start, every interval, and at once on every status change.
+    /// Heartbeats on start, every interval, and on every status change: spaced by the pacer, and
+    /// each carrying the status current when it goes (a burst of changes is coalesced).
     async fn run(
         self,
         manager: Arc<RedisManager>,
@@ -122,28 +153,26 @@ impl Heartbeat {
         let probe_every = self.interval.min(Duration::from_secs(5));
         let mut last_sent = tokio::time::Instant::now() - self.interval;
         let mut probe = tokio::time::interval(probe_every);
+        let mut changed = true;
         loop {
-            let status = *status_rx.borrow_and_update();
-            if last_sent.elapsed() >= self.interval || status_rx.has_changed().unwrap_or(false) {
+            if changed || last_sent.elapsed() >= self.interval {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = self.pacer.wait() => {}
+                }
+                let status = *status_rx.borrow_and_update();
                 match self.send(status).await {
-                    Ok(()) => {
-                        tracing::debug!(status = status.description(), "heartbeat sent");
-                        last_sent = tokio::time::Instant::now();
-                    }
+                    Ok(()) => tracing::debug!(status = status.description(), "heartbeat sent"),
                     Err(error) => tracing::warn!(%error, "heartbeat not sent"),
                 }
+                last_sent = tokio::time::Instant::now();
+                changed = false;
             }
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                changed = status_rx.changed() => {
-                    if changed.is_err() { return; }
-                    let s = *status_rx.borrow();
-                    if let Err(error) = self.send(s).await {
-                        tracing::warn!(%error, "heartbeat not sent");
-                    } else {
-                        last_sent = tokio::time::Instant::now();
-                    }
-                    status_rx.borrow_and_update();
+                result = status_rx.changed() => {
+                    if result.is_err() { return; }
+                    changed = true;
                 }
                 _ = probe.tick() => {
                     let current = *status_rx.borrow();
@@ -162,5 +191,31 @@ impl Heartbeat {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pacer_spaces_a_burst() {
+        let gap = Duration::from_millis(200);
+        let pacer = Pacer::new(gap);
+        let t0 = tokio::time::Instant::now();
+        pacer.wait().await;
+        assert!(t0.elapsed() < gap, "the first heartbeat goes at once");
+        pacer.wait().await;
+        assert!(t0.elapsed() >= gap);
+        // Concurrent waiters (the loop and the last heartbeat at shutdown) get distinct slots.
+        let (a, b) = (pacer.clone(), pacer.clone());
+        let (ta, tb) = tokio::join!(async move { a.wait().await; t0.elapsed() }, async move { b.wait().await; t0.elapsed() });
+        let (first, second) = (ta.min(tb), ta.max(tb));
+        assert!(first >= 2 * gap && second >= 3 * gap, "{first:?} {second:?}");
+        tokio::time::sleep(2 * gap).await;
+        let slot = *pacer.last.lock().unwrap();
+        let t1 = tokio::time::Instant::now();
+        pacer.wait().await;
+        assert!(slot.unwrap() + gap <= t1, "after a quiet spell the slot is now, not later");
     }
 }

@@ -73,6 +73,8 @@ pub struct GuestSettings {
 pub struct ConductorSettings {
     pub topic: String,
     pub report_interval: u64,
+    /// Least time between two heartbeats, milliseconds.
+    pub heartbeat_spacing_ms: u64,
 }
 
 /// How the agent controls the Redis process.
@@ -419,6 +421,9 @@ fn validate(s: &Settings) -> Result<(), Error> {
     }
     if s.conductor.report_interval == 0 {
         return invalid("conductor.report_interval", "must be at least 1 second");
+    }
+    if s.conductor.heartbeat_spacing_ms > s.conductor.report_interval.saturating_mul(1000) {
+        return invalid("conductor.heartbeat_spacing_ms", "must not exceed report_interval");
     }
     if s.guest.datastore_manager != "redis" {
         return invalid("guest.datastore_manager", "this agent serves only the redis datastore manager");

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
-use trove_guest::flows::{self, create::CreateOptions, show, Inventory, Taskmanager};
+use trove_guest::flows::{self, create::CreateOptions, prepare::PrepareOptions, show, Inventory, Taskmanager};
 
 /// Run Trove's Redis replication flows against trove-guestagent instances over RabbitMQ.
 #[derive(Parser)]
@@ -24,6 +24,29 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Prepare new GUESTs as Trove's taskmanager does (its prepare payload), and wait until Redis serves.
+    Prepare {
+        /// redis.conf contents, like Trove's rendered config.template (default: the agent's own).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The flavor's RAM, as Trove sends it.
+        #[arg(long, default_value_t = 512)]
+        memory_mb: u64,
+        /// Configuration-group overrides as a JSON object, e.g. '{"maxmemory-policy": "allkeys-lru"}'.
+        #[arg(long, value_name = "JSON")]
+        overrides: Option<String>,
+        /// Datastore version name (Trove's ds_version).
+        #[arg(long, default_value = "7.0")]
+        ds_version: String,
+        /// Prepare a guest whose Redis already serves (drops its replication settings).
+        #[arg(long)]
+        force: bool,
+        /// Seconds to wait for each guest's agent, then for its Redis.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+        #[arg(required = true)]
+        guests: Vec<String>,
+    },
     /// Create replicas of MASTER: N spare guests, or the named ones.
     CreateReplicas {
         #[arg(long, value_name = "MASTER")]
@@ -97,7 +120,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Runs one command against the connected taskmanager.
 async fn command(cli: Cli, tm: &mut Taskmanager) -> anyhow::Result<ExitCode> {
-    if !matches!(cli.command, Command::Call { .. }) {
+    if !matches!(cli.command, Command::Call { .. } | Command::Prepare { .. }) {
         // One quick probe of every guest, reused by the flow (a dead guest costs DEAD_MASTER_TIMEOUT once).
         let live = tm.live_all_within(flows::DEAD_MASTER_TIMEOUT).await;
         for d in tm.disagreements(&live) {
@@ -105,7 +128,43 @@ async fn command(cli: Cli, tm: &mut Taskmanager) -> anyhow::Result<ExitCode> {
         }
         tm.recent = live;
     }
+    let json_out = cli.json;
     let result: Result<Value, flows::Error> = match cli.command {
+        Command::Prepare { config, memory_mb, overrides, ds_version, force, timeout, guests } => {
+            let config_contents = match config {
+                Some(p) => Some(std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?),
+                None => None,
+            };
+            let overrides = match overrides.as_deref() {
+                Some(text) => match serde_json::from_str::<Value>(text).context("--overrides must be a JSON object")? {
+                    Value::Object(m) => m,
+                    _ => bail!("--overrides must be a JSON object"),
+                },
+                None => Default::default(),
+            };
+            let opts = PrepareOptions { config_contents, memory_mb, overrides, ds_version, force, timeout: std::time::Duration::from_secs(timeout) };
+            // One after another, as each is its own instance; every failure is reported.
+            let mut done = Vec::new();
+            let mut failed = Vec::new();
+            for guest in &guests {
+                match tm.prepare(guest, &opts).await {
+                    Ok(p) => {
+                        eprintln!("{}: prepared, Redis serves as {} ({} s)", p.guest, p.role, p.seconds);
+                        done.push(p);
+                    }
+                    Err(e) => failed.push(e),
+                }
+            }
+            match failed.len() {
+                0 if !json_out => return Ok(ExitCode::SUCCESS),
+                0 => Ok(json!(done)),
+                1 if guests.len() == 1 => Err(failed.remove(0)),
+                _ if failed.iter().all(|e| matches!(e, flows::Error::Refused(_))) && done.is_empty() => {
+                    Err(flows::Error::Refused(failed.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")))
+                }
+                _ => Err(flows::Error::Partial(failed)),
+            }
+        }
         Command::CreateReplicas { replica_of, replica_count, enable_persistence, config, guests } => {
             if guests.is_empty() && replica_count.is_none() {
                 bail!("name the replicas, or give --replica-count N");

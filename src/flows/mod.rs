@@ -1,9 +1,10 @@
-//! Taskmanager-side replication flows (create, detach, promote, eject) driven over RPC, as Trove orders them.
+//! Taskmanager-side flows (prepare; create, detach, promote, eject) driven over RPC, as Trove orders them.
 //! Flows return values and collect per-guest errors; printing is the CLI's job.
 
 pub mod create;
 pub mod eject;
 pub mod inventory;
+pub mod prepare;
 pub mod promote;
 pub mod show;
 

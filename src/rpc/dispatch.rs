@@ -107,6 +107,9 @@ async fn run(endpoint: &dyn Endpoint, cipher: Option<&Cipher>, req: &mut Request
     }
     if let Some(cipher) = cipher {
         secure::open_request(cipher, req)?;
+        if let Some(id) = req.context.get("request_id").and_then(|v| v.as_str()) {
+            tracing::Span::current().record("request_id", id);
+        }
     }
     let args = std::mem::take(&mut req.args);
     endpoint.call(&req.method, args).await

@@ -152,12 +152,17 @@ impl RpcServer {
                 return;
             }
         }
+        // The request id is recorded from the context: here when it is plaintext, in dispatch once
+        // secure RPC has decrypted it (calls and casts alike).
         let span = tracing::info_span!(
             "rpc",
             method = %request.method,
             msg_id = request.msg_id.as_deref().unwrap_or("-"),
-            request_id = request.context.get("request_id").and_then(|v| v.as_str()).unwrap_or("-"),
+            request_id = tracing::field::Empty,
         );
+        if let Some(id) = request.context.get("request_id").and_then(|v| v.as_str()) {
+            span.record("request_id", id);
+        }
         async {
             let started = std::time::Instant::now();
             let kind = if request.is_call() { "call" } else { "cast" };

@@ -58,6 +58,8 @@ async fn agent_booted_from_trove_files_prepares_and_replicates() {
         assert!(log.contains("Trove options not used by this agent"), "no debug line on ignored options:\n{log}");
         assert!(log.contains("[DEFAULT] datastore_version") && log.contains("[service_credentials] password"), "{log}");
         assert!(!log.contains("not-used-by-the-agent") && !log.contains(g.key.as_deref().unwrap()), "a secret reached the log");
+        // The cast's request id, from its encrypted context, is in the log.
+        assert!(log.lines().any(|l| l.contains("method=prepare") && l.contains("request_id=\"req-") && l.contains("kind=\"cast\"")), "{log}");
     }
     let mut con = master.redis(None).await;
     let _: () = con.set("boot:k", "v1").await.unwrap();
@@ -159,4 +161,79 @@ async fn redis_that_cannot_start_fails_prepare_at_once_saying_why() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(g.log().matches("started redis-server").count(), 1, "{}", g.log());
     assert!(!linked_or_listening(g.port).await, "a redis-server is listening after the failed prepare");
+}
+
+/// Heartbeats cast to `topic` on the control exchange: (status, sent) in arrival order.
+async fn capture_heartbeats(topic: &str) -> (lapin::Connection, std::sync::Arc<std::sync::Mutex<Vec<(String, f64)>>>) {
+    use futures_util::StreamExt;
+    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    let opts = trove_guest::rpc::AmqpOptions::new(&amqp_url(), EXCHANGE, "it-heartbeats");
+    let conn = trove_guest::rpc::connection::connect(&opts).await.expect("RabbitMQ");
+    let ch = conn.create_channel().await.unwrap();
+    trove_guest::rpc::connection::declare_control_exchange(&ch, &opts).await.unwrap();
+    let q = ch.queue_declare("", QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default()).await.unwrap();
+    ch.queue_bind(q.name().as_str(), EXCHANGE, topic, QueueBindOptions::default(), FieldTable::default()).await.unwrap();
+    let mut consumer = ch.basic_consume(q.name().as_str(), "", BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default()).await.unwrap();
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<(String, f64)>>> = Default::default();
+    let sink = seen.clone();
+    tokio::spawn(async move {
+        while let Some(Ok(d)) = consumer.next().await {
+            let req = trove_guest::rpc::envelope::decode(&d.data, trove_guest::rpc::envelope::DEFAULT_MAX_BODY).unwrap();
+            assert_eq!(req.method, "heartbeat");
+            let status = req.args["payload"]["service_status"].as_str().unwrap().to_owned();
+            sink.lock().unwrap().push((status, req.args["sent"].as_f64().unwrap()));
+        }
+    });
+    (conn, seen)
+}
+
+#[tokio::test]
+async fn heartbeats_of_a_fast_prepare_are_spaced_and_in_order() {
+    let c = client().await;
+    let topic = unique("conductor");
+    let (_conn, seen) = capture_heartbeats(&topic).await;
+    let g = spawn_guest(&c, None, &[("TROVE_GUESTAGENT__CONDUCTOR__TOPIC", &topic), ("TROVE_GUESTAGENT__CONDUCTOR__REPORT_INTERVAL", "60")]).await;
+    // Trove's prepare is a cast: new -> building -> healthy within a fraction of a second.
+    prepare(&c, &g, None, None).await;
+    eventually(20, "a healthy heartbeat", || async { seen.lock().unwrap().last().is_some_and(|(s, _)| s == "healthy") }).await;
+    let beats = seen.lock().unwrap().clone();
+    eprintln!("heartbeats: {beats:?}");
+    assert_eq!(beats.first().map(|b| b.0.as_str()), Some("new"), "{beats:?}");
+    // Never backwards: each status is at or after the previous one in new -> building -> healthy.
+    let rank = |s: &str| ["new", "building", "healthy"].iter().position(|x| *x == s).unwrap_or_else(|| panic!("unexpected status {s}"));
+    for pair in beats.windows(2) {
+        assert!(rank(&pair[1].0) >= rank(&pair[0].0), "out of order: {beats:?}");
+        // Spaced by [conductor] heartbeat_spacing_ms (1000); `sent` is the agent's wall clock.
+        assert!(pair[1].1 - pair[0].1 >= 0.95, "two heartbeats {:.3}s apart: {beats:?}", pair[1].1 - pair[0].1);
+    }
+}
+
+#[tokio::test]
+async fn guestctl_prepare_sends_troves_payload_and_refuses_a_prepared_guest() {
+    let c = client().await;
+    let g = spawn_guest(&c, None, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let inv = dir.path().join("inventory.toml");
+    std::fs::write(&inv, format!("transport_url = \"{}\"\ncontrol_exchange = \"{EXCHANGE}\"\n\n[[guest]]\nid = \"{}\"\n", amqp_url(), g.id)).unwrap();
+    let conf = dir.path().join("redis.conf");
+    std::fs::write(&conf, g.config_contents(None)).unwrap();
+    let ctl = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_trove-guestctl")).arg("--inventory").arg(&inv).args(args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let conf_arg = conf.display().to_string();
+    let (code, out) = ctl(&["prepare", "--config", &conf_arg, "--memory-mb", "1024", &g.id]);
+    assert_eq!(code, Some(0), "{out}\n{}", g.log());
+    assert!(out.contains("prepared, Redis serves as master"), "{out}");
+    assert!(g.log().contains("prepare finished"), "{}", g.log());
+    let mut con = g.redis(None).await;
+    let _: () = con.set("k", "v").await.unwrap();
+    // A second prepare would drop replication settings: refused, nothing changed (exit 3).
+    let (code, out) = ctl(&["prepare", &g.id]);
+    assert_eq!(code, Some(3), "{out}");
+    assert!(out.contains("already prepared"), "{out}");
+    assert_eq!(con.get::<_, Option<String>>("k").await.unwrap().as_deref(), Some("v"));
+    // A guest not in the inventory is refused too.
+    assert_eq!(ctl(&["prepare", "nosuch"]).0, Some(3));
 }
