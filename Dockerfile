@@ -40,9 +40,6 @@ ENV TROVE_GUESTAGENT__REDIS__SERVICE=supervised \
 # Trove's log_dir puts it there, and the pidfile and unix socket of Trove's stock template under
 # /var/run/redis (which the agent, not being root, could not create).
 COPY docker/guest/entrypoint.sh /usr/local/bin/trove-guest-entrypoint
-# Trove's stock Redis template puts the pidfile and the unix socket in /var/run/redis; the agent
-# runs as redis here and could not create that directory under /run itself.
-RUN install -d -o redis -g redis -m 0755 /run/redis
 USER redis
 WORKDIR /var/lib/redis
 EXPOSE 6379
