@@ -68,6 +68,27 @@ def _fmt(counter):
     return ", ".join(f"{m}" + (f"×{n}" if n > 1 else "") for m, n in sorted(counter.items())) or "-"
 
 
+def _count(path, needle):
+    try:
+        with open(path, errors="replace") as f:
+            return sum(1 for line in f if needle in line)
+    except FileNotFoundError:
+        return 0
+
+
+def trove_defects(work):
+    """How often the Trove defects docs/trove.md describes showed up in this run's Trove logs."""
+    tm, cond, api = (os.path.join(work, f"trove-{s}.log") for s in ("taskmanager", "conductor", "api"))
+    return [
+        "Trove defects seen in its logs (both passes):",
+        f"  taskmanager: Backup.delete(context, None) -> NotFound after a replica create: "
+        f"{_count(tm, 'Exception during message handling: trove.common.exception.NotFound: Resource None cannot be found')}",
+        f"  conductor: DBDuplicateEntry '<id>-heartbeat' (concurrent first heartbeats): "
+        f"{_count(cond, 'Exception during message handling: oslo_db.exception.DBDuplicateEntry')}",
+        f"  api: instance show requests, each calling the guest (get_filesystem_stats): {_count(api, 'Showing database instance')}",
+    ]
+
+
 def write_report(stage):
     if not stage.report:
         return
@@ -82,6 +103,8 @@ def write_report(stage):
             lines.append(" " * len(head) + f"  {r}")
         if note:
             lines.append(" " * len(head) + f"  note: {note}")
+    lines.append("")
+    lines.extend(trove_defects(stage.work))
     for pass_name, title, text in stage.cli_output:
         lines.append(f"\n-- [{pass_name}] $ {title}\n{text.rstrip()}")
     text = "\n".join(lines) + "\n"
