@@ -72,7 +72,8 @@ cleanup() {
     for f in "$WORK"/pids/*.pid; do
         [ -e "$f" ] || continue
         p=$(tr -dc '0-9' <"$f")
-        [ -n "$p" ] && kill -TERM "$p" 2>/dev/null && log "stopped $(basename "$f" .pid) (pid $p)"
+        # each service leads its own process group (its workers included)
+        [ -n "$p" ] && kill -TERM -- "-$p" 2>/dev/null && log "stopped $(basename "$f" .pid) (pid $p)"
         rm -f "$f"
     done
     ids=$(docker ps -aq --filter "label=trovestage.run=$RUN" 2>/dev/null || true)
@@ -293,6 +294,6 @@ export TROVE_STAGE_PIDS="$WORK/pids"
 export TROVE_STAGE_VENV="$VENV"
 log "running tests/trove (logs in $WORK)"
 rc=0
-"$PY" -m pytest -q -p no:cacheprovider --timeout 420 tests/trove "$@" || rc=$?
+"$PY" -m pytest -q -p no:cacheprovider --disable-warnings --timeout 420 tests/trove "$@" || rc=$?
 [ -f "$WORK/report.txt" ] && cat "$WORK/report.txt"
 exit $rc
