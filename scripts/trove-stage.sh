@@ -58,10 +58,12 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 # --- cleanup: everything this run started --------------------------------------------------------
 MARIADB_PID=""
+PYTEST_PID=""
 CLEANED=0
 cleanup() {
     [ "$CLEANED" = 1 ] && return 0
     CLEANED=1
+    set +e   # clean up as much as possible; no step may end the cleanup early
     if [ "$KEEP" = 1 ]; then
         log "TROVE_STAGE_KEEP=1: left running: containers and network $RUN, mariadbd pid ${MARIADB_PID:-none}," \
             "Trove services (pids in $WORK/pids); remove with: kill \$(cat $WORK/pids/*.pid) ${MARIADB_PID};" \
@@ -69,6 +71,10 @@ cleanup() {
         return 0
     fi
     local f p ids
+    if [ -n "$PYTEST_PID" ] && kill -0 "$PYTEST_PID" 2>/dev/null; then
+        kill -TERM "$PYTEST_PID" 2>/dev/null
+        wait "$PYTEST_PID" 2>/dev/null
+    fi
     for f in "$WORK"/pids/*.pid; do
         [ -e "$f" ] || continue
         p=$(tr -dc '0-9' <"$f")
@@ -294,6 +300,10 @@ export TROVE_STAGE_PIDS="$WORK/pids"
 export TROVE_STAGE_VENV="$VENV"
 log "running tests/trove (logs in $WORK)"
 rc=0
-"$PY" -m pytest -q -p no:cacheprovider --disable-warnings --timeout 420 tests/trove "$@" || rc=$?
+# In the background, so that a TERM or INT to this script runs the cleanup at once.
+"$PY" -m pytest -q -p no:cacheprovider --disable-warnings --timeout 420 tests/trove "$@" &
+PYTEST_PID=$!
+wait "$PYTEST_PID" || rc=$?
+PYTEST_PID=""
 [ -f "$WORK/report.txt" ] && cat "$WORK/report.txt"
 exit $rc
