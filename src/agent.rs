@@ -194,6 +194,8 @@ impl Heartbeat {
                     if result.is_err() { return; }
                     changed = true;
                 }
+                // The periodic heartbeat is due: send it on time, not at the next probe tick.
+                _ = tokio::time::sleep_until(last_sent + self.interval) => {}
                 _ = probe.tick() => {
                     let current = *status_rx.borrow();
                     if !matches!(current, ServiceStatus::Building | ServiceStatus::Failed) {
