@@ -3,7 +3,8 @@
 #   1. Rust unit tests and property tests, and the integration tests (real RabbitMQ, real redis-server,
 #      agents as separate processes);
 #   2. the oslo.messaging compatibility tests (the real Python client, Trove's own guest API);
-#   3. the fault-injection tests across Docker containers (fails loudly without a Docker engine);
+#   3. the fault-injection tests across Docker containers, the agent under systemd, and a promote
+#      through the loss of a RabbitMQ cluster node (fails loudly without a Docker engine);
 #   4. a smoke run of the benchmarks, so they cannot rot.
 # Usage: scripts/test.sh [rust|compat|docker|bench ...]   (default: all stages)
 set -euo pipefail
@@ -37,7 +38,14 @@ stage_compat() {
   cargo build --bins --quiet &&
   TROVE_GUESTAGENT_BIN="$ROOT/target/debug/trove-guestagent" .venv/bin/python -m pytest -q tests/compat
 }
-stage_docker() { bash scripts/docker-tests.sh; }
+# The fault scenarios, then systemd mode and the RabbitMQ cluster (each runs even if one before failed).
+stage_docker() {
+  local rc=0
+  bash scripts/docker-tests.sh || rc=1
+  bash scripts/systemd-tests.sh || rc=1
+  bash scripts/cluster-tests.sh || rc=1
+  return $rc
+}
 stage_bench() { bash scripts/bench.sh --smoke; }
 
 for s in "${STAGES[@]}"; do
