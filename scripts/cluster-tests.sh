@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A RabbitMQ node dies in the middle of a promote: a 3-node cluster of Debian's rabbitmq-server
 # and three guests whose agents use a multi-host transport_url and quorum queues
-# (tests/docker/compose.cluster.yml), driven from the host by tests/docker/cluster_scenario.py.
+# (tests/docker/compose.cluster.yml), driven from the host by tests/docker/cluster_scenario.py:
+# first the agents' node dies (the promote goes on), then, with it restarted, the node of the
+# agents and of trove-guestctl (the promote fails at once; a retry completes).
 #
 # Fails loudly (exit 1) when Docker is missing or not running. Removes every container and the
 # network it made, on success, failure or interrupt.
@@ -13,7 +15,7 @@
 #   TROVE_RABBITMQ_IMAGE  broker image (default trove-redis-guest/rabbitmq:latest; built when missing)
 #   TROVE_INFRA_BUILD=0   skip cargo and docker build (use target/release and the images as they are)
 #   TROVE_INFRA_CLUSTER_PREFIX  the /24 prefix to use (default 172.28.61)
-#   TROVE_INFRA_TIMEOUT   seconds the scenario may take once the cluster is up (default 200)
+#   TROVE_INFRA_TIMEOUT   seconds the scenario may take once the cluster is up (default 240)
 #   TROVE_INFRA_KEEP=1    leave the containers running for debugging
 # Logs: target/infra-tests/cluster/ (scenario output, trove-guestctl runs, every container's log).
 set -uo pipefail
@@ -23,7 +25,7 @@ cd "$ROOT"
 export TROVE_GUEST_IMAGE=${TROVE_GUEST_IMAGE:-trove-redis-guest/guest:cluster}
 export TROVE_RABBITMQ_IMAGE=${TROVE_RABBITMQ_IMAGE:-trove-redis-guest/rabbitmq:latest}
 export TROVE_INFRA_CLUSTER_PREFIX=${TROVE_INFRA_CLUSTER_PREFIX:-172.28.61}
-TIMEOUT=${TROVE_INFRA_TIMEOUT:-200}
+TIMEOUT=${TROVE_INFRA_TIMEOUT:-240}
 PROJECT=infracluster
 NODES=(infra-rmq1 infra-rmq2 infra-rmq3)
 GUESTS=(infra-cg1 infra-cg2 infra-cg3)

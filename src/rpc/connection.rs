@@ -57,6 +57,9 @@ impl AmqpOptions {
 /// a few KiB; at 32 KiB it is 2 MiB. Larger bodies are simply sent in more frames.
 const FRAME_MAX: u32 = 32 * 1024;
 
+/// How long one host may take to accept a TCP connection before the next one is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Opens a connection to the first host that answers.
 pub async fn connect(opts: &AmqpOptions) -> Result<Connection, Error> {
     connect_from(opts, 0).await.map(|(conn, _)| conn)
@@ -74,7 +77,23 @@ pub async fn connect_from(opts: &AmqpOptions, start: usize) -> Result<(Connectio
         let mut uri = uris[index].clone();
         uri.query.heartbeat = Some(opts.heartbeat);
         uri.query.frame_max = Some(FRAME_MAX);
+        // lapin's TCP connect is a blocking one, which the timeout below cannot cut short: bound it.
+        uri.query.connection_timeout = Some(CONNECT_TIMEOUT.as_millis() as u64);
         let host = format!("{}:{}", uri.authority.host, uri.authority.port);
+        // A dead node's address may not even refuse (its SYNs go unanswered): find out without
+        // blocking, so that the next host is tried after CONNECT_TIMEOUT, not the kernel's minute.
+        let reachable = match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect((uri.authority.host.as_str(), uri.authority.port))).await {
+            Ok(Ok(_probe)) => Ok(()),
+            Ok(Err(error)) => Err(format!("{host}: {error}")),
+            Err(_) => Err(format!("{host}: no TCP connection within {CONNECT_TIMEOUT:?}")),
+        };
+        if let Err(failure) = reachable {
+            if n > 1 {
+                tracing::warn!(reason = %failure, "cannot connect to this RabbitMQ host; trying the next one");
+            }
+            last = Some(failure);
+            continue;
+        }
         // lapin runs its tasks on our tokio runtime rather than on an executor of its own. Its
         // reactor stays its own: the I/O loop thread outlives the runtime at exit, and on the
         // tokio reactor it would then fail loudly.

@@ -5,7 +5,8 @@ Two guest containers (docker/systemd/Dockerfile) run trove-guestagent as the uni
 trove-guestagent.service with [redis] service = "systemd"; the agent drives Debian's
 redis-server.service with systemctl. From the host, trove-guestctl covers: prepare, create-replicas
 (attach), promote under a writer, kill -9 of a redis-server (systemd restarts it; the next
-replication calls and a promote work), the `restart` RPC and the `stop_db` RPC.
+replication calls and a promote work), the `restart` RPC, the `stop_db` RPC, a reboot of the
+container (systemd brings Redis back from the agent's redis.conf) and stopping the agent's unit.
 
 Prints detail lines and one summary line `scenario=systemd result=pass|fail ...`; exit 0 on pass.
 Environment (set by the script): TROVE_INFRA_GUESTCTL, TROVE_INFRA_WORKDIR, TROVE_INFRA_BROKER,
@@ -18,7 +19,7 @@ import time
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from infra_common import (PREPARE_ARGS, Ctl, Failed, Redis, Writer, check, dexec, port_open, rinfo, say,  # noqa: E402
+from infra_common import (PREPARE_ARGS, Ctl, Failed, Redis, Writer, check, dexec, port_open, rinfo, run, say,  # noqa: E402
                           wait_for, write_inventory)
 
 
@@ -152,6 +153,17 @@ def main():
     wait_for(f"{c2} rejoins {ip1} after stop_db and restart",
              lambda: (i := rinfo(ip2, "replication")) and i.get("master_host") == ip1 and i.get("master_link_status") == "up", 60)
     check(not w.missing_on(ip2), f"{c2} still holds every acknowledged write")
+
+    # --- a reboot: systemd starts redis-server.service from the agent's redis.conf (still a
+    # replica of the same master) and the agent; nothing is lost
+    t0 = time.monotonic()
+    run(["docker", "restart", "-t", "60", c2], timeout=120, check=True)
+    ctl.wait_ping(g2, 90)
+    wait_for(f"{c2} replicates {ip1} again after the reboot",
+             lambda: (i := rinfo(ip2, "replication")) and i.get("master_host") == ip1 and i.get("master_link_status") == "up", 60)
+    figures["reboot_relink_ms"] = int((time.monotonic() - t0) * 1000)
+    check(not w.missing_on(ip2) and Redis(ip2).call("GET", "seed:499") == b"499",
+          f"{c2} came back from a reboot as a replica of {ip1} with every write, in {figures['reboot_relink_ms']} ms")
 
     # --- the agent's own unit: SIGTERM from systemctl stop ends it cleanly
     dexec(c2, "systemctl", "stop", "trove-guestagent.service", timeout=90)
