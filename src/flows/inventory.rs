@@ -42,6 +42,13 @@ pub struct Inventory {
     pub transport_url: String,
     #[serde(default = "default_exchange")]
     pub control_exchange: String,
+    /// The deployment's oslo `amqp_durable_queues` and `rabbit_quorum_queue`, as the agents'
+    /// `[rpc] durable_queues` / `quorum_queues`: either makes the control exchange durable, and
+    /// the caller must declare it the same way as the agents.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub durable_queues: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quorum_queues: bool,
     /// What a new replica source is given (Trove's rendered replica-source template): the
     /// diskless-sync settings. Empty: each agent's own `[replication] diskless_sync` applies.
     #[serde(default = "default_source_config", skip_serializing_if = "is_default_source_config")]
@@ -185,6 +192,11 @@ mod tests {
         assert_eq!(again.guest("b").unwrap().key.as_deref(), Some("k"));
         assert_eq!(again.replica_source_config, crate::flows::REPLICA_SOURCE_CONFIG);
         assert!(!std::fs::read_to_string(&p).unwrap().contains("replica_source_config"), "the default is not written out");
+        assert!(!again.quorum_queues && !again.durable_queues);
+        std::fs::write(&p, "transport_url = \"rabbit://a:1,b:2/\"\nquorum_queues = true\n[[guest]]\nid = \"a\"\n").unwrap();
+        let mut inv = Inventory::load(&p).unwrap();
+        inv.set_replica_of("a", None).unwrap();
+        assert!(Inventory::load(&p).unwrap().quorum_queues, "quorum_queues survives a rewrite");
         std::fs::write(&p, "transport_url = \"rabbit://h/\"\nreplica_source_config = \"repl-diskless-sync no\\n\"\n[[guest]]\nid = \"a\"\n").unwrap();
         let mut inv = Inventory::load(&p).unwrap();
         inv.set_replica_of("a", None).unwrap();

@@ -86,7 +86,9 @@ pub struct Taskmanager {
 
 impl Taskmanager {
     pub async fn connect(inventory: Inventory) -> Result<Self, Error> {
-        let opts = AmqpOptions::new(&inventory.transport_url, &inventory.control_exchange, "trove-guestctl");
+        let mut opts = AmqpOptions::new(&inventory.transport_url, &inventory.control_exchange, "trove-guestctl");
+        opts.durable = inventory.durable_queues;
+        opts.quorum = inventory.quorum_queues;
         let client = RpcClient::connect(&opts).await?;
         Ok(Taskmanager { client, inventory, recent: Vec::new() })
     }

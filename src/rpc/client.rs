@@ -1,6 +1,7 @@
 //! The taskmanager's side of the RPC: calls with reply correlation, casts, per-guest keys.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +28,8 @@ pub struct RpcClient {
     exchange: String,
     reply_q: String,
     pending: Pending,
+    /// Set when the reply consumer ended (connection lost): no reply can arrive any more.
+    closed: Arc<AtomicBool>,
 }
 
 impl RpcClient {
@@ -41,6 +44,8 @@ impl RpcClient {
             .await?;
         let pending: Pending = Arc::default();
         let routes = pending.clone();
+        let closed = Arc::new(AtomicBool::new(false));
+        let ended = closed.clone();
         tokio::spawn(async move {
             while let Some(Ok(delivery)) = consumer.next().await {
                 let Ok(reply) = envelope::decode_reply(&delivery.data) else { continue };
@@ -54,8 +59,12 @@ impl RpcClient {
                     let _ = waiter.send(Value::Object(reply));
                 }
             }
+            // The reply queue lived on the connection's node: calls still waiting fail now
+            // (their waiters are dropped) instead of at their timeouts.
+            ended.store(true, Ordering::SeqCst);
+            routes.lock().unwrap_or_else(|p| p.into_inner()).clear();
         });
-        Ok(RpcClient { conn, channel, exchange: opts.control_exchange.clone(), reply_q, pending })
+        Ok(RpcClient { conn, channel, exchange: opts.control_exchange.clone(), reply_q, pending, closed })
     }
 
     /// Calls `method` on `topic` and waits up to `timeout` for its one reply.
@@ -71,6 +80,11 @@ impl RpcClient {
         let msg_id = envelope::new_id();
         let (tx, rx) = oneshot::channel();
         self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(msg_id.clone(), tx);
+        // Checked after the insert: a consumer that ends from now on drops this waiter.
+        if self.closed.load(Ordering::SeqCst) {
+            self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&msg_id);
+            return Err(Error::NotConnected);
+        }
         let (args, context) = seal(args, cipher);
         let body = envelope::request(method, args, version, &context, Some((&msg_id, &self.reply_q)));
         let expiration = Some(timeout.as_millis() as u64);
@@ -84,7 +98,8 @@ impl RpcClient {
         }
         let reply = match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(reply)) => reply,
-            _ => {
+            Ok(Err(_)) => return Err(Error::ReplyLost { method: method.to_owned() }),
+            Err(_) => {
                 self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&msg_id);
                 return Err(Error::Timeout { method: method.to_owned(), timeout });
             }

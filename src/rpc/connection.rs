@@ -60,17 +60,46 @@ impl AmqpOptions {
 /// a few KiB; at 32 KiB it is 2 MiB. Larger bodies are simply sent in more frames.
 const FRAME_MAX: u32 = 32 * 1024;
 
+/// How long one host may take to accept a TCP connection before the next one is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Opens a connection to the first host that answers.
 pub async fn connect(opts: &AmqpOptions) -> Result<Connection, Error> {
+    connect_from(opts, 0).await.map(|(conn, _)| conn)
+}
+
+/// Opens a connection to the first host that answers, trying them in order from host `start`
+/// (modulo their number) round to the one before it; returns the connection and that host's
+/// index. A reconnect starts after the host it lost (oslo's round-robin failover), so a dead
+/// node is tried last instead of first.
+pub async fn connect_from(opts: &AmqpOptions, start: usize) -> Result<(Connection, usize), Error> {
     let uris = parse_transport_url(opts.transport_url.expose_secret()).map_err(|e| Error::Config(e.to_string()))?;
+    let n = uris.len();
     let mut last = None;
-    for mut uri in uris {
+    for index in failover_order(n, start) {
+        let mut uri = uris[index].clone();
         uri.query.heartbeat = Some(opts.heartbeat);
         if opts.ssl {
             uri.scheme = lapin::uri::AMQPScheme::AMQPS;
         }
         uri.query.frame_max = Some(FRAME_MAX);
+        // lapin's TCP connect is a blocking one, which the timeout below cannot cut short: bound it.
+        uri.query.connection_timeout = Some(CONNECT_TIMEOUT.as_millis() as u64);
         let host = format!("{}:{}", uri.authority.host, uri.authority.port);
+        // A dead node's address may not even refuse (its SYNs go unanswered): find out without
+        // blocking, so that the next host is tried after CONNECT_TIMEOUT, not the kernel's minute.
+        let reachable = match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect((uri.authority.host.as_str(), uri.authority.port))).await {
+            Ok(Ok(_probe)) => Ok(()),
+            Ok(Err(error)) => Err(format!("{host}: {error}")),
+            Err(_) => Err(format!("{host}: no TCP connection within {CONNECT_TIMEOUT:?}")),
+        };
+        if let Err(failure) = reachable {
+            if n > 1 {
+                tracing::warn!(reason = %failure, "cannot connect to this RabbitMQ host; trying the next one");
+            }
+            last = Some(failure);
+            continue;
+        }
         // lapin runs its tasks on our tokio runtime rather than on an executor of its own. Its
         // reactor stays its own: the I/O loop thread outlives the runtime at exit, and on the
         // tokio reactor it would then fail loudly.
@@ -83,16 +112,25 @@ pub async fn connect(opts: &AmqpOptions) -> Result<Connection, Error> {
             Connection::connect_uri_with_config(uri, props, tls),
         )
         .await;
-        match attempt {
+        let failure = match attempt {
             Ok(Ok(conn)) => {
                 tracing::debug!(broker = %host, "connected to RabbitMQ");
-                return Ok(conn);
+                return Ok((conn, index));
             }
-            Ok(Err(error)) => last = Some(format!("{host}: {error}")),
-            Err(_) => last = Some(format!("{host}: connection timed out")),
+            Ok(Err(error)) => format!("{host}: {error}"),
+            Err(_) => format!("{host}: connection timed out"),
+        };
+        if n > 1 {
+            tracing::warn!(reason = %failure, "cannot connect to this RabbitMQ host; trying the next one");
         }
+        last = Some(failure);
     }
     Err(Error::Connect(last.unwrap_or_else(|| "no broker".into())))
+}
+
+/// Host indices in the order to try them: from `start` (modulo `n`) round to the one before it.
+fn failover_order(n: usize, start: usize) -> impl Iterator<Item = usize> {
+    (0..n).map(move |i| (start + i) % n.max(1))
 }
 
 fn tls_config(opts: &AmqpOptions) -> Result<OwnedTLSConfig, Error> {
@@ -192,4 +230,18 @@ pub async fn declare_reply_queue(channel: &Channel, name: &str, ttl_ms: u32) -> 
         .await
         .map(|_| ())
         .map_err(|e| Error::declare(name, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::failover_order;
+
+    #[test]
+    fn reconnects_start_after_the_host_last_used() {
+        assert_eq!(failover_order(3, 0).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(failover_order(3, 1).collect::<Vec<_>>(), [1, 2, 0]);
+        assert_eq!(failover_order(3, 3).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(failover_order(1, 7).collect::<Vec<_>>(), [0]);
+        assert_eq!(failover_order(0, 2).count(), 0);
+    }
 }

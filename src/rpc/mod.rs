@@ -37,6 +37,8 @@ pub enum Error {
     BadReply(String),
     #[error("not connected to RabbitMQ")]
     NotConnected,
+    #[error("the connection to RabbitMQ was lost while {method} waited for its reply (it may or may not have been applied)")]
+    ReplyLost { method: String },
 }
 
 impl Error {

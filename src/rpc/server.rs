@@ -56,10 +56,12 @@ impl RpcServer {
         let this = Arc::new(self);
         let dedup = Arc::new(Deduplicator::new(1024));
         let mut backoff = Backoff::new(backoff::FIRST_DELAY, this.reconnect_max_backoff);
+        // The host to try first: the one after the host last connected to (round-robin).
+        let next_host = std::sync::atomic::AtomicUsize::new(0);
         loop {
             let ended = tokio::select! {
                 _ = cancel.cancelled() => Ended::Cancelled,
-                ended = this.clone().serve_once(&cancel, &tracker, &dedup) => ended,
+                ended = this.clone().serve_once(&cancel, &tracker, &dedup, &next_host) => ended,
             };
             match ended {
                 Ended::Cancelled => break,
@@ -80,9 +82,18 @@ impl RpcServer {
         tracing::info!("stopped consuming");
     }
 
-    async fn serve_once(self: Arc<Self>, cancel: &CancellationToken, tracker: &TaskTracker, dedup: &Arc<Deduplicator>) -> Ended {
-        let conn = match connection::connect(&self.opts).await {
-            Ok(c) => c,
+    async fn serve_once(
+        self: Arc<Self>,
+        cancel: &CancellationToken,
+        tracker: &TaskTracker,
+        dedup: &Arc<Deduplicator>,
+        next_host: &std::sync::atomic::AtomicUsize,
+    ) -> Ended {
+        let conn = match connection::connect_from(&self.opts, next_host.load(std::sync::atomic::Ordering::Relaxed)).await {
+            Ok((c, index)) => {
+                next_host.store(index + 1, std::sync::atomic::Ordering::Relaxed);
+                c
+            }
             Err(e) => return Ended::lost(e.to_string()),
         };
         let setup = async {

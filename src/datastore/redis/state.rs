@@ -219,8 +219,11 @@ fn save_lines(save: &str) -> Vec<Vec<String>> {
     words.chunks(2).map(|pair| pair.iter().map(|w| w.to_string()).collect()).collect()
 }
 
-/// Writes a file atomically (temporary file, fsync, rename) with mode 0600.
+/// Writes a file atomically (temporary file, fsync, rename) with mode 0600. A file that exists
+/// keeps its owner: under systemd the agent (root) rewrites Debian's redis:redis redis.conf,
+/// which redis-server, running as redis, must still be able to read.
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
@@ -232,6 +235,14 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
         .open(&tmp)
         .map_err(|e| Error::io(&tmp, e))?;
     f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(|e| Error::io(&tmp, e))?;
+    if let Ok(old) = std::fs::metadata(path) {
+        let new = f.metadata().map_err(|e| Error::io(&tmp, e))?;
+        if (old.uid(), old.gid()) != (new.uid(), new.gid()) {
+            if let Err(error) = std::os::unix::fs::fchown(&f, Some(old.uid()), Some(old.gid())) {
+                tracing::warn!(path = %path.display(), %error, "cannot keep the owner of the file being replaced");
+            }
+        }
+    }
     f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
@@ -308,6 +319,24 @@ mod tests {
         write_private(&p, b"a").unwrap();
         write_private(&p, b"b").unwrap();
         assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read(&p).unwrap(), b"b");
+    }
+
+    #[test]
+    fn a_rewritten_file_keeps_its_owner() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("redis.conf");
+        write_private(&p, b"a").unwrap();
+        // As root (the agent under systemd), hand the file to another user first, as Debian's
+        // redis:redis redis.conf is; otherwise the owner is ours and must stay ours.
+        let me = std::fs::metadata(&p).unwrap().uid();
+        let owner = if me == 0 { 1 } else { me };
+        std::os::unix::fs::chown(&p, Some(owner), Some(owner)).unwrap();
+        write_private(&p, b"b").unwrap();
+        let meta = std::fs::metadata(&p).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (owner, owner));
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         assert_eq!(std::fs::read(&p).unwrap(), b"b");
     }
 }

@@ -1,0 +1,321 @@
+"""Shared helpers of the systemd and RabbitMQ-cluster scenarios: RESP client, writer, docker, trove-guestctl.
+
+Standard library only. The scenarios run on the host and reach containers at their addresses on
+the scenario's private bridge network.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+from collections import Counter
+
+PASSWORD = "infra-secret"
+# What prepare sends (config_contents): listen on every address with a password, persist.
+REDIS_CONF = f"""bind * -::*
+protected-mode yes
+port 6379
+requirepass {PASSWORD}
+save 3600 1 300 100 60 10000
+appendonly no
+"""
+PREPARE_ARGS = {"packages": None, "databases": [], "memory_mb": 512, "users": [], "device_path": None,
+                "mount_point": "/var/lib/redis", "backup_info": None, "config_contents": REDIS_CONF,
+                "root_password": None, "overrides": {}, "cluster_config": None, "snapshot": None}
+T0 = time.monotonic()
+
+
+def say(text):
+    print(f"  [{time.monotonic() - T0:6.1f}s] {text}", flush=True)
+
+
+class Failed(Exception):
+    """A check of the scenario failed."""
+
+
+def check(cond, what):
+    if not cond:
+        raise Failed(what)
+    say(f"ok: {what}")
+
+
+def wait_for(what, fn, secs, interval=0.2):
+    """Polls fn() until it returns a truthy value (returned) or secs pass (Failed)."""
+    deadline = time.monotonic() + secs
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+            if last:
+                return last
+        except (OSError, ValueError, ReplyError) as e:
+            last = e
+        time.sleep(interval)
+    raise Failed(f"{what}: not within {secs} s (last: {last!r})")
+
+
+# --------------------------------------------------------------------------------------------
+# A minimal RESP client
+
+
+class ReplyError(Exception):
+    """An error reply from Redis (-ERR, -READONLY, ...)."""
+
+
+class Redis:
+    def __init__(self, host, port=6379, password=PASSWORD, timeout=2.0):
+        self.host = host
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.f = self.sock.makefile("rb")
+        if password:
+            self.call("AUTH", password)
+
+    def close(self):
+        for x in (self.f, self.sock):
+            try:
+                x.close()
+            except OSError:
+                pass
+
+    def settimeout(self, t):
+        self.sock.settimeout(t)
+
+    @staticmethod
+    def encode(args):
+        out = [b"*%d\r\n" % len(args)]
+        for a in args:
+            a = a if isinstance(a, bytes) else str(a).encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+        return b"".join(out)
+
+    def read(self):
+        line = self.f.readline()
+        if not line.endswith(b"\r\n"):
+            raise ConnectionError(f"connection to {self.host} closed")
+        kind, rest = line[:1], line[1:-2]
+        if kind == b"+":
+            return rest.decode()
+        if kind == b"-":
+            return ReplyError(rest.decode())
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            n = int(rest)
+            if n < 0:
+                return None
+            data = self.f.read(n + 2)
+            if len(data) != n + 2:
+                raise ConnectionError(f"connection to {self.host} closed")
+            return data[:-2]
+        if kind == b"*":
+            n = int(rest)
+            return None if n < 0 else [self.read() for _ in range(n)]
+        raise ConnectionError(f"bad reply from {self.host}: {line!r}")
+
+    def call(self, *args):
+        self.sock.sendall(self.encode(args))
+        r = self.read()
+        if isinstance(r, ReplyError):
+            raise r
+        return r
+
+    def info(self, section="all"):
+        out = {}
+        for line in self.call("INFO", section).decode().splitlines():
+            if ":" in line and not line.startswith("#"):
+                k, v = line.split(":", 1)
+                out[k] = v
+        return out
+
+
+def rinfo(host, section="all", timeout=1.0):
+    """INFO over a fresh connection; None when the node cannot be reached."""
+    try:
+        r = Redis(host, timeout=timeout)
+    except (OSError, ReplyError):
+        return None
+    try:
+        return r.info(section)
+    except (OSError, ReplyError):
+        return None
+    finally:
+        r.close()
+
+
+def port_open(host, port, timeout=0.5):
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+class Writer(threading.Thread):
+    """Writes <prefix>:1, <prefix>:2, ... to whichever node says it is master, following it.
+
+    A write counts only when Redis answered +OK. Records every acknowledged write, the errors, and
+    the longest gap between two consecutive acknowledgements."""
+
+    def __init__(self, hosts, prefix, op_timeout=0.5, interval=0.002):
+        super().__init__(daemon=True)
+        self.hosts, self.prefix, self.op_timeout, self.interval = list(hosts), prefix, op_timeout, interval
+        self.acked = []
+        self.by_host = Counter()
+        self.errors = Counter()
+        self.longest = 0.0
+        self.last_ack = None
+        self._halt = threading.Event()
+
+    def key(self, n):
+        return f"{self.prefix}:{n}"
+
+    def find_master(self, avoid):
+        for h in [h for h in self.hosts if h != avoid] + [h for h in self.hosts if h == avoid]:
+            try:
+                r = Redis(h, timeout=0.3)
+            except (OSError, ReplyError):
+                continue
+            try:
+                if r.info("replication").get("role") == "master":
+                    return r, h
+            except (OSError, ReplyError):
+                pass
+            r.close()
+        return None, None
+
+    def stop(self):
+        self._halt.set()
+        self.join(timeout=15)
+        if self.is_alive():
+            raise Failed(f"writer {self.prefix} did not stop")
+        return self
+
+    def run(self):
+        con, host, n = None, None, 0
+        while not self._halt.is_set():
+            if con is None:
+                con, host = self.find_master(host)
+                if con is None:
+                    time.sleep(0.01)
+                    continue
+                con.settimeout(self.op_timeout)
+            n += 1
+            try:
+                con.call("SET", self.key(n), n)
+            except (ReplyError, OSError, ValueError) as e:
+                self.errors[str(e).split(" ")[0] if isinstance(e, ReplyError) else type(e).__name__] += 1
+                con.close()
+                con = None
+                continue
+            t = time.monotonic()
+            if self.last_ack is not None:
+                self.longest = max(self.longest, t - self.last_ack)
+            self.last_ack = t
+            self.acked.append(n)
+            self.by_host[host] += 1
+            time.sleep(self.interval)
+        if con is not None:
+            con.close()
+
+    def missing_on(self, host):
+        """Acknowledged writes whose value is not on host (all of them when it cannot be read)."""
+        pairs = [(self.key(n), n) for n in self.acked]
+        try:
+            r = Redis(host, timeout=5.0)
+        except (OSError, ReplyError):
+            return pairs
+        out = []
+        try:
+            for i in range(0, len(pairs), 1000):
+                batch = pairs[i:i + 1000]
+                vals = r.call("MGET", *[k for k, _ in batch])
+                out.extend(kv for kv, v in zip(batch, vals) if v != str(kv[1]).encode())
+        except (OSError, ReplyError):
+            return pairs
+        finally:
+            r.close()
+        return out
+
+    def summary(self):
+        return f"writer {self.prefix}: acked={len(self.acked)} by_node={dict(self.by_host)} errors={dict(self.errors)} longest_pause_ms={int(self.longest * 1000)}"
+
+
+# --------------------------------------------------------------------------------------------
+# docker and trove-guestctl
+
+
+def run(cmd, timeout=60, check=False, input=None, env=None):
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input, env=env)
+    if check and p.returncode != 0:
+        raise Failed(f"{' '.join(cmd)} failed ({p.returncode}): {p.stderr.strip() or p.stdout.strip()}")
+    return p
+
+
+def dexec(container, *cmd, timeout=60, check=True):
+    return run(["docker", "exec", container, *cmd], timeout=timeout, check=check)
+
+
+class Ctl:
+    """trove-guestctl with one inventory."""
+
+    def __init__(self, binary, inventory, log_dir):
+        self.binary, self.inventory, self.log_dir = binary, inventory, log_dir
+        self.count = 0
+
+    def env(self):
+        return dict(os.environ, TROVE_GUESTCTL_INVENTORY=self.inventory, NO_COLOR="1")
+
+    def __call__(self, *args, timeout=180):
+        """Runs one command; returns (exit code or None on timeout, stdout, stderr, ms)."""
+        self.count += 1
+        t = time.monotonic()
+        try:
+            p = subprocess.run([self.binary, *args], capture_output=True, text=True, timeout=timeout, env=self.env())
+            rc, out, err = p.returncode, p.stdout, p.stderr
+        except subprocess.TimeoutExpired as e:
+            rc = None
+            out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+            err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+        ms = int((time.monotonic() - t) * 1000)
+        if "rpc_ping" in args:
+            return rc, out, err, ms
+        with open(os.path.join(self.log_dir, f"guestctl-{self.count:03d}-{args[0]}.log"), "w") as f:
+            f.write(f"$ trove-guestctl {' '.join(args[:2])}\nexit={rc} ms={ms}\n--- stdout\n{out}\n--- stderr\n{err}\n")
+        return rc, out, err, ms
+
+    def call(self, guest, method, args=None, timeout=30):
+        a = ["call", guest, method] + ([json.dumps(args)] if args is not None else []) + ["--timeout", str(timeout)]
+        return self(*a, timeout=timeout + 30)
+
+    def must(self, *args, timeout=180):
+        rc, out, err, ms = self(*args, timeout=timeout)
+        if rc != 0:
+            tail = "\n".join((err.strip() + "\n" + out.strip()).strip().splitlines()[-10:])
+            raise Failed(f"trove-guestctl {' '.join(args[:3])}: exit {rc} after {ms} ms\n{tail}")
+        say(f"trove-guestctl {' '.join(args[:2])}: done in {ms} ms")
+        return out
+
+    def must_call(self, guest, method, args=None, timeout=30):
+        rc, out, err, ms = self.call(guest, method, args, timeout)
+        if rc != 0:
+            raise Failed(f"{method} on {guest}: exit {rc} after {ms} ms: {err.strip()[-600:]}")
+        say(f"{method} on {guest}: done in {ms} ms")
+        return json.loads(out) if out.strip() else None
+
+    def wait_ping(self, guest, secs):
+        def ping():
+            rc, out, _, _ = self.call(guest, "rpc_ping", timeout=3)
+            return rc == 0 and out.strip() == "true"
+        return wait_for(f"{guest} answers rpc_ping", ping, secs, interval=0.5)
+
+
+def write_inventory(path, transport_url, guests, extra=""):
+    lines = [f'transport_url = "{transport_url}"', 'control_exchange = "trove"', extra]
+    for g in guests:
+        lines += ["", "[[guest]]", f'id = "{g}"']
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + "\n")
