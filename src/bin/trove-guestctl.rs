@@ -74,6 +74,16 @@ enum Command {
     },
     /// Show every guest's role, master, link, offset, lag, read-only and health.
     Show,
+    /// Watch the replica set: eject a dead master without a human, and serve Sentinel-protocol
+    /// discovery (SENTINEL get-master-addr-by-name ...) on --listen. Runs until SIGTERM.
+    Watch {
+        /// Discovery address (Sentinel protocol, RESP2).
+        #[arg(long, value_name = "HOST:PORT")]
+        listen: std::net::SocketAddr,
+        /// How long the master must look down, with a majority of its replicas agreeing.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+        down_after_ms: u64,
+    },
     /// One raw guest call; prints the JSON result.
     Call {
         guest: String,
@@ -120,6 +130,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Runs one command against the connected taskmanager.
 async fn command(cli: Cli, tm: &mut Taskmanager) -> anyhow::Result<ExitCode> {
+    if let Command::Watch { listen, down_after_ms } = cli.command {
+        return watch(tm, listen, down_after_ms).await;
+    }
     if !matches!(cli.command, Command::Call { .. } | Command::Prepare { .. }) {
         // One quick probe of every guest, reused by the flow (a dead guest costs DEAD_MASTER_TIMEOUT once).
         let live = tm.live_all_within(flows::DEAD_MASTER_TIMEOUT).await;
@@ -200,6 +213,7 @@ async fn command(cli: Cli, tm: &mut Taskmanager) -> anyhow::Result<ExitCode> {
             }
             return Ok(ExitCode::SUCCESS);
         }
+        Command::Watch { .. } => unreachable!("handled above"),
         Command::Call { guest, method, args, timeout } => {
             let args: Value = match args.as_deref() {
                 Some("-") => {
@@ -234,4 +248,28 @@ async fn command(cli: Cli, tm: &mut Taskmanager) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(2))
         }
     }
+}
+
+/// `watch`: discovery on `listen`, the watcher loop until SIGTERM/SIGINT.
+async fn watch(tm: &mut Taskmanager, listen: std::net::SocketAddr, down_after_ms: u64) -> anyhow::Result<ExitCode> {
+    use secrecy::SecretString;
+    let inv = &tm.inventory;
+    let me = listen.to_string();
+    let peers: Vec<String> = inv.watchers.iter().filter(|w| **w != me).cloned().collect();
+    let password = inv.discovery_password.as_ref().map(|p| SecretString::from(p.0.clone()));
+    let shared = trove_guest::discovery::Shared::new(&inv.name, peers, password, down_after_ms);
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(%listen, name = %inv.name, "discovery listening");
+    let server = tokio::spawn(trove_guest::discovery::serve(listener, shared.clone()));
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let stop = cancel.clone();
+    tokio::spawn(async move {
+        trove_guest::signal::shutdown().await;
+        stop.cancel();
+    });
+    let opts = flows::watch::WatchOptions { down_after: std::time::Duration::from_millis(down_after_ms) };
+    let result = tm.watch(opts, shared, cancel).await;
+    server.abort();
+    result?;
+    Ok(ExitCode::SUCCESS)
 }

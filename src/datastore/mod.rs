@@ -54,6 +54,9 @@ pub enum Error {
     /// redis-server refused the configuration the change would write; nothing was changed.
     #[error("redis-server rejects the configuration{}: {reason}; nothing was changed", .key.as_ref().map(|k| format!(" at '{k}'")).unwrap_or_default())]
     InvalidConfig { key: Option<String>, reason: String },
+    /// The configuration could not be checked by redis-server; nothing was changed.
+    #[error("the configuration could not be checked by redis-server ({0}); nothing was changed")]
+    Unchecked(String),
 }
 
 impl Error {

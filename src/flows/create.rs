@@ -157,13 +157,19 @@ impl Taskmanager {
             return Err(Error::Guest { guest: replica.into(), method: "rpc_ping".into(), reason: "the agent does not answer".into() });
         }
         let live = self.live(replica).await;
-        if live.status.is_some() {
+        if !live.unprepared {
+            if live.status.is_none() {
+                // Preparing a guest that is only unreachable or restarting would replace its
+                // configuration and drop its overrides: only a guest that says it is new is prepared.
+                let why = live.error.unwrap_or_default();
+                return Err(Error::Guest { guest: replica.into(), method: "get_replication_status".into(), reason: format!("cannot tell whether the guest is prepared ({why}); nothing was sent to it, re-run the command when it answers") });
+            }
             let info = json!({"master": snapshot["master"]});
             self.call(replica, "attach_replica", json!({"replica_info": info, "slave_config": REPLICA_CONFIG, "restart": false}), SNAPSHOT_TIMEOUT)
                 .await?;
             return Ok(());
         }
-        // Never prepared: Trove's path, prepare with the snapshot, then wait for the sync.
+        // It says it was never prepared: Trove's path, prepare with the snapshot, then wait for the sync.
         tracing::info!(%replica, "guest not prepared yet; casting prepare with the snapshot");
         self.cast(replica, "prepare", json!({
             "packages": null, "databases": [], "memory_mb": null, "users": [], "device_path": null,

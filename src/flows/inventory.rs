@@ -46,10 +46,34 @@ pub struct Inventory {
     /// diskless-sync settings. Empty: each agent's own `[replication] diskless_sync` applies.
     #[serde(default = "default_source_config", skip_serializing_if = "is_default_source_config")]
     pub replica_source_config: String,
+    /// The replica set's name: what Sentinel clients ask `trove-guestctl watch` for.
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// Every watcher's discovery address (`host:port`), for `SENTINEL sentinels`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub watchers: Vec<String>,
+    /// The password clients give the discovery endpoint (its `requirepass`); none: no password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery_password: Option<Redacted>,
     #[serde(default, rename = "guest")]
     pub guests: Vec<GuestEntry>,
     #[serde(skip)]
     pub path: PathBuf,
+}
+
+/// A secret string: serialized as itself, never printed by `Debug`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Redacted(pub String);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+fn default_name() -> String {
+    "trove".into()
 }
 
 fn default_exchange() -> String {
@@ -88,6 +112,14 @@ impl Inventory {
                 if !seen.contains(m.as_str()) {
                     return Err(format!("guest {} is a replica of unknown guest {m}", g.id));
                 }
+            }
+        }
+        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(format!("name {:?} may contain only letters, digits, '-', '_' and '.'", self.name));
+        }
+        for w in &self.watchers {
+            if w.rsplit_once(':').and_then(|(h, p)| p.parse::<u16>().ok().filter(|_| !h.is_empty())).is_none() {
+                return Err(format!("watchers: {w:?} is not host:port"));
             }
         }
         crate::rpc::transport::parse_transport_url(&self.transport_url).map_err(|e| e.to_string())?;

@@ -7,6 +7,7 @@ pub mod inventory;
 pub mod prepare;
 pub mod promote;
 pub mod show;
+pub mod watch;
 
 use std::time::Duration;
 
@@ -52,6 +53,10 @@ pub struct Live {
     pub id: String,
     pub status: Option<Value>,
     pub error: Option<String>,
+    /// The guest said it has never been prepared (not merely that it could not answer).
+    pub unprepared: bool,
+    /// The agent gave no answer at all within the timeout.
+    pub silent: bool,
 }
 
 impl Live {
@@ -126,9 +131,15 @@ impl Taskmanager {
     }
 
     pub async fn live_within(&self, guest: &str, timeout: Duration) -> Live {
-        match self.call(guest, "get_replication_status", json!({}), timeout).await {
-            Ok(status) => Live { id: guest.into(), status: Some(status), error: None },
-            Err(e) => Live { id: guest.into(), status: None, error: Some(e.to_string()) },
+        let topic = format!("guestagent.{guest}");
+        match self.client.call(&topic, "get_replication_status", Map::new(), "1.0", timeout, self.cipher(guest).as_ref()).await {
+            Ok(status) => Live { id: guest.into(), status: Some(status), error: None, unprepared: false, silent: false },
+            Err(e) => {
+                let unprepared = matches!(&e, crate::rpc::Error::Remote { failure, .. } if failure.is_not_prepared());
+                let silent = matches!(e, crate::rpc::Error::Timeout { .. });
+                let error = Error::Guest { guest: guest.into(), method: "get_replication_status".into(), reason: describe(&e) };
+                Live { id: guest.into(), status: None, error: Some(error.to_string()), unprepared, silent }
+            }
         }
     }
 

@@ -17,6 +17,8 @@ pub struct Row {
     pub read_only: Option<bool>,
     pub health: String,
     pub inventory_replica_of: Option<String>,
+    /// The server the guest drives, e.g. `valkey 9.1.2` (in `show --json`).
+    pub server: Option<String>,
 }
 
 impl Taskmanager {
@@ -38,6 +40,7 @@ fn rows(tm: &Taskmanager, live: &[Live]) -> Vec<Row> {
                     lag_bytes: None, lag_seconds: None, read_only: None,
                     health: format!("unreachable: {}", l.error.clone().unwrap_or_default()),
                     inventory_replica_of: inv,
+                    server: None,
                 };
             };
             let master_live = l.master_addr().and_then(|a| by_addr.get(&a).copied());
@@ -73,6 +76,7 @@ fn rows(tm: &Taskmanager, live: &[Live]) -> Vec<Row> {
                 read_only: s.get("read_only").and_then(Value::as_bool),
                 health,
                 inventory_replica_of: inv,
+                server: s.get("server").and_then(|v| Some(format!("{} {}", v.get("name")?.as_str()?, v.get("version")?.as_str()?))),
             }
         })
         .collect()

@@ -194,14 +194,15 @@ impl Guest {
                 a.required("replica_info")?;
                 Ok(Value::Null)
             }
-            "get_replication_status" => match strategy.status().await {
-                // A new instance: say what it waits for rather than only that Redis is down.
-                Err(e) if !self.manager.prepared().await => Err(to_failure(
-                    a,
-                    replication::Error::from(crate::datastore::Error::Refused(format!("{e}: not prepared yet (waiting for the taskmanager's prepare)"))),
-                )),
-                other => other.map_err(|e| to_failure(a, e)),
-            },
+            "get_replication_status" => {
+                if !self.manager.prepared().await {
+                    return Err(RemoteFailure::not_prepared());
+                }
+                if let Some(why) = self.manager.foreign() {
+                    return Err(RemoteFailure::guest_error(&why));
+                }
+                strategy.status().await.map_err(|e| to_failure(a, e))
+            }
             m if NOT_SUPPORTED.contains(&m) => Err(not_supported(m)),
             m => Err(RemoteFailure::no_such_method(m)),
         }

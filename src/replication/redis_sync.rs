@@ -590,7 +590,10 @@ impl ReplicationStrategy for RedisSync {
             return Ok(()); // replicas already refuse client writes
         }
         let major = self.manager.major();
-        let version = admin.info("server").await?.version().unwrap_or((major, 0, 0));
+        let pause_write = match admin.info("server").await?.server() {
+            Some(server) => server.has_pause_write(),
+            None => major >= 7,
+        };
         let mut guard = self.fence.lock().await;
         let ms = self.settings.fence_timeout;
         if let Some(f) = guard.as_ref() {
@@ -603,7 +606,8 @@ impl ReplicationStrategy for RedisSync {
             None => admin.config_get(&period_key).await?,
         };
         admin.config_set(&period_key, "3600").await?;
-        let saved_min_replicas = if version >= (6, 2, 0) {
+        // Redis 6.0 has no CLIENT PAUSE WRITE: min-replicas-to-write refuses writes instead.
+        let saved_min_replicas = if pause_write {
             admin.pause_writes(ms, true).await?;
             None
         } else {
@@ -671,6 +675,7 @@ impl ReplicationStrategy for RedisSync {
             "sync_full": info.stat("sync_full"),
             "sync_partial_ok": info.stat("sync_partial_ok"),
             "run_id": info.run_id(),
+            "server": info.server().map(|s| json!({"name": s.name(), "version": s.version_string()})),
             "port": self.replication_port(),
             "tls": self.settings.tls_replication,
             "host": self.advertise_host(),

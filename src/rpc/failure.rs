@@ -14,6 +14,8 @@ pub struct RemoteFailure {
 
 const DISPATCHER: &str = "oslo_messaging.rpc.dispatcher";
 const TROVE: &str = "trove.common.exception";
+const GUEST: &str = "trove_guest";
+const NOT_PREPARED: &str = "InstanceNotPrepared";
 
 impl RemoteFailure {
     fn plain(module: &str, class: &str, message: String) -> Self {
@@ -48,6 +50,16 @@ impl RemoteFailure {
     /// A Trove exception: the caller rebuilds it from `kwargs`, so the message shows up readable.
     pub fn trove(class: &str, message: String, kwargs: Map<String, Value>) -> Self {
         RemoteFailure { class: class.into(), module: TROVE.into(), message, args: vec![], kwargs }
+    }
+
+    /// The instance has never been prepared: `get_replication_status` says so distinctly, so that
+    /// a taskmanager prepares only a guest that is known to be new (`is_not_prepared`).
+    pub fn not_prepared() -> Self {
+        Self::plain(GUEST, NOT_PREPARED, "the instance has not been prepared yet".into())
+    }
+
+    pub fn is_not_prepared(&self) -> bool {
+        self.module == GUEST && self.class == NOT_PREPARED
     }
 
     /// `GuestError(original_message=...)`: Trove's generic guest failure.

@@ -1,11 +1,13 @@
 //! The only module that knows AMQP: oslo.messaging's wire format over RabbitMQ, both sides.
 
+pub mod backoff;
 pub mod client;
 pub mod conductor;
 pub mod connection;
 pub mod crypto;
 pub mod dispatch;
 pub mod envelope;
+pub mod lease;
 pub mod failure;
 pub mod publisher;
 pub mod secure;

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::backoff::{self, Backoff};
 use super::connection::{self, AmqpOptions};
 use super::crypto::Cipher;
 use super::dispatch::{self, Deduplicator, Endpoint};
@@ -37,15 +38,24 @@ pub struct RpcServer {
 
 enum Ended {
     Cancelled,
-    Lost(String),
+    /// The connection was lost (or never made); `held` when it had been consuming long enough
+    /// to reset the backoff.
+    Lost { reason: String, held: bool },
+}
+
+impl Ended {
+    fn lost(reason: impl Into<String>) -> Self {
+        Ended::Lost { reason: reason.into(), held: false }
+    }
 }
 
 impl RpcServer {
-    /// Serves until `cancel` fires, reconnecting with capped backoff; in-flight handlers go into `tracker`.
+    /// Serves until `cancel` fires, reconnecting with capped, jittered backoff (from 100 ms, reset
+    /// after a connection that held); in-flight handlers go into `tracker`.
     pub async fn run(self, cancel: CancellationToken, tracker: TaskTracker) {
         let this = Arc::new(self);
         let dedup = Arc::new(Deduplicator::new(1024));
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::new(backoff::FIRST_DELAY, this.reconnect_max_backoff);
         loop {
             let ended = tokio::select! {
                 _ = cancel.cancelled() => Ended::Cancelled,
@@ -53,14 +63,17 @@ impl RpcServer {
             };
             match ended {
                 Ended::Cancelled => break,
-                Ended::Lost(reason) => {
+                Ended::Lost { reason, held } => {
                     this.publisher_handle.set(None);
-                    tracing::warn!(%reason, retry_in = ?backoff, "rpc connection lost");
+                    if held {
+                        backoff.reset();
+                    }
+                    let delay = backoff.next_delay(&mut rand::thread_rng());
+                    tracing::warn!(%reason, retry_in = ?delay, "rpc connection lost");
                     tokio::select! {
                         _ = cancel.cancelled() => break,
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(delay) => {}
                     }
-                    backoff = (backoff * 2).min(this.reconnect_max_backoff);
                 }
             }
         }
@@ -70,7 +83,7 @@ impl RpcServer {
     async fn serve_once(self: Arc<Self>, cancel: &CancellationToken, tracker: &TaskTracker, dedup: &Arc<Deduplicator>) -> Ended {
         let conn = match connection::connect(&self.opts).await {
             Ok(c) => c,
-            Err(e) => return Ended::Lost(e.to_string()),
+            Err(e) => return Ended::lost(e.to_string()),
         };
         let setup = async {
             let consume_channel = conn.create_channel().await?;
@@ -91,7 +104,7 @@ impl RpcServer {
             Ok(s) => s,
             Err(e) => {
                 let _ = conn.close(0, "setup failed").await;
-                return Ended::Lost(e.to_string());
+                return Ended::lost(e.to_string());
             }
         };
         self.publisher_handle.set(Some(publish_channel));
@@ -100,14 +113,15 @@ impl RpcServer {
         if let Some(tx) = &self.on_consuming {
             let _ = tx.send(());
         }
+        let consuming_since = std::time::Instant::now();
         let tags: Vec<String> = consumers.iter().map(|c| c.tag().to_string()).collect();
         let mut stream = futures_util::stream::select_all(consumers);
         let ended = loop {
             tokio::select! {
                 _ = cancel.cancelled() => break Ended::Cancelled,
                 next = stream.next() => match next {
-                    None => break Ended::Lost("consumer stream ended".into()),
-                    Some(Err(e)) => break Ended::Lost(e.to_string()),
+                    None => break Ended::lost("consumer stream ended"),
+                    Some(Err(e)) => break Ended::lost(e.to_string()),
                     Some(Ok(delivery)) => {
                         // At-most-once, like oslo: ack on receipt, before dispatch.
                         if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
@@ -120,6 +134,10 @@ impl RpcServer {
                     }
                 }
             }
+        };
+        let ended = match ended {
+            Ended::Lost { reason, .. } => Ended::Lost { reason, held: consuming_since.elapsed() >= backoff::HELD },
+            cancelled => cancelled,
         };
         if matches!(ended, Ended::Cancelled) {
             // Stop taking new work; replies of in-flight calls still go out on the publish channel.

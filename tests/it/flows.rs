@@ -121,6 +121,12 @@ async fn eject_picks_the_most_current_replica() {
     let b_pid = b.redis_pid().unwrap().to_string();
     std::process::Command::new("kill").args(["-STOP", &b_pid]).status().unwrap();
     let _: () = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("replica").query_async(&mut m.redis(None).await).await.unwrap();
+    // Valkey closes killed replicas asynchronously: write only once b is off the master's list.
+    eventually(10, "b cut off from the master", || async {
+        let r = info(&mut m.redis(None).await, "replication").await.replication().unwrap();
+        !r.replicas.iter().any(|x| x.port == b.port)
+    })
+    .await;
     add_set(&m, "late", 1..500).await;
     eventually(10, "a has the late writes", || async { has_set(&a, "late", 1..500).await }).await;
     // The master dies: agent first (so nothing restarts Redis), then Redis.
@@ -263,4 +269,32 @@ async fn replica_source_config_comes_from_the_inventory() {
         assert!(conf.contains("\nrepl-diskless-sync no\n"), "not persisted:\n{conf}");
         assert!(linked_replica_of(guests[1].port, guests[0].port).await);
     }
+}
+
+/// A prepared guest whose Redis does not answer is never re-prepared: create-replicas fails for
+/// it, naming it, and its configuration and overrides are untouched.
+#[tokio::test]
+async fn create_never_reprepares_a_guest_that_cannot_answer() {
+    let c = client().await;
+    let (g, mut tm, _dir) = topology(2, &[]).await;
+    call(&c, &g[1], "update_overrides", json!({"overrides": {"maxmemory-policy": "allkeys-lru"}, "remove": false})).await;
+    call(&c, &g[1], "stop_db", json!({})).await;
+    let conf_before = std::fs::read_to_string(g[1].config_file()).unwrap();
+    let state_before = std::fs::read_to_string(g[1].dir.path().join("redis.conf.agent.json")).unwrap();
+    let prepares = g[1].log().matches("method=prepare").count();
+    match tm.create_replicas(create(&g[0], &[&g[1]])).await {
+        Err(Error::Partial(errors)) => {
+            assert_eq!(errors.len(), 1);
+            let e = errors[0].to_string();
+            assert!(e.contains(&g[1].id) && e.contains("cannot tell whether the guest is prepared"), "{e}");
+        }
+        other => panic!("expected a refusal for the silent guest, got {other:?}"),
+    }
+    assert_eq!(std::fs::read_to_string(g[1].config_file()).unwrap(), conf_before, "redis.conf changed");
+    assert_eq!(std::fs::read_to_string(g[1].dir.path().join("redis.conf.agent.json")).unwrap(), state_before, "state changed");
+    assert_eq!(g[1].log().matches("method=prepare").count(), prepares, "prepare was sent to a prepared guest");
+    call(&c, &g[1], "restart", json!({})).await;
+    tm.create_replicas(create(&g[0], &[&g[1]])).await.unwrap();
+    let conf = std::fs::read_to_string(g[1].config_file()).unwrap();
+    assert!(conf.contains("maxmemory-policy"), "the override was dropped:\n{conf}");
 }

@@ -22,6 +22,35 @@ pub async fn client() -> RpcClient {
     }
 }
 
+/// The server binary under test: `TROVE_TEST_REDIS_SERVER` (the matrix stage sets it), else
+/// `redis-server` on PATH. Every agent the harness starts supervises this binary.
+pub fn server_binary() -> String {
+    std::env::var("TROVE_TEST_REDIS_SERVER").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "redis-server".into())
+}
+
+/// ("redis" or "valkey", (major, minor, patch))
+pub type ServerVersion = (&'static str, (u32, u32, u32));
+
+/// The server under test as its `--version` names it. Fails loudly when the binary cannot run.
+pub fn server_version() -> ServerVersion {
+    version_of(&server_binary())
+}
+
+/// As `server_version`, for any server binary (cached).
+pub fn version_of(bin: &str) -> ServerVersion {
+    static VERSIONS: std::sync::Mutex<Vec<(String, ServerVersion)>> = std::sync::Mutex::new(Vec::new());
+    let mut known = VERSIONS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, v)) = known.iter().find(|(b, _)| b == bin) {
+        return *v;
+    }
+    let out = Command::new(bin).arg("--version").output().unwrap_or_else(|e| panic!("cannot run the server under test {bin}: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let server = trove_guest::datastore::redis::server::Server::from_version_output(&text).unwrap_or_else(|| panic!("{bin} --version said {text:?}"));
+    let v = (if server.valkey { "valkey" } else { "redis" }, server.version);
+    known.push((bin.to_owned(), v));
+    v
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -87,6 +116,7 @@ impl Guest {
             .env("TROVE_GUESTAGENT__GUEST__SHUTDOWN_GRACE", "5")
             .env("TROVE_GUESTAGENT__CONDUCTOR__REPORT_INTERVAL", "2")
             .env("TROVE_GUESTAGENT__REDIS__SERVICE", "supervised")
+            .env("TROVE_GUESTAGENT__REDIS__BINARY", server_binary())
             .env("TROVE_GUESTAGENT__REDIS__CONFIG_FILE", self.config_file())
             .env("TROVE_GUESTAGENT__REDIS__DATA_DIR", self.dir.path().join("data"))
             .env("TROVE_GUESTAGENT__REDIS__PORT", self.port.to_string())
@@ -133,19 +163,31 @@ impl Guest {
         std::fs::read_to_string(self.log_file()).unwrap_or_default()
     }
 
-    /// The pid of this guest's redis-server, from the harness's pidfile or Trove's (moved under the temp dir).
+    /// The Redis server's pid: its pidfile (the harness's, or Trove's moved under the temp dir),
+    /// else the process whose title names this port (`redis-server 127.0.0.1:<port>`, Valkey likewise).
     pub fn redis_pid(&self) -> Option<i32> {
-        ["redis.pid", "run/redis/redis-server.pid"]
-            .iter()
-            .find_map(|f| std::fs::read_to_string(self.dir.path().join(f)).ok()?.trim().parse().ok())
+        if let Some(pid) = ["redis.pid", "run/redis/redis-server.pid"].iter().find_map(|f| std::fs::read_to_string(self.dir.path().join(f)).ok()?.trim().parse().ok()) {
+            return Some(pid);
+        }
+        let suffix = format!(":{}", self.port);
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read_to_string(e.path().join("cmdline")).ok()?;
+            let title = cmd.trim_end_matches('\0').trim();
+            ((title.contains("redis-server") || title.contains("valkey-server")) && title.ends_with(&suffix)).then_some(pid)
+        })
     }
 
     /// The redis.conf the prepare call will send.
     pub fn config_contents(&self, password: Option<&str>) -> String {
         let mut c = format!(
-            "bind 127.0.0.1\nport 6379\nsave 3600 1\nappendonly no\npidfile {}\nlogfile \"\"\nrepl-diskless-sync yes\nrepl-diskless-sync-delay 5\nenable-debug-command local\n",
+            "bind 127.0.0.1\nport 6379\nsave 3600 1\nappendonly no\npidfile {}\nlogfile \"\"\nrepl-diskless-sync yes\nrepl-diskless-sync-delay 5\n",
             self.dir.path().join("redis.pid").display()
         );
+        let binary = self.env.iter().find(|(k, _)| k == "TROVE_GUESTAGENT__REDIS__BINARY").map(|(_, v)| v.clone()).unwrap_or_else(server_binary);
+        if version_of(&binary).1 >= (7, 0, 0) {
+            c.push_str("enable-debug-command local\n");
+        }
         if let Some(pw) = password {
             c.push_str(&format!("requirepass {}\n", trove_guest::datastore::redis::conf::quote(pw)));
         }

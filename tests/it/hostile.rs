@@ -641,6 +641,7 @@ fn build_cases(cat: &mut Catalogue<'_>, good_master: &Value, other_guest_q: &str
     cat.cast("prepare cast: config_contents redis-server rejects", R, "prepare", a);
     for key in ["replicaof", "slaveof", "SLAVEOF", "masterauth", "replica-read-only", "port", "dir"] {
         cat.call(format!("apply_overrides: protected {key}"), R, "apply_overrides", json!({"overrides": {key: "6.6.6.6 1"}}), fails("GuestError", &["managed by the replication strategy"]));
+        cat.call(format!("update_overrides: protected {key}"), R, "update_overrides", json!({"overrides": {key: "6.6.6.6 1"}, "remove": false}), fails("GuestError", &["managed by the replication strategy"]));
     }
 
     // --- secure RPC (the replica has an instance key) ---

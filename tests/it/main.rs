@@ -1,10 +1,13 @@
 //! Integration tests: real RabbitMQ, real redis-server processes, agents as separate processes.
 
+mod config_check;
 mod flows;
 mod harness;
 mod hostile;
+mod matrix;
 mod redis_sync;
 mod redis_tls;
+mod restart;
 mod rpc_roundtrip;
 mod secrets;
 mod tls;

@@ -252,9 +252,18 @@ async fn fence_expires() {
     call(&c, &g, "make_read_only", json!({"read_only": true})).await;
     let started = std::time::Instant::now();
     let mut con = g.redis(None).await;
-    let _: () = con.set("k", "v").await.unwrap();
-    assert!(started.elapsed() >= Duration::from_millis(500), "the write was not held back by the fence");
+    if server_version().1 >= (6, 2, 0) {
+        // CLIENT PAUSE WRITE holds the write until the fence expires.
+        let _: () = con.set("k", "v").await.unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(500), "the write was not held back by the fence");
+    } else {
+        // Redis 6.0 has no CLIENT PAUSE WRITE: min-replicas-to-write refuses the write instead.
+        let refused = con.set::<_, _, ()>("k", "v").await.expect_err("a fenced Redis 6.0 took a write");
+        assert!(refused.to_string().contains("NOREPLICAS"), "{refused}");
+    }
     eventually(5, "fence gone", || async { call(&c, &g, "get_replication_status", json!({})).await["fenced"] == false }).await;
+    let _: () = con.set("k", "v2").await.expect("the expired fence still refuses writes");
+    assert!(started.elapsed() >= Duration::from_millis(900), "the fence lifted before its timeout");
 }
 
 /// With min_replicas_to_write, a master cut off from its replicas stops taking writes.
@@ -302,7 +311,13 @@ async fn config_changes_keep_replication() {
     let (master, replica, _) = pair(&c, None).await;
     let new_base = replica.config_contents(None).replace("save 3600 1", "save 60 100");
     call(&c, &replica, "reset_configuration", json!({"configuration": {"config_contents": new_base}})).await;
-    call(&c, &replica, "update_overrides", json!({"overrides": {"slaveof": "6.6.6.6 1", "masterauth": "x", "maxmemory-policy": "allkeys-lru"}, "remove": false})).await;
+    // Replication keys in stored overrides are refused, and nothing of the call is stored.
+    let state_before = std::fs::read_to_string(replica.dir.path().join("redis.conf.agent.json")).ok();
+    let f = call_err(&c, &replica, "update_overrides", json!({"overrides": {"slaveof": "6.6.6.6 1", "masterauth": "x", "maxmemory-policy": "allkeys-lru"}, "remove": false})).await;
+    assert!(f.message.contains("managed by the replication strategy"), "{}", f.message);
+    let state_after = std::fs::read_to_string(replica.dir.path().join("redis.conf.agent.json")).ok();
+    assert_eq!(state_before, state_after, "a refused update_overrides changed the state file");
+    call(&c, &replica, "update_overrides", json!({"overrides": {"maxmemory-policy": "allkeys-lru"}, "remove": false})).await;
     let f = call_err(&c, &replica, "apply_overrides", json!({"overrides": {"slaveof": "6.6.6.6 1"}})).await;
     assert!(f.message.contains("managed by the replication strategy"), "{}", f.message);
     call(&c, &replica, "apply_overrides", json!({"overrides": {"maxmemory-policy": "allkeys-lru"}})).await;

@@ -226,7 +226,7 @@ async fn guestctl_prepare_sends_troves_payload_and_refuses_a_prepared_guest() {
     // A new guest says what it waits for.
     let (code, out) = ctl(&["call", &g.id, "get_replication_status"]);
     assert_eq!(code, Some(2), "{out}");
-    assert!(out.contains("not prepared yet"), "{out}");
+    assert!(out.contains("not been prepared yet"), "{out}");
     let (code, out) = ctl(&["prepare", "--config", &conf_arg, "--memory-mb", "1024", &g.id]);
     assert_eq!(code, Some(0), "{out}\n{}", g.log());
     assert!(out.contains("prepared, Redis serves as master"), "{out}");

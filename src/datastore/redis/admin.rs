@@ -1,18 +1,85 @@
 //! The admin connection to a Redis server: typed commands, renamed CONFIG, errors without secrets.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use tokio::sync::Mutex;
 
 use super::info::{Info, Replication};
 use crate::datastore::{Error, Result};
 
-/// A connection to one Redis server; it reconnects by itself after the server restarts.
+/// A connection to one Redis server, shared by its clones. A dead connection (the server
+/// restarted, or dropped it) is replaced on the next command, and a command that is safe to send
+/// twice is retried once on the new connection.
 #[derive(Clone)]
 pub struct Admin {
-    con: ConnectionManager,
+    link: Arc<Link>,
     config_command: String,
     what: String,
+}
+
+/// The current connection and how to make a new one.
+struct Link {
+    client: redis::Client,
+    config: redis::AsyncConnectionConfig,
+    /// The live connection and its generation; None after it died.
+    current: Mutex<(u64, Option<MultiplexedConnection>)>,
+}
+
+/// Whether a command may be sent again after its connection died mid-command.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Retry {
+    /// Reads and idempotent settings: sending it twice has the effect of sending it once.
+    Safe,
+    /// Sent at most once.
+    Never,
+}
+
+/// True when the connection is dead and must be replaced (not a timeout: a slow server is not a dead one).
+fn is_dead(e: &redis::RedisError) -> bool {
+    !e.is_timeout() && (e.is_connection_dropped() || e.is_io_error() || e.is_unrecoverable_error())
+}
+
+impl Link {
+    /// The live connection, connecting when there is none.
+    async fn get(&self) -> redis::RedisResult<(u64, MultiplexedConnection)> {
+        let mut cur = self.current.lock().await;
+        if let Some(con) = &cur.1 {
+            return Ok((cur.0, con.clone()));
+        }
+        let con = self.client.get_multiplexed_async_connection_with_config(&self.config).await?;
+        cur.0 += 1;
+        cur.1 = Some(con.clone());
+        Ok((cur.0, con))
+    }
+
+    /// Drops connection `generation` if it is still the current one.
+    async fn discard(&self, generation: u64) {
+        let mut cur = self.current.lock().await;
+        if cur.0 == generation {
+            cur.1 = None;
+        }
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd, retry: Retry) -> redis::RedisResult<T> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (generation, mut con) = self.get().await?;
+            match con.req_packed_command(cmd).await {
+                Ok(v) => return redis::from_owned_redis_value(v),
+                Err(e) if is_dead(&e) => {
+                    self.discard(generation).await;
+                    if retry == Retry::Never || attempt > 1 {
+                        return Err(e);
+                    }
+                    tracing::debug!(error = %e, "redis connection lost; reconnecting and retrying once");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
 }
 
 /// Where and how to connect.
@@ -72,19 +139,18 @@ impl Admin {
             None => redis::Client::open(redis::ConnectionInfo { addr: redis::ConnectionAddr::Tcp(target.host.clone(), target.port), redis })
                 .map_err(|e| Error::Unreachable { what: what.clone(), reason: e.to_string() })?,
         };
-        let config = redis::aio::ConnectionManagerConfig::new()
+        let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(target.timeout)
-            .set_response_timeout(target.timeout.max(Duration::from_secs(10)))
-            .set_number_of_retries(1)
-            .set_max_delay(200);
-        let con = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(|e| classify("connect", &what, e))?;
-        Ok(Admin { con, config_command: target.config_command.clone(), what })
+            .set_response_timeout(target.timeout.max(Duration::from_secs(10)));
+        let link = Arc::new(Link { client, config, current: Mutex::new((0, None)) });
+        link.get().await.map_err(|e| classify("connect", &what, e))?;
+        Ok(Admin { link, config_command: target.config_command.clone(), what })
     }
 
+    /// Every command of this type is a read or an idempotent setting, so it is retried once
+    /// after a dead connection; only `shutdown` is not.
     async fn run<T: redis::FromRedisValue>(&mut self, name: &str, cmd: &redis::Cmd) -> Result<T> {
-        cmd.query_async(&mut self.con).await.map_err(|e| classify(name, &self.what, e))
+        self.link.query(cmd, Retry::Safe).await.map_err(|e| classify(name, &self.what, e))
     }
 
     pub async fn ping(&mut self) -> Result<()> {
@@ -139,7 +205,7 @@ impl Admin {
 
     /// `SHUTDOWN` (saving if persistence is configured). The connection dropping is success.
     pub async fn shutdown(&mut self) -> Result<()> {
-        match redis::cmd("SHUTDOWN").query_async::<()>(&mut self.con).await {
+        match self.link.query::<()>(&redis::cmd("SHUTDOWN"), Retry::Never).await {
             Ok(()) => Ok(()),
             Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() => Ok(()),
             Err(e) => Err(classify("SHUTDOWN", &self.what, e)),

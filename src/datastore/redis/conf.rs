@@ -28,10 +28,13 @@ const ALIASES: &[(&str, &str)] = &[
     ("repl-ping-slave-period", "repl-ping-replica-period"),
 ];
 
+/// Names only Valkey accepts for a Redis directive (never written: Redis refuses them).
+const VALKEY_ALIASES: &[(&str, &str)] = &[("primaryauth", "masterauth"), ("primaryuser", "masteruser")];
+
 /// The Redis ≥5 name of a directive.
 pub fn canonical(key: &str) -> String {
     let key = key.to_ascii_lowercase();
-    ALIASES.iter().find(|(old, _)| *old == key).map(|(_, new)| new.to_string()).unwrap_or(key)
+    ALIASES.iter().chain(VALKEY_ALIASES).find(|(old, _)| *old == key).map(|(_, new)| new.to_string()).unwrap_or(key)
 }
 
 /// The name a Redis of `major` version understands.
@@ -321,5 +324,15 @@ mod tests {
         for (h, ok) in [("10.0.0.1", true), ("redis-1.example", true), ("::1", true), ("", false), ("a b", false), ("a\nb", false), ("#x", false), ("\"x\"", false), ("-x", false)] {
             assert_eq!(is_valid_host(h), ok, "{h:?}");
         }
+    }
+
+    #[test]
+    fn valkey_spellings_are_the_same_directive() {
+        assert_eq!(canonical("primaryauth"), "masterauth");
+        assert_eq!(canonical("PrimaryUser"), "masteruser");
+        assert_eq!(spelled_for("masterauth", 4), "masterauth");
+        assert_eq!(spelled_for("primaryauth", 7), "masterauth");
+        let out = render("primaryauth old\nprimaryuser u\n", &[Override::set("masterauth", &["new"])], 7);
+        assert!(!out.contains("primaryauth") && out.contains("masterauth new") && out.contains("primaryuser u"), "{out}");
     }
 }

@@ -1,4 +1,4 @@
-//! Typed `INFO` parsing: every replication field across Redis 2.8–7.x spellings; unknown fields ignored.
+//! Typed `INFO` parsing: every replication field across Redis 2.8–7.x and Valkey spellings; unknown fields ignored.
 
 use std::collections::HashMap;
 
@@ -46,10 +46,16 @@ pub struct Replication {
     pub slave_read_repl_offset: Option<i64>,
     pub slave_priority: Option<i64>,
     pub slave_read_only: Option<bool>,
+    /// Replicas connected, one per replica (Valkey's dual-channel sync lists one replica twice
+    /// and counts it twice in `connected_slaves`).
     pub connected_slaves: u32,
+    /// One entry per replica (for a dual-channel sync, its main channel).
     pub replicas: Vec<ConnectedReplica>,
     pub min_slaves_good_slaves: Option<u32>,
     pub repl_backlog_size: Option<i64>,
+    /// Bytes of the initial sync received and expected, when the size is known: a diskless or
+    /// dual-channel sync reports a total of 0 or -1 and a negative remainder.
+    pub sync_progress: Option<(i64, i64)>,
 }
 
 impl Info {
@@ -80,9 +86,19 @@ impl Info {
         self.get("run_id")
     }
 
+    /// The server's own version: Valkey's `valkey_version` (its `redis_version` is a fixed 7.2.4).
     pub fn version(&self) -> Option<(u32, u32, u32)> {
-        let mut parts = self.get("redis_version")?.split('.').map(|p| p.parse::<u32>().ok());
-        Some((parts.next()??, parts.next()??, parts.next().flatten().unwrap_or(0)))
+        self.server().map(|s| s.version)
+    }
+
+    /// Redis or Valkey, and its version.
+    pub fn server(&self) -> Option<super::server::Server> {
+        super::server::Server::from_info(self)
+    }
+
+    /// `standalone`, `cluster` or `sentinel`: `redis_mode` on Redis, `server_mode` on Valkey.
+    pub fn mode(&self) -> Option<&str> {
+        self.get("redis_mode").or_else(|| self.get("server_mode"))
     }
 
     pub fn loading(&self) -> bool {
@@ -99,15 +115,28 @@ impl Info {
             "slave" | "replica" => Role::Replica,
             _ => return None,
         };
-        let mut replicas: Vec<(u32, ConnectedReplica)> = self
+        let mut lines: Vec<(u32, ConnectedReplica, bool)> = self
             .fields
             .iter()
             .filter_map(|(k, v)| {
                 let n: u32 = k.strip_prefix("slave")?.parse().ok()?;
-                Some((n, parse_replica_line(v)?))
+                Some((n, parse_replica_line(v)?, v.contains("type=rdb-channel")))
             })
             .collect();
-        replicas.sort_by_key(|(n, _)| *n);
+        lines.sort_by_key(|(n, _, _)| *n);
+        // Valkey's dual-channel sync lists a replica twice: keep its main channel.
+        let mut replicas: Vec<(ConnectedReplica, bool)> = Vec::new();
+        for (_, r, rdb_channel) in lines {
+            match replicas.iter_mut().find(|(seen, _)| seen.ip == r.ip && seen.port == r.port) {
+                Some(seen) if seen.1 && !rdb_channel => *seen = (r, false),
+                Some(_) => {}
+                None => replicas.push((r, rdb_channel)),
+            }
+        }
+        let listed = replicas.len() as u32;
+        let counted = self.int("connected_slaves").and_then(|v| u32::try_from(v).ok()).unwrap_or(0);
+        let total = self.int("master_sync_total_bytes").filter(|t| *t > 0);
+        let read = self.int("master_sync_read_bytes").filter(|r| *r >= 0);
         let replid = self.get("master_replid").or_else(|| self.get("master_run_id")).map(str::to_owned);
         let replid2 = self.get("master_replid2").filter(|r| r.chars().any(|c| c != '0')).map(str::to_owned);
         Some(Replication {
@@ -125,10 +154,11 @@ impl Info {
             slave_read_repl_offset: self.int("slave_read_repl_offset"),
             slave_priority: self.int("slave_priority").or_else(|| self.int("replica_priority")),
             slave_read_only: self.get("slave_read_only").or_else(|| self.get("replica_read_only")).map(|v| v == "1"),
-            connected_slaves: self.int("connected_slaves").and_then(|v| u32::try_from(v).ok()).unwrap_or(0),
-            replicas: replicas.into_iter().map(|(_, r)| r).collect(),
+            connected_slaves: if listed > 0 { listed } else { counted },
+            replicas: replicas.into_iter().map(|(r, _)| r).collect(),
             min_slaves_good_slaves: self.int("min_slaves_good_slaves").and_then(|v| u32::try_from(v).ok()),
             repl_backlog_size: self.int("repl_backlog_size"),
+            sync_progress: total.zip(read).map(|(t, r)| (r.min(t), t)),
         })
     }
 }
@@ -227,5 +257,70 @@ mod tests {
         assert_eq!(r.master_repl_offset, 0);
         assert!(r.replicas.is_empty());
         assert_eq!(Info::parse("redis_version:7.0.15\n").version(), Some((7, 0, 15)));
+    }
+
+    macro_rules! captured {
+        ($($name:literal),*) => { [$(($name, include_str!(concat!("../../../tests/fuzz-corpus/info/", $name, ".txt")))),*] };
+    }
+
+    /// INFO really sent by each server of the matrix, a master with one online replica and that replica.
+    #[test]
+    fn captured_info_from_every_server() {
+        let masters = captured!("redis-6.0.9-master", "redis-6.2.5-master", "redis-6.2.14-master", "redis-7.0.15-master", "redis-7.2.4-master", "redis-7.4.1-master", "valkey-8.1.8-master", "valkey-9.0.0-master", "valkey-9.1.2-master");
+        let replicas = captured!("redis-6.0.9-replica", "redis-6.2.5-replica", "redis-6.2.14-replica", "redis-7.0.15-replica", "redis-7.2.4-replica", "redis-7.4.1-replica", "valkey-8.1.8-replica", "valkey-9.0.0-replica", "valkey-9.1.2-replica");
+        for (name, text) in masters {
+            let info = Info::parse(text);
+            let r = info.replication().unwrap();
+            assert_eq!((r.role, r.connected_slaves, r.replicas.len()), (Role::Master, 1, 1), "{name}");
+            assert_eq!(r.replicas[0].state, "online", "{name}");
+            assert!(r.replicas[0].offset <= r.master_repl_offset && r.master_repl_offset > 0, "{name}");
+            assert_eq!(info.mode(), Some("standalone"), "{name}");
+            let want = name.trim_end_matches("-master").split_once('-').unwrap();
+            let server = info.server().unwrap();
+            assert_eq!((server.name(), server.version_string().as_str()), want, "{name}");
+        }
+        for (name, text) in replicas {
+            let r = Info::parse(text).replication().unwrap();
+            assert_eq!(r.role, Role::Replica, "{name}");
+            assert!(r.linked(), "{name}");
+            assert!(r.applied_offset() > 0 && r.master_port.is_some(), "{name}");
+            assert_eq!(r.sync_progress, None, "{name}");
+            // slave_read_repl_offset arrived in Redis 6.2.14 / 7.0 (not in 6.0.9 or 6.2.5).
+            let old = name.starts_with("redis-6.0.") || name.starts_with("redis-6.2.5");
+            assert_eq!(r.slave_read_repl_offset.is_none(), old, "{name}");
+        }
+    }
+
+    /// Valkey 9.1 with dual-channel replication, during and after the initial sync.
+    #[test]
+    fn valkey_dual_channel_counts_one_replica_and_is_not_caught_up_early() {
+        let [(_, master_syncing), (_, master_done), (_, syncing), (_, syncing2), (_, done)] = captured!(
+            "valkey-9.1.2-dual-master-syncing", "valkey-9.1.2-dual-master-done",
+            "valkey-9.1.2-dual-replica-syncing", "valkey-9.1.2-dual-replica-syncing2", "valkey-9.1.2-dual-replica-done"
+        );
+        assert_eq!(Info::parse(master_syncing).get("connected_slaves"), Some("2"), "the server counts the two channels");
+        let m = Info::parse(master_syncing).replication().unwrap();
+        assert_eq!((m.connected_slaves, m.replicas.len()), (1, 1));
+        assert_eq!(m.replicas[0].state, "bg_transfer", "the main channel's entry is kept");
+        assert!(!m.replicas.iter().any(|r| r.state == "online"));
+        let m = Info::parse(master_done).replication().unwrap();
+        assert_eq!((m.connected_slaves, m.replicas.len(), m.replicas[0].state.as_str()), (1, 1, "online"));
+        for text in [syncing, syncing2] {
+            let r = Info::parse(text).replication().unwrap();
+            assert!(Info::parse(text).get("master_sync_left_bytes").unwrap().starts_with('-'));
+            assert!(!r.linked() && r.master_sync_in_progress);
+            assert_eq!(r.sync_progress, None, "total 0 and a negative remainder are no progress figure");
+        }
+        let r = Info::parse(done).replication().unwrap();
+        assert!(r.linked());
+        assert_eq!(r.applied_offset(), m.master_repl_offset);
+    }
+
+    #[test]
+    fn sync_progress_when_the_size_is_known() {
+        let r = Info::parse("role:slave\nmaster_sync_in_progress:1\nmaster_sync_total_bytes:1000\nmaster_sync_read_bytes:250\nmaster_sync_left_bytes:750\n").replication().unwrap();
+        assert_eq!(r.sync_progress, Some((250, 1000)));
+        let r = Info::parse("role:slave\nmaster_sync_total_bytes:-1\nmaster_sync_read_bytes:250\n").replication().unwrap();
+        assert_eq!(r.sync_progress, None);
     }
 }

@@ -23,6 +23,8 @@ pub struct RedisManager {
     major: AtomicU32,
     /// The admin connection, reused while the password and CONFIG name stay the same.
     admin_cache: Mutex<Option<(String, Admin)>>,
+    /// Set while a redis-server from another configuration holds our port (supervised mode).
+    foreign: std::sync::Mutex<Option<String>>,
 }
 
 impl RedisManager {
@@ -44,6 +46,7 @@ impl RedisManager {
             state_path,
             major: AtomicU32::new(major),
             admin_cache: Mutex::new(None),
+            foreign: std::sync::Mutex::new(None),
         })
     }
 
@@ -55,10 +58,58 @@ impl RedisManager {
                 // Re-render so the file carries the agent's current layers.
                 self.write_config().await?;
                 self.ensure_runtime_dirs(&self.rendered().await)?;
-                self.service.start().await?;
+                match self.check_adoption().await {
+                    Ok(()) => self.service.start().await?,
+                    // Reported by the status probe; the agent keeps serving RPCs.
+                    Err(error) => tracing::error!(%error, "not starting redis"),
+                }
             }
         }
         Ok(())
+    }
+
+    /// In supervised mode, a server this agent did not start may answer on its port (the agent
+    /// restarted): it is adopted only when it runs from our config file and data dir.
+    async fn check_adoption(&self) -> Result<()> {
+        let Service::Supervised(s) = &self.service else { return Ok(()) };
+        if s.has_child().await || !service::port_open(self.settings.port).await {
+            self.set_foreign(None);
+            return Ok(());
+        }
+        let probe = async {
+            let mut admin = self.admin().await?;
+            let config_file = admin.info("server").await?.get("config_file").unwrap_or_default().to_owned();
+            Ok::<_, Error>((config_file, admin.config_get("dir").await?.unwrap_or_default()))
+        };
+        let (config_file, dir) = match probe.await {
+            Ok(found) => found,
+            Err(e) => (format!("unknown: {e}"), "unknown".into()),
+        };
+        let same = |a: &str, b: &std::path::Path| {
+            let canon = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+            !a.is_empty() && canon(std::path::Path::new(a)) == canon(b)
+        };
+        if same(&config_file, &self.settings.config_file) && same(&dir, &self.settings.data_dir) {
+            self.set_foreign(None);
+            return Ok(());
+        }
+        let why = format!(
+            "a redis-server this agent did not start answers on port {} with config file '{config_file}' and dir '{dir}' (expected '{}' and '{}'): stop it, then restart the agent",
+            self.settings.port,
+            self.settings.config_file.display(),
+            self.settings.data_dir.display()
+        );
+        self.set_foreign(Some(why.clone()));
+        Err(Error::Refused(why))
+    }
+
+    fn set_foreign(&self, why: Option<String>) {
+        *self.foreign.lock().unwrap_or_else(|p| p.into_inner()) = why;
+    }
+
+    /// Why the server on our port is not ours, while that is so.
+    pub fn foreign(&self) -> Option<String> {
+        self.foreign.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub async fn prepared(&self) -> bool {
@@ -132,10 +183,7 @@ impl RedisManager {
         // The rendered `dir` must exist: Redis changes into it while it parses.
         self.ensure_data_dir()?;
         let text = state.render(&self.system(), self.major());
-        service::check_config(&self.settings.binary, &text)
-            .await
-            .map(|_| ())
-            .map_err(|r| Error::InvalidConfig { key: r.key, reason: r.reason })
+        service::check_config(&self.settings.binary, &text).await
     }
 
     pub async fn snapshot_state(&self) -> State {
@@ -195,6 +243,12 @@ impl RedisManager {
 
     /// The status probe: PING ok is healthy, refused is shutdown, loading is blocked.
     pub async fn status(&self) -> ServiceStatus {
+        if self.foreign().is_some() {
+            if service::port_open(self.settings.port).await {
+                return ServiceStatus::Failed;
+            }
+            self.set_foreign(None);
+        }
         if !self.prepared().await && !service::port_open(self.settings.port).await {
             return ServiceStatus::New;
         }
@@ -264,6 +318,7 @@ impl RedisManager {
         if !self.prepared().await {
             return Err(Error::Refused("redis has no configuration yet: the instance must be prepared first".into()));
         }
+        self.check_adoption().await?;
         let rendered = self.rendered().await;
         self.ensure_runtime_dirs(&rendered)?;
         let log = runtime::StartLog::mark(self.service.capture_log().into_iter().chain(runtime::StartLog::logfile(&rendered)), &rendered);
@@ -303,6 +358,7 @@ impl RedisManager {
     }
 
     pub async fn stop(&self) -> Result<()> {
+        self.check_adoption().await?;
         let pid = self.server_pid().await;
         self.service.stop(pid, Duration::from_secs(self.settings.stop_timeout)).await
     }
@@ -320,6 +376,7 @@ impl RedisManager {
 
     /// `prepare`: write the rendered configuration and overrides, then (re)start Redis.
     pub async fn prepare(&self, config_contents: Option<String>, overrides: Map<String, Value>) -> Result<()> {
+        self.check_adoption().await?;
         let base = config_contents.unwrap_or_else(default_base);
         self.update_checked(|s| {
             s.base = Some(base);
@@ -342,17 +399,18 @@ impl RedisManager {
         self.update_checked(|s| s.base = Some(contents)).await
     }
 
+    /// Stores the user's overrides (rendered at the next restart); replication-controlled and
+    /// listener keys are refused and nothing is stored.
     pub async fn update_overrides(&self, overrides: Map<String, Value>, remove: bool) -> Result<()> {
+        if !remove {
+            refuse_protected(&overrides)?;
+        }
         self.update_checked(|s| s.user = if remove { Default::default() } else { overrides.into_iter().collect() }).await
     }
 
     /// Runtime `CONFIG SET` of each override; replication-controlled keys are refused.
     pub async fn apply_overrides(&self, overrides: &Map<String, Value>) -> Result<()> {
-        for key in overrides.keys() {
-            if state::PROTECTED.contains(&super::conf::canonical(key).as_str()) {
-                return Err(Error::Refused(format!("'{key}' is managed by the replication strategy and cannot be overridden")));
-            }
-        }
+        refuse_protected(overrides)?;
         // All or nothing: Redis checks the whole set first, then each is applied.
         let mut next = self.snapshot_state().await;
         next.user.extend(overrides.clone());
@@ -407,14 +465,33 @@ fn default_base() -> String {
     "bind * -::*\nprotected-mode yes\nsave 3600 1 300 100 60 10000\nappendonly no\nreplica-read-only yes\n".into()
 }
 
-/// The major version of the installed redis-server (`redis-server --version`).
+/// The major version of the installed server (`redis-server --version`, or Valkey's).
 fn redis_major(binary: &str) -> Option<u32> {
-    let mut cmd = std::process::Command::new(binary);
-    for key in crate::config::agent_env_keys() {
-        cmd.env_remove(key);
+    super::server::Server::of_binary(binary).map(|s| s.version.0)
+}
+
+/// Refuses overrides of keys the agent controls (replication, listeners), naming the first.
+fn refuse_protected(overrides: &Map<String, Value>) -> Result<()> {
+    match overrides.keys().find(|k| state::PROTECTED.contains(&super::conf::canonical(k).as_str())) {
+        Some(key) => Err(Error::Refused(format!("'{key}' is managed by the replication strategy and cannot be overridden"))),
+        None => Ok(()),
     }
-    let out = cmd.arg("--version").output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let v = text.split_whitespace().find_map(|w| w.strip_prefix("v="))?;
-    v.split('.').next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protected_overrides_are_refused_in_any_spelling() {
+        for key in ["slaveof", "replicaof", "SLAVEOF", "masterauth", "slave-read-only", "port", "tls-port"] {
+            let mut o = Map::new();
+            o.insert(key.into(), json!("1.2.3.4 1"));
+            let err = refuse_protected(&o).unwrap_err().to_string();
+            assert!(err.contains(key) && !err.contains("1.2.3.4"), "{err}");
+        }
+        let mut o = Map::new();
+        o.insert("maxmemory".into(), json!("10mb"));
+        assert!(refuse_protected(&o).is_ok());
+    }
 }

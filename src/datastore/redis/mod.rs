@@ -5,6 +5,7 @@ pub mod conf;
 pub mod info;
 pub mod manager;
 pub mod runtime;
+pub mod server;
 pub mod service;
 pub mod state;
 

@@ -26,6 +26,9 @@ pub struct Supervisor {
     port: u16,
     wanted: AtomicBool,
     child: Mutex<Option<Child>>,
+    /// Whether the current child has been seen serving, and where its output starts in the log.
+    served: AtomicBool,
+    log_start: std::sync::atomic::AtomicU64,
     /// Children spawned so far; the current child is number `spawns`.
     spawns: AtomicU64,
     /// The last child seen to exit: its number and exit status.
@@ -42,13 +45,19 @@ pub struct Rejected {
 }
 
 /// Has `binary` parse `text` as its configuration, read from stdin, with no listener and nothing
-/// loaded: Redis applies every one of its own rules and exits. `Ok(false)`: the binary cannot run
-/// here, so nothing was checked.
-pub async fn check_config(binary: &str, text: &str) -> std::result::Result<bool, Rejected> {
+/// loaded: Redis applies every one of its own rules and exits. Fails closed: a binary that cannot
+/// run here refuses the change (`Error::Unchecked`), it never lets it through unchecked.
+pub async fn check_config(binary: &str, text: &str) -> Result<()> {
     use tokio::io::AsyncWriteExt;
     let mut cmd = Command::new(binary);
-    cmd.arg("-")
-        .args(["--port", "0", "--tls-port", "0", "--unixsocket", "", "--daemonize", "no", "--supervised", "no"])
+    cmd.arg("-").args(["--port", "0"]);
+    // Builds without TLS (e.g. many Redis 6 builds) refuse the `tls-port` directive itself; a
+    // configuration that names neither TLS nor an include cannot open a TLS listener.
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("tls") || lower.contains("include") {
+        cmd.args(["--tls-port", "0"]);
+    }
+    cmd.args(["--unixsocket", "", "--daemonize", "no", "--supervised", "no"])
         .args(["--pidfile", "", "--logfile", "", "--syslog-enabled", "no"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -57,28 +66,23 @@ pub async fn check_config(binary: &str, text: &str) -> std::result::Result<bool,
     for key in crate::config::agent_env_keys() {
         cmd.env_remove(key);
     }
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(binary, error = %e, "cannot run redis-server to check the configuration; not checked");
-            return Ok(false);
-        }
-    };
+    let mut child = cmd.spawn().map_err(|e| Error::Unchecked(format!("cannot run {binary}: {e}")))?;
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(text.as_bytes()).await;
     }
     let out = match tokio::time::timeout(Duration::from_secs(10), child.wait_with_output()).await {
         Ok(Ok(out)) => out,
-        _ => return Err(Rejected { key: None, reason: "redis-server did not finish checking the configuration within 10s".into() }),
+        Ok(Err(e)) => return Err(Error::Unchecked(format!("{binary}: {e}"))),
+        Err(_) => return Err(Error::Unchecked(format!("{binary} did not finish checking the configuration within 10s"))),
     };
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    parse_check_output(&text)
+    parse_check_output(&text).map_err(|r| Error::InvalidConfig { key: r.key, reason: r.reason })
 }
 
 /// Reads redis-server's verdict. The offending line is never returned: it may hold a password.
-fn parse_check_output(text: &str) -> std::result::Result<bool, Rejected> {
+fn parse_check_output(text: &str) -> std::result::Result<(), Rejected> {
     if text.contains("Configured to not listen anywhere") {
-        return Ok(true);
+        return Ok(());
     }
     let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     if let Some(i) = lines.iter().position(|l| l.starts_with(">>> '")) {
@@ -103,6 +107,8 @@ impl Service {
                 port: settings.port,
                 wanted: AtomicBool::new(false),
                 child: Mutex::new(None),
+                served: AtomicBool::new(false),
+                log_start: std::sync::atomic::AtomicU64::new(0),
                 spawns: AtomicU64::new(0),
                 last_exit: std::sync::Mutex::new(None),
                 starting: AtomicBool::new(false),
@@ -206,9 +212,13 @@ impl Supervisor {
                 }
                 let exited = this.reap().await;
                 let running = this.child.lock().await.is_some() || port_open(this.port).await;
+                if running && exited.is_none() && !this.served.load(Ordering::SeqCst) && port_open(this.port).await {
+                    this.served.store(true, Ordering::SeqCst);
+                }
                 if let Some(status) = &exited {
-                    // A server that dies right after starting will die again: back off, up to 30 s.
-                    if started_at.elapsed() < Duration::from_secs(10) {
+                    // A server that dies before it ever served will die again: back off, up to 30 s.
+                    // One that was serving (killed, OOM) is restarted at once.
+                    if started_at.elapsed() < Duration::from_secs(10) && !this.has_served() {
                         backoff = (backoff * 2).min(Duration::from_secs(30));
                     } else {
                         backoff = Duration::from_millis(500);
@@ -234,6 +244,25 @@ impl Supervisor {
         });
     }
 
+    /// Whether this agent started the server that runs now (else one on the port is adopted).
+    pub async fn has_child(&self) -> bool {
+        self.child.lock().await.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Whether the last child accepted connections: seen by the watch loop, or said in its log.
+    fn has_served(&self) -> bool {
+        use std::io::{Read, Seek, SeekFrom};
+        if self.served.load(Ordering::SeqCst) {
+            return true;
+        }
+        let Ok(mut f) = std::fs::File::open(&self.log_file) else { return false };
+        let mut text = Vec::new();
+        if f.seek(SeekFrom::Start(self.log_start.load(Ordering::SeqCst))).is_err() || f.take(1 << 20).read_to_end(&mut text).is_err() {
+            return false;
+        }
+        String::from_utf8_lossy(&text).contains("Ready to accept connections")
+    }
+
     /// Collects the child if it has exited, recording its status.
     async fn reap(&self) -> Option<String> {
         let mut child = self.child.lock().await;
@@ -255,6 +284,8 @@ impl Supervisor {
     }
 
     async fn spawn_child(&self) -> Result<()> {
+        self.served.store(false, Ordering::SeqCst);
+        self.log_start.store(std::fs::metadata(&self.log_file).map(|m| m.len()).unwrap_or(0), Ordering::SeqCst);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -326,7 +357,7 @@ mod tests {
     #[test]
     fn check_output_verdicts() {
         let ok = "1:C 26 Nov # Reading config from stdin\n1:M 26 Nov # Configured to not listen anywhere, exiting.\n";
-        assert_eq!(parse_check_output(ok), Ok(true));
+        assert_eq!(parse_check_output(ok), Ok(()));
         let bad = "\n*** FATAL CONFIG FILE ERROR (Redis 7.0.15) ***\nReading the configuration file, at line 2\n>>> 'requirepass \"s3cret\" \"x\"'\nwrong number of arguments\n";
         let r = parse_check_output(bad).unwrap_err();
         assert_eq!(r, Rejected { key: Some("requirepass".into()), reason: "wrong number of arguments".into() });

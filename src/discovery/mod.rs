@@ -1,0 +1,363 @@
+//! Discovery that Sentinel clients already speak: a subset of the Sentinel protocol (RESP2) served
+//! from the watcher's live view of one replica set.
+
+pub mod resp;
+
+use std::sync::Arc;
+
+use secrecy::{ExposeSecret, SecretString};
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, RwLock};
+
+use resp::{read_command, ReadError, Reply};
+
+/// One Redis node as clients reach it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub id: String,
+    pub host: String,
+    pub port: u16,
+    pub run_id: String,
+    /// The watcher's view: no answer, or Redis down, for now.
+    pub down: bool,
+    pub link_up: bool,
+    pub offset: i64,
+}
+
+/// The replica set as the watcher sees it.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    pub master: Option<Node>,
+    pub replicas: Vec<Node>,
+    pub sdown: bool,
+    pub odown: bool,
+    /// Bumped at every failover (Sentinel's config epoch).
+    pub epoch: u64,
+}
+
+/// What the endpoint serves, shared with the watcher.
+pub struct Shared {
+    pub name: String,
+    pub view: RwLock<View>,
+    /// Sentinel events: (channel, payload).
+    pub events: broadcast::Sender<(String, String)>,
+    /// The other watchers' `host:port`.
+    pub peers: Vec<String>,
+    pub password: Option<SecretString>,
+    pub down_after_ms: u64,
+    /// This watcher's 40-hex id.
+    pub my_id: String,
+}
+
+impl Shared {
+    pub fn new(name: &str, peers: Vec<String>, password: Option<SecretString>, down_after_ms: u64) -> Arc<Shared> {
+        let my_id: String = (0..40).map(|_| format!("{:x}", rand::random::<u8>() % 16)).collect();
+        Arc::new(Shared { name: name.into(), view: RwLock::new(View::default()), events: broadcast::channel(256).0, peers, password, down_after_ms, my_id })
+    }
+
+    /// Publishes one Sentinel event to subscribers.
+    pub fn publish(&self, channel: &str, payload: String) {
+        tracing::info!(event = channel, %payload, "sentinel event");
+        let _ = self.events.send((channel.into(), payload));
+    }
+}
+
+/// Accepts clients until the listener fails.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let shared = shared.clone();
+                tokio::spawn(async move { Session::new(shared).run(stream).await });
+            }
+            Err(error) => {
+                tracing::warn!(%error, "discovery: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// One client connection.
+struct Session {
+    shared: Arc<Shared>,
+    authed: bool,
+    name: Option<String>,
+    channels: Vec<String>,
+    patterns: Vec<String>,
+}
+
+enum Next {
+    Reply(Reply),
+    Replies(Vec<Reply>),
+    Close(Reply),
+}
+
+impl Session {
+    fn new(shared: Arc<Shared>) -> Session {
+        let authed = shared.password.is_none();
+        Session { shared, authed, name: None, channels: Vec::new(), patterns: Vec::new() }
+    }
+
+    async fn run(mut self, stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let (rd, mut wr) = stream.into_split();
+        let mut rd = BufReader::new(rd);
+        let mut events = self.shared.events.subscribe();
+        loop {
+            let subscribed = !self.channels.is_empty() || !self.patterns.is_empty();
+            let next = tokio::select! {
+                cmd = read_command(&mut rd) => match cmd {
+                    Ok(args) => self.handle(args).await,
+                    Err(ReadError::Closed) => return,
+                    Err(ReadError::Protocol(e)) => Next::Close(Reply::err(format!("ERR {e}"))),
+                },
+                ev = events.recv(), if subscribed => match ev {
+                    Ok((channel, payload)) => Next::Replies(self.deliver(&channel, &payload)),
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            };
+            let mut out = Vec::new();
+            let close = match next {
+                Next::Reply(r) => {
+                    r.encode(&mut out);
+                    false
+                }
+                Next::Replies(rs) => {
+                    rs.iter().for_each(|r| r.encode(&mut out));
+                    false
+                }
+                Next::Close(r) => {
+                    r.encode(&mut out);
+                    true
+                }
+            };
+            if wr.write_all(&out).await.is_err() || close {
+                return;
+            }
+        }
+    }
+
+    fn deliver(&self, channel: &str, payload: &str) -> Vec<Reply> {
+        let mut out = Vec::new();
+        if self.channels.iter().any(|c| c == channel) {
+            out.push(Reply::Array(vec![Reply::Bulk("message".into()), Reply::Bulk(channel.into()), Reply::Bulk(payload.into())]));
+        }
+        for p in self.patterns.iter().filter(|p| resp::glob_match(p, channel)) {
+            out.push(Reply::Array(vec![Reply::Bulk("pmessage".into()), Reply::Bulk(p.clone()), Reply::Bulk(channel.into()), Reply::Bulk(payload.into())]));
+        }
+        out
+    }
+
+    fn check_password(&self, given: &str) -> bool {
+        self.shared.password.as_ref().map_or(true, |p| p.expose_secret() == given)
+    }
+
+    async fn handle(&mut self, args: Vec<String>) -> Next {
+        let cmd = args[0].to_ascii_uppercase();
+        let sub = args.get(1).map(|s| s.to_ascii_uppercase()).unwrap_or_default();
+        if !self.authed && !matches!(cmd.as_str(), "AUTH" | "HELLO" | "QUIT") {
+            return Next::Reply(Reply::err("NOAUTH Authentication required."));
+        }
+        let subscribed = !self.channels.is_empty() || !self.patterns.is_empty();
+        if subscribed && !matches!(cmd.as_str(), "SUBSCRIBE" | "PSUBSCRIBE" | "UNSUBSCRIBE" | "PUNSUBSCRIBE" | "PING" | "QUIT" | "RESET") {
+            return Next::Reply(Reply::err(format!("ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context", args[0].to_lowercase())));
+        }
+        let reply = match cmd.as_str() {
+            "PING" if subscribed => Reply::Array(vec![Reply::Bulk("pong".into()), Reply::Bulk(args.get(1).cloned().unwrap_or_default())]),
+            "PING" => args.get(1).map(|m| Reply::Bulk(m.clone())).unwrap_or(Reply::Simple("PONG".into())),
+            "ECHO" if args.len() == 2 => Reply::Bulk(args[1].clone()),
+            "QUIT" => return Next::Close(Reply::ok()),
+            "RESET" => {
+                self.channels.clear();
+                self.patterns.clear();
+                self.authed = self.shared.password.is_none();
+                Reply::Simple("RESET".into())
+            }
+            "AUTH" => match args.len() {
+                2 | 3 if self.check_password(args.last().unwrap()) => {
+                    self.authed = true;
+                    Reply::ok()
+                }
+                2 | 3 => Reply::err("WRONGPASS invalid username-password pair or user is disabled."),
+                _ => Reply::err("ERR wrong number of arguments for 'auth' command"),
+            },
+            "HELLO" => return Next::Reply(self.hello(&args)),
+            "ROLE" => Reply::Array(vec![Reply::Bulk("sentinel".into()), Reply::Array(vec![Reply::Bulk(self.shared.name.clone())])]),
+            "INFO" => Reply::Bulk(self.info().await),
+            "CLIENT" => match sub.as_str() {
+                "SETNAME" if args.len() == 3 => {
+                    self.name = Some(args[2].clone());
+                    Reply::ok()
+                }
+                "GETNAME" => self.name.clone().map(Reply::Bulk).unwrap_or(Reply::Nil),
+                "ID" => Reply::Int(1),
+                "SETINFO" | "KILL" | "REPLY" | "NO-EVICT" | "NO-TOUCH" => Reply::ok(),
+                _ => Reply::err(format!("ERR unknown subcommand '{}'", args.get(1).cloned().unwrap_or_default())),
+            },
+            "COMMAND" => Reply::Array(vec![]),
+            "SUBSCRIBE" | "PSUBSCRIBE" if args.len() >= 2 => {
+                let kind = if cmd == "SUBSCRIBE" { "subscribe" } else { "psubscribe" };
+                let mut out = Vec::new();
+                for a in &args[1..] {
+                    let list = if cmd == "SUBSCRIBE" { &mut self.channels } else { &mut self.patterns };
+                    if !list.contains(a) {
+                        list.push(a.clone());
+                    }
+                    out.push(Reply::Array(vec![Reply::Bulk(kind.into()), Reply::Bulk(a.clone()), Reply::Int((self.channels.len() + self.patterns.len()) as i64)]));
+                }
+                return Next::Replies(out);
+            }
+            "UNSUBSCRIBE" | "PUNSUBSCRIBE" => {
+                let kind = if cmd == "UNSUBSCRIBE" { "unsubscribe" } else { "punsubscribe" };
+                let list = if cmd == "UNSUBSCRIBE" { &mut self.channels } else { &mut self.patterns };
+                let names: Vec<String> = if args.len() > 1 { args[1..].to_vec() } else { list.clone() };
+                list.retain(|c| !names.contains(c));
+                let total = (self.channels.len() + self.patterns.len()) as i64;
+                if names.is_empty() {
+                    return Next::Reply(Reply::Array(vec![Reply::Bulk(kind.into()), Reply::Nil, Reply::Int(total)]));
+                }
+                return Next::Replies(names.into_iter().map(|n| Reply::Array(vec![Reply::Bulk(kind.into()), Reply::Bulk(n), Reply::Int(total)])).collect());
+            }
+            "SENTINEL" => self.sentinel(&sub, &args).await,
+            _ => Reply::err(format!("ERR unknown command '{}'", args[0])),
+        };
+        Next::Reply(reply)
+    }
+
+    fn hello(&mut self, args: &[String]) -> Reply {
+        let mut i = 1;
+        if let Some(v) = args.get(1) {
+            if v != "2" {
+                return Reply::err("NOPROTO this server speaks RESP2 only");
+            }
+            i = 2;
+        }
+        while i < args.len() {
+            match args[i].to_ascii_uppercase().as_str() {
+                "AUTH" if i + 2 < args.len() => {
+                    if !self.check_password(&args[i + 2]) {
+                        return Reply::err("WRONGPASS invalid username-password pair or user is disabled.");
+                    }
+                    self.authed = true;
+                    i += 3;
+                }
+                "SETNAME" if i + 1 < args.len() => {
+                    self.name = Some(args[i + 1].clone());
+                    i += 2;
+                }
+                _ => return Reply::err("ERR Syntax error in HELLO option"),
+            }
+        }
+        if !self.authed {
+            return Reply::err("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
+        }
+        Reply::pairs(&[("server", "redis".into()), ("version", "7.0.0".into()), ("proto", "2".into()), ("id", "1".into()), ("mode", "sentinel".into()), ("role", "sentinel".into())])
+    }
+
+    async fn info(&self) -> String {
+        let v = self.shared.view.read().await;
+        let status = if v.odown { "odown" } else if v.sdown { "sdown" } else { "ok" };
+        let address = v.master.as_ref().map(|m| format!("{}:{}", m.host, m.port)).unwrap_or_default();
+        format!(
+            "# Server\r\nredis_version:7.0.0\r\nredis_mode:sentinel\r\nrun_id:{}\r\nexecutable:trove-guestctl\r\n\r\n# Sentinel\r\nsentinel_masters:1\r\nsentinel_tilt:0\r\nsentinel_running_scripts:0\r\nsentinel_scripts_queue_length:0\r\nmaster0:name={},status={status},address={address},slaves={},sentinels={}\r\n",
+            self.shared.my_id,
+            self.shared.name,
+            v.replicas.len(),
+            self.shared.peers.len() + 1
+        )
+    }
+
+    async fn sentinel(&self, sub: &str, args: &[String]) -> Reply {
+        let name_ok = |i: usize| args.get(i).is_some_and(|n| *n == self.shared.name);
+        let no_master = || Reply::err("ERR No such master with that name");
+        let v = self.shared.view.read().await.clone();
+        match sub {
+            "GET-MASTER-ADDR-BY-NAME" => match (&v.master, name_ok(2)) {
+                (Some(m), true) => Reply::Array(vec![Reply::Bulk(m.host.clone()), Reply::Bulk(m.port.to_string())]),
+                _ => Reply::Nil,
+            },
+            "MASTERS" => Reply::Array(v.master.as_ref().map(|m| vec![self.master_state(m, &v)]).unwrap_or_default()),
+            "MASTER" if name_ok(2) => v.master.as_ref().map(|m| self.master_state(m, &v)).unwrap_or_else(no_master),
+            "REPLICAS" | "SLAVES" if name_ok(2) => {
+                let Some(m) = &v.master else { return no_master() };
+                Reply::Array(v.replicas.iter().map(|r| replica_state(r, m)).collect())
+            }
+            "SENTINELS" if name_ok(2) => Reply::Array(self.shared.peers.iter().map(|p| peer_state(p)).collect()),
+            "MYID" => Reply::Bulk(self.shared.my_id.clone()),
+            "CKQUORUM" if name_ok(2) => Reply::Simple(format!("OK {} usable Sentinels. Quorum and failover authorization can be reached", self.shared.peers.len() + 1)),
+            "MASTER" | "REPLICAS" | "SLAVES" | "SENTINELS" | "CKQUORUM" => no_master(),
+            _ => Reply::err(format!("ERR Unknown sentinel subcommand '{}'", args.get(1).cloned().unwrap_or_default())),
+        }
+    }
+
+    fn master_state(&self, m: &Node, v: &View) -> Reply {
+        // The watcher's sdown is about the agent, not Redis: a master whose agent is silent may
+        // serve well. Clients are steered away only once it is objectively down.
+        let mut flags = vec!["master"];
+        if v.odown {
+            flags.extend(["s_down", "o_down"]);
+        }
+        state(self.shared.name.clone(), &m.host, m.port, &m.run_id, &flags, &[
+            ("down-after-milliseconds", self.shared.down_after_ms.to_string()),
+            ("info-refresh", "0".into()),
+            ("role-reported", "master".into()),
+            ("role-reported-time", "0".into()),
+            ("config-epoch", v.epoch.to_string()),
+            ("num-slaves", v.replicas.len().to_string()),
+            ("num-other-sentinels", self.shared.peers.len().to_string()),
+            ("quorum", (self.shared.peers.len() / 2 + 1).to_string()),
+            ("failover-timeout", "180000".into()),
+            ("parallel-syncs", v.replicas.len().max(1).to_string()),
+        ])
+    }
+}
+
+fn replica_state(r: &Node, m: &Node) -> Reply {
+    let mut flags = vec!["slave"];
+    if r.down {
+        flags.push("s_down");
+        flags.push("disconnected");
+    }
+    state(format!("{}:{}", r.host, r.port), &r.host, r.port, &r.run_id, &flags, &[
+        ("info-refresh", "0".into()),
+        ("role-reported", "slave".into()),
+        ("role-reported-time", "0".into()),
+        ("master-link-down-time", "0".into()),
+        ("master-link-status", if r.link_up { "ok" } else { "err" }.into()),
+        ("master-host", m.host.clone()),
+        ("master-port", m.port.to_string()),
+        ("slave-priority", "100".into()),
+        ("slave-repl-offset", r.offset.max(0).to_string()),
+    ])
+}
+
+fn peer_state(addr: &str) -> Reply {
+    let (host, port) = addr.rsplit_once(':').unwrap_or((addr, "26379"));
+    state(addr.into(), host, port.parse().unwrap_or(26379), "", &["sentinel"], &[
+        ("down-after-milliseconds", "0".into()),
+        ("last-hello-message", "0".into()),
+        ("voted-leader", "?".into()),
+        ("voted-leader-epoch", "0".into()),
+    ])
+}
+
+/// One Sentinel state record: identity, flags and link fields, then `rest`.
+fn state(name: String, host: &str, port: u16, run_id: &str, flags: &[&str], rest: &[(&str, String)]) -> Reply {
+    let mut kv: Vec<(&str, String)> = vec![
+        ("name", name),
+        ("ip", host.to_owned()),
+        ("port", port.to_string()),
+        ("runid", run_id.to_owned()),
+        ("flags", flags.join(",")),
+        ("link-pending-commands", "0".into()),
+        ("link-refcount", "1".into()),
+        ("last-ping-sent", "0".into()),
+        ("last-ok-ping-reply", "0".into()),
+        ("last-ping-reply", "0".into()),
+    ];
+    kv.extend(rest.iter().cloned());
+    Reply::pairs(&kv)
+}

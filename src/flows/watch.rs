@@ -1,0 +1,256 @@
+//! `trove-guestctl watch`: detects a dead master through its agents and replicas, ejects it under
+//! a RabbitMQ lease, re-attaches it when it returns, and feeds the Sentinel-protocol discovery.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{Error, Inventory, Live, Taskmanager, HIGH_TIMEOUT};
+use crate::discovery::{Node, Shared, View};
+use crate::rpc::lease::Lease;
+use crate::rpc::AmqpOptions;
+
+/// How the watcher judges and acts.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    /// How long the master must look dead, with a majority of its replicas agreeing.
+    pub down_after: Duration,
+}
+
+impl WatchOptions {
+    /// Time between probe rounds.
+    fn period(&self) -> Duration {
+        (self.down_after / 20).clamp(Duration::from_millis(20), Duration::from_millis(250))
+    }
+
+    /// How long one status probe may take before it counts as no answer.
+    fn probe_timeout(&self) -> Duration {
+        (self.down_after / 8).clamp(Duration::from_millis(100), Duration::from_secs(1))
+    }
+}
+
+/// A replica's link to its master counts as down once the master has been silent this long,
+/// even while Redis still calls the link up (a cut network is noticed only at `repl-timeout`):
+/// masters ping their replicas every 10 s (`repl-ping-replica-period`).
+const SILENT_LINK_SECS: i64 = 11;
+
+/// What the watcher remembers between rounds.
+#[derive(Default)]
+struct Memory {
+    /// Last time each guest answered with a healthy status.
+    last_good: HashMap<String, Instant>,
+    /// Last time each replica reported its link to the master up.
+    last_linked: HashMap<String, Instant>,
+    /// Last address, run id and offset each guest reported.
+    nodes: HashMap<String, Node>,
+    sdown: bool,
+    odown: bool,
+    epoch: u64,
+    started: Option<Instant>,
+}
+
+/// The master as the inventory names it: the guest others replicate from.
+pub fn current_master(inv: &Inventory) -> Option<String> {
+    inv.guests.iter().find(|g| g.replica_of.is_none() && !inv.replicas_of(&g.id).is_empty()).map(|g| g.id.clone())
+}
+
+fn link_up(l: &Live) -> bool {
+    let Some(s) = &l.status else { return false };
+    let silent = s.get("master_last_io_seconds_ago").and_then(Value::as_i64).is_some_and(|t| t >= SILENT_LINK_SECS);
+    s.get("role").and_then(Value::as_str) == Some("replica") && s.get("link_up") == Some(&json!(true)) && !silent
+}
+
+fn node_of(l: &Live) -> Option<Node> {
+    let s = l.status.as_ref()?;
+    let (host, port) = l.addr()?;
+    Some(Node {
+        id: l.id.clone(),
+        host,
+        port: u16::try_from(port).ok()?,
+        run_id: s.get("run_id").and_then(Value::as_str).unwrap_or_default().to_owned(),
+        down: false,
+        link_up: link_up(l),
+        offset: l.offset(),
+    })
+}
+
+impl Taskmanager {
+    /// Runs until `cancel`: one probe round every period, acting only while holding the lease.
+    pub async fn watch(&mut self, opts: WatchOptions, shared: Arc<Shared>, cancel: CancellationToken) -> Result<(), Error> {
+        let amqp = AmqpOptions::new(&self.inventory.transport_url, &self.inventory.control_exchange, "trove-guestctl-watch");
+        let lease_name = format!("trove-guestctl.watch.{}", self.inventory.name);
+        let path: PathBuf = self.inventory.path.clone();
+        let mut lease: Option<Lease> = None;
+        let mut last_try: Option<Instant> = None;
+        let mut mem = Memory { started: Some(Instant::now()), ..Default::default() };
+        tracing::info!(name = %self.inventory.name, down_after_ms = opts.down_after.as_millis() as u64, "watching");
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(opts.period()) => {}
+            }
+            // The inventory may change under us (a promote by hand): read it every round.
+            match Inventory::load(&path) {
+                Ok(inv) => self.inventory = inv,
+                Err(error) => tracing::warn!(%error, "cannot re-read the inventory; using the last one"),
+            }
+            if lease.is_none() && last_try.map_or(true, |t| t.elapsed() >= Duration::from_secs(1)) {
+                last_try = Some(Instant::now());
+                match Lease::try_acquire(&amqp, &lease_name).await {
+                    Ok(Some(l)) => {
+                        tracing::info!(lease = %lease_name, "this watcher holds the lease: it acts");
+                        lease = Some(l);
+                    }
+                    Ok(None) => {}
+                    Err(error) => tracing::debug!(%error, "lease not taken"),
+                }
+            }
+            if let Some(l) = &lease {
+                if !l.check().await {
+                    tracing::warn!("lost the lease: this watcher no longer acts");
+                    lease = None;
+                }
+            }
+            self.round(&opts, &shared, &mut mem, lease.as_ref()).await;
+        }
+        if let Some(l) = lease {
+            l.release().await;
+        }
+        tracing::info!("watch stopped");
+        Ok(())
+    }
+
+    async fn round(&mut self, opts: &WatchOptions, shared: &Shared, mem: &mut Memory, lease: Option<&Lease>) {
+        let Some(master) = current_master(&self.inventory) else {
+            *shared.view.write().await = View { epoch: mem.epoch, ..Default::default() };
+            return;
+        };
+        let replicas = self.inventory.replicas_of(&master);
+        let ids: Vec<String> = self.inventory.guests.iter().map(|g| g.id.clone()).collect();
+        let timeout = opts.probe_timeout();
+        let lives: Vec<Live> = futures_util::future::join_all(ids.iter().map(|g| self.live_within(g, timeout))).await;
+        let now = Instant::now();
+        let started = mem.started.unwrap_or(now);
+        for l in &lives {
+            if let Some(n) = node_of(l) {
+                mem.last_good.insert(l.id.clone(), now);
+                mem.nodes.insert(l.id.clone(), n);
+            } else if let Some(n) = mem.nodes.get_mut(&l.id) {
+                n.down = true;
+                n.link_up = false;
+            }
+            if link_up(l) {
+                mem.last_linked.insert(l.id.clone(), now);
+            }
+        }
+        let live_of = |id: &str| lives.iter().find(|l| l.id == id);
+        let master_live = live_of(&master);
+        let master_ok = master_live.is_some_and(|l| l.status.is_some());
+        let silent_for = now - mem.last_good.get(&master).copied().unwrap_or(started);
+        // Strong evidence halves the wait: the master's agent is gone (no answer at all, not a
+        // report of Redis down) and a majority of replicas saw their link reset (not merely silent).
+        let agent_gone = master_live.is_some_and(|l| l.silent);
+        let reset = |r: &String| live_of(r).and_then(|l| l.status.as_ref()).is_some_and(|s| s.get("link_up") == Some(&json!(false)));
+        let majority = replicas.len() / 2 + 1;
+        let strong = agent_gone && replicas.iter().filter(|r| reset(r)).count() >= majority;
+        let wait = if strong { opts.down_after / 2 } else { opts.down_after };
+        let sdown = !master_ok && silent_for >= wait;
+        let unlinked: Vec<&String> = replicas
+            .iter()
+            .filter(|r| live_of(r).is_some_and(|l| l.status.is_some() && !link_up(l)))
+            .filter(|r| now - mem.last_linked.get(*r).copied().unwrap_or(started) >= wait)
+            .collect();
+        let odown = sdown && unlinked.len() >= majority;
+
+        let addr = mem.nodes.get(&master).map(|n| format!("{} {}", n.host, n.port)).unwrap_or_else(|| "? 0".into());
+        if sdown != mem.sdown {
+            shared.publish(if sdown { "+sdown" } else { "-sdown" }, format!("master {} {addr}", shared.name));
+            mem.sdown = sdown;
+        }
+        if odown && !mem.odown {
+            shared.publish("+odown", format!("master {} {addr} #quorum {}/{}", shared.name, unlinked.len(), majority));
+        }
+        mem.odown = odown;
+        self.publish_view(shared, mem, &master, &replicas).await;
+
+        let Some(lease) = lease else { return };
+        if odown {
+            let evidence: Vec<String> = replicas
+                .iter()
+                .map(|r| match live_of(r) {
+                    Some(l) if l.status.is_some() => format!("{r}: link {} (last up {:?} ago)", if link_up(l) { "up" } else { "down" }, mem.last_linked.get(r).map(|t| now - *t)),
+                    Some(l) => format!("{r}: no status ({})", l.error.clone().unwrap_or_default()),
+                    None => format!("{r}: not probed"),
+                })
+                .collect();
+            let why = master_live.and_then(|l| l.error.clone()).unwrap_or_default();
+            tracing::warn!(%master, silent_ms = silent_for.as_millis() as u64, strong, master_error = %why, ?evidence, "decision: master is down (its agent and a majority of its replicas agree); ejecting");
+            self.fail_over(&master, lives.clone(), shared, mem, lease).await;
+            return;
+        }
+        // An old master that came back writable follows the current one.
+        for g in self.inventory.guests.iter().filter(|g| g.replica_of.as_deref() == Some(&master)).map(|g| g.id.clone()).collect::<Vec<_>>() {
+            if live_of(&g).and_then(Live::role) == Some("master") && master_ok {
+                if !lease.check().await {
+                    return;
+                }
+                tracing::warn!(guest = %g, %master, "decision: {g} answers as a writable master but the inventory says it follows {master}; re-attaching it");
+                let result = async {
+                    let context = self.call(&master, "get_replica_context", json!({}), HIGH_TIMEOUT).await?;
+                    let results = self.repoint(std::slice::from_ref(&g), Some(&g), &master, &context).await?;
+                    super::collect(results)
+                }
+                .await;
+                match result {
+                    Ok(()) => tracing::info!(guest = %g, %master, "re-attached"),
+                    Err(error) => tracing::warn!(guest = %g, %error, "re-attach failed; retrying next round"),
+                }
+            }
+        }
+    }
+
+    async fn fail_over(&mut self, master: &str, lives: Vec<Live>, shared: &Shared, mem: &mut Memory, lease: &Lease) {
+        // Fence first: if the old master's agent is alive (or returns), its Redis stops taking writes.
+        if let Err(error) = self.cast(master, "make_read_only", json!({"read_only": true})).await {
+            tracing::warn!(%master, %error, "fence cast failed");
+        }
+        if !lease.check().await {
+            tracing::warn!("lost the lease before the eject; not acting");
+            return;
+        }
+        self.recent = lives;
+        let result = self.eject(master, false).await;
+        self.recent.clear();
+        let new = current_master(&self.inventory);
+        match &result {
+            Ok(report) => tracing::info!(old = %master, new = %report.new_master, total_ms = report.total_ms, ?report.evidence, "eject done"),
+            Err(error) => tracing::warn!(old = %master, %error, "eject did not complete"),
+        }
+        let Some(new) = new.filter(|n| n != master) else { return };
+        if let Err(error) = self.inventory.set_replica_of(master, Some(&new)) {
+            tracing::warn!(%error, "cannot record the old master as a replica to re-attach");
+        }
+        mem.epoch += 1;
+        let old = mem.nodes.get(master).map(|n| format!("{} {}", n.host, n.port)).unwrap_or_else(|| "? 0".into());
+        let new_addr = mem.nodes.get(&new).map(|n| format!("{} {}", n.host, n.port)).unwrap_or_else(|| "? 0".into());
+        mem.sdown = false;
+        mem.odown = false;
+        let replicas = self.inventory.replicas_of(&new);
+        self.publish_view(shared, mem, &new, &replicas).await;
+        shared.publish("+switch-master", format!("{} {old} {new_addr}", shared.name));
+    }
+
+    async fn publish_view(&self, shared: &Shared, mem: &Memory, master: &str, replicas: &[String]) {
+        let mut m = mem.nodes.get(master).cloned();
+        if let Some(m) = m.as_mut() {
+            m.down = mem.sdown;
+        }
+        let replicas = replicas.iter().filter_map(|r| mem.nodes.get(r).cloned()).collect();
+        *shared.view.write().await = View { master: m, replicas, sdown: mem.sdown, odown: mem.odown, epoch: mem.epoch };
+    }
+}

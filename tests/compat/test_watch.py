@@ -1,0 +1,214 @@
+"""trove-guestctl watch: a dead master is replaced without a human, and redis-py's Sentinel
+client (a client no one here wrote) finds the new master through the watcher's discovery
+endpoint and keeps writing. Real agents, real redis-server processes, real RabbitMQ."""
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from redis.sentinel import Sentinel
+
+import compat_lib as lib
+from conftest import ROOT, Guest
+
+GUESTCTL = Path(os.environ.get("TROVE_GUESTCTL_BIN", ROOT / "target/debug/trove-guestctl"))
+PW = "watch-secret"
+NAME = "compatset"
+DOWN_AFTER_MS = 1000
+CONF = "bind 127.0.0.1\nport 6379\nrequirepass %s\nsave 3600 1\nappendonly no\n" % PW
+
+
+def wait_until(what, fn, secs=30, interval=0.05):
+    deadline = time.monotonic() + secs
+    while time.monotonic() < deadline:
+        try:
+            v = fn()
+            if v:
+                return v
+        except Exception:  # noqa: BLE001
+            pass
+        time.sleep(interval)
+    pytest.fail("timed out waiting for: %s" % what, pytrace=False)
+
+
+def redis_port(g):
+    for line in g.config.read_text().splitlines():
+        if line.startswith("port = "):
+            return int(line.split("=")[1])
+    raise AssertionError("no port in %s" % g.config)
+
+
+def guestctl(inv, *args, check=True, timeout=120):
+    if not GUESTCTL.exists():
+        pytest.fail("trove-guestctl not found at %s: build it with `cargo build`" % GUESTCTL,
+                    pytrace=False)
+    r = subprocess.run([str(GUESTCTL), "--inventory", str(inv), *args], capture_output=True,
+                       text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        pytest.fail("trove-guestctl %s failed (%d):\n%s%s" % (" ".join(args), r.returncode,
+                                                              r.stdout, r.stderr), pytrace=False)
+    return r
+
+
+class Writer(threading.Thread):
+    """Writes k<i> through the Sentinel-managed master connection, recording every ack."""
+
+    def __init__(self, master):
+        super().__init__(daemon=True)
+        self.master = master
+        self.acked = []  # (i, sent, acked): monotonic times
+        self.errors = 0
+        self.stopping = threading.Event()
+
+    def run(self):
+        i = 0
+        while not self.stopping.is_set():
+            i += 1
+            try:
+                sent = time.monotonic()
+                self.master.set("k%d" % i, i)
+                self.acked.append((i, sent, time.monotonic()))
+            except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError,
+                    redis.ResponseError):
+                self.errors += 1
+                time.sleep(0.01)
+
+    def stop(self):
+        self.stopping.set()
+        self.join(10)
+        assert not self.is_alive(), "writer thread did not stop"
+
+
+@pytest.fixture
+def topology(rabbit_url, tmp_path):
+    guests = [Guest("rust", rabbit_url, name="watch%d" % n) for n in range(3)]
+    watcher = {}
+    try:
+        for g in guests:
+            g.start()
+            g.client(timeout=30).call(lib.newest_context(), "prepare", packages=None,
+                                      databases=[], memory_mb=512, users=[], device_path=None,
+                                      mount_point="/var/lib/redis", backup_info=None,
+                                      config_contents=CONF, root_password=None, overrides={},
+                                      cluster_config=None, snapshot=None)
+        inv = tmp_path / "inventory.toml"
+        listen = ["127.0.0.1:%d" % lib.free_port() for _ in range(2)]
+        inv.write_text('transport_url = "%s"\ncontrol_exchange = "trove"\nname = "%s"\n'
+                       'watchers = ["%s", "%s"]\n%s' % (
+                           rabbit_url, NAME, listen[0], listen[1],
+                           "".join('\n[[guest]]\nid = "%s"\n' % g.id for g in guests)))
+        guestctl(inv, "create-replicas", "--replica-of", guests[0].id, guests[1].id,
+                 guests[2].id)
+        yield guests, inv, listen, watcher
+    finally:
+        for proc in watcher.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+        for g in guests:
+            g.cleanup()
+
+
+def start_watcher(inv, listen, log):
+    return subprocess.Popen([str(GUESTCTL), "--inventory", str(inv), "watch", "--listen", listen,
+                             "--down-after-ms", str(DOWN_AFTER_MS)],
+                            stdout=log, stderr=subprocess.STDOUT,
+                            env=dict(os.environ, TROVE_GUESTCTL_LOG="trove_guest=debug,warn"))
+
+
+def test_watch_fails_over_and_sentinel_clients_follow(topology, tmp_path):
+    """Two watchers: one holds the lease and acts, both serve discovery; the other takes over
+    when the first dies."""
+    guests, inv, listens, watcher = topology
+    logs = [tmp_path / ("watch%d.log" % n) for n in range(2)]
+    with open(logs[0], "wb") as log:
+        watcher["a"] = start_watcher(inv, listens[0], log)
+    read = lambda n: logs[n].read_text(errors="replace") if logs[n].exists() else ""  # noqa: E731
+    wait_until("the first watcher holds the lease", lambda: "holds the lease" in read(0), secs=20)
+    with open(logs[1], "wb") as log:
+        watcher["b"] = start_watcher(inv, listens[1], log)
+    log_text = lambda: read(0)  # noqa: E731
+    host, port = listens[0].rsplit(":", 1)
+
+    ports = [redis_port(g) for g in guests]
+    sentinel = Sentinel([(host, int(port))], socket_timeout=0.5)
+    addr = wait_until("discovery names the master",
+                      lambda: sentinel.discover_master(NAME), secs=20)
+    assert addr == ("127.0.0.1", ports[0]), addr
+    assert sorted(p for _, p in sentinel.discover_slaves(NAME)) == sorted(ports[1:])
+    sc = redis.Redis(host=host, port=int(port), socket_timeout=2)
+    assert sc.execute_command("ROLE")[0] in (b"sentinel", "sentinel")
+    events = sc.pubsub()
+    events.psubscribe("*")
+    wait_until("psubscribe confirmed", lambda: events.get_message(timeout=0.2))
+
+    master = sentinel.master_for(NAME, password=PW, socket_timeout=0.5)
+    writer = Writer(master)
+    writer.start()
+    wait_until("the writer's first acks", lambda: len(writer.acked) > 50)
+
+    # 1. No false failover: the master's agent dies, its Redis keeps serving, replicas linked.
+    guests[0].proc.kill()
+    guests[0].proc.wait(5)
+    time.sleep(3 * DOWN_AFTER_MS / 1000)
+    assert sentinel.discover_master(NAME) == ("127.0.0.1", ports[0])
+    assert "decision: master is down" not in log_text(), log_text()[-3000:]
+
+    # 2. The whole master goes (its Redis too): the watcher ejects it; the client follows.
+    acked_before = len(writer.acked)
+    os.killpg(guests[0].proc.pid, signal.SIGKILL)
+    t_kill = time.monotonic()
+    new = wait_until("discovery names a new master",
+                     lambda: (sentinel.discover_master(NAME) != ("127.0.0.1", ports[0])
+                              and sentinel.discover_master(NAME)), secs=30)
+    wait_until("writes acknowledged again", lambda: writer.acked[-1][1] > t_kill, secs=30)
+    # Recovery: the first write sent after the kill that was acknowledged.
+    first_after = next(t for _, sent, t in writer.acked[acked_before:] if sent > t_kill)
+    time.sleep(0.5)
+    writer.stop()
+    print("\nwatch: kill -9 of the master -> writable through redis-py Sentinel after %.0f ms "
+          "(down_after %d ms); writes acked %d, errors %d"
+          % ((first_after - t_kill) * 1000, DOWN_AFTER_MS, len(writer.acked), writer.errors))
+
+    assert new[1] in ports[1:], new
+    new_port = new[1]
+    other_port = [p for p in ports[1:] if p != new_port][0]
+    r_new = redis.Redis(port=new_port, password=PW)
+    r_other = redis.Redis(port=other_port, password=PW)
+    assert r_new.info("replication")["role"] == "master"
+    wait_until("the other replica follows the new master",
+               lambda: r_other.info("replication").get("master_port") == new_port
+               and r_other.info("replication").get("master_link_status") == "up", secs=20)
+    # Every write acknowledged after the failover is on the new master.
+    after = [i for i, _, t in writer.acked if t > first_after]
+    assert after, "no write was acknowledged after the failover"
+    missing = [i for i in after if r_new.get("k%d" % i) is None]
+    assert not missing, "%d writes acknowledged by the new master are missing" % len(missing)
+    # Writes acknowledged by the old master before the kill may be lost (asynchronous
+    # replication); count them against the final master.
+    lost = [i for i, _, t in writer.acked if t <= t_kill and r_new.get("k%d" % i) is None]
+    print("watch: lost %d of %d writes acknowledged before the kill" % (lost.__len__(),
+                                                                       acked_before))
+    seen = []
+    wait_until("+switch-master published", lambda: any(
+        m and m.get("channel") in (b"+switch-master", "+switch-master")
+        for m in seen.append(events.get_message(timeout=0.2)) or seen), secs=5)
+    assert "decision: master is down" in log_text()
+    # The second watcher serves the same answer and never acted.
+    other = Sentinel([tuple((h, int(p)) for h, p in [listens[1].rsplit(":", 1)])[0]],
+                     socket_timeout=0.5)
+    wait_until("the second watcher names the new master",
+               lambda: other.discover_master(NAME) == new, secs=10)
+    assert "holds the lease" not in read(1) and "decision:" not in read(1), read(1)[-3000:]
+
+    # SIGTERM: the acting watcher exits cleanly, and the other one takes the lease.
+    watcher["a"].send_signal(signal.SIGTERM)
+    assert watcher["a"].wait(15) == 0, log_text()[-3000:]
+    wait_until("the second watcher takes the lease", lambda: "holds the lease" in read(1), secs=15)
+    watcher["b"].send_signal(signal.SIGTERM)
+    assert watcher["b"].wait(15) == 0, read(1)[-3000:]

@@ -1,0 +1,1 @@
+"""Fault-injection test library: RESP client, writers, the compose environment, and checks."""

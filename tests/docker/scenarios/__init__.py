@@ -1,0 +1,1 @@
+"""One module per fault scenario; scripts/docker-tests.sh runs every file here."""
