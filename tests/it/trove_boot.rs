@@ -223,6 +223,10 @@ async fn guestctl_prepare_sends_troves_payload_and_refuses_a_prepared_guest() {
         (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
     };
     let conf_arg = conf.display().to_string();
+    // A new guest says what it waits for.
+    let (code, out) = ctl(&["call", &g.id, "get_replication_status"]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("not been prepared yet"), "{out}");
     let (code, out) = ctl(&["prepare", "--config", &conf_arg, "--memory-mb", "1024", &g.id]);
     assert_eq!(code, Some(0), "{out}\n{}", g.log());
     assert!(out.contains("prepared, Redis serves as master"), "{out}");
