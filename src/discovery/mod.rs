@@ -1,4 +1,4 @@
-//! Discovery that Sentinel clients already speak: a subset of the Sentinel protocol (RESP2) served
+//! Discovery that Sentinel clients already speak: a subset of the Sentinel protocol (RESP2/RESP3) served
 //! from the watcher's live view of one replica set.
 
 pub mod resp;
@@ -86,6 +86,8 @@ struct Session {
     name: Option<String>,
     channels: Vec<String>,
     patterns: Vec<String>,
+    /// The client asked for RESP3 (`HELLO 3`).
+    resp3: bool,
 }
 
 enum Next {
@@ -97,7 +99,7 @@ enum Next {
 impl Session {
     fn new(shared: Arc<Shared>) -> Session {
         let authed = shared.password.is_none();
-        Session { shared, authed, name: None, channels: Vec::new(), patterns: Vec::new() }
+        Session { shared, authed, name: None, channels: Vec::new(), patterns: Vec::new(), resp3: false }
     }
 
     async fn run(mut self, stream: TcpStream) {
@@ -122,15 +124,15 @@ impl Session {
             let mut out = Vec::new();
             let close = match next {
                 Next::Reply(r) => {
-                    r.encode(&mut out);
+                    r.encode(&mut out, self.resp3);
                     false
                 }
                 Next::Replies(rs) => {
-                    rs.iter().for_each(|r| r.encode(&mut out));
+                    rs.iter().for_each(|r| r.encode(&mut out, self.resp3));
                     false
                 }
                 Next::Close(r) => {
-                    r.encode(&mut out);
+                    r.encode(&mut out, self.resp3);
                     true
                 }
             };
@@ -143,10 +145,10 @@ impl Session {
     fn deliver(&self, channel: &str, payload: &str) -> Vec<Reply> {
         let mut out = Vec::new();
         if self.channels.iter().any(|c| c == channel) {
-            out.push(Reply::Array(vec![Reply::Bulk("message".into()), Reply::Bulk(channel.into()), Reply::Bulk(payload.into())]));
+            out.push(Reply::Push(vec![Reply::Bulk("message".into()), Reply::Bulk(channel.into()), Reply::Bulk(payload.into())]));
         }
         for p in self.patterns.iter().filter(|p| resp::glob_match(p, channel)) {
-            out.push(Reply::Array(vec![Reply::Bulk("pmessage".into()), Reply::Bulk(p.clone()), Reply::Bulk(channel.into()), Reply::Bulk(payload.into())]));
+            out.push(Reply::Push(vec![Reply::Bulk("pmessage".into()), Reply::Bulk(p.clone()), Reply::Bulk(channel.into()), Reply::Bulk(payload.into())]));
         }
         out
     }
@@ -206,7 +208,7 @@ impl Session {
                     if !list.contains(a) {
                         list.push(a.clone());
                     }
-                    out.push(Reply::Array(vec![Reply::Bulk(kind.into()), Reply::Bulk(a.clone()), Reply::Int((self.channels.len() + self.patterns.len()) as i64)]));
+                    out.push(Reply::Push(vec![Reply::Bulk(kind.into()), Reply::Bulk(a.clone()), Reply::Int((self.channels.len() + self.patterns.len()) as i64)]));
                 }
                 return Next::Replies(out);
             }
@@ -217,9 +219,9 @@ impl Session {
                 list.retain(|c| !names.contains(c));
                 let total = (self.channels.len() + self.patterns.len()) as i64;
                 if names.is_empty() {
-                    return Next::Reply(Reply::Array(vec![Reply::Bulk(kind.into()), Reply::Nil, Reply::Int(total)]));
+                    return Next::Reply(Reply::Push(vec![Reply::Bulk(kind.into()), Reply::Nil, Reply::Int(total)]));
                 }
-                return Next::Replies(names.into_iter().map(|n| Reply::Array(vec![Reply::Bulk(kind.into()), Reply::Bulk(n), Reply::Int(total)])).collect());
+                return Next::Replies(names.into_iter().map(|n| Reply::Push(vec![Reply::Bulk(kind.into()), Reply::Bulk(n), Reply::Int(total)])).collect());
             }
             "SENTINEL" => self.sentinel(&sub, &args).await,
             _ => Reply::err(format!("ERR unknown command '{}'", args[0])),
@@ -229,9 +231,12 @@ impl Session {
 
     fn hello(&mut self, args: &[String]) -> Reply {
         let mut i = 1;
+        let mut resp3 = self.resp3;
         if let Some(v) = args.get(1) {
-            if v != "2" {
-                return Reply::err("NOPROTO this server speaks RESP2 only");
+            match v.as_str() {
+                "2" => resp3 = false,
+                "3" => resp3 = true,
+                _ => return Reply::err("NOPROTO unsupported protocol version"),
             }
             i = 2;
         }
@@ -254,7 +259,17 @@ impl Session {
         if !self.authed {
             return Reply::err("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
         }
-        Reply::pairs(&[("server", "redis".into()), ("version", "7.0.0".into()), ("proto", "2".into()), ("id", "1".into()), ("mode", "sentinel".into()), ("role", "sentinel".into())])
+        self.resp3 = resp3;
+        let text = |v: &str| Reply::Bulk(v.into());
+        Reply::Map(vec![
+            ("server".into(), text("redis")),
+            ("version".into(), text("7.0.0")),
+            ("proto".into(), Reply::Int(if resp3 { 3 } else { 2 })),
+            ("id".into(), Reply::Int(1)),
+            ("mode".into(), text("sentinel")),
+            ("role".into(), text("sentinel")),
+            ("modules".into(), Reply::Array(vec![])),
+        ])
     }
 
     async fn info(&self) -> String {

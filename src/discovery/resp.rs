@@ -1,4 +1,4 @@
-//! RESP2 for the discovery endpoint: reading commands (arrays of bulk strings or inline) and
+//! RESP2 and RESP3 for the discovery endpoint: reading commands (arrays of bulk strings or inline) and
 //! encoding replies. Bounded: hostile clients get an error, never unbounded buffers.
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt};
@@ -17,6 +17,10 @@ pub enum Reply {
     Bulk(String),
     Nil,
     Array(Vec<Reply>),
+    /// A map: RESP3 `%`, a flat array in RESP2.
+    Map(Vec<(String, Reply)>),
+    /// An out-of-band message: RESP3 `>`, an array in RESP2.
+    Push(Vec<Reply>),
 }
 
 impl Reply {
@@ -28,12 +32,13 @@ impl Reply {
         Reply::Error(text.into())
     }
 
-    /// A flat `[k1, v1, k2, v2, ...]` array of bulk strings, as Sentinel returns its states.
+    /// Sentinel's states: a map in RESP3, a flat `[k1, v1, k2, v2, ...]` array in RESP2.
     pub fn pairs(kv: &[(&str, String)]) -> Reply {
-        Reply::Array(kv.iter().flat_map(|(k, v)| [Reply::Bulk((*k).into()), Reply::Bulk(v.clone())]).collect())
+        Reply::Map(kv.iter().map(|(k, v)| ((*k).to_owned(), Reply::Bulk(v.clone()))).collect())
     }
 
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    /// Encodes in RESP2 (`resp3` false) or RESP3.
+    pub fn encode(&self, out: &mut Vec<u8>, resp3: bool) {
         match self {
             Reply::Simple(s) => out.extend_from_slice(format!("+{s}\r\n").as_bytes()),
             Reply::Error(s) => out.extend_from_slice(format!("-{}\r\n", s.replace(['\r', '\n'], " ")).as_bytes()),
@@ -43,11 +48,24 @@ impl Reply {
                 out.extend_from_slice(s.as_bytes());
                 out.extend_from_slice(b"\r\n");
             }
+            Reply::Nil if resp3 => out.extend_from_slice(b"_\r\n"),
             Reply::Nil => out.extend_from_slice(b"$-1\r\n"),
-            Reply::Array(items) => {
-                out.extend_from_slice(format!("*{}\r\n", items.len()).as_bytes());
+            Reply::Array(items) | Reply::Push(items) => {
+                let kind = if resp3 && matches!(self, Reply::Push(_)) { '>' } else { '*' };
+                out.extend_from_slice(format!("{kind}{}\r\n", items.len()).as_bytes());
                 for i in items {
-                    i.encode(out);
+                    i.encode(out, resp3);
+                }
+            }
+            Reply::Map(kv) => {
+                if resp3 {
+                    out.extend_from_slice(format!("%{}\r\n", kv.len()).as_bytes());
+                } else {
+                    out.extend_from_slice(format!("*{}\r\n", kv.len() * 2).as_bytes());
+                }
+                for (k, v) in kv {
+                    Reply::Bulk(k.clone()).encode(out, resp3);
+                    v.encode(out, resp3);
                 }
             }
         }
@@ -174,8 +192,18 @@ mod tests {
     #[test]
     fn encoding() {
         let mut out = Vec::new();
-        Reply::Array(vec![Reply::Bulk("a".into()), Reply::Int(2), Reply::Nil, Reply::err("ERR x\r\ny"), Reply::ok()]).encode(&mut out);
+        Reply::Array(vec![Reply::Bulk("a".into()), Reply::Int(2), Reply::Nil, Reply::err("ERR x\r\ny"), Reply::ok()]).encode(&mut out, false);
         assert_eq!(out, b"*5\r\n$1\r\na\r\n:2\r\n$-1\r\n-ERR x  y\r\n+OK\r\n");
+        let state = Reply::pairs(&[("ip", "h".into())]);
+        let mut two = Vec::new();
+        state.encode(&mut two, false);
+        assert_eq!(two, b"*2\r\n$2\r\nip\r\n$1\r\nh\r\n");
+        let mut three = Vec::new();
+        Reply::Array(vec![state, Reply::Nil]).encode(&mut three, true);
+        assert_eq!(three, b"*2\r\n%1\r\n$2\r\nip\r\n$1\r\nh\r\n_\r\n");
+        let mut push = Vec::new();
+        Reply::Push(vec![Reply::Bulk("message".into())]).encode(&mut push, true);
+        assert_eq!(push, b">1\r\n$7\r\nmessage\r\n");
     }
 
     #[test]
