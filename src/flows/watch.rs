@@ -40,8 +40,9 @@ impl WatchOptions {
 const SILENT_LINK_SECS: i64 = 11;
 
 /// What the watcher remembers between rounds.
-#[derive(Default)]
 struct Memory {
+    /// When watching began: the baseline before a guest has answered once.
+    started: Instant,
     /// Last time each guest answered with a healthy status.
     last_good: HashMap<String, Instant>,
     /// Last time each replica reported its link to the master up.
@@ -51,7 +52,13 @@ struct Memory {
     sdown: bool,
     odown: bool,
     epoch: u64,
-    started: Option<Instant>,
+}
+
+impl Memory {
+    /// `host port` of a guest as last reported, for Sentinel event payloads.
+    fn addr(&self, id: &str) -> String {
+        self.nodes.get(id).map(|n| format!("{} {}", n.host, n.port)).unwrap_or_else(|| "? 0".into())
+    }
 }
 
 /// The master as the inventory names it: the guest others replicate from.
@@ -87,7 +94,7 @@ impl Taskmanager {
         let path: PathBuf = self.inventory.path.clone();
         let mut lease: Option<Lease> = None;
         let mut last_try: Option<Instant> = None;
-        let mut mem = Memory { started: Some(Instant::now()), ..Default::default() };
+        let mut mem = Memory { started: Instant::now(), last_good: HashMap::new(), last_linked: HashMap::new(), nodes: HashMap::new(), sdown: false, odown: false, epoch: 0 };
         tracing::info!(name = %self.inventory.name, down_after_ms = opts.down_after.as_millis() as u64, "watching");
         loop {
             tokio::select! {
@@ -135,7 +142,7 @@ impl Taskmanager {
         let timeout = opts.probe_timeout();
         let lives: Vec<Live> = futures_util::future::join_all(ids.iter().map(|g| self.live_within(g, timeout))).await;
         let now = Instant::now();
-        let started = mem.started.unwrap_or(now);
+        let started = mem.started;
         for l in &lives {
             if let Some(n) = node_of(l) {
                 mem.last_good.insert(l.id.clone(), now);
@@ -167,7 +174,7 @@ impl Taskmanager {
             .collect();
         let odown = sdown && unlinked.len() >= majority;
 
-        let addr = mem.nodes.get(&master).map(|n| format!("{} {}", n.host, n.port)).unwrap_or_else(|| "? 0".into());
+        let addr = mem.addr(&master);
         if sdown != mem.sdown {
             shared.publish(if sdown { "+sdown" } else { "-sdown" }, format!("master {} {addr}", shared.name));
             mem.sdown = sdown;
@@ -236,8 +243,8 @@ impl Taskmanager {
             tracing::warn!(%error, "cannot record the old master as a replica to re-attach");
         }
         mem.epoch += 1;
-        let old = mem.nodes.get(master).map(|n| format!("{} {}", n.host, n.port)).unwrap_or_else(|| "? 0".into());
-        let new_addr = mem.nodes.get(&new).map(|n| format!("{} {}", n.host, n.port)).unwrap_or_else(|| "? 0".into());
+        let old = mem.addr(master);
+        let new_addr = mem.addr(&new);
         mem.sdown = false;
         mem.odown = false;
         let replicas = self.inventory.replicas_of(&new);
