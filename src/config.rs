@@ -103,6 +103,8 @@ pub struct RedisSettings {
     pub config_command: Option<String>,
     pub start_timeout: u64,
     pub stop_timeout: u64,
+    /// Supervised mode: seconds a crashed replica source waits for a failover before its restart.
+    pub hold_source_restart_s: u64,
     /// Redis `tls-port`; 0: no TLS listener.
     pub tls_port: u16,
     #[serde(deserialize_with = "opt_path")]

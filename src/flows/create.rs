@@ -158,7 +158,7 @@ impl Taskmanager {
         }
         let live = self.live(replica).await;
         if !live.unprepared {
-            if live.status.is_none() {
+            if live.status.is_none() && !live.held {
                 // Preparing a guest that is only unreachable or restarting would replace its
                 // configuration and drop its overrides: only a guest that says it is new is prepared.
                 let why = live.error.unwrap_or_default();

@@ -57,6 +57,8 @@ pub struct Live {
     pub unprepared: bool,
     /// The agent gave no answer at all within the timeout.
     pub silent: bool,
+    /// Its Redis crashed as a replica source and waits, not restarted, for a failover.
+    pub held: bool,
 }
 
 impl Live {
@@ -135,12 +137,13 @@ impl Taskmanager {
     pub async fn live_within(&self, guest: &str, timeout: Duration) -> Live {
         let topic = format!("guestagent.{guest}");
         match self.client.call(&topic, "get_replication_status", Map::new(), "1.0", timeout, self.cipher(guest).as_ref()).await {
-            Ok(status) => Live { id: guest.into(), status: Some(status), error: None, unprepared: false, silent: false },
+            Ok(status) => Live { id: guest.into(), status: Some(status), error: None, unprepared: false, silent: false, held: false },
             Err(e) => {
                 let unprepared = matches!(&e, crate::rpc::Error::Remote { failure, .. } if failure.is_not_prepared());
                 let silent = matches!(e, crate::rpc::Error::Timeout { .. });
+                let held = matches!(&e, crate::rpc::Error::Remote { failure, .. } if failure.is_held_back());
                 let error = Error::Guest { guest: guest.into(), method: "get_replication_status".into(), reason: describe(&e) };
-                Live { id: guest.into(), status: None, error: Some(error.to_string()), unprepared, silent }
+                Live { id: guest.into(), status: None, error: Some(error.to_string()), unprepared, silent, held }
             }
         }
     }

@@ -202,11 +202,12 @@ impl Taskmanager {
         }
         // An old master that came back writable follows the current one.
         for g in self.inventory.guests.iter().filter(|g| g.replica_of.as_deref() == Some(&master)).map(|g| g.id.clone()).collect::<Vec<_>>() {
-            if live_of(&g).and_then(Live::role) == Some("master") && master_ok {
+            let back = live_of(&g).is_some_and(|l| l.held || l.role() == Some("master"));
+            if back && master_ok {
                 if !lease.check().await {
                     return;
                 }
-                tracing::warn!(guest = %g, %master, "decision: {g} answers as a writable master but the inventory says it follows {master}; re-attaching it");
+                tracing::warn!(guest = %g, %master, "decision: {g} answers as a writable master (or as a crashed one held back) but the inventory says it follows {master}; re-attaching it");
                 let result = async {
                     let context = self.call(&master, "get_replica_context", json!({}), HIGH_TIMEOUT).await?;
                     let results = self.repoint(std::slice::from_ref(&g), Some(&g), &master, &context).await?;

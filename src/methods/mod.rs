@@ -118,8 +118,8 @@ impl Guest {
             }
             "restart" => self.lifecycle(a, || self.manager.restart()).await,
             "stop_db" => {
-                a.opt_bool("do_not_start_on_reboot", false)?;
-                self.lifecycle(a, || self.manager.stop()).await
+                let no_start = a.opt_bool("do_not_start_on_reboot", false)?;
+                self.lifecycle(a, || self.manager.stop_db(no_start)).await
             }
             "start_db_with_conf_changes" => {
                 let contents = a.required("config_contents")?.as_str().map(str::to_owned);
@@ -200,6 +200,9 @@ impl Guest {
                 }
                 if let Some(why) = self.manager.foreign() {
                     return Err(RemoteFailure::guest_error(&why));
+                }
+                if self.manager.held() {
+                    return Err(RemoteFailure::held_back());
                 }
                 strategy.status().await.map_err(|e| to_failure(a, e))
             }

@@ -427,13 +427,6 @@ impl ReplicationStrategy for RedisSync {
                 remote_repl.master_port.unwrap_or_default()
             )));
         }
-        let mut admin = self.admin().await?;
-        let own_info = admin.info("default").await?;
-        let own_run_id = own_info.run_id();
-        if own_run_id.is_some() && own_run_id == remote_info.run_id() {
-            return Err(Error::Refused(format!("{}:{} is this instance itself", master.host, master.port)));
-        }
-        let repl = own_info.replication().ok_or_else(|| Error::Refused("local INFO has no replication section".into()))?;
         let desired = ReplicaOf {
             host: master.host.clone(),
             port: master.port,
@@ -444,6 +437,25 @@ impl ReplicationStrategy for RedisSync {
         if desired.masteruser.is_some() && self.manager.major() < 6 {
             return Err(Error::Refused("masteruser (ACL replication user) needs Redis 6 or newer".into()));
         }
+        if self.manager.held() {
+            // A crashed replica source whose restart was held back: it comes back as a replica of
+            // the new master (a full sync replaces its stale data), never as a master again.
+            self.manager
+                .update(|s| {
+                    s.replica = Some(desired.clone());
+                    s.master = None;
+                })
+                .await?;
+            self.manager.start().await?;
+            tracing::info!(master = %format!("{}:{}", master.host, master.port), "the crashed replica source restarts as a replica");
+        }
+        let mut admin = self.admin().await?;
+        let own_info = admin.info("default").await?;
+        let own_run_id = own_info.run_id();
+        if own_run_id.is_some() && own_run_id == remote_info.run_id() {
+            return Err(Error::Refused(format!("{}:{} is this instance itself", master.host, master.port)));
+        }
+        let repl = own_info.replication().ok_or_else(|| Error::Refused("local INFO has no replication section".into()))?;
         let state = self.manager.snapshot_state().await;
         let already = repl.role == Role::Replica
             && repl.master_host.as_deref() == Some(master.host.as_str())

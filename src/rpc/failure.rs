@@ -16,6 +16,7 @@ const DISPATCHER: &str = "oslo_messaging.rpc.dispatcher";
 const TROVE: &str = "trove.common.exception";
 const GUEST: &str = "trove_guest";
 const NOT_PREPARED: &str = "InstanceNotPrepared";
+const HELD_BACK: &str = "RestartHeldBack";
 
 impl RemoteFailure {
     fn plain(module: &str, class: &str, message: String) -> Self {
@@ -60,6 +61,20 @@ impl RemoteFailure {
 
     pub fn is_not_prepared(&self) -> bool {
         self.module == GUEST && self.class == NOT_PREPARED
+    }
+
+    /// Redis crashed while it was a replica source, and its restart is held back until a replica
+    /// is promoted (then `attach_replica` brings it back as a replica) or someone starts it.
+    pub fn held_back() -> Self {
+        Self::plain(
+            GUEST,
+            HELD_BACK,
+            "redis-server crashed while it was a replica source; its restart is held back so that a replica can be promoted without losing writes".into(),
+        )
+    }
+
+    pub fn is_held_back(&self) -> bool {
+        self.module == GUEST && self.class == HELD_BACK
     }
 
     /// `GuestError(original_message=...)`: Trove's generic guest failure.

@@ -5,7 +5,7 @@ Two guest containers (docker/systemd/Dockerfile) run trove-guestagent as the uni
 trove-guestagent.service with [redis] service = "systemd"; the agent drives Debian's
 redis-server.service with systemctl. From the host, trove-guestctl covers: prepare, create-replicas
 (attach), promote under a writer, kill -9 of a redis-server (systemd restarts it; the next
-replication calls and a promote work), the `restart` RPC, the `stop_db` RPC, a reboot of the
+replication calls and a promote work), the `restart` RPC, the `stop_db` RPC (do_not_start_on_reboot: down across a reboot), a reboot of the
 container (systemd brings Redis back from the agent's redis.conf) and stopping the agent's unit.
 
 Prints detail lines and one summary line `scenario=systemd result=pass|fail ...`; exit 0 on pass.
@@ -136,8 +136,11 @@ def main():
              lambda: (i := rinfo(ip2, "replication")) and i.get("master_host") == ip1 and i.get("master_link_status") == "up", 60)
     check(Redis(ip2).call("GET", "seed:499") == b"499" and not w.missing_on(ip2), f"{c2} kept every write across the restart")
 
-    # --- stop_db: redis-server.service is stopped and stays stopped (not Restart=always'd back)
-    ctl.must_call(g2, "stop_db", {"do_not_start_on_reboot": False}, timeout=120)
+    # --- stop_db(do_not_start_on_reboot): redis-server.service is stopped, stays stopped (not
+    # Restart=always'd back), is disabled, and stays down across a reboot until a start
+    ctl.must_call(g2, "stop_db", {"do_not_start_on_reboot": True}, timeout=120)
+    enabled = dexec(c2, "systemctl", "is-enabled", "redis-server.service", check=False).stdout.strip()
+    check(enabled == "disabled", f"{c2}: stop_db(do_not_start_on_reboot) disabled redis-server.service ({enabled})")
     check(unit_active(c2, "redis-server.service") == "inactive", f"{c2}: stop_db stopped redis-server.service")
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline:
@@ -148,8 +151,15 @@ def main():
     rc, out, err, _ = ctl.call(g2, "get_replication_status", timeout=10)
     say(f"get_replication_status on the stopped guest: exit {rc}: {(out or err).strip()[-200:]}")
     check(rc is not None, f"{g2}: the agent still answers with Redis stopped")
-    # And back: restart starts it again and it rejoins its master.
+    run(["docker", "restart", "-t", "60", c2], timeout=120, check=True)
+    ctl.wait_ping(g2, 90)
+    time.sleep(2)
+    check(unit_active(c2, "redis-server.service") == "inactive" and not port_open(ip2, 6379),
+          f"{c2}: redis-server stayed down across a reboot after stop_db(do_not_start_on_reboot)")
+    # And back: restart starts it again (enabled again) and it rejoins its master.
     ctl.must_call(g2, "restart", {}, timeout=120)
+    enabled = dexec(c2, "systemctl", "is-enabled", "redis-server.service", check=False).stdout.strip()
+    check(enabled == "enabled", f"{c2}: restart enabled redis-server.service again ({enabled})")
     wait_for(f"{c2} rejoins {ip1} after stop_db and restart",
              lambda: (i := rinfo(ip2, "replication")) and i.get("master_host") == ip1 and i.get("master_link_status") == "up", 60)
     check(not w.missing_on(ip2), f"{c2} still holds every acknowledged write")

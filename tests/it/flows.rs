@@ -146,6 +146,37 @@ async fn eject_picks_the_most_current_replica() {
     drop(m);
 }
 
+/// kill -9 of a master's redis-server while its agent lives: the agent does not restart it from its
+/// snapshot (its replica would resync from it and drop every later write); it says so, eject promotes
+/// the replica with every write, and create-replicas brings the old master back as its replica.
+#[tokio::test]
+async fn a_crashed_master_is_held_back_for_eject_and_loses_nothing() {
+    let (g, mut tm, _dir) = topology(2, &[]).await;
+    let (m, r) = (&g[0], &g[1]);
+    tm.create_replicas(create(m, &[r])).await.unwrap();
+    // A snapshot on disk, then writes it lacks, all of them on the replica.
+    let _: () = redis::cmd("SAVE").query_async(&mut m.redis(None).await).await.unwrap();
+    add_set(m, "after-save", 7000..7500).await;
+    eventually(10, "the replica has the writes made after the snapshot", || async { has_set(r, "after-save", 7000..7500).await }).await;
+    let pid = m.redis_pid().unwrap();
+    std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    // The supervisor looks every 0.5 s and restarts a crashed server 0.5 s later: 3 s is plenty.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(std::net::TcpStream::connect(("127.0.0.1", m.port)).is_err(), "the crashed master was restarted\n{}", m.log());
+    let live = tm.live(&m.id).await;
+    assert!(live.held, "get_replication_status should say the restart is held back: {live:?}");
+    assert!(has_set(r, "after-save", 7000..7500).await, "the replica lost the writes made after the snapshot");
+    let report = tm.eject(&m.id, false).await.unwrap();
+    assert_eq!(report.new_master, r.id);
+    assert!(has_set(r, "after-save", 7000..7500).await);
+    // Re-attach: the old master starts again, as a replica of the new one, and gets every write.
+    tm.create_replicas(create(r, &[m])).await.unwrap();
+    assert_eq!(role(m).await, "replica");
+    assert!(linked_replica_of(m.port, r.port).await);
+    assert!(has_set(m, "after-save", 7000..7500).await);
+    assert!(m.log().contains("held back"), "the hold is not in the agent log");
+}
+
 /// A writer records every acknowledged write during the promote; all of them must be on the new master.
 #[tokio::test]
 async fn promote_loses_no_acknowledged_write() {

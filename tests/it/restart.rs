@@ -43,7 +43,9 @@ async fn after_restart(c: &trove_guest::rpc::client::RpcClient, g: &Guest, maste
 #[tokio::test]
 async fn first_call_after_a_redis_restart_works() {
     let c = client().await;
-    let master = spawn_guest(&c, None, &[]).await;
+    // The master's crashes are restarted at once here (no hold for a failover): this test is
+    // about the calls that follow any restart.
+    let master = spawn_guest(&c, None, &[("TROVE_GUESTAGENT__REDIS__HOLD_SOURCE_RESTART_S", "0")]).await;
     let replica = spawn_guest(&c, None, &[]).await;
     prepare(&c, &master, Some(PW), None).await;
     let snapshot = call(&c, &master, "get_replication_snapshot", json!({"snapshot_info": {"id": null, "replica_count": 1}, "replica_source_config": null})).await;
@@ -121,4 +123,29 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// `stop_db(do_not_start_on_reboot=True)`: Redis stays down when the agent starts again (a reboot);
+/// `restart` starts it and undoes that, so the next boot starts it again.
+#[tokio::test]
+async fn stop_db_without_start_on_reboot_keeps_redis_down_at_boot() {
+    let c = client().await;
+    let mut g = spawn_guest(&c, None, &[]).await;
+    prepare(&c, &g, None, None).await;
+    call(&c, &g, "stop_db", json!({"do_not_start_on_reboot": true})).await;
+    assert!(!port_answers(g.port).await, "stop_db left redis running");
+    g.kill_agent();
+    g.start_agent();
+    wait_ping(&c, &g).await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert!(!port_answers(g.port).await, "redis started at boot after stop_db(do_not_start_on_reboot)");
+    assert!(g.log().contains("not starting it"), "{}", g.log());
+    call(&c, &g, "restart", json!({})).await;
+    assert!(port_answers(g.port).await);
+    // A plain stop_db, then a boot: Redis starts again.
+    call(&c, &g, "stop_db", json!({"do_not_start_on_reboot": false})).await;
+    g.kill_agent();
+    g.start_agent();
+    wait_ping(&c, &g).await;
+    eventually(20, "redis started at boot", || async { port_answers(g.port).await }).await;
 }

@@ -39,8 +39,10 @@ impl RedisManager {
             },
         };
         let major = redis_major(&settings.binary).unwrap_or(7);
+        let service = Service::new(&settings);
+        service.set_source(state.is_source());
         Ok(RedisManager {
-            service: Service::new(&settings),
+            service,
             settings,
             state: Mutex::new(state),
             state_path,
@@ -54,7 +56,9 @@ impl RedisManager {
     pub async fn boot(&self, cancel: tokio_util::sync::CancellationToken) -> Result<()> {
         if let Service::Supervised(s) = &self.service {
             s.spawn_watch(cancel);
-            if self.prepared().await {
+            if self.state.lock().await.no_start_on_boot {
+                tracing::info!("redis was stopped with do_not_start_on_reboot; not starting it");
+            } else if self.prepared().await {
                 // Re-render so the file carries the agent's current layers.
                 self.write_config().await?;
                 self.ensure_runtime_dirs(&self.rendered().await)?;
@@ -170,6 +174,7 @@ impl RedisManager {
             self.check(&next).await?;
         }
         self.write_locked(&next).await?;
+        self.service.set_source(next.is_source());
         *state = next;
         Ok(out)
     }
@@ -241,8 +246,18 @@ impl RedisManager {
         Ok(admin)
     }
 
-    /// The status probe: PING ok is healthy, refused is shutdown, loading is blocked.
+    /// Whether the restart of this crashed replica source is held back (supervised mode), waiting
+    /// for a replica to be promoted or for an explicit start.
+    pub fn held(&self) -> bool {
+        self.service.held()
+    }
+
+    /// The status probe: PING ok is healthy, refused is shutdown, loading is blocked; a crashed
+    /// replica source whose restart is held back is crashed.
     pub async fn status(&self) -> ServiceStatus {
+        if self.held() {
+            return ServiceStatus::Crashed;
+        }
         if self.foreign().is_some() {
             if service::port_open(self.settings.port).await {
                 return ServiceStatus::Failed;
@@ -319,6 +334,11 @@ impl RedisManager {
             return Err(Error::Refused("redis has no configuration yet: the instance must be prepared first".into()));
         }
         self.check_adoption().await?;
+        if self.state.lock().await.no_start_on_boot {
+            self.service.start_on_boot(true).await?;
+            self.update(|s| s.no_start_on_boot = false).await?;
+            tracing::info!("redis starts at boot again");
+        }
         let rendered = self.rendered().await;
         self.ensure_runtime_dirs(&rendered)?;
         let log = runtime::StartLog::mark(self.service.capture_log().into_iter().chain(runtime::StartLog::logfile(&rendered)), &rendered);
@@ -361,6 +381,18 @@ impl RedisManager {
         self.check_adoption().await?;
         let pid = self.server_pid().await;
         self.service.stop(pid, Duration::from_secs(self.settings.stop_timeout)).await
+    }
+
+    /// `stop_db`: stops Redis; with `no_start_on_boot` it also stays down at the next boot (the
+    /// unit is disabled, or the agent does not start it) until something starts it.
+    pub async fn stop_db(&self, no_start_on_boot: bool) -> Result<()> {
+        self.stop().await?;
+        if no_start_on_boot {
+            self.service.start_on_boot(false).await?;
+            self.update(|s| s.no_start_on_boot = true).await?;
+            tracing::info!("redis will not start at boot until it is started again");
+        }
+        Ok(())
     }
 
     pub async fn restart(&self) -> Result<()> {

@@ -35,6 +35,12 @@ pub struct Supervisor {
     last_exit: std::sync::Mutex<Option<(u64, String)>>,
     /// A start is being waited for: the watch loop reaps but does not restart (the waiter decides).
     starting: AtomicBool,
+    /// The server is a replica source (a master with replicas), as the agent's state says.
+    source: AtomicBool,
+    /// How long a crashed replica source waits for a failover before it is restarted.
+    hold: Duration,
+    /// Until when the restart of a crashed replica source is held back.
+    held_until: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 /// Why redis-server refused a configuration: the directive (never its value) and Redis's reason.
@@ -112,12 +118,30 @@ impl Service {
                 spawns: AtomicU64::new(0),
                 last_exit: std::sync::Mutex::new(None),
                 starting: AtomicBool::new(false),
+                source: AtomicBool::new(false),
+                hold: Duration::from_secs(settings.hold_source_restart_s),
+                held_until: std::sync::Mutex::new(None),
             })),
         }
     }
 
     pub fn can_control(&self) -> bool {
         !matches!(self, Service::External)
+    }
+
+    /// Tells the supervisor whether the server is a replica source (see `Supervisor::hold`).
+    pub fn set_source(&self, source: bool) {
+        if let Service::Supervised(s) = self {
+            s.source.store(source, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether a crashed replica source's restart is being held back now.
+    pub fn held(&self) -> bool {
+        match self {
+            Service::Supervised(s) => s.held_until().is_some(),
+            _ => false,
+        }
     }
 
     /// Where a supervised redis-server's stdout and stderr go.
@@ -160,6 +184,15 @@ impl Service {
             Service::Systemd { unit } => systemctl("start", unit).await,
             Service::Supervised(s) => s.start().await,
             Service::External => Err(Error::NotSupported("start (redis.service = external)".into())),
+        }
+    }
+
+    /// Whether the system starts Redis at boot: `systemctl enable|disable` of the unit. A
+    /// supervised server is started at boot by the agent, which keeps that choice in its state.
+    pub async fn start_on_boot(&self, on: bool) -> Result<()> {
+        match self {
+            Service::Systemd { unit } => systemctl(if on { "enable" } else { "disable" }, unit).await,
+            _ => Ok(()),
         }
     }
 
@@ -217,13 +250,25 @@ impl Supervisor {
                 }
                 if let Some(status) = &exited {
                     // A server that dies before it ever served will die again: back off, up to 30 s.
-                    // One that was serving (killed, OOM) is restarted at once.
-                    if started_at.elapsed() < Duration::from_secs(10) && !this.has_served() {
+                    // One that was serving (killed, OOM) is restarted at once, unless it was a
+                    // replica source: its replicas hold writes its last snapshot lacks.
+                    let served = this.has_served();
+                    if started_at.elapsed() < Duration::from_secs(10) && !served {
                         backoff = (backoff * 2).min(Duration::from_secs(30));
                     } else {
                         backoff = Duration::from_millis(500);
                     }
-                    tracing::warn!(%status, retry_in = ?backoff, log = %this.log_file.display(), "redis-server exited; restarting");
+                    if served && this.source.load(Ordering::SeqCst) && !this.hold.is_zero() {
+                        *this.held_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(tokio::time::Instant::now() + this.hold);
+                        tracing::warn!(%status, hold = ?this.hold, log = %this.log_file.display(),
+                            "redis-server exited while it was a replica source; its restart is held back so that a replica can be promoted \
+                             (restarted now, it would load its last snapshot and its replicas would drop every write since)");
+                    } else {
+                        tracing::warn!(%status, retry_in = ?backoff, log = %this.log_file.display(), "redis-server exited; restarting");
+                    }
+                }
+                if !running && this.held_until().is_some() {
+                    continue;
                 }
                 if !running && this.wanted.load(Ordering::SeqCst) && !this.starting.load(Ordering::SeqCst) {
                     tokio::time::sleep(backoff).await;
@@ -242,6 +287,27 @@ impl Supervisor {
                 }
             }
         });
+    }
+
+    /// Until when a crashed replica source's restart is held back; None once the hold is over
+    /// (the first call after it has expired says so in the log).
+    fn held_until(&self) -> Option<tokio::time::Instant> {
+        let mut held = self.held_until.lock().unwrap_or_else(|p| p.into_inner());
+        match *held {
+            Some(until) if tokio::time::Instant::now() >= until => {
+                *held = None;
+                tracing::warn!(hold = ?self.hold, "no failover within the hold: restarting the replica source from its last snapshot");
+                None
+            }
+            other => other,
+        }
+    }
+
+    /// Ends a hold: an explicit start or stop decides what happens to the server.
+    fn end_hold(&self, why: &str) {
+        if self.held_until.lock().unwrap_or_else(|p| p.into_inner()).take().is_some() {
+            tracing::info!(why, "the held-back restart of the replica source ends");
+        }
     }
 
     /// Whether this agent started the server that runs now (else one on the port is adopted).
@@ -313,6 +379,7 @@ impl Supervisor {
     }
 
     async fn start(&self) -> Result<()> {
+        self.end_hold("an explicit start");
         self.wanted.store(true, Ordering::SeqCst);
         let has_child = self.child.lock().await.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)));
         if has_child || port_open(self.port).await {
@@ -325,6 +392,7 @@ impl Supervisor {
         use nix::sys::signal::{kill, Signal};
         use nix::unistd::Pid;
         self.wanted.store(false, Ordering::SeqCst);
+        self.end_hold("an explicit stop");
         let mut child = self.child.lock().await.take();
         let target = child.as_ref().and_then(|c| c.id()).map(|p| p as i32).or(pid);
         if let Some(p) = target {

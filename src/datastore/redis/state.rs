@@ -49,6 +49,9 @@ pub struct State {
     pub persistence: Option<String>,
     pub master: Option<MasterSettings>,
     pub replica: Option<ReplicaOf>,
+    /// `stop_db(do_not_start_on_reboot=True)`: Redis stays down at boot until a start.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_start_on_boot: bool,
 }
 
 /// Keys only the agent may set: user overrides of these are ignored.
@@ -86,6 +89,11 @@ pub struct TlsListener<'a> {
 }
 
 impl State {
+    /// A replica source: it holds master settings (its replicas' snapshot was taken) and follows no one.
+    pub fn is_source(&self) -> bool {
+        self.master.is_some() && self.replica.is_none()
+    }
+
     pub fn load(path: &Path) -> Result<Option<State>> {
         match std::fs::read_to_string(path) {
             Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| Error::io(path, format!("corrupt state file: {e}"))),
