@@ -25,10 +25,16 @@ impl Taskmanager {
         };
         let others: Vec<String> = self.inventory.replicas_of(&old).into_iter().filter(|r| r != candidate).collect();
         // Reuse the pre-command probe when there is one (as eject does); otherwise probe now.
-        let live = match self.recent.iter().find(|l| l.id == old) {
+        let mut live = match self.recent.iter().find(|l| l.id == old) {
             Some(l) => l.clone(),
             None => self.live(&old).await,
         };
+        if live.silent {
+            // Silence is not death for a planned switchover: a broker failover (a quorum queue's
+            // leader election) can hold a call for seconds. Ask once more, with time to answer.
+            tracing::info!(%old, "the replica source did not answer the probe; asking again");
+            live = self.live_within(&old, super::LOW_TIMEOUT).await;
+        }
         if live.role() != Some("master") {
             return Err(Error::Refused(format!(
                 "the replica source {old} is not a live master ({}); use eject-replica-source for a dead master",
