@@ -8,9 +8,13 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pylib"))
+from resp import ReplyError, Resp, info_of  # noqa: E402
 
 PASSWORD = "infra-secret"
 # What prepare sends (config_contents): listen on every address with a password, persist.
@@ -57,92 +61,16 @@ def wait_for(what, fn, secs, interval=0.2):
 
 
 # --------------------------------------------------------------------------------------------
-# A minimal RESP client
+class Redis(Resp):
+    """A connection with the infrastructure scenarios' password (tests/pylib/resp.py)."""
 
-
-class ReplyError(Exception):
-    """An error reply from Redis (-ERR, -READONLY, ...)."""
-
-
-class Redis:
     def __init__(self, host, port=6379, password=PASSWORD, timeout=2.0):
-        self.host = host
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.f = self.sock.makefile("rb")
-        if password:
-            self.call("AUTH", password)
-
-    def close(self):
-        for x in (self.f, self.sock):
-            try:
-                x.close()
-            except OSError:
-                pass
-
-    def settimeout(self, t):
-        self.sock.settimeout(t)
-
-    @staticmethod
-    def encode(args):
-        out = [b"*%d\r\n" % len(args)]
-        for a in args:
-            a = a if isinstance(a, bytes) else str(a).encode()
-            out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-        return b"".join(out)
-
-    def read(self):
-        line = self.f.readline()
-        if not line.endswith(b"\r\n"):
-            raise ConnectionError(f"connection to {self.host} closed")
-        kind, rest = line[:1], line[1:-2]
-        if kind == b"+":
-            return rest.decode()
-        if kind == b"-":
-            return ReplyError(rest.decode())
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            n = int(rest)
-            if n < 0:
-                return None
-            data = self.f.read(n + 2)
-            if len(data) != n + 2:
-                raise ConnectionError(f"connection to {self.host} closed")
-            return data[:-2]
-        if kind == b"*":
-            n = int(rest)
-            return None if n < 0 else [self.read() for _ in range(n)]
-        raise ConnectionError(f"bad reply from {self.host}: {line!r}")
-
-    def call(self, *args):
-        self.sock.sendall(self.encode(args))
-        r = self.read()
-        if isinstance(r, ReplyError):
-            raise r
-        return r
-
-    def info(self, section="all"):
-        out = {}
-        for line in self.call("INFO", section).decode().splitlines():
-            if ":" in line and not line.startswith("#"):
-                k, v = line.split(":", 1)
-                out[k] = v
-        return out
+        super().__init__(host, port, password, timeout)
 
 
 def rinfo(host, section="all", timeout=1.0):
     """INFO over a fresh connection; None when the node cannot be reached."""
-    try:
-        r = Redis(host, timeout=timeout)
-    except (OSError, ReplyError):
-        return None
-    try:
-        return r.info(section)
-    except (OSError, ReplyError):
-        return None
-    finally:
-        r.close()
+    return info_of(host, section, PASSWORD, timeout)
 
 
 def port_open(host, port, timeout=0.5):

@@ -1,74 +1,22 @@
-"""A minimal RESP client for the guests' Redis, and a writer that follows the master and records acknowledged writes."""
-import socket
+"""The guests' Redis through the shared RESP client (tests/pylib/resp.py), and a writer that follows the master and records acknowledged writes."""
+import os
+import sys
 import threading
 import time
 from collections import Counter
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pylib"))
+from resp import ReplyError, Resp  # noqa: E402
 
-class ReplyError(Exception):
-    """An error reply from Redis (-READONLY, -ERR, ...)."""
 
+class Redis(Resp):
+    """A connection to a guest's Redis (no password: the trove stage's guests have none)."""
 
-class Redis:
     def __init__(self, host, port=6379, timeout=2.0):
-        self.host = host
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.f = self.sock.makefile("rb")
+        super().__init__(host, port, None, timeout)
 
-    def close(self):
-        for x in (self.f, self.sock):
-            try:
-                x.close()
-            except OSError:
-                pass
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    @staticmethod
-    def _encode(args):
-        out = [b"*%d\r\n" % len(args)]
-        for a in args:
-            a = a if isinstance(a, bytes) else str(a).encode()
-            out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-        return b"".join(out)
-
-    def _read(self):
-        line = self.f.readline()
-        if not line.endswith(b"\r\n"):
-            raise ConnectionError(f"connection to {self.host} closed")
-        kind, rest = line[:1], line[1:-2]
-        if kind == b"+":
-            return rest.decode()
-        if kind == b"-":
-            return ReplyError(rest.decode())
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            n = int(rest)
-            if n < 0:
-                return None
-            data = self.f.read(n + 2)
-            if len(data) != n + 2:
-                raise ConnectionError(f"connection to {self.host} closed")
-            return data[:-2]
-        if kind == b"*":
-            n = int(rest)
-            return None if n < 0 else [self._read() for _ in range(n)]
-        raise ConnectionError(f"bad reply from {self.host}: {line!r}")
-
-    def call(self, *args):
-        self.sock.sendall(self._encode(args))
-        r = self._read()
-        if isinstance(r, ReplyError):
-            raise r
-        return r
-
-    def info(self, section="all"):
+def info(self, section="all"):
         out = {}
         for line in self.call("INFO", section).decode().splitlines():
             if ":" in line and not line.startswith("#"):
