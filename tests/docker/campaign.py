@@ -247,6 +247,9 @@ class Campaign:
                     say(f"step {step}/{steps}: flow {flow.__name__[5:]}")
                     flow()
                     self.settle(f"{step}b")
+                # A fault can block writes for all of a short step (a SIGSTOP'd master): give the
+                # writer up to 10 s after the step to show it writes again.
+                wait_for(lambda: len(self.writer.acked) - n0 >= MIN_WRITES_PER_STEP, 10, interval=0.05)
                 made = len(self.writer.acked) - n0
                 say(f"step {step}/{steps} done in {time.monotonic() - t:.1f}s; {made} writes acknowledged during it")
                 self.res.check(made >= MIN_WRITES_PER_STEP, f"step {step}: the writer made too few writes ({made})")

@@ -155,7 +155,8 @@ async fn a_crashed_master_is_held_back_for_eject_and_loses_nothing() {
     let (m, r) = (&g[0], &g[1]);
     tm.create_replicas(create(m, &[r])).await.unwrap();
     // A snapshot on disk, then writes it lacks, all of them on the replica.
-    let _: () = redis::cmd("SAVE").query_async(&mut m.redis(None).await).await.unwrap();
+    // SAVE fails while a background save (the replica's sync, a save point) is still running.
+    eventually(30, "a snapshot written", || async { redis::cmd("SAVE").query_async::<()>(&mut m.redis(None).await).await.is_ok() }).await;
     add_set(m, "after-save", 7000..7500).await;
     eventually(10, "the replica has the writes made after the snapshot", || async { has_set(r, "after-save", 7000..7500).await }).await;
     let pid = m.redis_pid().unwrap();

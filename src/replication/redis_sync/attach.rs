@@ -1,0 +1,207 @@
+//! Attaching a replica: transport checks, the retarget, and the wait for the initial sync.
+
+use std::time::{Duration, Instant};
+
+
+use super::super::{Error, MasterRef, Result};
+use super::RedisSync;
+use crate::config::ReplicationSettings;
+use crate::datastore::redis::admin::{Admin, Target, TlsClient};
+use crate::datastore::redis::conf;
+use crate::datastore::redis::info::Role;
+use crate::datastore::redis::state::ReplicaOf;
+
+impl RedisSync {
+    /// Refuses a master this node cannot, or must not, replicate from as offered.
+    fn check_transport(&self, master: &MasterRef) -> Result<Option<TlsClient>> {
+        let at = format!("{}:{}", master.host, master.port);
+        if !master.tls {
+            if self.settings.tls_replication {
+                return Err(Error::Refused(format!(
+                    "master {at} offers plain replication, and this guest replicates only over TLS (replication.tls_replication)"
+                )));
+            }
+            return Ok(None);
+        }
+        if self.manager.major() < 6 {
+            return Err(Error::Refused("TLS replication needs Redis 6 or newer".into()));
+        }
+        match self.tls_client() {
+            Some(tls) => Ok(Some(tls)),
+            None => Err(Error::Refused(format!(
+                "master {at} replicates over TLS, and this guest has no TLS certificates (redis.tls_cert_file, tls_key_file, tls_ca_cert_file)"
+            ))),
+        }
+    }
+
+    pub(super) async fn attach_to(&self, master: &MasterRef, _replica_config: Option<&str>) -> Result<()> {
+        validate_master(master)?;
+        let _op = self.op.lock().await;
+        let tls = self.check_transport(master)?;
+        let held_back = self.cancel_pending_detach();
+        let mut remote = connect_master(master, &self.settings, tls).await?;
+        // One INFO each (server and replication sections) keeps the checks to two round trips.
+        let remote_info = remote.info("default").await?;
+        let remote_repl = remote_info
+            .replication()
+            .ok_or_else(|| Error::Refused(format!("{}:{} sent INFO without a replication section", master.host, master.port)))?;
+        if remote_repl.role == Role::Replica {
+            return Err(Error::Refused(format!(
+                "{}:{} is itself a replica of {}:{}; a replica of a replica is not allowed",
+                master.host,
+                master.port,
+                remote_repl.master_host.unwrap_or_default(),
+                remote_repl.master_port.unwrap_or_default()
+            )));
+        }
+        let desired = ReplicaOf {
+            host: master.host.clone(),
+            port: master.port,
+            masterauth: master.requirepass.clone(),
+            masteruser: master.masteruser.clone(),
+            tls: master.tls,
+        };
+        if desired.masteruser.is_some() && self.manager.major() < 6 {
+            return Err(Error::Refused("masteruser (ACL replication user) needs Redis 6 or newer".into()));
+        }
+        if self.manager.held() {
+            // A crashed replica source whose restart was held back: it comes back as a replica of
+            // the new master (a full sync replaces its stale data), never as a master again.
+            self.manager
+                .update(|s| {
+                    s.replica = Some(desired.clone());
+                    s.master = None;
+                })
+                .await?;
+            self.manager.start().await?;
+            tracing::info!(master = %format!("{}:{}", master.host, master.port), "the crashed replica source restarts as a replica");
+        }
+        let mut admin = self.admin().await?;
+        let own_info = admin.info("default").await?;
+        let own_run_id = own_info.run_id();
+        if own_run_id.is_some() && own_run_id == remote_info.run_id() {
+            return Err(Error::Refused(format!("{}:{} is this instance itself", master.host, master.port)));
+        }
+        let repl = own_info.replication().ok_or_else(|| Error::Refused("local INFO has no replication section".into()))?;
+        let state = self.manager.snapshot_state().await;
+        let already = repl.role == Role::Replica
+            && repl.master_host.as_deref() == Some(master.host.as_str())
+            && repl.master_port == Some(master.port)
+            && state.replica.as_ref() == Some(&desired);
+        if already {
+            tracing::info!(master = %format!("{}:{}", master.host, master.port), "already a replica of this master; nothing to change");
+        } else {
+            let major = self.manager.major();
+            admin.config_set("masterauth", master.requirepass.as_deref().unwrap_or("")).await?;
+            if major >= 6 {
+                admin.config_set("masteruser", master.masteruser.as_deref().unwrap_or("")).await?;
+            }
+            admin.config_set(&conf::spelled_for("replica-read-only", major), "yes").await?;
+            if master.tls || state.replica.as_ref().is_some_and(|r| r.tls) {
+                admin.config_set("tls-replication", if master.tls { "yes" } else { "no" }).await?;
+            }
+            self.manager.set_replica(Some(desired)).await?;
+            admin.replicaof(&master.host, master.port).await?;
+            tracing::info!(
+                master = %format!("{}:{}", master.host, master.port),
+                from_role = ?repl.role,
+                held_back_detach = held_back,
+                "replicating (direct retarget keeps the history for a partial resync)"
+            );
+        }
+        // Now a replica: client writes are refused by replica-read-only, so the fence can go.
+        self.lift_fence(&mut admin).await?;
+        self.wait_synced(&mut admin, master, &mut remote).await
+    }
+
+    /// Polls until the link is up, the sync is over and the replica has the master's offset,
+    /// read from the master (on `remote`, the connection the attach checked it with) once the link
+    /// is up. Polls every 5 ms for the first second (a partial resync takes ~10 ms), then 100 ms.
+    async fn wait_synced(&self, admin: &mut Admin, master: &MasterRef, remote: &mut Admin) -> Result<()> {
+        let timeout = Duration::from_secs(self.settings.sync_timeout);
+        let started = Instant::now();
+        let mut last_log = Instant::now();
+        let mut target: Option<i64> = None;
+        loop {
+            let mut repl = admin.replication().await?;
+            if repl.linked() && target.is_none() {
+                target = Some(remote.replication().await?.master_repl_offset);
+                // The master's offset is read after the replica's: look again before sleeping.
+                repl = admin.replication().await?;
+            }
+            if repl.linked() && target.is_some_and(|t| repl.applied_offset() >= t) {
+                tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, offset = repl.applied_offset(), "replica linked and caught up");
+                return Ok(());
+            }
+            if started.elapsed() > timeout {
+                return Err(Error::Timeout(format!(
+                    "replica did not finish its initial sync with {}:{} within {}s (link {}, sync in progress: {})",
+                    master.host,
+                    master.port,
+                    timeout.as_secs(),
+                    if repl.master_link_up == Some(true) { "up" } else { "down" },
+                    repl.master_sync_in_progress
+                )));
+            }
+            if last_log.elapsed() > Duration::from_secs(5) {
+                last_log = Instant::now();
+                tracing::info!(
+                    elapsed_s = started.elapsed().as_secs(),
+                    link_up = repl.master_link_up == Some(true),
+                    sync_in_progress = repl.master_sync_in_progress,
+                    offset = repl.applied_offset(),
+                    "waiting for initial sync"
+                );
+            }
+            let pause = if started.elapsed() < Duration::from_secs(1) { 5 } else { 100 };
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+    }
+}
+
+/// Connects to a (remote) master with its password.
+async fn connect_master(master: &MasterRef, settings: &ReplicationSettings, tls: Option<TlsClient>) -> Result<Admin> {
+    let target = Target {
+        host: master.host.clone(),
+        port: master.port,
+        password: master.requirepass.clone().map(secrecy::SecretString::from),
+        username: master.masteruser.clone(),
+        config_command: "CONFIG".into(),
+        timeout: Duration::from_secs(settings.master_probe_timeout),
+        tls,
+    };
+    Admin::connect(&target).await.map_err(|e| match e {
+        crate::datastore::Error::Command { reason, .. } if reason.contains("WRONGPASS") || reason.contains("NOAUTH") || reason.contains("invalid password") || reason.contains("AuthenticationFailed") => {
+            Error::Refused(format!("master {}:{} refused the replication password", master.host, master.port))
+        }
+        other => Error::Refused(format!("cannot reach master {}:{}: {other}", master.host, master.port)),
+    })
+}
+
+/// Checks a master reference before anything touches Redis or its config.
+pub fn validate_master(master: &MasterRef) -> Result<()> {
+    if !conf::is_valid_host(&master.host) {
+        return Err(Error::InvalidArgument {
+            name: "master.host".into(),
+            reason: "must be a host name or IP address (letters, digits, '.', '-', ':')".into(),
+        });
+    }
+    if master.port == 0 {
+        return Err(Error::InvalidArgument { name: "master.port".into(), reason: "must be 1..65535".into() });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn master_validation() {
+        let m = |host: &str, port| MasterRef { host: host.into(), port, requirepass: None, masteruser: None, tls: false };
+        assert!(validate_master(&m("10.0.0.1", 6379)).is_ok());
+        for bad in [m("", 1), m("a b", 1), m("a\nslaveof x", 1), m("#", 1), m("h", 0)] {
+            assert!(validate_master(&bad).is_err(), "{bad:?}");
+        }
+    }
+}

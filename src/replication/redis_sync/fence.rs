@@ -1,0 +1,141 @@
+//! Write fences: the promote's (CLIENT PAUSE WRITE, or min-replicas on Redis 6.0) and the split-brain one (min-replicas-to-write).
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::super::Result;
+use super::RedisSync;
+use crate::datastore::redis::admin::Admin;
+use crate::datastore::redis::conf;
+use crate::datastore::redis::info::Role;
+
+/// A write fence in force on this (master) node.
+pub(super) struct Fence {
+    /// `repl-ping-replica-period` before the fence, restored when it lifts.
+    saved_ping_period: Option<String>,
+    /// `min-replicas-to-write` before the fence, when that mechanism was used (Redis < 6.2).
+    saved_min_replicas: Option<String>,
+    expiry: CancellationToken,
+}
+
+impl RedisSync {
+    /// Lifts the fence, if any: unpause, restore the ping period and min-replicas.
+    pub(super) async fn lift_fence(&self, admin: &mut Admin) -> Result<()> {
+        let Some(fence) = self.fence.lock().await.take() else { return Ok(()) };
+        fence.expiry.cancel();
+        restore_fence(admin, &fence, self.manager.major()).await?;
+        tracing::info!("write fence lifted");
+        Ok(())
+    }
+
+    /// Sets `min-replicas-to-write` once the master has that many connected replicas.
+    pub(super) async fn arm_split_brain_fence(&self, admin: &mut Admin) -> Result<()> {
+        let want = self.settings.min_replicas_to_write;
+        let repl = admin.replication().await?;
+        let online = repl.replicas.iter().filter(|r| r.state == "online").count() as u32;
+        if repl.role != Role::Master || online < want {
+            return Ok(());
+        }
+        let key = conf::spelled_for("min-replicas-to-write", self.manager.major());
+        if admin.config_get(&key).await?.as_deref() != Some(want.to_string().as_str()) {
+            admin.config_set(&key, &want.to_string()).await?;
+            tracing::info!(min_replicas_to_write = want, "split-brain fence armed");
+        }
+        Ok(())
+    }
+
+    /// A node that is no replica source must not refuse writes for want of replicas.
+    pub(super) async fn drop_min_replicas(&self, admin: &mut Admin) -> Result<()> {
+        if self.settings.min_replicas_to_write > 0 && self.manager.snapshot_state().await.master.is_none() {
+            admin.config_set(&conf::spelled_for("min-replicas-to-write", self.manager.major()), "0").await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn set_read_only(&self, read_only: bool) -> Result<()> {
+        let _op = self.op.lock().await;
+        let mut admin = self.admin().await?;
+        if !read_only {
+            return self.lift_fence(&mut admin).await;
+        }
+        if admin.replication().await?.role == Role::Replica {
+            return Ok(()); // replicas already refuse client writes
+        }
+        let major = self.manager.major();
+        let pause_write = match admin.info("server").await?.server() {
+            Some(server) => server.has_pause_write(),
+            None => major >= 7,
+        };
+        let mut guard = self.fence.lock().await;
+        let ms = self.settings.fence_timeout;
+        if let Some(f) = guard.as_ref() {
+            f.expiry.cancel();
+        }
+        let period_key = conf::spelled_for("repl-ping-replica-period", major);
+        // Keep PINGs from moving the offset while fenced (they would force a full resync later).
+        let saved_ping_period = match guard.as_ref() {
+            Some(f) => f.saved_ping_period.clone(),
+            None => admin.config_get(&period_key).await?,
+        };
+        admin.config_set(&period_key, "3600").await?;
+        // Redis 6.0 has no CLIENT PAUSE WRITE: min-replicas-to-write refuses writes instead.
+        let saved_min_replicas = if pause_write {
+            admin.pause_writes(ms, true).await?;
+            None
+        } else {
+            let key = conf::spelled_for("min-replicas-to-write", major);
+            let saved = match guard.as_ref() {
+                Some(f) => f.saved_min_replicas.clone(),
+                None => admin.config_get(&key).await?,
+            };
+            admin.config_set(&key, "100000").await?;
+            saved.or(Some("0".into()))
+        };
+        let expiry = CancellationToken::new();
+        *guard = Some(Fence { saved_ping_period, saved_min_replicas, expiry: expiry.clone() });
+        drop(guard);
+        // The fence must never outlive a crashed promote.
+        let fence = self.fence.clone();
+        let manager = self.manager.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = expiry.cancelled() => {}
+                _ = tokio::time::sleep(Duration::from_millis(ms)) => {
+                    if let Some(f) = fence.lock().await.take() {
+                        if let Ok(mut admin) = manager.admin().await {
+                            let _ = restore_fence(&mut admin, &f, manager.major()).await;
+                        }
+                        tracing::warn!(timeout_ms = ms, "write fence expired");
+                    }
+                }
+            }
+        });
+        tracing::info!(timeout_ms = ms, "write fence in place");
+        Ok(())
+    }
+
+    pub(super) async fn maintain_fence(&self) -> Result<()> {
+        if self.settings.min_replicas_to_write == 0 || self.manager.snapshot_state().await.master.is_none() {
+            return Ok(());
+        }
+        let _op = self.op.lock().await;
+        let mut admin = self.admin().await?;
+        self.arm_split_brain_fence(&mut admin).await
+    }
+}
+
+async fn restore_fence(admin: &mut Admin, fence: &Fence, major: u32) -> Result<()> {
+    let period_key = conf::spelled_for("repl-ping-replica-period", major);
+    let min_key = conf::spelled_for("min-replicas-to-write", major);
+    if let Some(saved) = &fence.saved_min_replicas {
+        admin.config_set(&min_key, saved).await?;
+    } else {
+        // Unpausing an unpaused server is harmless.
+        let _ = admin.unpause().await;
+    }
+    if let Some(period) = &fence.saved_ping_period {
+        admin.config_set(&period_key, period).await?;
+    }
+    Ok(())
+}
