@@ -16,15 +16,6 @@ class Redis(Resp):
         super().__init__(host, port, None, timeout)
 
 
-def info(self, section="all"):
-        out = {}
-        for line in self.call("INFO", section).decode().splitlines():
-            if ":" in line and not line.startswith("#"):
-                k, v = line.split(":", 1)
-                out[k] = v
-        return out
-
-
 def info(host, section="all", timeout=2.0):
     """INFO of host, or None when it cannot be reached."""
     try:
