@@ -201,10 +201,14 @@ impl Guest {
                 if let Some(why) = self.manager.foreign() {
                     return Err(RemoteFailure::guest_error(&why));
                 }
-                if self.manager.held() {
+                if self.manager.held().await {
                     return Err(RemoteFailure::held_back());
                 }
-                strategy.status().await.map_err(|e| to_failure(a, e))
+                match strategy.status().await {
+                    Ok(status) => Ok(status),
+                    Err(_) if self.manager.held_after_failure().await => Err(RemoteFailure::held_back()),
+                    Err(e) => Err(to_failure(a, e)),
+                }
             }
             m if NOT_SUPPORTED.contains(&m) => Err(not_supported(m)),
             m => Err(RemoteFailure::no_such_method(m)),

@@ -161,11 +161,13 @@ async fn a_crashed_master_is_held_back_for_eject_and_loses_nothing() {
     eventually(10, "the replica has the writes made after the snapshot", || async { has_set(r, "after-save", 7000..7500).await }).await;
     let pid = m.redis_pid().unwrap();
     std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    // Asked at once (before the supervisor's next look), the agent already says so.
+    let live = tm.live(&m.id).await;
+    assert!(live.held, "get_replication_status should say the restart is held back: {live:?}\n{}", m.log());
     // The supervisor looks every 0.5 s and restarts a crashed server 0.5 s later: 3 s is plenty.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(std::net::TcpStream::connect(("127.0.0.1", m.port)).is_err(), "the crashed master was restarted\n{}", m.log());
-    let live = tm.live(&m.id).await;
-    assert!(live.held, "get_replication_status should say the restart is held back: {live:?}");
+    assert!(tm.live(&m.id).await.held);
     assert!(has_set(r, "after-save", 7000..7500).await, "the replica lost the writes made after the snapshot");
     let report = tm.eject(&m.id, false).await.unwrap();
     assert_eq!(report.new_master, r.id);

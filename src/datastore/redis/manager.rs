@@ -248,14 +248,33 @@ impl RedisManager {
 
     /// Whether the restart of this crashed replica source is held back (supervised mode), waiting
     /// for a replica to be promoted or for an explicit start.
-    pub fn held(&self) -> bool {
-        self.service.held()
+    pub async fn held(&self) -> bool {
+        self.service.held().await
+    }
+
+    /// After a failed call to Redis: whether it failed because this replica source just crashed
+    /// (held back). A server being killed can still accept or reset a connection for a moment, so
+    /// a replica source is given up to 300 ms to be seen gone.
+    pub async fn held_after_failure(&self) -> bool {
+        if !self.state.lock().await.is_source() {
+            return false;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+        loop {
+            if self.held().await {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The status probe: PING ok is healthy, refused is shutdown, loading is blocked; a crashed
     /// replica source whose restart is held back is crashed.
     pub async fn status(&self) -> ServiceStatus {
-        if self.held() {
+        if self.held().await {
             return ServiceStatus::Crashed;
         }
         if self.foreign().is_some() {
@@ -347,7 +366,7 @@ impl RedisManager {
             Ok(()) => self.wait_ready_since(Some(mark)).await,
             Err(e) => Err(e),
         };
-        self.service.start_waited();
+        self.service.start_waited(started.is_ok());
         // Say why, from this start's log lines (secrets redacted).
         started.map_err(|e| match (e, log.tail(8)) {
             (e, tail) if tail.is_empty() => e,

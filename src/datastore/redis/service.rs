@@ -41,6 +41,8 @@ pub struct Supervisor {
     hold: Duration,
     /// Until when the restart of a crashed replica source is held back.
     held_until: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// Seen serving, and not found down since (what a hold needs).
+    up: AtomicBool,
 }
 
 /// Why redis-server refused a configuration: the directive (never its value) and Redis's reason.
@@ -121,6 +123,7 @@ impl Service {
                 source: AtomicBool::new(false),
                 hold: Duration::from_secs(settings.hold_source_restart_s),
                 held_until: std::sync::Mutex::new(None),
+                up: AtomicBool::new(false),
             })),
         }
     }
@@ -136,10 +139,17 @@ impl Service {
         }
     }
 
-    /// Whether a crashed replica source's restart is being held back now.
-    pub fn held(&self) -> bool {
+    /// Whether a crashed replica source's restart is being held back now. Looks at once rather
+    /// than waiting for the supervisor's next round, so a call right after the crash sees it.
+    pub async fn held(&self) -> bool {
         match self {
-            Service::Supervised(s) => s.held_until().is_some(),
+            Service::Supervised(s) => {
+                if s.up.load(Ordering::SeqCst) && !s.has_child().await && !port_open(s.port).await {
+                    s.reap().await;
+                    s.hold_if_source("found down");
+                }
+                s.held_until().is_some()
+            }
             _ => false,
         }
     }
@@ -164,9 +174,13 @@ impl Service {
         }
     }
 
-    /// Ends the wait begun by `start_mark`.
-    pub fn start_waited(&self) {
+    /// Ends the wait begun by `start_mark`; `served` says the server answered.
+    pub fn start_waited(&self, served: bool) {
         if let Service::Supervised(s) = self {
+            if served {
+                s.served.store(true, Ordering::SeqCst);
+                s.up.store(true, Ordering::SeqCst);
+            }
             s.starting.store(false, Ordering::SeqCst);
         }
     }
@@ -247,23 +261,21 @@ impl Supervisor {
                 let running = this.child.lock().await.is_some() || port_open(this.port).await;
                 if running && exited.is_none() && !this.served.load(Ordering::SeqCst) && port_open(this.port).await {
                     this.served.store(true, Ordering::SeqCst);
+                    this.up.store(true, Ordering::SeqCst);
+                }
+                if !running {
+                    // Unless it was a replica source: its replicas hold writes its last snapshot lacks.
+                    this.hold_if_source(exited.as_deref().unwrap_or("it stopped answering"));
                 }
                 if let Some(status) = &exited {
                     // A server that dies before it ever served will die again: back off, up to 30 s.
-                    // One that was serving (killed, OOM) is restarted at once, unless it was a
-                    // replica source: its replicas hold writes its last snapshot lacks.
-                    let served = this.has_served();
-                    if started_at.elapsed() < Duration::from_secs(10) && !served {
+                    // One that was serving (killed, OOM) is restarted at once.
+                    if started_at.elapsed() < Duration::from_secs(10) && !this.has_served() {
                         backoff = (backoff * 2).min(Duration::from_secs(30));
                     } else {
                         backoff = Duration::from_millis(500);
                     }
-                    if served && this.source.load(Ordering::SeqCst) && !this.hold.is_zero() {
-                        *this.held_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(tokio::time::Instant::now() + this.hold);
-                        tracing::warn!(%status, hold = ?this.hold, log = %this.log_file.display(),
-                            "redis-server exited while it was a replica source; its restart is held back so that a replica can be promoted \
-                             (restarted now, it would load its last snapshot and its replicas would drop every write since)");
-                    } else {
+                    if this.held_until().is_none() {
                         tracing::warn!(%status, retry_in = ?backoff, log = %this.log_file.display(), "redis-server exited; restarting");
                     }
                 }
@@ -287,6 +299,17 @@ impl Supervisor {
                 }
             }
         });
+    }
+
+    /// Found down: a replica source that was serving is not restarted for `hold` (once per fall).
+    fn hold_if_source(&self, why: &str) {
+        if !self.wanted.load(Ordering::SeqCst) || self.hold.is_zero() || !self.source.load(Ordering::SeqCst) || !self.up.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        *self.held_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(tokio::time::Instant::now() + self.hold);
+        tracing::warn!(why, hold = ?self.hold, log = %self.log_file.display(),
+            "redis-server went down while it was a replica source; its restart is held back so that a replica can be promoted \
+             (restarted now, it would load its last snapshot and its replicas would drop every write since)");
     }
 
     /// Until when a crashed replica source's restart is held back; None once the hold is over
@@ -392,6 +415,7 @@ impl Supervisor {
         use nix::sys::signal::{kill, Signal};
         use nix::unistd::Pid;
         self.wanted.store(false, Ordering::SeqCst);
+        self.up.store(false, Ordering::SeqCst);
         self.end_hold("an explicit stop");
         let mut child = self.child.lock().await.take();
         let target = child.as_ref().and_then(|c| c.id()).map(|p| p as i32).or(pid);

@@ -64,7 +64,7 @@ impl RedisSync {
         if desired.masteruser.is_some() && self.manager.major() < 6 {
             return Err(Error::Refused("masteruser (ACL replication user) needs Redis 6 or newer".into()));
         }
-        if self.manager.held() {
+        if self.manager.held().await {
             // A crashed replica source whose restart was held back: it comes back as a replica of
             // the new master (a full sync replaces its stale data), never as a master again.
             self.manager
