@@ -159,9 +159,10 @@ impl Taskmanager {
         let master_live = live_of(&master);
         let master_ok = master_live.is_some_and(|l| l.status.is_some());
         let silent_for = now - mem.last_good.get(&master).copied().unwrap_or(started);
-        // Strong evidence halves the wait: the master's agent is gone (no answer at all, not a
-        // report of Redis down) and a majority of replicas saw their link reset (not merely silent).
-        let agent_gone = master_live.is_some_and(|l| l.silent);
+        // Strong evidence halves the wait: the master's agent is gone (no answer at all), or says
+        // its Redis crashed and is held back, and a majority of replicas saw their link reset
+        // (not merely silent). A plain "Redis is down" from the agent is not strong evidence.
+        let agent_gone = master_live.is_some_and(|l| l.silent || l.held);
         let reset = |r: &String| live_of(r).and_then(|l| l.status.as_ref()).is_some_and(|s| s.get("link_up") == Some(&json!(false)));
         let majority = replicas.len() / 2 + 1;
         let strong = agent_gone && replicas.iter().filter(|r| reset(r)).count() >= majority;
