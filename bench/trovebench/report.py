@@ -892,6 +892,9 @@ def write(results, md_path, charts):
         secs += sec_switchover(results["switchover"], charts)
     if "failover" in results:
         secs += sec_failover(results["failover"], charts)
+    if "sidebyside" in results:
+        from .sidebyside import report_section
+        secs += report_section(results["sidebyside"])
     if "create" in results:
         secs += sec_create(results["create"], charts)
     if "rpc" in results and results["rpc"].get("matrix") and "rpc" in meta.get("only", ["rpc"]):
