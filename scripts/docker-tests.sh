@@ -16,7 +16,8 @@
 #   tls_promote_and_eject           TLS replication; promote and a master kill under one writer; eject
 #   watch_sentinel_client           the compose `watch` service and a host watcher fail over a docker-killed
 #                                   master while redis-py's Sentinel client keeps writing; the old master
-#                                   returns as a replica
+#                                   returns as a replica; then the new master is partitioned, failed over,
+#                                   fenced, and follows after healing
 #
 # Scenarios that declare REQUIRES_REDIS_PY = True run with the project's venv python (redis-py,
 # pinned by tests/compat/constraints.txt; scripts/pyenv.sh makes .venv), the others with python3

@@ -1,4 +1,4 @@
-"""trove-guestctl watch (the compose service, plus a second watcher on the host) fails over a docker-killed master while redis-py's Sentinel client keeps writing; the old master returns as a replica."""
+"""trove-guestctl watch (the compose service, plus a second watcher on the host) fails over a docker-killed master while redis-py's Sentinel client keeps writing; the old master returns as a replica; then the new master is cut off the network (partition), failed over, fenced and re-attached."""
 
 import os
 import socket
@@ -6,8 +6,11 @@ import threading
 import time
 
 from faultlib.base import PASSWORD, say
-from faultlib.checks import caught_up, check_losses, create, linked_to, replica_state, tail_window, wait_for
+from faultlib.checks import (Window, caught_up, check_losses, config_get, create, linked_to, replica_state, tail_window,
+                             wait_for)
 from faultlib.env import run as sh
+from faultlib.env import set_net
+from faultlib.writer import ContainerWriter
 from faultlib.resp import ReplyError, rcall
 
 try:  # redis-py from the project's venv: scripts/docker-tests.sh runs this scenario with it
@@ -23,6 +26,8 @@ NAME = "faults"
 DOWN_AFTER_MS = 1000
 MIN_WRITES = 300
 MIN_WRITES_NEW_MASTER = 50
+# A cut-off master stops acknowledging within min-replicas-max-lag + this (see master_cut_off).
+FENCE_SLACK_S = 3.0
 
 
 class SentinelWriter(threading.Thread):
@@ -206,6 +211,80 @@ def scenario(env, res, wcid, watch_ip, host_port):
     with open(err2) as f:
         host_log = f.read()
     res.check("decision:" not in host_log, "the second watcher acted without the lease:\n" + host_log[-2000:])
+    partition(env, res, sentinel, new, wlog)
+
+
+def partition(env, res, sentinel, m, wlog):
+    """The master m is cut off from everyone (network disconnect: clients, replicas, broker).
+    A writer inside its container measures how long it keeps acknowledging; redis-py's Sentinel
+    client on the host follows the failover; after healing, m must follow the new master."""
+    others = [g for g in ("guest1", "guest2", "guest3") if g != m]
+    fence = env.min_replicas
+    if fence > 0:
+        armed = wait_for(lambda: config_get(env, m, "min-replicas-to-write") == {"min-replicas-to-write": str(fence)}, 15)
+        res.check(armed, f"the split-brain fence is not armed on {m}: {config_get(env, m, 'min-replicas-*')}")
+    for g in others:
+        res.require(wait_for(lambda: caught_up(env, g, m), 30), f"{g} is not linked to {m} before the cut: {replica_state(env, g)}")
+    master = sentinel.master_for(NAME, password=PASSWORD, socket_timeout=0.5, socket_connect_timeout=0.5)
+    w = SentinelWriter(master, f"wp{env.tag[-4:]}")
+    w.start()
+    inside = ContainerWriter(env, m, f"wpin{env.tag[-4:]}")
+    inside.start()
+    res.require(wait_for(lambda: len(inside.acked) >= 5 and len(w.acked) >= 100, 15),
+                f"writers not going before the cut: {inside.summary()}, redis-py {len(w.acked)}")
+    decisions0 = wlog().count("decision: master is down")
+    t_before = time.monotonic()
+    set_net(env, m, False)
+    t_cut = time.monotonic()
+    say(f"partition: {m} cut off the network (clients, replicas and its agent's broker link)")
+    m_addr = (env.ip(m), 6379)
+    new_addr = wait_for(lambda: (lambda a: a if a and a != m_addr else None)(_discover(sentinel)), 45, interval=0.1)
+    t_disc = time.monotonic()
+    res.require(new_addr, f"discovery still names {m} 45 s after the cut:\n" + wlog()[-3000:])
+    new = guest_at(env, new_addr)
+    res.require(new in others, f"discovery names {new_addr}")
+    res.require(wait_for(lambda: any(s > t_disc for _, s, _ in w.acked), 30), "no write through redis-py after the failover")
+    # The host cannot reach m after the cut: a write sent after it and acknowledged went to the new master.
+    first = next((t for _, s, t in w.acked if s > t_cut), None)
+    if fence > 0:
+        wait_for(lambda: [t for _, t in inside.refused if t > t_cut], 10, interval=0.1)
+    set_net(env, m, True)
+    t_back = time.monotonic()
+    cut_acked = [t - t_cut for _, t in inside.acked if t_cut < t <= t_back]
+    say(f"partition: discovery named {new} {int((t_disc - t_cut) * 1000)} ms after the cut; first write through redis-py "
+        f"after it {int((first - t_cut) * 1000) if first else '-'} ms after the cut; {m} kept acknowledging (inside writer) "
+        f"{'%.2f s' % cut_acked[-1] if cut_acked else 'nothing'} after the cut ({len(cut_acked)} writes), "
+        f"refused {len([1 for _, t in inside.refused if t_cut < t <= t_back])} with NOREPLICAS; healed after {t_back - t_cut:.1f} s")
+    # Healed: m must follow the new master; it must never acknowledge a write again meanwhile.
+    became = wait_for(lambda: (lambda st: st and st["role"] == "slave" and st["master_host"] == env.ip(new))(replica_state(env, m)), 60)
+    t_became = time.monotonic()
+    linked = wait_for(lambda: linked_to(env, m, new), 60)
+    say(f"partition healed: {m} a replica of {new} {'%.1f s' % (t_became - t_back) if became else 'NOT within 60 s'} after "
+        f"the reconnect, linked {'yes' if linked else 'NO'}")
+    res.check(became and linked, f"{m} does not follow {new} after healing: {replica_state(env, m)}")
+    time.sleep(0.5)
+    inside.stop()
+    w.stop()
+    say(inside.summary())
+    back_acked = [n for n, t in inside.acked if t > t_back]
+    if fence > 0:
+        res.check(not cut_acked or cut_acked[-1] <= env.max_lag + FENCE_SLACK_S,
+                  f"{m} acknowledged writes {cut_acked[-1] if cut_acked else 0:.1f} s after the cut (fence: "
+                  f"min-replicas-max-lag {env.max_lag} s + {FENCE_SLACK_S} s)")
+        res.check(not back_acked, f"second writable master: {m} acknowledged {len(back_acked)} writes after healing")
+    res.check(wlog().count("decision: master is down") > decisions0, "the watch container logged no decision for the partition")
+    roles = {g: (replica_state(env, g) or {}).get("role") for g in ("guest1", "guest2", "guest3")}
+    res.check([g for g, r in roles.items() if r == "master"] == [new], f"expected {new} as the one master: {roles}")
+    windows = [tail_window(None, t_before, t_cut, "partition of the master")]
+    if fence > 0:
+        windows.append(Window(env.ip(m), t_cut, t_cut + env.max_lag + FENCE_SLACK_S,
+                              f"cut off, fenced after min-replicas-max-lag={env.max_lag}s"))
+    else:
+        windows.append(Window(env.ip(m), t_cut, time.monotonic(), "cut off without the fence: every write until re-attached"))
+    lost0 = res.lost
+    check_losses(env, res, w.records() + inside.records(), new, [g for g in ("guest1", "guest2", "guest3") if g != new],
+                 windows, secs=30)
+    say(f"partition: {res.lost - lost0} acknowledged writes lost (all of them acknowledged by the cut-off master)")
 
 
 def _discover(sentinel):
