@@ -374,6 +374,14 @@ def report_section(res):
         "against the final master. Figures: median (min–max, n rounds); sides interleaved within each round."
         % (res["down_after_ms"], res["down_after_ms"]))
     L.append("")
+    L.append(
+        "How the client finds the master matters: redis-py's `Sentinel` client asks the sentinels only when a "
+        "connection fails or a node answers `READONLY` (it does not subscribe to `+switch-master`). After "
+        "`SENTINEL FAILOVER` the old master stays a writable master until Sentinel converts it, so the client keeps "
+        "writing there and those writes are lost; our promote fences and demotes the old master at once, so the "
+        "client's next write gets `READONLY` and it asks discovery again. After a kill the client retries, asking "
+        "the sentinels or watchers each time, until they name a master that takes the write.")
+    L.append("")
     rows = []
 
     def sel(case, side, variant=None):
