@@ -137,7 +137,9 @@ def sec_switchover(res, charts):
         "the master on READONLY or connection errors. After 0.5 s of writing, the switch is started and a monitor "
         "polls: a probe `SET` on the candidate(s) every ~1 ms (→ *writable*), then `ROLE` on every other node until it "
         "follows the new master with the link up (→ *all linked*). Then every acknowledged write is looked up on the "
-        "new master (→ *lost*), and `sync_full` is summed over the three nodes before and after. "
+        "master at the end (→ *lost*), and `sync_full` is summed over the three nodes before and after. The Sentinel "
+        "rows write through redis-py's `Sentinel(...).master_for()` client instead (results from before this change "
+        "used the ROLE writer for Sentinel too). "
         "%d round(s) per method, interleaved (the method order rotates each round), candidates alternating." % reps)
     L.append("")
     L.append("Methods: **ours** = `trove-guestctl promote-to-replica-source` (a new process: connect to RabbitMQ, "
@@ -262,7 +264,7 @@ def sec_failover(res, charts):
     reps = res["config"]["reps"]
     L = ["## 2. Unplanned failover (kill -9 the master and its agent)", ""]
     L.append(
-        "Same writer. Before the kill one replica is made to lag: its Redis is `SIGSTOP`ped and the master's "
+        "Same writer (for Sentinel, redis-py's Sentinel client). Before the kill one replica is made to lag: its Redis is `SIGSTOP`ped and the master's "
         "replica links are cut (`CLIENT KILL TYPE replica`); the other replica re-links and moves ahead for "
         "0.25 s. Then the master (and, for ours, its agent first) is killed with SIGKILL, the lagging replica is "
         "`SIGCONT`ed, both replicas' offsets are read, and: **ours** runs `trove-guestctl eject-replica-source "
