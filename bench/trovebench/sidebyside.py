@@ -42,7 +42,10 @@ def client_round(ctx, side, tag, fault, settle_s, timeout_s=30.0):
         time.sleep(max(0.0, min(2.5, deadline - now())))
     data = w.stop()
     survivors = [p for p in side.ports if p != m0] if settle_s is None else side.ports
-    final = final_master(survivors, m0 if settle_s is not None else None)
+    masters = [p for p in survivors if _role(p) == "master"]
+    # One master among the survivors; if there are several (Sentinel can fail over twice and leave two
+    # for a while), the one the side names (its sentinels or watchers) is the final master.
+    final = final_master(survivors, None, timeout=5.0) or _quiet(side.named_master) or None
     sent_t = data["sent_t"]
     firsts = [t for s, t in zip(sent_t, data["t"]) if s > t_fault]
     lost = count_lost(final, data["acked"], w.prefix) if final else None
@@ -56,9 +59,23 @@ def client_round(ctx, side, tag, fault, settle_s, timeout_s=30.0):
         "old_master": m0,
         "final_master": final,
         "errors": len([e for e in data["events"] if e[1] == "error"]),
+        "masters_at_stop": masters,
+        "_acked": data["acked"], "_prefix": w.prefix, "_sent": data["sent"],
     }
-    if final:
-        drop_keys(final, w.prefix, data["sent"])
+    return rec
+
+
+def settle(rec, final):
+    """Recount against `final` (the master once everything converged) if it differs; drop the keys."""
+    if final and final != rec["final_master"]:
+        rec["final_master_at_stop"] = rec["final_master"]
+        rec["final_master"] = final
+        rec["lost"] = count_lost(final, rec["_acked"], rec["_prefix"])
+        rec["master_changed_after_stop"] = True
+    if rec["final_master"]:
+        drop_keys(rec["final_master"], rec["_prefix"], rec["_sent"])
+    for k in ("_acked", "_prefix", "_sent"):
+        rec.pop(k, None)
     return rec
 
 
@@ -95,6 +112,9 @@ class OursSide:
 
     def addrs(self):
         return [("127.0.0.1", p) for p in self.watch_ports]
+
+    def named_master(self):
+        return self.discovered(0)
 
     def discovered(self, i=0):
         host, port = rcon(self.watch_ports[i], 1).execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", NAME_OURS)
@@ -143,7 +163,8 @@ class OursSide:
                        lambda: _quiet(lambda: linked_to(g.port, rec["final_master"])), timeout=90, interval=0.1)
             rec["reattach_s"] = now() - t
             self.wait_ready()
-        return rec
+            return settle(rec, self.master_port())
+        return settle(rec, None)
 
     def switch(self, rep, timeout):
         self.wait_ready()
@@ -170,7 +191,7 @@ class OursSide:
         rec = client_round(self.ctx, self, "os%d" % rep, lambda: _stop_for(pid, DOWN_AFTER_MS / 2000), 3 * DOWN_AFTER_MS / 1000)
         rec["failovers"] = self.decisions() - before + (rec["final_master"] != rec["old_master"])
         self.wait_ready()
-        return rec
+        return settle(rec, self.master_port())
 
     def agent_stopped(self, rep):
         """The master's agent dies; its Redis serves and the replicas stay linked (a watcher cut off
@@ -186,7 +207,7 @@ class OursSide:
         g.start()
         self.fleet.wait_ping(g)
         self.wait_ready()
-        return rec
+        return settle(rec, self.master_port())
 
     def close(self):
         for p in self.watchers:
@@ -198,6 +219,9 @@ class SentinelSide(SentinelTrio):
     """Three plain redis-servers and three Sentinels (quorum 2, down-after 1000 ms)."""
     side = "sentinel"
     NAME = NAME_SENTINEL
+
+    def named_master(self):
+        return self.sentinel_master()
 
     def __init__(self, ctx, tag, min_replicas=0):
         super().__init__(ctx, down_after=DOWN_AFTER_MS, failover_timeout=10000, tag=tag)
@@ -229,8 +253,9 @@ class SentinelSide(SentinelTrio):
         def fault():
             n.kill9()
             return now()
+        before = self.switches()
         rec = client_round(self.ctx, self, "sk%d" % rep, fault, None)
-        rec["failovers"] = 1
+        rec["_switches_before"] = before
         if getattr(self, "recover", True):
             t = now()
             n.start()
@@ -244,11 +269,11 @@ class SentinelSide(SentinelTrio):
             # Sentinel converts a returning old master into a replica itself.
             wait_until("old master re-pointed by Sentinel", lambda: _quiet(follows), timeout=90, interval=0.1)
             rec["reattach_s"] = now() - t
-            final = self.sentinel_master()
-            if final != rec["final_master"]:
-                rec["second_failover"] = True
             self.wait_ready()
-        return rec
+            rec["second_failover"] = _failovers_between(self, rec) > 1
+            return settle(rec, self.sentinel_master())
+        _failovers_between(self, rec)
+        return settle(rec, None)
 
     def switch(self, rep, timeout):
         rec = super().switch(rep, timeout)
@@ -261,15 +286,22 @@ class SentinelSide(SentinelTrio):
         m = self.master_port()
         pid = int(rcon(m).info("server")["process_id"])
         rec = client_round(self.ctx, self, "ss%d" % rep, lambda: _stop_for(pid, DOWN_AFTER_MS / 2000), 3 * DOWN_AFTER_MS / 1000)
-        rec["failovers"] = self.switches() - before + (rec["final_master"] != rec["old_master"])
+        rec["failovers"] = self.switches() - before
         self.wait_ready()
-        return rec
+        return settle(rec, self.sentinel_master())
 
     def close(self):
         for n in self.nodes:
             n.kill9()
         for s in self.sentinels:
             self.ctx.kill(s.proc)
+
+
+def _failovers_between(side, rec):
+    """+switch-master events Sentinel logged since the kill (1 is one failover)."""
+    n = side.switches() - rec.pop("_switches_before", 0)
+    rec["failovers"] = n
+    return n
 
 
 def _stop_for(pid, secs):
