@@ -372,11 +372,11 @@ def bench(ctx, cfg, results):
     results["sidebyside"] = {"config": cfg, "down_after_ms": DOWN_AFTER_MS, "runs": runs, "not_measured": NOT_MEASURED}
 
 
-NOT_MEASURED = ["broker restart (the benchmark shares the machine's RabbitMQ with "
-                                              "other work; the docker broker_restart scenario covers agents only)",
-                                              "partition of the master from everyone on loopback, and for Sentinel "
-                                              "(ours is measured in the compose topology by the docker scenario "
-                                              "watch_sentinel_client, figures in docs/operations.md §6)"]
+# What the benchmark does not measure (said in the report).
+NOT_MEASURED = ["broker restart (the benchmark shares the machine's RabbitMQ with other work; the docker "
+                "broker_restart scenario covers agents only)",
+                "partition of the master from everyone on loopback, and for Sentinel (ours is measured in the "
+                "compose topology by the docker scenario watch_sentinel_client, figures in docs/operations.md §6)"]
 
 
 # ---------------------------------------------------------------------------------------------
