@@ -246,6 +246,8 @@ def partition(env, res, sentinel, m, wlog):
     res.require(wait_for(lambda: any(s > t_disc for _, s, _ in w.acked), 30), "no write through redis-py after the failover")
     # The host cannot reach m after the cut: a write sent after it and acknowledged went to the new master.
     first = next((t for _, s, t in w.acked if s > t_cut), None)
+    if first:
+        res.pause_ms = max(res.pause_ms, int((first - t_cut) * 1000))
     if fence > 0:
         wait_for(lambda: [t for _, t in inside.refused if t > t_cut], 10, interval=0.1)
     set_net(env, m, True)
