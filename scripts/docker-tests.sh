@@ -14,6 +14,14 @@
 #   replica_net_drop_during_create  a replica's network drops during create-replicas
 #   replica_redis_restart           a replica's redis-server is killed; it rejoins (partial resync)
 #   tls_promote_and_eject           TLS replication; promote and a master kill under one writer; eject
+#   watch_sentinel_client           the compose `watch` service and a host watcher fail over a docker-killed
+#                                   master while redis-py's Sentinel client keeps writing; the old master
+#                                   returns as a replica; then the new master is partitioned, failed over,
+#                                   fenced, and follows after healing
+#
+# Scenarios that declare REQUIRES_REDIS_PY = True run with the project's venv python (redis-py,
+# pinned by tests/compat/constraints.txt; scripts/pyenv.sh makes .venv), the others with python3
+# and the standard library only. Without redis-py in the venv those scenarios fail and say so.
 #
 # Each scenario prints details and exactly one line
 #   scenario=<name> result=pass|fail acked=<n> lost=<n> longest_pause_ms=<n> bound=<n>
@@ -43,6 +51,8 @@
 #   TROVE_FAULTS_MIN_REPLICAS          the agents' [replication] min_replicas_to_write, the split-brain
 #                                      fence master_cut_off relies on (default 1; 0 runs without it)
 #   TROVE_FAULTS_MAX_LAG               the agents' min_replicas_max_lag, seconds (default 5)
+#   TROVE_FAULTS_PYTHON                the interpreter with redis-py (default .venv/bin/python)
+#   TROVE_GUEST_IMAGE, TROVE_RABBITMQ_IMAGE  the images (default trove-redis-guest/{guest,rabbitmq}:latest)
 #   TROVE_FAULTS_KEEP=1                keep the containers after the run (for debugging; remove them with
 #                                      the `docker rm -f` command printed at the end)
 #   TROVE_LOG_LEVEL                    agents' log level (default debug,lapin=info,redis=info)
@@ -57,6 +67,7 @@ mapfile -t ALL_SCENARIOS < <(cd tests/docker/scenarios && ls -1 -- *.py | grep -
 SCENARIO_TIMEOUT=${TROVE_FAULTS_SCENARIO_TIMEOUT:-180}
 BUILD=${TROVE_FAULTS_BUILD:-1}
 KEEP=${TROVE_FAULTS_KEEP:-0}
+PY_REDIS=${TROVE_FAULTS_PYTHON:-$ROOT/.venv/bin/python}
 CAMPAIGN_ARGS=()
 
 SCENARIOS=()
@@ -131,7 +142,9 @@ if [ "$BUILD" != 0 ]; then
     TROVE_CARGO_BUILD=always scripts/docker-images.sh >&2 ||
         abort_all "building the binaries or the images failed (see above)."
 fi
-for img in trove-redis-guest/guest:latest trove-redis-guest/rabbitmq:latest; do
+export TROVE_GUEST_IMAGE=${TROVE_GUEST_IMAGE:-trove-redis-guest/guest:latest}
+export TROVE_RABBITMQ_IMAGE=${TROVE_RABBITMQ_IMAGE:-trove-redis-guest/rabbitmq:latest}
+for img in "$TROVE_GUEST_IMAGE" "$TROVE_RABBITMQ_IMAGE"; do
     docker image inspect "$img" >/dev/null 2>&1 || abort_all "image $img is missing (run scripts/docker-images.sh)."
 done
 [ -x target/release/trove-guestctl ] || abort_all "target/release/trove-guestctl is missing (cargo build --release)."
@@ -235,6 +248,17 @@ for s in "${SCENARIOS[@]}"; do
     t0=$SECONDS
     if [ "$s" = campaign ]; then
         timeout -k 10 "$CAMPAIGN_TIMEOUT" python3 -u tests/docker/campaign.py "${CAMPAIGN_ARGS[@]}" >"$out" 2>&1 &
+    elif grep -q '^REQUIRES_REDIS_PY = True' "tests/docker/scenarios/$s.py"; then
+        if ! "$PY_REDIS" -c 'import redis, tomllib' >/dev/null 2>&1; then
+            {
+                echo "  ERROR: scenario $s needs redis-py, and $PY_REDIS cannot import it (or is missing):"
+                echo "         run scripts/pyenv.sh (it makes .venv with redis-py), or set TROVE_FAULTS_PYTHON"
+                echo "scenario=$s result=fail acked=0 lost=0 longest_pause_ms=0 bound=0"
+            } >"$out"
+            (exit 1) &
+        else
+            timeout -k 10 "$SCENARIO_TIMEOUT" "$PY_REDIS" -u tests/docker/run_scenario.py "$s" >"$out" 2>&1 &
+        fi
     else
         timeout -k 10 "$SCENARIO_TIMEOUT" python3 -u tests/docker/run_scenario.py "$s" >"$out" 2>&1 &
     fi

@@ -36,8 +36,8 @@ banner "services"
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
 AMQP_URL=$(bash scripts/services.sh)
 export AMQP_URL
-# The Python venv only for the stages that use it (compat, bench).
-case " ${STAGES[*]} " in *" compat "* | *" trove "* | *" bench "*) bash scripts/pyenv.sh ;; esac
+# The Python venv only for the stages that use it (compat, docker: redis-py, trove, bench).
+case " ${STAGES[*]} " in *" compat "* | *" docker "* | *" trove "* | *" bench "*) bash scripts/pyenv.sh ;; esac
 
 stage_rust() { cargo test --all-targets; }
 stage_matrix() { bash scripts/test-matrix.sh; }

@@ -36,11 +36,12 @@ def make_lag(master_port, lagger_port, other_port, lagger_pid):
     time.sleep(0.25)
 
 
-def run_failover(ctx, name, ports, master_port, lagger_port, lagger_pid, kill, command, timeout, final_master=None):
+def run_failover(ctx, name, ports, master_port, lagger_port, lagger_pid, kill, command, timeout, final_master=None,
+                 writer_kw=None):
     """Writer on; lag one replica; kill the master; run `command()` (or nothing); monitor."""
     survivors = [p for p in ports if p != master_port]
     before = sum_stats(survivors)
-    w = Writer(ctx, ports, name)
+    w = Writer(ctx, ports, name, **(writer_kw or {}))
     time.sleep(0.5)
     other = [p for p in survivors if p != lagger_port][0]
     make_lag(master_port, lagger_port, other, lagger_pid)
@@ -71,8 +72,14 @@ def run_failover(ctx, name, ports, master_port, lagger_port, lagger_pid, kill, c
     lost = count_lost(final, data["acked"], w.prefix) if final else None
     last_ack_before_kill = [t for t in data["t"] if t <= box.get("t_kill", t0)]
     pause, _ = longest_pause(data["t"], t0, t0 + (m["all_linked_s"] or m["writable_s"] or timeout) + 0.3)
+    t_kill = box.get("t_kill", t0)
+    # Through the client: the first write sent after the kill that was acknowledged.
+    sent_t = data.get("sent_t")
+    firsts = [t for s_, t in zip(sent_t, data["t"]) if s_ > t_kill] if sent_t else [t for t in data["t"] if t > t_kill]
     rec = {
         "method": name,
+        "client": "redis-py Sentinel" if (writer_kw or {}).get("sentinels") else "naive (ROLE on every node)",
+        "client_writable_ms": (firsts[0] - t_kill) * 1000 if firsts else None,
         "writable_ms": None if m["writable_s"] is None else m["writable_s"] * 1000,
         "all_linked_ms": None if m["all_linked_s"] is None else m["all_linked_s"] * 1000,
         "command_done_ms": None if m["command_done_s"] is None else m["command_done_s"] * 1000,
@@ -140,7 +147,7 @@ class OursFailover(OursTrio):
 
 class SentinelFailover(SentinelTrio):
     name = "sentinel"
-    label = "Sentinel automatic failover (down-after 1000 ms)"
+    label = "Sentinel automatic failover (down-after 1000 ms, redis-py Sentinel client)"
 
     def __init__(self, ctx):
         super().__init__(ctx, down_after=1000, failover_timeout=10000, tag="sf")
@@ -154,7 +161,7 @@ class SentinelFailover(SentinelTrio):
         lagger_pid = int(rcon(lagger).info("server")["process_id"])
 
         rec = run_failover(self.ctx, self.name, self.ports, mp, lagger, lagger_pid, node.kill9, lambda: None, timeout,
-                           final_master=self.sentinel_master)
+                           final_master=self.sentinel_master, writer_kw={"sentinels": self.addrs()})
         rec.pop("handle")
         if not getattr(self, "recover", True):
             rec.pop("_acked")

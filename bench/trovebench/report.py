@@ -137,7 +137,10 @@ def sec_switchover(res, charts):
         "the master on READONLY or connection errors. After 0.5 s of writing, the switch is started and a monitor "
         "polls: a probe `SET` on the candidate(s) every ~1 ms (→ *writable*), then `ROLE` on every other node until it "
         "follows the new master with the link up (→ *all linked*). Then every acknowledged write is looked up on the "
-        "new master (→ *lost*), and `sync_full` is summed over the three nodes before and after. "
+        "%s (→ *lost*), and `sync_full` is summed over the three nodes before and after. %s"
+        % ("master at the end" if any("final_master" in r for r in runs) else "new master",
+           "The Sentinel rows write through redis-py's `Sentinel(...).master_for()` client instead. "
+           if any(r.get("client") == "redis-py Sentinel" for r in runs) else "") +
         "%d round(s) per method, interleaved (the method order rotates each round), candidates alternating." % reps)
     L.append("")
     L.append("Methods: **ours** = `trove-guestctl promote-to-replica-source` (a new process: connect to RabbitMQ, "
@@ -262,13 +265,15 @@ def sec_failover(res, charts):
     reps = res["config"]["reps"]
     L = ["## 2. Unplanned failover (kill -9 the master and its agent)", ""]
     L.append(
-        "Same writer. Before the kill one replica is made to lag: its Redis is `SIGSTOP`ped and the master's "
+        "Same writer%s. Before the kill one replica is made to lag: its Redis is `SIGSTOP`ped and the master's "
         "replica links are cut (`CLIENT KILL TYPE replica`); the other replica re-links and moves ahead for "
         "0.25 s. Then the master (and, for ours, its agent first) is killed with SIGKILL, the lagging replica is "
         "`SIGCONT`ed, both replicas' offsets are read, and: **ours** runs `trove-guestctl eject-replica-source "
         "<dead master>` at once (the operator's reaction time is not counted); **Sentinel** does its automatic "
         "failover with `down-after-milliseconds 1000` (the stock default is 30000, which adds ~29 s). Time is "
-        "counted from the kill. The lagging replica alternates. %d round(s) per method, interleaved." % reps)
+        "counted from the kill. The lagging replica alternates. %d round(s) per method, interleaved." % (
+            " (for Sentinel, redis-py's Sentinel client)" if any(r.get("client") == "redis-py Sentinel" for r in runs)
+            else "", reps))
     L.append("")
     rows = []
     o = [r for r in runs if r["method"] == "ours"]
@@ -892,6 +897,9 @@ def write(results, md_path, charts):
         secs += sec_switchover(results["switchover"], charts)
     if "failover" in results:
         secs += sec_failover(results["failover"], charts)
+    if "sidebyside" in results:
+        from .sidebyside import report_section
+        secs += report_section(results["sidebyside"])
     if "create" in results:
         secs += sec_create(results["create"], charts)
     if "rpc" in results and results["rpc"].get("matrix") and "rpc" in meta.get("only", ["rpc"]):

@@ -5,6 +5,7 @@ import time
 
 from .agentlog import rpc_spans
 from .common import BenchError, log, now, rcon
+from . import sidebyside
 from .create import CreateBench
 from .failover import OursFailover, SentinelFailover
 from .footprint import Servers, idle, method_times, rpc_matrix, startup
@@ -30,7 +31,14 @@ SMOKE = {
     "scale": {"counts": [2], "create_reps": 1, "promote_reps": 1, "data_mb": 1},
 }
 
-ALL = ["switchover", "failover", "create", "rpc", "footprint", "scale"]
+# sidebyside: trove-guestctl watch against 3 Sentinels, both through redis-py's Sentinel client.
+FULL["sidebyside"] = {"min_replicas": [0, 1], "kill_reps": 4, "switch_reps": 4, "switch_timeout_s": 40,
+                      "sigstop_reps": 3, "agent_stop_reps": 2}
+# Smoke: Sentinel's switchover takes ~20 s to converge, so only ours switches (and must lose nothing).
+SMOKE["sidebyside"] = {"min_replicas": [0], "kill_reps": 1, "switch_reps": 1, "switch_timeout_s": 5, "switch_sides": ["ours"],
+                       "sigstop_reps": 0, "agent_stop_reps": 0, "no_recovery": True}
+
+ALL = ["switchover", "failover", "create", "rpc", "footprint", "scale", "sidebyside"]
 # Diagnostics: run only when asked for with --only.
 EXTRA = ["fsync", "agentcost"]
 FULL["fsync"] = {"reps": 8}
@@ -287,6 +295,7 @@ def run(ctx, cfg, only, results):
         (("scale",), lambda: bench_scale(ctx, cfg, results)),
         (("fsync",), lambda: bench_fsync(ctx, cfg, results)),
         (("agentcost",), lambda: bench_agentcost(ctx, cfg, results)),
+        (("sidebyside",), lambda: sidebyside.bench(ctx, cfg["sidebyside"], results)),
     ]
     for names, fn in steps:
         if not any(n in only for n in names):

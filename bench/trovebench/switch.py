@@ -29,14 +29,18 @@ def follows(con, master_port):
 # the writer
 
 class Writer:
-    def __init__(self, ctx, ports, tag):
+    """The writer process: naive (finds the master by ROLE on `ports`), or, with `sentinels`
+    ([(host, port)]) and `name`, redis-py's Sentinel client."""
+
+    def __init__(self, ctx, ports, tag, sentinels=None, name="mymaster"):
         self.ctx = ctx
         self.out = ctx.path("writer", "%s-%d.json" % (tag, int(time.time() * 1000)))
         # A fresh key prefix per round: a key left by an earlier round must not hide a lost write.
         self.prefix = "w%s:" % uuid.uuid4().hex[:8]
+        how = (["--sentinels", ",".join("%s:%d" % a for a in sentinels), "--name", name] if sentinels
+               else ["--ports", ",".join(map(str, ports))])
         self.proc = subprocess.Popen(
-            [ctx.python, "-m", "trovebench.writer", "--ports", ",".join(map(str, ports)), "--out", self.out,
-             "--prefix", self.prefix],
+            [ctx.python, "-m", "trovebench.writer", *how, "--out", self.out, "--prefix", self.prefix],
             stdout=subprocess.PIPE, stderr=open(self.out + ".err", "w"), text=True,
             cwd=PKG_PARENT)
         ctx.procs.append(self.proc)
@@ -163,10 +167,34 @@ def monitor(ports, candidates, start, follow_expect, timeout, proc=None):
     }
 
 
-def run_switch(ctx, name, ports, candidates, start, follow_expect, timeout, extra=None):
-    """One switchover under the writer; returns a result record."""
+def final_master(ports, fallback, timeout=10.0):
+    """The one node that says it is master at the end (lost writes are counted there); `fallback`
+    when there is not exactly one within `timeout`."""
+    box = {}
+
+    def one():
+        ms = []
+        for p in ports:
+            try:
+                if replication(p).get("role") == "master":
+                    ms.append(p)
+            except (redis.RedisError, OSError):
+                pass
+        box["ms"] = ms
+        return len(ms) == 1
+    try:
+        wait_until("exactly one master", one, timeout=timeout, interval=0.05)
+        return box["ms"][0]
+    except BenchError:
+        log("no single master at the end (%s); counting against %s" % (box.get("ms"), fallback))
+        return fallback
+
+
+def run_switch(ctx, name, ports, candidates, start, follow_expect, timeout, extra=None, writer_kw=None):
+    """One switchover under the writer; returns a result record. Lost writes are counted against
+    the final master (the one node that says master at the end), not the first one that took a probe."""
     before = sum_stats(ports)
-    w = Writer(ctx, ports, name)
+    w = Writer(ctx, ports, name, **(writer_kw or {}))
     time.sleep(0.5)
     m = monitor(ports, candidates, start, follow_expect, timeout)
     time.sleep(0.3)
@@ -176,9 +204,10 @@ def run_switch(ctx, name, ports, candidates, start, follow_expect, timeout, extr
     tend = t0 + (m["all_linked_s"] or m["writable_s"] or timeout) + 0.3
     pause, pause_at = longest_pause(data["t"], t0, tend)
     base_pause, _ = longest_pause(data["t"], t0 - 0.45, t0)
-    lost = count_lost(m["new_master"], data["acked"], w.prefix) if m["new_master"] else None
-    if m["new_master"]:
-        drop_keys(m["new_master"], w.prefix, data["sent"])
+    final = final_master(ports, m["new_master"]) if m["new_master"] else None
+    lost = count_lost(final, data["acked"], w.prefix) if final else None
+    if final:
+        drop_keys(final, w.prefix, data["sent"])
     rec = {
         "method": name,
         "writable_ms": None if m["writable_s"] is None else m["writable_s"] * 1000,
@@ -194,6 +223,8 @@ def run_switch(ctx, name, ports, candidates, start, follow_expect, timeout, extr
         "sync_full_delta": after["sync_full"] - before["sync_full"],
         "sync_partial_ok_delta": after["sync_partial_ok"] - before["sync_partial_ok"],
         "new_master": m["new_master"],
+        "final_master": final,
+        "client": "redis-py Sentinel" if (writer_kw or {}).get("sentinels") else "naive (ROLE on every node)",
         "writer_events": [e for e in data["events"] if e[0] >= t0 - 0.1][:20],
     }
     for e in rec["writer_events"]:
@@ -368,7 +399,7 @@ class FloorTrio(PlainTrio):
 
 class SentinelTrio(PlainTrio):
     name = "sentinel"
-    label = "Sentinel SENTINEL FAILOVER"
+    label = "Sentinel SENTINEL FAILOVER (redis-py Sentinel client)"
 
     def __init__(self, ctx, down_after=1000, failover_timeout=10000, tag="se"):
         super().__init__(ctx, tag)
@@ -405,6 +436,9 @@ class SentinelTrio(PlainTrio):
             return True
         wait_until("sentinels to agree", ok, timeout=timeout, interval=0.2)
 
+    def addrs(self):
+        return [("127.0.0.1", s.port) for s in self.sentinels]
+
     def sentinel_master(self):
         host, port = self.sentinels[0].con().execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster")
         return int(port)
@@ -429,7 +463,8 @@ class SentinelTrio(PlainTrio):
             return {"old_master": m, "sentinel_retries": box.get("retries", [])}
 
         rec, _ = run_switch(self.ctx, self.name, self.ports, reps, start,
-                            lambda nm: [p for p in self.ports if p != nm], timeout, extra)
+                            lambda nm: [p for p in self.ports if p != nm], timeout, extra,
+                            writer_kw={"sentinels": self.addrs()})
         if rec.get("sentinel_retries"):
             log("sentinel: SENTINEL FAILOVER retried:", rec["sentinel_retries"][:3])
         if rec["timed_out"] and rec["new_master"]:

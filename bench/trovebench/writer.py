@@ -3,6 +3,11 @@ acknowledged write and when it was acknowledged. It follows the master: on READO
 errors or timeouts it re-resolves who is master (ROLE on every node) and carries on there.
 
     python -m trovebench.writer --ports 7001,7002,7003 --out result.json
+    python -m trovebench.writer --sentinels 127.0.0.1:26379,... --name mymaster --out result.json
+
+With --sentinels it is a Sentinel-aware client instead: redis-py's `Sentinel(...).master_for(name)`
+(it asks the sentinels for the master when a connection fails or a node answers READONLY), with
+no role probing of its own; the "master" events then carry the address the sentinels named.
 
 Runs until SIGUSR1 (or SIGTERM), then writes {acked: [...], t: [...], events: [...]} as JSON.
 Times are time.monotonic() (CLOCK_MONOTONIC, comparable across processes on this machine).
@@ -71,16 +76,60 @@ def find_master(ports, avoid, events):
     return masters[0] if masters else None
 
 
+def sentinel_main(a):
+    """The Sentinel-aware writer: every SET goes through redis-py's SentinelConnectionPool."""
+    from redis.sentinel import Sentinel
+    addrs = [(h, int(p)) for h, p in (x.rsplit(":", 1) for x in a.sentinels.split(","))]
+    sentinel = Sentinel(addrs, socket_timeout=a.op_timeout, socket_connect_timeout=a.op_timeout)
+    master = sentinel.master_for(a.name, socket_timeout=a.op_timeout, socket_connect_timeout=a.op_timeout)
+    acked = array.array("q")
+    times = array.array("d")
+    sent_t = array.array("d")
+    events = []
+    n = 0
+    ready = False
+    prefix = a.prefix
+    mono = time.monotonic
+    last_addr = None
+    while not STOP:
+        n += 1
+        t_send = mono()
+        try:
+            master.execute_command("SET", prefix + str(n), n)
+        except (redis.RedisError, OSError) as e:
+            events.append([mono(), "error", None, type(e).__name__, str(e)[:80]])
+            time.sleep(0.001)
+            continue
+        acked.append(n)
+        times.append(mono())
+        sent_t.append(t_send)
+        addr = master.connection_pool.master_address
+        if addr != last_addr:
+            events.append([mono(), "master", "%s:%s" % addr if addr else None])
+            last_addr = addr
+        if not ready:
+            ready = True
+            print("ready", flush=True)
+    with open(a.out, "w") as f:
+        json.dump({"acked": acked.tolist(), "t": times.tolist(), "sent_t": sent_t.tolist(), "events": events,
+                   "sent": n}, f)
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--ports", required=True)
+    ap.add_argument("--ports", default=None)
     ap.add_argument("--out", required=True)
     ap.add_argument("--timeout", type=float, default=5.0)
     ap.add_argument("--prefix", default="w:")
+    ap.add_argument("--sentinels", default=None, help="host:port,... : write through redis-py's Sentinel client")
+    ap.add_argument("--name", default="mymaster")
+    ap.add_argument("--op-timeout", type=float, default=0.5, help="socket timeout of the Sentinel client")
     a = ap.parse_args()
-    ports = [int(p) for p in a.ports.split(",")]
     signal.signal(signal.SIGUSR1, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    if a.sentinels:
+        return sentinel_main(a)
+    ports = [int(p) for p in a.ports.split(",")]
 
     acked = array.array("q")
     times = array.array("d")

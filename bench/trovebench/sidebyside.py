@@ -1,0 +1,466 @@
+"""`trove-guestctl watch` side by side with Redis Sentinel, through the same client: redis-py's
+`Sentinel(...).master_for(name)` writer, pointed at 3 real Sentinels (quorum 2,
+down-after-milliseconds 1000) or at two watchers' discovery endpoints (--down-after-ms 1000).
+
+Cases (each on both sides unless noted): kill -9 of the master (Redis, and for ours its agent too,
+as a whole-host death) with and without min-replicas-to-write 1; a planned switchover (SENTINEL
+FAILOVER against promote-to-replica-source); false positives: SIGSTOP of the master's Redis for
+0.5 x down_after, and (ours) the master's agent killed while its Redis serves. Lost writes are
+always counted against the final master."""
+
+import os
+import re
+import signal
+import time
+
+import redis
+
+from .common import BenchError, Fleet, free_port, linked_to, log, now, rcon, replication, tail, wait_until
+from .switch import SentinelTrio, Writer, count_lost, drop_keys, final_master, longest_pause, run_switch
+
+DOWN_AFTER_MS = 1000
+NAME_OURS = "trove"
+NAME_SENTINEL = "mymaster"
+
+
+def client_round(ctx, side, tag, fault, settle_s, timeout_s=30.0):
+    """Sentinel-client writer on; `fault()` (returns its time); wait for a write sent after the
+    fault to be acknowledged (or settle_s for false-positive cases); stop; count against the
+    final master. Returns the record and the writer's data."""
+    w = Writer(ctx, side.ports, tag, sentinels=side.addrs(), name=side.NAME)
+    time.sleep(0.7)
+    m0 = side.master_port()
+    t_fault = fault()
+    deadline = now() + timeout_s
+    data = None
+    # The writer's acks live in its process: poll the topology, then stop it after settle_s or
+    # once a survivor is master (kill cases).
+    if settle_s is not None:
+        time.sleep(settle_s)
+    else:
+        wait_until("a new master", lambda: side.single_master(exclude=m0) is not None, timeout=timeout_s, interval=0.02)
+        time.sleep(max(0.0, min(2.5, deadline - now())))
+    data = w.stop()
+    survivors = [p for p in side.ports if p != m0] if settle_s is None else side.ports
+    masters = [p for p in survivors if _role(p) == "master"]
+    # One master among the survivors; if there are several (Sentinel can fail over twice and leave two
+    # for a while), the one the side names (its sentinels or watchers) is the final master.
+    final = final_master(survivors, None, timeout=5.0) or _quiet(side.named_master) or None
+    sent_t = data["sent_t"]
+    firsts = [t for s, t in zip(sent_t, data["t"]) if s > t_fault]
+    lost = count_lost(final, data["acked"], w.prefix) if final else None
+    pause, _ = longest_pause(data["t"], t_fault, data["t"][-1] if data["t"] else t_fault)
+    rec = {
+        "side": side.side,
+        "client_writable_ms": (firsts[0] - t_fault) * 1000 if firsts else None,
+        "acked": len(data["acked"]),
+        "lost": lost,
+        "longest_pause_ms": pause * 1000,
+        "old_master": m0,
+        "final_master": final,
+        "errors": len([e for e in data["events"] if e[1] == "error"]),
+        "masters_at_stop": masters,
+        "_acked": data["acked"], "_prefix": w.prefix, "_sent": data["sent"],
+    }
+    return rec
+
+
+def settle(rec, final):
+    """Recount against `final` (the master once everything converged) if it differs; drop the keys."""
+    if final and final != rec["final_master"]:
+        rec["final_master_at_stop"] = rec["final_master"]
+        rec["final_master"] = final
+        rec["lost"] = count_lost(final, rec["_acked"], rec["_prefix"])
+        rec["master_changed_after_stop"] = True
+    if rec["final_master"]:
+        drop_keys(rec["final_master"], rec["_prefix"], rec["_sent"])
+    for k in ("_acked", "_prefix", "_sent"):
+        rec.pop(k, None)
+    return rec
+
+
+class OursSide:
+    """Three agents (each supervising its Redis) and two watchers serving discovery."""
+    side = "ours"
+    NAME = NAME_OURS
+
+    def __init__(self, ctx, tag, min_replicas=0):
+        self.ctx = ctx
+        env = {"TROVE_GUESTAGENT__REPLICATION__MIN_REPLICAS_TO_WRITE": str(min_replicas)}
+        self.fleet = Fleet(ctx, tag, 3, env=env)
+        g = self.fleet.guests
+        self.fleet.ctl("create-replicas", "--replica-of", g[0].id, *[x.id for x in g[1:]])
+        self.ports = [x.port for x in g]
+        self.watch_ports = [free_port(), free_port()]
+        with open(self.fleet.inventory) as f:
+            lines = f.read().splitlines()
+        first = next((i for i, l in enumerate(lines) if l.startswith("[")), len(lines))
+        head = [l for l in lines[:first] if not l.startswith(("name =", "watchers ="))]
+        top = ['name = "%s"' % NAME_OURS, "watchers = [%s]" % ", ".join('"127.0.0.1:%d"' % p for p in self.watch_ports)]
+        with open(self.fleet.inventory, "w") as f:
+            f.write("\n".join(top + head + lines[first:]) + "\n")
+        self.logs = [ctx.path("watch", "%s-%d.log" % (tag, i)) for i in range(2)]
+        self.watchers = []
+        for i, p in enumerate(self.watch_ports):
+            self.watchers.append(ctx.spawn([ctx.ctl_bin, "watch", "--listen", "127.0.0.1:%d" % p, "--down-after-ms",
+                                            str(DOWN_AFTER_MS)], self.logs[i],
+                                           env={"TROVE_GUESTCTL_INVENTORY": self.fleet.inventory}))
+            if i == 0:
+                wait_until("the first watcher holds the lease", lambda: "holds the lease" in tail(self.logs[0], 400),
+                           timeout=30, interval=0.05)
+        self.wait_ready()
+
+    def addrs(self):
+        return [("127.0.0.1", p) for p in self.watch_ports]
+
+    def named_master(self):
+        return self.discovered(0)
+
+    def discovered(self, i=0):
+        host, port = rcon(self.watch_ports[i], 1).execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", NAME_OURS)
+        return int(port)
+
+    def single_master(self, exclude=None):
+        ms = [p for p in self.ports if p != exclude and _role(p) == "master"]
+        return ms[0] if len(ms) == 1 else None
+
+    def master_port(self):
+        m = self.single_master()
+        if m is None:
+            raise BenchError("ours: not exactly one master")
+        return m
+
+    def guest(self, port):
+        return next(g for g in self.fleet.guests if g.port == port)
+
+    def decisions(self):
+        return sum(len(re.findall(r"decision: master is down", tail(p, 100000))) for p in self.logs)
+
+    def wait_ready(self, timeout=90):
+        """Every node linked to the one master, and both watchers name it."""
+        def ok():
+            m = self.single_master()
+            if m is None:
+                return False
+            if not all(linked_to(p, m) for p in self.ports if p != m):
+                return False
+            return all(self.discovered(i) == m for i in range(2))
+        wait_until("ours: all linked and discovery agrees", lambda: _quiet(ok), timeout=timeout, interval=0.1)
+
+    def kill(self, rep):
+        g = self.guest(self.master_port())
+
+        def fault():
+            g.kill9()
+            return now()
+        rec = client_round(self.ctx, self, "ok%d" % rep, fault, None)
+        rec["failovers"] = 1
+        if getattr(self, "recover", True):
+            # The old host comes back: its agent restarts Redis as a master; the watcher re-attaches it.
+            t = now()
+            g.start()
+            wait_until("the old master re-attached by the watcher",
+                       lambda: _quiet(lambda: linked_to(g.port, rec["final_master"])), timeout=90, interval=0.1)
+            rec["reattach_s"] = now() - t
+            self.wait_ready()
+            return settle(rec, self.master_port())
+        return settle(rec, None)
+
+    def switch(self, rep, timeout):
+        self.wait_ready()
+        m = self.master_port()
+        reps = sorted(p for p in self.ports if p != m)
+        cand = self.guest(reps[rep % 2])
+        box = {}
+
+        def start():
+            box["p"] = self.fleet.ctl_popen("promote-to-replica-source", cand.id)
+            return box["p"]
+
+        rec, _ = run_switch(self.ctx, "ours", self.ports, [cand.port], start, lambda nm: [p for p in self.ports if p != nm],
+                            timeout, writer_kw={"sentinels": self.addrs(), "name": NAME_OURS})
+        out, err = box["p"].communicate(timeout=120)
+        if box["p"].returncode != 0:
+            raise BenchError("promote failed: %s %s" % (out, err[-1000:]))
+        self.wait_ready()
+        return rec
+
+    def sigstop(self, rep):
+        before = self.decisions()
+        pid = self.guest(self.master_port()).redis_pid()
+        rec = client_round(self.ctx, self, "os%d" % rep, lambda: _stop_for(pid, DOWN_AFTER_MS / 2000), 3 * DOWN_AFTER_MS / 1000)
+        rec["failovers"] = self.decisions() - before + (rec["final_master"] != rec["old_master"])
+        self.wait_ready()
+        return settle(rec, self.master_port())
+
+    def agent_stopped(self, rep):
+        """The master's agent dies; its Redis serves and the replicas stay linked (a watcher cut off
+        from one guest looks the same to the watcher)."""
+        before = self.decisions()
+        g = self.guest(self.master_port())
+
+        def fault():
+            self.ctx.kill(g.proc, signal.SIGKILL)
+            return now()
+        rec = client_round(self.ctx, self, "oa%d" % rep, fault, 3 * DOWN_AFTER_MS / 1000)
+        rec["failovers"] = self.decisions() - before + (rec["final_master"] != rec["old_master"])
+        g.start()
+        self.fleet.wait_ping(g)
+        self.wait_ready()
+        return settle(rec, self.master_port())
+
+    def close(self):
+        for p in self.watchers:
+            self.ctx.kill(p, signal.SIGTERM)
+        self.fleet.close()
+
+
+class SentinelSide(SentinelTrio):
+    """Three plain redis-servers and three Sentinels (quorum 2, down-after 1000 ms)."""
+    side = "sentinel"
+    NAME = NAME_SENTINEL
+
+    def named_master(self):
+        return self.sentinel_master()
+
+    def __init__(self, ctx, tag, min_replicas=0):
+        super().__init__(ctx, down_after=DOWN_AFTER_MS, failover_timeout=10000, tag=tag)
+        self.min_replicas = min_replicas
+        for p in self.ports:
+            self.fence(p)
+
+    def fence(self, port):
+        """min-replicas-to-write on every node (whichever is master then has it); max-lag 10 s."""
+        rcon(port).config_set("min-replicas-to-write", self.min_replicas)
+
+    def single_master(self, exclude=None):
+        ms = [p for p in self.ports if p != exclude and _role(p) == "master"]
+        return ms[0] if len(ms) == 1 else None
+
+    def node(self, port):
+        return next(n for n in self.nodes if n.port == port)
+
+    def switches(self):
+        return len(re.findall(r"\+switch-master", tail(os.path.join(self.sentinels[0].dir, "sentinel.log"), 100000)))
+
+    def wait_ready(self, timeout=90):
+        self.wait_sentinels(timeout=timeout)
+
+    def kill(self, rep):
+        self.wait_ready()
+        n = self.node(self.master_port())
+
+        def fault():
+            n.kill9()
+            return now()
+        before = self.switches()
+        rec = client_round(self.ctx, self, "sk%d" % rep, fault, None)
+        rec["_switches_before"] = before
+        if getattr(self, "recover", True):
+            t = now()
+            n.start()
+            self.fence(n.port)
+
+            def follows():
+                m = self.sentinel_master()
+                if m == n.port:
+                    return False
+                return linked_to(n.port, m)
+            # Sentinel converts a returning old master into a replica itself.
+            wait_until("old master re-pointed by Sentinel", lambda: _quiet(follows), timeout=90, interval=0.1)
+            rec["reattach_s"] = now() - t
+            self.wait_ready()
+            rec["second_failover"] = _failovers_between(self, rec) > 1
+            return settle(rec, self.sentinel_master())
+        _failovers_between(self, rec)
+        return settle(rec, None)
+
+    def switch(self, rep, timeout):
+        rec = super().switch(rep, timeout)
+        self.wait_ready()
+        return rec
+
+    def sigstop(self, rep):
+        self.wait_ready()
+        before = self.switches()
+        m = self.master_port()
+        pid = int(rcon(m).info("server")["process_id"])
+        rec = client_round(self.ctx, self, "ss%d" % rep, lambda: _stop_for(pid, DOWN_AFTER_MS / 2000), 3 * DOWN_AFTER_MS / 1000)
+        rec["failovers"] = self.switches() - before
+        self.wait_ready()
+        return settle(rec, self.sentinel_master())
+
+    def close(self):
+        for n in self.nodes:
+            n.kill9()
+        for s in self.sentinels:
+            self.ctx.kill(s.proc)
+
+
+def _failovers_between(side, rec):
+    """+switch-master events Sentinel logged since the kill (1 is one failover)."""
+    n = side.switches() - rec.pop("_switches_before", 0)
+    rec["failovers"] = n
+    return n
+
+
+def _stop_for(pid, secs):
+    os.kill(pid, signal.SIGSTOP)
+    t = now()
+    time.sleep(secs)
+    os.kill(pid, signal.SIGCONT)
+    return t
+
+
+def _role(port):
+    try:
+        return replication(port).get("role")
+    except (redis.RedisError, OSError):
+        return None
+
+
+def _quiet(fn):
+    try:
+        return fn()
+    except (redis.RedisError, OSError, ValueError, TypeError):
+        return False
+
+
+def bench(ctx, cfg, results):
+    """Runs every case, both sides interleaved per repetition; results["sidebyside"]."""
+    runs = []
+
+    def record(case, variant, rec, rep):
+        rec.update({"case": case, "variant": variant, "rep": rep})
+        runs.append(rec)
+        log("sidebyside %-10s %-9s %-8s rep %d: writable %s ms, lost %s of %s, pause %.0f ms, failovers %s" % (
+            case, variant, rec.get("side") or rec.get("method"), rep,
+            "-" if rec.get("client_writable_ms", rec.get("writable_ms")) is None
+            else "%.0f" % rec.get("client_writable_ms", rec.get("writable_ms")),
+            rec.get("lost"), rec.get("acked"), rec.get("longest_pause_ms") or 0, rec.get("failovers", "-")))
+
+    for mr in cfg["min_replicas"]:
+        variant = "min-replicas %d" % mr
+        t = now()
+        sides = [OursSide(ctx, "wo%d" % mr, mr), SentinelSide(ctx, "ws%d" % mr, mr)]
+        log("sidebyside: %s topologies up in %.1fs" % (variant, now() - t))
+        try:
+            if mr == cfg["min_replicas"][0]:
+                for rep in range(cfg["switch_reps"]):
+                    for s in sides if rep % 2 == 0 else sides[::-1]:
+                        if s.side not in cfg.get("switch_sides", ["ours", "sentinel"]):
+                            continue
+                        rec = s.switch(rep, cfg["switch_timeout_s"])
+                        rec["side"] = s.side
+                        record("switchover", variant, rec, rep)
+                        if ctx.smoke and s.side == "ours" and rec["lost"]:
+                            raise BenchError("ours lost %d acknowledged writes in a planned switchover through "
+                                             "the Sentinel client" % rec["lost"])
+                for rep in range(cfg["sigstop_reps"]):
+                    for s in sides if rep % 2 == 0 else sides[::-1]:
+                        record("sigstop", variant, s.sigstop(rep), rep)
+                for rep in range(cfg["agent_stop_reps"]):
+                    record("agent-stop", variant, sides[0].agent_stopped(rep), rep)
+            for rep in range(cfg["kill_reps"]):
+                for s in sides if rep % 2 == 0 else sides[::-1]:
+                    if cfg.get("no_recovery") and rep == cfg["kill_reps"] - 1:
+                        s.recover = False
+                    record("kill", variant, s.kill(rep), rep)
+        finally:
+            for s in sides:
+                s.close()
+    results["sidebyside"] = {"config": cfg, "down_after_ms": DOWN_AFTER_MS, "runs": runs, "not_measured": NOT_MEASURED}
+
+
+# What the benchmark does not measure (said in the report).
+NOT_MEASURED = ["broker restart (the benchmark shares the machine's RabbitMQ with other work; the docker "
+                "broker_restart scenario covers agents only)",
+                "partition of the master from everyone on loopback, and for Sentinel (ours is measured in the "
+                "compose topology by the docker scenario watch_sentinel_client, figures in docs/operations.md §6)"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the report section (report.py calls report_section; no chart)
+
+def _med(vals):
+    v = sorted(x for x in vals if x is not None)
+    if not v:
+        return None
+    n = len(v)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+
+
+def _fig(vals, digits=0):
+    v = [x for x in vals if x is not None]
+    if not v:
+        return "—"
+    fmt = "%%.%df" % digits
+    return "%s (%s–%s, n=%d)" % (fmt % _med(v), fmt % min(v), fmt % max(v), len(v))
+
+
+def report_section(res):
+    runs = res["runs"]
+    cfg = res["config"]
+    L = ["## `trove-guestctl watch` side by side with Redis Sentinel (same client)", ""]
+    L.append(
+        "One writer, redis-py 8.1 `Sentinel(...).master_for(name)` with 0.5 s socket timeouts, in a tight `SET` "
+        "loop; pointed at **3 real Sentinels** (quorum 2, `down-after-milliseconds %d`) over 3 plain redis-servers, "
+        "or at **two `trove-guestctl watch` discovery endpoints** (`--down-after-ms %d`) over 3 agents, each "
+        "supervising its redis-server. All on loopback, one shared RabbitMQ. Acknowledged writes lost are counted "
+        "against the final master. Figures: median (min–max, n rounds); sides interleaved within each round."
+        % (res["down_after_ms"], res["down_after_ms"]))
+    L.append("")
+    L.append(
+        "How the client finds the master matters: redis-py's `Sentinel` client asks the sentinels only when a "
+        "connection fails or a node answers `READONLY` (it does not subscribe to `+switch-master`). After "
+        "`SENTINEL FAILOVER` the old master stays a writable master until Sentinel converts it, so the client keeps "
+        "writing there and those writes are lost; our promote fences and demotes the old master at once, so the "
+        "client's next write gets `READONLY` and it asks discovery again. After a kill the client retries, asking "
+        "the sentinels or watchers each time, until they name a master that takes the write.")
+    L.append("")
+    rows = []
+
+    def sel(case, side, variant=None):
+        return [r for r in runs if r["case"] == case and r["side"] == side and (variant is None or r["variant"] == variant)]
+
+    for variant in sorted({r["variant"] for r in runs if r["case"] == "kill"}):
+        o, s = sel("kill", "ours", variant), sel("kill", "sentinel", variant)
+        rows.append(["kill -9 of the master, %s: kill → first write acknowledged through the client (ms)" % variant,
+                     _fig([r["client_writable_ms"] for r in o]), _fig([r["client_writable_ms"] for r in s])])
+        rows.append(["kill -9, %s: acknowledged writes lost (final master)" % variant,
+                     _fig([r["lost"] for r in o]), _fig([r["lost"] for r in s])])
+        rows.append(["kill -9, %s: rounds with more than one failover (Sentinel: +switch-master events)" % variant,
+                     "%d of %d" % (sum(1 for r in o if (r.get("failovers") or 0) > 1), len(o)),
+                     "%d of %d" % (sum(1 for r in s if (r.get("failovers") or 0) > 1), len(s))])
+        rows.append(["kill -9, %s: old master back → replica of the new one, linked (s)" % variant,
+                     _fig([r.get("reattach_s") for r in o], 1), _fig([r.get("reattach_s") for r in s], 1)])
+    o, s = sel("switchover", "ours"), sel("switchover", "sentinel")
+    if o or s:
+        rows.append(["planned switchover (promote-to-replica-source vs SENTINEL FAILOVER): acknowledged writes lost",
+                     _fig([r["lost"] for r in o]), _fig([r["lost"] for r in s])])
+        rows.append(["planned switchover: longest pause seen by the client (ms)",
+                     _fig([r["longest_pause_ms"] for r in o]), _fig([r["longest_pause_ms"] for r in s])])
+        rows.append(["planned switchover: until every node is linked to the new master (ms)",
+                     _fig([r["all_linked_ms"] for r in o]), _fig([r["all_linked_ms"] for r in s])])
+    o, s = sel("sigstop", "ours"), sel("sigstop", "sentinel")
+    if o or s:
+        rows.append(["false positive: SIGSTOP of the master's Redis for 0.5 × down_after: failovers (expected 0)",
+                     "%d in %d rounds" % (sum(r["failovers"] for r in o), len(o)),
+                     "%d in %d rounds" % (sum(r["failovers"] for r in s), len(s))])
+        rows.append(["SIGSTOP 0.5 × down_after: acknowledged writes lost",
+                     _fig([r["lost"] for r in o]), _fig([r["lost"] for r in s])])
+    o = sel("agent-stop", "ours")
+    if o:
+        rows.append(["false positive: the master's agent killed, its Redis serving: failovers (expected 0)",
+                     "%d in %d rounds" % (sum(r["failovers"] for r in o), len(o)), "n/a (no agent)"])
+    L.append("| Case | trove-guestctl watch | Redis Sentinel (same run) |")
+    L.append("|---|---|---|")
+    for r in rows:
+        L.append("| " + " | ".join(r) + " |")
+    L.append("")
+    if NOT_MEASURED:
+        L.append("Not measured here: " + "; ".join(NOT_MEASURED) + ".")
+        L.append("")
+    L.append("Configuration: %s." % ", ".join("%s %s" % (k, v) for k, v in sorted(cfg.items())))
+    L.append("")
+    return L
