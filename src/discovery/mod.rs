@@ -3,12 +3,13 @@
 
 pub mod resp;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, RwLock};
+use tokio::sync::{broadcast, mpsc, oneshot, Mutex, RwLock};
 
 use resp::{read_command, ReadError, Reply};
 
@@ -36,6 +37,9 @@ pub struct View {
     pub epoch: u64,
 }
 
+/// A `SENTINEL FAILOVER` for the watcher: it answers with an error reply's text, or Ok once done.
+pub type FailoverRequest = oneshot::Sender<Result<(), String>>;
+
 /// What the endpoint serves, shared with the watcher.
 pub struct Shared {
     pub name: String,
@@ -48,12 +52,29 @@ pub struct Shared {
     pub down_after_ms: u64,
     /// This watcher's 40-hex id.
     pub my_id: String,
+    /// Whether this watcher holds the lease (only the acting one takes `SENTINEL FAILOVER`).
+    pub acting: AtomicBool,
+    failovers: mpsc::Sender<FailoverRequest>,
+    /// The watcher's end of `failovers`, taken once by the watch loop.
+    pub failover_requests: Mutex<Option<mpsc::Receiver<FailoverRequest>>>,
 }
 
 impl Shared {
     pub fn new(name: &str, peers: Vec<String>, password: Option<SecretString>, down_after_ms: u64) -> Arc<Shared> {
         let my_id: String = (0..40).map(|_| format!("{:x}", rand::random::<u8>() % 16)).collect();
-        Arc::new(Shared { name: name.into(), view: RwLock::new(View::default()), events: broadcast::channel(256).0, peers, password, down_after_ms, my_id })
+        let (failovers, requests) = mpsc::channel(1);
+        Arc::new(Shared {
+            name: name.into(),
+            view: RwLock::new(View::default()),
+            events: broadcast::channel(256).0,
+            peers,
+            password,
+            down_after_ms,
+            my_id,
+            acting: AtomicBool::new(false),
+            failovers,
+            failover_requests: Mutex::new(Some(requests)),
+        })
     }
 
     /// Publishes one Sentinel event to subscribers.
@@ -302,8 +323,24 @@ impl Session {
             }
             "SENTINELS" if name_ok(2) => Reply::Array(self.shared.peers.iter().map(|p| peer_state(p)).collect()),
             "MYID" => Reply::Bulk(self.shared.my_id.clone()),
+            // A planned switchover through the promote (no acknowledged write lost); answered once
+            // it is done, where Sentinel answers at once.
+            "FAILOVER" if name_ok(2) => {
+                if !self.shared.acting.load(Ordering::SeqCst) {
+                    return Reply::err("ERR this watcher does not hold the lease: send SENTINEL FAILOVER to the acting watcher");
+                }
+                let (done, outcome) = oneshot::channel();
+                if self.shared.failovers.try_send(done).is_err() {
+                    return Reply::err("INPROG Failover already in progress");
+                }
+                match outcome.await {
+                    Ok(Ok(())) => Reply::ok(),
+                    Ok(Err(e)) => Reply::err(e),
+                    Err(_) => Reply::err("ERR the watcher stopped before the failover"),
+                }
+            }
             "CKQUORUM" if name_ok(2) => Reply::Simple(format!("OK {} usable Sentinels. Quorum and failover authorization can be reached", self.shared.peers.len() + 1)),
-            "MASTER" | "REPLICAS" | "SLAVES" | "SENTINELS" | "CKQUORUM" => no_master(),
+            "MASTER" | "REPLICAS" | "SLAVES" | "SENTINELS" | "CKQUORUM" | "FAILOVER" => no_master(),
             _ => Reply::err(format!("ERR Unknown sentinel subcommand '{}'", args.get(1).cloned().unwrap_or_default())),
         }
     }

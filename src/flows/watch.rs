@@ -95,11 +95,23 @@ impl Taskmanager {
         let mut lease: Option<Lease> = None;
         let mut last_try: Option<Instant> = None;
         let mut mem = Memory { started: Instant::now(), last_good: HashMap::new(), last_linked: HashMap::new(), nodes: HashMap::new(), sdown: false, odown: false, epoch: 0 };
+        let mut requests = shared.failover_requests.lock().await.take();
         tracing::info!(name = %self.inventory.name, down_after_ms = opts.down_after.as_millis() as u64, "watching");
         loop {
+            let asked = async {
+                match requests.as_mut() {
+                    Some(r) => r.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(opts.period()) => {}
+                Some(done) = asked => {
+                    let outcome = self.switch_over(&shared, &mut mem, lease.as_ref()).await;
+                    let _ = done.send(outcome);
+                    continue;
+                }
             }
             // The inventory may change under us (a promote by hand): read it every round.
             match Inventory::load(&path) {
@@ -123,8 +135,10 @@ impl Taskmanager {
                     lease = None;
                 }
             }
+            shared.acting.store(lease.is_some(), std::sync::atomic::Ordering::SeqCst);
             self.round(&opts, &shared, &mut mem, lease.as_ref()).await;
         }
+        shared.acting.store(false, std::sync::atomic::Ordering::SeqCst);
         if let Some(l) = lease {
             l.release().await;
         }
@@ -244,14 +258,48 @@ impl Taskmanager {
         if let Err(error) = self.inventory.set_replica_of(master, Some(&new)) {
             tracing::warn!(%error, "cannot record the old master as a replica to re-attach");
         }
+        self.announce_switch(shared, mem, master, &new).await;
+    }
+
+    /// A new master: the next epoch, the view, and `+switch-master` for subscribers.
+    async fn announce_switch(&self, shared: &Shared, mem: &mut Memory, old: &str, new: &str) {
         mem.epoch += 1;
-        let old = mem.addr(master);
-        let new_addr = mem.addr(&new);
+        let old_addr = mem.addr(old);
+        let new_addr = mem.addr(new);
         mem.sdown = false;
         mem.odown = false;
-        let replicas = self.inventory.replicas_of(&new);
-        self.publish_view(shared, mem, &new, &replicas).await;
-        shared.publish("+switch-master", format!("{} {old} {new_addr}", shared.name));
+        let replicas = self.inventory.replicas_of(new);
+        self.publish_view(shared, mem, new, &replicas).await;
+        shared.publish("+switch-master", format!("{} {old_addr} {new_addr}", shared.name));
+    }
+
+    /// `SENTINEL FAILOVER`: a planned switchover to the most current linked replica, through the
+    /// promote (the old master is fenced and the candidate catches up first: nothing is lost).
+    /// The error text is the reply clients get.
+    async fn switch_over(&mut self, shared: &Shared, mem: &mut Memory, lease: Option<&Lease>) -> Result<(), String> {
+        let Some(lease) = lease else { return Err("ERR this watcher does not hold the lease".into()) };
+        let Some(master) = current_master(&self.inventory) else { return Err("ERR No such master with that name".into()) };
+        let replicas = self.inventory.replicas_of(&master);
+        let lives: Vec<Live> = futures_util::future::join_all(replicas.iter().map(|r| self.live(r))).await;
+        let best = lives
+            .iter()
+            .filter(|l| link_up(l))
+            .max_by(|a, b| a.offset().cmp(&b.offset()).then(b.id.cmp(&a.id)))
+            .map(|l| l.id.clone())
+            .ok_or("NOGOODSLAVE No suitable replica to promote")?;
+        if !lease.check().await {
+            return Err("ERR this watcher lost the lease".into());
+        }
+        tracing::warn!(%master, candidate = %best, "decision: SENTINEL FAILOVER asked for a planned switchover; promoting the most current linked replica");
+        match self.promote(&best).await {
+            Ok(report) => tracing::info!(old = %master, new = %best, total_ms = report.total_ms, "promote done"),
+            Err(error) => {
+                tracing::warn!(old = %master, %error, "promote did not complete");
+                return Err(format!("ERR the promote failed: {error}"));
+            }
+        }
+        self.announce_switch(shared, mem, &master, &best).await;
+        Ok(())
     }
 
     async fn publish_view(&self, shared: &Shared, mem: &Memory, master: &str, replicas: &[String]) {

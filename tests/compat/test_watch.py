@@ -263,3 +263,57 @@ def test_watch_ejects_a_crashed_master_redis_and_reattaches_it(topology, tmp_pat
     assert "re-attached" in log_text(), log_text()[-3000:]
     watcher["a"].send_signal(signal.SIGTERM)
     assert watcher["a"].wait(15) == 0, log_text()[-3000:]
+
+
+def test_sentinel_failover_is_a_planned_switchover(topology, tmp_path):
+    """SENTINEL FAILOVER, sent by redis-py to the acting watcher, runs our promote: the most current
+    replica takes over and no write acknowledged through the Sentinel client is lost. The other
+    watcher refuses it (only the lease holder acts)."""
+    guests, inv, listens, watcher = topology
+    logs = [tmp_path / ("watch%d.log" % n) for n in range(2)]
+    with open(logs[0], "wb") as log:
+        watcher["a"] = start_watcher(inv, listens[0], log)
+    read = lambda n: logs[n].read_text(errors="replace") if logs[n].exists() else ""  # noqa: E731
+    wait_until("the first watcher holds the lease", lambda: "holds the lease" in read(0), secs=20)
+    with open(logs[1], "wb") as log:
+        watcher["b"] = start_watcher(inv, listens[1], log)
+    ports = [redis_port(g) for g in guests]
+    acting = [(h, int(p)) for h, p in [listens[0].rsplit(":", 1)]][0]
+    other = [(h, int(p)) for h, p in [listens[1].rsplit(":", 1)]][0]
+    sentinel = Sentinel([acting, other], socket_timeout=0.5)
+    wait_until("discovery names the master",
+               lambda: sentinel.discover_master(NAME) == ("127.0.0.1", ports[0]), secs=20)
+    wait_until("the second watcher serves the same view",
+               lambda: Sentinel([other], socket_timeout=0.5).discover_master(NAME) == ("127.0.0.1", ports[0]),
+               secs=20)
+    writer = Writer(sentinel.master_for(NAME, password=PW, socket_timeout=0.5))
+    writer.start()
+    wait_until("the writer's first acks", lambda: len(writer.acked) > 200)
+
+    with pytest.raises(redis.ResponseError, match="lease"):
+        redis.Redis(host=other[0], port=other[1], socket_timeout=5).execute_command(
+            "SENTINEL", "FAILOVER", NAME)
+    t0 = time.monotonic()
+    reply = redis.Redis(host=acting[0], port=acting[1], socket_timeout=30).execute_command(
+        "SENTINEL", "FAILOVER", NAME)
+    took = time.monotonic() - t0
+    assert reply in (True, b"OK", "OK"), reply
+    new = sentinel.discover_master(NAME)
+    assert new != ("127.0.0.1", ports[0]) and new[1] in ports[1:], new
+    wait_until("writes acknowledged by the new master",
+               lambda: writer.acked[-1][2] > t0 + took + 0.2, secs=20)
+    r_old = redis.Redis(port=ports[0], password=PW, socket_timeout=2)
+    wait_until("the old master follows the new one",
+               lambda: r_old.info("replication").get("master_port") == new[1]
+               and r_old.info("replication").get("master_link_status") == "up", secs=20)
+    writer.stop()
+    r_new = redis.Redis(port=new[1], password=PW)
+    lost = [i for i, _, _ in writer.acked if r_new.get("k%d" % i) is None]
+    gaps = [b[2] - a[2] for a, b in zip(writer.acked, writer.acked[1:])]
+    print("\nwatch: SENTINEL FAILOVER -> promote in %.0f ms; acked %d, lost %d, longest pause %.0f ms"
+          % (took * 1000, len(writer.acked), len(lost), max(gaps) * 1000))
+    assert not lost, "%d acknowledged writes lost in a planned switchover" % len(lost)
+    assert "SENTINEL FAILOVER" in read(0) and "decision:" not in read(1)
+    for w in ("a", "b"):
+        watcher[w].send_signal(signal.SIGTERM)
+        assert watcher[w].wait(15) == 0
