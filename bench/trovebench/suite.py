@@ -1,10 +1,13 @@
-"""The six benchmarks, their configurations (full and smoke) and the order they run in."""
+"""The seven benchmarks, their configurations (full and smoke) and the order they run in."""
 
+import json
 import os
+import subprocess
+import sys
 import time
 
 from .agentlog import rpc_spans
-from .common import BenchError, log, now, rcon
+from .common import ROOT, BenchError, log, now, provenance, rcon
 from .create import CreateBench
 from .failover import OursFailover, SentinelFailover
 from .footprint import Servers, idle, method_times, rpc_matrix, startup
@@ -30,7 +33,12 @@ SMOKE = {
     "scale": {"counts": [2], "create_reps": 1, "promote_reps": 1, "data_mb": 1},
 }
 
-ALL = ["switchover", "failover", "create", "rpc", "footprint", "scale"]
+ALL = ["switchover", "failover", "create", "rpc", "footprint", "scale", "trove"]
+# --smoke without --only: everything but trove (its set-up alone, MariaDB, the broker container, Trove's
+# services and four guest containers, takes minutes).
+SMOKE_DEFAULT = [x for x in ALL if x != "trove"]
+FULL["trove"] = {"reps": 2}
+SMOKE["trove"] = {"reps": 1}
 # Diagnostics: run only when asked for with --only.
 EXTRA = ["fsync", "agentcost"]
 FULL["fsync"] = {"reps": 8}
@@ -278,6 +286,21 @@ def bench_scale(ctx, cfg, results):
     results["scale"] = {"config": c, "create": creates, "promote": promotes}
 
 
+def bench_trove(ctx, cfg, results):
+    """Trove's control plane (trovecp.py) inside the trove stage's set-up (scripts/trove-stage.sh --exec)."""
+    out = ctx.path("trove.json")
+    env = dict(os.environ, TROVE_VENV=sys.prefix,
+               TROVE_STAGE_SUBNET=os.environ.get("TROVE_STAGE_SUBNET", "172.28.93.0/24"))
+    argv = ["bash", os.path.join(ROOT, "scripts", "trove-stage.sh"), "--exec", sys.executable, "-m",
+            "trovebench.trovecp", "--out", out, "--ctl", ctx.ctl_bin, "--reps", str(cfg["trove"]["reps"])]
+    p = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL)
+    data = json.load(open(out)) if os.path.exists(out) else None
+    if p.returncode != 0 or data is None:
+        raise BenchError("the trove benchmark failed (exit %d); logs under target/trove-stage/last" % p.returncode)
+    data["config"] = cfg["trove"]
+    results["trove"] = data
+
+
 def run(ctx, cfg, only, results):
     timings = results.setdefault("meta", {}).setdefault("bench_seconds", {})
     steps = [
@@ -287,11 +310,23 @@ def run(ctx, cfg, only, results):
         (("scale",), lambda: bench_scale(ctx, cfg, results)),
         (("fsync",), lambda: bench_fsync(ctx, cfg, results)),
         (("agentcost",), lambda: bench_agentcost(ctx, cfg, results)),
+        (("trove",), lambda: bench_trove(ctx, cfg, results)),
     ]
     for names, fn in steps:
         if not any(n in only for n in names):
             continue
         t = now()
         log("=== %s" % " + ".join(n for n in names if n in only))
+        before, started = provenance(), time.strftime("%Y-%m-%d %H:%M:%S %Z")
         fn()
+        after = provenance()
+        # Every section says which agent and machine it measured, and how loaded the machine was.
+        for n in names:
+            if n in only and n in results:
+                rec = {k: v for k, v in before.items() if k != "load"}
+                rec.update(load_before=before["load"], load_after=after["load"], started=started,
+                           finished=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+                if after["agent"] != before["agent"]:
+                    rec["agent_after"] = after["agent"]  # the tree changed during the section
+                results[n]["run"] = rec
         timings["+".join(n for n in names if n in only)] = round(now() - t, 1)

@@ -3,6 +3,7 @@ acknowledged write and when it was acknowledged. It follows the master: on READO
 errors or timeouts it re-resolves who is master (ROLE on every node) and carries on there.
 
     python -m trovebench.writer --ports 7001,7002,7003 --out result.json
+    python -m trovebench.writer --ports 172.28.90.3:6379,172.28.90.4:6379 --out result.json
 
 Runs until SIGUSR1 (or SIGTERM), then writes {acked: [...], t: [...], events: [...]} as JSON.
 Times are time.monotonic() (CLOCK_MONOTONIC, comparable across processes on this machine).
@@ -27,7 +28,9 @@ def _stop(signum, frame):
 
 
 def connect(port, timeout):
-    return redis.Redis(host="127.0.0.1", port=port, socket_timeout=timeout, socket_connect_timeout=timeout,
+    """port: a port on 127.0.0.1, or "host:port" (the trove benchmark's guest containers)."""
+    host, port = port.rsplit(":", 1) if isinstance(port, str) else ("127.0.0.1", port)
+    return redis.Redis(host=host, port=int(port), socket_timeout=timeout, socket_connect_timeout=timeout,
                        single_connection_client=True)
 
 
@@ -78,7 +81,7 @@ def main():
     ap.add_argument("--timeout", type=float, default=5.0)
     ap.add_argument("--prefix", default="w:")
     a = ap.parse_args()
-    ports = [int(p) for p in a.ports.split(",")]
+    ports = [p if ":" in p else int(p) for p in a.ports.split(",")]
     signal.signal(signal.SIGUSR1, _stop)
     signal.signal(signal.SIGTERM, _stop)
 
