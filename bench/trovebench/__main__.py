@@ -52,6 +52,11 @@ def main():
                  "agent": more["meta"].get("machine", {}).get("agent"),
                  "load": "%s → %s" % (more["meta"].get("machine", {}).get("load_at_start"),
                                       more["meta"].get("machine", {}).get("load_at_end"))})
+            for k, v in more.items():
+                if k != "meta" and isinstance(v, dict) and "run" not in v:  # a run from before run records
+                    mm = more["meta"].get("machine", {})
+                    v.update(legacy_agent=mm.get("agent"), legacy_started=more["meta"].get("started"),
+                             legacy_load="%s → %s" % (mm.get("load_at_start"), mm.get("load_at_end")))
             results.update({k: v for k, v in more.items() if k != "meta"})
         report.write(results, md, charts)
         log("wrote", md, "and charts in", charts)

@@ -892,7 +892,7 @@ def section_agent(sec, meta):
     run = (sec or {}).get("run")
     ref = meta.get("_reference") or {}
     if not run:
-        old = (meta.get("machine") or {}).get("agent", "?")
+        old = (sec or {}).get("legacy_agent") or (meta.get("machine") or {}).get("agent", "?")
         return "⚠ %s (no run record)" % old, False
     a = run["agent"]
     ok = a.get("src_commit") == ref.get("src_commit") and not a.get("src_dirty") and "agent_after" not in run
@@ -917,8 +917,10 @@ def provenance_table(results):
                          "%s → %s" % (run.get("load_before"), run.get("load_after")),
                          "%s cores, %s, %s" % (mach.get("cores"), mach.get("cpu"), mach.get("kernel"))])
         else:
-            rows.append([name, label, "?", meta.get("started"), "%s → %s" % (
-                (meta.get("machine") or {}).get("load_at_start"), (meta.get("machine") or {}).get("load_at_end")), "?"])
+            mm = meta.get("machine") or {}
+            rows.append([name, label, "?", sec.get("legacy_started") or meta.get("started"),
+                         sec.get("legacy_load") or "%s → %s" % (mm.get("load_at_start"), mm.get("load_at_end")),
+                         "%s cores, %s, %s" % (mm.get("nproc"), mm.get("cpu"), mm.get("kernel"))])
     return table(["Section", "Agent (last src/ Cargo commit)", "HEAD", "Started", "Load average before → after",
                   "Machine"], rows)
 
