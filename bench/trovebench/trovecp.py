@@ -427,8 +427,9 @@ class Bench:
         p = "b%d" % rep
         m, rec = self.create_master(p + "-m")
         out["create"].append(dict(rec, rep=rep))
-        with m.con() as c:
-            c.execute_command("DEBUG", "POPULATE", 10000, "data", 100)
+        with m.con(timeout=30) as c:  # 10,000 keys of 100 bytes (DEBUG is disabled in the guests)
+            for i in range(0, 10000, 1000):
+                c.mset({"data:%d" % k: "x" * 100 for k in range(i, i + 1000)})
         r1, rec = self.create_replica(m, p + "-r1", "10 (Trove's template)", STOCK_TEMPLATE)
         out["create"].append(dict(rec, rep=rep))
         r2, rec = self.create_replica(m, p + "-r2", "0", ZERO_TEMPLATE)
