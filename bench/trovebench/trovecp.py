@@ -455,11 +455,18 @@ class Bench:
         out["create"].append(dict(rec, rep=rep))
         self.stage.set_delay_template(STOCK_TEMPLATE)
         out["eject"].append(dict(self.eject_ctl(new, [other, r3]), rep=rep))
-        for g in (m, r1, r2, r3):
-            try:
-                tr.instances.delete(g.id)
-            except Exception as e:  # noqa: BLE001
-                log("delete %s: %s" % (g.name, e))
+        # Replicas before their source (Trove refuses to delete a source with replicas).
+        left = [other, r3, r1, new]
+        for _ in range(10):
+            for g in list(left):
+                try:
+                    tr.instances.delete(g.id)
+                    left.remove(g)
+                except Exception as e:  # noqa: BLE001
+                    log("delete %s: %s (retrying)" % (g.name, e))
+            if not left:
+                break
+            time.sleep(3)
         try:  # not measured; the stage removes whatever is left
             wait_trove(tr, "instances deleted", lambda x: not ({m.id, r1.id, r2.id, r3.id} & set(x)), timeout=180)
         except RuntimeError as e:
