@@ -826,6 +826,17 @@ def sec_trove(res, charts):
     L.append("*done*: for Trove, until `instance list` shows the new roles and every instance ACTIVE; for "
              "trove-guestctl, until the command exits.")
     L.append("")
+    ph = [tm_phases(r.get("tm_calls")) for r in pr if r["via"] == "trove"]
+    ph = [p for p in ph if p]
+    if ph:
+        L.append("Where Trove's promote spends it (trove-taskmanager.log, debug, ms since the request's first line; "
+                 "medians): loading the instances before the first agent call %s; `make_read_only(True)` → "
+                 "`make_read_only(False)` issued %s (writers blocked: six agent calls one after another, plus the "
+                 "taskmanager's database saves between them); then re-pointing the replicas one by one and the "
+                 "old master last, until the request ends, %s." % (
+                     num(med([p["before_fence"] for p in ph])), num(med([p["fence_to_unfence"] for p in ph])),
+                     num(med([p["after_unfence"] for p in ph]))))
+        L.append("")
     rows = []
     t = [r for r in ej if r["via"] == "trove"]
     g = [r for r in ej if r["via"] == "guestctl"]
@@ -876,6 +887,17 @@ def sec_trove(res, charts):
     L.append("![trove](bench/charts/trove.png)")
     L.append("")
     return L
+
+
+def tm_phases(calls):
+    """Phases of a Trove promote from the taskmanager's "Executing ..." lines."""
+    if not calls:
+        return None
+    at = {name: t for t, name in calls}
+    f, u, d = at.get("Executing make_read_only(True)"), at.get("Executing make_read_only(False)"), at.get("done")
+    if f is None or u is None or d is None:
+        return None
+    return {"before_fence": f, "fence_to_unfence": u - f, "after_unfence": d - u}
 
 
 # ---------------------------------------------------------------------------------------------

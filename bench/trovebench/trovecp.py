@@ -41,6 +41,7 @@ SERVICES = ("trove-conductor", "trove-taskmanager", "trove-api")
 # seen; set it first and rebuild the environment (what an operator gets by installing the file
 # under the default /etc/trove/templates/).
 TM_WRAPPER = """import sys
+sys.argv[0] = "trove-taskmanager"  # oslo.log names the log file after it
 from trove.common import cfg
 cfg.CONF.set_default("template_path", sys.argv.pop(1))
 from trove.common import template, utils
@@ -145,6 +146,38 @@ class Stage:
                 return row[0] if row else None
         finally:
             c.close()
+
+
+def tm_calls(work, marker):
+    """The agent calls of the taskmanager's last request whose log has `marker`: [(ms since the
+    request's first log line, "Executing ..." text)] from trove-taskmanager.log (debug on)."""
+    import re
+    path = os.path.join(work, "trove-taskmanager.log")
+    try:
+        with open(path, errors="replace") as f:
+            lines = f.readlines()
+    except OSError:
+        return None
+    req = None
+    for ln in reversed(lines):
+        if marker in ln:
+            m = re.search(r"\[None (req-[0-9a-f-]+)", ln)
+            req = m and m.group(1)
+            break
+    if not req:
+        return None
+    out, t0 = [], None
+    for ln in lines:
+        if req not in ln:
+            continue
+        t = datetime.datetime.strptime(ln[:23], "%Y-%m-%d %H:%M:%S.%f").timestamp()
+        t0 = t if t0 is None else t0
+        m = re.search(r"\] (Executing \S+)", ln)
+        if m:
+            out.append([round((t - t0) * 1000, 1), m.group(1).rstrip(".")])
+        elif "Finished to promote" in ln or "New master enabled" in ln:
+            out.append([round((t - t0) * 1000, 1), "done"])
+    return out
 
 
 def docker(*args):
@@ -368,6 +401,8 @@ class Bench:
                "acked": len(data["acked"]), "lost": lost_on(candidate, data["acked"], w.prefix),
                "sync_full_delta": sync_full(nodes) - before, "new_master": m["new_master"]}
         rec["done_ms"] = m["call_returned_ms"]  # trove: until `instance list` shows the new roles, all ACTIVE
+        if via == "trove":
+            rec["tm_calls"] = tm_calls(self.stage.work, "Promoting %s as replication master" % candidate.id)
         log("promote via %-5s: writable %s ms, all linked %s ms, pause %.1f ms, lost %d of %d, done %s ms" % (
             via, fmt(rec["writable_ms"]), fmt(rec["all_linked_ms"]), rec["longest_pause_ms"], rec["lost"],
             rec["acked"], fmt(rec["done_ms"])))
@@ -403,6 +438,7 @@ class Bench:
         rec = {"via": "trove", "writable_ms": m["writable_ms"], "all_linked_ms": m["all_linked_ms"],
                "kill_to_accepted_ms": (state["accepted"] - t_kill) * 1000, "refused": state["refused"],
                "done_ms": m["call_returned_ms"], "new_master": m["new_master"], "expiry_s": self.stage.expiry,
+               "tm_calls": tm_calls(self.stage.work, "New master selected"),
                "last_heartbeat_utc": str(hb) if hb else None,
                # updated_at has 1 s resolution: this is the acceptance after the recorded expiry, +0..1 s
                "accepted_after_expiry_ms": None if hb is None else
