@@ -876,7 +876,7 @@ def sec_trove(res, charts):
     axes[1].set_title("promote, from the call", fontsize=10)
     data = {("writable", "trove"): [r["writable_ms"] for r in t], ("all following", "trove"): [r["all_linked_ms"] for r in t],
             ("writable", "guestctl"): [r["writable_ms"] for r in g], ("all following", "guestctl"): [r["all_linked_ms"] for r in g]}
-    bars(axes[2], ["writable", "all following"], ["trove", "guestctl"], data, "ms (log)", log=True,
+    bars(axes[2], ["writable", "all following"], ["trove", "guestctl"], data, "ms (median, p95)",
          colors={"trove": "#8c564b", "guestctl": COLORS["ours"]})
     axes[2].legend(fontsize=8)
     axes[2].set_title("eject (Trove: from its heartbeat expiry)", fontsize=10)
