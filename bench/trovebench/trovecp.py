@@ -36,19 +36,6 @@ READY = {"ACTIVE", "HEALTHY"}
 FAILED = {"ERROR", "FAILED", "SHUTDOWN"}
 FLAVOR = "6"  # tests/trove/trove_standins.py FLAVORS
 SERVICES = ("trove-conductor", "trove-taskmanager", "trove-api")
-# The taskmanager, with template_path pointing at our templates. Trove builds its Jinja environment
-# when trove.common.utils is imported, before trove.conf is read, so template_path there is never
-# seen; set it first and rebuild the environment (what an operator gets by installing the file
-# under the default /etc/trove/templates/).
-TM_WRAPPER = """import sys
-sys.argv[0] = "trove-taskmanager"  # oslo.log names the log file after it
-from trove.common import cfg
-cfg.CONF.set_default("template_path", sys.argv.pop(1))
-from trove.common import template, utils
-utils.ENV = template.ENV = utils.build_jinja_environment()
-from trove.cmd.taskmanager import main
-sys.exit(main())
-"""
 
 
 class Ctx:
@@ -79,7 +66,9 @@ class Stage:
         os.makedirs(os.path.join(self.templates, "redis"), exist_ok=True)
         self.pass_conf = os.path.join(self.work, "etc", "bench.conf")
         with open(self.pass_conf, "w") as f:
-            f.write("[DEFAULT]\nenable_secure_rpc_messaging = False\n")
+            # template_path: Trove's taskmanager renders the replica-source template from here, so
+            # the benchmark can switch between the stock one (delay 10) and delay 0
+            f.write("[DEFAULT]\nenable_secure_rpc_messaging = False\ntemplate_path = %s/\n" % self.templates)
         self.procs = {}
 
     def set_delay_template(self, text):
@@ -92,11 +81,7 @@ class Stage:
     def start(self):
         for name in SERVICES:
             out = open(os.path.join(self.work, "%s.bench.out" % name), "w")
-            if name == "trove-taskmanager":
-                argv = [os.path.join(self.venv, "bin", "python"), "-c", TM_WRAPPER, self.templates + "/"]
-            else:
-                argv = [os.path.join(self.venv, "bin", name)]
-            argv += ["--config-file", self.conf, "--config-file", self.pass_conf]
+            argv = [os.path.join(self.venv, "bin", name), "--config-file", self.conf, "--config-file", self.pass_conf]
             p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                  start_new_session=True)
             out.close()
