@@ -326,7 +326,8 @@ def run(ctx, cfg, only, results):
                 rec = {k: v for k, v in before.items() if k != "load"}
                 rec.update(load_before=before["load"], load_after=after["load"], started=started,
                            finished=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
-                if after["agent"] != before["agent"]:
-                    rec["agent_after"] = after["agent"]  # the tree changed during the section
+                a, b = before["agent"], after["agent"]
+                if (a["src_commit"], a["src_dirty"]) != (b["src_commit"], b["src_dirty"]):
+                    rec["agent_after"] = b  # the agent's sources changed during the section
                 results[n]["run"] = rec
         timings["+".join(n for n in names if n in only)] = round(now() - t, 1)
