@@ -55,7 +55,7 @@ def main():
             for k, v in more.items():
                 if k != "meta" and isinstance(v, dict) and "run" not in v:  # a run from before run records
                     mm = more["meta"].get("machine", {})
-                    v.update(legacy_agent=mm.get("agent"), legacy_started=more["meta"].get("started"),
+                    v.update(legacy_agent=mm.get("agent"), legacy_started=more["meta"].get("started"), legacy_machine=mm,
                              legacy_load="%s → %s" % (mm.get("load_at_start"), mm.get("load_at_end")))
             results.update({k: v for k, v in more.items() if k != "meta"})
         report.write(results, md, charts)
@@ -101,6 +101,11 @@ def main():
             meta = results["meta"]
             meta["only"] = sorted(set(old["meta"].get("only", [])) | set(only), key=(suite.ALL + suite.EXTRA).index)
             meta["updates"] = old["meta"].get("updates", []) + [{"started": meta["started"], "only": only}]
+            om = old["meta"].get("machine", {})
+            for k, v in old.items():  # sections from before run records keep their run's description
+                if k != "meta" and isinstance(v, dict) and "run" not in v and "legacy_agent" not in v:
+                    v.update(legacy_agent=om.get("agent"), legacy_started=old["meta"].get("started"), legacy_machine=om,
+                             legacy_load="%s → %s" % (om.get("load_at_start"), om.get("load_at_end")))
             old.update({k: v for k, v in results.items() if k != "meta"})
             old["meta"] = meta
             results = old

@@ -939,7 +939,7 @@ def provenance_table(results):
                          "%s → %s" % (run.get("load_before"), run.get("load_after")),
                          "%s cores, %s, %s" % (mach.get("cores"), mach.get("cpu"), mach.get("kernel"))])
         else:
-            mm = meta.get("machine") or {}
+            mm = sec.get("legacy_machine") or meta.get("machine") or {}
             rows.append([name, label, "?", sec.get("legacy_started") or meta.get("started"),
                          sec.get("legacy_load") or "%s → %s" % (mm.get("load_at_start"), mm.get("load_at_end")),
                          "%s cores, %s, %s" % (mm.get("nproc"), mm.get("cpu"), mm.get("kernel"))])
@@ -1102,6 +1102,13 @@ def targets(results):
                     met(None if p is None else p <= 25), "section 1"])
     for row_ in summary(results):
         out.append(row_)
+    # the agent each verdict is about (⚠: not HEAD's)
+    for row_ in out:
+        sec = next((n for n, k in (("trove", "section 7"), ("switchover", "section 1"), ("failover", "section 2"),
+                                   ("create", "section 3"), ("rpc", "section 4"), ("footprint", "section 5"))
+                    if k in row_[4]), None)
+        if sec and sec in results:
+            row_[4] += "; agent %s" % section_agent(results[sec], results["meta"])[0]
     return out
 
 
