@@ -1062,13 +1062,15 @@ def targets(results):
         out.append(["promote in Trove's order (through Trove), writer running", "pause ≤ 25 ms and every node linked ≤ 100 ms "
                     "from the fence", "pause %s ms, linked %s ms after the pause began (%d rounds; from the call: %s ms)" % (
                         num(p), num(lk), len(rs), num(med([r["all_linked_ms"] for r in rs]))), met(ok),
-                    "Trove's taskmanager makes each agent call in turn (read-only, latest txn, wait_for_txn, detach, "
-                    "enable, read-write, then each replica and the old master last); section 7"])
+                    "Trove's taskmanager makes the six fencing calls one after another from Python, with database saves "
+                    "between them, then re-points each replica and the old master in turn (findings; its log phases "
+                    "in section 7)"])
         g = [r for r in tr["eject"] if r["via"] == "guestctl"]
         a = med([r["all_linked_ms"] for r in g])
         out.append(["eject through trove-guestctl", "≤ 100 ms from the call to a writable master, every survivor following",
                     "%s ms (writable %s ms; %d rounds)" % (num(a), num(med([r["writable_ms"] for r in g])), len(g)),
-                    met(None if a is None else a <= 100), "section 7: trove-guestctl on Trove's guests, killed by `docker kill`"])
+                    met(None if a is None else a <= 100), "section 7: trove-guestctl on Trove's guests, killed by `docker kill`; the CLI's probe of every guest waits "
+                    "`DEAD_MASTER_TIMEOUT` (1 s) for the dead master's agent, which cannot answer"])
     elif results.get("failover"):
         o = [r for r in results["failover"]["runs"] if r["method"] == "ours"]
         a = med([r["all_linked_ms"] for r in o])
@@ -1087,7 +1089,9 @@ def targets(results):
                     two.append(("%s MB diskless %s" % (mb, "on" if d else "off"), o2 / o1, (h2 / h1) if h1 and h2 else None))
         out.append(["create: two replicas vs one", "≤ 1.35×", ", ".join("%s %.2f× (hand-made %s)" % (n, r, ratio_txt(h, 1))
                                                                        for n, r, h in two),
-                    met(bool(two) and all(r <= 1.35 for _, r, _ in two)), "section 3; the hand-made ratio is Redis's own"])
+                    met(bool(two) and all(r <= 1.35 for _, r, _ in two)),
+                    "section 3; the hand-made ratio is Redis's own: with a diskless delay > 0, Redis starts a "
+                    "multi-replica transfer only at its once-a-second replicationCron (findings)"])
     sw = results.get("switchover")
     if sw:
         o = [r for r in sw["runs"] if r["method"] == "ours"]
@@ -1178,7 +1182,7 @@ def write(results, md_path, charts, tables_path=None):
             continue
         lines = fn()
         label, _ = section_agent(results[name], meta)
-        lines.insert(1, "Agent: %s." % label)
+        lines[1:1] = ["", "Agent: %s." % label]
         detail += [ln.replace("](bench/charts/", "](%s/" % os.path.dirname(link(t_dir, "x.png"))) for ln in lines]
         shown.append(name)
     ref = meta["_reference"]
