@@ -293,7 +293,19 @@ def bench_trove(ctx, cfg, results):
                TROVE_STAGE_SUBNET=os.environ.get("TROVE_STAGE_SUBNET", "172.28.93.0/24"))
     argv = ["bash", os.path.join(ROOT, "scripts", "trove-stage.sh"), "--exec", sys.executable, "-m",
             "trovebench.trovecp", "--out", out, "--ctl", ctx.ctl_bin, "--reps", str(cfg["trove"]["reps"])]
-    p = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL)
+    p = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL)
+    try:
+        p.wait()
+    except BaseException:
+        # Ctrl-C or SIGTERM: let the stage's own cleanup remove its containers, network and database
+        # (subprocess.run would SIGKILL it halfway).
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(timeout=180)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        raise
     data = json.load(open(out)) if os.path.exists(out) else None
     if p.returncode != 0 or data is None:
         raise BenchError("the trove benchmark failed (exit %d); logs under target/trove-stage/last" % p.returncode)
