@@ -68,6 +68,7 @@ cleanup() {
     [ "$CLEANED" = 1 ] && return 0
     CLEANED=1
     set +e   # clean up as much as possible; no step may end the cleanup early
+    trap '' INT TERM   # nor a second signal (a Ctrl-C reaches the whole process group, then its parent's TERM)
     if [ "$KEEP" = 1 ]; then
         log "TROVE_STAGE_KEEP=1: left running: containers and network $RUN, mariadbd pid ${MARIADB_PID:-none}," \
             "Trove services (pids in $WORK/pids); remove with: kill \$(cat $WORK/pids/*.pid) ${MARIADB_PID};" \
