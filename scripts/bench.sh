@@ -5,14 +5,22 @@
 # binaries, starts every process it measures on 127.0.0.1 and stops them all at the end.
 #
 # Usage: scripts/bench.sh [--smoke] [--only LIST] [--keep] [--report-only]
-#   (no flag)      the full suite (~20-25 min on 2 cores): writes BENCHMARKS.md, bench/charts/*.png and
-#                  the raw figures in bench/results/full.json
+#   (no flag)      the full suite at HEAD in one go (~30 min on 2 cores): writes BENCHMARKS.md (summary,
+#                  charts, findings, targets), bench/charts/*.png, the detailed tables in
+#                  bench/results/tables.md and the raw figures in bench/results/full.json; every section
+#                  records the agent commit, the machine and the load averages before and after it
 #   --smoke        tiny configuration (1 repetition, a few MB of data, well under a minute once built):
 #                  writes its report into a temporary directory, never over BENCHMARKS.md; exits non-zero
-#                  on any error (CI runs it so the suite cannot rot)
+#                  on any error (CI runs it so the suite cannot rot). Without --only it leaves out
+#                  "trove" (Trove's services and guest containers take minutes to set up)
 #   --only LIST    comma-separated subset: switchover,failover,create,rpc,footprint,scale,sidebyside (trove-guestctl
-#                  watch against 3 Sentinels, both through redis-py's Sentinel client); the diagnostic
-#                  "fsync" (the promote with and without fsync, via Debian's eatmydata) runs only when listed
+#                  watch against 3 Sentinels, both through redis-py's Sentinel client),trove; re-runs
+#                  just those and replaces just their sections in the results file (the report marks
+#                  sections measured from another agent commit); the diagnostics "fsync" (the promote with
+#                  and without fsync, via Debian's eatmydata) and "agentcost" run only when listed.
+#                  "trove" runs inside scripts/trove-stage.sh --exec (Docker, MariaDB; the guest image
+#                  $TROVE_GUEST_IMAGE is built as that stage builds it) on subnet $TROVE_STAGE_SUBNET
+#                  (default here 172.28.93.0/24)
 #   --results F    raw figures file (default bench/results/full.json); --markdown F, --charts DIR likewise
 #   --merge F      with --report-only: add the benchmarks of another results file (e.g. a diagnostic run)
 #   --keep         keep the temporary directory (agent and Redis logs, data)
@@ -99,7 +107,7 @@ out = sys.argv[1]
 res = json.load(open(os.path.join(out, "results.json")))
 md = open(os.path.join(out, "BENCHMARKS.md")).read()
 charts = {"switchover": "switchover.png", "failover": "failover.png", "create": "create.png", "rpc": "rpc.png",
-          "footprint": "footprint.png", "scale": "scale.png"}
+          "footprint": "footprint.png", "scale": "scale.png", "trove": "trove.png"}
 bad = []
 # Benchmarks without a chart (sidebyside) must have their section in the report instead.
 sections = {"sidebyside": "side by side with Redis Sentinel"}
@@ -113,8 +121,15 @@ for name in res["meta"]["only"]:
             bad.append("chart %s missing or not a PNG" % charts[name])
     if name not in res:
         bad.append("no results for %s" % name)
+    elif not res[name].get("run", {}).get("agent", {}).get("src_commit"):
+        bad.append("section %s does not record its agent commit" % name)
 if "| ---" not in md and "|---" not in md:
     bad.append("BENCHMARKS.md has no table")
+for head in ("## Summary", "## Targets", "## Provenance"):
+    if head not in md:
+        bad.append("BENCHMARKS.md has no %r" % head)
+if not os.path.exists(os.path.join(out, "bench", "results", "tables.md")):
+    bad.append("no detailed tables (bench/results/tables.md)")
 if bad:
     sys.exit("bench.sh --smoke: " + "; ".join(bad))
 EOF

@@ -14,6 +14,8 @@
 # Then: trove-manage db_sync, the redis datastore and version registered, and pytest tests/trove.
 #
 # Usage: scripts/trove-stage.sh [pytest args...]
+#        scripts/trove-stage.sh --exec CMD [ARGS...]   the same set-up, then CMD instead of pytest (the
+#                                                      trove benchmark, bench/trovebench/trovecp.py)
 # Environment:
 #   TROVE_GUEST_IMAGE        guest image (default trove-redis-guest/guest:latest)
 #   TROVE_RABBITMQ_IMAGE     broker image (default trove-redis-guest/rabbitmq:latest)
@@ -26,6 +28,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
+EXEC=0
+if [ "${1:-}" = "--exec" ]; then EXEC=1; shift; fi
 GUEST_IMAGE=${TROVE_GUEST_IMAGE:-trove-redis-guest/guest:latest}
 RABBIT_IMAGE=${TROVE_RABBITMQ_IMAGE:-trove-redis-guest/rabbitmq:latest}
 SUBNET=${TROVE_STAGE_SUBNET:-172.28.90.0/24}
@@ -64,6 +68,7 @@ cleanup() {
     [ "$CLEANED" = 1 ] && return 0
     CLEANED=1
     set +e   # clean up as much as possible; no step may end the cleanup early
+    trap '' INT TERM   # nor a second signal (a Ctrl-C reaches the whole process group, then its parent's TERM)
     if [ "$KEEP" = 1 ]; then
         log "TROVE_STAGE_KEEP=1: left running: containers and network $RUN, mariadbd pid ${MARIADB_PID:-none}," \
             "Trove services (pids in $WORK/pids); remove with: kill \$(cat $WORK/pids/*.pid) ${MARIADB_PID};" \
@@ -298,10 +303,15 @@ export TROVE_STAGE_CONF="$WORK/etc/trove.conf"
 export TROVE_STAGE_PASS_CONF="$WORK/etc/pass.conf"
 export TROVE_STAGE_PIDS="$WORK/pids"
 export TROVE_STAGE_VENV="$VENV"
-log "running tests/trove (logs in $WORK)"
 rc=0
 # In the background, so that a TERM or INT to this script runs the cleanup at once.
-"$PY" -m pytest -q -p no:cacheprovider --disable-warnings --timeout 420 tests/trove "$@" &
+if [ "$EXEC" = 1 ]; then
+    log "running $1 (logs in $WORK)"
+    "$@" &
+else
+    log "running tests/trove (logs in $WORK)"
+    "$PY" -m pytest -q -p no:cacheprovider --disable-warnings --timeout 420 tests/trove "$@" &
+fi
 PYTEST_PID=$!
 wait "$PYTEST_PID" || rc=$?
 PYTEST_PID=""

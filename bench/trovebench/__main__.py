@@ -17,8 +17,9 @@ from .common import ROOT, Ctx, log, machine_description
 def main():
     ap = argparse.ArgumentParser(prog="trovebench")
     ap.add_argument("--smoke", action="store_true", help="tiny configuration, one repetition")
-    ap.add_argument("--only", default=",".join(suite.ALL),
-                    help="comma-separated: " + ",".join(suite.ALL) + " (diagnostics, only on request: " + ",".join(suite.EXTRA) + ")")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated: " + ",".join(suite.ALL) + " (diagnostics, only on request: " + ",".join(suite.EXTRA)
+                    + "); updates just those sections of --results, keeping the others (default: all; --smoke: all but trove)")
     ap.add_argument("--merge", action="append", default=[],
                     help="with --report-only: also take the benchmarks of this results JSON (e.g. a diagnostic run)")
     ap.add_argument("--amqp-url", default=os.environ.get("AMQP_URL", "rabbit://guest:guest@127.0.0.1:5672/"))
@@ -51,12 +52,17 @@ def main():
                  "agent": more["meta"].get("machine", {}).get("agent"),
                  "load": "%s → %s" % (more["meta"].get("machine", {}).get("load_at_start"),
                                       more["meta"].get("machine", {}).get("load_at_end"))})
+            for k, v in more.items():
+                if k != "meta" and isinstance(v, dict) and "run" not in v:  # a run from before run records
+                    mm = more["meta"].get("machine", {})
+                    v.update(legacy_agent=mm.get("agent"), legacy_started=more["meta"].get("started"), legacy_machine=mm,
+                             legacy_load="%s → %s" % (mm.get("load_at_start"), mm.get("load_at_end")))
             results.update({k: v for k, v in more.items() if k != "meta"})
         report.write(results, md, charts)
         log("wrote", md, "and charts in", charts)
         return 0
 
-    only = [x for x in a.only.split(",") if x]
+    only = [x for x in (a.only or ",".join(suite.SMOKE_DEFAULT if a.smoke else suite.ALL)).split(",") if x]
     unknown = set(only) - set(suite.ALL) - set(suite.EXTRA)
     if unknown:
         ap.error("unknown benchmark(s): %s" % ", ".join(sorted(unknown)))
@@ -81,10 +87,30 @@ def main():
     with open("/proc/loadavg") as f:
         results["meta"]["machine"]["load_at_end"] = " ".join(f.read().split()[:3])
     os.makedirs(os.path.dirname(results_path), exist_ok=True)
+    if not ok:
+        failed = results_path + ".failed"
+        with open(failed, "w") as f:
+            json.dump(results, f, indent=1, default=str)
+        log("partial figures in", failed, "(the results file is left as it was)")
+        return 1
+    if a.only and os.path.exists(results_path):
+        # --only: replace just these sections; every other section keeps its own run record.
+        with open(results_path) as f:
+            old = json.load(f)
+        if old.get("meta", {}).get("mode") == results["meta"]["mode"]:
+            meta = results["meta"]
+            meta["only"] = sorted(set(old["meta"].get("only", [])) | set(only), key=(suite.ALL + suite.EXTRA).index)
+            meta["updates"] = old["meta"].get("updates", []) + [{"started": meta["started"], "only": only}]
+            om = old["meta"].get("machine", {})
+            for k, v in old.items():  # sections from before run records keep their run's description
+                if k != "meta" and isinstance(v, dict) and "run" not in v and "legacy_agent" not in v:
+                    v.update(legacy_agent=om.get("agent"), legacy_started=old["meta"].get("started"), legacy_machine=om,
+                             legacy_load="%s → %s" % (om.get("load_at_start"), om.get("load_at_end")))
+            old.update({k: v for k, v in results.items() if k != "meta"})
+            old["meta"] = meta
+            results = old
     with open(results_path, "w") as f:
         json.dump(results, f, indent=1, default=str)
-    if not ok:
-        return 1
     report.write(results, md, charts)
     log("wrote %s, charts in %s, raw figures in %s (%.0fs)" % (md, charts, results_path, results["meta"]["total_seconds"]))
     return 0

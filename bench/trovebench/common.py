@@ -478,6 +478,38 @@ def populate(port, mb, value_size=1024, con=None):
     return keys, mem
 
 
+def git(*args):
+    p = subprocess.run(["git", "-C", ROOT, *args], capture_output=True, text=True, timeout=30)
+    return p.stdout.strip() if p.returncode == 0 else None
+
+
+def agent_commit():
+    """The agent the binaries were built from: HEAD, whether the tree differs from it, and the last
+    commit that changed the agent's sources (src/, Cargo.toml, Cargo.lock)."""
+    return {"head": git("rev-parse", "--short=10", "HEAD"),
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            "src_dirty": bool(git("status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock")),
+            "src_commit": git("log", "-1", "--format=%h", "--abbrev=10", "--", "src", "Cargo.toml", "Cargo.lock")}
+
+
+def provenance():
+    """What each section records: the agent commit, the machine, and the load average now."""
+    def read(path, key=None):
+        try:
+            with open(path) as f:
+                for line in f:
+                    if key is None:
+                        return line
+                    if line.startswith(key):
+                        return line.split(":", 1)[1].strip()
+        except OSError:
+            return None
+    return {"agent": agent_commit(),
+            "machine": {"cores": os.cpu_count(), "cpu": read("/proc/cpuinfo", "model name"),
+                        "kernel": os.uname().release},
+            "load": " ".join((read("/proc/loadavg") or "").split()[:3])}
+
+
 def machine_description():
     def sh(cmd):
         try:

@@ -1,11 +1,14 @@
-"""The six benchmarks, their configurations (full and smoke) and the order they run in."""
+"""The seven benchmarks, their configurations (full and smoke) and the order they run in."""
 
+import json
 import os
+import subprocess
+import sys
 import time
 
 from .agentlog import rpc_spans
-from .common import BenchError, log, now, rcon
 from . import sidebyside
+from .common import ROOT, BenchError, log, now, provenance, rcon
 from .create import CreateBench
 from .failover import OursFailover, SentinelFailover
 from .footprint import Servers, idle, method_times, rpc_matrix, startup
@@ -38,7 +41,12 @@ FULL["sidebyside"] = {"min_replicas": [0, 1], "kill_reps": 4, "switch_reps": 4, 
 SMOKE["sidebyside"] = {"min_replicas": [0], "kill_reps": 1, "switch_reps": 1, "switch_timeout_s": 5, "switch_sides": ["ours"],
                        "sigstop_reps": 0, "agent_stop_reps": 0, "no_recovery": True}
 
-ALL = ["switchover", "failover", "create", "rpc", "footprint", "scale", "sidebyside"]
+ALL = ["switchover", "failover", "create", "rpc", "footprint", "scale", "sidebyside", "trove"]
+# --smoke without --only: everything but trove (its set-up alone, MariaDB, the broker container, Trove's
+# services and four guest containers, takes minutes).
+SMOKE_DEFAULT = [x for x in ALL if x != "trove"]
+FULL["trove"] = {"reps": 2}
+SMOKE["trove"] = {"reps": 1}
 # Diagnostics: run only when asked for with --only.
 EXTRA = ["fsync", "agentcost"]
 FULL["fsync"] = {"reps": 8}
@@ -286,6 +294,33 @@ def bench_scale(ctx, cfg, results):
     results["scale"] = {"config": c, "create": creates, "promote": promotes}
 
 
+def bench_trove(ctx, cfg, results):
+    """Trove's control plane (trovecp.py) inside the trove stage's set-up (scripts/trove-stage.sh --exec)."""
+    out = ctx.path("trove.json")
+    env = dict(os.environ, TROVE_VENV=sys.prefix,
+               TROVE_STAGE_SUBNET=os.environ.get("TROVE_STAGE_SUBNET", "172.28.93.0/24"))
+    argv = ["bash", os.path.join(ROOT, "scripts", "trove-stage.sh"), "--exec", sys.executable, "-m",
+            "trovebench.trovecp", "--out", out, "--ctl", ctx.ctl_bin, "--reps", str(cfg["trove"]["reps"])]
+    p = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL)
+    try:
+        p.wait()
+    except BaseException:
+        # Ctrl-C or SIGTERM: let the stage's own cleanup remove its containers, network and database
+        # (subprocess.run would SIGKILL it halfway).
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(timeout=180)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        raise
+    data = json.load(open(out)) if os.path.exists(out) else None
+    if p.returncode != 0 or data is None:
+        raise BenchError("the trove benchmark failed (exit %d); logs under target/trove-stage/last" % p.returncode)
+    data["config"] = cfg["trove"]
+    results["trove"] = data
+
+
 def run(ctx, cfg, only, results):
     timings = results.setdefault("meta", {}).setdefault("bench_seconds", {})
     steps = [
@@ -296,11 +331,24 @@ def run(ctx, cfg, only, results):
         (("fsync",), lambda: bench_fsync(ctx, cfg, results)),
         (("agentcost",), lambda: bench_agentcost(ctx, cfg, results)),
         (("sidebyside",), lambda: sidebyside.bench(ctx, cfg["sidebyside"], results)),
+        (("trove",), lambda: bench_trove(ctx, cfg, results)),
     ]
     for names, fn in steps:
         if not any(n in only for n in names):
             continue
         t = now()
         log("=== %s" % " + ".join(n for n in names if n in only))
+        before, started = provenance(), time.strftime("%Y-%m-%d %H:%M:%S %Z")
         fn()
+        after = provenance()
+        # Every section says which agent and machine it measured, and how loaded the machine was.
+        for n in names:
+            if n in only and n in results:
+                rec = {k: v for k, v in before.items() if k != "load"}
+                rec.update(load_before=before["load"], load_after=after["load"], started=started,
+                           finished=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+                a, b = before["agent"], after["agent"]
+                if (a["src_commit"], a["src_dirty"]) != (b["src_commit"], b["src_dirty"]):
+                    rec["agent_after"] = b  # the agent's sources changed during the section
+                results[n]["run"] = rec
         timings["+".join(n for n in names if n in only)] = round(now() - t, 1)

@@ -9,6 +9,8 @@ With --sentinels it is a Sentinel-aware client instead: redis-py's `Sentinel(...
 (it asks the sentinels for the master when a connection fails or a node answers READONLY), with
 no role probing of its own; the "master" events then carry the address the sentinels named.
 
+    python -m trovebench.writer --ports 172.28.90.3:6379,172.28.90.4:6379 --out result.json
+
 Runs until SIGUSR1 (or SIGTERM), then writes {acked: [...], t: [...], events: [...]} as JSON.
 Times are time.monotonic() (CLOCK_MONOTONIC, comparable across processes on this machine).
 A line "ready" is printed on stdout once the first write is acknowledged.
@@ -32,7 +34,9 @@ def _stop(signum, frame):
 
 
 def connect(port, timeout):
-    return redis.Redis(host="127.0.0.1", port=port, socket_timeout=timeout, socket_connect_timeout=timeout,
+    """port: a port on 127.0.0.1, or "host:port" (the trove benchmark's guest containers)."""
+    host, port = port.rsplit(":", 1) if isinstance(port, str) else ("127.0.0.1", port)
+    return redis.Redis(host=host, port=int(port), socket_timeout=timeout, socket_connect_timeout=timeout,
                        single_connection_client=True)
 
 
@@ -129,7 +133,7 @@ def main():
     signal.signal(signal.SIGTERM, _stop)
     if a.sentinels:
         return sentinel_main(a)
-    ports = [int(p) for p in a.ports.split(",")]
+    ports = [p if ":" in p else int(p) for p in a.ports.split(",")]
 
     acked = array.array("q")
     times = array.array("d")
