@@ -27,6 +27,9 @@ pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(1800);
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long eject waits for the old master before it counts as dead.
 pub const DEAD_MASTER_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a silent master is still waited for once its replicas have answered and a majority
+/// of them report their link down (`live_all_within`).
+pub const SILENT_MASTER_GRACE: Duration = Duration::from_millis(100);
 
 /// Trove's replica-source template (`replica_source.config.template`).
 pub const REPLICA_SOURCE_CONFIG: &str = "repl-diskless-sync yes\nrepl-diskless-sync-delay 10\n";
@@ -153,9 +156,47 @@ impl Taskmanager {
         self.live_all_within(PROBE_TIMEOUT).await
     }
 
+    /// Live status of every guest, each given `timeout` to answer, except a master whose agent is
+    /// silent while a majority of its replicas report their link to it down: once the others have
+    /// answered, it gets `SILENT_MASTER_GRACE` more (an eject of a dead host does not wait out the
+    /// whole timeout; a live agent answers in a few milliseconds).
     pub async fn live_all_within(&self, timeout: Duration) -> Vec<Live> {
+        use futures_util::future::{join_all, select, Either};
         let ids: Vec<String> = self.inventory.guests.iter().map(|g| g.id.clone()).collect();
-        futures_util::future::join_all(ids.iter().map(|id| self.live_within(id, timeout))).await
+        let Some(master) = watch::current_master(&self.inventory) else {
+            return join_all(ids.iter().map(|id| self.live_within(id, timeout))).await;
+        };
+        let replicas = self.inventory.replicas_of(&master);
+        let others = Box::pin(join_all(ids.iter().filter(|id| **id != master).map(|id| self.live_within(id, timeout))));
+        let probe = Box::pin(self.live_within(&master, timeout));
+        let (mut lives, master_live) = match select(probe, others).await {
+            Either::Left((m, others)) => (others.await, m),
+            Either::Right((lives, probe)) => {
+                let down = lives
+                    .iter()
+                    .filter(|l| replicas.contains(&l.id))
+                    .filter(|l| l.status.as_ref().is_some_and(|s| s.get("link_up") != Some(&json!(true))))
+                    .count();
+                if down > replicas.len() / 2 {
+                    let m = match tokio::time::timeout(SILENT_MASTER_GRACE, probe).await {
+                        Ok(m) => m,
+                        Err(_) => Live {
+                            id: master.clone(),
+                            status: None,
+                            error: Some(format!("{master}: no answer within {SILENT_MASTER_GRACE:?} after its replicas answered, {down} of {} reporting their link down", replicas.len())),
+                            unprepared: false,
+                            silent: true,
+                            held: false,
+                        },
+                    };
+                    (lives, m)
+                } else {
+                    (lives, probe.await)
+                }
+            }
+        };
+        lives.push(master_live);
+        ids.iter().filter_map(|id| lives.iter().position(|l| l.id == *id).map(|i| lives[i].clone())).collect()
     }
 
     /// Compares the inventory with what guests report; returns one line per disagreement.
