@@ -151,9 +151,14 @@ async fn eject_picks_the_most_current_replica() {
 /// the replica with every write, and create-replicas brings the old master back as its replica.
 #[tokio::test]
 async fn a_crashed_master_is_held_back_for_eject_and_loses_nothing() {
-    let (g, mut tm, _dir) = topology(2, &[]).await;
+    let (mut g, mut tm, _dir) = topology(2, &[]).await;
+    tm.create_replicas(create(&g[0], &[&g[1]])).await.unwrap();
+    // The agent restarts and adopts its running server: that server is held too when it crashes.
+    g[0].kill_agent();
+    g[0].start_agent();
+    let id = g[0].id.clone();
+    eventually(30, "the restarted agent answers", || async { tm.live(&id).await.status.is_some() }).await;
     let (m, r) = (&g[0], &g[1]);
-    tm.create_replicas(create(m, &[r])).await.unwrap();
     // A snapshot on disk, then writes it lacks, all of them on the replica.
     // SAVE fails while a background save (the replica's sync, a save point) is still running.
     eventually(30, "a snapshot written", || async { redis::cmd("SAVE").query_async::<()>(&mut m.redis(None).await).await.is_ok() }).await;

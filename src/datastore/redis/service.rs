@@ -405,7 +405,13 @@ impl Supervisor {
         self.end_hold("an explicit start");
         self.wanted.store(true, Ordering::SeqCst);
         let has_child = self.child.lock().await.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)));
-        if has_child || port_open(self.port).await {
+        if port_open(self.port).await {
+            // Already serving (or adopted after an agent restart): a crash from now on may be held.
+            self.served.store(true, Ordering::SeqCst);
+            self.up.store(true, Ordering::SeqCst);
+            return Ok(());
+        }
+        if has_child {
             return Ok(());
         }
         self.spawn_child().await
