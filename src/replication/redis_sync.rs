@@ -38,6 +38,7 @@ pub struct RedisSync {
 
 impl RedisSync {
     pub fn new(manager: Arc<RedisManager>, settings: ReplicationSettings) -> Self {
+        manager.set_dual_channel(settings.dual_channel_replication);
         RedisSync {
             manager,
             settings,
@@ -380,6 +381,7 @@ impl ReplicationStrategy for RedisSync {
                 repl.master_port.unwrap_or_default()
             )));
         }
+        self.manager.apply_dual_channel(&mut admin).await?;
         self.ensure_persistence(&mut admin, request.enable_persistence).await?;
         let used = admin.info("memory").await?.used_memory().unwrap_or(0);
         let free = self.manager.free_disk()?;
@@ -428,6 +430,7 @@ impl ReplicationStrategy for RedisSync {
             )));
         }
         let mut admin = self.admin().await?;
+        self.manager.apply_dual_channel(&mut admin).await?;
         let own_info = admin.info("default").await?;
         let own_run_id = own_info.run_id();
         if own_run_id.is_some() && own_run_id == remote_info.run_id() {
@@ -521,6 +524,7 @@ impl ReplicationStrategy for RedisSync {
         let _op = self.op.lock().await;
         self.cancel_pending_detach();
         let mut admin = self.admin().await?;
+        self.manager.apply_dual_channel(&mut admin).await?;
         if admin.replication().await?.role == Role::Replica {
             admin.replicaof_no_one().await?;
             tracing::info!("now a master (the replication history is kept for the old replicas' partial resync)");
