@@ -19,9 +19,9 @@ def source_config(diskless):
 
 
 class CreateBench:
-    def __init__(self, ctx, max_replicas, tag="cr"):
+    def __init__(self, ctx, max_replicas, tag="cr", env=None):
         self.ctx = ctx
-        self.fleet = Fleet(ctx, tag, 1 + max_replicas)
+        self.fleet = Fleet(ctx, tag, 1 + max_replicas, env=env)
         self.master = self.fleet.guests[0]
         self.replicas = self.fleet.guests[1:]
         self.hand = [RedisNode(ctx, "%shm%d" % (tag, i + 1)) for i in range(max_replicas)]

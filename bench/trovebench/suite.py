@@ -6,6 +6,7 @@ import time
 from .agentlog import rpc_spans
 from .common import BenchError, log, now, rcon
 from .create import CreateBench
+from .dualchannel import bench_dualchannel
 from .failover import OursFailover, SentinelFailover
 from .footprint import Servers, idle, method_times, rpc_matrix, startup
 from .switch import FailoverTrio, FloorTrio, OursTrio, SentinelTrio
@@ -32,7 +33,9 @@ SMOKE = {
 
 ALL = ["switchover", "failover", "create", "rpc", "footprint", "scale"]
 # Diagnostics: run only when asked for with --only.
-EXTRA = ["fsync", "agentcost"]
+EXTRA = ["fsync", "agentcost", "dualchannel"]
+FULL["dualchannel"] = {"sizes": [[100, 3], [1024, 2]], "counts": [1, 2]}
+SMOKE["dualchannel"] = {"sizes": [[2, 1]], "counts": [1]}
 FULL["fsync"] = {"reps": 8}
 SMOKE["fsync"] = {"reps": 1}
 FULL["agentcost"] = {"reps": 3, "callers": [4, 16], "duration_s": 2.5, "idle_s": 5}
@@ -287,6 +290,7 @@ def run(ctx, cfg, only, results):
         (("scale",), lambda: bench_scale(ctx, cfg, results)),
         (("fsync",), lambda: bench_fsync(ctx, cfg, results)),
         (("agentcost",), lambda: bench_agentcost(ctx, cfg, results)),
+        (("dualchannel",), lambda: bench_dualchannel(ctx, cfg, results)),
     ]
     for names, fn in steps:
         if not any(n in only for n in names):
