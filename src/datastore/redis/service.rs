@@ -49,6 +49,7 @@ pub struct Rejected {
 /// run here refuses the change (`Error::Unchecked`), it never lets it through unchecked.
 pub async fn check_config(binary: &str, text: &str) -> Result<()> {
     use tokio::io::AsyncWriteExt;
+    check_save(text)?;
     let mut cmd = Command::new(binary);
     cmd.arg("-").args(["--port", "0"]);
     // Builds without TLS (e.g. many Redis 6 builds) refuse the `tls-port` directive itself; a
@@ -77,6 +78,20 @@ pub async fn check_config(binary: &str, text: &str) -> Result<()> {
     };
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     parse_check_output(&text).map_err(|r| Error::InvalidConfig { key: r.key, reason: r.reason })
+}
+
+/// `save` takes `""` or pairs of `<seconds> <changes>`. Redis 7 refuses anything else; Redis 6
+/// accepts `save 900` and silently ignores it, so the agent refuses it on every server.
+fn check_save(text: &str) -> Result<()> {
+    let directives = super::conf::parse(text).unwrap_or_default();
+    for d in directives.iter().filter(|d| d.key == "save") {
+        let empty = d.args.len() == 1 && d.args[0].is_empty();
+        let pairs = !d.args.is_empty() && d.args.len() % 2 == 0 && d.args.iter().all(|a| a.parse::<u64>().is_ok());
+        if !empty && !pairs {
+            return Err(Error::InvalidConfig { key: Some("save".into()), reason: "save takes \"\" or pairs of <seconds> <changes>".into() });
+        }
+    }
+    Ok(())
 }
 
 /// Reads redis-server's verdict. The offending line is never returned: it may hold a password.
@@ -353,6 +368,17 @@ impl Supervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn save_needs_pairs_of_integers_on_every_server() {
+        for ok in ["save 900 1\n", "save \"\"\n", "save 3600 1 300 100\n", "port 1\n"] {
+            assert!(check_save(ok).is_ok(), "{ok}");
+        }
+        for bad in ["save 900\n", "save 900 1 60\n", "save x y\n", "save 900 -1\n"] {
+            let e = check_save(bad).unwrap_err().to_string();
+            assert!(e.contains("at 'save'") && e.contains("nothing was changed"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn check_output_verdicts() {
