@@ -413,6 +413,7 @@ impl ReplicationStrategy for RedisSync {
         validate_master(master)?;
         let _op = self.op.lock().await;
         let tls = self.check_transport(master)?;
+        self.manager.apply_dual_channel(&mut self.admin().await?).await?;
         let held_back = self.cancel_pending_detach();
         let mut remote = connect_master(master, &self.settings, tls).await?;
         // One INFO each (server and replication sections) keeps the checks to two round trips.
@@ -430,7 +431,6 @@ impl ReplicationStrategy for RedisSync {
             )));
         }
         let mut admin = self.admin().await?;
-        self.manager.apply_dual_channel(&mut admin).await?;
         let own_info = admin.info("default").await?;
         let own_run_id = own_info.run_id();
         if own_run_id.is_some() && own_run_id == remote_info.run_id() {
