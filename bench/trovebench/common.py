@@ -200,8 +200,10 @@ enable-debug-command local
 def base_conf(dirpath, port=6379, logfile='""'):
     text = BASE_CONF.format(port=port, dir=dirpath, logfile=logfile)
     name, version = server_identity()
-    if name == "redis" and version < (7, 0, 0):  # no enable-debug-command before 7.0 (DEBUG is open)
+    if name == "redis" and version < (7, 0, 0):
+        # No enable-debug-command before 7.0 (DEBUG is open); one save pair per line (6.x ignores more).
         text = text.replace("enable-debug-command local\n", "")
+        text = text.replace("save 3600 1 300 100 60 10000\n", "save 3600 1\nsave 300 100\nsave 60 10000\n")
     return text
 
 
