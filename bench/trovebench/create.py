@@ -7,7 +7,7 @@ import os
 import subprocess
 import time
 
-from .common import BenchError, Fleet, RedisNode, log, now, populate, rcon, wait_until
+from .common import BenchError, Fleet, RedisNode, log, now, populate, rcon, server_identity, wait_until
 from .agentlog import rpc_spans
 
 REPLICA_CONFIG = "slave-read-only yes\n"
@@ -110,7 +110,9 @@ class CreateBench:
         # otherwise start as soon as all n wait.
         mc.config_set("repl-diskless-sync", "yes" if diskless else "no")
         mc.config_set("repl-diskless-sync-delay", 0 if n == 1 else 10)
-        mc.config_set("repl-diskless-sync-max-replicas", n)
+        name, version = server_identity()
+        if name == "valkey" or version >= (7, 0, 0):  # the setting exists from Redis 7.0 on, as the agent does
+            mc.config_set("repl-diskless-sync-max-replicas", n)
         full0 = self._sync_full()
         cons = [rcon(x.port) for x in nodes]
         for c in cons:
