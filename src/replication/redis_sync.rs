@@ -522,9 +522,9 @@ impl ReplicationStrategy for RedisSync {
 
     async fn enable_as_master(&self, replica_source_config: Option<&str>) -> Result<()> {
         let _op = self.op.lock().await;
-        self.cancel_pending_detach();
         let mut admin = self.admin().await?;
         self.manager.apply_dual_channel(&mut admin).await?;
+        self.cancel_pending_detach();
         if admin.replication().await?.role == Role::Replica {
             admin.replicaof_no_one().await?;
             tracing::info!("now a master (the replication history is kept for the old replicas' partial resync)");
