@@ -18,6 +18,14 @@
 # TROVE_GUESTAGENT__* variable overrides the files. With REDIS__SERVICE=supervised the
 # agent runs redis-server as its own child, so the image has no init system; use `docker run
 # --init` (compose: `init: true`) so that orphaned processes are reaped.
+#
+# The server: build argument GUEST_SERVER, `debian` (the default: Debian's Redis 7.0) or one of the
+# matrix servers as <name>-<version> (redis-6.0.9, redis-6.2.5, redis-6.2.14, redis-7.2.4,
+# redis-7.4.1, valkey-8.1.8, valkey-9.0.0, valkey-9.1.2), whose binary (and, for the redis-stack
+# builds, OpenSSL 1.1) scripts/docker-images.sh stages from .servers/ into target/guest-server
+# (TROVE_GUEST_SERVER=valkey-9.1.2 scripts/docker-images.sh guest). docker/guest/server.sh puts it
+# at /usr/bin/redis-server, which the agent runs (it tells Redis from Valkey by --version);
+# redis-cli is Debian's in every image.
 FROM debian:bookworm-slim
 
 RUN set -eux; \
@@ -40,6 +48,11 @@ ENV TROVE_GUESTAGENT__REDIS__SERVICE=supervised \
 # Trove's log_dir puts it there, and the pidfile and unix socket of Trove's stock template under
 # /var/run/redis (which the agent, not being root, could not create).
 COPY docker/guest/entrypoint.sh /usr/local/bin/trove-guest-entrypoint
+ARG GUEST_SERVER=debian
+# The glob lets the staged directory be absent (GUEST_SERVER=debian with a plain `docker build`).
+COPY docker/guest/server.sh target/guest-serve[r] /opt/trove-server/
+RUN /opt/trove-server/server.sh "$GUEST_SERVER"
+LABEL org.trove-redis-guest.server=$GUEST_SERVER
 USER redis
 WORKDIR /var/lib/redis
 EXPOSE 6379

@@ -21,6 +21,9 @@
 #                  "trove" runs inside scripts/trove-stage.sh --exec (Docker, MariaDB; the guest image
 #                  $TROVE_GUEST_IMAGE is built as that stage builds it) on subnet $TROVE_STAGE_SUBNET
 #                  (default here 172.28.93.0/24)
+#                  "dualchannel" (diagnostic, only when listed): create through the agent with Valkey's
+#                  dual-channel replication vs plain diskless, 1 and 2 replicas, 100 MB and 1 GB; needs
+#                  BENCH_SERVER=valkey-8.0+
 #   --results F    raw figures file (default bench/results/full.json); --markdown F, --charts DIR likewise
 #   --merge F      with --report-only: add the benchmarks of another results file (e.g. a diagnostic run)
 #   --keep         keep the temporary directory (agent and Redis logs, data)
@@ -29,6 +32,11 @@
 #   BENCH_PROFILE  cargo profile of the binaries: release (default for the full suite) or debug
 #                  (default for --smoke, which then reuses the binaries `cargo test` built)
 #   BENCH_OUT      output directory for --smoke (default: a new temporary directory)
+#   BENCH_SERVER   the server every node of the run uses: a path, or <name>-<version> of
+#                  scripts/redis-servers.sh (redis-6.0.9 ... valkey-9.1.2, fetched on first use);
+#                  default Debian's redis-server. E.g. BENCH_SERVER=valkey-9.1.2 scripts/bench.sh
+#                  --only switchover,create --results bench/results/valkey-9.1.json --markdown /tmp/v.md
+#                  --charts /tmp/vc (the server is in the results' meta, "redis")
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -70,6 +78,16 @@ fi
 AMQP_URL=$(bash "$ROOT/scripts/services.sh")
 AMQP_URL="rabbit://${AMQP_URL#*://}"   # oslo.messaging's scheme; the agent accepts both
 command -v redis-server >/dev/null || { log "redis-server missing after services.sh"; exit 1; }
+if [ -n "${BENCH_SERVER:-}" ]; then
+    if [ -x "$BENCH_SERVER" ]; then
+        BENCH_SERVER_BIN=$BENCH_SERVER
+    else
+        BENCH_SERVER_BIN=$(bash "$ROOT/scripts/redis-servers.sh" --quiet | awk -v s="$BENCH_SERVER" '$1 "-" $2 == s { print $3 }')
+        [ -n "$BENCH_SERVER_BIN" ] || { log "BENCH_SERVER=$BENCH_SERVER: neither an executable nor a server of scripts/redis-servers.sh"; exit 2; }
+    fi
+    export BENCH_SERVER_BIN
+    log "server: $("$BENCH_SERVER_BIN" --version)"
+fi
 
 # The fsync diagnostic needs libeatmydata (Debian package eatmydata).
 if [[ " ${ARGS[*]+"${ARGS[*]}"} " == *fsync* ]] && ! dpkg-query -W -f='${Status}' eatmydata 2>/dev/null | grep -q 'install ok installed'; then

@@ -14,12 +14,17 @@
 # TROVE_CARGO_BUILD=always to run cargo every time (it is quick when nothing changed).
 # Environment: TROVE_GUEST_IMAGE, TROVE_RABBITMQ_IMAGE override the image names (docker-compose.yml
 # uses the defaults); docker-base.sh's variables pass through.
+#   TROVE_GUEST_SERVER   the server in the guest image: debian (default, Debian's Redis 7.0) or
+#                        <name>-<version> of scripts/redis-servers.sh (redis-6.0.9 ... valkey-9.1.2),
+#                        fetched by that script and staged into target/guest-server with OpenSSL 1.1
+#                        for the redis-stack builds (build argument GUEST_SERVER of the Dockerfile).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 GUEST_IMAGE=${TROVE_GUEST_IMAGE:-trove-redis-guest/guest:latest}
 RABBITMQ_IMAGE=${TROVE_RABBITMQ_IMAGE:-trove-redis-guest/rabbitmq:latest}
 CARGO_BUILD=${TROVE_CARGO_BUILD:-missing}
+GUEST_SERVER=${TROVE_GUEST_SERVER:-debian}
 
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
@@ -55,12 +60,33 @@ run_step() {
     timings+=("$(printf '%-10s %7s s' "$name" "$(elapsed "$start")")")
 }
 
-# build_image NAME TAG CONTEXT: docker build, then drop the image TAG used to name if nothing
+# Stages the chosen server for the guest image in target/guest-server (emptied for Debian's).
+stage_server() {
+    rm -rf target/guest-server
+    [ "$GUEST_SERVER" = debian ] && return 0
+    local manifest path dir
+    manifest=$(bash scripts/redis-servers.sh --quiet) || return 1
+    path=$(awk -v s="$GUEST_SERVER" '$1 "-" $2 == s { print $3 }' <<<"$manifest")
+    [ -n "$path" ] || { echo "TROVE_GUEST_SERVER=$GUEST_SERVER is none of: debian $(awk '{ printf "%s-%s ", $1, $2 }' <<<"$manifest")" >&2; return 1; }
+    dir=$(dirname "$path")
+    [ "$(basename "$path")" = server ] || dir=$(dirname "$dir")  # a wrapper sits beside bin/
+    mkdir -p target/guest-server/bin
+    cp -L "$dir"/bin/*-server target/guest-server/bin/
+    if [ "$(basename "$path")" = server ]; then
+        mkdir -p target/guest-server/lib
+        local ssl
+        ssl=$(sed -n 's/^LD_LIBRARY_PATH=\([^$]*\)\${.*/\1/p' "$path")
+        cp -L "$ssl/libssl.so.1.1" "$ssl/libcrypto.so.1.1" target/guest-server/lib/
+    fi
+}
+
+# build_image NAME TAG CONTEXT [docker build args...]: docker build, then drop the image TAG used to name if nothing
 # else uses it, so repeated rebuilds do not pile up dangling images.
 build_image() {
     local name=$1 tag=$2 context=$3 old
+    shift 3
     old=$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)
-    run_step "$name" docker build -t "$tag" "$context"
+    run_step "$name" docker build -t "$tag" "$@" "$context"
     if [ -n "$old" ] && [ "$old" != "$(docker image inspect -f '{{.Id}}' "$tag")" ]; then
         docker rmi "$old" >/dev/null 2>&1 || true
     fi
@@ -82,7 +108,8 @@ for t in "${targets[@]}"; do
             if [ "$CARGO_BUILD" = always ] || [ ! -x target/release/trove-guestagent ]; then
                 run_step cargo cargo build --release --bins
             fi
-            build_image guest "$GUEST_IMAGE" .
+            run_step server stage_server
+            build_image guest "$GUEST_IMAGE" . --build-arg GUEST_SERVER="$GUEST_SERVER"
             ;;
     esac
 done

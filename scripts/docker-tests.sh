@@ -56,6 +56,11 @@
 #   TROVE_FAULTS_KEEP=1                keep the containers after the run (for debugging; remove them with
 #                                      the `docker rm -f` command printed at the end)
 #   TROVE_LOG_LEVEL                    agents' log level (default debug,lapin=info,redis=info)
+#   TROVE_FAULTS_SERVER                the server in the guest image: debian (default, Debian's Redis 7.0)
+#                                      or <name>-<version> of scripts/redis-servers.sh, e.g. valkey-9.1.2
+#                                      (scripts/docker-images.sh's TROVE_GUEST_SERVER); its image is tagged
+#                                      $TROVE_GUEST_IMAGE-<server>. The PyPI Valkey builds have no TLS:
+#                                      on them tls_promote_and_eject cannot run and is refused if named.
 # Logs: target/docker-tests/<project>/ (scenario output, and on failure every container's log,
 # each guest's redis-server log and the inventory); target/docker-tests/last points to the newest.
 set -uo pipefail
@@ -64,6 +69,12 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
 mapfile -t ALL_SCENARIOS < <(cd tests/docker/scenarios && ls -1 -- *.py | grep -v '^_' | sed 's/\.py$//')
+SERVER=${TROVE_FAULTS_SERVER:-debian}
+export TROVE_GUEST_IMAGE=${TROVE_GUEST_IMAGE:-trove-redis-guest/guest:latest}
+[ "$SERVER" = debian ] || TROVE_GUEST_IMAGE="$TROVE_GUEST_IMAGE-$SERVER"
+# Scenarios a server cannot run, and why (the PyPI Valkey builds are built without TLS).
+NO_TLS=""
+case "$SERVER" in valkey-*) NO_TLS="tls_promote_and_eject" ;; esac
 SCENARIO_TIMEOUT=${TROVE_FAULTS_SCENARIO_TIMEOUT:-180}
 BUILD=${TROVE_FAULTS_BUILD:-1}
 KEEP=${TROVE_FAULTS_KEEP:-0}
@@ -87,8 +98,18 @@ else
                 ;;
         esac
     done
+    for a in "${SCENARIOS[@]}"; do
+        [ "$a" != "$NO_TLS" ] || { echo "$a needs TLS, which the $SERVER binary is built without" >&2; exit 2; }
+    done
     if [ ${#SCENARIOS[@]} -eq 0 ]; then
-        SCENARIOS=("${ALL_SCENARIOS[@]}" campaign)
+        for a in "${ALL_SCENARIOS[@]}"; do
+            if [ "$a" = "$NO_TLS" ]; then
+                echo "docker-tests: not run on $SERVER: $a (the binary is built without TLS)" >&2
+            else
+                SCENARIOS+=("$a")
+            fi
+        done
+        SCENARIOS+=(campaign)
         CAMPAIGN_ARGS=(--seed "${TROVE_FAULTS_CAMPAIGN_SEED:-2255}" --steps "${TROVE_FAULTS_CAMPAIGN_STEPS:-4}")
     fi
 fi
@@ -139,7 +160,7 @@ command -v python3 >/dev/null 2>&1 && python3 -c 'import tomllib' 2>/dev/null ||
 # --- build ---------------------------------------------------------------------------------
 if [ "$BUILD" != 0 ]; then
     log "building the release binaries and the images (scripts/docker-images.sh)"
-    TROVE_CARGO_BUILD=always scripts/docker-images.sh >&2 ||
+    TROVE_GUEST_SERVER=$SERVER TROVE_CARGO_BUILD=always scripts/docker-images.sh >&2 ||
         abort_all "building the binaries or the images failed (see above)."
 fi
 export TROVE_GUEST_IMAGE=${TROVE_GUEST_IMAGE:-trove-redis-guest/guest:latest}
@@ -148,6 +169,8 @@ for img in "$TROVE_GUEST_IMAGE" "$TROVE_RABBITMQ_IMAGE"; do
     docker image inspect "$img" >/dev/null 2>&1 || abort_all "image $img is missing (run scripts/docker-images.sh)."
 done
 [ -x target/release/trove-guestctl ] || abort_all "target/release/trove-guestctl is missing (cargo build --release)."
+
+log "server in the guest image: $SERVER ($(docker run --rm --entrypoint redis-server "$TROVE_GUEST_IMAGE" --version 2>&1 | head -1))"
 
 # --- our own compose project ---------------------------------------------------------------
 PROJECT="trovefaults$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')"

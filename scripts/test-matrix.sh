@@ -15,8 +15,9 @@ LOGS=${MATRIX_LOGS:-$ROOT/target/matrix}
 mkdir -p "$LOGS"
 
 # The replication core: create with a password, promote in Trove's order (fence, no lost write,
-# partial resync), eject, detach, kill -9 and restart, ACL user, the fences and refusals, and
-# what differs between servers (tests/it/matrix.rs).
+# partial resync), eject, detach, kill -9 and restart, ACL user, the fences and refusals, the
+# hostile-input catalogue (every case leaves redis.conf and the agent state byte-identical) and odd
+# passwords, Valkey's dual-channel setting, and what differs between servers (tests/it/matrix.rs).
 TESTS=(
   redis_sync::create_replica_with_password_keeps_master_running
   redis_sync::trove_promote_order_continues_partially
@@ -28,6 +29,8 @@ TESTS=(
   redis_sync::split_brain_fence_refuses_writes_without_replicas
   flows::promote_loses_no_acknowledged_write
   flows::eject_picks_the_most_current_replica
+  hostile::hostile_input_catalogue
+  hostile::odd_but_valid_passwords_are_accepted_and_quoted
   matrix::
 )
 

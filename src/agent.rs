@@ -31,10 +31,11 @@ pub struct Hooks {
     pub on_consuming: Option<tokio::sync::mpsc::UnboundedSender<()>>,
 }
 
-/// Logs the server the agent drives, and refuses one it does not support.
-fn check_server(binary: &str) -> Result<(), Error> {
+/// Logs the server the agent drives, and refuses one it does not support, or one without
+/// dual-channel replication when that is configured.
+fn check_server(binary: &str, dual_channel: bool) -> Result<(), Error> {
     match crate::datastore::redis::server::Server::of_binary(binary) {
-        Some(server) => match server.unsupported() {
+        Some(server) => match server.unsupported().or_else(|| server.lacks_dual_channel().filter(|_| dual_channel)) {
             Some(why) => Err(Error::UnsupportedServer(format!("{why} ({binary})"))),
             None => {
                 tracing::info!(%server, binary, "server detected");
@@ -51,7 +52,7 @@ fn check_server(binary: &str) -> Result<(), Error> {
 /// Runs the agent until `cancel` fires.
 pub async fn run(settings: Settings, cancel: CancellationToken, hooks: Hooks) -> Result<(), Error> {
     let manager = Arc::new(RedisManager::new(settings.redis.clone())?);
-    check_server(&settings.redis.binary)?;
+    check_server(&settings.redis.binary, settings.replication.dual_channel_replication)?;
     let strategy = replication::strategy_for(&settings.replication.strategy, manager.clone(), settings.replication.clone())
         .map_err(Error::Strategy)?;
     let background = cancel.child_token();

@@ -169,6 +169,8 @@ pub struct ReplicationSettings {
     pub replication_password: Option<SecretString>,
     /// Replicate over TLS: advertise `redis.tls_port`, and replicas use `tls-replication yes`.
     pub tls_replication: bool,
+    /// Valkey 8.0+ dual-channel replication (`dual-channel-replication-enabled yes`) on every node.
+    pub dual_channel_replication: bool,
 }
 
 #[derive(Debug, Deserialize)]

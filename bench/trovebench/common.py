@@ -1,6 +1,7 @@
 """Shared plumbing: the run context (paths, binaries, AMQP URL), process bookkeeping and cleanup,
 plain redis-server and sentinel processes, agent guests and the inventory, and statistics."""
 
+import functools
 import json
 import os
 import shutil
@@ -15,6 +16,19 @@ import uuid
 import redis
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+# The server every node of the run uses (plain nodes, sentinels and the agents' redis.binary):
+# BENCH_SERVER_BIN, which scripts/bench.sh sets from BENCH_SERVER; else redis-server on PATH.
+SERVER_BIN = os.environ.get("BENCH_SERVER_BIN") or "redis-server"
+
+
+@functools.lru_cache(maxsize=None)
+def server_identity(binary=None):
+    """("redis" or "valkey", (major, minor, patch)) from `<binary> --version`."""
+    out = subprocess.run([binary or SERVER_BIN, "--version"], capture_output=True, text=True, timeout=10).stdout
+    name = "valkey" if out.lower().startswith("valkey") else "redis"
+    v = next((w[2:] for w in out.split() if w.startswith("v=")), "0.0.0")
+    return name, tuple(int(x) for x in (v.split(".") + ["0", "0"])[:3])
 
 
 def log(*args):
@@ -184,7 +198,13 @@ enable-debug-command local
 
 
 def base_conf(dirpath, port=6379, logfile='""'):
-    return BASE_CONF.format(port=port, dir=dirpath, logfile=logfile)
+    text = BASE_CONF.format(port=port, dir=dirpath, logfile=logfile)
+    name, version = server_identity()
+    if name == "redis" and version < (7, 0, 0):
+        # No enable-debug-command before 7.0 (DEBUG is open); one save pair per line (6.x ignores more).
+        text = text.replace("enable-debug-command local\n", "")
+        text = text.replace("save 3600 1 300 100 60 10000\n", "save 3600 1\nsave 300 100\nsave 60 10000\n")
+    return text
 
 
 def rcon(port, timeout=5.0):
@@ -246,7 +266,7 @@ class RedisNode:
         self.start()
 
     def start(self):
-        self.proc = self.ctx.spawn(["redis-server", self.conf], os.path.join(self.dir, "stdout.log"))
+        self.proc = self.ctx.spawn([SERVER_BIN, self.conf], os.path.join(self.dir, "stdout.log"))
         self.ctx.pidfiles.append(os.path.join(self.dir, "redis.pid"))
         wait_until("redis %s to answer" % self.name, lambda: rcon(self.port, 0.5).ping(), timeout=60)
 
@@ -272,7 +292,7 @@ class Sentinel:
             f.write("sentinel parallel-syncs mymaster 1\n")
         # redis-sentinel is redis-server in sentinel mode (the Debian redis-sentinel package only
         # adds a service around the same binary).
-        self.proc = ctx.spawn(["redis-server", self.conf, "--sentinel"], os.path.join(self.dir, "stdout.log"))
+        self.proc = ctx.spawn([SERVER_BIN, self.conf, "--sentinel"], os.path.join(self.dir, "stdout.log"))
         wait_until("sentinel to answer", lambda: rcon(self.port, 0.5).ping(), timeout=30)
 
     def con(self, timeout=5.0):
@@ -289,6 +309,8 @@ AGENT_ENV_BASE = {
     "TROVE_GUESTAGENT__REPLICATION__FAILOVER_DETACH_GRACE": "60",
     "TROVE_GUESTAGENT__GUEST__SHUTDOWN_GRACE": "5",
 }
+if os.environ.get("BENCH_SERVER_BIN"):
+    AGENT_ENV_BASE["TROVE_GUESTAGENT__REDIS__BINARY"] = SERVER_BIN
 
 
 class Guest:
@@ -524,7 +546,7 @@ def machine_description():
         "cpu": cpu or "?",
         "kernel": sh("uname -r"),
         "os": sh(". /etc/os-release && echo $PRETTY_NAME"),
-        "redis": sh("redis-server --version").split(" sha=")[0],
+        "redis": sh("%s --version" % SERVER_BIN).split(" sha=")[0],
         "rabbitmq": sh("dpkg-query -W -f='${Version}' rabbitmq-server"),
         "erlang": sh("dpkg-query -W -f='${Version}' erlang-base"),
         "rustc": sh("rustc --version"),

@@ -7,7 +7,7 @@ import os
 import subprocess
 import time
 
-from .common import BenchError, Fleet, RedisNode, log, now, populate, rcon, wait_until
+from .common import BenchError, Fleet, RedisNode, log, now, populate, rcon, server_identity, wait_until
 from .agentlog import rpc_spans
 
 REPLICA_CONFIG = "slave-read-only yes\n"
@@ -19,9 +19,9 @@ def source_config(diskless):
 
 
 class CreateBench:
-    def __init__(self, ctx, max_replicas, tag="cr"):
+    def __init__(self, ctx, max_replicas, tag="cr", env=None):
         self.ctx = ctx
-        self.fleet = Fleet(ctx, tag, 1 + max_replicas)
+        self.fleet = Fleet(ctx, tag, 1 + max_replicas, env=env)
         self.master = self.fleet.guests[0]
         self.replicas = self.fleet.guests[1:]
         self.hand = [RedisNode(ctx, "%shm%d" % (tag, i + 1)) for i in range(max_replicas)]
@@ -110,7 +110,9 @@ class CreateBench:
         # otherwise start as soon as all n wait.
         mc.config_set("repl-diskless-sync", "yes" if diskless else "no")
         mc.config_set("repl-diskless-sync-delay", 0 if n == 1 else 10)
-        mc.config_set("repl-diskless-sync-max-replicas", n)
+        name, version = server_identity()
+        if name == "valkey" or version >= (7, 0, 0):  # the setting exists from Redis 7.0 on, as the agent does
+            mc.config_set("repl-diskless-sync-max-replicas", n)
         full0 = self._sync_full()
         cons = [rcon(x.port) for x in nodes]
         for c in cons:

@@ -10,6 +10,7 @@ from .agentlog import rpc_spans
 from . import sidebyside
 from .common import ROOT, BenchError, log, now, provenance, rcon
 from .create import CreateBench
+from .dualchannel import bench_dualchannel
 from .failover import OursFailover, SentinelFailover
 from .footprint import Servers, idle, method_times, rpc_matrix, startup
 from .switch import FailoverTrio, FloorTrio, OursTrio, SentinelTrio
@@ -48,7 +49,9 @@ SMOKE_DEFAULT = [x for x in ALL if x != "trove"]
 FULL["trove"] = {"reps": 2}
 SMOKE["trove"] = {"reps": 1}
 # Diagnostics: run only when asked for with --only.
-EXTRA = ["fsync", "agentcost"]
+EXTRA = ["fsync", "agentcost", "dualchannel"]
+FULL["dualchannel"] = {"sizes": [[100, 3], [1024, 2]], "counts": [1, 2]}
+SMOKE["dualchannel"] = {"sizes": [[2, 1]], "counts": [1]}
 FULL["fsync"] = {"reps": 8}
 SMOKE["fsync"] = {"reps": 1}
 FULL["agentcost"] = {"reps": 3, "callers": [4, 16], "duration_s": 2.5, "idle_s": 5}
@@ -332,6 +335,7 @@ def run(ctx, cfg, only, results):
         (("agentcost",), lambda: bench_agentcost(ctx, cfg, results)),
         (("sidebyside",), lambda: sidebyside.bench(ctx, cfg["sidebyside"], results)),
         (("trove",), lambda: bench_trove(ctx, cfg, results)),
+        (("dualchannel",), lambda: bench_dualchannel(ctx, cfg, results)),
     ]
     for names, fn in steps:
         if not any(n in only for n in names):

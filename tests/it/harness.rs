@@ -51,8 +51,18 @@ pub fn version_of(bin: &str) -> ServerVersion {
     v
 }
 
+/// A free port never handed out before in this process: tests run in parallel, and a port one
+/// test was given but has not bound yet can come back from the kernel for another.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 pub fn unique(prefix: &str) -> String {

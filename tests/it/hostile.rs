@@ -284,9 +284,12 @@ async fn node_state(c: &trove_guest::rpc::client::RpcClient, g: &Guest, pw: Opti
     let mut con = g.redis(pw).await;
     let server = info(&mut con, "server").await;
     let repl = info(&mut con, "replication").await.replication().expect("INFO replication");
-    // One CONFIG GET for every watched setting (Redis 7 takes several names).
-    let pairs: Vec<String> = redis::cmd("CONFIG").arg("GET").arg(WATCHED_CONFIG).query_async(&mut con).await.unwrap();
-    let config: BTreeMap<String, String> = pairs.chunks(2).map(|p| (p[0].clone(), p.get(1).cloned().unwrap_or_default())).collect();
+    // One CONFIG GET per watched setting (several names in one CONFIG GET need Redis 7).
+    let mut config = BTreeMap::new();
+    for name in WATCHED_CONFIG {
+        let pair: Vec<String> = redis::cmd("CONFIG").arg("GET").arg(name).query_async(&mut con).await.unwrap();
+        config.insert(pair.first().cloned().unwrap_or_else(|| name.to_string()), pair.get(1).cloned().unwrap_or_default());
+    }
     assert_eq!(config.len(), WATCHED_CONFIG.len(), "CONFIG GET returned {config:?}");
     let status = match try_call_within(c, g, "get_replication_status", Duration::from_secs(10)).await {
         Ok(s) => s,
@@ -770,7 +773,8 @@ async fn odd_but_valid_passwords_are_accepted_and_quoted() {
     prepare(&c, &replica, None, None).await;
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
-    let mut master = std::process::Command::new("redis-server")
+    // The server under test (an older replica cannot load a newer master's RDB).
+    let mut master = std::process::Command::new(server_binary())
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir"])
         .arg(dir.path())
         .stdout(std::process::Stdio::null())

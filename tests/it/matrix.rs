@@ -105,21 +105,94 @@ async fn pair_across_servers_creates_and_promotes() {
     let n: i64 = new.redis(None).await.get("k199").await.unwrap();
     assert_eq!(n, 199);
 
-    call(&c, &old, "make_read_only", json!({"read_only": true})).await;
-    let latest = call(&c, &old, "get_latest_txn_id", json!({})).await;
-    call(&c, &new, "wait_for_txn", json!({"txn": latest})).await;
-    call(&c, &new, "detach_replica", json!({"for_failover": true})).await;
-    call(&c, &new, "enable_as_master", json!({"replica_source_config": null})).await;
-    call(&c, &new, "make_read_only", json!({"read_only": false})).await;
-    let ctx = call(&c, &new, "get_replica_context", json!({})).await;
-    call(&c, &old, "attach_replica", json!({"replica_info": ctx, "slave_config": "slave-read-only yes", "restart": false})).await;
-    call(&c, &old, "demote_replication_master", json!({})).await;
+    promote_in_trove_order(&c, &old, &new).await;
+    let n: i64 = old.redis(None).await.get("k199").await.unwrap();
+    assert_eq!(n, 199);
+}
+
+/// Promotes `new` (a replica of `old`) in Trove's order; `old` must follow by partial resync.
+async fn promote_in_trove_order(c: &trove_guest::rpc::client::RpcClient, old: &Guest, new: &Guest) {
+    call(c, old, "make_read_only", json!({"read_only": true})).await;
+    let latest = call(c, old, "get_latest_txn_id", json!({})).await;
+    call(c, new, "wait_for_txn", json!({"txn": latest})).await;
+    call(c, new, "detach_replica", json!({"for_failover": true})).await;
+    call(c, new, "enable_as_master", json!({"replica_source_config": null})).await;
+    call(c, new, "make_read_only", json!({"read_only": false})).await;
+    let ctx = call(c, new, "get_replica_context", json!({})).await;
+    call(c, old, "attach_replica", json!({"replica_info": ctx, "slave_config": "slave-read-only yes", "restart": false})).await;
+    call(c, old, "demote_replication_master", json!({})).await;
 
     let _: () = new.redis(None).await.set("after", "1").await.unwrap();
     eventually(10, "the old master follows the new one", || async { old.redis(None).await.get::<_, Option<String>>("after").await.unwrap().is_some() }).await;
-    let s = call(&c, &new, "get_replication_status", json!({})).await;
+    let s = call(c, new, "get_replication_status", json!({})).await;
     assert!(s["sync_partial_ok"].as_i64().unwrap() >= 1, "the old master did not continue partially: {s}");
     assert_eq!(s["sync_full"].as_i64().unwrap(), 0, "the new master served a full resync: {s}");
-    let n: i64 = old.redis(None).await.get("k199").await.unwrap();
-    assert_eq!(n, 199);
+}
+
+const DUAL_CHANNEL: (&str, &str) = ("TROVE_GUESTAGENT__REPLICATION__DUAL_CHANNEL_REPLICATION", "true");
+
+/// `[replication] dual_channel_replication` on Valkey 8.0+: create with 10 MB of data (the master
+/// really syncs over the RDB channel, and the replica has every key when the create returns, so
+/// the doubled listing and the negative sync remainder did not pass for "caught up"), the setting
+/// rendered and set on both nodes, then a promote in Trove's order. On any other server the agent
+/// refuses to start, naming the setting.
+#[tokio::test]
+async fn dual_channel_replication_setting() {
+    let (name, version) = server_version();
+    if name != "valkey" || version < (8, 0, 0) {
+        return dual_channel_is_refused_at_start_up().await;
+    }
+    let c = client().await;
+    let old = spawn_guest(&c, None, &[DUAL_CHANNEL]).await;
+    let new = spawn_guest(&c, None, &[DUAL_CHANNEL]).await;
+    prepare(&c, &old, None, None).await;
+    let mut m = old.redis(None).await;
+    let value = "v".repeat(5000);
+    for chunk in 0..20 {
+        let mut pipe = redis::pipe();
+        for i in chunk * 100..(chunk + 1) * 100 {
+            pipe.set(format!("k{i}"), &value).ignore();
+        }
+        let _: () = pipe.query_async(&mut m).await.unwrap();
+    }
+    let mut snapshot = call(&c, &old, "get_replication_snapshot", json!({"snapshot_info": {"replica_count": 1}, "replica_source_config": null})).await;
+    snapshot["config"] = json!("slave-read-only yes\n");
+    prepare(&c, &new, None, Some(snapshot)).await;
+    let keys: i64 = redis::cmd("DBSIZE").query_async(&mut new.redis(None).await).await.unwrap();
+    assert_eq!(keys, 2000, "the create returned before the replica had the data");
+    let master_log = std::fs::read_to_string(old.dir.path().join("data/redis-server.log")).unwrap_or_default();
+    assert!(master_log.contains("Full sync will continue with dedicated RDB channel"), "no dual-channel sync in the master's log:\n{master_log}");
+    let s = call(&c, &old, "get_replication_status", json!({})).await;
+    assert_eq!(s["replicas"].as_array().map(Vec::len), Some(1), "{s}");
+    for g in [&old, &new] {
+        assert_eq!(config_get(g, "dual-channel-replication-enabled").await, "yes");
+        let d = trove_guest::datastore::redis::conf::parse(&std::fs::read_to_string(g.config_file()).unwrap()).unwrap();
+        assert_eq!(trove_guest::datastore::redis::conf::lookup(&d, "dual-channel-replication-enabled").as_deref(), Some("yes"));
+    }
+    promote_in_trove_order(&c, &old, &new).await;
+    let keys: i64 = redis::cmd("DBSIZE").query_async(&mut old.redis(None).await).await.unwrap();
+    assert_eq!(keys, 2001);
+}
+
+/// A server without dual-channel replication: the agent exits at start-up and says why.
+async fn dual_channel_is_refused_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trove-guestagent"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TROVE_GUESTAGENT__RPC__TRANSPORT_URL", amqp_url())
+        .env("TROVE_GUESTAGENT__GUEST__ID", unique("g"))
+        .env("TROVE_GUESTAGENT__REDIS__SERVICE", "supervised")
+        .env("TROVE_GUESTAGENT__REDIS__BINARY", server_binary())
+        .env("TROVE_GUESTAGENT__REDIS__CONFIG_FILE", dir.path().join("redis.conf"))
+        .env("TROVE_GUESTAGENT__REDIS__DATA_DIR", dir.path().join("data"))
+        .env("TROVE_GUESTAGENT__REDIS__PORT", free_port().to_string())
+        .env(DUAL_CHANNEL.0, DUAL_CHANNEL.1)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "the agent started: {text}");
+    assert!(text.contains("replication.dual_channel_replication is on") && text.contains("has no dual-channel replication"), "{text}");
+    assert!(!dir.path().join("redis.conf").exists(), "a redis.conf was written before the refusal");
 }

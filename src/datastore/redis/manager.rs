@@ -1,7 +1,7 @@
 //! The Redis datastore manager: lifecycle, configuration layers, status probe, filesystem stats.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
@@ -21,6 +21,8 @@ pub struct RedisManager {
     state: Mutex<State>,
     state_path: PathBuf,
     major: AtomicU32,
+    /// `[replication] dual_channel_replication`: rendered and set on this node (Valkey 8.0+).
+    dual_channel: AtomicBool,
     /// The admin connection, reused while the password and CONFIG name stay the same.
     admin_cache: Mutex<Option<(String, Admin)>>,
     /// Set while a redis-server from another configuration holds our port (supervised mode).
@@ -47,6 +49,7 @@ impl RedisManager {
             state: Mutex::new(state),
             state_path,
             major: AtomicU32::new(major),
+            dual_channel: AtomicBool::new(false),
             admin_cache: Mutex::new(None),
             foreign: std::sync::Mutex::new(None),
         })
@@ -124,8 +127,29 @@ impl RedisManager {
         self.major.load(Ordering::Relaxed)
     }
 
+    /// Turns Valkey's dual-channel replication on for this node's rendered configuration (the
+    /// replication strategy calls it once, before the agent boots Redis).
+    pub fn set_dual_channel(&self, on: bool) {
+        self.dual_channel.store(on, Ordering::Relaxed);
+    }
+
+    /// With dual-channel replication configured: refuses a server without it (nothing changed),
+    /// else sets it at runtime (idempotent). Without it: nothing.
+    pub async fn apply_dual_channel(&self, admin: &mut Admin) -> Result<()> {
+        if !self.dual_channel.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let server = admin.info("server").await?.server();
+        let server = server.ok_or_else(|| Error::Refused("replication.dual_channel_replication is on, and the server's INFO names no version".into()))?;
+        if let Some(why) = server.lacks_dual_channel() {
+            return Err(Error::Refused(why));
+        }
+        admin.config_set("dual-channel-replication-enabled", "yes").await
+    }
+
     fn system(&self) -> System<'_> {
         System {
+            dual_channel: self.dual_channel.load(Ordering::Relaxed),
             port: self.settings.port,
             tls: self.settings.tls_files().map(|files| state::TlsListener {
                 port: self.settings.tls_port,

@@ -79,6 +79,18 @@ impl Server {
         self.valkey
     }
 
+    /// `dual-channel-replication-enabled` (Valkey 8.0+).
+    pub fn has_dual_channel(&self) -> bool {
+        self.valkey && self.version >= (8, 0, 0)
+    }
+
+    /// Why this server cannot run with `[replication] dual_channel_replication`, if it cannot.
+    pub fn lacks_dual_channel(&self) -> Option<String> {
+        (!self.has_dual_channel()).then(|| {
+            format!("replication.dual_channel_replication is on, and {self} has no dual-channel replication (Valkey 8.0 or newer has it); turn the setting off or run Valkey 8.0+")
+        })
+    }
+
     /// Why the agent refuses this server, if it does.
     pub fn unsupported(&self) -> Option<String> {
         let oldest = if self.valkey { OLDEST_VALKEY } else { OLDEST_REDIS };
@@ -146,6 +158,11 @@ mod tests {
             assert_eq!((s.has_pause_write(), s.has_diskless_sync_max_replicas(), s.has_flush_before_load()), (pause, max, flush), "{s}");
         }
         assert!(redis((5, 0, 14)).unsupported().unwrap().contains("redis 5.0.14 is not supported"));
+        for (s, dual) in [(redis((7, 4, 1)), false), (redis((8, 0, 0)), false), (valkey((7, 2, 5)), false), (valkey((8, 0, 0)), true), (valkey((9, 1, 2)), true)] {
+            assert_eq!(s.has_dual_channel(), dual, "{s}");
+            assert_eq!(s.lacks_dual_channel().is_none(), dual, "{s}");
+        }
+        assert!(redis((7, 0, 15)).lacks_dual_channel().unwrap().contains("redis 7.0.15 has no dual-channel replication"));
         assert!(valkey((7, 0, 0)).unsupported().is_some());
     }
 

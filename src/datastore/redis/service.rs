@@ -57,6 +57,9 @@ pub struct Rejected {
 /// run here refuses the change (`Error::Unchecked`), it never lets it through unchecked.
 pub async fn check_config(binary: &str, text: &str) -> Result<()> {
     use tokio::io::AsyncWriteExt;
+    // Redis 6 reads one `save` pair per line and silently ignores a line with more.
+    let one_pair_per_line = super::server::Server::of_binary(binary).is_some_and(|s| !s.valkey && s.version < (7, 0, 0));
+    check_save(text, one_pair_per_line)?;
     let mut cmd = Command::new(binary);
     cmd.arg("-").args(["--port", "0"]);
     // Builds without TLS (e.g. many Redis 6 builds) refuse the `tls-port` directive itself; a
@@ -85,6 +88,24 @@ pub async fn check_config(binary: &str, text: &str) -> Result<()> {
     };
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     parse_check_output(&text).map_err(|r| Error::InvalidConfig { key: r.key, reason: r.reason })
+}
+
+/// `save` takes `""` or pairs of `<seconds> <changes>` (on Redis 6 one pair per line). Redis 7
+/// refuses anything else; Redis 6 accepts `save 900` or `save 900 1 300 10` and silently ignores
+/// the line, so the agent refuses those itself.
+fn check_save(text: &str, one_pair_per_line: bool) -> Result<()> {
+    let directives = super::conf::parse(text).unwrap_or_default();
+    for d in directives.iter().filter(|d| d.key == "save") {
+        let empty = d.args.len() == 1 && d.args[0].is_empty();
+        let pairs = !d.args.is_empty() && d.args.len() % 2 == 0 && d.args.iter().all(|a| a.parse::<u64>().is_ok());
+        if !empty && !pairs {
+            return Err(Error::InvalidConfig { key: Some("save".into()), reason: "save takes \"\" or pairs of <seconds> <changes>".into() });
+        }
+        if pairs && one_pair_per_line && d.args.len() > 2 {
+            return Err(Error::InvalidConfig { key: Some("save".into()), reason: "this server takes one <seconds> <changes> pair per save line (it ignores a line with more)".into() });
+        }
+    }
+    Ok(())
 }
 
 /// Reads redis-server's verdict. The offending line is never returned: it may hold a password.
@@ -451,6 +472,20 @@ impl Supervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn save_needs_pairs_of_integers_on_every_server() {
+        for ok in ["save 900 1\n", "save \"\"\n", "save 3600 1 300 100\n", "port 1\n"] {
+            assert!(check_save(ok, false).is_ok(), "{ok}");
+        }
+        for ok in ["save 900 1\nsave 300 10\n", "save \"\"\n"] {
+            assert!(check_save(ok, true).is_ok(), "{ok}");
+        }
+        for (bad, redis6) in [("save 900\n", false), ("save 900 1 60\n", false), ("save x y\n", false), ("save 900 -1\n", false), ("save 3600 1 300 100\n", true)] {
+            let e = check_save(bad, redis6).unwrap_err().to_string();
+            assert!(e.contains("at 'save'") && e.contains("nothing was changed"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn check_output_verdicts() {

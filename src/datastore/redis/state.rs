@@ -78,6 +78,8 @@ pub struct System<'a> {
     pub daemonize: bool,
     /// TLS settings, when the agent is configured with certificates.
     pub tls: Option<TlsListener<'a>>,
+    /// Valkey's dual-channel replication (`[replication] dual_channel_replication`), on every node.
+    pub dual_channel: bool,
 }
 
 /// The certificate settings the agent forces, and `tls-port` (0: no TLS listener, the
@@ -128,6 +130,9 @@ impl State {
             out.push(Override::set("tls-key-file", &[&f.key_file.display().to_string()]));
             out.push(Override::set("tls-ca-cert-file", &[&f.ca_cert_file.display().to_string()]));
             out.push(Override::set("tls-auth-clients", &[tls.auth_clients]));
+        }
+        if system.dual_channel {
+            out.push(Override::set("dual-channel-replication-enabled", &["yes"]));
         }
         if let Some(save) = &self.persistence {
             out.push(Override { key: "save".into(), lines: save_lines(save) });
@@ -261,7 +266,7 @@ mod tests {
     use serde_json::json;
 
     fn system(dir: &Path) -> System<'_> {
-        System { port: 7000, dir, daemonize: false, tls: None }
+        System { port: 7000, dir, daemonize: false, tls: None, dual_channel: false }
     }
 
     #[test]
@@ -290,10 +295,21 @@ mod tests {
     }
 
     #[test]
+    fn dual_channel_is_rendered_only_when_on_and_beats_a_user_override() {
+        let dir = Path::new("/data");
+        let mut s = State { base: Some("port 6379\n".into()), ..Default::default() };
+        assert_eq!(conf::lookup(&conf::parse(&s.render(&system(dir), 9)).unwrap(), "dual-channel-replication-enabled"), None);
+        s.user.insert("dual-channel-replication-enabled".into(), json!("no"));
+        let on = System { dual_channel: true, ..system(dir) };
+        let d = conf::parse(&s.render(&on, 9)).unwrap();
+        assert_eq!(conf::lookup(&d, "dual-channel-replication-enabled").as_deref(), Some("yes"));
+    }
+
+    #[test]
     fn tls_listener_and_tls_replication() {
         let dir = Path::new("/data");
         let files = crate::config::TlsFiles { cert_file: "/etc/redis/n.crt".into(), key_file: "/etc/redis/n.key".into(), ca_cert_file: "/etc/redis/ca.crt".into() };
-        let sys = System { port: 7000, dir, daemonize: false, tls: Some(TlsListener { port: 7443, files, auth_clients: "yes" }) };
+        let sys = System { port: 7000, dir, daemonize: false, tls: Some(TlsListener { port: 7443, files, auth_clients: "yes" }), dual_channel: false };
         let mut s = State { base: Some("port 6379\ntls-replication yes\n".into()), ..Default::default() };
         s.user.insert("tls-port".into(), json!(1));
         s.user.insert("tls-replication".into(), json!("yes"));

@@ -38,6 +38,11 @@ impl RedisSync {
         validate_master(master)?;
         let _op = self.op.lock().await;
         let tls = self.check_transport(master)?;
+        // A crashed replica source held back has no server to ask yet: it is checked once started.
+        let held = self.manager.held().await;
+        if !held {
+            self.manager.apply_dual_channel(&mut self.admin().await?).await?;
+        }
         let held_back = self.cancel_pending_detach();
         let mut remote = connect_master(master, &self.settings, tls).await?;
         // One INFO each (server and replication sections) keeps the checks to two round trips.
@@ -64,7 +69,7 @@ impl RedisSync {
         if desired.masteruser.is_some() && self.manager.major() < 6 {
             return Err(Error::Refused("masteruser (ACL replication user) needs Redis 6 or newer".into()));
         }
-        if self.manager.held().await {
+        if held {
             // A crashed replica source whose restart was held back: it comes back as a replica of
             // the new master (a full sync replaces its stale data), never as a master again.
             self.manager
@@ -77,6 +82,9 @@ impl RedisSync {
             tracing::info!(master = %format!("{}:{}", master.host, master.port), "the crashed replica source restarts as a replica");
         }
         let mut admin = self.admin().await?;
+        if held {
+            self.manager.apply_dual_channel(&mut admin).await?;
+        }
         let own_info = admin.info("default").await?;
         let own_run_id = own_info.run_id();
         if own_run_id.is_some() && own_run_id == remote_info.run_id() {

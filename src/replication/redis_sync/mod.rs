@@ -37,6 +37,7 @@ pub struct RedisSync {
 
 impl RedisSync {
     pub fn new(manager: Arc<RedisManager>, settings: ReplicationSettings) -> Self {
+        manager.set_dual_channel(settings.dual_channel_replication);
         RedisSync {
             manager,
             settings,

@@ -81,6 +81,7 @@ impl RedisSync {
                 repl.master_port.unwrap_or_default()
             )));
         }
+        self.manager.apply_dual_channel(&mut admin).await?;
         self.ensure_persistence(&mut admin, request.enable_persistence).await?;
         let used = admin.info("memory").await?.used_memory().unwrap_or(0);
         let free = self.manager.free_disk()?;
@@ -110,8 +111,9 @@ impl RedisSync {
 
     pub(super) async fn enable_master(&self, replica_source_config: Option<&str>) -> Result<()> {
         let _op = self.op.lock().await;
-        self.cancel_pending_detach();
         let mut admin = self.admin().await?;
+        self.manager.apply_dual_channel(&mut admin).await?;
+        self.cancel_pending_detach();
         if admin.replication().await?.role == Role::Replica {
             admin.replicaof_no_one().await?;
             tracing::info!("now a master (the replication history is kept for the old replicas' partial resync)");
