@@ -127,12 +127,16 @@ md = open(os.path.join(out, "BENCHMARKS.md")).read()
 charts = {"switchover": "switchover.png", "failover": "failover.png", "create": "create.png", "rpc": "rpc.png",
           "footprint": "footprint.png", "scale": "scale.png", "trove": "trove.png"}
 bad = []
-# Benchmarks without a chart (sidebyside) must have their section in the report instead.
-sections = {"sidebyside": "side by side with Redis Sentinel"}
+# Benchmarks without a chart (sidebyside) must have their detailed section and their summary rows instead.
+tables_md = os.path.join(out, "bench", "results", "tables.md")
+tables = open(tables_md).read() if os.path.exists(tables_md) else ""
+sections = {"sidebyside": ("side by side with Redis Sentinel", "watch vs Sentinel")}
 for name in res["meta"]["only"]:
     if name in sections:
-        if sections[name] not in md:
-            bad.append("no %s section in BENCHMARKS.md" % name)
+        if sections[name][0] not in tables:
+            bad.append("no %s section in bench/results/tables.md" % name)
+        if sections[name][1] not in md:
+            bad.append("no %s rows in the summary of BENCHMARKS.md" % name)
     else:
         png = os.path.join(out, "charts", charts[name])
         if not os.path.exists(png) or open(png, "rb").read(8) != b"\x89PNG\r\n\x1a\n":
