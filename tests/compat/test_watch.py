@@ -121,17 +121,24 @@ def start_watcher(inv, listen, log):
                             env=dict(os.environ, TROVE_GUESTCTL_LOG="trove_guest=debug,warn"))
 
 
+def start_two_watchers(inv, listens, watcher, tmp_path):
+    """Starts watcher a, waits until it holds the lease, then watcher b; returns read(n), the log
+    of watcher n so far."""
+    logs = [tmp_path / ("watch%d.log" % n) for n in range(2)]
+    read = lambda n: logs[n].read_text(errors="replace") if logs[n].exists() else ""  # noqa: E731
+    with open(logs[0], "wb") as log:
+        watcher["a"] = start_watcher(inv, listens[0], log)
+    wait_until("the first watcher holds the lease", lambda: "holds the lease" in read(0), secs=20)
+    with open(logs[1], "wb") as log:
+        watcher["b"] = start_watcher(inv, listens[1], log)
+    return read
+
+
 def test_watch_fails_over_and_sentinel_clients_follow(topology, tmp_path):
     """Two watchers: one holds the lease and acts, both serve discovery; the other takes over
     when the first dies."""
     guests, inv, listens, watcher = topology
-    logs = [tmp_path / ("watch%d.log" % n) for n in range(2)]
-    with open(logs[0], "wb") as log:
-        watcher["a"] = start_watcher(inv, listens[0], log)
-    read = lambda n: logs[n].read_text(errors="replace") if logs[n].exists() else ""  # noqa: E731
-    wait_until("the first watcher holds the lease", lambda: "holds the lease" in read(0), secs=20)
-    with open(logs[1], "wb") as log:
-        watcher["b"] = start_watcher(inv, listens[1], log)
+    read = start_two_watchers(inv, listens, watcher, tmp_path)
     log_text = lambda: read(0)  # noqa: E731
     host, port = listens[0].rsplit(":", 1)
 
@@ -270,13 +277,7 @@ def test_sentinel_failover_is_a_planned_switchover(topology, tmp_path):
     replica takes over and no write acknowledged through the Sentinel client is lost. The other
     watcher refuses it (only the lease holder acts)."""
     guests, inv, listens, watcher = topology
-    logs = [tmp_path / ("watch%d.log" % n) for n in range(2)]
-    with open(logs[0], "wb") as log:
-        watcher["a"] = start_watcher(inv, listens[0], log)
-    read = lambda n: logs[n].read_text(errors="replace") if logs[n].exists() else ""  # noqa: E731
-    wait_until("the first watcher holds the lease", lambda: "holds the lease" in read(0), secs=20)
-    with open(logs[1], "wb") as log:
-        watcher["b"] = start_watcher(inv, listens[1], log)
+    read = start_two_watchers(inv, listens, watcher, tmp_path)
     ports = [redis_port(g) for g in guests]
     acting = [(h, int(p)) for h, p in [listens[0].rsplit(":", 1)]][0]
     other = [(h, int(p)) for h, p in [listens[1].rsplit(":", 1)]][0]
