@@ -2,6 +2,7 @@
 client (a client no one here wrote) finds the new master through the watcher's discovery
 endpoint and keeps writing. Real agents, real redis-server processes, real RabbitMQ."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -84,8 +85,10 @@ class Writer(threading.Thread):
         assert not self.is_alive(), "writer thread did not stop"
 
 
-@pytest.fixture
-def topology(rabbit_url, tmp_path):
+@contextlib.contextmanager
+def replica_set(rabbit_url, tmp_path):
+    """Three prepared guests on rabbit_url, guest 0 the master of the others, an inventory naming
+    two watcher addresses; yields (guests, inventory, listen addresses, {name: watcher process})."""
     guests = [Guest("rust", rabbit_url, name="watch%d" % n) for n in range(3)]
     watcher = {}
     try:
@@ -112,6 +115,12 @@ def topology(rabbit_url, tmp_path):
                 proc.wait(5)
         for g in guests:
             g.cleanup()
+
+
+@pytest.fixture
+def topology(rabbit_url, tmp_path):
+    with replica_set(rabbit_url, tmp_path) as t:
+        yield t
 
 
 def start_watcher(inv, listen, log):
@@ -318,3 +327,33 @@ def test_sentinel_failover_is_a_planned_switchover(topology, tmp_path):
     for w in ("a", "b"):
         watcher[w].send_signal(signal.SIGTERM)
         assert watcher[w].wait(15) == 0
+
+
+def test_no_failover_on_a_broker_restart(restart_broker, tmp_path):
+    """A restart of RabbitMQ silences every agent at once: nobody reports the master's link down,
+    so the watcher must not fail over, and it acts again once the broker is back."""
+    with replica_set(restart_broker.url, tmp_path) as (guests, inv, listens, watcher):
+        log_path = tmp_path / "watch.log"
+        with open(log_path, "wb") as log:
+            watcher["a"] = start_watcher(inv, listens[0], log)
+        log_text = lambda: log_path.read_text(errors="replace") if log_path.exists() else ""  # noqa: E731
+        wait_until("the watcher holds the lease", lambda: "holds the lease" in log_text(), secs=20)
+        host, port = listens[0].rsplit(":", 1)
+        sentinel = Sentinel([(host, int(port))], socket_timeout=0.5)
+        ports = [redis_port(g) for g in guests]
+        wait_until("discovery names the master",
+                   lambda: sentinel.discover_master(NAME) == ("127.0.0.1", ports[0]), secs=20)
+        restart_broker.restart()
+        # Back: every agent answers again and the watcher holds the lease again.
+        for g in guests:
+            wait_until("agent %s answers after the broker restart" % g.id,
+                       lambda g=g: g.client(timeout=2).call(lib.newest_context(), "rpc_ping"),
+                       secs=60)
+        wait_until("the watcher holds the lease again",
+                   lambda: log_text().count("holds the lease") >= 2, secs=30)
+        time.sleep(3 * DOWN_AFTER_MS / 1000)
+        assert sentinel.discover_master(NAME) == ("127.0.0.1", ports[0])
+        assert "decision: master is down" not in log_text(), log_text()[-3000:]
+        assert redis.Redis(port=ports[0], password=PW).info("replication")["role"] == "master"
+        watcher["a"].send_signal(signal.SIGTERM)
+        assert watcher["a"].wait(15) == 0, log_text()[-3000:]
