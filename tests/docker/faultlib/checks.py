@@ -64,8 +64,10 @@ def replica_state(env, g):
 
 
 def linked_to(env, g, master):
-    """g replicates from master, its link is up and it has reached master's offset."""
-    s, m = replica_state(env, g), replica_state(env, master)
+    """g replicates from master, its link is up and it has reached the offset master had just
+    before (asked first: under a running writer, a master asked second is always ahead)."""
+    m = replica_state(env, master)
+    s = replica_state(env, g)
     return bool(s and m and s["role"] == "slave" and s["master_host"] == env.ip(master) and s["link"] == "up"
                 and s["sync"] == "0" and s["offset"] >= m["master_repl_offset"])
 
