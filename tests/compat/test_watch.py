@@ -130,6 +130,16 @@ def start_watcher(inv, listen, log):
                             env=dict(os.environ, TROVE_GUESTCTL_LOG="trove_guest=debug,warn"))
 
 
+def start_one_watcher(inv, listen, watcher, tmp_path):
+    """Starts watcher a and waits until it holds the lease; returns a function giving its log."""
+    log_path = tmp_path / "watch.log"
+    with open(log_path, "wb") as log:
+        watcher["a"] = start_watcher(inv, listen, log)
+    log_text = lambda: log_path.read_text(errors="replace") if log_path.exists() else ""  # noqa: E731
+    wait_until("the watcher holds the lease", lambda: "holds the lease" in log_text(), secs=20)
+    return log_text
+
+
 def start_two_watchers(inv, listens, watcher, tmp_path):
     """Starts watcher a, waits until it holds the lease, then watcher b; returns read(n), the log
     of watcher n so far."""
@@ -235,11 +245,7 @@ def test_watch_ejects_a_crashed_master_redis_and_reattaches_it(topology, tmp_pat
     from its snapshot would make the replicas drop every later write), the watcher ejects it, and
     then re-attaches it as a replica of the new master. A redis-py Sentinel client writes through."""
     guests, inv, listens, watcher = topology
-    log_path = tmp_path / "watch.log"
-    with open(log_path, "wb") as log:
-        watcher["a"] = start_watcher(inv, listens[0], log)
-    log_text = lambda: log_path.read_text(errors="replace") if log_path.exists() else ""  # noqa: E731
-    wait_until("the watcher holds the lease", lambda: "holds the lease" in log_text(), secs=20)
+    log_text = start_one_watcher(inv, listens[0], watcher, tmp_path)
     host, port = listens[0].rsplit(":", 1)
     ports = [redis_port(g) for g in guests]
     sentinel = Sentinel([(host, int(port))], socket_timeout=0.5)
@@ -333,11 +339,7 @@ def test_no_failover_on_a_broker_restart(restart_broker, tmp_path):
     """A restart of RabbitMQ silences every agent at once: nobody reports the master's link down,
     so the watcher must not fail over, and it acts again once the broker is back."""
     with replica_set(restart_broker.url, tmp_path) as (guests, inv, listens, watcher):
-        log_path = tmp_path / "watch.log"
-        with open(log_path, "wb") as log:
-            watcher["a"] = start_watcher(inv, listens[0], log)
-        log_text = lambda: log_path.read_text(errors="replace") if log_path.exists() else ""  # noqa: E731
-        wait_until("the watcher holds the lease", lambda: "holds the lease" in log_text(), secs=20)
+        log_text = start_one_watcher(inv, listens[0], watcher, tmp_path)
         host, port = listens[0].rsplit(":", 1)
         sentinel = Sentinel([(host, int(port))], socket_timeout=0.5)
         ports = [redis_port(g) for g in guests]
