@@ -36,8 +36,9 @@ impl WatchOptions {
 
 /// A replica's link to its master counts as down once the master has been silent this long,
 /// even while Redis still calls the link up (a cut network is noticed only at `repl-timeout`):
-/// masters ping their replicas every 10 s (`repl-ping-replica-period`).
-const SILENT_LINK_SECS: i64 = 11;
+/// the agent makes a replica source ping its replicas every second (`SOURCE_PING_PERIOD_S`), and
+/// `master_last_io_seconds_ago` is whole seconds, so 3 leaves room for a late ping.
+const SILENT_LINK_SECS: i64 = 3;
 
 /// What the watcher remembers between rounds.
 struct Memory {
@@ -66,10 +67,17 @@ pub fn current_master(inv: &Inventory) -> Option<String> {
     inv.guests.iter().find(|g| g.replica_of.is_none() && !inv.replicas_of(&g.id).is_empty()).map(|g| g.id.clone())
 }
 
+/// Seconds since a replica whose Redis still calls its link up last heard its master, when that
+/// is long enough to count the link as cut.
+fn silent_secs(l: &Live) -> Option<i64> {
+    let s = l.status.as_ref()?;
+    let quiet = s.get("master_last_io_seconds_ago").and_then(Value::as_i64)?;
+    (s.get("link_up") == Some(&json!(true)) && quiet >= SILENT_LINK_SECS).then_some(quiet)
+}
+
 fn link_up(l: &Live) -> bool {
     let Some(s) = &l.status else { return false };
-    let silent = s.get("master_last_io_seconds_ago").and_then(Value::as_i64).is_some_and(|t| t >= SILENT_LINK_SECS);
-    s.get("role").and_then(Value::as_str) == Some("replica") && s.get("link_up") == Some(&json!(true)) && !silent
+    s.get("role").and_then(Value::as_str) == Some("replica") && s.get("link_up") == Some(&json!(true)) && silent_secs(l).is_none()
 }
 
 fn node_of(l: &Live) -> Option<Node> {
@@ -167,6 +175,10 @@ impl Taskmanager {
             }
             if link_up(l) {
                 mem.last_linked.insert(l.id.clone(), now);
+            } else if let Some(quiet) = silent_secs(l) {
+                // A silent link went quiet when the master was last heard, not when we noticed.
+                let heard = now.checked_sub(Duration::from_secs(quiet as u64)).unwrap_or(started);
+                mem.last_linked.entry(l.id.clone()).and_modify(|t| *t = (*t).min(heard));
             }
         }
         let live_of = |id: &str| lives.iter().find(|l| l.id == id);
@@ -309,5 +321,25 @@ impl Taskmanager {
         }
         let replicas = replicas.iter().filter_map(|r| mem.nodes.get(r).cloned()).collect();
         *shared.view.write().await = View { master: m, replicas, sdown: mem.sdown, odown: mem.odown, epoch: mem.epoch };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica(link_up: bool, last_io: i64) -> Live {
+        let status = json!({"role": "replica", "link_up": link_up, "master_last_io_seconds_ago": last_io});
+        Live { id: "r".into(), status: Some(status), error: None, unprepared: false, silent: false, held: false }
+    }
+
+    #[test]
+    fn a_link_redis_calls_up_counts_as_cut_once_the_master_is_silent_for_three_seconds() {
+        assert!(link_up(&replica(true, 0)));
+        assert!(link_up(&replica(true, 2)), "one late ping is not a cut");
+        assert!(!link_up(&replica(true, 3)));
+        assert_eq!(silent_secs(&replica(true, 7)), Some(7));
+        assert!(!link_up(&replica(false, 0)));
+        assert_eq!(silent_secs(&replica(false, 7)), None, "a link Redis calls down is down anyway");
     }
 }

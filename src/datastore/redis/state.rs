@@ -54,6 +54,10 @@ pub struct State {
     pub no_start_on_boot: bool,
 }
 
+/// `repl-ping-replica-period` on a replica source: replicas then hear from a live master at least
+/// every second, so a silent link means a cut one within seconds (Redis's default is 10 s).
+pub const SOURCE_PING_PERIOD_S: u32 = 1;
+
 /// Keys only the agent may set: user overrides of these are ignored.
 pub const PROTECTED: &[&str] = &[
     "replicaof",
@@ -140,6 +144,7 @@ impl State {
         if let Some(m) = &self.master {
             out.push(Override::set("repl-diskless-sync", &[yes_no(m.diskless_sync)]));
             out.push(Override::set("repl-diskless-sync-delay", &[&m.diskless_sync_delay.to_string()]));
+            out.push(Override::set("repl-ping-replica-period", &[&SOURCE_PING_PERIOD_S.to_string()]));
             if m.min_replicas_to_write > 0 {
                 out.push(Override::set("min-replicas-to-write", &[&m.min_replicas_to_write.to_string()]));
                 out.push(Override::set("min-replicas-max-lag", &[&m.min_replicas_max_lag.to_string()]));
@@ -267,6 +272,19 @@ mod tests {
 
     fn system(dir: &Path) -> System<'_> {
         System { port: 7000, dir, daemonize: false, tls: None, dual_channel: false }
+    }
+
+    #[test]
+    fn a_replica_source_pings_its_replicas_every_second_whatever_the_user_says() {
+        let dir = Path::new("/data");
+        let mut s = State { base: Some("port 6379\nrepl-ping-replica-period 10\n".into()), ..Default::default() };
+        s.user.insert("repl-ping-replica-period".into(), json!(30));
+        let d = conf::parse(&s.render(&system(dir), 7)).unwrap();
+        assert_eq!(conf::lookup(&d, "repl-ping-replica-period").as_deref(), Some("30"));
+        let settings = MasterSettings { diskless_sync: true, diskless_sync_delay: 0, diskless_sync_max_replicas: None, min_replicas_to_write: 0, min_replicas_max_lag: 0 };
+        s.master = Some(settings);
+        let d = conf::parse(&s.render(&system(dir), 7)).unwrap();
+        assert_eq!(conf::lookup(&d, "repl-ping-replica-period").as_deref(), Some("1"));
     }
 
     #[test]

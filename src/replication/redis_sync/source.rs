@@ -9,7 +9,7 @@ use super::{RedisSync, NAME};
 use crate::datastore::redis::admin::Admin;
 use crate::datastore::redis::conf;
 use crate::datastore::redis::info::Role;
-use crate::datastore::redis::state::MasterSettings;
+use crate::datastore::redis::state::{MasterSettings, SOURCE_PING_PERIOD_S};
 
 impl RedisSync {
     /// Turns on the default save points when neither RDB nor AOF is on, or refuses.
@@ -55,6 +55,7 @@ impl RedisSync {
             }
         }
         let major = self.manager.major();
+        admin.config_set(&conf::spelled_for("repl-ping-replica-period", major), &SOURCE_PING_PERIOD_S.to_string()).await?;
         if self.settings.min_replicas_to_write > 0 {
             admin.config_set(&conf::spelled_for("min-replicas-max-lag", major), &self.settings.min_replicas_max_lag.to_string()).await?;
             // Armed at runtime only once enough replicas are connected (see `maintain`), so that
