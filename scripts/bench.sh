@@ -24,6 +24,9 @@
 #                  "dualchannel" (diagnostic, only when listed): create through the agent with Valkey's
 #                  dual-channel replication vs plain diskless, 1 and 2 replicas, 100 MB and 1 GB; needs
 #                  BENCH_SERVER=valkey-8.0+
+#                  "servers": the server matrix (switchover and create on each of $BENCH_MATRIX_SERVERS,
+#                  default "valkey-9.1.2 redis-6.2.14", stored in the results file's "servers"); the full
+#                  suite runs it after the main run; --smoke runs it on the first of those servers
 #   --results F    raw figures file (default bench/results/full.json); --markdown F, --charts DIR likewise
 #   --merge F      with --report-only: add the benchmarks of another results file (e.g. a diagnostic run)
 #   --keep         keep the temporary directory (agent and Redis logs, data)
@@ -43,13 +46,33 @@ cd "$ROOT"
 
 SMOKE=0
 ARGS=()
+ONLY=""
+prev=""
 for a in "$@"; do
     case "$a" in
         --smoke) SMOKE=1 ;;
         -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) ARGS+=("$a") ;;
     esac
+    [ "$prev" = "--only" ] && ONLY=$a
+    prev=$a
 done
+# "servers" in --only is the server matrix, run here after the Python suite; the rest goes to it.
+MATRIX=0
+if [ -z "$ONLY" ] || [[ ",$ONLY," == *,servers,* ]]; then MATRIX=1; fi
+if [ -n "$ONLY" ]; then
+    rest=$(echo "$ONLY" | tr ',' '\n' | grep -vx servers | paste -sd, -)
+    for i in "${!ARGS[@]}"; do
+        if [ "${ARGS[$i]}" = "$ONLY" ] && [ "$i" -gt 0 ] && [ "${ARGS[$((i - 1))]}" = "--only" ]; then
+            if [ -n "$rest" ]; then ARGS[$i]=$rest; else unset "ARGS[$((i - 1))]" "ARGS[$i]"; fi
+        fi
+    done
+    ARGS=("${ARGS[@]+"${ARGS[@]}"}")
+    [ -z "$rest" ] && MAIN=0
+fi
+MAIN=${MAIN:-1}
+MATRIX_SERVERS=${BENCH_MATRIX_SERVERS-valkey-9.1.2 redis-6.2.14}
+[ "$SMOKE" = 1 ] && MATRIX_SERVERS=${MATRIX_SERVERS%% *}
 log() { echo "bench.sh: $*" >&2; }
 REPORT_ONLY=0
 for a in "${ARGS[@]+"${ARGS[@]}"}"; do [ "$a" = "--report-only" ] && REPORT_ONLY=1; done
@@ -78,13 +101,16 @@ fi
 AMQP_URL=$(bash "$ROOT/scripts/services.sh")
 AMQP_URL="rabbit://${AMQP_URL#*://}"   # oslo.messaging's scheme; the agent accepts both
 command -v redis-server >/dev/null || { log "redis-server missing after services.sh"; exit 1; }
+# server_bin NAME: a path, or <name>-<version> of scripts/redis-servers.sh (fetched on first use).
+server_bin() {
+    if [ -x "$1" ]; then echo "$1"; return; fi
+    local bin
+    bin=$(bash "$ROOT/scripts/redis-servers.sh" --quiet | awk -v s="$1" '$1 "-" $2 == s { print $3 }')
+    [ -n "$bin" ] || { log "server $1: neither an executable nor a server of scripts/redis-servers.sh"; exit 2; }
+    echo "$bin"
+}
 if [ -n "${BENCH_SERVER:-}" ]; then
-    if [ -x "$BENCH_SERVER" ]; then
-        BENCH_SERVER_BIN=$BENCH_SERVER
-    else
-        BENCH_SERVER_BIN=$(bash "$ROOT/scripts/redis-servers.sh" --quiet | awk -v s="$BENCH_SERVER" '$1 "-" $2 == s { print $3 }')
-        [ -n "$BENCH_SERVER_BIN" ] || { log "BENCH_SERVER=$BENCH_SERVER: neither an executable nor a server of scripts/redis-servers.sh"; exit 2; }
-    fi
+    BENCH_SERVER_BIN=$(server_bin "$BENCH_SERVER")
     export BENCH_SERVER_BIN
     log "server: $("$BENCH_SERVER_BIN" --version)"
 fi
@@ -112,14 +138,26 @@ CARGO_TARGET_DIR="$ROOT/target" cargo build --quiet "${CARGO_FLAGS[@]}" --manife
 # Ctrl-C and SIGTERM).
 RUN=(env PYTHONPATH="$ROOT/bench" PYTHONWARNINGS=ignore AMQP_URL="$AMQP_URL" "$PY" -m trovebench
      --bin-dir "$BIN" --load-bin "$BIN/trovebench-rpc-load")
+# The server matrix: each server's switchover and create into the results file the main run wrote.
+run_matrix() {
+    local s bin
+    [ "$MATRIX" = 1 ] || return 0
+    for s in $MATRIX_SERVERS; do
+        bin=$(server_bin "$s")
+        log "server matrix: $s ($("$bin" --version | cut -c1-40))"
+        BENCH_SERVER_BIN=$bin "${RUN[@]}" --server-matrix "$s" "$@"
+    done
+}
 if [ "$SMOKE" = 1 ]; then
     OUT=${BENCH_OUT:-$(mktemp -d /tmp/trove-bench-smoke.XXXXXX)}
     mkdir -p "$OUT"
     start=$SECONDS
-    "${RUN[@]}" --smoke --results "$OUT/results.json" --markdown "$OUT/BENCHMARKS.md" --charts "$OUT/charts" \
-        "${ARGS[@]+"${ARGS[@]}"}"
+    SMOKE_FILES=(--smoke --results "$OUT/results.json" --markdown "$OUT/BENCHMARKS.md" --charts "$OUT/charts")
+    if [ "$MAIN" = 1 ]; then "${RUN[@]}" "${SMOKE_FILES[@]}" "${ARGS[@]+"${ARGS[@]}"}"; fi
+    run_matrix "${SMOKE_FILES[@]}"
     # The report must have come out whole: one section and one readable PNG per benchmark run.
-    "$PY" - "$OUT" <<'EOF'
+    [ "$MATRIX" = 1 ] || MATRIX_SERVERS=""
+    MATRIX_SERVERS=$MATRIX_SERVERS "$PY" - "$OUT" <<'EOF'
 import json, os, sys
 out = sys.argv[1]
 res = json.load(open(os.path.join(out, "results.json")))
@@ -131,6 +169,13 @@ bad = []
 tables_md = os.path.join(out, "bench", "results", "tables.md")
 tables = open(tables_md).read() if os.path.exists(tables_md) else ""
 sections = {"sidebyside": ("side by side with Redis Sentinel", "watch vs Sentinel")}
+for name in os.environ.get("MATRIX_SERVERS", "").split():
+    if name not in res.get("servers", {}):
+        bad.append("no server-matrix results for %s" % name)
+    elif not res["servers"][name]["switchover"]["runs"] or not res["servers"][name]["create"]["runs"]:
+        bad.append("server %s: no switchover or create rounds" % name)
+if os.environ.get("MATRIX_SERVERS") and "Server matrix" not in tables:
+    bad.append("no server matrix section in bench/results/tables.md")
 for name in res["meta"]["only"]:
     if name in sections:
         if sections[name][0] not in tables:
@@ -157,5 +202,6 @@ if bad:
 EOF
     log "smoke passed in $((SECONDS - start))s: report in $OUT/BENCHMARKS.md"
 else
-    "${RUN[@]}" "${ARGS[@]+"${ARGS[@]}"}"
+    if [ "$MAIN" = 1 ]; then "${RUN[@]}" "${ARGS[@]+"${ARGS[@]}"}"; fi
+    run_matrix "${ARGS[@]+"${ARGS[@]}"}"
 fi

@@ -30,6 +30,9 @@ def main():
     ap.add_argument("--charts", default=None, help="chart directory (default bench/charts)")
     ap.add_argument("--report-only", action="store_true", help="only regenerate the report from --results")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, data)")
+    ap.add_argument("--server-matrix", metavar="NAME", default=None,
+                    help="run switchover and create (servers.py's configuration) on the server in BENCH_SERVER_BIN and "
+                    "store them as results[\"servers\"][NAME] of the existing --results file")
     a = ap.parse_args()
     sys.setswitchinterval(0.0005)  # the monitor thread must not wait 5 ms for the GIL
     import signal
@@ -62,6 +65,8 @@ def main():
         log("wrote", md, "and charts in", charts)
         return 0
 
+    if a.server_matrix:
+        return server_matrix(a, results_path, md, charts)
     only = [x for x in (a.only or ",".join(suite.SMOKE_DEFAULT if a.smoke else suite.ALL)).split(",") if x]
     unknown = set(only) - set(suite.ALL) - set(suite.EXTRA)
     if unknown:
@@ -113,6 +118,37 @@ def main():
         json.dump(results, f, indent=1, default=str)
     report.write(results, md, charts)
     log("wrote %s, charts in %s, raw figures in %s (%.0fs)" % (md, charts, results_path, results["meta"]["total_seconds"]))
+    return 0
+
+
+def server_matrix(a, results_path, md, charts):
+    """One server of the matrix: its switchover and create sections into the existing results file."""
+    from . import servers
+    if not os.path.exists(results_path):
+        log("--server-matrix needs the main run's results file first:", results_path)
+        return 2
+    if not os.environ.get("BENCH_SERVER_BIN"):
+        log("--server-matrix needs BENCH_SERVER_BIN (scripts/bench.sh sets it)")
+        return 2
+    cfg = servers.SMOKE if a.smoke else servers.FULL
+    run = {"meta": {"machine": machine_description(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}}
+    ctx = Ctx(a.amqp_url, a.bin_dir, load_bin=a.load_bin, smoke=a.smoke, keep=a.keep)
+    try:
+        suite.run(ctx, cfg, ["switchover", "create"], run)
+    except BaseException:  # noqa: BLE001 - also Ctrl-C and SIGTERM: report, then clean up
+        traceback.print_exc()
+        log("FAILED (server %s); agent and Redis logs are in" % a.server_matrix, ctx.tmp, "(kept)")
+        ctx.keep = True
+        return 1
+    finally:
+        ctx.close()
+    with open(results_path) as f:
+        results = json.load(f)
+    servers.store(results, a.server_matrix, run)
+    with open(results_path, "w") as f:
+        json.dump(results, f, indent=1, default=str)
+    report.write(results, md, charts)
+    log("server %s: switchover and create stored in %s; report %s" % (a.server_matrix, results_path, md))
     return 0
 
 
