@@ -14,7 +14,6 @@ use trove_guest::flows::Inventory;
 use crate::flows::create;
 use crate::harness::*;
 
-const NAME: &str = "rsset";
 /// Redis's `requirepass` on every guest.
 const REDIS_PW: &str = "rs-redis-secret";
 /// The watchers' discovery password (inventory `discovery_password`).
@@ -68,9 +67,9 @@ impl Drop for Watcher {
 }
 
 /// A Sentinel client of the crate for `kind`, pointed at the watchers; `discovery_pw` is what it gives them.
-fn sentinel_client(watchers: &[u16], kind: SentinelServerType, discovery_pw: Option<&str>) -> SentinelClient {
+fn sentinel_client(name: &str, watchers: &[u16], kind: SentinelServerType, discovery_pw: Option<&str>) -> SentinelClient {
     let addrs = watchers.iter().map(|p| ConnectionAddr::Tcp("127.0.0.1".into(), *p));
-    let mut b = SentinelClientBuilder::new(addrs, NAME.into(), kind).unwrap().set_client_to_redis_password(REDIS_PW.into());
+    let mut b = SentinelClientBuilder::new(addrs, name.into(), kind).unwrap().set_client_to_redis_password(REDIS_PW.into());
     if let Some(pw) = discovery_pw {
         b = b.set_client_to_sentinel_password(pw.into());
     }
@@ -166,8 +165,10 @@ async fn redis_rs_sentinel_client_follows_the_watchers_through_a_host_death() {
     for g in &guests {
         prepare(&c, g, Some(REDIS_PW), None).await;
     }
+    // A set name (and so a watcher lease) of its own: other runs may share the broker.
+    let name = unique("rsset");
     let listen = [free_port(), free_port()];
-    let settings = format!("name = \"{NAME}\"\nwatchers = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]\ndiscovery_password = \"{DISCOVERY_PW}\"\n", listen[0], listen[1]);
+    let settings = format!("name = \"{name}\"\nwatchers = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]\ndiscovery_password = \"{DISCOVERY_PW}\"\n", listen[0], listen[1]);
     let (mut tm, dir) = taskmanager_with(&guests, &settings).await;
     tm.create_replicas(create(&guests[0], &[&guests[1], &guests[2]])).await.unwrap();
     tm.close().await;
@@ -181,12 +182,12 @@ async fn redis_rs_sentinel_client_follows_the_watchers_through_a_host_death() {
     watchers.push(Watcher::start(&inventory, listen[1], dir.path().join("watch1.log")));
     // Each watcher alone names the master (the crate reports only the last watcher's error).
     for p in listen {
-        let (port, _) = connect_eventually(&mut sentinel_client(&[p], SentinelServerType::Master, Some(DISCOVERY_PW)), "the master").await;
+        let (port, _) = connect_eventually(&mut sentinel_client(&name, &[p], SentinelServerType::Master, Some(DISCOVERY_PW)), "the master").await;
         assert_eq!(port, old, "watcher {p} named {port}, not the master {old}");
     }
 
     // 1. The master, found through discovery at both watchers.
-    let mut master_sc = sentinel_client(&listen, SentinelServerType::Master, Some(DISCOVERY_PW));
+    let mut master_sc = sentinel_client(&name, &listen, SentinelServerType::Master, Some(DISCOVERY_PW));
     let (port, mut master) = connect_eventually(&mut master_sc, "the master").await;
     assert_eq!(port, old, "discovery named {port}, not the master {old}");
     assert!(matches!(role(&mut master).await, Role::Primary { .. }));
@@ -194,7 +195,7 @@ async fn redis_rs_sentinel_client_follows_the_watchers_through_a_host_death() {
     // 2. Auth: without the discovery password, or with a wrong one, the crate gets no master.
     // (The crate reports a refused AUTH as AuthenticationFailed, not the server's WRONGPASS text.)
     for pw in [None, Some("not-the-password")] {
-        let mut sc = sentinel_client(&listen, SentinelServerType::Master, pw);
+        let mut sc = sentinel_client(&name, &listen, SentinelServerType::Master, pw);
         match connect(&mut sc).await {
             Ok((port, _)) => panic!("discovery answered a client with password {pw:?}: master {port}"),
             Err(e) => {
@@ -211,7 +212,7 @@ async fn redis_rs_sentinel_client_follows_the_watchers_through_a_host_death() {
     }
     let synced: i64 = redis::cmd("WAIT").arg(1).arg(5000).query_async(&mut master).await.unwrap();
     assert!(synced >= 1, "WAIT 1: no replica acknowledged the writes ({synced})");
-    let mut replica_sc = sentinel_client(&listen, SentinelServerType::Replica, Some(DISCOVERY_PW));
+    let mut replica_sc = sentinel_client(&name, &listen, SentinelServerType::Replica, Some(DISCOVERY_PW));
     let (rport, mut replica) = connect_eventually(&mut replica_sc, "a replica").await;
     assert!(replica_ports.contains(&rport), "discovery named {rport} as a replica; the replicas are {replica_ports:?}");
     assert!(matches!(role(&mut replica).await, Role::Replica { primary_port, .. } if primary_port == old));
@@ -226,7 +227,7 @@ async fn redis_rs_sentinel_client_follows_the_watchers_through_a_host_death() {
 
     // 4. A writer through the Sentinel client, then a whole-host death of the master.
     let started = Arc::new(AtomicBool::new(false));
-    let writer = tokio::spawn(write_through_sentinel(sentinel_client(&listen, SentinelServerType::Master, Some(DISCOVERY_PW)), old, started.clone()));
+    let writer = tokio::spawn(write_through_sentinel(sentinel_client(&name, &listen, SentinelServerType::Master, Some(DISCOVERY_PW)), old, started.clone()));
     eventually(10, "the writer's first acknowledged write", || async { started.load(Ordering::SeqCst) }).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let pid = guests[0].redis_pid().expect("the master's redis-server pid");
@@ -300,7 +301,7 @@ async fn redis_rs_sentinel_client_follows_the_watchers_through_a_host_death() {
     let sentinel = master_sc.async_get_sentinel_client().await.expect("a watcher as a Sentinel");
     let mut sentinel = sentinel.get_multiplexed_async_connection().await.unwrap();
     match role(&mut sentinel).await {
-        Role::Sentinel { primary_names } => assert_eq!(primary_names, vec![NAME.to_owned()]),
+        Role::Sentinel { primary_names } => assert_eq!(primary_names, vec![name.clone()]),
         other => panic!("the watcher's ROLE: {other:?}"),
     }
     // A replica found now is the other one (the old master is dead), and has the writer's last write.
