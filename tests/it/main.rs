@@ -10,5 +10,6 @@ mod redis_tls;
 mod restart;
 mod rpc_roundtrip;
 mod secrets;
+mod sentinel_client;
 mod tls;
 mod trove_boot;
