@@ -1096,8 +1096,8 @@ def targets(results):
         out.append(["eject through trove-guestctl", "≤ 100 ms from the call to a writable master, every survivor following",
                     "%s ms (writable %s ms; %d rounds)" % (num(a), num(med([r["writable_ms"] for r in g])), len(g)),
                     met(None if a is None else a <= 100), "section 7: trove-guestctl on Trove's guests, killed by `docker kill`; the command's start-up and AMQP "
-                    "connection, then its probe of every guest, which gives the silent master 100 ms after its replicas "
-                    "answer (`SILENT_MASTER_GRACE`); the eject flow itself is the rest"])
+                    "connection, then its probe of every guest, which gives the silent master ten times what its replicas "
+                    "took to answer, 25–100 ms (`silent_master_grace`); the eject flow itself is the rest"])
     elif results.get("failover"):
         o = [r for r in results["failover"]["runs"] if r["method"] == "ours"]
         a = med([r["all_linked_ms"] for r in o])

@@ -27,9 +27,16 @@ pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(1800);
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long eject waits for the old master before it counts as dead.
 pub const DEAD_MASTER_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long a silent master is still waited for once its replicas have answered and a majority
-/// of them report their link down (`live_all_within`).
+/// The longest and shortest wait for a silent master once its replicas have answered and a
+/// majority of them report their link down (`live_all_within`, `silent_master_grace`).
 pub const SILENT_MASTER_GRACE: Duration = Duration::from_millis(100);
+pub const SILENT_MASTER_GRACE_MIN: Duration = Duration::from_millis(25);
+
+/// How long a silent master is still waited for: ten times what its replicas took to answer (a
+/// live agent answers about as fast as they do), within the bounds above.
+pub fn silent_master_grace(replicas_took: Duration) -> Duration {
+    (replicas_took * 10).clamp(SILENT_MASTER_GRACE_MIN, SILENT_MASTER_GRACE)
+}
 
 /// Trove's replica-source template (`replica_source.config.template`).
 pub const REPLICA_SOURCE_CONFIG: &str = "repl-diskless-sync yes\nrepl-diskless-sync-delay 10\n";
@@ -158,8 +165,8 @@ impl Taskmanager {
 
     /// Live status of every guest, each given `timeout` to answer, except a master whose agent is
     /// silent while a majority of its replicas report their link to it down: once the others have
-    /// answered, it gets `SILENT_MASTER_GRACE` more (an eject of a dead host does not wait out the
-    /// whole timeout; a live agent answers in a few milliseconds).
+    /// answered, it gets `silent_master_grace` more (an eject of a dead host does not wait out the
+    /// whole timeout; a live agent answers about as fast as the others).
     pub async fn live_all_within(&self, timeout: Duration) -> Vec<Live> {
         use futures_util::future::{join_all, select, Either};
         let ids: Vec<String> = self.inventory.guests.iter().map(|g| g.id.clone()).collect();
@@ -167,6 +174,7 @@ impl Taskmanager {
             return join_all(ids.iter().map(|id| self.live_within(id, timeout))).await;
         };
         let replicas = self.inventory.replicas_of(&master);
+        let asked = tokio::time::Instant::now();
         let others = Box::pin(join_all(ids.iter().filter(|id| **id != master).map(|id| self.live_within(id, timeout))));
         let probe = Box::pin(self.live_within(&master, timeout));
         let (mut lives, master_live) = match select(probe, others).await {
@@ -178,12 +186,13 @@ impl Taskmanager {
                     .filter(|l| l.status.as_ref().is_some_and(|s| s.get("link_up") != Some(&json!(true))))
                     .count();
                 if down > replicas.len() / 2 {
-                    let m = match tokio::time::timeout(SILENT_MASTER_GRACE, probe).await {
+                    let grace = silent_master_grace(asked.elapsed());
+                    let m = match tokio::time::timeout(grace, probe).await {
                         Ok(m) => m,
                         Err(_) => Live {
                             id: master.clone(),
                             status: None,
-                            error: Some(format!("{master}: no answer within {SILENT_MASTER_GRACE:?} after its replicas answered, {down} of {} reporting their link down", replicas.len())),
+                            error: Some(format!("{master}: no answer within {grace:?} after its replicas answered, {down} of {} reporting their link down", replicas.len())),
                             unprepared: false,
                             silent: true,
                             held: false,
@@ -307,4 +316,16 @@ pub fn describe(e: &crate::rpc::Error) -> String {
 pub fn collect(results: Vec<Result<(), Error>>) -> Result<(), Error> {
     let errors: Vec<Error> = results.into_iter().filter_map(Result::err).collect();
     if errors.is_empty() { Ok(()) } else { Err(Error::Partial(errors)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_silent_master_is_waited_for_ten_times_what_its_replicas_took_within_bounds() {
+        assert_eq!(silent_master_grace(Duration::from_millis(4)), Duration::from_millis(40));
+        assert_eq!(silent_master_grace(Duration::from_micros(300)), SILENT_MASTER_GRACE_MIN);
+        assert_eq!(silent_master_grace(Duration::from_millis(50)), SILENT_MASTER_GRACE);
+    }
 }
