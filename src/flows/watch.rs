@@ -80,6 +80,16 @@ fn link_up(l: &Live) -> bool {
     s.get("role").and_then(Value::as_str) == Some("replica") && s.get("link_up") == Some(&json!(true)) && silent_secs(l).is_none()
 }
 
+/// Whether `l` took over from `master`'s history (promoted from it): its second replication id
+/// is the master's replication id.
+fn successor(l: &Live, master: &Live) -> bool {
+    let id = |l: &Live, k: &str| l.status.as_ref().and_then(|s| s.get(k)).and_then(Value::as_str).map(str::to_owned);
+    match (id(l, "replid2"), id(master, "replid")) {
+        (Some(a), Some(b)) => a == b && a.bytes().any(|c| c != b'0'),
+        _ => false,
+    }
+}
+
 fn node_of(l: &Live) -> Option<Node> {
     let s = l.status.as_ref()?;
     let (host, port) = l.addr()?;
@@ -227,10 +237,13 @@ impl Taskmanager {
             self.fail_over(&master, lives.clone(), shared, mem, lease).await;
             return;
         }
-        // An old master that came back writable follows the current one.
+        // An old master that came back writable follows the current one. Not while the inventory is
+        // behind a promote run by hand: its master no longer a master, or the writable guest its
+        // successor (it carries the master's history as its second replication id).
+        let master_is_master = master_live.and_then(Live::role) == Some("master");
         for g in self.inventory.guests.iter().filter(|g| g.replica_of.as_deref() == Some(&master)).map(|g| g.id.clone()).collect::<Vec<_>>() {
-            let back = live_of(&g).is_some_and(|l| l.held || l.role() == Some("master"));
-            if back && master_ok {
+            let back = live_of(&g).is_some_and(|l| l.held || (l.role() == Some("master") && !master_live.is_some_and(|m| successor(l, m))));
+            if back && master_ok && master_is_master {
                 if !lease.check().await {
                     return;
                 }
@@ -331,6 +344,20 @@ mod tests {
     fn replica(link_up: bool, last_io: i64) -> Live {
         let status = json!({"role": "replica", "link_up": link_up, "master_last_io_seconds_ago": last_io});
         Live { id: "r".into(), status: Some(status), error: None, unprepared: false, silent: false, held: false }
+    }
+
+    fn node(role: &str, replid: &str, replid2: &str) -> Live {
+        let status = json!({"role": role, "replid": replid, "replid2": replid2});
+        Live { id: "n".into(), status: Some(status), error: None, unprepared: false, silent: false, held: false }
+    }
+
+    #[test]
+    fn a_guest_promoted_from_the_master_is_its_successor_not_a_stale_master() {
+        let zeros = "0".repeat(40);
+        let master = node("master", "aaaa", &zeros);
+        assert!(successor(&node("master", "bbbb", "aaaa"), &master), "promoted from the master's history");
+        assert!(!successor(&node("master", "cccc", &zeros), &master), "an old master restarted with a fresh history");
+        assert!(!successor(&node("master", "bbbb", &zeros), &node("master", &zeros, &zeros)));
     }
 
     #[test]
