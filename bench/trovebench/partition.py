@@ -32,7 +32,8 @@ INSIDE = "127.0.0.2"
 # the cut
 
 def _ipt(*args, check=True, data=None, cmd="iptables"):
-    p = subprocess.run([cmd, "-w", *args], input=data, capture_output=True, text=True, timeout=30)
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    p = subprocess.run(sudo + [cmd, "-w", *args], input=data, capture_output=True, text=True, timeout=30)
     if check and p.returncode != 0:
         raise BenchError("%s %s failed: %s" % (cmd, " ".join(args), p.stderr.strip()))
     return p.returncode == 0
@@ -45,8 +46,6 @@ class Cut:
     also on errors and Ctrl-C. No other chain's rules are touched."""
 
     def __enter__(self):
-        if os.geteuid() != 0:
-            raise BenchError("the partition case needs root (iptables)")
         self._remove()  # a chain of ours left by a killed run
         _ipt("-N", CHAIN)
         _ipt("-I", "INPUT", "1", "-j", CHAIN)
@@ -228,8 +227,8 @@ def partition_round(ctx, side, tag, cut_s, timeout_s=90.0):
                 cut.cut(m0)
                 t_cut = now()
                 if agent is not None:
-                    os.kill(agent.pid, signal.SIGSTOP)
                     frozen = True
+                    os.kill(agent.pid, signal.SIGSTOP)
                 verify_cut(m0)
                 # The heal rule: cut_s after the cut, but never before a survivor is master.
                 time.sleep(max(0.0, t_cut + cut_s - now()))
@@ -242,9 +241,16 @@ def partition_round(ctx, side, tag, cut_s, timeout_s=90.0):
                 if frozen:
                     os.kill(agent.pid, signal.SIGCONT)
 
+        became = {}
+
         def follows():
             ms = [p for p in others if _role(p) == "master"]
-            return len(ms) == 1 and linked_to(m0, ms[0])
+            if len(ms) != 1:
+                return False
+            r = replication(m0)
+            if "t" not in became and r.get("role") == "slave" and int(r.get("master_port", -1)) == ms[0]:
+                became["t"] = now()
+            return linked_to(m0, ms[0])
         wait_until("the old master %d a linked replica of the new one" % m0, lambda: _quiet(follows),
                    timeout=timeout_s, interval=0.05)
         reattach_s = now() - t_heal
@@ -285,6 +291,7 @@ def partition_round(ctx, side, tag, cut_s, timeout_s=90.0):
         "errors": len([e for e in dout["events"] if e[1] == "error"]),
         # after the heal
         "reattach_s": reattach_s,
+        "replica_of_new_s": became["t"] - t_heal if "t" in became else reattach_s,
         "old_master_role_at_end": _role(m0),
         "failovers": side.failovers() - before,
     }
