@@ -120,6 +120,7 @@ def inside_main(argv=None):
     a = ap.parse_args(argv)
     signal.signal(signal.SIGUSR1, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)  # Ctrl-C reaches the whole group: still write the figures
     acked, times, sent_t = array.array("q"), array.array("d"), array.array("d")
     refused, errors = [], []
     mono = time.monotonic

@@ -533,6 +533,7 @@ def report_section(res):
     if NOT_MEASURED:
         L.append("Not measured here: " + "; ".join(NOT_MEASURED) + ".")
         L.append("")
-    L.append("Configuration: %s." % ", ".join("%s %s" % (k, v) for k, v in sorted(cfg.items())))
+    cases = "" if set(res.get("cases", CASES)) == set(CASES) else "; only the case(s) %s" % ", ".join(res["cases"])
+    L.append("Configuration: %s%s." % (", ".join("%s %s" % (k, v) for k, v in sorted(cfg.items())), cases))
     L.append("")
     return L
