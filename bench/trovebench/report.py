@@ -1005,6 +1005,13 @@ def summary_rows(results):
             o, a_ = g("kill", "ours", "lost", variant), g("kill", "sentinel", "lost", variant)
             row("sidebyside", "2b watch vs Sentinel", "kill -9, %s: acknowledged writes lost" % variant, fig(o, 0),
                 "Sentinel %s" % num(med(a_), 0), "")
+        for variant in sorted({r["variant"] for r in sb["runs"] if r["case"] == "partition"}):
+            o, a_ = g("partition", "ours", "client_writable_ms", variant), g("partition", "sentinel", "client_writable_ms", variant)
+            row("sidebyside", "2b watch vs Sentinel", "partition of the master, %s: writable through redis-py Sentinel (ms)"
+                % variant, fig(o), "Sentinel %s" % num(med(a_)), ratio_txt(med(o), med(a_)))
+            o, a_ = g("partition", "ours", "inside_acked_after_cut_ms", variant), g("partition", "sentinel", "inside_acked_after_cut_ms", variant)
+            row("sidebyside", "2b watch vs Sentinel", "partition, %s: cut-off master still acknowledging after the cut (ms)"
+                % variant, fig(o), "Sentinel %s" % num(med(a_)), "")
         for k, what, d in (("lost", "switchover through the client: writes lost", 0),
                            ("longest_pause_ms", "switchover: longest pause seen by the client (ms)", None)):
             o, a_ = g("switchover", "ours", k), g("switchover", "sentinel", k)

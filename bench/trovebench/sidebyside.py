@@ -5,8 +5,12 @@ down-after-milliseconds 1000) or at two watchers' discovery endpoints (--down-af
 Cases (each on both sides unless noted): kill -9 of the master (Redis, and for ours its agent too,
 as a whole-host death) with and without min-replicas-to-write 1; a planned switchover (SENTINEL
 FAILOVER against promote-to-replica-source); false positives: SIGSTOP of the master's Redis for
-0.5 x down_after, and (ours) the master's agent killed while its Redis serves. Lost writes are
-always counted against the final master."""
+0.5 x down_after, and (ours) the master's agent killed while its Redis serves; a partition of the
+master from everyone (partition.py) with and without min-replicas-to-write 1. Lost writes are
+always counted against the final master.
+
+BENCH_SIDEBYSIDE_CASES (comma-separated: switchover, sigstop, agent-stop, partition, kill; default
+all) runs only some cases."""
 
 import os
 import re
@@ -16,6 +20,7 @@ import time
 import redis
 
 from .common import BenchError, Fleet, free_port, linked_to, log, now, rcon, replication, tail, wait_until
+from .partition import partition_round
 from .switch import SentinelTrio, Writer, count_lost, drop_keys, final_master, longest_pause, run_switch
 
 DOWN_AFTER_MS = 1000
@@ -136,6 +141,12 @@ class OursSide:
     def decisions(self):
         return sum(len(re.findall(r"decision: master is down", tail(p, 100000))) for p in self.logs)
 
+    def failovers(self):
+        return self.decisions()
+
+    def partition(self, rep, cut_s):
+        return partition_round(self.ctx, self, "op%d" % rep, cut_s)
+
     def wait_ready(self, timeout=90):
         """Every node linked to the one master, and both watchers name it."""
         def ok():
@@ -243,6 +254,12 @@ class SentinelSide(SentinelTrio):
     def switches(self):
         return len(re.findall(r"\+switch-master", tail(os.path.join(self.sentinels[0].dir, "sentinel.log"), 100000)))
 
+    def failovers(self):
+        return self.switches()
+
+    def partition(self, rep, cut_s):
+        return partition_round(self.ctx, self, "sp%d" % rep, cut_s)
+
     def wait_ready(self, timeout=90):
         self.wait_sentinels(timeout=timeout)
 
@@ -329,6 +346,10 @@ def _quiet(fn):
 def bench(ctx, cfg, results):
     """Runs every case, both sides interleaved per repetition; results["sidebyside"]."""
     runs = []
+    cases = [c for c in os.environ.get("BENCH_SIDEBYSIDE_CASES", ",".join(CASES)).split(",") if c]
+    if set(cases) - set(CASES):
+        raise BenchError("BENCH_SIDEBYSIDE_CASES: unknown case(s) %s (known: %s)" % (
+            ", ".join(sorted(set(cases) - set(CASES))), ", ".join(CASES)))
 
     def record(case, variant, rec, rep):
         rec.update({"case": case, "variant": variant, "rep": rep})
@@ -346,7 +367,7 @@ def bench(ctx, cfg, results):
         log("sidebyside: %s topologies up in %.1fs" % (variant, now() - t))
         try:
             if mr == cfg["min_replicas"][0]:
-                for rep in range(cfg["switch_reps"]):
+                for rep in range(cfg["switch_reps"] if "switchover" in cases else 0):
                     for s in sides if rep % 2 == 0 else sides[::-1]:
                         if s.side not in cfg.get("switch_sides", ["ours", "sentinel"]):
                             continue
@@ -356,12 +377,21 @@ def bench(ctx, cfg, results):
                         if ctx.smoke and s.side == "ours" and rec["lost"]:
                             raise BenchError("ours lost %d acknowledged writes in a planned switchover through "
                                              "the Sentinel client" % rec["lost"])
-                for rep in range(cfg["sigstop_reps"]):
+                for rep in range(cfg["sigstop_reps"] if "sigstop" in cases else 0):
                     for s in sides if rep % 2 == 0 else sides[::-1]:
                         record("sigstop", variant, s.sigstop(rep), rep)
-                for rep in range(cfg["agent_stop_reps"]):
+                for rep in range(cfg["agent_stop_reps"] if "agent-stop" in cases else 0):
                     record("agent-stop", variant, sides[0].agent_stopped(rep), rep)
-            for rep in range(cfg["kill_reps"]):
+            # Before the kills: the smoke's last kill leaves a side without its old master.
+            for rep in range(cfg.get("partition_reps", 0) if "partition" in cases else 0):
+                for s in sides if rep % 2 == 0 else sides[::-1]:
+                    rec = s.partition(rep, cfg["partition_cut_s"])
+                    record("partition", variant, rec, rep)
+                    log("sidebyside partition %s %s: old master acknowledged %.0f ms after the cut (%d writes, lost %d), "
+                        "NOREPLICAS %d, after the heal %d; a linked replica %.1f s after the heal" % (
+                            variant, s.side, rec["inside_acked_after_cut_ms"], rec["inside_acked_during_cut"],
+                            rec["inside_lost"], rec["inside_noreplicas"], rec["inside_acked_after_heal"], rec["reattach_s"]))
+            for rep in range(cfg["kill_reps"] if "kill" in cases else 0):
                 for s in sides if rep % 2 == 0 else sides[::-1]:
                     if cfg.get("no_recovery") and rep == cfg["kill_reps"] - 1:
                         s.recover = False
@@ -369,14 +399,15 @@ def bench(ctx, cfg, results):
         finally:
             for s in sides:
                 s.close()
-    results["sidebyside"] = {"config": cfg, "down_after_ms": DOWN_AFTER_MS, "runs": runs, "not_measured": NOT_MEASURED}
+    results["sidebyside"] = {"config": cfg, "down_after_ms": DOWN_AFTER_MS, "runs": runs, "cases": cases,
+                             "not_measured": NOT_MEASURED}
 
+
+CASES = ["switchover", "sigstop", "agent-stop", "partition", "kill"]
 
 # What the benchmark does not measure (said in the report).
 NOT_MEASURED = ["broker restart (the benchmark shares the machine's RabbitMQ with other work; the docker "
-                "broker_restart scenario covers agents only)",
-                "partition of the master from everyone on loopback, and for Sentinel (ours is measured in the "
-                "compose topology by the docker scenario watch_sentinel_client, figures in docs/operations.md §6)"]
+                "broker_restart scenario covers agents only)"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -453,14 +484,56 @@ def report_section(res):
     if o:
         rows.append(["false positive: the master's agent killed, its Redis serving: failovers (expected 0)",
                      "%d in %d rounds" % (sum(r["failovers"] for r in o), len(o)), "n/a (no agent)"])
+    for variant in sorted({r["variant"] for r in runs if r["case"] == "partition"}):
+        o, s = sel("partition", "ours", variant), sel("partition", "sentinel", variant)
+
+        def both(k, digits=0):
+            return [_fig([r.get(k) for r in o], digits), _fig([r.get(k) for r in s], digits)]
+
+        def rounds(pred):
+            return ["%d of %d" % (sum(1 for r in x if pred(r)), len(x)) for x in (o, s)]
+        rows.append(["partition of the master, %s: cut → first write acknowledged through the client (ms)" % variant]
+                    + both("client_writable_ms"))
+        rows.append(["partition, %s: the cut-off master kept acknowledging the inside writer for (ms after the cut)"
+                     % variant] + both("inside_acked_after_cut_ms"))
+        rows.append(["partition, %s: writes the cut-off master acknowledged during the cut" % variant]
+                    + both("inside_acked_during_cut"))
+        rows.append(["partition, %s: inside writer's acknowledged writes lost (final master)" % variant]
+                    + both("inside_lost"))
+        rows.append(["partition, %s: rounds with `NOREPLICAS` replies to the inside writer; cut → first one (ms)" % variant]
+                    + ["%s; %s" % (a, b) for a, b in zip(rounds(lambda r: r["inside_noreplicas"] > 0),
+                                                          both("inside_first_noreplicas_ms"))])
+        rows.append(["partition, %s: client's acknowledged writes lost (final master)" % variant] + both("lost"))
+        rows.append(["partition, %s: writes the old master acknowledged after the heal (second writable master)"
+                     % variant] + both("inside_acked_after_heal"))
+        rows.append(["partition, %s: heal → old master a linked replica of the new one (s)" % variant]
+                    + both("reattach_s", 1))
+        rows.append(["partition, %s: rounds with more than one failover" % variant]
+                    + rounds(lambda r: (r.get("failovers") or 0) > 1))
     L.append("| Case | trove-guestctl watch | Redis Sentinel (same run) |")
     L.append("|---|---|---|")
     for r in rows:
         L.append("| " + " | ".join(r) + " |")
     L.append("")
+    if any(r["case"] == "partition" for r in runs):
+        L.append(
+            "Partition: the master's Redis port is cut with iptables on loopback (our own chain, jumped to from "
+            "INPUT: TCP packets to and from that port whose other end is 127.0.0.1 are dropped), so clients, "
+            "replicas, sentinels and watchers lose it while a second writer **inside the partition** (its socket "
+            "bound to 127.0.0.2, `SET`s 1 ms apart straight to the old master; `protected-mode no` on every node "
+            "for it, all still bind 127.0.0.1) keeps writing through the cut and after the heal; without the fence "
+            "the old master acknowledges it until the heal and after. On our side the master's agent is also frozen (SIGSTOP) for the cut and resumed "
+            "(SIGCONT) at the heal: on one host its RabbitMQ link cannot be cut alone. Each round checks that a "
+            "`PING` from 127.0.0.1 times out and one from 127.0.0.2 answers. Heal rule: %s s after the cut, but "
+            "never before a survivor is master. `NOREPLICAS` counts only those replies from Redis, not connection "
+            "errors; `min-replicas-max-lag` is 10 s on both sides. Both writers run through the whole round; lost "
+            "writes are counted against the final master once the old master follows it."
+            % cfg.get("partition_cut_s"))
+        L.append("")
     if NOT_MEASURED:
         L.append("Not measured here: " + "; ".join(NOT_MEASURED) + ".")
         L.append("")
-    L.append("Configuration: %s." % ", ".join("%s %s" % (k, v) for k, v in sorted(cfg.items())))
+    cases = "" if set(res.get("cases", CASES)) == set(CASES) else "; only the case(s) %s" % ", ".join(res["cases"])
+    L.append("Configuration: %s%s." % (", ".join("%s %s" % (k, v) for k, v in sorted(cfg.items())), cases))
     L.append("")
     return L

@@ -37,10 +37,11 @@ SMOKE = {
 
 # sidebyside: trove-guestctl watch against 3 Sentinels, both through redis-py's Sentinel client.
 FULL["sidebyside"] = {"min_replicas": [0, 1], "kill_reps": 4, "switch_reps": 4, "switch_timeout_s": 40,
-                      "sigstop_reps": 3, "agent_stop_reps": 2}
+                      "sigstop_reps": 3, "agent_stop_reps": 2, "partition_reps": 2, "partition_cut_s": 15}
 # Smoke: Sentinel's switchover takes ~20 s to converge, so only ours switches (and must lose nothing).
 SMOKE["sidebyside"] = {"min_replicas": [0], "kill_reps": 1, "switch_reps": 1, "switch_timeout_s": 5, "switch_sides": ["ours"],
-                       "sigstop_reps": 0, "agent_stop_reps": 0, "no_recovery": True}
+                       "sigstop_reps": 0, "agent_stop_reps": 0, "partition_reps": 1, "partition_cut_s": 15,
+                       "no_recovery": True}
 
 ALL = ["switchover", "failover", "create", "rpc", "footprint", "scale", "sidebyside", "trove"]
 # --smoke without --only: everything but trove (its set-up alone, MariaDB, the broker container, Trove's
