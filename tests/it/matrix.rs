@@ -71,18 +71,23 @@ async fn config_is_checked_by_the_server_itself() {
 }
 
 /// `repl-diskless-sync` defaults to no on Redis 6 and yes on 7.0+: the agent sets what the
-/// replica-source configuration says, both ways, on every server.
+/// replica-source configuration says, both ways, on every server. A replica source also pings its
+/// replicas every second (the watcher's silent-link rule relies on it), at once and in the file.
 #[tokio::test]
 async fn diskless_sync_is_set_explicitly() {
     let c = client().await;
     let g = spawn_guest(&c, None, &[]).await;
     prepare(&c, &g, None, None).await;
+    assert_eq!(config_get(&g, "repl-ping-replica-period").await, "10", "Redis's default before the guest is a source");
     for want in ["no", "yes", "no"] {
         let config = format!("repl-diskless-sync {want}\nrepl-diskless-sync-delay 3\n");
         call(&c, &g, "get_replication_snapshot", json!({"snapshot_info": {}, "replica_source_config": config})).await;
         assert_eq!(config_get(&g, "repl-diskless-sync").await, want);
         assert_eq!(config_get(&g, "repl-diskless-sync-delay").await, "3");
+        assert_eq!(config_get(&g, "repl-ping-replica-period").await, "1");
     }
+    let file = std::fs::read_to_string(g.config_file()).unwrap();
+    assert!(file.lines().any(|l| l.trim() == "repl-ping-replica-period 1"), "not in redis.conf:\n{file}");
 }
 
 /// A master on `TROVE_TEST_REDIS_MASTER_SERVER` (default: the server under test) with a replica on
