@@ -17,12 +17,11 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 
 import redis
 
 from .common import BenchError, linked_to, now, rcon, replication, wait_until
-from .switch import PKG_PARENT, Writer, count_lost, drop_keys, final_master
+from .switch import Writer, WriterProcess, count_lost, drop_keys, final_master
 
 CHAIN = "TROVEBENCH-PART"
 INSIDE = "127.0.0.2"
@@ -167,31 +166,11 @@ def inside_main(argv=None):
                    "errors": errors, "sent": n}, out)
 
 
-class InsideWriter:
+class InsideWriter(WriterProcess):
     """The inside writer's process, on one node from 127.0.0.2."""
 
     def __init__(self, ctx, port, tag):
-        self.out = ctx.path("writer", "%s-%d.json" % (tag, int(time.time() * 1000)))
-        self.prefix = "p%s:" % uuid.uuid4().hex[:8]
-        self.proc = subprocess.Popen(
-            [ctx.python, "-m", "trovebench.partition", "--port", str(port), "--out", self.out, "--prefix", self.prefix],
-            stdout=subprocess.PIPE, stderr=open(self.out + ".err", "w"), text=True, cwd=PKG_PARENT)
-        ctx.procs.append(self.proc)
-        line = self.proc.stdout.readline().strip()
-        if line != "ready":
-            raise BenchError("inside writer did not start: %r %s" % (line, open(self.out + ".err").read()[-1000:]))
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGUSR1)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise BenchError("inside writer did not stop")
-        with open(self.out) as f:
-            data = json.load(f)
-        os.unlink(self.out)
-        return data
+        super().__init__(ctx, tag, "p", "partition", ["--port", str(port)], what="inside writer")
 
 
 # ---------------------------------------------------------------------------------------------

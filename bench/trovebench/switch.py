@@ -28,25 +28,22 @@ def follows(con, master_port):
 # ---------------------------------------------------------------------------------------------
 # the writer
 
-class Writer:
-    """The writer process: naive (finds the master by ROLE on `ports`), or, with `sentinels`
-    ([(host, port)]) and `name`, redis-py's Sentinel client."""
+class WriterProcess:
+    """A writer running as its own process (`python -m trovebench.<module>`): it prints "ready",
+    writes until SIGUSR1, then leaves its figures as JSON in `out`."""
 
-    def __init__(self, ctx, ports, tag, sentinels=None, name="mymaster"):
-        self.ctx = ctx
+    def __init__(self, ctx, tag, prefix, module, args, what="writer"):
         self.out = ctx.path("writer", "%s-%d.json" % (tag, int(time.time() * 1000)))
         # A fresh key prefix per round: a key left by an earlier round must not hide a lost write.
-        self.prefix = "w%s:" % uuid.uuid4().hex[:8]
-        how = (["--sentinels", ",".join("%s:%d" % a for a in sentinels), "--name", name] if sentinels
-               else ["--ports", ",".join(map(str, ports))])
+        self.prefix = "%s%s:" % (prefix, uuid.uuid4().hex[:8])
+        self.what = what
         self.proc = subprocess.Popen(
-            [ctx.python, "-m", "trovebench.writer", *how, "--out", self.out, "--prefix", self.prefix],
-            stdout=subprocess.PIPE, stderr=open(self.out + ".err", "w"), text=True,
-            cwd=PKG_PARENT)
+            [ctx.python, "-m", "trovebench." + module, *args, "--out", self.out, "--prefix", self.prefix],
+            stdout=subprocess.PIPE, stderr=open(self.out + ".err", "w"), text=True, cwd=PKG_PARENT)
         ctx.procs.append(self.proc)
         line = self.proc.stdout.readline().strip()
         if line != "ready":
-            raise BenchError("writer did not start: %r %s" % (line, open(self.out + ".err").read()[-1000:]))
+            raise BenchError("%s did not start: %r %s" % (what, line, open(self.out + ".err").read()[-1000:]))
 
     def stop(self):
         self.proc.send_signal(signal.SIGUSR1)
@@ -54,11 +51,22 @@ class Writer:
             self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            raise BenchError("writer did not stop")
+            raise BenchError("%s did not stop" % self.what)
         with open(self.out) as f:
             data = json.load(f)
         os.unlink(self.out)
         return data
+
+
+class Writer(WriterProcess):
+    """The writer process: naive (finds the master by ROLE on `ports`), or, with `sentinels`
+    ([(host, port)]) and `name`, redis-py's Sentinel client."""
+
+    def __init__(self, ctx, ports, tag, sentinels=None, name="mymaster"):
+        self.ctx = ctx
+        how = (["--sentinels", ",".join("%s:%d" % a for a in sentinels), "--name", name] if sentinels
+               else ["--ports", ",".join(map(str, ports))])
+        super().__init__(ctx, tag, "w", "writer", how)
 
 
 def longest_pause(times, t_from, t_to):
