@@ -7,7 +7,7 @@ import os
 import subprocess
 import time
 
-from .common import BenchError, Fleet, RedisNode, log, now, populate, rcon, server_identity, wait_until
+from .common import BenchError, Fleet, RedisNode, log, now, populate, rcon, server_identity
 from .agentlog import rpc_spans
 
 REPLICA_CONFIG = "slave-read-only yes\n"

@@ -7,7 +7,7 @@ and each plain run must not. Needs BENCH_SERVER=valkey-8.0 or newer."""
 import os
 import time
 
-from .common import BenchError, log, now, server_identity, SERVER_BIN
+from .common import BenchError, log, server_identity, SERVER_BIN
 from .create import CreateBench
 
 DUAL_ENV = {"TROVE_GUESTAGENT__REPLICATION__DUAL_CHANNEL_REPLICATION": "true"}

@@ -4,12 +4,11 @@ to lag first, then our eject-replica-source vs Sentinel's automatic failover."""
 import json
 import os
 import signal
-import subprocess
 import time
 
 import redis
 
-from .common import BenchError, linked_to, log, now, rcon, replication, wait_until
+from .common import BenchError, linked_to, now, rcon, replication, wait_until
 from .switch import OursTrio, SentinelTrio, Writer, count_lost, drop_keys, longest_pause, monitor, sum_stats
 
 

@@ -230,7 +230,6 @@ def sec_switchover(res, charts):
                 "`%s` %s" % (k, num(med(v))) for k, v in sorted(by.items(), key=lambda kv: -med(kv[1]))) + ".")
             L.append("")
     # chart
-    import numpy as np  # noqa: F401
     f, axes = plt.subplots(1, 4, figsize=(16, 4.2))
     methods = ["ours", *anchors]
     names = [labels.get(m, m).split(" (")[0].replace("Sentinel SENTINEL", "SENTINEL") for m in methods]

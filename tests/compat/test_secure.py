@@ -4,7 +4,6 @@ The caller side is compat_lib.SecureSerializer (Trove's algorithm on `cryptograp
 first against the captured enc-* vectors so the rest of the module can trust it."""
 
 import json
-from pathlib import Path
 
 import pytest
 
