@@ -212,6 +212,14 @@ def rcon(port, timeout=5.0):
                        socket_connect_timeout=timeout, decode_responses=True)
 
 
+def quiet(fn):
+    """fn(), or False when Redis is unreachable or answers unexpectedly (for polling)."""
+    try:
+        return fn()
+    except (redis.RedisError, OSError, ValueError, TypeError):
+        return False
+
+
 def wait_until(what, check, timeout=30.0, interval=0.01):
     deadline = now() + timeout
     last = None

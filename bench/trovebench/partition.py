@@ -20,7 +20,7 @@ import time
 
 import redis
 
-from .common import BenchError, linked_to, now, rcon, replication, wait_until
+from .common import BenchError, linked_to, now, quiet, rcon, replication, wait_until
 from .switch import Writer, WriterProcess, count_lost, drop_keys, final_master
 
 CHAIN = "TROVEBENCH-PART"
@@ -231,7 +231,7 @@ def partition_round(ctx, side, tag, cut_s, timeout_s=90.0):
             if "t" not in became and r.get("role") == "slave" and int(r.get("master_port", -1)) == ms[0]:
                 became["t"] = now()
             return linked_to(m0, ms[0])
-        wait_until("the old master %d a linked replica of the new one" % m0, lambda: _quiet(follows),
+        wait_until("the old master %d a linked replica of the new one" % m0, lambda: quiet(follows),
                    timeout=timeout_s, interval=0.05)
         reattach_s = now() - t_heal
         time.sleep(0.5)
@@ -287,12 +287,6 @@ def _kinds(refused, t_from):
             out[kind] = out.get(kind, 0) + 1
     return out
 
-
-def _quiet(fn):
-    try:
-        return fn()
-    except (redis.RedisError, OSError, ValueError, TypeError):
-        return False
 
 
 if __name__ == "__main__":

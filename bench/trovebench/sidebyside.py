@@ -19,7 +19,7 @@ import time
 
 import redis
 
-from .common import BenchError, Fleet, free_port, linked_to, log, now, rcon, replication, tail, wait_until
+from .common import BenchError, Fleet, free_port, linked_to, log, now, quiet, rcon, replication, tail, wait_until
 from .partition import partition_round
 from .switch import SentinelTrio, Writer, count_lost, drop_keys, final_master, longest_pause, run_switch
 
@@ -50,7 +50,7 @@ def client_round(ctx, side, tag, fault, settle_s, timeout_s=30.0):
     masters = [p for p in survivors if _role(p) == "master"]
     # One master among the survivors; if there are several (Sentinel can fail over twice and leave two
     # for a while), the one the side names (its sentinels or watchers) is the final master.
-    final = final_master(survivors, None, timeout=5.0) or _quiet(side.named_master) or None
+    final = final_master(survivors, None, timeout=5.0) or quiet(side.named_master) or None
     sent_t = data["sent_t"]
     firsts = [t for s, t in zip(sent_t, data["t"]) if s > t_fault]
     lost = count_lost(final, data["acked"], w.prefix) if final else None
@@ -156,7 +156,7 @@ class OursSide:
             if not all(linked_to(p, m) for p in self.ports if p != m):
                 return False
             return all(self.discovered(i) == m for i in range(2))
-        wait_until("ours: all linked and discovery agrees", lambda: _quiet(ok), timeout=timeout, interval=0.1)
+        wait_until("ours: all linked and discovery agrees", lambda: quiet(ok), timeout=timeout, interval=0.1)
 
     def kill(self, rep):
         g = self.guest(self.master_port())
@@ -171,7 +171,7 @@ class OursSide:
             t = now()
             g.start()
             wait_until("the old master re-attached by the watcher",
-                       lambda: _quiet(lambda: linked_to(g.port, rec["final_master"])), timeout=90, interval=0.1)
+                       lambda: quiet(lambda: linked_to(g.port, rec["final_master"])), timeout=90, interval=0.1)
             rec["reattach_s"] = now() - t
             self.wait_ready()
             return settle(rec, self.master_port())
@@ -284,7 +284,7 @@ class SentinelSide(SentinelTrio):
                     return False
                 return linked_to(n.port, m)
             # Sentinel converts a returning old master into a replica itself.
-            wait_until("old master re-pointed by Sentinel", lambda: _quiet(follows), timeout=90, interval=0.1)
+            wait_until("old master re-pointed by Sentinel", lambda: quiet(follows), timeout=90, interval=0.1)
             rec["reattach_s"] = now() - t
             self.wait_ready()
             rec["second_failover"] = _failovers_between(self, rec) > 1
@@ -335,12 +335,6 @@ def _role(port):
     except (redis.RedisError, OSError):
         return None
 
-
-def _quiet(fn):
-    try:
-        return fn()
-    except (redis.RedisError, OSError, ValueError, TypeError):
-        return False
 
 
 def bench(ctx, cfg, results):
