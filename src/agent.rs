@@ -53,12 +53,15 @@ fn check_server(binary: &str, dual_channel: bool) -> Result<(), Error> {
 pub async fn run(settings: Settings, cancel: CancellationToken, hooks: Hooks) -> Result<(), Error> {
     let manager = Arc::new(RedisManager::new(settings.redis.clone())?);
     check_server(&settings.redis.binary, settings.replication.dual_channel_replication)?;
-    let strategy = replication::strategy_for(&settings.replication.strategy, manager.clone(), settings.replication.clone())
+    let epochs = Arc::new(
+        replication::epoch::Epochs::load(settings.redis.epoch_path(), &settings.guest.id).map_err(|e| Error::Strategy(e.to_string()))?,
+    );
+    let strategy = replication::strategy_for(&settings.replication.strategy, manager.clone(), settings.replication.clone(), epochs.clone())
         .map_err(Error::Strategy)?;
     let background = cancel.child_token();
     manager.boot(background.clone()).await?;
     let (status_tx, status_rx) = watch::channel(ServiceStatus::New);
-    let guest = Arc::new(Guest::new(manager.clone(), strategy.clone(), status_tx.clone()));
+    let guest = Arc::new(Guest::new(manager.clone(), strategy.clone(), epochs, status_tx.clone()));
     let cipher = settings.guest.instance_rpc_encr_key.as_ref().map(Cipher::new);
     let opts = AmqpOptions {
         transport_url: secrecy::SecretString::from(settings.rpc.transport_url.expose_secret().to_owned()),

@@ -162,6 +162,8 @@ pub struct ReplicationSettings {
     pub fence_timeout: u64,
     pub master_probe_timeout: u64,
     pub min_replicas_to_write: u32,
+    /// With two or more replicas in the accepted topology, a master needs a majority of them.
+    pub fence_majority: bool,
     pub min_replicas_max_lag: u32,
     #[serde(deserialize_with = "opt_string")]
     pub replication_user: Option<String>,
@@ -201,6 +203,13 @@ impl RedisSettings {
     }
 
     /// The agent's own state file: configured, or beside the Redis config.
+    /// The epoch record (`replication::epoch`), beside the state file.
+    pub fn epoch_path(&self) -> PathBuf {
+        let mut p = self.state_path().into_os_string();
+        p.push(".epoch");
+        PathBuf::from(p)
+    }
+
     pub fn state_path(&self) -> PathBuf {
         self.state_file.clone().unwrap_or_else(|| {
             let mut p = self.config_file.clone().into_os_string();

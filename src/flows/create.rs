@@ -6,6 +6,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::{collect, Error, Taskmanager, LOW_TIMEOUT, REPLICA_CONFIG, SNAPSHOT_TIMEOUT};
+use crate::replication::epoch::Topology;
 
 /// How often a long attach checks that the guest still answers, and how many misses fail it.
 const WATCH_EVERY: Duration = Duration::from_secs(5);
@@ -72,6 +73,14 @@ impl Taskmanager {
             }
             opts.replicas.clone()
         };
+        let first = Topology { master: master.clone(), replicas: self.inventory.replicas_of(&master) };
+        let claim = self.claim_from(Some(first)).await?;
+        if claim.topology.master != master {
+            return Err(Error::Refused(format!("epoch {} names {} the master of this set, not {master}", claim.accepted, claim.topology.master)));
+        }
+        if let Some(r) = targets.iter().find(|r| claim.topology.replicas.contains(r)) {
+            return Err(Error::Refused(format!("{r} already replicates from {master} (epoch {})", claim.accepted)));
+        }
         let live = self.live(&master).await;
         match live.role() {
             Some("master") => {}
@@ -118,6 +127,10 @@ impl Taskmanager {
         }
         drop(pending);
         self.inventory = record;
+        // The set grows by the replicas that are in, in the claimed epoch.
+        let mut next = claim.topology.clone();
+        next.replicas.extend(targets.iter().filter(|r| self.inventory.guest(r).and_then(|g| g.replica_of.as_deref()) == Some(master.as_str())).cloned());
+        self.commit(&claim, &next).await?;
         collect(outcome)?;
         Ok(CreateReport { master, replicas: targets, snapshot_ms, total_ms: started.elapsed().as_millis() as u64 })
     }

@@ -4,9 +4,10 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::{collect, Error, Live, Taskmanager, HIGH_TIMEOUT};
+use super::{Error, Live, Taskmanager};
+use crate::replication::epoch::Topology;
 
 /// One replica's evidence for the choice.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -76,7 +77,12 @@ impl Taskmanager {
     pub async fn eject(&mut self, master: &str, force: bool) -> Result<EjectReport, Error> {
         let started = Instant::now();
         self.require(master)?;
-        let replicas = self.inventory.replicas_of(master);
+        let claim = self.claim().await?;
+        let current = claim.topology.clone();
+        if current.master != master {
+            return Err(Error::Refused(format!("epoch {} names {} the master of this set, not {master}; nothing to eject", claim.accepted, current.master)));
+        }
+        let replicas = current.replicas.clone();
         if replicas.is_empty() {
             return Err(Error::Refused(format!("{master} is not a replica source (it has no replicas)")));
         }
@@ -89,23 +95,18 @@ impl Taskmanager {
                 "{master} is alive and serving as master; eject is for a dead master (use promote-to-replica-source, or --force)"
             )));
         }
-        let live: Vec<Live> = futures_util::future::join_all(replicas.iter().map(|r| self.live(r))).await;
+        let mut live: Vec<Live> = futures_util::future::join_all(replicas.iter().map(|r| self.live(r))).await;
         let skipped: Vec<String> = live.iter().filter(|l| l.status.is_none()).map(|l| l.id.clone()).collect();
         let evidence: Vec<Candidate> = live.iter().filter_map(candidate).collect();
         let chosen = choose(&evidence).map_err(Error::Refused)?.clone();
-        tracing::info!(new_master = %chosen.id, offset = chosen.offset, ?skipped, "chose the most current replica");
+        tracing::info!(new_master = %chosen.id, offset = chosen.offset, ?skipped, epoch = claim.epoch, "chose the most current replica");
         let new = chosen.id.clone();
-        self.call(&new, "detach_replica", json!({"for_failover": true}), HIGH_TIMEOUT).await?;
-        self.inventory.set_replica_of(&new, None)?;
-        self.call(&new, "enable_as_master", json!({"replica_source_config": self.inventory.replica_source_config}), HIGH_TIMEOUT).await?;
-        self.call(&new, "make_read_only", json!({"read_only": false}), HIGH_TIMEOUT).await?;
-        let context = self.call(&new, "get_replica_context", json!({}), HIGH_TIMEOUT).await?;
-        let others: Vec<String> = evidence.iter().map(|c| c.id.clone()).filter(|id| *id != new).collect();
-        let mut outcome = self.repoint(&others, None, &new, &context).await?;
-        for s in &skipped {
-            outcome.push(Err(Error::Guest { guest: s.clone(), method: "get_replication_status".into(), reason: "unreachable; not re-pointed (re-run create-replicas for it later)".into() }));
-        }
-        collect(outcome)?;
+        // The old master stays in the set as a replica: deposed, it is re-attached when it returns.
+        let mut next = Topology { master: new.clone(), replicas: replicas.iter().filter(|r| **r != new).cloned().collect() };
+        next.replicas.push(master.to_owned());
+        self.commit(&claim, &next).await?;
+        live.push(live_master);
+        self.install(&next, &live).await?;
         Ok(EjectReport { old_master: master.into(), new_master: new, evidence, skipped, total_ms: started.elapsed().as_millis() as u64 })
     }
 }

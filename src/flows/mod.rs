@@ -3,6 +3,7 @@
 
 pub mod create;
 pub mod eject;
+pub mod epoch;
 pub mod inventory;
 pub mod prepare;
 pub mod promote;
@@ -94,6 +95,8 @@ pub struct Taskmanager {
     pub inventory: Inventory,
     /// Live statuses taken just before the command (the cross-check); flows reuse them.
     pub recent: Vec<Live>,
+    /// The epoch this command claimed (`flows::epoch`): every state-changing call carries it.
+    pub epoch: Option<u64>,
 }
 
 impl Taskmanager {
@@ -102,7 +105,7 @@ impl Taskmanager {
         opts.durable = inventory.durable_queues;
         opts.quorum = inventory.quorum_queues;
         let client = RpcClient::connect(&opts).await?;
-        Ok(Taskmanager { client, inventory, recent: Vec::new() })
+        Ok(Taskmanager { client, inventory, recent: Vec::new(), epoch: None })
     }
 
     /// Closes the RPC connection.
@@ -117,7 +120,10 @@ impl Taskmanager {
 
     /// One guest call, with Trove's version and the given timeout; errors name the guest and method.
     pub async fn call(&self, guest: &str, method: &str, args: Value, timeout: Duration) -> Result<Value, Error> {
-        let args: Map<String, Value> = args.as_object().cloned().unwrap_or_default();
+        let mut args: Map<String, Value> = args.as_object().cloned().unwrap_or_default();
+        if let Some(e) = self.epoch.filter(|_| epoch::EPOCH_METHODS.contains(&method)) {
+            args.insert("epoch".into(), json!(e));
+        }
         let topic = format!("guestagent.{guest}");
         self.client
             .call(&topic, method, args, "1.0", timeout, self.cipher(guest).as_ref())
@@ -249,7 +255,12 @@ impl Taskmanager {
         if self.inventory.guest(replica).and_then(|g| g.replica_of.clone()).is_none() && live.role() != Some("replica") {
             return Err(Error::Refused(format!("{replica} is not a replica")));
         }
-        tracing::info!(guest = replica, "detach_replica(for_failover=false)");
+        // The set shrinks first (in a new epoch): a detached guest is no member, never deposed.
+        let claim = self.claim().await?;
+        let mut next = claim.topology.clone();
+        next.replicas.retain(|r| r != replica);
+        self.commit(&claim, &next).await?;
+        tracing::info!(guest = replica, epoch = claim.epoch, "detach_replica(for_failover=false)");
         self.call(replica, "detach_replica", json!({"for_failover": false}), HIGH_TIMEOUT).await?;
         self.inventory.set_replica_of(replica, None)?;
         Ok(())
@@ -257,44 +268,76 @@ impl Taskmanager {
 }
 
 impl Taskmanager {
-    /// Re-points `movers` at `new_master` directly and in parallel, as Trove does each one:
-    /// `detach_replica(for_failover=true)` then `attach_replica` (the old master, `old_master`, is
-    /// a master and only attaches). The inventory follows each success; errors are returned per guest.
-    pub async fn repoint(
-        &mut self,
-        movers: &[String],
-        old_master: Option<&str>,
-        new_master: &str,
-        context: &Value,
-    ) -> Result<Vec<Result<(), Error>>, Error> {
-        let results = self.repoint_calls(movers, old_master, context).await;
-        self.record_repoint(movers, new_master, &results)?;
-        Ok(results)
-    }
-
-    /// The calls of `repoint`, without touching the inventory.
-    pub async fn repoint_calls(&self, movers: &[String], old_master: Option<&str>, context: &Value) -> Vec<Result<(), Error>> {
+    /// Re-points `movers` at the master `context` describes, directly and in parallel, as Trove
+    /// does each one: `detach_replica(for_failover=true)` then `attach_replica`; a mover in
+    /// `masters` (its Redis is a master: an old master) only attaches. Errors are returned per guest.
+    pub async fn repoint_calls(&self, movers: &[String], masters: &[String], context: &Value) -> Vec<Result<(), Error>> {
         futures_util::future::join_all(movers.iter().map(|r| {
-            let is_old = Some(r.as_str()) == old_master;
+            let is_master = masters.contains(r);
             async move {
-                if !is_old {
+                if !is_master {
                     self.call(r, "detach_replica", json!({"for_failover": true}), HIGH_TIMEOUT).await?;
                 }
-                let args = json!({"replica_info": context, "slave_config": REPLICA_CONFIG, "restart": !is_old});
+                let args = json!({"replica_info": context, "slave_config": REPLICA_CONFIG, "restart": !is_master});
                 self.call(r, "attach_replica", args, HIGH_TIMEOUT).await.map(|_| ())
             }
         }))
         .await
     }
 
-    /// Records in the inventory each mover whose re-point succeeded.
-    pub fn record_repoint(&mut self, movers: &[String], new_master: &str, results: &[Result<(), Error>]) -> Result<(), Error> {
-        for (r, res) in movers.iter().zip(results) {
-            if res.is_ok() {
-                self.inventory.set_replica_of(r, Some(new_master))?;
+    /// Makes the guests match an accepted topology `t` (in the claimed epoch): its master a
+    /// writable master, and every reachable replica that does not follow it re-pointed. `lives`
+    /// is a fresh probe of the guests. Completes a failover that a dead coordinator left half done.
+    pub async fn install(&mut self, t: &crate::replication::epoch::Topology, lives: &[Live]) -> Result<(), Error> {
+        let live_of = |id: &str| lives.iter().find(|l| l.id == id);
+        let m = &t.master;
+        let master_live = live_of(m).ok_or_else(|| Error::Refused(format!("{m} was not probed")))?;
+        if master_live.status.is_none() {
+            return Err(Error::Refused(format!("the master {m} of the accepted topology is unreachable: {}", master_live.error.clone().unwrap_or_default())));
+        }
+        if master_live.role() != Some("master") {
+            // A live old master it still follows is fenced, and the new master catches up with it
+            // first (a promote that its coordinator left half done loses nothing).
+            let followed = master_live.master_addr();
+            let source = t.replicas.iter().filter_map(|r| live_of(r)).find(|l| l.role() == Some("master") && l.addr() == followed);
+            if let Some(old) = source {
+                self.call(&old.id, "make_read_only", json!({"read_only": true}), HIGH_TIMEOUT).await?;
+                let latest = self.call(&old.id, "get_latest_txn_id", json!({}), HIGH_TIMEOUT).await?;
+                if latest.as_i64().unwrap_or(0) > 0 {
+                    self.call(m, "wait_for_txn", json!({"txn": latest}), HIGH_TIMEOUT).await?;
+                }
+            }
+            tracing::info!(master = %m, "making the accepted master a writable master");
+            self.call(m, "detach_replica", json!({"for_failover": true}), HIGH_TIMEOUT).await?;
+            self.call(m, "enable_as_master", json!({"replica_source_config": self.inventory.replica_source_config}), HIGH_TIMEOUT).await?;
+        }
+        self.call(m, "make_read_only", json!({"read_only": false}), HIGH_TIMEOUT).await?;
+        let context = self.call(m, "get_replica_context", json!({}), HIGH_TIMEOUT).await?;
+        let (host, port) = (context["master"]["host"].as_str().unwrap_or_default().to_owned(), context["master"]["port"].as_u64().unwrap_or(0));
+        let mut movers = Vec::new();
+        let mut masters = Vec::new();
+        let mut unreachable = Vec::new();
+        for r in &t.replicas {
+            match live_of(r) {
+                Some(l) if l.held || l.role() == Some("master") => {
+                    masters.push(r.clone());
+                    movers.push(r.clone());
+                }
+                Some(l) if l.role() == Some("replica") && l.master_addr() == Some((host.clone(), port)) => {}
+                Some(l) if l.status.is_some() => movers.push(r.clone()),
+                _ => unreachable.push(r.clone()),
             }
         }
-        Ok(())
+        let mut outcome = self.repoint_calls(&movers, &masters, &context).await;
+        for (r, res) in movers.iter().zip(&outcome) {
+            if res.is_ok() && masters.contains(r) {
+                tracing::info!(guest = %r, master = %m, "old master re-attached");
+            }
+        }
+        for s in unreachable {
+            outcome.push(Err(Error::Guest { guest: s, method: "get_replication_status".into(), reason: "unreachable; it stays in the topology and is re-attached when it answers".into() }));
+        }
+        collect(outcome)
     }
 }
 

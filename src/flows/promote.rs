@@ -6,6 +6,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::{collect, Error, Taskmanager, HIGH_TIMEOUT};
+use crate::replication::epoch::Topology;
 
 #[derive(Debug, Serialize)]
 pub struct PromoteReport {
@@ -20,10 +21,16 @@ impl Taskmanager {
     pub async fn promote(&mut self, candidate: &str) -> Result<PromoteReport, Error> {
         let started = Instant::now();
         self.require(candidate)?;
-        let Some(old) = self.inventory.guest(candidate).and_then(|g| g.replica_of.clone()) else {
-            return Err(Error::Refused(format!("{candidate} is not a replica; only a replica can be promoted")));
-        };
-        let others: Vec<String> = self.inventory.replicas_of(&old).into_iter().filter(|r| r != candidate).collect();
+        let claim = self.claim().await?;
+        let current = claim.topology.clone();
+        let old = current.master.clone();
+        if !current.replicas.iter().any(|r| r == candidate) {
+            return Err(Error::Refused(format!(
+                "{candidate} is not a replica of the current master {old} (epoch {}); only a replica can be promoted",
+                claim.accepted
+            )));
+        }
+        let others: Vec<String> = current.replicas.iter().filter(|r| *r != candidate).cloned().collect();
         // Reuse the pre-command probe when there is one (as eject does); otherwise probe now.
         let mut live = match self.recent.iter().find(|l| l.id == old) {
             Some(l) => l.clone(),
@@ -41,12 +48,17 @@ impl Taskmanager {
                 live.error.unwrap_or_else(|| "it reports another role".into())
             )));
         }
-        tracing::info!(%candidate, %old, ?others, "promoting");
+        tracing::info!(%candidate, %old, ?others, epoch = claim.epoch, "promoting");
         // How replicas will reach the candidate does not change when it becomes master: ask now,
         // outside the write-blocked window.
         let context = self.call(candidate, "get_replica_context", json!({}), HIGH_TIMEOUT).await?;
+        let mut next = Topology { master: candidate.into(), replicas: others.clone() };
+        next.replicas.push(old.clone());
         // 1. Fence the old master, then read its offset (the order matters: the offset is final).
+        // The new topology is accepted first: from then on the old master's agent keeps it fenced
+        // (it is deposed) until it follows the candidate, whatever happens to this command.
         let fence_at = Instant::now();
+        self.commit(&claim, &next).await?;
         self.call(&old, "make_read_only", json!({"read_only": true}), HIGH_TIMEOUT).await?;
         let latest = self.call(&old, "get_latest_txn_id", json!({}), HIGH_TIMEOUT).await?;
         // 2. The candidate catches up to exactly that offset.
@@ -61,18 +73,23 @@ impl Taskmanager {
         // master wait until its re-point, so nothing else (inventory fsyncs) runs before it.
         let mut movers = others.clone();
         movers.push(old.clone());
+        let old_only = vec![old.clone()];
         let unfence = async {
             let r = self.call(candidate, "make_read_only", json!({"read_only": false}), HIGH_TIMEOUT).await;
             (r, fence_at.elapsed().as_millis() as u64)
         };
-        let ((unfenced, writes_blocked_ms), results) = tokio::join!(unfence, self.repoint_calls(&movers, Some(&old), &context));
+        let ((unfenced, writes_blocked_ms), results) = tokio::join!(unfence, self.repoint_calls(&movers, &old_only, &context));
         tracing::info!(%candidate, writes_blocked_ms, "new master accepts writes");
-        self.inventory.set_replica_of(candidate, None)?;
         unfenced?;
-        self.record_repoint(&movers, candidate, &results)?;
+        // 5. The old master drops its replica-source settings, once it follows the candidate. One
+        // that could not be re-pointed stays fenced (deposed) for the watcher to re-attach.
+        let old_followed = results.last().is_some_and(Result::is_ok);
         let mut outcome = results;
-        // 5. The old master drops its replica-source settings.
-        outcome.push(self.call(&old, "demote_replication_master", json!({}), HIGH_TIMEOUT).await.map(|_| ()));
+        if old_followed {
+            outcome.push(self.call(&old, "demote_replication_master", json!({}), HIGH_TIMEOUT).await.map(|_| ()));
+        } else {
+            tracing::warn!(%old, "the old master could not be re-pointed: it stays fenced, in the topology as a replica to re-attach");
+        }
         collect(outcome)?;
         Ok(PromoteReport { new_master: candidate.into(), old_master: old, writes_blocked_ms, total_ms: started.elapsed().as_millis() as u64 })
     }

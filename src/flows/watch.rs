@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{Error, Inventory, Live, Taskmanager, HIGH_TIMEOUT};
+use super::epoch::topology_of;
+use super::{Error, Inventory, Live, Taskmanager};
 use crate::discovery::{Node, Shared, View};
 use crate::rpc::lease::Lease;
 use crate::rpc::AmqpOptions;
@@ -52,7 +53,12 @@ struct Memory {
     nodes: HashMap<String, Node>,
     sdown: bool,
     odown: bool,
+    /// The accepted epoch of the topology last seen (Sentinel's `config-epoch`) and its master.
     epoch: u64,
+    master: Option<String>,
+    /// Since when the guests have not matched the accepted topology (a re-attach or a failover
+    /// to complete); acted on after `down_after`, so a command in flight can finish first.
+    mismatch_since: Option<Instant>,
 }
 
 impl Memory {
@@ -80,16 +86,6 @@ fn link_up(l: &Live) -> bool {
     s.get("role").and_then(Value::as_str) == Some("replica") && s.get("link_up") == Some(&json!(true)) && silent_secs(l).is_none()
 }
 
-/// Whether `l` took over from `master`'s history (promoted from it): its second replication id
-/// is the master's replication id.
-fn successor(l: &Live, master: &Live) -> bool {
-    let id = |l: &Live, k: &str| l.status.as_ref().and_then(|s| s.get(k)).and_then(Value::as_str).map(str::to_owned);
-    match (id(l, "replid2"), id(master, "replid")) {
-        (Some(a), Some(b)) => a == b && a.bytes().any(|c| c != b'0'),
-        _ => false,
-    }
-}
-
 fn node_of(l: &Live) -> Option<Node> {
     let s = l.status.as_ref()?;
     let (host, port) = l.addr()?;
@@ -104,6 +100,25 @@ fn node_of(l: &Live) -> Option<Node> {
     })
 }
 
+/// Whether a replica of the accepted topology does not follow its master: it answers as a
+/// master (an old master back), is held back after a crash, or follows another address.
+fn strays(l: &Live, master: Option<&Live>) -> bool {
+    if l.held || l.role() == Some("master") {
+        return true;
+    }
+    let want = master.and_then(Live::addr);
+    l.role() == Some("replica") && want.is_some() && l.master_addr() != want
+}
+
+fn fenced(l: &Live) -> bool {
+    l.status.as_ref().and_then(|s| s.get("fenced")) == Some(&json!(true))
+}
+
+/// The lease still held, asked within `timeout` (a hung broker counts as lost).
+async fn lease_holds(lease: &Lease, timeout: Duration) -> bool {
+    tokio::time::timeout(timeout, lease.check()).await.unwrap_or(false)
+}
+
 impl Taskmanager {
     /// Runs until `cancel`: one probe round every period, acting only while holding the lease.
     pub async fn watch(&mut self, opts: WatchOptions, shared: Arc<Shared>, cancel: CancellationToken) -> Result<(), Error> {
@@ -112,7 +127,17 @@ impl Taskmanager {
         let path: PathBuf = self.inventory.path.clone();
         let mut lease: Option<Lease> = None;
         let mut last_try: Option<Instant> = None;
-        let mut mem = Memory { started: Instant::now(), last_good: HashMap::new(), last_linked: HashMap::new(), nodes: HashMap::new(), sdown: false, odown: false, epoch: 0 };
+        let mut mem = Memory {
+            started: Instant::now(),
+            last_good: HashMap::new(),
+            last_linked: HashMap::new(),
+            nodes: HashMap::new(),
+            sdown: false,
+            odown: false,
+            epoch: 0,
+            master: None,
+            mismatch_since: None,
+        };
         let mut requests = shared.failover_requests.lock().await.take();
         tracing::info!(name = %self.inventory.name, down_after_ms = opts.down_after.as_millis() as u64, "watching");
         loop {
@@ -148,7 +173,7 @@ impl Taskmanager {
                 }
             }
             if let Some(l) = &lease {
-                if !l.check().await {
+                if !lease_holds(l, opts.probe_timeout()).await {
                     tracing::warn!("lost the lease: this watcher no longer acts");
                     lease = None;
                 }
@@ -165,14 +190,23 @@ impl Taskmanager {
     }
 
     async fn round(&mut self, opts: &WatchOptions, shared: &Shared, mem: &mut Memory, lease: Option<&Lease>) {
-        let Some(master) = current_master(&self.inventory) else {
-            *shared.view.write().await = View { epoch: mem.epoch, ..Default::default() };
-            return;
-        };
-        let replicas = self.inventory.replicas_of(&master);
         let ids: Vec<String> = self.inventory.guests.iter().map(|g| g.id.clone()).collect();
         let timeout = opts.probe_timeout();
         let lives: Vec<Live> = futures_util::future::join_all(ids.iter().map(|g| self.live_within(g, timeout))).await;
+        // The topology is what the guests accepted (the highest epoch), not what a file says; the
+        // inventory only names a set that has no epoch yet.
+        let (epoch, topology) = match topology_of(&lives) {
+            Some(t) => t,
+            None => match self.inventory_topology().filter(|t| !t.replicas.is_empty()) {
+                Some(t) => (0, t),
+                None => {
+                    *shared.view.write().await = View { epoch: mem.epoch, ..Default::default() };
+                    return;
+                }
+            },
+        };
+        let master = topology.master.clone();
+        let replicas = topology.replicas.clone();
         let now = Instant::now();
         let started = mem.started;
         for l in &lives {
@@ -191,6 +225,14 @@ impl Taskmanager {
                 mem.last_linked.entry(l.id.clone()).and_modify(|t| *t = (*t).min(heard));
             }
         }
+        if mem.master.as_deref() != Some(master.as_str()) {
+            if let Some(old) = mem.master.clone() {
+                // Every watcher announces what the guests accepted, whoever acted.
+                self.announce_switch(shared, mem, &old, &master, epoch).await;
+            }
+            mem.master = Some(master.clone());
+        }
+        mem.epoch = epoch;
         let live_of = |id: &str| lives.iter().find(|l| l.id == id);
         let master_live = live_of(&master);
         let master_ok = master_live.is_some_and(|l| l.status.is_some());
@@ -233,67 +275,67 @@ impl Taskmanager {
                 })
                 .collect();
             let why = master_live.and_then(|l| l.error.clone()).unwrap_or_default();
-            tracing::warn!(%master, silent_ms = silent_for.as_millis() as u64, strong, master_error = %why, ?evidence, "decision: master is down (its agent and a majority of its replicas agree); ejecting");
-            self.fail_over(&master, lives.clone(), shared, mem, lease).await;
+            tracing::warn!(%master, epoch, silent_ms = silent_for.as_millis() as u64, strong, master_error = %why, ?evidence, "decision: master is down (its agent and a majority of its replicas agree); ejecting");
+            self.fail_over(&master, lives.clone(), shared, mem, lease, opts).await;
             return;
         }
-        // An old master that came back writable follows the current one. Not while the inventory is
-        // behind a promote run by hand: its master no longer a master, or the writable guest its
-        // successor (it carries the master's history as its second replication id).
-        let master_is_master = master_live.and_then(Live::role) == Some("master");
-        for g in self.inventory.guests.iter().filter(|g| g.replica_of.as_deref() == Some(&master)).map(|g| g.id.clone()).collect::<Vec<_>>() {
-            let back = live_of(&g).is_some_and(|l| l.held || (l.role() == Some("master") && !master_live.is_some_and(|m| successor(l, m))));
-            if back && master_ok && master_is_master {
-                if !lease.check().await {
-                    return;
-                }
-                tracing::warn!(guest = %g, %master, "decision: {g} answers as a writable master (or as a crashed one held back) but the inventory says it follows {master}; re-attaching it");
-                let result = async {
-                    let context = self.call(&master, "get_replica_context", json!({}), HIGH_TIMEOUT).await?;
-                    let results = self.repoint(std::slice::from_ref(&g), Some(&g), &master, &context).await?;
-                    super::collect(results)
-                }
-                .await;
-                match result {
-                    Ok(()) => tracing::info!(guest = %g, %master, "re-attached"),
-                    Err(error) => tracing::warn!(guest = %g, %error, "re-attach failed; retrying next round"),
-                }
-            }
+        // The guests differ from the accepted topology: an old master back (writable, or crashed
+        // and held back), a replica following someone else, a failover left half done, or a set
+        // with no epoch yet. After down_after (a command in flight finishes first), act on it.
+        let master_is_master = master_live.and_then(Live::role) == Some("master") && master_live.is_some_and(|l| !fenced(l));
+        let stray: Vec<String> = replicas.iter().filter(|r| live_of(r).is_some_and(|l| strays(l, master_live))).cloned().collect();
+        let mismatch = master_ok && (epoch == 0 || !master_is_master || !stray.is_empty());
+        if !mismatch {
+            mem.mismatch_since = None;
+            return;
+        }
+        let since = *mem.mismatch_since.get_or_insert(now);
+        if now - since < opts.down_after || !lease_holds(lease, opts.probe_timeout()).await {
+            return;
+        }
+        tracing::warn!(%master, epoch, ?stray, master_is_master, "decision: the guests differ from the accepted topology; making them match it");
+        let result = async {
+            let claim = self.claim().await?;
+            self.commit(&claim, &claim.topology).await?;
+            let fresh = self.live_all_within(opts.probe_timeout()).await;
+            self.install(&claim.topology, &fresh).await
+        }
+        .await;
+        self.epoch = None;
+        mem.mismatch_since = None;
+        match result {
+            Ok(()) => tracing::info!(%master, "the guests match the accepted topology"),
+            Err(error) => tracing::warn!(%master, %error, "could not make the guests match the topology; retrying"),
         }
     }
 
-    async fn fail_over(&mut self, master: &str, lives: Vec<Live>, shared: &Shared, mem: &mut Memory, lease: &Lease) {
-        // Fence first: if the old master's agent is alive (or returns), its Redis stops taking writes.
-        if let Err(error) = self.cast(master, "make_read_only", json!({"read_only": true})).await {
-            tracing::warn!(%master, %error, "fence cast failed");
-        }
-        if !lease.check().await {
+    async fn fail_over(&mut self, master: &str, lives: Vec<Live>, shared: &Shared, mem: &mut Memory, lease: &Lease, opts: &WatchOptions) {
+        if !lease_holds(lease, opts.probe_timeout()).await {
             tracing::warn!("lost the lease before the eject; not acting");
             return;
         }
         self.recent = lives;
         let result = self.eject(master, false).await;
         self.recent.clear();
-        let new = current_master(&self.inventory);
-        match &result {
-            Ok(report) => tracing::info!(old = %master, new = %report.new_master, total_ms = report.total_ms, ?report.evidence, "eject done"),
-            Err(error) => tracing::warn!(old = %master, %error, "eject did not complete"),
+        let epoch = self.epoch.take().unwrap_or(mem.epoch);
+        match result {
+            Ok(report) => {
+                tracing::info!(old = %master, new = %report.new_master, epoch, total_ms = report.total_ms, ?report.evidence, "eject done");
+                self.announce_switch(shared, mem, master, &report.new_master, epoch).await;
+                mem.master = Some(report.new_master);
+            }
+            Err(error) => tracing::warn!(old = %master, %error, "eject did not complete (the next coordinator completes what was accepted)"),
         }
-        let Some(new) = new.filter(|n| n != master) else { return };
-        if let Err(error) = self.inventory.set_replica_of(master, Some(&new)) {
-            tracing::warn!(%error, "cannot record the old master as a replica to re-attach");
-        }
-        self.announce_switch(shared, mem, master, &new).await;
     }
 
-    /// A new master: the next epoch, the view, and `+switch-master` for subscribers.
-    async fn announce_switch(&self, shared: &Shared, mem: &mut Memory, old: &str, new: &str) {
-        mem.epoch += 1;
+    /// A new master: its epoch, the view, and `+switch-master` for subscribers.
+    async fn announce_switch(&self, shared: &Shared, mem: &mut Memory, old: &str, new: &str, epoch: u64) {
+        mem.epoch = epoch;
         let old_addr = mem.addr(old);
         let new_addr = mem.addr(new);
         mem.sdown = false;
         mem.odown = false;
-        let replicas = self.inventory.replicas_of(new);
+        let replicas: Vec<String> = self.inventory.guests.iter().map(|g| g.id.clone()).filter(|g| g != new && mem.nodes.contains_key(g)).collect();
         self.publish_view(shared, mem, new, &replicas).await;
         shared.publish("+switch-master", format!("{} {old_addr} {new_addr}", shared.name));
     }
@@ -303,8 +345,8 @@ impl Taskmanager {
     /// The error text is the reply clients get.
     async fn switch_over(&mut self, shared: &Shared, mem: &mut Memory, lease: Option<&Lease>) -> Result<(), String> {
         let Some(lease) = lease else { return Err("ERR this watcher does not hold the lease".into()) };
-        let Some(master) = current_master(&self.inventory) else { return Err("ERR No such master with that name".into()) };
-        let replicas = self.inventory.replicas_of(&master);
+        let Some(master) = mem.master.clone() else { return Err("ERR No such master with that name".into()) };
+        let replicas: Vec<String> = self.inventory.guests.iter().map(|g| g.id.clone()).filter(|g| *g != master).collect();
         let lives: Vec<Live> = futures_util::future::join_all(replicas.iter().map(|r| self.live(r))).await;
         let best = lives
             .iter()
@@ -312,18 +354,21 @@ impl Taskmanager {
             .max_by(|a, b| a.offset().cmp(&b.offset()).then(b.id.cmp(&a.id)))
             .map(|l| l.id.clone())
             .ok_or("NOGOODSLAVE No suitable replica to promote")?;
-        if !lease.check().await {
+        if !lease_holds(lease, Duration::from_secs(1)).await {
             return Err("ERR this watcher lost the lease".into());
         }
         tracing::warn!(%master, candidate = %best, "decision: SENTINEL FAILOVER asked for a planned switchover; promoting the most current linked replica");
-        match self.promote(&best).await {
-            Ok(report) => tracing::info!(old = %master, new = %best, total_ms = report.total_ms, "promote done"),
+        let result = self.promote(&best).await;
+        let epoch = self.epoch.take().unwrap_or(mem.epoch);
+        match result {
+            Ok(report) => tracing::info!(old = %master, new = %best, epoch, total_ms = report.total_ms, "promote done"),
             Err(error) => {
                 tracing::warn!(old = %master, %error, "promote did not complete");
                 return Err(format!("ERR the promote failed: {error}"));
             }
         }
-        self.announce_switch(shared, mem, &master, &best).await;
+        self.announce_switch(shared, mem, &master, &best, epoch).await;
+        mem.master = Some(best);
         Ok(())
     }
 
@@ -344,20 +389,6 @@ mod tests {
     fn replica(link_up: bool, last_io: i64) -> Live {
         let status = json!({"role": "replica", "link_up": link_up, "master_last_io_seconds_ago": last_io});
         Live { id: "r".into(), status: Some(status), error: None, unprepared: false, silent: false, held: false }
-    }
-
-    fn node(role: &str, replid: &str, replid2: &str) -> Live {
-        let status = json!({"role": role, "replid": replid, "replid2": replid2});
-        Live { id: "n".into(), status: Some(status), error: None, unprepared: false, silent: false, held: false }
-    }
-
-    #[test]
-    fn a_guest_promoted_from_the_master_is_its_successor_not_a_stale_master() {
-        let zeros = "0".repeat(40);
-        let master = node("master", "aaaa", &zeros);
-        assert!(successor(&node("master", "bbbb", "aaaa"), &master), "promoted from the master's history");
-        assert!(!successor(&node("master", "cccc", &zeros), &master), "an old master restarted with a fresh history");
-        assert!(!successor(&node("master", "bbbb", &zeros), &node("master", &zeros, &zeros)));
     }
 
     #[test]

@@ -56,6 +56,14 @@ impl<'a> Args<'a> {
         }
     }
 
+    /// An optional non-negative integer (null: absent).
+    pub fn opt_u64(&self, name: &str) -> Result<Option<u64>, RemoteFailure> {
+        match self.map.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v.as_u64().map(Some).ok_or_else(|| self.wrong(name, "a non-negative integer")),
+        }
+    }
+
     pub fn req_int(&self, name: &str) -> Result<i64, RemoteFailure> {
         match self.required(name)? {
             Value::Number(n) if n.is_i64() => Ok(n.as_i64().unwrap_or_default()),

@@ -11,6 +11,7 @@ use tokio::sync::{watch, Mutex};
 
 use crate::datastore::redis::RedisManager;
 use crate::datastore::{self, ServiceStatus};
+use crate::replication::epoch::{Epochs, Topology};
 use crate::replication::{self, ReplicationStrategy, SnapshotRequest};
 use crate::rpc::{Endpoint, RemoteFailure};
 use args::Args;
@@ -30,14 +31,60 @@ const NOT_SUPPORTED: &[&str] = &[
 pub struct Guest {
     manager: Arc<RedisManager>,
     strategy: Arc<dyn ReplicationStrategy>,
+    epochs: Arc<Epochs>,
     status: watch::Sender<ServiceStatus>,
     /// Lifecycle calls that change Redis run one at a time (replication calls serialize in the strategy).
     lifecycle: Mutex<()>,
 }
 
 impl Guest {
-    pub fn new(manager: Arc<RedisManager>, strategy: Arc<dyn ReplicationStrategy>, status: watch::Sender<ServiceStatus>) -> Self {
-        Guest { manager, strategy, status, lifecycle: Mutex::new(()) }
+    pub fn new(
+        manager: Arc<RedisManager>,
+        strategy: Arc<dyn ReplicationStrategy>,
+        epochs: Arc<Epochs>,
+        status: watch::Sender<ServiceStatus>,
+    ) -> Self {
+        Guest { manager, strategy, epochs, status, lifecycle: Mutex::new(()) }
+    }
+
+    /// Admits a state-changing replication call: its `epoch` (if any) is not stale, and a deposed
+    /// guest (the accepted topology names another master) never becomes or unfences a master.
+    fn admit(&self, a: &Args<'_>, epochless_ok: bool) -> Result<(), RemoteFailure> {
+        let epoch = a.opt_u64("epoch")?;
+        self.epochs.admit(epoch, a.method, epochless_ok).map_err(|e| to_failure(a, e))?;
+        let unfences = a.method == "enable_as_master" || (a.method == "make_read_only" && a.opt_bool("read_only", true)? == false);
+        if unfences && self.epochs.deposed() {
+            let r = self.epochs.record();
+            let master = r.topology.map(|t| t.master).unwrap_or_default();
+            return Err(to_failure(
+                a,
+                replication::Error::Refused(format!("{} refused: epoch {} names {master} the master of this set, not this guest", a.method, r.accepted)),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `epoch_promise` and `epoch_accept`: the two phases of a topology change (see `replication::epoch`).
+    async fn epoch_call(&self, a: &Args<'_>) -> Result<Value, RemoteFailure> {
+        let epoch = a.opt_u64("epoch")?.ok_or_else(|| a.wrong("epoch", "a positive integer"))?;
+        if a.method == "epoch_promise" {
+            let (promised, record) = self.epochs.promise(epoch).map_err(|e| to_failure(a, e))?;
+            return Ok(json!({"promised": promised, "record": record}));
+        }
+        let topology: Topology = serde_json::from_value(a.required("topology")?.clone())
+            .map_err(|e| a.wrong("topology", &format!("{{\"master\": id, \"replicas\": [id, ...]}} ({e})")))?;
+        if topology.master.is_empty() || topology.replicas.iter().any(|r| r.is_empty() || *r == topology.master) {
+            return Err(a.wrong("topology", "a master id and distinct replica ids"));
+        }
+        let record = self.epochs.accept(epoch, topology).map_err(|e| to_failure(a, e))?;
+        // A master this deposes stops taking writes now (and at every upkeep round after).
+        let strategy = self.strategy.clone();
+        tokio::spawn(async move {
+            if let Err(error) = strategy.maintain().await {
+                tracing::warn!(%error, "upkeep after an accepted epoch failed");
+            }
+        });
+        Ok(json!({"record": record}))
     }
 
     fn set_status(&self, s: ServiceStatus) {
@@ -149,7 +196,9 @@ impl Guest {
                 self.lifecycle(a, || async { self.manager.apply_overrides(&overrides).await }).await
             }
             "backup_required_for_replication" => Ok(json!(strategy.backup_required())),
+            "epoch_promise" | "epoch_accept" => self.epoch_call(a).await,
             "get_replication_snapshot" => {
+                self.admit(a, true)?;
                 let info = a.opt_object("snapshot_info")?.unwrap_or_default();
                 a.required("snapshot_info")?;
                 let replica_count = match info.get("replica_count") {
@@ -175,6 +224,7 @@ impl Guest {
                 Ok(json!({"master": master}))
             }
             "attach_replica" => {
+                self.admit(a, false)?;
                 let info = a.req_object("replica_info")?;
                 let master = a.master_ref("replica_info", &info)?;
                 let config = a.opt_str("slave_config")?;
@@ -183,10 +233,23 @@ impl Guest {
                 self.refresh_status().await;
                 ok(r)
             }
-            "detach_replica" => ok(strategy.detach(a.opt_bool("for_failover", false)?).await),
-            "make_read_only" => ok(strategy.make_read_only(a.req_bool("read_only")?).await),
-            "enable_as_master" => ok(strategy.enable_as_master(a.opt_str("replica_source_config")?.as_deref()).await),
-            "demote_replication_master" => ok(strategy.demote().await),
+            "detach_replica" => {
+                self.admit(a, false)?;
+                ok(strategy.detach(a.opt_bool("for_failover", false)?).await)
+            }
+            "make_read_only" => {
+                let read_only = a.req_bool("read_only")?;
+                self.admit(a, read_only)?;
+                ok(strategy.make_read_only(read_only).await)
+            }
+            "enable_as_master" => {
+                self.admit(a, false)?;
+                ok(strategy.enable_as_master(a.opt_str("replica_source_config")?.as_deref()).await)
+            }
+            "demote_replication_master" => {
+                self.admit(a, false)?;
+                ok(strategy.demote().await)
+            }
             "get_latest_txn_id" => strategy.latest_txn_id().await.map(|t| json!(t)).map_err(|e| to_failure(a, e)),
             "get_last_txn" => strategy.last_txn().await.map(|(h, t)| json!([h, t])).map_err(|e| to_failure(a, e)),
             "wait_for_txn" => ok(strategy.wait_for_txn(a.req_int("txn")?).await),
@@ -205,7 +268,11 @@ impl Guest {
                     return Err(RemoteFailure::held_back());
                 }
                 match strategy.status().await {
-                    Ok(status) => Ok(status),
+                    Ok(mut status) => {
+                        status["epoch"] = serde_json::to_value(self.epochs.record()).unwrap_or(Value::Null);
+                        status["guest"] = json!(self.epochs.me());
+                        Ok(status)
+                    }
                     Err(_) if self.manager.held_after_failure().await => Err(RemoteFailure::held_back()),
                     Err(e) => Err(to_failure(a, e)),
                 }

@@ -1,6 +1,7 @@
 //! The guest-side replication contract (`ReplicationStrategy`) and the factory keyed by Trove's names.
 //! Nothing here knows about AMQP or envelopes; implementations ask the datastore manager to persist.
 
+pub mod epoch;
 pub mod redis_sync;
 
 use std::sync::Arc;
@@ -77,6 +78,8 @@ pub enum Error {
     Refused(String),
     #[error("timed out: {0}")]
     Timeout(String),
+    #[error("stale epoch {got}: this guest has promised epoch {promised}")]
+    StaleEpoch { got: u64, promised: u64 },
     #[error(transparent)]
     Datastore(#[from] crate::datastore::Error),
 }
@@ -147,9 +150,10 @@ pub fn strategy_for(
     name: &str,
     manager: Arc<RedisManager>,
     settings: ReplicationSettings,
+    epochs: Arc<epoch::Epochs>,
 ) -> std::result::Result<Arc<dyn ReplicationStrategy>, String> {
     match resolve_strategy(name)? {
-        "RedisSyncReplication" => Ok(Arc::new(redis_sync::RedisSync::new(manager, settings))),
+        "RedisSyncReplication" => Ok(Arc::new(redis_sync::RedisSync::new(manager, settings, epochs))),
         other => Err(format!("replication strategy '{other}' has no implementation")),
     }
 }

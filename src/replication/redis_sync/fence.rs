@@ -10,6 +10,9 @@ use crate::datastore::redis::admin::Admin;
 use crate::datastore::redis::conf;
 use crate::datastore::redis::info::Role;
 
+/// How long one renewal of a held fence pauses writes.
+const HELD_PAUSE_MS: u64 = 24 * 3600 * 1000;
+
 /// A write fence in force on this (master) node.
 pub(super) struct Fence {
     /// `repl-ping-replica-period` before the fence, restored when it lifts.
@@ -17,11 +20,17 @@ pub(super) struct Fence {
     /// `min-replicas-to-write` before the fence, when that mechanism was used (Redis < 6.2).
     saved_min_replicas: Option<String>,
     expiry: CancellationToken,
+    /// Held for a deposed master: no expiry.
+    held: bool,
 }
 
 impl RedisSync {
     /// Lifts the fence, if any: unpause, restore the ping period and min-replicas.
     pub(super) async fn lift_fence(&self, admin: &mut Admin) -> Result<()> {
+        if self.epochs.deposed() && admin.replication().await?.role == Role::Master {
+            tracing::info!("write fence kept: this master is deposed by the accepted epoch");
+            return Ok(());
+        }
         let Some(fence) = self.fence.lock().await.take() else { return Ok(()) };
         fence.expiry.cancel();
         restore_fence(admin, &fence, self.manager.major()).await?;
@@ -30,8 +39,19 @@ impl RedisSync {
     }
 
     /// Sets `min-replicas-to-write` once the master has that many connected replicas.
+    /// `min-replicas-to-write` for this master: the operator's, or a majority of the replicas of
+    /// the accepted topology when it has two or more (`fence_majority`).
+    pub(super) fn fence_size(&self) -> u32 {
+        let replicas = self.epochs.record().topology.filter(|t| t.master == self.epochs.me()).map_or(0, |t| t.replicas.len() as u32);
+        let majority = if self.settings.fence_majority && replicas >= 2 { replicas / 2 + 1 } else { 0 };
+        self.settings.min_replicas_to_write.max(majority)
+    }
+
     pub(super) async fn arm_split_brain_fence(&self, admin: &mut Admin) -> Result<()> {
-        let want = self.settings.min_replicas_to_write;
+        let want = self.fence_size();
+        if want == 0 {
+            return Ok(());
+        }
         let repl = admin.replication().await?;
         let online = repl.replicas.iter().filter(|r| r.state == "online").count() as u32;
         if repl.role != Role::Master || online < want {
@@ -39,15 +59,25 @@ impl RedisSync {
         }
         let key = conf::spelled_for("min-replicas-to-write", self.manager.major());
         if admin.config_get(&key).await?.as_deref() != Some(want.to_string().as_str()) {
+            let lag = self.settings.min_replicas_max_lag;
+            admin.config_set(&conf::spelled_for("min-replicas-max-lag", self.manager.major()), &lag.to_string()).await?;
             admin.config_set(&key, &want.to_string()).await?;
-            tracing::info!(min_replicas_to_write = want, "split-brain fence armed");
+            self.manager
+                .update(|s| {
+                    if let Some(m) = s.master.as_mut() {
+                        m.min_replicas_to_write = want;
+                        m.min_replicas_max_lag = lag;
+                    }
+                })
+                .await?;
+            tracing::info!(min_replicas_to_write = want, min_replicas_max_lag = lag, "split-brain fence armed");
         }
         Ok(())
     }
 
     /// A node that is no replica source must not refuse writes for want of replicas.
     pub(super) async fn drop_min_replicas(&self, admin: &mut Admin) -> Result<()> {
-        if self.settings.min_replicas_to_write > 0 && self.manager.snapshot_state().await.master.is_none() {
+        if (self.settings.min_replicas_to_write > 0 || self.settings.fence_majority) && self.manager.snapshot_state().await.master.is_none() {
             admin.config_set(&conf::spelled_for("min-replicas-to-write", self.manager.major()), "0").await?;
         }
         Ok(())
@@ -62,13 +92,37 @@ impl RedisSync {
         if admin.replication().await?.role == Role::Replica {
             return Ok(()); // replicas already refuse client writes
         }
+        self.install_fence(&mut admin, true).await
+    }
+
+    /// A master that the accepted topology names as a replica (deposed) takes no writes: the fence
+    /// goes up without an expiry, and only an attach or an epoch naming it master lifts it.
+    pub(super) async fn hold_if_deposed(&self) -> Result<()> {
+        if !self.epochs.deposed() {
+            return Ok(());
+        }
+        let _op = self.op.lock().await;
+        let mut admin = self.admin().await?;
+        if admin.replication().await?.role != Role::Master || !self.epochs.deposed() {
+            return Ok(());
+        }
+        let held = self.fence.lock().await.as_ref().is_some_and(|f| f.held);
+        if !held {
+            tracing::warn!("this master is deposed by a newer epoch: it takes no writes until it is re-attached");
+        }
+        self.install_fence(&mut admin, false).await
+    }
+
+    /// Puts the write fence up; `expires`: it lifts itself after `fence_timeout` (a promote's).
+    async fn install_fence(&self, admin: &mut Admin, expires: bool) -> Result<()> {
         let major = self.manager.major();
         let pause_write = match admin.info("server").await?.server() {
             Some(server) => server.has_pause_write(),
             None => major >= 7,
         };
         let mut guard = self.fence.lock().await;
-        let ms = self.settings.fence_timeout;
+        // A held fence is renewed by every upkeep round (`hold_if_deposed`), also after a restart.
+        let ms = if expires { self.settings.fence_timeout } else { HELD_PAUSE_MS };
         if let Some(f) = guard.as_ref() {
             f.expiry.cancel();
         }
@@ -93,8 +147,11 @@ impl RedisSync {
             saved.or(Some("0".into()))
         };
         let expiry = CancellationToken::new();
-        *guard = Some(Fence { saved_ping_period, saved_min_replicas, expiry: expiry.clone() });
+        *guard = Some(Fence { saved_ping_period, saved_min_replicas, expiry: expiry.clone(), held: !expires });
         drop(guard);
+        if !expires {
+            return Ok(());
+        }
         // The fence must never outlive a crashed promote.
         let fence = self.fence.clone();
         let manager = self.manager.clone();
@@ -116,7 +173,8 @@ impl RedisSync {
     }
 
     pub(super) async fn maintain_fence(&self) -> Result<()> {
-        if self.settings.min_replicas_to_write == 0 || self.manager.snapshot_state().await.master.is_none() {
+        self.hold_if_deposed().await?;
+        if self.fence_size() == 0 || self.manager.snapshot_state().await.master.is_none() {
             return Ok(());
         }
         let _op = self.op.lock().await;

@@ -16,6 +16,7 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use super::epoch::Epochs;
 use super::{MasterRef, ReplicationStrategy, Result, Snapshot, SnapshotRequest};
 use crate::config::ReplicationSettings;
 use crate::datastore::redis::admin::{Admin, TlsClient};
@@ -33,10 +34,12 @@ pub struct RedisSync {
     op: Arc<Mutex<()>>,
     fence: Arc<Mutex<Option<Fence>>>,
     pending_detach: std::sync::Mutex<Option<CancellationToken>>,
+    /// The epoch record: a master it deposes keeps its write fence (`fence::hold_if_deposed`).
+    epochs: Arc<Epochs>,
 }
 
 impl RedisSync {
-    pub fn new(manager: Arc<RedisManager>, settings: ReplicationSettings) -> Self {
+    pub fn new(manager: Arc<RedisManager>, settings: ReplicationSettings, epochs: Arc<Epochs>) -> Self {
         manager.set_dual_channel(settings.dual_channel_replication);
         RedisSync {
             manager,
@@ -44,6 +47,7 @@ impl RedisSync {
             op: Arc::default(),
             fence: Arc::default(),
             pending_detach: std::sync::Mutex::new(None),
+            epochs,
         }
     }
 

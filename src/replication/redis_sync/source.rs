@@ -56,7 +56,8 @@ impl RedisSync {
         }
         let major = self.manager.major();
         admin.config_set(&conf::spelled_for("repl-ping-replica-period", major), &SOURCE_PING_PERIOD_S.to_string()).await?;
-        if self.settings.min_replicas_to_write > 0 {
+        let fence = self.fence_size();
+        if fence > 0 {
             admin.config_set(&conf::spelled_for("min-replicas-max-lag", major), &self.settings.min_replicas_max_lag.to_string()).await?;
             // Armed at runtime only once enough replicas are connected (see `maintain`), so that
             // creating replicas or promoting never refuses writes while the replicas attach.
@@ -66,7 +67,7 @@ impl RedisSync {
             diskless_sync: diskless,
             diskless_sync_delay: delay,
             diskless_sync_max_replicas: persisted_max,
-            min_replicas_to_write: self.settings.min_replicas_to_write,
+            min_replicas_to_write: fence,
             min_replicas_max_lag: self.settings.min_replicas_max_lag,
         })
     }

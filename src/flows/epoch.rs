@@ -1,0 +1,200 @@
+//! The coordinator's side of the epochs: the set's topology read from its agents, and changed as
+//! a Paxos register before the first step of any promote, eject, detach, create or re-attach.
+//!
+//! A change claims the next epoch from a quorum (a majority of the replicas of the current
+//! topology; its master alone when it has none), adopts the highest topology any of them accepted,
+//! and has the new topology accepted by a quorum of the same kind before acting. Every
+//! state-changing call then carries the epoch (`Taskmanager::epoch`), and an agent that promised a
+//! higher one refuses it.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::{Error, Live, Taskmanager};
+use crate::replication::epoch::{Record, Topology};
+
+/// How long an agent has to answer a promise or an accept.
+pub const EPOCH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Rounds a claim retries when it meets a newer topology or a higher promise.
+const CLAIM_ROUNDS: usize = 4;
+
+/// Methods that change replication state: they carry the epoch.
+pub const EPOCH_METHODS: &[&str] =
+    &["attach_replica", "detach_replica", "enable_as_master", "demote_replication_master", "make_read_only", "get_replication_snapshot"];
+
+/// A claimed epoch and the topology current in it.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub epoch: u64,
+    /// The topology to change: the highest accepted one the quorum reported.
+    pub topology: Topology,
+    /// The epoch that topology was accepted in (0: read from the inventory, no epoch yet).
+    pub accepted: u64,
+}
+
+/// Who must agree to change `t`: a majority of its replicas, or its master when it has none.
+pub fn quorum_of(t: &Topology) -> (Vec<String>, usize) {
+    if t.replicas.is_empty() {
+        return (vec![t.master.clone()], 1);
+    }
+    (t.replicas.clone(), t.replicas.len() / 2 + 1)
+}
+
+/// The highest accepted topology among the records the guests reported.
+pub fn highest(records: &[(String, Record)]) -> Option<(u64, Topology)> {
+    records.iter().filter_map(|(_, r)| Some((r.accepted, r.topology.clone()?))).max_by_key(|(e, _)| *e)
+}
+
+/// The epoch record a status carries.
+pub fn record_of(l: &Live) -> Option<Record> {
+    serde_json::from_value(l.status.as_ref()?.get("epoch")?.clone()).ok()
+}
+
+/// The set's topology as its guests report it (the highest accepted epoch), or None before any epoch.
+pub fn topology_of(lives: &[Live]) -> Option<(u64, Topology)> {
+    let records: Vec<(String, Record)> = lives.iter().filter_map(|l| Some((l.id.clone(), record_of(l)?))).collect();
+    highest(&records)
+}
+
+impl Taskmanager {
+    /// The topology the inventory records (sets that have no epoch yet).
+    pub fn inventory_topology(&self) -> Option<Topology> {
+        let master = super::watch::current_master(&self.inventory).or_else(|| self.inventory.guests.first().map(|g| g.id.clone()))?;
+        Some(Topology { replicas: self.inventory.replicas_of(&master), master })
+    }
+
+    /// Sends `epoch_promise` (epoch 0 only reads) to every guest; each answer or its error.
+    async fn promise_all(&self, epoch: u64) -> Vec<(String, Result<(bool, Record), String>)> {
+        let ids: Vec<String> = self.inventory.guests.iter().map(|g| g.id.clone()).collect();
+        futures_util::future::join_all(ids.into_iter().map(|id| async move {
+            let args = json!({"epoch": epoch});
+            let r = match self.call(&id, "epoch_promise", args, EPOCH_TIMEOUT).await {
+                Ok(v) => parse_promise(&v).ok_or_else(|| format!("{id}: unreadable epoch_promise answer")),
+                Err(e) => Err(e.to_string()),
+            };
+            (id, r)
+        }))
+        .await
+    }
+
+    /// Claims the next epoch for a topology change (see the module). Sets `self.epoch`.
+    pub async fn claim(&mut self) -> Result<Claim, Error> {
+        self.claim_from(None).await
+    }
+
+    /// As `claim`; a set with no epoch yet starts from `first` (else the inventory's topology).
+    pub async fn claim_from(&mut self, first: Option<Topology>) -> Result<Claim, Error> {
+        let mut floor = 0;
+        let mut last_error = String::new();
+        for _ in 0..CLAIM_ROUNDS {
+            let read = self.promise_all(0).await;
+            let records: Vec<(String, Record)> = read.iter().filter_map(|(id, r)| Some((id.clone(), r.as_ref().ok()?.1.clone()))).collect();
+            let (accepted, topology) = match highest(&records) {
+                Some(h) => h,
+                None => (0, first.clone().or_else(|| self.inventory_topology()).ok_or_else(|| Error::Refused("the inventory names no guest".into()))?),
+            };
+            let epoch = records.iter().map(|(_, r)| r.promised).max().unwrap_or(0).max(floor) + 1;
+            let answers = self.promise_all(epoch).await;
+            let (members, need) = quorum_of(&topology);
+            let mut granted = 0;
+            let mut newer = false;
+            let mut refusals = Vec::new();
+            for (id, r) in &answers {
+                match r {
+                    Ok((ok, rec)) => {
+                        if rec.accepted > accepted {
+                            newer = true;
+                        }
+                        floor = floor.max(rec.promised);
+                        if *ok && members.contains(id) {
+                            granted += 1;
+                        } else if !ok {
+                            refusals.push(format!("{id} promised epoch {}", rec.promised));
+                        }
+                    }
+                    Err(e) if members.contains(id) => refusals.push(e.clone()),
+                    Err(_) => {}
+                }
+            }
+            if newer {
+                last_error = "a newer topology appeared while claiming".into();
+                continue;
+            }
+            if granted >= need {
+                tracing::info!(epoch, master = %topology.master, replicas = ?topology.replicas, granted, need, "epoch claimed");
+                self.epoch = Some(epoch);
+                return Ok(Claim { epoch, topology, accepted });
+            }
+            last_error = format!("{granted} of {need} needed promises from {members:?} for epoch {epoch} ({})", refusals.join("; "));
+            if refusals.iter().all(|r| r.contains("promised epoch")) && !refusals.is_empty() {
+                continue; // only outbid: try again above the higher promise
+            }
+            break;
+        }
+        Err(Error::Refused(format!("no quorum for a new epoch: {last_error}")))
+    }
+
+    /// Has `topology` accepted in the claimed epoch by a quorum of the claim's topology (and by
+    /// every other guest that answers). The inventory's `replica_of` follows, for `show`.
+    pub async fn commit(&mut self, claim: &Claim, topology: &Topology) -> Result<(), Error> {
+        let ids: Vec<String> = self.inventory.guests.iter().map(|g| g.id.clone()).collect();
+        let args = json!({"epoch": claim.epoch, "topology": topology});
+        let this = &*self;
+        let answers = futures_util::future::join_all(ids.iter().map(|id| {
+            let args = args.clone();
+            async move { (id.clone(), this.call(id, "epoch_accept", args, EPOCH_TIMEOUT).await) }
+        }))
+        .await;
+        let (members, need) = quorum_of(&claim.topology);
+        let accepted = answers.iter().filter(|(id, r)| r.is_ok() && members.contains(id)).count();
+        if accepted < need {
+            let errors: Vec<String> = answers.iter().filter_map(|(_, r)| r.as_ref().err().map(|e| e.to_string())).collect();
+            return Err(Error::Refused(format!(
+                "epoch {} not accepted by a quorum ({accepted} of {need} from {members:?}): {}",
+                claim.epoch,
+                errors.join("; ")
+            )));
+        }
+        tracing::info!(epoch = claim.epoch, master = %topology.master, replicas = ?topology.replicas, "topology accepted");
+        for g in ids {
+            let follows = if topology.replicas.contains(&g) { Some(topology.master.as_str()) } else { None };
+            if self.inventory.guest(&g).map(|x| x.replica_of.as_deref()) != Some(follows) {
+                self.inventory.set_replica_of(&g, follows)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_promise(v: &Value) -> Option<(bool, Record)> {
+    Some((v.get("promised")?.as_bool()?, serde_json::from_value(v.get("record")?.clone()).ok()?))
+}
+
+/// Whether an error is an agent's refusal of a stale epoch (a newer coordinator acts).
+pub fn is_stale(e: &Error) -> bool {
+    e.to_string().contains("stale epoch")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(accepted: u64, master: &str) -> Record {
+        Record { promised: accepted, accepted, topology: Some(Topology { master: master.into(), replicas: vec![] }) }
+    }
+
+    #[test]
+    fn the_highest_accepted_topology_wins_and_quorums_are_replica_majorities() {
+        let records = vec![("a".to_string(), rec(3, "a")), ("b".to_string(), rec(5, "b")), ("c".to_string(), Record::default())];
+        assert_eq!(highest(&records).unwrap().1.master, "b");
+        assert!(highest(&[("c".to_string(), Record::default())]).is_none());
+        let t = |n: usize| Topology { master: "m".into(), replicas: (0..n).map(|i| format!("r{i}")).collect() };
+        assert_eq!(quorum_of(&t(0)).1, 1);
+        assert_eq!(quorum_of(&t(0)).0, vec!["m".to_string()]);
+        assert_eq!(quorum_of(&t(1)).1, 1, "a two-node set: its replica");
+        assert_eq!(quorum_of(&t(2)).1, 2);
+        assert_eq!(quorum_of(&t(3)).1, 2);
+        assert_eq!(quorum_of(&t(4)).1, 3);
+    }
+}
