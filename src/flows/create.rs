@@ -78,9 +78,6 @@ impl Taskmanager {
         if claim.topology.master != master {
             return Err(Error::Refused(format!("epoch {} names {} the master of this set, not {master}", claim.accepted, claim.topology.master)));
         }
-        if let Some(r) = targets.iter().find(|r| claim.topology.replicas.contains(r)) {
-            return Err(Error::Refused(format!("{r} already replicates from {master} (epoch {})", claim.accepted)));
-        }
         let live = self.live(&master).await;
         match live.role() {
             Some("master") => {}
@@ -129,7 +126,13 @@ impl Taskmanager {
         self.inventory = record;
         // The set grows by the replicas that are in, in the claimed epoch.
         let mut next = claim.topology.clone();
-        next.replicas.extend(targets.iter().filter(|r| self.inventory.guest(r).and_then(|g| g.replica_of.as_deref()) == Some(master.as_str())).cloned());
+        next.replicas.extend(
+            targets
+                .iter()
+                .filter(|r| !next.replicas.contains(r) && self.inventory.guest(r).and_then(|g| g.replica_of.as_deref()) == Some(master.as_str()))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
         self.commit(&claim, &next).await?;
         collect(outcome)?;
         Ok(CreateReport { master, replicas: targets, snapshot_ms, total_ms: started.elapsed().as_millis() as u64 })

@@ -106,7 +106,7 @@ impl Taskmanager {
         next.replicas.push(master.to_owned());
         self.commit(&claim, &next).await?;
         live.push(live_master);
-        self.install(&next, &live).await?;
+        self.install(&next, &live, Some(master)).await?;
         Ok(EjectReport { old_master: master.into(), new_master: new, evidence, skipped, total_ms: started.elapsed().as_millis() as u64 })
     }
 }

@@ -287,8 +287,9 @@ impl Taskmanager {
 
     /// Makes the guests match an accepted topology `t` (in the claimed epoch): its master a
     /// writable master, and every reachable replica that does not follow it re-pointed. `lives`
-    /// is a fresh probe of the guests. Completes a failover that a dead coordinator left half done.
-    pub async fn install(&mut self, t: &crate::replication::epoch::Topology, lives: &[Live]) -> Result<(), Error> {
+    /// is a fresh probe of the guests; `dead` (an ejected master) may be unreachable without an
+    /// error. Completes a failover that a dead coordinator left half done.
+    pub async fn install(&mut self, t: &crate::replication::epoch::Topology, lives: &[Live], dead: Option<&str>) -> Result<(), Error> {
         let live_of = |id: &str| lives.iter().find(|l| l.id == id);
         let m = &t.master;
         let master_live = live_of(m).ok_or_else(|| Error::Refused(format!("{m} was not probed")))?;
@@ -325,6 +326,7 @@ impl Taskmanager {
                 }
                 Some(l) if l.role() == Some("replica") && l.master_addr() == Some((host.clone(), port)) => {}
                 Some(l) if l.status.is_some() => movers.push(r.clone()),
+                _ if Some(r.as_str()) == dead => {}
                 _ => unreachable.push(r.clone()),
             }
         }

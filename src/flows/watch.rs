@@ -298,7 +298,7 @@ impl Taskmanager {
             let claim = self.claim().await?;
             self.commit(&claim, &claim.topology).await?;
             let fresh = self.live_all_within(opts.probe_timeout()).await;
-            self.install(&claim.topology, &fresh).await
+            self.install(&claim.topology, &fresh, None).await
         }
         .await;
         self.epoch = None;
