@@ -10,7 +10,7 @@ use trove_guest::flows::{create::CreateOptions, Error, Taskmanager};
 
 use crate::harness::*;
 
-async fn topology(n: usize, env: &[(&str, &str)]) -> (Vec<Guest>, Taskmanager, tempfile::TempDir) {
+pub(crate) async fn topology(n: usize, env: &[(&str, &str)]) -> (Vec<Guest>, Taskmanager, tempfile::TempDir) {
     let c = client().await;
     let mut guests = Vec::new();
     for _ in 0..n {
@@ -33,7 +33,7 @@ pub fn create(master: &Guest, replicas: &[&Guest]) -> CreateOptions {
     }
 }
 
-async fn add_set(g: &Guest, name: &str, range: std::ops::Range<u32>) {
+pub(crate) async fn add_set(g: &Guest, name: &str, range: std::ops::Range<u32>) {
     let mut con = g.redis(None).await;
     for n in range {
         let _: () = con.set(format!("user:{n}"), format!("id:{n}")).await.unwrap();
@@ -41,7 +41,7 @@ async fn add_set(g: &Guest, name: &str, range: std::ops::Range<u32>) {
     let _: () = con.set(name, "value_set").await.unwrap();
 }
 
-async fn has_set(g: &Guest, name: &str, range: std::ops::Range<u32>) -> bool {
+pub(crate) async fn has_set(g: &Guest, name: &str, range: std::ops::Range<u32>) -> bool {
     let mut con = g.redis(None).await;
     if con.get::<_, Option<String>>(name).await.unwrap().is_none() {
         return false;
@@ -54,7 +54,7 @@ async fn has_set(g: &Guest, name: &str, range: std::ops::Range<u32>) -> bool {
     true
 }
 
-async fn role(g: &Guest) -> String {
+pub(crate) async fn role(g: &Guest) -> String {
     let r = info(&mut g.redis(None).await, "replication").await.replication().unwrap();
     format!("{:?}", r.role).to_lowercase()
 }

@@ -1,6 +1,7 @@
 //! Integration tests: real RabbitMQ, real redis-server processes, agents as separate processes.
 
 mod config_check;
+mod epochs;
 mod flows;
 mod harness;
 mod hostile;

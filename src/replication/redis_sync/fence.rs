@@ -10,9 +10,6 @@ use crate::datastore::redis::admin::Admin;
 use crate::datastore::redis::conf;
 use crate::datastore::redis::info::Role;
 
-/// How long one renewal of a held fence pauses writes.
-const HELD_PAUSE_MS: u64 = 24 * 3600 * 1000;
-
 /// A write fence in force on this (master) node.
 pub(super) struct Fence {
     /// `repl-ping-replica-period` before the fence, restored when it lifts.
@@ -49,8 +46,8 @@ impl RedisSync {
 
     pub(super) async fn arm_split_brain_fence(&self, admin: &mut Admin) -> Result<()> {
         let want = self.fence_size();
-        if want == 0 {
-            return Ok(());
+        if want == 0 || self.fence.lock().await.is_some() {
+            return Ok(()); // a write fence in force owns min-replicas-to-write
         }
         let repl = admin.replication().await?;
         let online = repl.replicas.iter().filter(|r| r.state == "online").count() as u32;
@@ -121,8 +118,7 @@ impl RedisSync {
             None => major >= 7,
         };
         let mut guard = self.fence.lock().await;
-        // A held fence is renewed by every upkeep round (`hold_if_deposed`), also after a restart.
-        let ms = if expires { self.settings.fence_timeout } else { HELD_PAUSE_MS };
+        let ms = self.settings.fence_timeout;
         if let Some(f) = guard.as_ref() {
             f.expiry.cancel();
         }
@@ -133,17 +129,22 @@ impl RedisSync {
             None => admin.config_get(&period_key).await?,
         };
         admin.config_set(&period_key, "3600").await?;
-        // Redis 6.0 has no CLIENT PAUSE WRITE: min-replicas-to-write refuses writes instead.
-        let saved_min_replicas = if pause_write {
+        // A promote's fence pauses writes (clients wait, then go on); Redis 6.0 has no CLIENT PAUSE
+        // WRITE, and a deposed master must refuse at once (clients rediscover): min-replicas-to-write.
+        let saved_min_replicas = if pause_write && expires {
             admin.pause_writes(ms, true).await?;
             None
         } else {
             let key = conf::spelled_for("min-replicas-to-write", major);
-            let saved = match guard.as_ref() {
-                Some(f) => f.saved_min_replicas.clone(),
+            let was_paused = guard.as_ref().is_some_and(|f| f.saved_min_replicas.is_none());
+            let saved = match guard.as_ref().and_then(|f| f.saved_min_replicas.clone()) {
+                Some(saved) => Some(saved),
                 None => admin.config_get(&key).await?,
             };
             admin.config_set(&key, "100000").await?;
+            if was_paused {
+                let _ = admin.unpause().await;
+            }
             saved.or(Some("0".into()))
         };
         let expiry = CancellationToken::new();
