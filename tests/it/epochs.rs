@@ -1,0 +1,113 @@
+//! Epochs end to end: stale coordinators refused by number, a deposed master refusing writes, a
+//! failover left half done completed by the next coordinator, a two-node set failing over and
+//! taking its old master back.
+
+use std::time::Duration;
+
+use serde_json::json;
+use trove_guest::flows::Taskmanager;
+use trove_guest::replication::epoch::Topology;
+
+use crate::flows::{add_set, create, has_set, role, topology};
+use crate::harness::*;
+
+/// A second coordinator on the same inventory file (another watcher host, a hand-run command).
+async fn second(tm: &Taskmanager) -> Taskmanager {
+    let inventory = trove_guest::flows::Inventory::load(&tm.inventory.path).unwrap();
+    Taskmanager::connect(inventory).await.unwrap()
+}
+
+async fn write_refusal(g: &Guest) -> Option<String> {
+    let mut con = g.redis(None).await;
+    match tokio::time::timeout(Duration::from_secs(2), redis::cmd("SET").arg("probe").arg("1").query_async::<()>(&mut con)).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some("timed out".into()),
+    }
+}
+
+#[tokio::test]
+async fn a_replaced_coordinator_is_refused_by_number() {
+    let (g, mut tm, _dir) = topology(3, &[]).await;
+    tm.create_replicas(create(&g[0], &[&g[1], &g[2]])).await.unwrap();
+    let old = tm.epoch.expect("create claims an epoch");
+    let mut other = second(&tm).await;
+    let claim = other.claim().await.unwrap();
+    assert!(claim.epoch > old);
+    assert_eq!(claim.topology, Topology { master: g[0].id.clone(), replicas: vec![g[1].id.clone(), g[2].id.clone()] });
+    // The first coordinator, replaced, is refused by every agent that promised the new epoch.
+    let err = tm.call(&g[1].id, "detach_replica", json!({"for_failover": true}), Duration::from_secs(5)).await.unwrap_err().to_string();
+    assert!(err.contains("stale epoch"), "{err}");
+    assert_eq!(role(&g[1]).await, "replica", "a refused call changes nothing");
+    // A call without an epoch (Trove's taskmanager) is refused on a managed set, unless it cannot
+    // undo a failover (a snapshot of the master, a fence).
+    tm.epoch = None;
+    let err = tm.call(&g[1].id, "detach_replica", json!({"for_failover": false}), Duration::from_secs(5)).await.unwrap_err().to_string();
+    assert!(err.contains("without an epoch"), "{err}");
+    tm.call(&g[0].id, "get_replication_snapshot", json!({"snapshot_info": {}}), Duration::from_secs(30)).await.unwrap();
+    // A claim needs a quorum of the replicas: with both replicas' agents gone, nobody acts.
+    let mut g = g;
+    g[1].kill_agent();
+    g[2].kill_agent();
+    let err = other.claim().await.unwrap_err().to_string();
+    assert!(err.contains("no quorum"), "{err}");
+}
+
+#[tokio::test]
+async fn a_deposed_master_refuses_writes_and_the_next_coordinator_completes_the_switch() {
+    let (g, mut tm, _dir) = topology(3, &[]).await;
+    let (m, a, b) = (&g[0], &g[1], &g[2]);
+    tm.create_replicas(create(m, &[a, b])).await.unwrap();
+    add_set(m, "before", 0..300).await;
+    // A coordinator has the switch to `a` accepted, then dies before its first step.
+    let claim = tm.claim().await.unwrap();
+    let next = Topology { master: a.id.clone(), replicas: vec![b.id.clone(), m.id.clone()] };
+    tm.commit(&claim, &next).await.unwrap();
+    // The old master's agent learnt it is deposed: its Redis refuses writes (a real refusal).
+    eventually(5, "the deposed master refuses writes", || async { write_refusal(m).await.is_some_and(|e| e.contains("NOREPLICAS")) }).await;
+    let err = tm.call(&m.id, "make_read_only", json!({"read_only": false}), Duration::from_secs(5)).await.unwrap_err().to_string();
+    assert!(err.contains("names") && err.contains(&a.id), "{err}");
+    assert_eq!(role(a).await, "replica", "nothing acted yet");
+    // The next coordinator adopts the accepted topology and completes it, the old master included.
+    let mut next_tm = second(&tm).await;
+    let claim = next_tm.claim().await.unwrap();
+    assert_eq!(claim.topology, next);
+    next_tm.commit(&claim, &claim.topology).await.unwrap();
+    let lives = next_tm.live_all().await;
+    next_tm.install(&claim.topology, &lives, None).await.unwrap();
+    assert_eq!(role(a).await, "master");
+    for r in [b, m] {
+        assert!(linked_replica_of(r.port, a.port).await, "{} does not follow the new master", r.id);
+        assert!(has_set(r, "before", 0..300).await);
+    }
+    assert!(has_set(a, "before", 0..300).await, "the new master caught up with the old one first");
+    add_set(a, "after", 0..100).await;
+    eventually(10, "the old master gets the new writes", || async { has_set(m, "after", 0..100).await }).await;
+}
+
+#[tokio::test]
+async fn a_two_node_set_fails_over_and_takes_its_old_master_back() {
+    let (mut g, mut tm, _dir) = topology(2, &[]).await;
+    tm.create_replicas(create(&g[0], &[&g[1]])).await.unwrap();
+    add_set(&g[0], "before", 0..200).await;
+    eventually(10, "replicated", || async { has_set(&g[1], "before", 0..200).await }).await;
+    // The whole master host dies: its agent, then its Redis.
+    g[0].kill_agent();
+    let pid = g[0].redis_pid().unwrap().to_string();
+    std::process::Command::new("kill").args(["-9", &pid]).status().unwrap();
+    let report = tm.eject(&g[0].id, false).await.unwrap();
+    assert_eq!(report.new_master, g[1].id);
+    assert_eq!(role(&g[1]).await, "master");
+    add_set(&g[1], "after", 0..200).await;
+    // The host comes back: its agent starts its Redis from its files, a master with an old epoch.
+    g[0].start_agent();
+    wait_ping(&client().await, &g[0]).await;
+    let mut again = second(&tm).await;
+    let claim = again.claim().await.unwrap();
+    assert_eq!(claim.topology.master, g[1].id, "the topology comes from the surviving agent, not the returning one");
+    again.commit(&claim, &claim.topology).await.unwrap();
+    let lives = again.live_all().await;
+    again.install(&claim.topology, &lives, None).await.unwrap();
+    eventually(20, "the old master follows the new one", || async { linked_replica_of(g[0].port, g[1].port).await }).await;
+    eventually(10, "with every write made after the failover", || async { has_set(&g[0], "after", 0..200).await }).await;
+}
