@@ -108,6 +108,15 @@ impl Taskmanager {
         Ok(Taskmanager { client, inventory, recent: Vec::new(), epoch: None })
     }
 
+    /// Opens the RPC connection again (after a broker restart).
+    pub async fn reconnect(&mut self) -> Result<(), Error> {
+        let mut opts = AmqpOptions::new(&self.inventory.transport_url, &self.inventory.control_exchange, "trove-guestctl");
+        opts.durable = self.inventory.durable_queues;
+        opts.quorum = self.inventory.quorum_queues;
+        self.client = RpcClient::connect(&opts).await?;
+        Ok(())
+    }
+
     /// Closes the RPC connection.
     pub async fn close(&self) {
         self.client.close().await

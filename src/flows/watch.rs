@@ -41,6 +41,9 @@ impl WatchOptions {
 /// `master_last_io_seconds_ago` is whole seconds, so 3 leaves room for a late ping.
 const SILENT_LINK_SECS: i64 = 3;
 
+/// How long opening an AMQP connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// What the watcher remembers between rounds.
 struct Memory {
     /// When watching began: the baseline before a guest has answered once.
@@ -122,11 +125,14 @@ async fn lease_holds(lease: &Lease, timeout: Duration) -> bool {
 impl Taskmanager {
     /// Runs until `cancel`: one probe round every period, acting only while holding the lease.
     pub async fn watch(&mut self, opts: WatchOptions, shared: Arc<Shared>, cancel: CancellationToken) -> Result<(), Error> {
-        let amqp = AmqpOptions::new(&self.inventory.transport_url, &self.inventory.control_exchange, "trove-guestctl-watch");
+        let mut amqp = AmqpOptions::new(&self.inventory.transport_url, &self.inventory.control_exchange, "trove-guestctl-watch");
+        // The broker drops a hung or cut-off holder after two missed heartbeats: about down_after.
+        amqp.heartbeat = u16::try_from(opts.down_after.as_secs().clamp(1, 60)).unwrap_or(1);
         let lease_name = format!("trove-guestctl.watch.{}", self.inventory.name);
         let path: PathBuf = self.inventory.path.clone();
         let mut lease: Option<Lease> = None;
         let mut last_try: Option<Instant> = None;
+        let mut last_connect: Option<Instant> = None;
         let mut mem = Memory {
             started: Instant::now(),
             last_good: HashMap::new(),
@@ -151,7 +157,7 @@ impl Taskmanager {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(opts.period()) => {}
                 Some(done) = asked => {
-                    let outcome = self.switch_over(&shared, &mut mem, lease.as_ref()).await;
+                    let outcome = self.switch_over(&shared, &mut mem, lease.as_ref().filter(|l| l.held())).await;
                     let _ = done.send(outcome);
                     continue;
                 }
@@ -161,25 +167,58 @@ impl Taskmanager {
                 Ok(inv) => self.inventory = inv,
                 Err(error) => tracing::warn!(%error, "cannot re-read the inventory; using the last one"),
             }
-            if lease.is_none() && last_try.map_or(true, |t| t.elapsed() >= Duration::from_secs(1)) {
+            // A watcher that cannot reach the guests must not hold the lease: its RPC connection is
+            // opened again after a broker restart, and the lease given up while it is down.
+            if !self.client.connected() && last_connect.map_or(true, |t| t.elapsed() >= Duration::from_secs(1)) {
+                last_connect = Some(Instant::now());
+                if let Some(l) = lease.take() {
+                    tracing::warn!("the RPC connection is down: giving up the lease while blind");
+                    l.release().await;
+                }
+                match tokio::time::timeout(CONNECT_TIMEOUT, self.reconnect()).await {
+                    Ok(Ok(())) => tracing::info!("RPC connection re-opened"),
+                    Ok(Err(error)) => tracing::warn!(%error, "cannot re-open the RPC connection"),
+                    Err(_) => tracing::warn!("the broker did not accept the RPC connection in time"),
+                }
+            }
+            let sighted = self.client.connected();
+            if lease.as_ref().is_some_and(|l| !l.connected()) {
+                lease = None;
+            }
+            if sighted && lease.is_none() && last_try.map_or(true, |t| t.elapsed() >= Duration::from_secs(1)) {
                 last_try = Some(Instant::now());
-                match Lease::try_acquire(&amqp, &lease_name).await {
-                    Ok(Some(l)) => {
-                        tracing::info!(lease = %lease_name, "this watcher holds the lease: it acts");
-                        lease = Some(l);
+                match tokio::time::timeout(CONNECT_TIMEOUT, Lease::seat(&amqp, &lease_name)).await {
+                    Ok(Ok(l)) => lease = Some(l),
+                    Ok(Err(error)) => tracing::debug!(%error, "no seat at the broker for the lease"),
+                    Err(_) => tracing::debug!("the broker did not accept the lease connection in time"),
+                }
+            }
+            if let Some(l) = lease.as_mut() {
+                if !l.held() && sighted && last_try.map_or(true, |t| t.elapsed() >= opts.down_after / 4) {
+                    last_try = Some(Instant::now());
+                    match tokio::time::timeout(opts.probe_timeout(), l.try_take()).await {
+                        Ok(Ok(true)) => tracing::info!(lease = %lease_name, "this watcher holds the lease: it acts"),
+                        Ok(Ok(false)) => {}
+                        Ok(Err(error)) => tracing::debug!(%error, "lease not taken"),
+                        Err(_) => tracing::debug!("the broker did not answer the lease request in time"),
                     }
-                    Ok(None) => {}
-                    Err(error) => tracing::debug!(%error, "lease not taken"),
                 }
             }
-            if let Some(l) = &lease {
-                if !lease_holds(l, opts.probe_timeout()).await {
+            if lease.as_ref().is_some_and(Lease::held) {
+                let holds = match lease.as_ref() {
+                    Some(l) => lease_holds(l, opts.probe_timeout()).await,
+                    None => false,
+                };
+                if !holds || !sighted {
                     tracing::warn!("lost the lease: this watcher no longer acts");
-                    lease = None;
+                    if let Some(l) = lease.take() {
+                        l.release().await;
+                    }
                 }
             }
-            shared.acting.store(lease.is_some(), std::sync::atomic::Ordering::SeqCst);
-            self.round(&opts, &shared, &mut mem, lease.as_ref()).await;
+            let acting = lease.as_ref().filter(|l| l.held());
+            shared.acting.store(acting.is_some(), std::sync::atomic::Ordering::SeqCst);
+            self.round(&opts, &shared, &mut mem, acting).await;
         }
         shared.acting.store(false, std::sync::atomic::Ordering::SeqCst);
         if let Some(l) = lease {

@@ -119,6 +119,11 @@ impl RpcClient {
     }
 
     /// Sends `method` to `topic` without waiting.
+    /// Whether the connection is up (a watcher reconnects when it is not).
+    pub fn connected(&self) -> bool {
+        self.conn.status().connected()
+    }
+
     /// Closes the connection (before the runtime stops, so lapin's I/O loop ends cleanly).
     pub async fn close(&self) {
         if let Err(error) = self.conn.close(200, "client closing").await {
