@@ -59,6 +59,7 @@ pub async fn run(settings: Settings, cancel: CancellationToken, hooks: Hooks) ->
     let strategy = replication::strategy_for(&settings.replication.strategy, manager.clone(), settings.replication.clone(), epochs.clone())
         .map_err(Error::Strategy)?;
     let background = cancel.child_token();
+    manager.guard_source_starts(epochs.guards_start());
     manager.boot(background.clone()).await?;
     let (status_tx, status_rx) = watch::channel(ServiceStatus::New);
     let guest = Arc::new(Guest::new(manager.clone(), strategy.clone(), epochs, status_tx.clone()));

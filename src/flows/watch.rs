@@ -113,6 +113,10 @@ fn strays(l: &Live, master: Option<&Live>) -> bool {
     l.role() == Some("replica") && want.is_some() && l.master_addr() != want
 }
 
+fn guarded(l: &Live) -> bool {
+    l.status.as_ref().and_then(|s| s.get("guarded")) == Some(&json!(true))
+}
+
 fn fenced(l: &Live) -> bool {
     l.status.as_ref().and_then(|s| s.get("fenced")) == Some(&json!(true))
 }
@@ -250,7 +254,9 @@ impl Taskmanager {
         let started = mem.started;
         for l in &lives {
             if let Some(n) = node_of(l) {
-                mem.last_good.insert(l.id.clone(), now);
+                if !guarded(l) {
+                    mem.last_good.insert(l.id.clone(), now);
+                }
                 mem.nodes.insert(l.id.clone(), n);
             } else if let Some(n) = mem.nodes.get_mut(&l.id) {
                 n.down = true;
@@ -274,12 +280,15 @@ impl Taskmanager {
         mem.epoch = epoch;
         let live_of = |id: &str| lives.iter().find(|l| l.id == id);
         let master_live = live_of(&master);
-        let master_ok = master_live.is_some_and(|l| l.status.is_some());
+        // A master restarted guarded (a replica of nobody, see `service::GUARD_MASTER`) serves no
+        // writes until a coordinator compares it with its replicas: it counts as down.
+        let master_guarded = master_live.is_some_and(guarded);
+        let master_ok = master_live.is_some_and(|l| l.status.is_some()) && !master_guarded;
         let silent_for = now - mem.last_good.get(&master).copied().unwrap_or(started);
         // Strong evidence halves the wait: the master's agent is gone (no answer at all), or says
         // its Redis crashed and is held back, and a majority of replicas saw their link reset
         // (not merely silent). A plain "Redis is down" from the agent is not strong evidence.
-        let agent_gone = master_live.is_some_and(|l| l.silent || l.held);
+        let agent_gone = master_live.is_some_and(|l| l.silent || l.held || guarded(l));
         let reset = |r: &String| live_of(r).and_then(|l| l.status.as_ref()).is_some_and(|s| s.get("link_up") == Some(&json!(false)));
         let majority = replicas.len() / 2 + 1;
         let strong = agent_gone && replicas.iter().filter(|r| reset(r)).count() >= majority;

@@ -77,6 +77,7 @@ impl Guest {
             return Err(a.wrong("topology", "a master id and distinct replica ids"));
         }
         let record = self.epochs.accept(epoch, topology).map_err(|e| to_failure(a, e))?;
+        self.manager.guard_source_starts(self.epochs.guards_start());
         // A master this deposes stops taking writes now (and at every upkeep round after).
         let strategy = self.strategy.clone();
         tokio::spawn(async move {

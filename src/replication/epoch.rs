@@ -139,6 +139,13 @@ impl Epochs {
         }
     }
 
+    /// The accepted topology names this guest the master of replicas: a restart of its Redis from
+    /// a snapshot must not serve as master before a coordinator compares it with them.
+    pub fn guards_start(&self) -> bool {
+        let r = self.lock();
+        r.topology.as_ref().is_some_and(|t| t.master == self.me && !t.replicas.is_empty())
+    }
+
     /// This guest is in the accepted topology, and not as its master: if its Redis is a master it
     /// must not take writes.
     pub fn deposed(&self) -> bool {

@@ -111,3 +111,36 @@ async fn a_two_node_set_fails_over_and_takes_its_old_master_back() {
     eventually(20, "the old master follows the new one", || async { linked_replica_of(g[0].port, g[1].port).await }).await;
     eventually(10, "with every write made after the failover", || async { has_set(&g[0], "after", 0..200).await }).await;
 }
+
+#[tokio::test]
+async fn a_master_back_from_its_snapshot_starts_guarded_and_feeds_no_replica() {
+    let (mut g, mut tm, _dir) = topology(3, &[]).await;
+    tm.create_replicas(create(&g[0], &[&g[1], &g[2]])).await.unwrap();
+    // A snapshot on disk, then writes it lacks, on both replicas.
+    eventually(30, "a snapshot written", || async { redis::cmd("SAVE").query_async::<()>(&mut g[0].redis(None).await).await.is_ok() }).await;
+    add_set(&g[0], "after-save", 0..300).await;
+    for r in [&g[1], &g[2]] {
+        eventually(10, "replicated", || async { has_set(r, "after-save", 0..300).await }).await;
+    }
+    // The host dies and comes back: its agent starts Redis from the snapshot, guarded.
+    g[0].kill_agent();
+    let pid = g[0].redis_pid().unwrap().to_string();
+    std::process::Command::new("kill").args(["-9", &pid]).status().unwrap();
+    g[0].start_agent();
+    wait_ping(&client().await, &g[0]).await;
+    eventually(20, "the old master serves again, guarded", || async {
+        tm.live(&g[0].id).await.status.is_some_and(|s| s["guarded"] == json!(true))
+    })
+    .await;
+    let refusal = write_refusal(&g[0]).await.unwrap_or_default();
+    assert!(refusal.contains("ReadOnly") || refusal.contains("READONLY"), "a guarded start must refuse writes: {refusal:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for r in [&g[1], &g[2]] {
+        assert!(has_set(r, "after-save", 0..300).await, "{} resynced from the older snapshot", r.id);
+    }
+    // The eject promotes the most current replica and re-attaches the old master to it.
+    let report = tm.eject(&g[0].id, false).await.unwrap();
+    let new = g.iter().find(|x| x.id == report.new_master).unwrap();
+    eventually(30, "the old master follows the new one", || async { linked_replica_of(g[0].port, new.port).await }).await;
+    eventually(10, "with the writes its snapshot lacked", || async { has_set(&g[0], "after-save", 0..300).await }).await;
+}

@@ -56,6 +56,11 @@ impl RedisManager {
     }
 
     /// Starts the supervisor; in supervised mode an already prepared Redis is started, as after a reboot.
+    /// Guards the supervisor's own starts of a replica source (`Service::set_guarded`).
+    pub fn guard_source_starts(&self, guarded: bool) {
+        self.service.set_guarded(guarded);
+    }
+
     pub async fn boot(&self, cancel: tokio_util::sync::CancellationToken) -> Result<()> {
         if let Service::Supervised(s) = &self.service {
             s.spawn_watch(cancel);
@@ -66,7 +71,7 @@ impl RedisManager {
                 self.write_config().await?;
                 self.ensure_runtime_dirs(&self.rendered().await)?;
                 match self.check_adoption().await {
-                    Ok(()) => self.service.start().await?,
+                    Ok(()) => self.service.start_at_boot().await?,
                     // Reported by the status probe; the agent keeps serving RPCs.
                     Err(error) => tracing::error!(%error, "not starting redis"),
                 }

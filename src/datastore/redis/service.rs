@@ -37,6 +37,8 @@ pub struct Supervisor {
     starting: AtomicBool,
     /// The server is a replica source (a master with replicas), as the agent's state says.
     source: AtomicBool,
+    /// The supervisor's own starts of a replica source are guarded (`Service::set_guarded`).
+    guarded: AtomicBool,
     /// How long a crashed replica source waits for a failover before it is restarted.
     hold: Duration,
     /// Until when the restart of a crashed replica source is held back.
@@ -55,6 +57,10 @@ pub struct Rejected {
 /// Has `binary` parse `text` as its configuration, read from stdin, with no listener and nothing
 /// loaded: Redis applies every one of its own rules and exits. Fails closed: a binary that cannot
 /// run here refuses the change (`Error::Unchecked`), it never lets it through unchecked.
+/// The master a guarded start replicates from: nothing listens there, so the server stays a
+/// replica with its link down, refusing writes and refusing to feed replicas (`NOMASTERLINK`).
+pub const GUARD_MASTER: (&str, &str) = ("127.0.0.1", "1");
+
 pub async fn check_config(binary: &str, text: &str) -> Result<()> {
     use tokio::io::AsyncWriteExt;
     // Redis 6 reads one `save` pair per line and silently ignores a line with more.
@@ -142,6 +148,7 @@ impl Service {
                 last_exit: std::sync::Mutex::new(None),
                 starting: AtomicBool::new(false),
                 source: AtomicBool::new(false),
+                guarded: AtomicBool::new(false),
                 hold: Duration::from_secs(settings.hold_source_restart_s),
                 held_until: std::sync::Mutex::new(None),
                 up: AtomicBool::new(false),
@@ -151,6 +158,24 @@ impl Service {
 
     pub fn can_control(&self) -> bool {
         !matches!(self, Service::External)
+    }
+
+    /// Whether the supervisor's own starts of a replica source (at boot, after a held-back crash)
+    /// are guarded: Redis starts as a replica of `GUARD_MASTER`, a master that never answers, so
+    /// it loads its snapshot and serves reads but takes no write and feeds no replica, until a
+    /// coordinator decides (see `replication::epoch::Epochs::guards_start`).
+    pub fn set_guarded(&self, guarded: bool) {
+        if let Service::Supervised(s) = self {
+            s.guarded.store(guarded, Ordering::SeqCst);
+        }
+    }
+
+    /// Starts the server at the agent's boot (guarded, as `set_guarded` says).
+    pub async fn start_at_boot(&self) -> Result<()> {
+        match self {
+            Service::Supervised(s) => s.start_with(s.guarded.load(Ordering::SeqCst)).await,
+            other => other.start().await,
+        }
     }
 
     /// Tells the supervisor whether the server is a replica source (see `Supervisor::hold`).
@@ -310,7 +335,7 @@ impl Supervisor {
                         continue;
                     }
                     started_at = tokio::time::Instant::now();
-                    match this.spawn_child().await {
+                    match this.spawn_child(this.guarded.load(Ordering::SeqCst)).await {
                         Ok(()) => {}
                         Err(error) => {
                             tracing::error!(%error, "cannot restart redis-server");
@@ -393,7 +418,7 @@ impl Supervisor {
         last.filter(|(n, _)| *n > mark).map(|(_, status)| status)
     }
 
-    async fn spawn_child(&self) -> Result<()> {
+    async fn spawn_child(&self, guarded: bool) -> Result<()> {
         self.served.store(false, Ordering::SeqCst);
         self.log_start.store(std::fs::metadata(&self.log_file).map(|m| m.len()).unwrap_or(0), Ordering::SeqCst);
         let log = std::fs::OpenOptions::new()
@@ -407,8 +432,12 @@ impl Supervisor {
         for key in crate::config::agent_env_keys() {
             cmd.env_remove(key);
         }
+        cmd.arg(&self.config_file);
+        if guarded && self.source.load(Ordering::SeqCst) {
+            tracing::warn!("starting the replica source guarded: a replica of nobody, until a coordinator decides whether its snapshot is the most current");
+            cmd.args(["--replicaof", GUARD_MASTER.0, GUARD_MASTER.1]);
+        }
         let child = cmd
-            .arg(&self.config_file)
             .stdin(std::process::Stdio::null())
             .stdout(log)
             .stderr(err)
@@ -423,6 +452,10 @@ impl Supervisor {
     }
 
     async fn start(&self) -> Result<()> {
+        self.start_with(false).await
+    }
+
+    async fn start_with(&self, guarded: bool) -> Result<()> {
         self.end_hold("an explicit start");
         self.wanted.store(true, Ordering::SeqCst);
         let has_child = self.child.lock().await.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)));
@@ -435,7 +468,7 @@ impl Supervisor {
         if has_child {
             return Ok(());
         }
-        self.spawn_child().await
+        self.spawn_child(guarded).await
     }
 
     async fn stop(&self, pid: Option<i32>, timeout: Duration) -> Result<()> {

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 use super::super::{Error, Result};
 use super::RedisSync;
 use crate::datastore::redis::info::Role;
+use crate::datastore::redis::service;
 
 impl RedisSync {
     pub(super) async fn latest_offset(&self) -> Result<i64> {
@@ -58,6 +59,10 @@ impl RedisSync {
             "read_only": repl.slave_read_only.unwrap_or(false) && repl.role == Role::Replica || fenced,
             "fenced": fenced,
             "pending_failover_detach": pending,
+            // Started guarded (a replica of nobody) until a coordinator decides.
+            "guarded": repl.role == Role::Replica
+                && repl.master_host.as_deref() == Some(service::GUARD_MASTER.0)
+                && repl.master_port.map(|p| p.to_string()).as_deref() == Some(service::GUARD_MASTER.1),
             "replicas": repl.replicas,
             "sync_full": info.stat("sync_full"),
             "sync_partial_ok": info.stat("sync_partial_ok"),
