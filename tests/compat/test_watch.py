@@ -287,30 +287,41 @@ def test_watch_ejects_a_crashed_master_redis_and_reattaches_it(topology, tmp_pat
     assert watcher["a"].wait(15) == 0, log_text()[-3000:]
 
 
-def test_a_guest_promoted_from_the_master_is_not_pointed_back(topology, tmp_path):
-    """A promote run outside the watcher (by hand, or a trove-guestctl promote whose inventory save
-    the watcher has not read yet) leaves the inventory behind for a moment: the promoted guest
-    answers as a writable master while the inventory still says it follows the old one. It carries
-    the old master's history (its second replication id), so the watcher must not re-attach it as
-    it would a stale old master."""
+def test_a_promote_by_hand_from_another_inventory_copy_is_followed_not_undone(topology, tmp_path):
+    """A promote run by hand on another host, whose inventory copy the watcher never reads: the
+    watcher reads the topology from the agents (the epoch the promote claimed), so it announces the
+    new master and never points it back at the old one, whose own inventory copy still names it.
+    A Trove-style call without an epoch on the managed set is refused and changes nothing."""
     guests, inv, listens, watcher = topology
     log_text = start_one_watcher(inv, listens[0], watcher, tmp_path)
     ports = [redis_port(g) for g in guests]
+    sentinel = Sentinel([tuple_of(listens[0])], socket_timeout=0.5)
+    wait_until("discovery names the master", lambda: sentinel.discover_master(NAME) == ("127.0.0.1", ports[0]), secs=20)
     old = redis.Redis(port=ports[0], password=PW, socket_timeout=2)
     promoted = redis.Redis(port=ports[1], password=PW, socket_timeout=2)
     old.set("before", 1)
     wait_until("guest 1 has the write", lambda: promoted.get("before") == b"1")
-    guests[1].client(timeout=30).call(lib.newest_context(), "detach_replica", for_failover=False)
-    info = promoted.info("replication")
-    assert info["role"] == "master", info
-    assert info["master_replid2"] == old.info("replication")["master_replid"], info
+    with pytest.raises(Exception, match="without an epoch"):
+        guests[1].client(timeout=30).call(lib.newest_context(), "detach_replica", for_failover=False)
+    assert promoted.info("replication")["role"] == "slave"
+    other_copy = tmp_path / "other-host-inventory.toml"
+    other_copy.write_text(Path(inv).read_text())
+    guestctl(other_copy, "promote-to-replica-source", guests[1].id)
+    wait_until("discovery names the promoted guest",
+               lambda: sentinel.discover_master(NAME) == ("127.0.0.1", ports[1]), secs=10)
     t = time.monotonic()
     while time.monotonic() - t < 3:  # 60 watcher rounds at down_after 1000 ms
         assert promoted.info("replication")["role"] == "master", log_text()[-3000:]
         time.sleep(0.1)
-    assert "re-attaching" not in log_text(), log_text()[-3000:]
+    assert old.info("replication")["master_port"] == ports[1]
+    assert "differ from the accepted topology" not in log_text(), log_text()[-3000:]
     watcher["a"].send_signal(signal.SIGTERM)
     assert watcher["a"].wait(15) == 0, log_text()[-3000:]
+
+
+def tuple_of(listen):
+    h, p = listen.rsplit(":", 1)
+    return (h, int(p))
 
 
 def test_sentinel_failover_is_a_planned_switchover(topology, tmp_path):
