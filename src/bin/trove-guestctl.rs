@@ -74,6 +74,9 @@ enum Command {
     },
     /// Show every guest's role, master, link, offset, lag, read-only and health.
     Show,
+    /// Hand the set back to Trove's own taskmanager: a new epoch with no topology, after which the
+    /// agents serve epoch-less calls again (stop the watchers first; any later command manages it again).
+    Release,
     /// Watch the replica set: eject a dead master without a human, and serve Sentinel-protocol
     /// discovery (SENTINEL get-master-addr-by-name ...) on --listen. Runs until SIGTERM.
     Watch {
@@ -190,6 +193,7 @@ async fn command(cli: Cli, tm: &mut Taskmanager) -> anyhow::Result<ExitCode> {
             tm.create_replicas(opts).await.map(|r| json!(r))
         }
         Command::DetachReplica { guest } => tm.detach(&guest).await.map(|()| json!({"detached": guest})),
+        Command::Release => tm.release().await.map(|epoch| json!({"released_in_epoch": epoch})),
         Command::PromoteToReplicaSource { guest } => tm.promote(&guest).await.map(|r| json!(r)),
         Command::EjectReplicaSource { master, force } => tm.eject(&master, force).await.map(|r| {
             for c in &r.evidence {
@@ -250,12 +254,27 @@ async fn command(cli: Cli, tm: &mut Taskmanager) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Whether the inventory's watcher address `w` is this watcher: its listen address, or its port on
+/// one of this host's addresses (a watcher listening on 0.0.0.0 never lists itself as a peer).
+fn is_me(w: &str, listen: std::net::SocketAddr) -> bool {
+    let Ok(addr) = w.parse::<std::net::SocketAddr>() else { return w == listen.to_string() };
+    if addr == listen {
+        return true;
+    }
+    if addr.port() != listen.port() || !listen.ip().is_unspecified() {
+        return false;
+    }
+    addr.ip().is_loopback()
+        || nix::ifaddrs::getifaddrs().is_ok_and(|mut all| {
+            all.any(|a| a.address.as_ref().and_then(|s| s.as_sockaddr_in()).is_some_and(|sin| std::net::IpAddr::V4(sin.ip()) == addr.ip()))
+        })
+}
+
 /// `watch`: discovery on `listen`, the watcher loop until SIGTERM/SIGINT.
 async fn watch(tm: &mut Taskmanager, listen: std::net::SocketAddr, down_after_ms: u64) -> anyhow::Result<ExitCode> {
     use secrecy::SecretString;
     let inv = &tm.inventory;
-    let me = listen.to_string();
-    let peers: Vec<String> = inv.watchers.iter().filter(|w| **w != me).cloned().collect();
+    let peers: Vec<String> = inv.watchers.iter().filter(|w| !is_me(w, listen)).cloned().collect();
     let password = inv.discovery_password.as_ref().map(|p| SecretString::from(p.0.clone()));
     let shared = trove_guest::discovery::Shared::new(&inv.name, peers, password, down_after_ms);
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;

@@ -138,6 +138,27 @@ impl Taskmanager {
     /// Has `topology` accepted in the claimed epoch by a quorum of the claim's topology (and by
     /// every other guest that answers). The inventory's `replica_of` follows, for `show`.
     pub async fn commit(&mut self, claim: &Claim, topology: &Topology) -> Result<(), Error> {
+        self.accept_all(claim, Some(topology)).await?;
+        tracing::info!(epoch = claim.epoch, master = %topology.master, replicas = ?topology.replicas, "topology accepted");
+        for g in self.inventory.guests.iter().map(|g| g.id.clone()).collect::<Vec<_>>() {
+            let follows = if topology.replicas.contains(&g) { Some(topology.master.as_str()) } else { None };
+            if self.inventory.guest(&g).map(|x| x.replica_of.as_deref()) != Some(follows) {
+                self.inventory.set_replica_of(&g, follows)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `trove-guestctl release`: a new epoch with no topology, accepted by a quorum; the agents
+    /// then serve Trove's epoch-less calls again. Returns the epoch.
+    pub async fn release(&mut self) -> Result<u64, Error> {
+        let claim = self.claim().await?;
+        self.accept_all(&claim, None).await?;
+        tracing::info!(epoch = claim.epoch, "the set is released to epoch-less callers");
+        Ok(claim.epoch)
+    }
+
+    async fn accept_all(&self, claim: &Claim, topology: Option<&Topology>) -> Result<(), Error> {
         let ids: Vec<String> = self.inventory.guests.iter().map(|g| g.id.clone()).collect();
         let args = json!({"epoch": claim.epoch, "topology": topology});
         let this = &*self;
@@ -155,13 +176,6 @@ impl Taskmanager {
                 claim.epoch,
                 errors.join("; ")
             )));
-        }
-        tracing::info!(epoch = claim.epoch, master = %topology.master, replicas = ?topology.replicas, "topology accepted");
-        for g in ids {
-            let follows = if topology.replicas.contains(&g) { Some(topology.master.as_str()) } else { None };
-            if self.inventory.guest(&g).map(|x| x.replica_of.as_deref()) != Some(follows) {
-                self.inventory.set_replica_of(&g, follows)?;
-            }
         }
         Ok(())
     }

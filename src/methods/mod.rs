@@ -71,9 +71,9 @@ impl Guest {
             let (promised, record) = self.epochs.promise(epoch).map_err(|e| to_failure(a, e))?;
             return Ok(json!({"promised": promised, "record": record}));
         }
-        let topology: Topology = serde_json::from_value(a.required("topology")?.clone())
-            .map_err(|e| a.wrong("topology", &format!("{{\"master\": id, \"replicas\": [id, ...]}} ({e})")))?;
-        if topology.master.is_empty() || topology.replicas.iter().any(|r| r.is_empty() || *r == topology.master) {
+        let topology: Option<Topology> = serde_json::from_value(a.required("topology")?.clone())
+            .map_err(|e| a.wrong("topology", &format!("{{\"master\": id, \"replicas\": [id, ...]}} or null ({e})")))?;
+        if topology.as_ref().is_some_and(|t| t.master.is_empty() || t.replicas.iter().any(|r| r.is_empty() || *r == t.master)) {
             return Err(a.wrong("topology", "a master id and distinct replica ids"));
         }
         let record = self.epochs.accept(epoch, topology).map_err(|e| to_failure(a, e))?;

@@ -98,8 +98,9 @@ impl Epochs {
         Ok((true, r.clone()))
     }
 
-    /// Accepts `topology` at `epoch` unless a higher epoch was promised.
-    pub fn accept(&self, epoch: u64, topology: Topology) -> Result<Record> {
+    /// Accepts `topology` at `epoch` unless a higher epoch was promised; None releases the set to
+    /// epoch-less callers (Trove's taskmanager).
+    pub fn accept(&self, epoch: u64, topology: Option<Topology>) -> Result<Record> {
         if epoch == 0 {
             return Err(Error::InvalidArgument { name: "epoch".into(), reason: "must be positive".into() });
         }
@@ -107,7 +108,7 @@ impl Epochs {
         if epoch < r.promised {
             return Err(Error::StaleEpoch { got: epoch, promised: r.promised });
         }
-        let next = Record { promised: epoch, accepted: epoch, topology: Some(topology) };
+        let next = Record { promised: epoch, accepted: epoch, topology };
         self.save(&next)?;
         *r = next;
         tracing::info!(epoch, master = %r.topology.as_ref().map(|t| t.master.as_str()).unwrap_or(""), "accepted topology");
@@ -130,10 +131,11 @@ impl Epochs {
                 Ok(())
             }
             Some(_) => Ok(()),
-            None if r.promised == 0 || epochless_ok => Ok(()),
+            None if r.topology.is_none() || epochless_ok => Ok(()),
             None => Err(Error::Refused(format!(
                 "{method} without an epoch refused: this guest's replica set is managed under epoch {} \
-                 (trove-guestctl); a call outside the epochs could undo a failover. Run it with trove-guestctl",
+                 (trove-guestctl); a call outside the epochs could undo a failover. Run it with trove-guestctl \
+                 (or hand the set back to Trove with trove-guestctl release)",
                 r.promised
             ))),
         }
@@ -189,19 +191,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let e = Epochs::scratch(dir.path(), "b");
         e.admit(None, "detach_replica", false).unwrap();
-        e.accept(5, topo("a", &["b", "c"])).unwrap();
+        e.accept(5, Some(topo("a", &["b", "c"]))).unwrap();
         assert!(e.deposed());
         assert!(matches!(e.admit(Some(4), "attach_replica", false), Err(Error::StaleEpoch { got: 4, promised: 5 })));
-        assert!(matches!(e.accept(4, topo("b", &["a"])), Err(Error::StaleEpoch { .. })));
+        assert!(matches!(e.accept(4, Some(topo("b", &["a"]))), Err(Error::StaleEpoch { .. })));
         e.admit(Some(7), "attach_replica", false).unwrap();
         assert_eq!(e.record().promised, 7);
-        assert!(matches!(e.accept(6, topo("b", &["a"])), Err(Error::StaleEpoch { .. })));
+        assert!(matches!(e.accept(6, Some(topo("b", &["a"]))), Err(Error::StaleEpoch { .. })));
         let err = e.admit(None, "detach_replica", false).unwrap_err().to_string();
         assert!(err.contains("epoch 7"), "{err}");
         e.admit(None, "get_replication_snapshot", true).unwrap();
-        e.accept(8, topo("b", &["a", "c"])).unwrap();
+        e.accept(8, Some(topo("b", &["a", "c"]))).unwrap();
         assert!(!e.deposed(), "the master of the accepted topology");
-        e.accept(9, topo("a", &["c"])).unwrap();
+        e.accept(9, Some(topo("a", &["c"]))).unwrap();
         assert!(!e.deposed(), "not a member any more (detached)");
+        e.accept(10, None).unwrap();
+        e.admit(None, "detach_replica", false).expect("a released set serves Trove's epoch-less calls");
+        assert!(matches!(e.admit(Some(9), "detach_replica", false), Err(Error::StaleEpoch { .. })));
     }
 }
