@@ -54,12 +54,17 @@ impl Taskmanager {
         let context = self.call(candidate, "get_replica_context", json!({}), HIGH_TIMEOUT).await?;
         let mut next = Topology { master: candidate.into(), replicas: others.clone() };
         next.replicas.push(old.clone());
-        // 1. Fence the old master, then read its offset (the order matters: the offset is final).
-        // The new topology is accepted first: from then on the old master's agent keeps it fenced
-        // (it is deposed) until it follows the candidate, whatever happens to this command.
+        // 1. Fence the old master (a pause: its clients wait), have the new topology accepted (from
+        // then on the old master's agent keeps it fenced, deposed, until it follows the candidate,
+        // whatever happens to this command), then read its offset (final: it takes no writes).
         let fence_at = Instant::now();
-        self.commit(&claim, &next).await?;
         self.call(&old, "make_read_only", json!({"read_only": true}), HIGH_TIMEOUT).await?;
+        if let Err(error) = self.commit(&claim, &next).await {
+            // Not accepted by a quorum: nothing changes hands. The pause goes, unless the old
+            // master itself accepted (then the change may complete later, and it stays fenced).
+            let _ = self.call(&old, "make_read_only", json!({"read_only": false}), HIGH_TIMEOUT).await;
+            return Err(error);
+        }
         let latest = self.call(&old, "get_latest_txn_id", json!({}), HIGH_TIMEOUT).await?;
         // 2. The candidate catches up to exactly that offset.
         if latest.as_i64().unwrap_or(0) > 0 {

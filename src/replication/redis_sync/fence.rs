@@ -10,6 +10,9 @@ use crate::datastore::redis::admin::Admin;
 use crate::datastore::redis::conf;
 use crate::datastore::redis::info::Role;
 
+/// `min-replicas-to-write` out of reach: the master refuses every write (`NOREPLICAS`).
+const HELD_MIN_REPLICAS: &str = "100000";
+
 /// A write fence in force on this (master) node.
 pub(super) struct Fence {
     /// `repl-ping-replica-period` before the fence, restored when it lifts.
@@ -36,12 +39,12 @@ impl RedisSync {
     }
 
     /// Sets `min-replicas-to-write` once the master has that many connected replicas.
-    /// `min-replicas-to-write` for this master: the operator's, or a majority of the replicas of
-    /// the accepted topology when it has two or more (`fence_majority`).
+    /// `min-replicas-to-write` for this master: the operator's, or, when the accepted topology has
+    /// two or more replicas (`fence_majority`), `fence_for(n)`.
     pub(super) fn fence_size(&self) -> u32 {
         let replicas = self.epochs.record().topology.filter(|t| t.master == self.epochs.me()).map_or(0, |t| t.replicas.len() as u32);
-        let majority = if self.settings.fence_majority && replicas >= 2 { replicas / 2 + 1 } else { 0 };
-        self.settings.min_replicas_to_write.max(majority)
+        let fence = if self.settings.fence_majority && replicas >= 2 { fence_for(replicas) } else { 0 };
+        self.settings.min_replicas_to_write.max(fence)
     }
 
     pub(super) async fn arm_split_brain_fence(&self, admin: &mut Admin) -> Result<()> {
@@ -89,6 +92,9 @@ impl RedisSync {
         if admin.replication().await?.role == Role::Replica {
             return Ok(()); // replicas already refuse client writes
         }
+        if self.fence.lock().await.as_ref().is_some_and(|f| f.held) {
+            return Ok(()); // a deposed master already refuses writes
+        }
         self.install_fence(&mut admin, true).await
     }
 
@@ -103,10 +109,17 @@ impl RedisSync {
         if admin.replication().await?.role != Role::Master || !self.epochs.deposed() {
             return Ok(());
         }
-        let held = self.fence.lock().await.as_ref().is_some_and(|f| f.held);
-        if !held {
-            tracing::warn!("this master is deposed by a newer epoch: it takes no writes until it is re-attached");
+        let held = match self.fence.lock().await.as_ref() {
+            // A promote's pause is in force: it ends in a re-point, or expires into the held fence.
+            Some(f) if !f.held => return Ok(()),
+            Some(_) => true,
+            None => false,
+        };
+        let key = conf::spelled_for("min-replicas-to-write", self.manager.major());
+        if held && admin.config_get(&key).await?.as_deref() == Some(HELD_MIN_REPLICAS) {
+            return Ok(());
         }
+        tracing::warn!("this master is deposed by a newer epoch: it refuses writes until it is re-attached");
         self.install_fence(&mut admin, false).await
     }
 
@@ -141,7 +154,7 @@ impl RedisSync {
                 Some(saved) => Some(saved),
                 None => admin.config_get(&key).await?,
             };
-            admin.config_set(&key, "100000").await?;
+            admin.config_set(&key, HELD_MIN_REPLICAS).await?;
             if was_paused {
                 let _ = admin.unpause().await;
             }
@@ -184,6 +197,13 @@ impl RedisSync {
     }
 }
 
+/// The fence of a master with `n` replicas: half of them, rounded up. A failover needs a majority
+/// of the replicas (`n / 2 + 1`) unlinked from the master and promised to the coordinator, so a
+/// master cut off from them keeps at most `n - (n / 2 + 1)` replicas: one fewer than this.
+pub(super) fn fence_for(n: u32) -> u32 {
+    n.div_ceil(2)
+}
+
 async fn restore_fence(admin: &mut Admin, fence: &Fence, major: u32) -> Result<()> {
     let period_key = conf::spelled_for("repl-ping-replica-period", major);
     let min_key = conf::spelled_for("min-replicas-to-write", major);
@@ -197,4 +217,18 @@ async fn restore_fence(admin: &mut Admin, fence: &Fence, major: u32) -> Result<(
         admin.config_set(&period_key, period).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fence_for;
+
+    #[test]
+    fn the_fence_is_one_more_than_a_master_cut_off_from_a_failover_quorum_keeps() {
+        for n in 2..=9u32 {
+            let quorum = n / 2 + 1;
+            assert_eq!(fence_for(n), n - quorum + 1, "{n} replicas");
+        }
+        assert_eq!((fence_for(2), fence_for(3), fence_for(4), fence_for(5)), (1, 2, 2, 3));
+    }
 }
