@@ -64,18 +64,56 @@ impl Taskmanager {
         Some(Topology { replicas: self.inventory.replicas_of(&master), master })
     }
 
-    /// Sends `epoch_promise` (epoch 0 only reads) to every guest; each answer or its error.
-    async fn promise_all(&self, epoch: u64) -> Vec<(String, Result<(bool, Record), String>)> {
+    /// Sends `method` to every guest and gathers the answers: all of them, or, once `need` of
+    /// `members` have answered, those that come within `silent_master_grace` more (a dead guest
+    /// does not hold a failover up for `EPOCH_TIMEOUT`).
+    async fn ask_all(&self, method: &str, args: Value, members: &[String], need: usize) -> Vec<(String, Result<Value, Error>)> {
+        use futures_util::stream::{FuturesUnordered, StreamExt};
         let ids: Vec<String> = self.inventory.guests.iter().map(|g| g.id.clone()).collect();
-        futures_util::future::join_all(ids.into_iter().map(|id| async move {
-            let args = json!({"epoch": epoch});
-            let r = match self.call(&id, "epoch_promise", args, EPOCH_TIMEOUT).await {
-                Ok(v) => parse_promise(&v).ok_or_else(|| format!("{id}: unreadable epoch_promise answer")),
-                Err(e) => Err(e.to_string()),
+        let started = tokio::time::Instant::now();
+        let mut pending: FuturesUnordered<_> = ids
+            .iter()
+            .map(|id| {
+                let args = args.clone();
+                async move { (id.clone(), self.call(id, method, args, EPOCH_TIMEOUT).await) }
+            })
+            .collect();
+        let mut out = Vec::new();
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let next = match deadline {
+                Some(d) => match tokio::time::timeout_at(d, pending.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+                None => pending.next().await,
             };
-            (id, r)
-        }))
-        .await
+            let Some(answer) = next else { break };
+            out.push(answer);
+            if deadline.is_none() && out.iter().filter(|(id, r)| r.is_ok() && members.contains(id)).count() >= need {
+                deadline = Some(tokio::time::Instant::now() + super::silent_master_grace(started.elapsed()));
+            }
+        }
+        let missing: Vec<String> = ids.iter().filter(|id| !out.iter().any(|(o, _)| o == *id)).cloned().collect();
+        for id in missing {
+            out.push((id.clone(), Err(Error::Guest { guest: id, method: method.into(), reason: "no answer once a quorum had answered".into() })));
+        }
+        out
+    }
+
+    /// `epoch_promise` to every guest (epoch 0 only reads); each answer or its error.
+    async fn promise_all(&self, epoch: u64, members: &[String], need: usize) -> Vec<(String, Result<(bool, Record), String>)> {
+        self.ask_all("epoch_promise", json!({"epoch": epoch}), members, need)
+            .await
+            .into_iter()
+            .map(|(id, r)| {
+                let r = match r {
+                    Ok(v) => parse_promise(&v).ok_or_else(|| format!("{id}: unreadable epoch_promise answer")),
+                    Err(e) => Err(e.to_string()),
+                };
+                (id, r)
+            })
+            .collect()
     }
 
     /// Claims the next epoch for a topology change (see the module). Sets `self.epoch`.
@@ -84,19 +122,24 @@ impl Taskmanager {
     }
 
     /// As `claim`; a set with no epoch yet starts from `first` (else the inventory's topology).
+    /// The records come from the probe taken just before the command (`recent`), or a read round.
     pub async fn claim_from(&mut self, first: Option<Topology>) -> Result<Claim, Error> {
+        let ids: Vec<String> = self.inventory.guests.iter().map(|g| g.id.clone()).collect();
+        let mut known: Vec<(String, Record)> = self.recent.iter().filter_map(|l| Some((l.id.clone(), record_of(l)?))).collect();
+        if known.is_empty() {
+            let read = self.promise_all(0, &ids, ids.len() / 2 + 1).await;
+            known = read.into_iter().filter_map(|(id, r)| Some((id, r.ok()?.1))).collect();
+        }
         let mut floor = 0;
         let mut last_error = String::new();
         for _ in 0..CLAIM_ROUNDS {
-            let read = self.promise_all(0).await;
-            let records: Vec<(String, Record)> = read.iter().filter_map(|(id, r)| Some((id.clone(), r.as_ref().ok()?.1.clone()))).collect();
-            let (accepted, topology) = match highest(&records) {
+            let (accepted, topology) = match highest(&known) {
                 Some(h) => h,
                 None => (0, first.clone().or_else(|| self.inventory_topology()).ok_or_else(|| Error::Refused("the inventory names no guest".into()))?),
             };
-            let epoch = records.iter().map(|(_, r)| r.promised).max().unwrap_or(0).max(floor) + 1;
-            let answers = self.promise_all(epoch).await;
+            let epoch = known.iter().map(|(_, r)| r.promised).max().unwrap_or(0).max(floor) + 1;
             let (members, need) = quorum_of(&topology);
+            let answers = self.promise_all(epoch, &members, need).await;
             let mut granted = 0;
             let mut newer = false;
             let mut refusals = Vec::new();
@@ -107,6 +150,8 @@ impl Taskmanager {
                             newer = true;
                         }
                         floor = floor.max(rec.promised);
+                        known.retain(|(k, _)| k != id);
+                        known.push((id.clone(), rec.clone()));
                         if *ok && members.contains(id) {
                             granted += 1;
                         } else if !ok {
@@ -127,8 +172,8 @@ impl Taskmanager {
                 return Ok(Claim { epoch, topology, accepted });
             }
             last_error = format!("{granted} of {need} needed promises from {members:?} for epoch {epoch} ({})", refusals.join("; "));
-            if refusals.iter().all(|r| r.contains("promised epoch")) && !refusals.is_empty() {
-                continue; // only outbid: try again above the higher promise
+            if refusals.iter().any(|r| r.contains("promised epoch")) {
+                continue; // outbid: try again above the higher promise
             }
             break;
         }
@@ -159,15 +204,8 @@ impl Taskmanager {
     }
 
     async fn accept_all(&self, claim: &Claim, topology: Option<&Topology>) -> Result<(), Error> {
-        let ids: Vec<String> = self.inventory.guests.iter().map(|g| g.id.clone()).collect();
-        let args = json!({"epoch": claim.epoch, "topology": topology});
-        let this = &*self;
-        let answers = futures_util::future::join_all(ids.iter().map(|id| {
-            let args = args.clone();
-            async move { (id.clone(), this.call(id, "epoch_accept", args, EPOCH_TIMEOUT).await) }
-        }))
-        .await;
         let (members, need) = quorum_of(&claim.topology);
+        let answers = self.ask_all("epoch_accept", json!({"epoch": claim.epoch, "topology": topology}), &members, need).await;
         let accepted = answers.iter().filter(|(id, r)| r.is_ok() && members.contains(id)).count();
         if accepted < need {
             let errors: Vec<String> = answers.iter().filter_map(|(_, r)| r.as_ref().err().map(|e| e.to_string())).collect();
