@@ -42,12 +42,19 @@ impl RedisSync {
         let grace = Duration::from_secs(self.settings.failover_detach_grace);
         let manager = self.manager.clone();
         let op = self.op.clone();
+        let epochs = self.epochs.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = token.cancelled() => {}
                 _ = tokio::time::sleep(grace) => {
                     let _op = op.lock().await;
                     if token.is_cancelled() { return; }
+                    // The accepted topology names another master: this guest stays its replica (a
+                    // coordinator that died half way must not leave an orphaned writable master).
+                    if epochs.deposed() {
+                        tracing::warn!(grace_s = grace.as_secs(), "held-back failover detach not completed: the accepted epoch names another master");
+                        return;
+                    }
                     let result = async {
                         let mut admin = manager.admin().await?;
                         admin.replicaof_no_one().await?;
