@@ -73,7 +73,7 @@ impl Taskmanager {
             }
             opts.replicas.clone()
         };
-        let first = Topology { master: master.clone(), replicas: self.inventory.replicas_of(&master) };
+        let first = Topology::new(&master, self.inventory.replicas_of(&master));
         let claim = self.claim_from(Some(first)).await?;
         if claim.topology.master != master {
             return Err(Error::Refused(format!("epoch {} names {} the master of this set, not {master}", claim.accepted, claim.topology.master)));
@@ -129,7 +129,7 @@ impl Taskmanager {
         next.replicas.extend(
             targets
                 .iter()
-                .filter(|r| !next.replicas.contains(r) && self.inventory.guest(r).and_then(|g| g.replica_of.as_deref()) == Some(master.as_str()))
+                .filter(|r| !next.has(r) && self.inventory.guest(r).and_then(|g| g.replica_of.as_deref()) == Some(master.as_str()))
                 .cloned()
                 .collect::<Vec<_>>(),
         );

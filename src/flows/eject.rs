@@ -102,11 +102,13 @@ impl Taskmanager {
         tracing::info!(new_master = %chosen.id, offset = chosen.offset, ?skipped, epoch = claim.epoch, "chose the most current replica");
         let new = chosen.id.clone();
         // The old master stays in the set as a replica: deposed, it is re-attached when it returns.
-        let mut next = Topology { master: new.clone(), replicas: replicas.iter().filter(|r| **r != new).cloned().collect() };
-        next.replicas.push(master.to_owned());
+        // The old master, and replicas that did not answer, are re-attached when they return; they
+        // do not count in the quorum meanwhile (a dead member must not block the next change).
+        let mut next = Topology::new(&new, replicas.iter().filter(|r| **r != new && !skipped.contains(r)).cloned().collect());
+        next.returning = current.returning.iter().chain(&skipped).chain(std::iter::once(&master.to_owned())).filter(|r| **r != new).cloned().collect();
         self.commit(&claim, &next).await?;
         live.push(live_master);
-        self.install(&next, &live, Some(master)).await?;
+        self.install(&claim, &next, &live, Some(master)).await?;
         Ok(EjectReport { old_master: master.into(), new_master: new, evidence, skipped, total_ms: started.elapsed().as_millis() as u64 })
     }
 }

@@ -61,7 +61,7 @@ impl Taskmanager {
     /// The topology the inventory records (sets that have no epoch yet).
     pub fn inventory_topology(&self) -> Option<Topology> {
         let master = super::watch::current_master(&self.inventory).or_else(|| self.inventory.guests.first().map(|g| g.id.clone()))?;
-        Some(Topology { replicas: self.inventory.replicas_of(&master), master })
+        Some(Topology::new(&master, self.inventory.replicas_of(&master)))
     }
 
     /// Sends `method` to every guest and gathers the answers: all of them, or, once `need` of
@@ -186,7 +186,7 @@ impl Taskmanager {
         self.accept_all(claim, Some(topology)).await?;
         tracing::info!(epoch = claim.epoch, master = %topology.master, replicas = ?topology.replicas, "topology accepted");
         for g in self.inventory.guests.iter().map(|g| g.id.clone()).collect::<Vec<_>>() {
-            let follows = if topology.replicas.contains(&g) { Some(topology.master.as_str()) } else { None };
+            let follows = if topology.followers().any(|r| *r == g) { Some(topology.master.as_str()) } else { None };
             if self.inventory.guest(&g).map(|x| x.replica_of.as_deref()) != Some(follows) {
                 self.inventory.set_replica_of(&g, follows)?;
             }
@@ -233,7 +233,7 @@ mod tests {
     use super::*;
 
     fn rec(accepted: u64, master: &str) -> Record {
-        Record { promised: accepted, accepted, topology: Some(Topology { master: master.into(), replicas: vec![] }) }
+        Record { promised: accepted, accepted, topology: Some(Topology::new(master, vec![])) }
     }
 
     #[test]
@@ -241,7 +241,7 @@ mod tests {
         let records = vec![("a".to_string(), rec(3, "a")), ("b".to_string(), rec(5, "b")), ("c".to_string(), Record::default())];
         assert_eq!(highest(&records).unwrap().1.master, "b");
         assert!(highest(&[("c".to_string(), Record::default())]).is_none());
-        let t = |n: usize| Topology { master: "m".into(), replicas: (0..n).map(|i| format!("r{i}")).collect() };
+        let t = |n: usize| Topology::new("m", (0..n).map(|i| format!("r{i}")).collect());
         assert_eq!(quorum_of(&t(0)).1, 1);
         assert_eq!(quorum_of(&t(0)).0, vec!["m".to_string()]);
         assert_eq!(quorum_of(&t(1)).1, 1, "a two-node set: its replica");

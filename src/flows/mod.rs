@@ -298,7 +298,7 @@ impl Taskmanager {
     /// writable master, and every reachable replica that does not follow it re-pointed. `lives`
     /// is a fresh probe of the guests; `dead` (an ejected master) may be unreachable without an
     /// error. Completes a failover that a dead coordinator left half done.
-    pub async fn install(&mut self, t: &crate::replication::epoch::Topology, lives: &[Live], dead: Option<&str>) -> Result<(), Error> {
+    pub async fn install(&mut self, claim: &epoch::Claim, t: &crate::replication::epoch::Topology, lives: &[Live], dead: Option<&str>) -> Result<(), Error> {
         let live_of = |id: &str| lives.iter().find(|l| l.id == id);
         let m = &t.master;
         let master_live = live_of(m).ok_or_else(|| Error::Refused(format!("{m} was not probed")))?;
@@ -309,7 +309,7 @@ impl Taskmanager {
             // A live old master it still follows is fenced, and the new master catches up with it
             // first (a promote that its coordinator left half done loses nothing).
             let followed = master_live.master_addr();
-            let source = t.replicas.iter().filter_map(|r| live_of(r)).find(|l| l.role() == Some("master") && l.addr() == followed);
+            let source = t.followers().filter_map(|r| live_of(r)).find(|l| l.role() == Some("master") && l.addr() == followed);
             if let Some(old) = source {
                 self.call(&old.id, "make_read_only", json!({"read_only": true}), HIGH_TIMEOUT).await?;
                 let latest = self.call(&old.id, "get_latest_txn_id", json!({}), HIGH_TIMEOUT).await?;
@@ -327,13 +327,14 @@ impl Taskmanager {
         let mut movers = Vec::new();
         let mut masters = Vec::new();
         let mut unreachable = Vec::new();
-        for r in &t.replicas {
+        let mut following = Vec::new();
+        for r in t.followers() {
             match live_of(r) {
                 Some(l) if l.held || l.role() == Some("master") => {
                     masters.push(r.clone());
                     movers.push(r.clone());
                 }
-                Some(l) if l.role() == Some("replica") && l.master_addr() == Some((host.clone(), port)) => {}
+                Some(l) if l.role() == Some("replica") && l.master_addr() == Some((host.clone(), port)) => following.push(r.clone()),
                 Some(l) if l.status.is_some() => movers.push(r.clone()),
                 _ if Some(r.as_str()) == dead => {}
                 _ => unreachable.push(r.clone()),
@@ -341,9 +342,20 @@ impl Taskmanager {
         }
         let mut outcome = self.repoint_calls(&movers, &masters, &context).await;
         for (r, res) in movers.iter().zip(&outcome) {
-            if res.is_ok() && masters.contains(r) {
-                tracing::info!(guest = %r, master = %m, "old master re-attached");
+            if res.is_ok() {
+                following.push(r.clone());
+                if masters.contains(r) {
+                    tracing::info!(guest = %r, master = %m, "old master re-attached");
+                }
             }
+        }
+        // Returning members that follow again count in the quorum from now on.
+        let back: Vec<String> = t.returning.iter().filter(|r| following.contains(r)).cloned().collect();
+        if !back.is_empty() {
+            let mut next = t.clone();
+            next.returning.retain(|r| !back.contains(r));
+            next.replicas.extend(back);
+            self.commit(claim, &next).await?;
         }
         for s in unreachable {
             outcome.push(Err(Error::Guest { guest: s, method: "get_replication_status".into(), reason: "unreachable; it stays in the topology and is re-attached when it answers".into() }));

@@ -52,8 +52,9 @@ impl Taskmanager {
         // How replicas will reach the candidate does not change when it becomes master: ask now,
         // outside the write-blocked window.
         let context = self.call(candidate, "get_replica_context", json!({}), HIGH_TIMEOUT).await?;
-        let mut next = Topology { master: candidate.into(), replicas: others.clone() };
+        let mut next = Topology::new(candidate, others.clone());
         next.replicas.push(old.clone());
+        next.returning = current.returning.clone();
         // 1. Fence the old master (a pause: its clients wait), have the new topology accepted (from
         // then on the old master's agent keeps it fenced, deposed, until it follows the candidate,
         // whatever happens to this command), then read its offset (final: it takes no writes).
@@ -93,7 +94,11 @@ impl Taskmanager {
         if old_followed {
             outcome.push(self.call(&old, "demote_replication_master", json!({}), HIGH_TIMEOUT).await.map(|_| ()));
         } else {
-            tracing::warn!(%old, "the old master could not be re-pointed: it stays fenced, in the topology as a replica to re-attach");
+            tracing::warn!(%old, "the old master could not be re-pointed: it stays fenced, in the topology as a member to re-attach");
+            let mut back = next.clone();
+            back.replicas.retain(|r| *r != old);
+            back.returning.push(old.clone());
+            outcome.push(self.commit(&claim, &back).await);
         }
         collect(outcome)?;
         Ok(PromoteReport { new_master: candidate.into(), old_master: old, writes_blocked_ms, total_ms: started.elapsed().as_millis() as u64 })

@@ -310,7 +310,8 @@ impl Taskmanager {
             shared.publish("+odown", format!("master {} {addr} #quorum {}/{}", shared.name, unlinked.len(), majority));
         }
         mem.odown = odown;
-        self.publish_view(shared, mem, &master, &replicas).await;
+        let followers: Vec<String> = topology.followers().cloned().collect();
+        self.publish_view(shared, mem, &master, &followers).await;
 
         let Some(lease) = lease else { return };
         if odown {
@@ -331,7 +332,7 @@ impl Taskmanager {
         // and held back), a replica following someone else, a failover left half done, or a set
         // with no epoch yet. After down_after (a command in flight finishes first), act on it.
         let master_is_master = master_live.and_then(Live::role) == Some("master") && master_live.is_some_and(|l| !fenced(l));
-        let stray: Vec<String> = replicas.iter().filter(|r| live_of(r).is_some_and(|l| strays(l, master_live))).cloned().collect();
+        let stray: Vec<String> = topology.followers().filter(|r| live_of(r).is_some_and(|l| strays(l, master_live))).cloned().collect();
         let mismatch = master_ok && (epoch == 0 || !master_is_master || !stray.is_empty());
         if !mismatch {
             mem.mismatch_since = None;
@@ -346,7 +347,7 @@ impl Taskmanager {
             let claim = self.claim().await?;
             self.commit(&claim, &claim.topology).await?;
             let fresh = self.live_all_within(opts.probe_timeout()).await;
-            self.install(&claim.topology, &fresh, None).await
+            self.install(&claim, &claim.topology, &fresh, None).await
         }
         .await;
         self.epoch = None;

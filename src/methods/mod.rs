@@ -73,7 +73,11 @@ impl Guest {
         }
         let topology: Option<Topology> = serde_json::from_value(a.required("topology")?.clone())
             .map_err(|e| a.wrong("topology", &format!("{{\"master\": id, \"replicas\": [id, ...]}} or null ({e})")))?;
-        if topology.as_ref().is_some_and(|t| t.master.is_empty() || t.replicas.iter().any(|r| r.is_empty() || *r == t.master)) {
+        let invalid = |t: &Topology| {
+            let ids: Vec<&String> = t.followers().collect();
+            t.master.is_empty() || ids.iter().enumerate().any(|(i, r)| r.is_empty() || **r == t.master || ids[..i].contains(r))
+        };
+        if topology.as_ref().is_some_and(invalid) {
             return Err(a.wrong("topology", "a master id and distinct replica ids"));
         }
         let record = self.epochs.accept(epoch, topology).map_err(|e| to_failure(a, e))?;

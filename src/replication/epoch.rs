@@ -14,17 +14,30 @@ use serde::{Deserialize, Serialize};
 
 use super::{Error, Result};
 
-/// The topology a coordinator had accepted: the master and the replicas that follow it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The topology a coordinator had accepted: the master, the replicas that follow it (they count
+/// in the quorum for the next change), and members to re-attach (an ejected master, a replica
+/// that could not be re-pointed): they follow it once back, and count again from then on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Topology {
     pub master: String,
     #[serde(default)]
     pub replicas: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub returning: Vec<String>,
 }
 
 impl Topology {
+    pub fn new(master: &str, replicas: Vec<String>) -> Topology {
+        Topology { master: master.to_owned(), replicas, returning: Vec::new() }
+    }
+
+    /// Every member that must follow the master: replicas and returning ones.
+    pub fn followers(&self) -> impl Iterator<Item = &String> {
+        self.replicas.iter().chain(&self.returning)
+    }
+
     pub fn has(&self, id: &str) -> bool {
-        self.master == id || self.replicas.iter().any(|r| r == id)
+        self.master == id || self.followers().any(|r| r == id)
     }
 }
 
@@ -152,7 +165,7 @@ impl Epochs {
     /// must not take writes.
     pub fn deposed(&self) -> bool {
         let r = self.lock();
-        r.topology.as_ref().is_some_and(|t| t.master != self.me && t.replicas.iter().any(|x| *x == self.me))
+        r.topology.as_ref().is_some_and(|t| t.master != self.me && t.followers().any(|x| *x == self.me))
     }
 }
 
@@ -170,7 +183,7 @@ mod tests {
     use super::*;
 
     fn topo(master: &str, replicas: &[&str]) -> Topology {
-        Topology { master: master.into(), replicas: replicas.iter().map(|s| s.to_string()).collect() }
+        Topology::new(master, replicas.iter().map(|s| s.to_string()).collect())
     }
 
     #[test]

@@ -34,7 +34,7 @@ async fn a_replaced_coordinator_is_refused_by_number() {
     let mut other = second(&tm).await;
     let claim = other.claim().await.unwrap();
     assert!(claim.epoch > old);
-    assert_eq!(claim.topology, Topology { master: g[0].id.clone(), replicas: vec![g[1].id.clone(), g[2].id.clone()] });
+    assert_eq!(claim.topology, Topology::new(&g[0].id, vec![g[1].id.clone(), g[2].id.clone()]));
     // The first coordinator, replaced, is refused by every agent that promised the new epoch.
     let err = tm.call(&g[1].id, "detach_replica", json!({"for_failover": true}), Duration::from_secs(5)).await.unwrap_err().to_string();
     assert!(err.contains("stale epoch"), "{err}");
@@ -65,7 +65,7 @@ async fn a_deposed_master_refuses_writes_and_the_next_coordinator_completes_the_
     add_set(m, "before", 0..300).await;
     // A coordinator has the switch to `a` accepted, then dies before its first step.
     let claim = tm.claim().await.unwrap();
-    let next = Topology { master: a.id.clone(), replicas: vec![b.id.clone(), m.id.clone()] };
+    let next = Topology::new(&a.id, vec![b.id.clone(), m.id.clone()]);
     tm.commit(&claim, &next).await.unwrap();
     // The old master's agent learnt it is deposed: its Redis refuses writes (a real refusal).
     eventually(5, "the deposed master refuses writes", || async { write_refusal(m).await.is_some_and(|e| e.contains("NOREPLICAS")) }).await;
@@ -78,7 +78,7 @@ async fn a_deposed_master_refuses_writes_and_the_next_coordinator_completes_the_
     assert_eq!(claim.topology, next);
     next_tm.commit(&claim, &claim.topology).await.unwrap();
     let lives = next_tm.live_all().await;
-    next_tm.install(&claim.topology, &lives, None).await.unwrap();
+    next_tm.install(&claim, &claim.topology, &lives, None).await.unwrap();
     assert_eq!(role(a).await, "master");
     for r in [b, m] {
         assert!(linked_replica_of(r.port, a.port).await, "{} does not follow the new master", r.id);
@@ -111,7 +111,7 @@ async fn a_two_node_set_fails_over_and_takes_its_old_master_back() {
     assert_eq!(claim.topology.master, g[1].id, "the topology comes from the surviving agent, not the returning one");
     again.commit(&claim, &claim.topology).await.unwrap();
     let lives = again.live_all().await;
-    again.install(&claim.topology, &lives, None).await.unwrap();
+    again.install(&claim, &claim.topology, &lives, None).await.unwrap();
     eventually(20, "the old master follows the new one", || async { linked_replica_of(g[0].port, g[1].port).await }).await;
     eventually(10, "with every write made after the failover", || async { has_set(&g[0], "after", 0..200).await }).await;
 }
@@ -147,4 +147,65 @@ async fn a_master_back_from_its_snapshot_starts_guarded_and_feeds_no_replica() {
     let new = g.iter().find(|x| x.id == report.new_master).unwrap();
     eventually(30, "the old master follows the new one", || async { linked_replica_of(g[0].port, new.port).await }).await;
     eventually(10, "with the writes its snapshot lacked", || async { has_set(&g[0], "after-save", 0..300).await }).await;
+}
+
+/// The coordinator of an eject dies (kill -9 between two calls) after each of its steps; the next
+/// one, doing what the watcher does, ends with one writable master, the chosen candidate once its
+/// topology was accepted, every write kept, and no orphan.
+#[tokio::test]
+async fn an_eject_whose_coordinator_dies_at_any_step_is_completed() {
+    for step in ["claimed", "accepted", "candidate detached", "candidate enabled", "one replica re-pointed"] {
+        let (mut g, mut tm, _dir) = topology(3, &[]).await;
+        tm.create_replicas(create(&g[0], &[&g[1], &g[2]])).await.unwrap();
+        add_set(&g[0], "before", 0..300).await;
+        for r in [&g[1], &g[2]] {
+            eventually(10, "replicated", || async { has_set(r, "before", 0..300).await }).await;
+        }
+        g[0].kill_agent();
+        let pid = g[0].redis_pid().unwrap().to_string();
+        std::process::Command::new("kill").args(["-9", &pid]).status().unwrap();
+        let (m, cand, other) = (g[0].id.clone(), g[1].id.clone(), g[2].id.clone());
+        // The dying coordinator, step by step, as eject and install order them.
+        let long = Duration::from_secs(30);
+        let claim = tm.claim().await.unwrap();
+        if step != "claimed" {
+            let next = Topology { master: cand.clone(), replicas: vec![other.clone()], returning: vec![m.clone()] };
+            tm.commit(&claim, &next).await.unwrap();
+        }
+        if matches!(step, "candidate detached" | "candidate enabled" | "one replica re-pointed") {
+            tm.call(&cand, "detach_replica", json!({"for_failover": true}), long).await.unwrap();
+        }
+        if matches!(step, "candidate enabled" | "one replica re-pointed") {
+            tm.call(&cand, "enable_as_master", json!({}), long).await.unwrap();
+        }
+        if step == "one replica re-pointed" {
+            tm.call(&other, "detach_replica", json!({"for_failover": true}), long).await.unwrap();
+        }
+        drop(tm);
+        // The next coordinator: the accepted topology's master is dead, eject it; else complete.
+        let mut next = second_of(&_dir).await;
+        let current = next.claim().await.unwrap();
+        let master = if current.topology.master == m {
+            next.eject(&m, false).await.unwrap_or_else(|e| panic!("{step}: {e}")).new_master
+        } else {
+            next.commit(&current, &current.topology).await.unwrap();
+            let lives = next.live_all().await;
+            next.install(&current, &current.topology, &lives, Some(&m)).await.unwrap_or_else(|e| panic!("{step}: {e}"));
+            current.topology.master.clone()
+        };
+        if step != "claimed" {
+            assert_eq!(master, cand, "{step}: the accepted candidate must be the one completed");
+        }
+        let (w, r) = if master == cand { (&g[1], &g[2]) } else { (&g[2], &g[1]) };
+        assert_eq!(role(w).await, "master", "{step}");
+        assert!(write_refusal(w).await.is_none(), "{step}: the new master must take writes");
+        eventually(20, "the other replica follows the new master", || async { linked_replica_of(r.port, w.port).await }).await;
+        assert!(write_refusal(r).await.is_some(), "{step}: an orphaned writable master remains");
+        assert!(has_set(w, "before", 0..300).await && has_set(r, "before", 0..300).await, "{step}: writes lost");
+    }
+}
+
+async fn second_of(dir: &tempfile::TempDir) -> Taskmanager {
+    let inventory = trove_guest::flows::Inventory::load(&dir.path().join("inventory.toml")).unwrap();
+    Taskmanager::connect(inventory).await.unwrap()
 }
