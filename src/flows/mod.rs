@@ -344,9 +344,7 @@ impl Taskmanager {
         for (r, res) in movers.iter().zip(&outcome) {
             if res.is_ok() {
                 following.push(r.clone());
-                if masters.contains(r) {
-                    tracing::info!(guest = %r, master = %m, "old master re-attached");
-                }
+                tracing::info!(guest = %r, master = %m, was_master = masters.contains(r), "re-attached");
             }
         }
         // Returning members that follow again count in the quorum from now on.
