@@ -394,5 +394,12 @@ def test_no_failover_on_a_broker_restart(restart_broker, tmp_path):
         assert sentinel.discover_master(NAME) == ("127.0.0.1", ports[0])
         assert "decision: master is down" not in log_text(), log_text()[-3000:]
         assert redis.Redis(port=ports[0], password=PW).info("replication")["role"] == "master"
+        # Sighted again: its RPC connection was opened again, so a dead master is failed over.
+        os.killpg(guests[0].proc.pid, signal.SIGKILL)
+        new = wait_until("discovery names a new master after the broker restart",
+                         lambda: (sentinel.discover_master(NAME) != ("127.0.0.1", ports[0])
+                                  and sentinel.discover_master(NAME)), secs=30)
+        assert new[1] in ports[1:], new
+        assert "RPC connection re-opened" in log_text() or "decision: master is down" in log_text()
         watcher["a"].send_signal(signal.SIGTERM)
         assert watcher["a"].wait(15) == 0, log_text()[-3000:]
