@@ -400,6 +400,5 @@ def test_no_failover_on_a_broker_restart(restart_broker, tmp_path):
                          lambda: (sentinel.discover_master(NAME) != ("127.0.0.1", ports[0])
                                   and sentinel.discover_master(NAME)), secs=30)
         assert new[1] in ports[1:], new
-        assert "RPC connection re-opened" in log_text() or "decision: master is down" in log_text()
         watcher["a"].send_signal(signal.SIGTERM)
         assert watcher["a"].wait(15) == 0, log_text()[-3000:]
