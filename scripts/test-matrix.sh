@@ -16,7 +16,8 @@ mkdir -p "$LOGS"
 
 # The replication core: create with a password, promote in Trove's order (fence, no lost write,
 # partial resync), eject, detach, kill -9 and restart, ACL user, the fences and refusals, the
-# hostile-input catalogue (every case leaves redis.conf and the agent state byte-identical) and odd
+# deposed master's held fence (epochs), the hostile-input catalogue (every case leaves redis.conf and
+# the agent state byte-identical) and odd
 # passwords, Valkey's dual-channel setting, and what differs between servers (tests/it/matrix.rs).
 TESTS=(
   redis_sync::create_replica_with_password_keeps_master_running
@@ -29,6 +30,7 @@ TESTS=(
   redis_sync::split_brain_fence_refuses_writes_without_replicas
   flows::promote_loses_no_acknowledged_write
   flows::eject_picks_the_most_current_replica
+  epochs::a_deposed_master_refuses_writes_and_the_next_coordinator_completes_the_switch
   hostile::hostile_input_catalogue
   hostile::odd_but_valid_passwords_are_accepted_and_quoted
   matrix::
@@ -55,6 +57,14 @@ run() {
   while [ "$1" != "--" ]; do envs+=("$1"); shift; done
   shift
   local log="$LOGS/$label.log" start=$SECONDS
+  # Every filter must match, and every test it names must pass (a renamed test cannot drop out).
+  local expected=0 f n
+  for f in "$@"; do
+    n=$(cargo test --quiet --test it -- --list "$f" 2>/dev/null | grep -c ': test$')
+    [ "$n" -gt 0 ] || echo "---- $label: the filter $f matches no test"
+    expected=$((expected + n))
+    [ "$n" -gt 0 ] || expected=-1000000
+  done
   env TROVE_TEST_REDIS_SERVER="$server" "${envs[@]}" cargo test --quiet --test it -- --test-threads "$THREADS" "$@" >"$log" 2>&1
   local rc=$? secs=$((SECONDS - start))
   local pass fail
@@ -62,7 +72,8 @@ run() {
   fail=$(sed -n 's/^test result: .* \([0-9][0-9]*\) failed.*/\1/p' "$log" | tail -1)
   pass=${pass:-0}; fail=${fail:-?}
   local verdict=ok
-  if [ $rc -ne 0 ] || [ "$fail" != 0 ] || [ "$pass" -eq 0 ]; then
+  if [ $rc -ne 0 ] || [ "$fail" != 0 ] || [ "$pass" -ne "$expected" ]; then
+    [ "$pass" -ne "$expected" ] && echo "---- $label: $pass passed, $expected expected"
     verdict=FAILED; failed=$((failed + 1))
     echo "---- $label: failing tests (full output in $log)"
     grep -E '^test .* FAILED$|panicked at' "$log" | head -20
