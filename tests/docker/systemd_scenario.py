@@ -150,7 +150,12 @@ def main():
     say(f"ok: {c2}: redis-server stayed down for 3 s after stop_db")
     rc, out, err, _ = ctl.call(g2, "get_replication_status", timeout=10)
     say(f"get_replication_status on the stopped guest: exit {rc}: {(out or err).strip()[-200:]}")
-    check(rc is not None, f"{g2}: the agent still answers with Redis stopped")
+    # The agent answers: rpc_ping says true, and the status call is refused by the agent (Redis is
+    # down), not left without an answer.
+    prc, pout, perr, _ = ctl.call(g2, "rpc_ping", timeout=10)
+    check(prc == 0 and "true" in pout, f"{g2}: the agent answers rpc_ping with Redis stopped (exit {prc}: {(pout or perr).strip()[-200:]})")
+    check(rc not in (None, 0) and "no answer within" not in (out + err),
+          f"{g2}: the agent refuses get_replication_status with Redis stopped, rather than not answering")
     run(["docker", "restart", "-t", "60", c2], timeout=120, check=True)
     ctl.wait_ping(g2, 90)
     time.sleep(2)
