@@ -49,6 +49,13 @@ fn check_server(binary: &str, dual_channel: bool) -> Result<(), Error> {
     }
 }
 
+/// `trove-guestagent --guard-redis-start` (systemd's `ExecStartPre` for Redis): see
+/// `RedisManager::guard_systemd_start`.
+pub fn guard_redis_start(settings: &Settings) -> Result<bool, Error> {
+    let epochs = replication::epoch::Epochs::load(settings.redis.epoch_path(), &settings.guest.id).map_err(|e| Error::Strategy(e.to_string()))?;
+    Ok(RedisManager::guard_systemd_start(&settings.redis, epochs.guards_start())?)
+}
+
 /// Runs the agent until `cancel` fires.
 pub async fn run(settings: Settings, cancel: CancellationToken, hooks: Hooks) -> Result<(), Error> {
     let manager = Arc::new(RedisManager::new(settings.redis.clone())?);

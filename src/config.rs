@@ -203,6 +203,13 @@ impl RedisSettings {
     }
 
     /// The agent's own state file: configured, or beside the Redis config.
+    /// The marker of a start the agent asked for (systemd mode), beside the state file.
+    pub fn planned_start_path(&self) -> PathBuf {
+        let mut p = self.state_path().into_os_string();
+        p.push(".planned-start");
+        PathBuf::from(p)
+    }
+
     /// The epoch record (`replication::epoch`), beside the state file.
     pub fn epoch_path(&self) -> PathBuf {
         let mut p = self.state_path().into_os_string();

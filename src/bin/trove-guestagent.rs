@@ -23,6 +23,10 @@ struct Cli {
     /// Print the documented default configuration and exit.
     #[arg(long)]
     print_defaults: bool,
+    /// Run as Redis's ExecStartPre in systemd mode: make redis.conf start a replica source of a
+    /// managed set guarded (a replica of nobody) unless the agent asked for this start; then exit.
+    #[arg(long)]
+    guard_redis_start: bool,
 }
 
 fn main() -> ExitCode {
@@ -42,6 +46,20 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
+    if cli.guard_redis_start {
+        return match trove_guest::agent::guard_redis_start(&settings) {
+            Ok(true) => {
+                eprintln!("trove-guestagent: redis-server starts guarded (a replica of nobody): a replica source of a managed set, not started by the agent");
+                ExitCode::SUCCESS
+            }
+            Ok(false) => ExitCode::SUCCESS,
+            Err(error) => {
+                // Never keep Redis down: the start goes on unguarded, and says so.
+                eprintln!("trove-guestagent: --guard-redis-start: {error}; redis-server starts unguarded");
+                ExitCode::SUCCESS
+            }
+        };
+    }
     let log_file = match &settings.log.file {
         Some(path) => match std::fs::OpenOptions::new().create(true).append(true).open(path) {
             Ok(f) => Some(std::sync::Arc::new(f)),

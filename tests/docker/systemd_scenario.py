@@ -4,8 +4,9 @@
 Two guest containers (docker/systemd/Dockerfile) run trove-guestagent as the unit
 trove-guestagent.service with [redis] service = "systemd"; the agent drives Debian's
 redis-server.service with systemctl. From the host, trove-guestctl covers: prepare, create-replicas
-(attach), promote under a writer, kill -9 of a redis-server (systemd restarts it; the next
-replication calls and a promote work), the `restart` RPC, the `stop_db` RPC (do_not_start_on_reboot: down across a reboot), a reboot of the
+(attach), promote under a writer, kill -9 of a replica's redis-server (systemd restarts it; the next
+replication calls and a promote work), kill -9 of the master's redis-server (systemd restarts it
+guarded; eject re-attaches it), the `restart` RPC, the `stop_db` RPC (do_not_start_on_reboot: down across a reboot), a reboot of the
 container (systemd brings Redis back from the agent's redis.conf) and stopping the agent's unit.
 
 Prints detail lines and one summary line `scenario=systemd result=pass|fail ...`; exit 0 on pass.
@@ -179,6 +180,31 @@ def main():
     figures["reboot_relink_ms"] = int((time.monotonic() - t0) * 1000)
     check(not w.missing_on(ip2) and Redis(ip2).call("GET", "seed:499") == b"499",
           f"{c2} came back from a reboot as a replica of {ip1} with every write, in {figures['reboot_relink_ms']} ms")
+
+    # --- kill -9 of the master's redis-server: systemd restarts it at once, but guarded (the unit's
+    # ExecStartPre, etc/redis-server.service.d): a replica of nobody, so it takes no write and its
+    # replica never resyncs from its snapshot; eject promotes the replica and re-attaches it
+    pid = redis_pid(c1)
+    dexec(c1, "kill", "-9", str(pid))
+    wait_for(f"{c1}: systemd restarts the master's redis-server",
+             lambda: (p := redis_pid(c1)) not in (0, pid) and unit_active(c1, "redis-server.service") == "active" and p, 30)
+    i1 = wait_for(f"{c1}: the restarted master serves, guarded",
+                  lambda: (i := rinfo(ip1, "replication")) and i.get("role") == "slave" and i, 30)
+    check(i1.get("master_host") == "127.0.0.1" and str(i1.get("master_port")) == "1",
+          f"{c1}: the master restarted by systemd is a replica of nobody (127.0.0.1:1): {i1.get('master_host')}:{i1.get('master_port')}")
+    try:
+        Redis(ip1).call("SET", "after-guard", "1")
+        refused = ""
+    except Exception as ex:  # noqa: BLE001 — the refusal text is the check
+        refused = str(ex)
+    check("READONLY" in refused, f"{c1}: the guarded master refuses writes ({refused or 'accepted'})")
+    time.sleep(2)
+    check(not w.missing_on(ip2), f"{c2} kept every acknowledged write (no resync from the restarted master's snapshot)")
+    ctl.must("eject-replica-source", g1, timeout=180)
+    wait_for(f"{c1} follows {ip2} after the eject",
+             lambda: (i := rinfo(ip1, "replication")) and i.get("master_host") == ip2 and i.get("master_link_status") == "up", 60)
+    check(rinfo(ip2, "replication")["role"] == "master" and not w.missing_on(ip1),
+          f"after the eject {g2} is master and {g1}, re-attached, holds every acknowledged write")
 
     # --- the agent's own unit: SIGTERM from systemctl stop ends it cleanly
     dexec(c2, "systemctl", "stop", "trove-guestagent.service", timeout=90)

@@ -56,6 +56,36 @@ impl RedisManager {
     }
 
     /// Starts the supervisor; in supervised mode an already prepared Redis is started, as after a reboot.
+    /// systemd mode's `ExecStartPre` (`trove-guestagent --guard-redis-start`): unless the agent
+    /// asked for this start (its marker, consumed here), a replica source that `guarded` says must
+    /// not serve blindly gets one more line in redis.conf, `replicaof` `service::GUARD_MASTER`, as
+    /// the supervisor's guarded start does. Returns whether it did. Never stops the start.
+    pub fn guard_systemd_start(settings: &RedisSettings, guarded: bool) -> Result<bool> {
+        // A marker is honoured once, and only when fresh (a start that failed before this ran
+        // must not leave a later restart by systemd unguarded).
+        let planned = settings.planned_start_path();
+        let fresh = std::fs::metadata(&planned).and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|e| e.as_secs() < 120));
+        let _ = std::fs::remove_file(&planned);
+        if fresh || !guarded {
+            return Ok(false);
+        }
+        if !State::load(&settings.state_path())?.is_some_and(|s| s.is_source()) {
+            return Ok(false);
+        }
+        let path = &settings.config_file;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let line = format!("replicaof {} {}", service::GUARD_MASTER.0, service::GUARD_MASTER.1);
+        if text.lines().any(|l| l.trim() == line) {
+            return Ok(true);
+        }
+        let guarded_text = format!("{}
+# trove-guestagent --guard-redis-start: a replica of nobody until a coordinator decides
+{line}
+", text.trim_end());
+        super::state::write_private(path, guarded_text.as_bytes())?;
+        Ok(true)
+    }
+
     /// Guards the supervisor's own starts of a replica source (`Service::set_guarded`).
     pub fn guard_source_starts(&self, guarded: bool) {
         self.service.set_guarded(guarded);

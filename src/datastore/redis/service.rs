@@ -13,7 +13,10 @@ use crate::datastore::{Error, Result};
 
 /// Process control for the local Redis.
 pub enum Service {
-    Systemd { unit: String },
+    /// `planned`: the marker the agent leaves before it starts the unit, so that the unit's
+    /// `ExecStartPre` guard (`trove-guestagent --guard-redis-start`) knows a start it asked for
+    /// from a restart by systemd or at boot.
+    Systemd { unit: String, planned: PathBuf },
     Supervised(Arc<Supervisor>),
     External,
 }
@@ -133,7 +136,7 @@ fn parse_check_output(text: &str) -> std::result::Result<(), Rejected> {
 impl Service {
     pub fn new(settings: &RedisSettings) -> Service {
         match settings.service {
-            ServiceKind::Systemd => Service::Systemd { unit: settings.unit.clone() },
+            ServiceKind::Systemd => Service::Systemd { unit: settings.unit.clone(), planned: settings.planned_start_path() },
             ServiceKind::External => Service::External,
             ServiceKind::Supervised => Service::Supervised(Arc::new(Supervisor {
                 binary: settings.binary.clone(),
@@ -241,7 +244,12 @@ impl Service {
 
     pub async fn start(&self) -> Result<()> {
         match self {
-            Service::Systemd { unit } => systemctl("start", unit).await,
+            Service::Systemd { unit, planned } => {
+                if let Err(error) = std::fs::write(planned, b"") {
+                    tracing::warn!(path = %planned.display(), %error, "cannot mark the start as planned; a replica source starts guarded");
+                }
+                systemctl("start", unit).await
+            }
             Service::Supervised(s) => s.start().await,
             Service::External => Err(Error::NotSupported("start (redis.service = external)".into())),
         }
@@ -251,7 +259,7 @@ impl Service {
     /// supervised server is started at boot by the agent, which keeps that choice in its state.
     pub async fn start_on_boot(&self, on: bool) -> Result<()> {
         match self {
-            Service::Systemd { unit } => systemctl(if on { "enable" } else { "disable" }, unit).await,
+            Service::Systemd { unit, .. } => systemctl(if on { "enable" } else { "disable" }, unit).await,
             _ => Ok(()),
         }
     }
@@ -259,7 +267,7 @@ impl Service {
     /// Stops Redis; `pid` is the server's process id when known (an adopted server has no child).
     pub async fn stop(&self, pid: Option<i32>, timeout: Duration) -> Result<()> {
         match self {
-            Service::Systemd { unit } => systemctl("stop", unit).await,
+            Service::Systemd { unit, .. } => systemctl("stop", unit).await,
             Service::Supervised(s) => s.stop(pid, timeout).await,
             Service::External => Err(Error::NotSupported("stop (redis.service = external)".into())),
         }
