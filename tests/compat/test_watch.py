@@ -172,6 +172,14 @@ def test_watch_fails_over_and_sentinel_clients_follow(topology, tmp_path):
     events = sc.pubsub()
     events.psubscribe("*")
     wait_until("psubscribe confirmed", lambda: events.get_message(timeout=0.2))
+    # The standby watcher publishes +switch-master too (every watcher announces what the agents
+    # accepted, whoever acted), with the stored epoch as config-epoch.
+    h1, p1 = listens[1].rsplit(":", 1)
+    sc1 = redis.Redis(host=h1, port=int(p1), socket_timeout=2)
+    events1 = sc1.pubsub()
+    events1.subscribe("+switch-master")
+    wait_until("subscribe confirmed on the standby", lambda: events1.get_message(timeout=0.2))
+    epoch_before = sc.sentinel_master(NAME)["config-epoch"]
 
     master = sentinel.master_for(NAME, password=PW, socket_timeout=0.5)
     writer = Writer(master)
@@ -225,6 +233,12 @@ def test_watch_fails_over_and_sentinel_clients_follow(topology, tmp_path):
         m and m.get("channel") in (b"+switch-master", "+switch-master")
         for m in seen.append(events.get_message(timeout=0.2)) or seen), secs=5)
     assert "decision: master is down" in log_text()
+    seen1 = []
+    wait_until("+switch-master published by the standby", lambda: any(
+        m and m.get("type") == "message" for m in seen1.append(events1.get_message(timeout=0.2)) or seen1), secs=5)
+    for s in (sc, sc1):
+        epoch_after = s.sentinel_master(NAME)["config-epoch"]
+        assert epoch_after > epoch_before, (epoch_before, epoch_after)
     # The second watcher serves the same answer and never acted.
     other = Sentinel([tuple((h, int(p)) for h, p in [listens[1].rsplit(":", 1)])[0]],
                      socket_timeout=0.5)
