@@ -49,8 +49,8 @@
 #                                      the campaign gets 60 s per step plus 120 s)
 #   TROVE_FAULTS_CAMPAIGN_SEED/_STEPS  the campaign smoke run of a full run (default seed 2255, 4 steps: a broker
 #                                      restart, a master cut off, a master killed, a replica's redis-server killed)
-#   TROVE_FAULTS_NEMESIS_SEED/_ROUNDS  the nemesis smoke run of a full run (default seed 1, 3 rounds:
-#                                      two_node, kill_watcher, promote_in_fault; about 3-4 min)
+#   TROVE_FAULTS_NEMESIS_SEED/_ROUNDS  the nemesis smoke run of a full run (default seed 7, 4 rounds:
+#                                      two_node, promote_in_fault, asymmetric, kill_watcher; 3-5 min)
 #   TROVE_FAULTS_FLOW_DEADLINE         seconds create-replicas has to report a dropped replica (default 120;
 #                                      the surviving replica alone needs ~75 s, see the scenario)
 #   TROVE_FAULTS_POPULATE              keys on the master for agent_killed_mid_attach (default 1000000)
@@ -122,7 +122,7 @@ else
         done
         SCENARIOS+=(campaign nemesis)
         CAMPAIGN_ARGS=(--seed "${TROVE_FAULTS_CAMPAIGN_SEED:-2255}" --steps "${TROVE_FAULTS_CAMPAIGN_STEPS:-4}")
-        NEMESIS_ARGS=(--seed "${TROVE_FAULTS_NEMESIS_SEED:-1}" --rounds "${TROVE_FAULTS_NEMESIS_ROUNDS:-3}")
+        NEMESIS_ARGS=(--seed "${TROVE_FAULTS_NEMESIS_SEED:-7}" --rounds "${TROVE_FAULTS_NEMESIS_ROUNDS:-4}")
     fi
 fi
 # The campaign's time limit grows with its steps.

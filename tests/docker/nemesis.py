@@ -132,7 +132,9 @@ class Round:
             self._drop_from_inventory("guest3")
             env.docker("kill", env.cid("guest3"))
         self.watchers = Watchers(env, DOWN_AFTER_MS)
-        self.watchers.start()
+        # kill_watcher: the host watcher acts (started first), so that it can be killed within a
+        # millisecond of logging its decision, in the middle of the eject.
+        self.watchers.start(host_first=self.fault == "kill_watcher")
         if env.min_replicas > 0 and not wait_for(
                 lambda: config_get(env, "guest1", "min-replicas-to-write") == {"min-replicas-to-write": str(env.min_replicas)}, 20):
             raise RuntimeError(f"the split-brain fence is not armed on guest1: {config_get(env, 'guest1', 'min-replicas-*')}")
@@ -214,12 +216,12 @@ class Round:
         if not pid:
             raise RuntimeError(f"no redis-server process in {m}")
         t0 = time.monotonic()
-        self.env.exec(m, "kill", "-STOP", pid)
+        self.env.exec(m, "sh", "-c", f"kill -STOP {pid}")
         t = self.event("sigstop", node=m, pid=pid, secs=dur)
         try:
             time.sleep(dur)
         finally:
-            self.env.exec(m, "kill", "-CONT", pid)
+            self.env.exec(m, "sh", "-c", f"kill -CONT {pid}")
         t_cont = self.event("sigcont", node=m)
         self.tail_window(m, t0, t, "master's redis-server stopped")
         # Writes queued while it was stopped are served at SIGCONT, before Redis re-counts its
@@ -238,25 +240,28 @@ class Round:
         self.event("docker-start", node=m)
 
     def kill_watcher(self):
+        """docker kill of the master; the acting watcher (the host one) is kill -9'd as soon as it
+        logs its decision (plus a seeded delay of 0-20 ms: in the middle of the eject, which takes
+        ~20 ms); the other watcher must take the lease and finish; the old master is started again."""
         m = self.master
         w = self.watchers
-        holder = w.holder()
-        if holder is None:
-            raise RuntimeError("no watcher holds the lease before the fault")
-        marks = w.log(holder).count("decision: master is down")
+        delay = self.params.setdefault("kill_delay_ms", self.rng.choice([0, 0, 5, 10, 20]))
+        if w.holder() != "host":
+            raise RuntimeError(f"the host watcher does not hold the lease (holder: {w.holder()})")
+        done = w.kill_on("decision: master is down", delay / 1000)
         t0 = time.monotonic()
         self.env.docker("kill", self.env.cid(m))
-        t = self.event("docker-kill", node=m, acting_watcher=holder)
+        t = self.event("docker-kill", node=m, acting_watcher="host")
         self.tail_window(m, t0, t, "master killed")
-        decided = wait_for(lambda: w.log(holder).count("decision: master is down") > marks, 30, interval=0.05)
-        if not decided:
-            raise RuntimeError(f"the acting watcher ({holder}) logged no decision within 30 s of the kill:\n" + w.log(holder)[-2000:])
-        w.kill(holder)
-        self.event("watcher-kill", watcher=holder, after_decision=True)
-        other = "host" if holder == "compose" else "compose"
-        addr = w.host_addr if other == "host" else w.compose_addr
-        named = wait_for(lambda: (lambda a: a if a and a[0] != self.ip(m) else None)(self.discover([addr])), 30, interval=0.2)
-        self.event("failover-seen", watcher=other, names=named and self.name_of(named[0]))
+        if not done.wait(30):
+            raise RuntimeError("the acting watcher logged no decision within 30 s of the kill:\n" + w.log("host")[-2000:])
+        log = w.log("host")
+        self.history.event("watcher-kill", t=w.killed_at, watcher="host", after_decision_ms=delay,
+                           logged_after_decision=log[log.rfind("decision: master is down"):][:600].count("\n"))
+        say(f"  watcher-kill watcher=host delay_ms={delay}; its last lines: "
+            + " | ".join(l[-160:] for l in log[log.rfind("decision: master is down"):].splitlines()[1:4]))
+        named = wait_for(lambda: (lambda a: a if a and a[0] != self.ip(m) else None)(self.discover([w.compose_addr])), 30, interval=0.2)
+        self.event("failover-seen", watcher="compose", names=named and self.name_of(named[0]))
         time.sleep(2)
         self.env.docker("start", self.env.cid(m))
         self.event("docker-start", node=m)

@@ -3,7 +3,10 @@ second watcher on the host, both on the scenario's inventory (shared by watch_se
 nemesis.py)."""
 
 import os
+import signal
 import socket
+import subprocess
+import threading
 import time
 
 from .env import run as sh
@@ -63,19 +66,70 @@ class Watchers:
         self.host_err = None
         self.killed = set()
 
-    def start(self, lease_secs=30):
+    def start(self, lease_secs=30, host_first=False):
+        """Starts both; the first started takes the lease (the compose one, or the host one)."""
         env = self.env
         add_watch_settings(env, [f"{self.compose_addr[0]}:26379", f"127.0.0.1:{self.host_port}"], self.name)
+        if host_first:
+            self._start_host()
+            self._wait_lease("host", lease_secs)
         watch_compose(env, "up", "-d", "--no-build", "--no-deps", "--force-recreate", "watch", down_after_ms=self.down_after_ms)
         self.wcid = watch_container(env)
-        deadline = time.monotonic() + lease_secs
-        while "holds the lease" not in self.log("compose"):
+        if not host_first:
+            self._wait_lease("compose", lease_secs)
+            self._start_host()
+        else:
+            deadline = time.monotonic() + lease_secs
+            while "watching" not in self.log("compose"):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the watch container did not start within {lease_secs} s:\n" + self.log("compose")[-2000:])
+                time.sleep(0.2)
+
+    def _wait_lease(self, which, secs):
+        deadline = time.monotonic() + secs
+        while "holds the lease" not in self.log(which):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the watch container did not take the lease within {lease_secs} s:\n"
-                                   + self.log("compose")[-2000:])
+                raise RuntimeError(f"the {which} watcher did not take the lease within {secs} s:\n" + self.log(which)[-2000:])
             time.sleep(0.2)
-        self.host_proc, _, _, self.host_err = env.ctl_background(
-            "watch", "--listen", f"127.0.0.1:{self.host_port}", "--down-after-ms", str(self.down_after_ms))
+
+    def _start_host(self):
+        """The host watcher, its stderr read line by line (into watch.err) so that it can be
+        killed within a millisecond of logging a line (kill_on)."""
+        env = self.env
+        self.host_err = os.path.join(env.workdir, "watch.err")
+        out = open(os.path.join(env.workdir, "watch.out"), "w")
+        self.host_proc = subprocess.Popen(
+            env.ctl_cmd("watch", "--listen", f"127.0.0.1:{self.host_port}", "--down-after-ms", str(self.down_after_ms)),
+            stdout=out, stderr=subprocess.PIPE, env=env.ctl_env(), bufsize=0)
+        env.background.append(self.host_proc)
+        self._trigger = None  # (text, delay_s, event) while armed
+        self.killed_at = None
+        f = open(self.host_err, "wb", buffering=0)
+        threading.Thread(target=self._pump, args=(f,), daemon=True).start()
+
+    def _pump(self, f):
+        with f:
+            for line in iter(self.host_proc.stderr.readline, b""):
+                f.write(line)
+                trig = self._trigger
+                if trig and trig[0].encode() in line:
+                    if trig[1]:
+                        time.sleep(trig[1])
+                    try:
+                        os.kill(self.host_proc.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    self.killed_at = time.monotonic()
+                    self.killed.add("host")
+                    self._trigger = None
+                    trig[2].set()
+
+    def kill_on(self, text, delay_s=0.0):
+        """Arms a kill -9 of the host watcher as soon as it logs a line containing `text` (after
+        delay_s); returns an Event set once it is done (killed_at: when)."""
+        done = threading.Event()
+        self._trigger = (text, delay_s, done)
+        return done
 
     def addrs(self):
         return [self.compose_addr, self.host_addr]
