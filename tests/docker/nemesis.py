@@ -156,7 +156,7 @@ class Round:
         for g in self.replicas:
             if not wait_for(lambda: caught_up(env, g, "guest1"), 20):
                 raise RuntimeError(f"{g} is not a linked replica of guest1 before the fault: {replica_state(env, g)}")
-        self.event("healthy", writes_ok=self.sw.ok)
+        self.t_healthy = self.event("healthy", writes_ok=self.sw.ok)
 
     def _drop_from_inventory(self, g):
         with open(self.env.inventory) as f:
@@ -322,6 +322,7 @@ class Round:
         self.event("settled" if m else "not-settled", master=m, secs=round(time.monotonic() - t, 1))
         time.sleep(AFTER_SETTLE_S)
         self.stop_writers()
+        self.t_stopped = time.monotonic()
         states = {g: replica_state(self.env, g) for g in self.nodes}
         errors = []
         masters = [g for g, s in states.items() if s and s["role"] == "master"]
@@ -352,7 +353,9 @@ class Round:
                 discovery[which] = self.name_of(a[0]) if a else None
                 if a != (self.ip(final), 6379):
                     errors.append(f"the {which} watcher names {a} as master, not {final}")
-        gaps = [b - a for a, b in zip(self.sw.ok_times, self.sw.ok_times[1:])] if self.sw else []
+        # The longest time the redis-py client went without an acknowledgement, to its stop.
+        times = ([self.t_healthy] + self.sw.ok_times + [self.t_stopped]) if self.sw else []
+        gaps = [b - a for a, b in zip(times, times[1:])]
         self.history.final(master=self.ip(final) if final else None, nodes=states, missing=missing, writable=writable,
                            discovery=discovery, topology_errors=errors, harness_errors=self.harness_errors,
                            why_no_master=None if final else self._roles(states), params=self.params,

@@ -185,7 +185,8 @@ def check(path, name_of=lambda ip: ip):
           "confirmed": sum(1 for o in ok if o.get("wait") is True)}
     # (1) acknowledged and confirmed by WAIT 1: on the final master, no window.
     if master is None or final.get("missing") is None:
-        failures.append((1, f"no single readable final master to check the writes on ({final.get('why_no_master')})"))
+        failures.append((1, f"cannot be verified: no single readable final master to check the writes on "
+                            f"({final.get('why_no_master')})"))
         st.update(lost=0, lost_confirmed=0, bound=0, lost_outside=0)
     else:
         lost = [o for o in ok if o["key"] in missing]
