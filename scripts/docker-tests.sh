@@ -5,7 +5,8 @@
 #
 # Scenarios: one file each in tests/docker/scenarios/ (a new scenario is a new file; the shared
 # code is tests/docker/faultlib/). Each starts from three fresh guests; by default all run, in
-# name order, then a short fixed-seed run of the randomized campaign (tests/docker/campaign.py):
+# name order, then a short fixed-seed run of the randomized campaign (tests/docker/campaign.py)
+# and a short fixed-seed run of the nemesis suite (tests/docker/nemesis.py):
 #   agent_killed_mid_attach         the replica's agent is killed while attach_replica waits for a big sync
 #   broker_restart                  docker restart of RabbitMQ under a writer; reconnect timed from the broker's accept
 #   master_cut_off                  network cut of the master under writers (one inside it); eject; fenced; re-attach
@@ -37,14 +38,19 @@
 # published on 127.0.0.1 only; runs each scenario under a time limit; and always removes the
 # project's containers and network on exit (also after a failure, a timeout or Ctrl-C).
 #
-# Usage: scripts/docker-tests.sh [scenario...]              (no scenario: all, then the campaign smoke run)
+# Usage: scripts/docker-tests.sh [scenario...]              (no scenario: all, then the campaign and nemesis smoke runs)
 #        scripts/docker-tests.sh campaign [--seed S] [--steps N]   (the randomized campaign alone)
+#        scripts/docker-tests.sh nemesis [--seed S] [--rounds N] [--faults a,b]   (the nemesis suite alone:
+#                                      seeded rounds of one fault each under two watchers, every write in a
+#                                      history file under target/nemesis/<seed>/, checked; see tests/docker/nemesis.py)
 # Environment:
 #   TROVE_FAULTS_BUILD=0               skip the build (use the images and target/release as they are)
 #   TROVE_FAULTS_SCENARIO_TIMEOUT      seconds per scenario before it is killed and failed (default 180;
 #                                      the campaign gets 60 s per step plus 120 s)
 #   TROVE_FAULTS_CAMPAIGN_SEED/_STEPS  the campaign smoke run of a full run (default seed 2255, 4 steps: a broker
 #                                      restart, a master cut off, a master killed, a replica's redis-server killed)
+#   TROVE_FAULTS_NEMESIS_SEED/_ROUNDS  the nemesis smoke run of a full run (default seed 7, 4 rounds:
+#                                      two_node, promote_in_fault, asymmetric, kill_watcher; 3-5 min)
 #   TROVE_FAULTS_FLOW_DEADLINE         seconds create-replicas has to report a dropped replica (default 120;
 #                                      the surviving replica alone needs ~75 s, see the scenario)
 #   TROVE_FAULTS_POPULATE              keys on the master for agent_killed_mid_attach (default 1000000)
@@ -80,12 +86,17 @@ BUILD=${TROVE_FAULTS_BUILD:-1}
 KEEP=${TROVE_FAULTS_KEEP:-0}
 PY_REDIS=${TROVE_FAULTS_PYTHON:-$ROOT/.venv/bin/python}
 CAMPAIGN_ARGS=()
+NEMESIS_ARGS=()
 
 SCENARIOS=()
 if [ "${1:-}" = campaign ]; then
     shift
     CAMPAIGN_ARGS=("$@")
     SCENARIOS=(campaign)
+elif [ "${1:-}" = nemesis ]; then
+    shift
+    NEMESIS_ARGS=("$@")
+    SCENARIOS=(nemesis)
 else
     for a in "$@"; do
         case "$a" in
@@ -93,7 +104,7 @@ else
             *)
                 ok=0
                 for s in "${ALL_SCENARIOS[@]}"; do [ "$s" = "$a" ] && ok=1; done
-                [ $ok = 1 ] || { echo "unknown scenario: $a (one of: ${ALL_SCENARIOS[*]}, or: campaign [--seed S] [--steps N])" >&2; exit 2; }
+                [ $ok = 1 ] || { echo "unknown scenario: $a (one of: ${ALL_SCENARIOS[*]}, or: campaign [--seed S] [--steps N], or: nemesis [--seed S] [--rounds N])" >&2; exit 2; }
                 SCENARIOS+=("$a")
                 ;;
         esac
@@ -109,8 +120,9 @@ else
                 SCENARIOS+=("$a")
             fi
         done
-        SCENARIOS+=(campaign)
+        SCENARIOS+=(campaign nemesis)
         CAMPAIGN_ARGS=(--seed "${TROVE_FAULTS_CAMPAIGN_SEED:-2255}" --steps "${TROVE_FAULTS_CAMPAIGN_STEPS:-4}")
+        NEMESIS_ARGS=(--seed "${TROVE_FAULTS_NEMESIS_SEED:-7}" --rounds "${TROVE_FAULTS_NEMESIS_ROUNDS:-4}")
     fi
 fi
 # The campaign's time limit grows with its steps.
@@ -120,6 +132,13 @@ for ((i = 0; i < ${#CAMPAIGN_ARGS[@]}; i++)); do
 done
 [[ "$campaign_steps" =~ ^[0-9]+$ ]] || { echo "--steps needs a number" >&2; exit 2; }
 CAMPAIGN_TIMEOUT=$((120 + 60 * campaign_steps))
+# The nemesis suite's time limit grows with its rounds (8 by default: every fault kind once).
+nemesis_rounds=8
+for ((i = 0; i < ${#NEMESIS_ARGS[@]}; i++)); do
+    [ "${NEMESIS_ARGS[$i]}" = --rounds ] && nemesis_rounds=${NEMESIS_ARGS[$((i + 1))]:-8}
+done
+[[ "$nemesis_rounds" =~ ^[0-9]+$ ]] || { echo "--rounds needs a number" >&2; exit 2; }
+NEMESIS_TIMEOUT=$((120 + 150 * nemesis_rounds))
 
 log() { echo "docker-tests: $*" >&2; }
 START=$SECONDS
@@ -271,7 +290,7 @@ for s in "${SCENARIOS[@]}"; do
     t0=$SECONDS
     if [ "$s" = campaign ]; then
         timeout -k 10 "$CAMPAIGN_TIMEOUT" python3 -u tests/docker/campaign.py "${CAMPAIGN_ARGS[@]}" >"$out" 2>&1 &
-    elif grep -q '^REQUIRES_REDIS_PY = True' "tests/docker/scenarios/$s.py"; then
+    elif [ "$s" = nemesis ] || grep -q '^REQUIRES_REDIS_PY = True' "tests/docker/scenarios/$s.py"; then
         if ! "$PY_REDIS" -c 'import redis, tomllib' >/dev/null 2>&1; then
             {
                 echo "  ERROR: scenario $s needs redis-py, and $PY_REDIS cannot import it (or is missing):"
@@ -279,6 +298,8 @@ for s in "${SCENARIOS[@]}"; do
                 echo "scenario=$s result=fail acked=0 lost=0 longest_pause_ms=0 bound=0"
             } >"$out"
             (exit 1) &
+        elif [ "$s" = nemesis ]; then
+            timeout -k 10 "$NEMESIS_TIMEOUT" "$PY_REDIS" -u tests/docker/nemesis.py "${NEMESIS_ARGS[@]}" >"$out" 2>&1 &
         else
             timeout -k 10 "$SCENARIO_TIMEOUT" "$PY_REDIS" -u tests/docker/run_scenario.py "$s" >"$out" 2>&1 &
         fi

@@ -41,14 +41,14 @@ class Ctl:
 
 
 class Env:
-    def __init__(self, scenario, tag=None):
+    def __init__(self, scenario, tag=None, workdir=None):
         e = os.environ
         self.scenario = scenario
         self.project = e["TROVE_FAULTS_PROJECT"]
         self.prefix = e["TROVE_SUBNET_PREFIX"]
         self.guestctl = e["TROVE_FAULTS_GUESTCTL"]
         self.compose = shlex.split(e["TROVE_FAULTS_COMPOSE"])
-        self.workdir = os.path.join(e["TROVE_FAULTS_WORKDIR"], scenario)
+        self.workdir = workdir or os.path.join(e["TROVE_FAULTS_WORKDIR"], scenario)
         self.flow_deadline = int(e.get("TROVE_FAULTS_FLOW_DEADLINE", "120"))
         self.min_replicas = int(e.get("TROVE_FAULTS_MIN_REPLICAS", "1"))
         self.max_lag = int(e.get("TROVE_FAULTS_MAX_LAG", "5"))
@@ -105,6 +105,14 @@ class Env:
     def agent_pid(self, g):
         p = self.exec(g, "pidof", "trove-guestagent", check=False)
         return p.stdout.strip() or None
+
+    def redis_pid(self, g):
+        p = self.exec(g, "pidof", "redis-server", check=False)
+        return p.stdout.strip() or None
+
+    def netns_pid(self, g):
+        """The pid of g's container on the host, to enter its network namespace."""
+        return self.docker("inspect", "-f", "{{.State.Pid}}", self.cid(g)).stdout.strip()
 
     # --- trove-guestctl
     def ctl_cmd(self, *args):
@@ -270,3 +278,31 @@ def set_net(env, g, connected):
         env.docker("network", "connect", "--ip", env.ip(g), env.net(), env.cid(g))
     else:
         env.docker("network", "disconnect", "--force", env.net(), env.cid(g))
+
+
+def iptables(env, g, rules):
+    """Applies iptables rules (lists of arguments after `-A`/`-I`...) inside g's network namespace,
+    in one iptables-restore transaction, with the host's iptables (the guest image has none)."""
+    data = "*filter\n" + "".join(" ".join(r) + "\n" for r in rules) + "COMMIT\n"
+    run(["nsenter", "-t", env.netns_pid(g), "-n", "iptables-restore", "--noflush"], check=True, input=data)
+
+
+def cut(env, g, peers=None, inbound_only=False):
+    """Cuts g off with iptables inside its namespace: from every address but loopback (peers None),
+    or from the given addresses only; inbound_only drops what g receives but lets it send."""
+    rules = []
+    if peers is None:
+        rules += [["-A", "INPUT", "-i", "lo", "-j", "ACCEPT"], ["-A", "INPUT", "-j", "DROP"]]
+        if not inbound_only:
+            rules += [["-A", "OUTPUT", "-o", "lo", "-j", "ACCEPT"], ["-A", "OUTPUT", "-j", "DROP"]]
+    else:
+        for ip in peers:
+            rules.append(["-A", "INPUT", "-s", ip, "-j", "DROP"])
+            if not inbound_only:
+                rules.append(["-A", "OUTPUT", "-d", ip, "-j", "DROP"])
+    iptables(env, g, rules)
+
+
+def uncut(env, g):
+    """Removes every filter rule of g's namespace (a guest container has none of its own)."""
+    run(["nsenter", "-t", env.netns_pid(g), "-n", "iptables", "-F"], check=True)

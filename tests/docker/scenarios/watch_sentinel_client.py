@@ -1,15 +1,14 @@
 """trove-guestctl watch (the compose service, plus a second watcher on the host) fails over a docker-killed master while redis-py's Sentinel client keeps writing; the old master returns as a replica; then the new master is cut off the network (partition), failed over, fenced and re-attached."""
 
 import os
-import socket
 import threading
 import time
 
 from faultlib.base import PASSWORD, say
 from faultlib.checks import (Window, caught_up, check_losses, config_get, create, linked_to, replica_state, tail_window,
                              wait_for)
-from faultlib.env import run as sh
 from faultlib.env import set_net
+from faultlib.watchers import NAME, add_watch_settings, free_port, guest_at, watch_compose, watch_container
 from faultlib.writer import ContainerWriter
 from faultlib.resp import ReplyError, rcall
 
@@ -22,7 +21,6 @@ except ImportError as e:  # pragma: no cover - docker-tests.sh checks first and 
 # scripts/docker-tests.sh runs this scenario with the project's venv python (redis-py).
 REQUIRES_REDIS_PY = True
 
-NAME = "faults"
 DOWN_AFTER_MS = 1000
 MIN_WRITES = 300
 MIN_WRITES_NEW_MASTER = 50
@@ -64,45 +62,13 @@ class SentinelWriter(threading.Thread):
         return [(f"{self.prefix}:{n}", n, None, t) for n, _, t in self.acked]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def add_watch_settings(env, watchers):
-    """Top-level `name` and `watchers` go before the [[guest]] tables of the scenario's inventory."""
-    with open(env.inventory) as f:
-        lines = f.read().splitlines()
-    first_table = next((i for i, l in enumerate(lines) if l.startswith("[")), len(lines))
-    head = [l for l in lines[:first_table] if not l.startswith(("name =", "watchers ="))]
-    ws = ", ".join(f'"{w}"' for w in watchers)
-    with open(env.inventory, "w") as f:
-        f.write("\n".join([f'name = "{NAME}"', f"watchers = [{ws}]", *head, *lines[first_table:]]) + "\n")
-
-
-def watch_compose(env, *args, timeout=120):
-    e = dict(os.environ, TROVE_RUN_TAG=env.tag, TROVE_GUESTCTL_STATE_DIR=env.workdir, TROVE_WATCH_PORT="",
-             TROVE_WATCH_DOWN_AFTER_MS=str(DOWN_AFTER_MS))
-    return sh([*env.compose, "--profile", "watch", *args], timeout=timeout, check=True, env=e)
-
-
-def guest_at(env, addr):
-    return next((g for g in ("guest1", "guest2", "guest3") if addr and addr[0] == env.ip(g)), None)
-
-
 def run(env, res):
     create(env, res, "guest1", ["guest2", "guest3"])
     watch_ip = f"{env.prefix}.20"
     host_port = free_port()
     add_watch_settings(env, [f"{watch_ip}:26379", f"127.0.0.1:{host_port}"])
-    watch_compose(env, "up", "-d", "--no-build", "--no-deps", "--force-recreate", "watch")
-    wcid = sh(["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={env.project}",
-                "--filter", "label=com.docker.compose.service=watch"], check=True).stdout.split()
-    if len(wcid) != 1:
-        raise RuntimeError(f"expected one watch container, found {wcid}")
-    wcid = wcid[0]
-    env.containers["watch"] = wcid
+    watch_compose(env, "up", "-d", "--no-build", "--no-deps", "--force-recreate", "watch", down_after_ms=DOWN_AFTER_MS)
+    wcid = watch_container(env)
     try:
         scenario(env, res, wcid, watch_ip, host_port)
     finally:
