@@ -65,8 +65,8 @@ impl Taskmanager {
     }
 
     /// Sends `method` to every guest and gathers the answers: all of them, or, once `need` of
-    /// `members` have answered, those that come within `silent_master_grace` more (a dead guest
-    /// does not hold a failover up for `EPOCH_TIMEOUT`).
+    /// `members` have answered, those that come within `silent_master_grace` more, and none more
+    /// from guests the pre-command probe found silent (a dead guest does not hold a failover up).
     async fn ask_all(&self, method: &str, args: Value, members: &[String], need: usize) -> Vec<(String, Result<Value, Error>)> {
         use futures_util::stream::{FuturesUnordered, StreamExt};
         let ids: Vec<String> = self.inventory.guests.iter().map(|g| g.id.clone()).collect();
@@ -78,9 +78,13 @@ impl Taskmanager {
                 async move { (id.clone(), self.call(id, method, args, EPOCH_TIMEOUT).await) }
             })
             .collect();
-        let mut out = Vec::new();
+        let silent: Vec<&String> = self.recent.iter().filter(|l| l.status.is_none()).map(|l| &l.id).collect();
+        let mut out: Vec<(String, Result<Value, Error>)> = Vec::new();
         let mut deadline: Option<tokio::time::Instant> = None;
         loop {
+            if deadline.is_some() && ids.iter().all(|id| out.iter().any(|(o, _)| o == id) || silent.contains(&id)) {
+                break;
+            }
             let next = match deadline {
                 Some(d) => match tokio::time::timeout_at(d, pending.next()).await {
                     Ok(next) => next,
