@@ -56,7 +56,7 @@
 #   TROVE_FAULTS_POPULATE              keys on the master for agent_killed_mid_attach (default 1000000)
 #   TROVE_FAULTS_MIN_REPLICAS          the agents' [replication] min_replicas_to_write, the split-brain
 #                                      fence master_cut_off relies on (default 1; 0 runs without it)
-#   TROVE_FAULTS_MAX_LAG               the agents' min_replicas_max_lag, seconds (default 5)
+#   TROVE_FAULTS_MAX_LAG               the agents' min_replicas_max_lag, seconds (default 2, as shipped)
 #   TROVE_FAULTS_PYTHON                the interpreter with redis-py (default .venv/bin/python)
 #   TROVE_GUEST_IMAGE, TROVE_RABBITMQ_IMAGE  the images (default trove-redis-guest/{guest,rabbitmq}:latest)
 #   TROVE_FAULTS_KEEP=1                keep the containers after the run (for debugging; remove them with

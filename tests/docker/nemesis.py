@@ -9,7 +9,7 @@ judges each history with the final state of every node.
 
 Each round starts from fresh guests: guest1 the master, guest2 and guest3 its replicas (guest1 and
 guest2 only for `two_node`), the compose `watch` service (it holds the lease) and a second watcher
-on the host, the agents' split-brain fence on (min_replicas_to_write 1, min_replicas_max_lag 5 s).
+on the host, the agents' split-brain fence on (min_replicas_to_write 1, min_replicas_max_lag 2 s as shipped).
 Two writers record every operation (tests/docker/faultlib/history.py): one through redis-py's
 Sentinel client pointed at both watchers, one inside the master's container (it reaches the master
 while the master is cut off); each acknowledged SET is followed by `WAIT 1 100`. The seeded RNG

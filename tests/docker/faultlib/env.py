@@ -51,7 +51,7 @@ class Env:
         self.workdir = workdir or os.path.join(e["TROVE_FAULTS_WORKDIR"], scenario)
         self.flow_deadline = int(e.get("TROVE_FAULTS_FLOW_DEADLINE", "120"))
         self.min_replicas = int(e.get("TROVE_FAULTS_MIN_REPLICAS", "1"))
-        self.max_lag = int(e.get("TROVE_FAULTS_MAX_LAG", "5"))
+        self.max_lag = int(e.get("TROVE_FAULTS_MAX_LAG", "2"))
         os.makedirs(self.workdir, exist_ok=True)
         self.tag = tag or f"{scenario.split('_')[0][:8]}{random.randrange(16**4):04x}"
         self.inventory = os.path.join(self.workdir, "inventory.toml")
