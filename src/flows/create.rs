@@ -125,14 +125,16 @@ impl Taskmanager {
         drop(pending);
         self.inventory = record;
         // The set grows by the replicas that are in, in the claimed epoch.
+        // A returning member that follows again counts in the quorum from now on.
         let mut next = claim.topology.clone();
-        next.replicas.extend(
-            targets
-                .iter()
-                .filter(|r| !next.has(r) && self.inventory.guest(r).and_then(|g| g.replica_of.as_deref()) == Some(master.as_str()))
-                .cloned()
-                .collect::<Vec<_>>(),
-        );
+        let joined: Vec<String> =
+            targets.iter().filter(|r| self.inventory.guest(r).and_then(|g| g.replica_of.as_deref()) == Some(master.as_str())).cloned().collect();
+        next.returning.retain(|r| !joined.contains(r));
+        for r in joined {
+            if !next.replicas.contains(&r) {
+                next.replicas.push(r);
+            }
+        }
         self.commit(&claim, &next).await?;
         collect(outcome)?;
         Ok(CreateReport { master, replicas: targets, snapshot_ms, total_ms: started.elapsed().as_millis() as u64 })

@@ -9,6 +9,9 @@ use serde_json::Value;
 use super::{Error, Live, Taskmanager};
 use crate::replication::epoch::Topology;
 
+/// How long an eject asks a returning member that the pre-command probe did not see.
+const RETURNING_PROBE: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// One replica's evidence for the choice.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Candidate {
@@ -108,6 +111,17 @@ impl Taskmanager {
         next.returning = current.returning.iter().chain(&skipped).chain(std::iter::once(&master.to_owned())).filter(|r| **r != new).cloned().collect();
         self.commit(&claim, &next).await?;
         live.push(live_master);
+        // Returning members (an earlier dead master) as the pre-command probe saw them, else asked
+        // briefly: one that does not answer is re-attached later, it must not slow the eject.
+        let this = &*self;
+        let returning: Vec<Live> = futures_util::future::join_all(current.returning.iter().map(|r| async move {
+            match this.recent.iter().find(|l| l.id == *r) {
+                Some(l) => l.clone(),
+                None => this.live_within(r, RETURNING_PROBE).await,
+            }
+        }))
+        .await;
+        live.extend(returning);
         self.install(&claim, &next, &live, Some(master)).await?;
         Ok(EjectReport { old_master: master.into(), new_master: new, evidence, skipped, total_ms: started.elapsed().as_millis() as u64 })
     }

@@ -336,7 +336,8 @@ impl Taskmanager {
                 }
                 Some(l) if l.role() == Some("replica") && l.master_addr() == Some((host.clone(), port)) => following.push(r.clone()),
                 Some(l) if l.status.is_some() => movers.push(r.clone()),
-                _ if Some(r.as_str()) == dead => {}
+                // A returning member is re-attached when it answers; only a replica is missed.
+                _ if Some(r.as_str()) == dead || t.returning.contains(r) => {}
                 _ => unreachable.push(r.clone()),
             }
         }

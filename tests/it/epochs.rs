@@ -209,3 +209,33 @@ async fn second_of(dir: &tempfile::TempDir) -> Taskmanager {
     let inventory = trove_guest::flows::Inventory::load(&dir.path().join("inventory.toml")).unwrap();
     Taskmanager::connect(inventory).await.unwrap()
 }
+
+/// An ejected master stays a returning member (no vote) until it follows again; re-attached with
+/// create-replicas it counts again, and a second eject works with it as a replica.
+#[tokio::test]
+async fn an_ejected_master_counts_again_once_re_attached() {
+    let (mut g, mut tm, dir) = topology(3, &[]).await;
+    tm.create_replicas(create(&g[0], &[&g[1], &g[2]])).await.unwrap();
+    g[0].kill_agent();
+    let pid = g[0].redis_pid().unwrap().to_string();
+    std::process::Command::new("kill").args(["-9", &pid]).status().unwrap();
+    let first = tm.eject(&g[0].id, false).await.unwrap().new_master;
+    let claim = second_of(&dir).await.claim().await.unwrap();
+    assert_eq!(claim.topology.returning, vec![g[0].id.clone()], "{:?}", claim.topology);
+    g[0].start_agent();
+    wait_ping(&client().await, &g[0]).await;
+    let new = g.iter().position(|x| x.id == first).unwrap();
+    let mut tm = second_of(&dir).await;
+    tm.create_replicas(create(&g[new], &[&g[0]])).await.unwrap();
+    let claim = tm.claim().await.unwrap();
+    assert!(claim.topology.returning.is_empty() && claim.topology.replicas.contains(&g[0].id), "{:?}", claim.topology);
+    // The new master dies too: the set fails over again, to a replica.
+    g[new].kill_agent();
+    let pid = g[new].redis_pid().unwrap().to_string();
+    std::process::Command::new("kill").args(["-9", &pid]).status().unwrap();
+    let mut tm = second_of(&dir).await;
+    let second = tm.eject(&first, false).await.unwrap().new_master;
+    assert_ne!(second, first);
+    let w = g.iter().find(|x| x.id == second).unwrap();
+    assert_eq!(role(w).await, "master");
+}
