@@ -416,3 +416,33 @@ def test_no_failover_on_a_broker_restart(restart_broker, tmp_path):
         assert new[1] in ports[1:], new
         watcher["a"].send_signal(signal.SIGTERM)
         assert watcher["a"].wait(15) == 0, log_text()[-3000:]
+
+
+def test_a_paused_leader_is_replaced_and_acts_no_more(topology, tmp_path):
+    """SIGSTOP of the acting watcher: its lease connection misses its AMQP heartbeats (down_after,
+    at least 1 s), the broker drops it, and the standby takes the lease within a few down_after
+    (the 60 s default heartbeat before). Resumed, the old leader finds the lease gone and does not
+    act; the standby fails a dead master over."""
+    guests, inv, listens, watcher = topology
+    read = start_two_watchers(inv, listens, watcher, tmp_path)
+    ports = [redis_port(g) for g in guests]
+    wait_until("the standby is up", lambda: "watching" in read(1), secs=20)
+    watcher["a"].send_signal(signal.SIGSTOP)
+    t = time.monotonic()
+    try:
+        wait_until("the standby takes the lease", lambda: "holds the lease" in read(1), secs=30)
+        took = time.monotonic() - t
+    finally:
+        watcher["a"].send_signal(signal.SIGCONT)
+    print("\nwatch: a SIGSTOPped leader replaced after %.1f s (down_after %d ms)" % (took, DOWN_AFTER_MS))
+    assert took < 4 * DOWN_AFTER_MS / 1000 + 2, took
+    wait_until("the resumed leader knows it lost the lease", lambda: "lost the lease" in read(0), secs=15)
+    os.killpg(guests[0].proc.pid, signal.SIGKILL)
+    sentinel = Sentinel([tuple_of(listens[1])], socket_timeout=0.5)
+    wait_until("the new leader fails the master over",
+               lambda: sentinel.discover_master(NAME)[1] in ports[1:], secs=30)
+    assert "decision: master is down" in read(1)
+    assert "decision:" not in read(0).split("lost the lease")[-1], read(0)[-3000:]
+    for w in ("a", "b"):
+        watcher[w].send_signal(signal.SIGTERM)
+        assert watcher[w].wait(15) == 0
