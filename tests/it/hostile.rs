@@ -277,6 +277,8 @@ struct NodeState {
     config: BTreeMap<String, String>,
     fenced: Value,
     pending_detach: Value,
+    /// The epoch record (promise, accepted topology): a refused call must not move it.
+    epoch: Value,
 }
 
 async fn node_state(c: &trove_guest::rpc::client::RpcClient, g: &Guest, pw: Option<&str>) -> NodeState {
@@ -304,6 +306,7 @@ async fn node_state(c: &trove_guest::rpc::client::RpcClient, g: &Guest, pw: Opti
         config,
         fenced: status["fenced"].clone(),
         pending_detach: status["pending_failover_detach"].clone(),
+        epoch: status["epoch"].clone(),
     }
 }
 
@@ -522,6 +525,19 @@ fn build_cases(cat: &mut Catalogue<'_>, good_master: &Value, other_guest_q: &str
     cat.wrong_types(M, "get_replication_snapshot", snap.clone(), &["snapshot_info", "enable_persistence"], "snapshot_info.enable_persistence", vec![json!("yes"), json!(1), json!([])]);
     cat.wrong_types(M, "get_replication_snapshot", snap.clone(), &["replica_source_config"], "replica_source_config", not_string.clone());
     cat.call("get_replication_snapshot on a replica", R, "get_replication_snapshot", snap.clone(), fails("GuestError", &["replica of a replica"]));
+
+    // --- epochs: the promise, the accepted topology, and the epoch a state-changing call carries ---
+    let bad_epochs = vec![json!("5"), json!(-1), json!(1.5), json!(true), json!([]), json!({}), json!("99999999999999999999999")];
+    cat.wrong_types(M, "epoch_promise", json!({"epoch": 1}), &["epoch"], "epoch", [bad_epochs.clone(), vec![missing()]].concat());
+    let accept = json!({"epoch": 1, "topology": {"master": "a", "replicas": ["b"]}});
+    cat.wrong_types(M, "epoch_accept", accept.clone(), &["epoch"], "epoch", [bad_epochs.clone(), vec![json!(0)]].concat());
+    cat.wrong_types(M, "epoch_accept", accept.clone(), &["topology"], "topology", vec![
+        json!("a"), json!(5), json!([]), json!({}), json!({"master": ""}), json!({"master": "a", "replicas": ["a"]}),
+        json!({"master": "a", "replicas": ["b", "b"]}), json!({"master": "a", "replicas": [""]}), json!({"master": "a", "replicas": "b"}),
+        json!({"master": "a", "replicas": ["b"], "returning": ["b"]}), json!({"master": 5}), missing(),
+    ]);
+    cat.wrong_types(M, "make_read_only", json!({"read_only": false}), &["epoch"], "epoch", bad_epochs.clone());
+    cat.wrong_types(R, "attach_replica", json!({"replica_info": {"master": good_master}, "slave_config": "slave-read-only yes", "restart": false, "epoch": 1}), &["epoch"], "epoch", bad_epochs);
 
     // --- attach_replica (on the replica) ---
     cat.wrong_types(R, "attach_replica", good_info.clone(), &["replica_info"], "replica_info", [not_object.clone(), vec![missing()]].concat());
