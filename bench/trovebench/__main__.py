@@ -108,7 +108,8 @@ def main():
             meta["updates"] = old["meta"].get("updates", []) + [{"started": meta["started"], "only": only}]
             om = old["meta"].get("machine", {})
             for k, v in old.items():  # sections from before run records keep their run's description
-                if k != "meta" and isinstance(v, dict) and "run" not in v and "legacy_agent" not in v:
+                # "servers" holds one run record per server, not a section of its own.
+                if k not in ("meta", "servers") and isinstance(v, dict) and "run" not in v and "legacy_agent" not in v:
                     v.update(legacy_agent=om.get("agent"), legacy_started=old["meta"].get("started"), legacy_machine=om,
                              legacy_load="%s → %s" % (om.get("load_at_start"), om.get("load_at_end")))
             old.update({k: v for k, v in results.items() if k != "meta"})
