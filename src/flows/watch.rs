@@ -187,6 +187,9 @@ impl Taskmanager {
             }
             let sighted = self.client.connected();
             if lease.as_ref().is_some_and(|l| !l.connected()) {
+                if lease.as_ref().is_some_and(Lease::held) {
+                    tracing::warn!("lost the lease (the broker closed its connection): this watcher no longer acts");
+                }
                 lease = None;
             }
             if sighted && lease.is_none() && last_try.map_or(true, |t| t.elapsed() >= Duration::from_secs(1)) {
