@@ -121,10 +121,11 @@ async fn eject_picks_the_most_current_replica() {
     let b_pid = b.redis_pid().unwrap().to_string();
     std::process::Command::new("kill").args(["-STOP", &b_pid]).status().unwrap();
     let _: () = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("replica").query_async(&mut m.redis(None).await).await.unwrap();
-    // Valkey closes killed replicas asynchronously: write only once b is off the master's list.
-    eventually(10, "b cut off from the master", || async {
+    // Valkey closes killed replicas asynchronously: write only once b is off the master's list,
+    // and a is back on it (the split-brain fence, one replica of two, refuses writes until then).
+    eventually(10, "b cut off from the master, a linked again", || async {
         let r = info(&mut m.redis(None).await, "replication").await.replication().unwrap();
-        !r.replicas.iter().any(|x| x.port == b.port)
+        !r.replicas.iter().any(|x| x.port == b.port) && r.replicas.iter().any(|x| x.port == a.port && x.state == "online")
     })
     .await;
     add_set(&m, "late", 1..500).await;
