@@ -136,6 +136,7 @@ impl Taskmanager {
         let path: PathBuf = self.inventory.path.clone();
         let mut lease: Option<Lease> = None;
         let mut last_try: Option<Instant> = None;
+        let mut was_held = false;
         let mut last_connect: Option<Instant> = None;
         let mut mem = Memory {
             started: Instant::now(),
@@ -175,6 +176,7 @@ impl Taskmanager {
             // opened again after a broker restart, and the lease given up while it is down.
             if !self.client.connected() && last_connect.map_or(true, |t| t.elapsed() >= Duration::from_secs(1)) {
                 last_connect = Some(Instant::now());
+                was_held = false;
                 if let Some(l) = lease.take() {
                     tracing::warn!("the RPC connection is down: giving up the lease while blind");
                     l.release().await;
@@ -187,9 +189,10 @@ impl Taskmanager {
             }
             let sighted = self.client.connected();
             if lease.as_ref().is_some_and(|l| !l.connected()) {
-                if lease.as_ref().is_some_and(Lease::held) {
+                if was_held {
                     tracing::warn!("lost the lease (the broker closed its connection): this watcher no longer acts");
                 }
+                was_held = false;
                 lease = None;
             }
             if sighted && lease.is_none() && last_try.map_or(true, |t| t.elapsed() >= Duration::from_secs(1)) {
@@ -200,17 +203,12 @@ impl Taskmanager {
                     Err(_) => tracing::debug!("the broker did not accept the lease connection in time"),
                 }
             }
-            if let Some(l) = lease.as_mut() {
-                if !l.held() && sighted && last_try.map_or(true, |t| t.elapsed() >= opts.down_after / 4) {
-                    last_try = Some(Instant::now());
-                    match tokio::time::timeout(opts.probe_timeout(), l.try_take()).await {
-                        Ok(Ok(true)) => tracing::info!(lease = %lease_name, "this watcher holds the lease: it acts"),
-                        Ok(Ok(false)) => {}
-                        Ok(Err(error)) => tracing::debug!(%error, "lease not taken"),
-                        Err(_) => tracing::debug!("the broker did not answer the lease request in time"),
-                    }
-                }
+            // Standbys wait on the broker: it hands the lease's token to this seat when the holder goes.
+            let held = lease.as_ref().is_some_and(Lease::held);
+            if held && !was_held {
+                tracing::info!(lease = %lease_name, "this watcher holds the lease: it acts");
             }
+            was_held = held;
             if lease.as_ref().is_some_and(Lease::held) {
                 let holds = match lease.as_ref() {
                     Some(l) => lease_holds(l, opts.probe_timeout()).await,
@@ -218,6 +216,7 @@ impl Taskmanager {
                 };
                 if !holds || !sighted {
                     tracing::warn!("lost the lease: this watcher no longer acts");
+                    was_held = false;
                     if let Some(l) = lease.take() {
                         l.release().await;
                     }

@@ -1,79 +1,94 @@
-//! A leadership lease held in RabbitMQ itself: an exclusive queue that only one connection may own.
+//! A leadership lease held in RabbitMQ itself: a token message on a single-active-consumer queue.
 //!
-//! The broker grants the queue to the first connection that declares it and refuses every other
-//! (`RESOURCE_LOCKED`) until that connection closes or misses its heartbeats, when the broker
-//! deletes the queue. Holding the lease is holding the queue; `check` asks the broker again.
+//! Every watcher consumes from the queue `<name>.leader` (`x-single-active-consumer`), with a
+//! prefetch of one and without acknowledging. The broker delivers only to its one active consumer,
+//! which receives the token and keeps it unacknowledged: holding the token is holding the lease.
+//! When the holder's channel closes (it exits, or the broker drops its connection after missed
+//! heartbeats), the broker requeues the token and activates the next consumer, which receives it at
+//! once: standbys wait on the broker, they never poll. `check` asks the broker again.
 
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
-use lapin::{Channel, Connection};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection};
 
 use super::connection::{connect, AmqpOptions};
 use super::Error;
 
-/// A watcher's seat at the broker: one connection, kept open, on which the lease is tried (a
-/// standby asks again on a new channel, not a new connection) and held. The connection's AMQP
-/// heartbeat is short (`AmqpOptions::heartbeat`), so the broker drops a hung or cut-off holder,
-/// and with it the lease, within two heartbeats.
+/// A watcher's seat at the broker: one connection and one consumer, kept open; the lease is held
+/// while its consumer keeps the token. The connection's AMQP heartbeat is short
+/// (`AmqpOptions::heartbeat`), so the broker drops a hung or cut-off holder, and hands the token on,
+/// within two heartbeats.
 pub struct Lease {
     conn: Connection,
-    channel: Option<Channel>,
+    channel: Channel,
     queue: String,
+    held: Arc<AtomicBool>,
+    consuming: Arc<AtomicBool>,
 }
 
 impl Lease {
-    /// Opens a seat for the lease named `name` (not yet held).
+    /// Opens a seat for the lease named `name`: declares the queue, puts a token in it when it
+    /// has none ready, and consumes (held once the broker delivers the token to this seat).
     pub async fn seat(opts: &AmqpOptions, name: &str) -> Result<Lease, Error> {
         let conn = connect(opts).await?;
-        Ok(Lease { conn, channel: None, queue: format!("{name}.lease") })
-    }
-
-    /// Whether the seat's connection is up (a closed one must be opened again).
-    pub fn connected(&self) -> bool {
-        self.conn.status().connected()
-    }
-
-    /// Whether this seat took the lease (see `check` for whether it still owns it).
-    pub fn held(&self) -> bool {
-        self.channel.is_some()
-    }
-
-    /// Tries once to take the lease; false when another connection holds it.
-    pub async fn try_take(&mut self) -> Result<bool, Error> {
-        if self.channel.is_some() {
-            return Ok(true);
-        }
-        let channel = self.conn.create_channel().await?;
+        let channel = conn.create_channel().await?;
+        let queue = format!("{name}.leader");
+        let mut args = FieldTable::default();
+        args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
         let declared = channel
-            .queue_declare(&self.queue, QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, FieldTable::default())
-            .await;
-        match declared {
-            Ok(_) => {
-                self.channel = Some(channel);
-                Ok(true)
-            }
-            Err(e) if is_locked(&e) => Ok(false),
-            Err(e) => Err(Error::declare(&self.queue, e)),
+            .queue_declare(&queue, QueueDeclareOptions::default(), args)
+            .await
+            .map_err(|e| Error::declare(&queue, e))?;
+        // A token held by the leader is not "ready": a second ready one is harmless (only the one
+        // active consumer receives, one at a time), and at most one more is ever added.
+        if declared.message_count() == 0 {
+            channel.basic_publish("", &queue, BasicPublishOptions::default(), b"lease", BasicProperties::default()).await?.await?;
         }
+        channel.basic_qos(1, BasicQosOptions::default()).await?;
+        let mut consumer = channel.basic_consume(&queue, "", BasicConsumeOptions::default(), FieldTable::default()).await?;
+        let held = Arc::new(AtomicBool::new(false));
+        let consuming = Arc::new(AtomicBool::new(true));
+        let (h, c) = (held.clone(), consuming.clone());
+        tokio::spawn(async move {
+            // Deliveries are kept, never acknowledged: the token returns to the queue only when
+            // this channel closes.
+            let mut kept = Vec::new();
+            while let Some(Ok(delivery)) = consumer.next().await {
+                kept.push(delivery);
+                h.store(true, Ordering::SeqCst);
+            }
+            h.store(false, Ordering::SeqCst);
+            c.store(false, Ordering::SeqCst);
+        });
+        Ok(Lease { conn, channel, queue, held, consuming })
     }
 
-    /// True while this connection still owns the queue (asked of the broker, not remembered).
+    /// Whether the seat still works: its connection up and its consumer not cancelled (a seat that
+    /// does not must be opened again).
+    pub fn connected(&self) -> bool {
+        self.conn.status().connected() && self.consuming.load(Ordering::SeqCst)
+    }
+
+    /// Whether this seat holds the token (see `check` for whether the broker still agrees).
+    pub fn held(&self) -> bool {
+        self.held.load(Ordering::SeqCst)
+    }
+
+    /// True while this seat holds the token and the broker answers on its connection.
     pub async fn check(&self) -> bool {
-        let Some(channel) = &self.channel else { return false };
-        if !self.conn.status().connected() {
+        if !self.held() || !self.connected() {
             return false;
         }
-        let passive = QueueDeclareOptions { passive: true, exclusive: true, ..Default::default() };
-        channel.queue_declare(&self.queue, passive, FieldTable::default()).await.is_ok()
+        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+        self.channel.queue_declare(&self.queue, passive, FieldTable::default()).await.is_ok()
     }
 
-    /// Gives the lease (and the seat) up.
+    /// Gives the lease (and the seat) up: the broker hands the token to the next watcher.
     pub async fn release(self) {
         let _ = self.conn.close(200, "lease released").await;
     }
-}
-
-fn is_locked(e: &lapin::Error) -> bool {
-    // 405 RESOURCE_LOCKED: "cannot obtain exclusive access to locked queue".
-    e.to_string().contains("RESOURCE_LOCKED") || e.to_string().contains("exclusive access")
 }
