@@ -168,13 +168,16 @@ class Round:
 
     # --- nemeses
     def part_minority(self, g=None):
-        m = g or self.master
+        self.cut_master(g or self.master, "all (loopback kept)", "master cut off")
+
+    def cut_master(self, m, peers, what, **how):
+        """Cuts the master m off (`how`: cut()'s options) for the round's cut_s, then heals."""
         dur = self.params.setdefault("cut_s", round(self.rng.uniform(9, 14), 1))
         t0 = time.monotonic()
-        cut(self.env, m)
-        t = self.event("cut", node=m, peers="all (loopback kept)", secs=dur)
-        self.tail_window(m, t0, t, "master cut off")
-        self.fence_window(m, t, t, "master cut off")
+        cut(self.env, m, **how)
+        t = self.event("cut", node=m, peers=peers, secs=dur)
+        self.tail_window(m, t0, t, what)
+        self.fence_window(m, t, t, what)
         time.sleep(dur)
         uncut(self.env, m)
         self.event("heal", node=m)
@@ -198,16 +201,7 @@ class Round:
         self.event("heal")
 
     def asymmetric(self):
-        m = self.master
-        dur = self.params.setdefault("cut_s", round(self.rng.uniform(9, 14), 1))
-        t0 = time.monotonic()
-        cut(self.env, m, inbound_only=True)
-        t = self.event("cut", node=m, peers="all inbound (it can still send)", secs=dur)
-        self.tail_window(m, t0, t, "master receives nothing")
-        self.fence_window(m, t, t, "master receives nothing")
-        time.sleep(dur)
-        uncut(self.env, m)
-        self.event("heal", node=m)
+        self.cut_master(self.master, "all inbound (it can still send)", "master receives nothing", inbound_only=True)
 
     def sigstop(self, g=None):
         m = g or self.master

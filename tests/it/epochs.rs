@@ -11,6 +11,24 @@ use trove_guest::replication::epoch::Topology;
 use crate::flows::{add_set, create, has_set, role, topology};
 use crate::harness::*;
 
+/// The whole host of `g` dies: its agent first (so nothing restarts Redis), then its Redis.
+fn kill_host(g: &mut Guest) {
+    g.kill_agent();
+    let pid = g.redis_pid().unwrap().to_string();
+    std::process::Command::new("kill").args(["-9", &pid]).status().unwrap();
+}
+
+/// Three guests, guest 0 the master of the others, holding the set `name` everywhere.
+async fn replicated_set(name: &str) -> (Vec<Guest>, Taskmanager, tempfile::TempDir) {
+    let (g, mut tm, dir) = topology(3, &[]).await;
+    tm.create_replicas(create(&g[0], &[&g[1], &g[2]])).await.unwrap();
+    add_set(&g[0], name, 0..300).await;
+    for r in [&g[1], &g[2]] {
+        eventually(10, "replicated", || async { has_set(r, name, 0..300).await }).await;
+    }
+    (g, tm, dir)
+}
+
 /// A second coordinator on the same inventory file (another watcher host, a hand-run command).
 async fn second(tm: &Taskmanager) -> Taskmanager {
     let inventory = trove_guest::flows::Inventory::load(&tm.inventory.path).unwrap();
@@ -96,9 +114,7 @@ async fn a_two_node_set_fails_over_and_takes_its_old_master_back() {
     add_set(&g[0], "before", 0..200).await;
     eventually(10, "replicated", || async { has_set(&g[1], "before", 0..200).await }).await;
     // The whole master host dies: its agent, then its Redis.
-    g[0].kill_agent();
-    let pid = g[0].redis_pid().unwrap().to_string();
-    std::process::Command::new("kill").args(["-9", &pid]).status().unwrap();
+    kill_host(&mut g[0]);
     let report = tm.eject(&g[0].id, false).await.unwrap();
     assert_eq!(report.new_master, g[1].id);
     assert_eq!(role(&g[1]).await, "master");
@@ -127,9 +143,7 @@ async fn a_master_back_from_its_snapshot_starts_guarded_and_feeds_no_replica() {
         eventually(10, "replicated", || async { has_set(r, "after-save", 0..300).await }).await;
     }
     // The host dies and comes back: its agent starts Redis from the snapshot, guarded.
-    g[0].kill_agent();
-    let pid = g[0].redis_pid().unwrap().to_string();
-    std::process::Command::new("kill").args(["-9", &pid]).status().unwrap();
+    kill_host(&mut g[0]);
     g[0].start_agent();
     wait_ping(&client().await, &g[0]).await;
     eventually(20, "the old master serves again, guarded", || async {
@@ -155,15 +169,8 @@ async fn a_master_back_from_its_snapshot_starts_guarded_and_feeds_no_replica() {
 #[tokio::test]
 async fn an_eject_whose_coordinator_dies_at_any_step_is_completed() {
     for step in ["claimed", "accepted", "candidate detached", "candidate enabled", "one replica re-pointed"] {
-        let (mut g, mut tm, _dir) = topology(3, &[]).await;
-        tm.create_replicas(create(&g[0], &[&g[1], &g[2]])).await.unwrap();
-        add_set(&g[0], "before", 0..300).await;
-        for r in [&g[1], &g[2]] {
-            eventually(10, "replicated", || async { has_set(r, "before", 0..300).await }).await;
-        }
-        g[0].kill_agent();
-        let pid = g[0].redis_pid().unwrap().to_string();
-        std::process::Command::new("kill").args(["-9", &pid]).status().unwrap();
+        let (mut g, mut tm, _dir) = replicated_set("before").await;
+        kill_host(&mut g[0]);
         let (m, cand, other) = (g[0].id.clone(), g[1].id.clone(), g[2].id.clone());
         // The dying coordinator, step by step, as eject and install order them.
         let long = Duration::from_secs(30);
@@ -216,9 +223,7 @@ async fn second_of(dir: &tempfile::TempDir) -> Taskmanager {
 async fn an_ejected_master_counts_again_once_re_attached() {
     let (mut g, mut tm, dir) = topology(3, &[]).await;
     tm.create_replicas(create(&g[0], &[&g[1], &g[2]])).await.unwrap();
-    g[0].kill_agent();
-    let pid = g[0].redis_pid().unwrap().to_string();
-    std::process::Command::new("kill").args(["-9", &pid]).status().unwrap();
+    kill_host(&mut g[0]);
     let first = tm.eject(&g[0].id, false).await.unwrap().new_master;
     let claim = second_of(&dir).await.claim().await.unwrap();
     assert_eq!(claim.topology.returning, vec![g[0].id.clone()], "{:?}", claim.topology);
@@ -230,9 +235,7 @@ async fn an_ejected_master_counts_again_once_re_attached() {
     let claim = tm.claim().await.unwrap();
     assert!(claim.topology.returning.is_empty() && claim.topology.replicas.contains(&g[0].id), "{:?}", claim.topology);
     // The new master dies too: the set fails over again, to a replica.
-    g[new].kill_agent();
-    let pid = g[new].redis_pid().unwrap().to_string();
-    std::process::Command::new("kill").args(["-9", &pid]).status().unwrap();
+    kill_host(&mut g[new]);
     let mut tm = second_of(&dir).await;
     let second = tm.eject(&first, false).await.unwrap().new_master;
     assert_ne!(second, first);
