@@ -125,19 +125,21 @@ else
         NEMESIS_ARGS=(--seed "${TROVE_FAULTS_NEMESIS_SEED:-7}" --rounds "${TROVE_FAULTS_NEMESIS_ROUNDS:-4}")
     fi
 fi
-# The campaign's time limit grows with its steps.
-campaign_steps=4
-for ((i = 0; i < ${#CAMPAIGN_ARGS[@]}; i++)); do
-    [ "${CAMPAIGN_ARGS[$i]}" = --steps ] && campaign_steps=${CAMPAIGN_ARGS[$((i + 1))]:-4}
-done
-[[ "$campaign_steps" =~ ^[0-9]+$ ]] || { echo "--steps needs a number" >&2; exit 2; }
+# count_of FLAG DEFAULT ARGS...: the number after FLAG in ARGS (DEFAULT without it); not a number: exit 2.
+count_of() {
+    local flag=$1 v=$2; shift 2
+    while [ $# -gt 0 ]; do
+        [ "$1" = "$flag" ] && v=${2:-}
+        shift
+    done
+    [[ "$v" =~ ^[0-9]+$ ]] || { echo "$flag needs a number" >&2; return 2; }
+    echo "$v"
+}
+# The campaign's time limit grows with its steps, the nemesis suite's with its rounds (8 by
+# default: every fault kind once).
+campaign_steps=$(count_of --steps 4 "${CAMPAIGN_ARGS[@]}") || exit 2
 CAMPAIGN_TIMEOUT=$((120 + 60 * campaign_steps))
-# The nemesis suite's time limit grows with its rounds (8 by default: every fault kind once).
-nemesis_rounds=8
-for ((i = 0; i < ${#NEMESIS_ARGS[@]}; i++)); do
-    [ "${NEMESIS_ARGS[$i]}" = --rounds ] && nemesis_rounds=${NEMESIS_ARGS[$((i + 1))]:-8}
-done
-[[ "$nemesis_rounds" =~ ^[0-9]+$ ]] || { echo "--rounds needs a number" >&2; exit 2; }
+nemesis_rounds=$(count_of --rounds 8 "${NEMESIS_ARGS[@]}") || exit 2
 NEMESIS_TIMEOUT=$((120 + 150 * nemesis_rounds))
 
 log() { echo "docker-tests: $*" >&2; }
