@@ -14,7 +14,9 @@ use serde_json::{json, Value};
 use super::{Error, Live, Taskmanager};
 use crate::replication::epoch::{Record, Topology};
 
-/// How long an agent has to answer a promise or an accept.
+/// How long an agent has to answer a promise or an accept when the watcher asks (a command run by
+/// hand gives Trove's `agent_call_low_timeout`, `Taskmanager::epoch_timeout`): a quorum answers in
+/// milliseconds, and the watcher asks again next round.
 pub const EPOCH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Rounds a claim retries when it meets a newer topology or a higher promise.
 const CLAIM_ROUNDS: usize = 4;
@@ -75,7 +77,7 @@ impl Taskmanager {
             .iter()
             .map(|id| {
                 let args = args.clone();
-                async move { (id.clone(), self.call(id, method, args, EPOCH_TIMEOUT).await) }
+                async move { (id.clone(), self.call(id, method, args, self.epoch_timeout).await) }
             })
             .collect();
         let silent: Vec<&String> = self.recent.iter().filter(|l| l.status.is_none()).map(|l| &l.id).collect();

@@ -97,6 +97,9 @@ pub struct Taskmanager {
     pub recent: Vec<Live>,
     /// The epoch this command claimed (`flows::epoch`): every state-changing call carries it.
     pub epoch: Option<u64>,
+    /// How long an agent has to answer a promise or an accept (`flows::epoch::EPOCH_TIMEOUT` in
+    /// the watcher; a command run by hand waits as long as Trove's low timeout).
+    pub epoch_timeout: Duration,
 }
 
 impl Taskmanager {
@@ -105,7 +108,7 @@ impl Taskmanager {
         opts.durable = inventory.durable_queues;
         opts.quorum = inventory.quorum_queues;
         let client = RpcClient::connect(&opts).await?;
-        Ok(Taskmanager { client, inventory, recent: Vec::new(), epoch: None })
+        Ok(Taskmanager { client, inventory, recent: Vec::new(), epoch: None, epoch_timeout: LOW_TIMEOUT })
     }
 
     /// Opens the RPC connection again (after a broker restart).

@@ -129,6 +129,7 @@ async fn lease_holds(lease: &Lease, timeout: Duration) -> bool {
 impl Taskmanager {
     /// Runs until `cancel`: one probe round every period, acting only while holding the lease.
     pub async fn watch(&mut self, opts: WatchOptions, shared: Arc<Shared>, cancel: CancellationToken) -> Result<(), Error> {
+        self.epoch_timeout = super::epoch::EPOCH_TIMEOUT;
         let mut amqp = AmqpOptions::new(&self.inventory.transport_url, &self.inventory.control_exchange, "trove-guestctl-watch");
         // The broker drops a hung or cut-off holder after two missed heartbeats: about down_after.
         amqp.heartbeat = u16::try_from(opts.down_after.as_secs().clamp(1, 60)).unwrap_or(1);
