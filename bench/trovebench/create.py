@@ -97,6 +97,9 @@ class CreateBench:
         env = dict(os.environ, TROVE_GUESTCTL_INVENTORY=self.fleet.inventory)
         for r in reps:  # one at a time: each rewrites the inventory
             self.fleet.ctl("detach-replica", r.id)
+        # The next round may attach by raw calls (_ours_calls), which carry no epoch: hand the
+        # guests back to epoch-less callers.
+        self.fleet.ctl("release")
         for r in reps:
             rcon(r.port, timeout=600).flushall()
         del env
