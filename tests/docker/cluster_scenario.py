@@ -156,11 +156,12 @@ class Cluster:
             err_path = os.path.join(self.work, f"{phase}-promote.err")
             promote = subprocess.Popen([ctl.binary, "--json", "promote-to-replica-source", ids[candidate]], stdout=subprocess.PIPE,
                                        stderr=open(err_path, "w"), text=True, env=ctl.env())
-            # The CLI logs "promoting" right before the flow's first call (get_replica_context);
-            # its pre-command probe (get_replication_status) is the other message the frozen agent holds.
+            # The flow's first call is its epoch claim (epoch_promise, which the candidate, a replica,
+            # must answer); its pre-command probe (get_replication_status) is the other message the
+            # frozen agent holds.
             wait_for("the promote's first call is held by the frozen candidate",
                      lambda: promote.poll() is not None
-                     or ("promoting" in open(err_path).read() and queue_depth(f"guestagent.{ids[candidate]}", depth_via) >= 2),
+                     or queue_depth(f"guestagent.{ids[candidate]}", depth_via) >= 2,
                      60, interval=0.1)
             if promote.poll() is not None:
                 raise Failed(f"the promote ended (exit {promote.returncode}) before the node loss: {open(err_path).read()[-800:]}")
