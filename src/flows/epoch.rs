@@ -139,9 +139,11 @@ impl Taskmanager {
         let mut floor = 0;
         let mut last_error = String::new();
         for _ in 0..CLAIM_ROUNDS {
-            let (accepted, topology) = match highest(&known) {
+            // The newest accepted record wins; a release (no topology) hands back to the inventory.
+            let newest = known.iter().map(|(_, r)| r.accepted).max().unwrap_or(0);
+            let (accepted, topology) = match highest(&known).filter(|(e, _)| *e == newest) {
                 Some(h) => h,
-                None => (0, first.clone().or_else(|| self.inventory_topology()).ok_or_else(|| Error::Refused("the inventory names no guest".into()))?),
+                None => (newest, first.clone().or_else(|| self.inventory_topology()).ok_or_else(|| Error::Refused("the inventory names no guest".into()))?),
             };
             let epoch = known.iter().map(|(_, r)| r.promised).max().unwrap_or(0).max(floor) + 1;
             let (members, need) = quorum_of(&topology);

@@ -67,6 +67,9 @@ async fn a_replaced_coordinator_is_refused_by_number() {
     other.release().await.unwrap();
     tm.call(&g[2].id, "detach_replica", json!({"for_failover": false}), Duration::from_secs(5)).await.unwrap();
     assert_eq!(role(&g[2]).await, "master");
+    // And a released set can be managed again (its topology from the inventory).
+    let again = other.claim().await.unwrap();
+    assert_eq!(again.topology.master, g[0].id);
     // A claim needs a quorum of the replicas: with both replicas' agents gone, nobody acts.
     let mut g = g;
     g[1].kill_agent();
