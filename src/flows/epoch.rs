@@ -231,11 +231,6 @@ fn parse_promise(v: &Value) -> Option<(bool, Record)> {
     Some((v.get("promised")?.as_bool()?, serde_json::from_value(v.get("record")?.clone()).ok()?))
 }
 
-/// Whether an error is an agent's refusal of a stale epoch (a newer coordinator acts).
-pub fn is_stale(e: &Error) -> bool {
-    e.to_string().contains("stale epoch")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
