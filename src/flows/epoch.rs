@@ -193,11 +193,17 @@ impl Taskmanager {
     pub async fn commit(&mut self, claim: &Claim, topology: &Topology) -> Result<(), Error> {
         self.accept_all(claim, Some(topology)).await?;
         tracing::info!(epoch = claim.epoch, master = %topology.master, replicas = ?topology.replicas, "topology accepted");
-        for g in self.inventory.guests.iter().map(|g| g.id.clone()).collect::<Vec<_>>() {
-            let follows = if topology.followers().any(|r| *r == g) { Some(topology.master.as_str()) } else { None };
-            if self.inventory.guest(&g).map(|x| x.replica_of.as_deref()) != Some(follows) {
-                self.inventory.set_replica_of(&g, follows)?;
+        // The inventory mirrors it (for `show`), in one save.
+        let mut changed = false;
+        for g in self.inventory.guests.iter_mut() {
+            let follows = topology.followers().any(|r| *r == g.id).then(|| topology.master.clone());
+            if g.replica_of != follows {
+                g.replica_of = follows;
+                changed = true;
             }
+        }
+        if changed {
+            self.inventory.save()?;
         }
         Ok(())
     }
