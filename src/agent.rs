@@ -68,6 +68,7 @@ pub async fn run(settings: Settings, cancel: CancellationToken, hooks: Hooks) ->
     let background = cancel.child_token();
     manager.guard_source_starts(epochs.guards_start());
     manager.boot(background.clone()).await?;
+    strategy.start(background.clone());
     let (status_tx, status_rx) = watch::channel(ServiceStatus::New);
     let guest = Arc::new(Guest::new(manager.clone(), strategy.clone(), epochs, status_tx.clone()));
     let cipher = settings.guest.instance_rpc_encr_key.as_ref().map(Cipher::new);

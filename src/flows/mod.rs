@@ -100,6 +100,9 @@ pub struct Taskmanager {
     /// How long an agent has to answer a promise or an accept (`flows::epoch::EPOCH_TIMEOUT` in
     /// the watcher; a command run by hand waits as long as Trove's low timeout).
     pub epoch_timeout: Duration,
+    /// Told the new master's id and epoch the moment it takes writes, before the others are
+    /// re-pointed (the watcher announces it to clients at once).
+    pub on_writable: Option<tokio::sync::mpsc::UnboundedSender<(String, u64)>>,
 }
 
 impl Taskmanager {
@@ -108,7 +111,7 @@ impl Taskmanager {
         opts.durable = inventory.durable_queues;
         opts.quorum = inventory.quorum_queues;
         let client = RpcClient::connect(&opts).await?;
-        Ok(Taskmanager { client, inventory, recent: Vec::new(), epoch: None, epoch_timeout: LOW_TIMEOUT })
+        Ok(Taskmanager { client, inventory, recent: Vec::new(), epoch: None, epoch_timeout: LOW_TIMEOUT, on_writable: None })
     }
 
     /// Opens the RPC connection again (after a broker restart).
@@ -283,6 +286,13 @@ impl Taskmanager {
     /// Re-points `movers` at the master `context` describes, directly and in parallel, as Trove
     /// does each one: `detach_replica(for_failover=true)` then `attach_replica`; a mover in
     /// `masters` (its Redis is a master: an old master) only attaches. Errors are returned per guest.
+    /// Tells `on_writable` that `master` takes writes.
+    pub fn writable(&self, master: &str) {
+        if let Some(tx) = &self.on_writable {
+            let _ = tx.send((master.to_owned(), self.epoch.unwrap_or_default()));
+        }
+    }
+
     pub async fn repoint_calls(&self, movers: &[String], masters: &[String], context: &Value) -> Vec<Result<(), Error>> {
         futures_util::future::join_all(movers.iter().map(|r| {
             let is_master = masters.contains(r);
@@ -313,19 +323,25 @@ impl Taskmanager {
             // first (a promote that its coordinator left half done loses nothing).
             let followed = master_live.master_addr();
             let source = t.followers().filter_map(|r| live_of(r)).find(|l| l.role() == Some("master") && l.addr() == followed);
+            let mut latest = 0;
             if let Some(old) = source {
-                self.call(&old.id, "make_read_only", json!({"read_only": true}), HIGH_TIMEOUT).await?;
-                let latest = self.call(&old.id, "get_latest_txn_id", json!({}), HIGH_TIMEOUT).await?;
-                if latest.as_i64().unwrap_or(0) > 0 {
-                    self.call(m, "wait_for_txn", json!({"txn": latest}), HIGH_TIMEOUT).await?;
-                }
+                let fenced = self.call(&old.id, "make_read_only", json!({"read_only": true, "report_offset": true}), HIGH_TIMEOUT).await?;
+                latest = match fenced["offset"].as_u64() {
+                    Some(offset) => offset,
+                    None => self.call(&old.id, "get_latest_txn_id", json!({}), HIGH_TIMEOUT).await?.as_u64().unwrap_or(0),
+                };
             }
             tracing::info!(master = %m, "making the accepted master a writable master");
-            self.call(m, "detach_replica", json!({"for_failover": true}), HIGH_TIMEOUT).await?;
-            self.call(m, "enable_as_master", json!({"replica_source_config": self.inventory.replica_source_config}), HIGH_TIMEOUT).await?;
+            let args = json!({"replica_source_config": self.inventory.replica_source_config, "catch_up_to": latest, "detach": true});
+            self.call(m, "enable_as_master", args, HIGH_TIMEOUT).await?;
         }
-        self.call(m, "make_read_only", json!({"read_only": false}), HIGH_TIMEOUT).await?;
-        let context = self.call(m, "get_replica_context", json!({}), HIGH_TIMEOUT).await?;
+        let (unfenced, context) = tokio::join!(
+            self.call(m, "make_read_only", json!({"read_only": false}), HIGH_TIMEOUT),
+            self.call(m, "get_replica_context", json!({}), HIGH_TIMEOUT)
+        );
+        unfenced?;
+        self.writable(m);
+        let context = context?;
         let (host, port) = (context["master"]["host"].as_str().unwrap_or_default().to_owned(), context["master"]["port"].as_u64().unwrap_or(0));
         let mut movers = Vec::new();
         let mut masters = Vec::new();

@@ -57,24 +57,25 @@ impl Taskmanager {
         next.returning = current.returning.clone();
         // 1. Fence the old master (a pause: its clients wait), have the new topology accepted (from
         // then on the old master's agent keeps it fenced, deposed, until it follows the candidate,
-        // whatever happens to this command), then read its offset (final: it takes no writes).
+        // whatever happens to this command), with its offset (final: it takes no writes).
         let fence_at = Instant::now();
-        self.call(&old, "make_read_only", json!({"read_only": true}), HIGH_TIMEOUT).await?;
+        let fenced = self.call(&old, "make_read_only", json!({"read_only": true, "report_offset": true}), HIGH_TIMEOUT).await?;
         if let Err(error) = self.commit(&claim, &next).await {
             // Not accepted by a quorum: nothing changes hands. The pause goes, unless the old
             // master itself accepted (then the change may complete later, and it stays fenced).
             let _ = self.call(&old, "make_read_only", json!({"read_only": false}), HIGH_TIMEOUT).await;
             return Err(error);
         }
-        let latest = self.call(&old, "get_latest_txn_id", json!({}), HIGH_TIMEOUT).await?;
-        // 2. The candidate catches up to exactly that offset.
-        if latest.as_i64().unwrap_or(0) > 0 {
-            self.call(candidate, "wait_for_txn", json!({"txn": latest}), HIGH_TIMEOUT).await?;
-        }
-        // 3. Promote.
-        self.call(candidate, "detach_replica", json!({"for_failover": true}), HIGH_TIMEOUT).await?;
-        self.call(candidate, "enable_as_master", json!({"replica_source_config": self.inventory.replica_source_config}), HIGH_TIMEOUT).await?;
-        // 4. Unfence the candidate (a no-op unless it was fenced) while the other replicas and the
+        // 2. The candidate catches up to exactly the fenced offset, detaches and becomes master,
+        // in one call.
+        let latest = match fenced["offset"].as_u64() {
+            Some(offset) => offset,
+            None => self.call(&old, "get_latest_txn_id", json!({}), HIGH_TIMEOUT).await?.as_u64().unwrap_or(0),
+        };
+        let args = json!({"replica_source_config": self.inventory.replica_source_config, "catch_up_to": latest, "detach": true});
+        self.call(candidate, "enable_as_master", args, HIGH_TIMEOUT).await?;
+        self.writable(candidate);
+        // 3. Unfence the candidate (a no-op unless it was fenced) while the other replicas and the
         // old master are re-pointed directly, in parallel (partial resync). The writers of the old
         // master wait until its re-point, so nothing else (inventory fsyncs) runs before it.
         let mut movers = others.clone();
@@ -87,7 +88,7 @@ impl Taskmanager {
         let ((unfenced, writes_blocked_ms), results) = tokio::join!(unfence, self.repoint_calls(&movers, &old_only, &context));
         tracing::info!(%candidate, writes_blocked_ms, "new master accepts writes");
         unfenced?;
-        // 5. The old master drops its replica-source settings, once it follows the candidate. One
+        // 4. The old master drops its replica-source settings, once it follows the candidate. One
         // that could not be re-pointed stays fenced (deposed) for the watcher to re-attach.
         let old_followed = results.last().is_some_and(Result::is_ok);
         let mut outcome = results;

@@ -36,9 +36,13 @@ impl WatchOptions {
 }
 
 /// A replica's link to its master counts as down once the master has been silent this long,
-/// even while Redis still calls the link up (a cut network is noticed only at `repl-timeout`):
-/// the agent makes a replica source ping its replicas every second (`SOURCE_PING_PERIOD_S`), and
-/// `master_last_io_seconds_ago` is whole seconds, so 3 leaves room for a late ping.
+/// even while Redis still calls the link up (a cut network is noticed only at `repl-timeout`).
+/// The replica's agent PINGs its master every 100 ms and reports `master_heard_ms_ago`: silent
+/// for 400 ms is three PINGs unanswered.
+const SILENT_LINK_MS: u64 = 400;
+/// The same from Redis's own `master_last_io_seconds_ago`, for an agent that does not report
+/// `master_heard_ms_ago`: a replica source pings its replicas every second
+/// (`SOURCE_PING_PERIOD_S`), and the figure is whole seconds, so 3 leaves room for a late ping.
 const SILENT_LINK_SECS: i64 = 3;
 
 /// How long opening an AMQP connection may take.
@@ -76,17 +80,24 @@ pub fn current_master(inv: &Inventory) -> Option<String> {
     inv.guests.iter().find(|g| g.replica_of.is_none() && !inv.replicas_of(&g.id).is_empty()).map(|g| g.id.clone())
 }
 
-/// Seconds since a replica whose Redis still calls its link up last heard its master, when that
-/// is long enough to count the link as cut.
-fn silent_secs(l: &Live) -> Option<i64> {
+/// Milliseconds since a replica whose Redis still calls its link up last heard its master, when
+/// that is long enough to count the link as cut: by its agent's own probe when it reports one,
+/// else by Redis's whole seconds.
+fn silent_ms(l: &Live) -> Option<u64> {
     let s = l.status.as_ref()?;
+    if s.get("link_up") != Some(&json!(true)) {
+        return None;
+    }
+    if let Some(ms) = s.get("master_heard_ms_ago").and_then(Value::as_u64) {
+        return (ms >= SILENT_LINK_MS).then_some(ms);
+    }
     let quiet = s.get("master_last_io_seconds_ago").and_then(Value::as_i64)?;
-    (s.get("link_up") == Some(&json!(true)) && quiet >= SILENT_LINK_SECS).then_some(quiet)
+    (quiet >= SILENT_LINK_SECS).then_some(quiet as u64 * 1000)
 }
 
 fn link_up(l: &Live) -> bool {
     let Some(s) = &l.status else { return false };
-    s.get("role").and_then(Value::as_str) == Some("replica") && s.get("link_up") == Some(&json!(true)) && silent_secs(l).is_none()
+    s.get("role").and_then(Value::as_str) == Some("replica") && s.get("link_up") == Some(&json!(true)) && silent_ms(l).is_none()
 }
 
 fn node_of(l: &Live) -> Option<Node> {
@@ -267,9 +278,9 @@ impl Taskmanager {
             }
             if link_up(l) {
                 mem.last_linked.insert(l.id.clone(), now);
-            } else if let Some(quiet) = silent_secs(l) {
+            } else if let Some(quiet) = silent_ms(l) {
                 // A silent link went quiet when the master was last heard, not when we noticed.
-                let heard = now.checked_sub(Duration::from_secs(quiet as u64)).unwrap_or(started);
+                let heard = now.checked_sub(Duration::from_millis(quiet)).unwrap_or(started);
                 mem.last_linked.entry(l.id.clone()).and_modify(|t| *t = (*t).min(heard));
             }
         }
@@ -314,7 +325,7 @@ impl Taskmanager {
         }
         mem.odown = odown;
         let followers: Vec<String> = topology.followers().cloned().collect();
-        self.publish_view(shared, mem, &master, &followers).await;
+        publish_view(shared, mem, &master, &followers).await;
 
         let Some(lease) = lease else { return };
         if odown {
@@ -367,29 +378,63 @@ impl Taskmanager {
             return;
         }
         self.recent = lives;
-        let result = self.eject(master, false).await;
+        let result = self.announcing(shared, mem, master, |tm| Box::pin(tm.eject(master, false))).await;
+        self.on_writable = None;
         self.recent.clear();
         let epoch = self.epoch.take().unwrap_or(mem.epoch);
         match result {
             Ok(report) => {
                 tracing::info!(old = %master, new = %report.new_master, epoch, total_ms = report.total_ms, ?report.evidence, "eject done");
-                self.announce_switch(shared, mem, master, &report.new_master, epoch).await;
-                mem.master = Some(report.new_master);
+                self.announce_once(shared, mem, master, &report.new_master, epoch).await;
             }
             Err(error) => tracing::warn!(old = %master, %error, "eject did not complete (the next coordinator completes what was accepted)"),
         }
     }
 
+    /// Runs `op` (a command that may change the master), announcing the new master to clients the
+    /// moment it takes writes (`Taskmanager::on_writable`; the caller clears it), before the others
+    /// are re-pointed.
+    async fn announcing<'a, T>(
+        &'a mut self,
+        shared: &Shared,
+        mem: &mut Memory,
+        old: &str,
+        op: impl FnOnce(&'a mut Taskmanager) -> futures_util::future::BoxFuture<'a, Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        self.on_writable = Some(tx);
+        let members: Vec<String> = self.inventory.guests.iter().map(|g| g.id.clone()).collect();
+        let mut op = op(self);
+        let result = loop {
+            tokio::select! {
+                r = &mut op => break r,
+                Some((new, epoch)) = rx.recv() => {
+                    if new != old && mem.master.as_deref() != Some(new.as_str()) {
+                        tracing::info!(%old, %new, "the new master takes writes: announcing it before the others are re-pointed");
+                        announce(shared, mem, &members, old, &new, epoch).await;
+                        mem.master = Some(new);
+                    }
+                }
+            }
+        };
+        drop(op);
+        result
+    }
+
+    /// Announces `new` unless it was announced already (as soon as it took writes).
+    async fn announce_once(&self, shared: &Shared, mem: &mut Memory, old: &str, new: &str, epoch: u64) {
+        if mem.master.as_deref() == Some(new) {
+            mem.epoch = epoch;
+            return;
+        }
+        self.announce_switch(shared, mem, old, new, epoch).await;
+        mem.master = Some(new.to_owned());
+    }
+
     /// A new master: its epoch, the view, and `+switch-master` for subscribers.
     async fn announce_switch(&self, shared: &Shared, mem: &mut Memory, old: &str, new: &str, epoch: u64) {
-        mem.epoch = epoch;
-        let old_addr = mem.addr(old);
-        let new_addr = mem.addr(new);
-        mem.sdown = false;
-        mem.odown = false;
-        let replicas: Vec<String> = self.inventory.guests.iter().map(|g| g.id.clone()).filter(|g| g != new && mem.nodes.contains_key(g)).collect();
-        self.publish_view(shared, mem, new, &replicas).await;
-        shared.publish("+switch-master", format!("{} {old_addr} {new_addr}", shared.name));
+        let members: Vec<String> = self.inventory.guests.iter().map(|g| g.id.clone()).collect();
+        announce(shared, mem, &members, old, new, epoch).await;
     }
 
     /// `SENTINEL FAILOVER`: a planned switchover to the most current linked replica, through the
@@ -410,7 +455,8 @@ impl Taskmanager {
             return Err("ERR this watcher lost the lease".into());
         }
         tracing::warn!(%master, candidate = %best, "decision: SENTINEL FAILOVER asked for a planned switchover; promoting the most current linked replica");
-        let result = self.promote(&best).await;
+        let result = self.announcing(shared, mem, &master, |tm| Box::pin(tm.promote(&best))).await;
+        self.on_writable = None;
         let epoch = self.epoch.take().unwrap_or(mem.epoch);
         match result {
             Ok(report) => tracing::info!(old = %master, new = %best, epoch, total_ms = report.total_ms, "promote done"),
@@ -419,19 +465,32 @@ impl Taskmanager {
                 return Err(format!("ERR the promote failed: {error}"));
             }
         }
-        self.announce_switch(shared, mem, &master, &best, epoch).await;
-        mem.master = Some(best);
+        self.announce_once(shared, mem, &master, &best, epoch).await;
         Ok(())
     }
 
-    async fn publish_view(&self, shared: &Shared, mem: &Memory, master: &str, replicas: &[String]) {
-        let mut m = mem.nodes.get(master).cloned();
-        if let Some(m) = m.as_mut() {
-            m.down = mem.sdown;
-        }
-        let replicas = replicas.iter().filter_map(|r| mem.nodes.get(r).cloned()).collect();
-        *shared.view.write().await = View { master: m, replicas, sdown: mem.sdown, odown: mem.odown, epoch: mem.epoch };
+}
+
+/// The view clients discover through: `master` and its `replicas` as last reported.
+async fn publish_view(shared: &Shared, mem: &Memory, master: &str, replicas: &[String]) {
+    let mut m = mem.nodes.get(master).cloned();
+    if let Some(m) = m.as_mut() {
+        m.down = mem.sdown;
     }
+    let replicas = replicas.iter().filter_map(|r| mem.nodes.get(r).cloned()).collect();
+    *shared.view.write().await = View { master: m, replicas, sdown: mem.sdown, odown: mem.odown, epoch: mem.epoch };
+}
+
+/// A new master of `members`: its epoch, the view, and `+switch-master` for subscribers.
+async fn announce(shared: &Shared, mem: &mut Memory, members: &[String], old: &str, new: &str, epoch: u64) {
+    mem.epoch = epoch;
+    let old_addr = mem.addr(old);
+    let new_addr = mem.addr(new);
+    mem.sdown = false;
+    mem.odown = false;
+    let replicas: Vec<String> = members.iter().filter(|g| *g != new && mem.nodes.contains_key(*g)).cloned().collect();
+    publish_view(shared, mem, new, &replicas).await;
+    shared.publish("+switch-master", format!("{} {old_addr} {new_addr}", shared.name));
 }
 
 #[cfg(test)]
@@ -448,8 +507,21 @@ mod tests {
         assert!(link_up(&replica(true, 0)));
         assert!(link_up(&replica(true, 2)), "one late ping is not a cut");
         assert!(!link_up(&replica(true, 3)));
-        assert_eq!(silent_secs(&replica(true, 7)), Some(7));
+        assert_eq!(silent_ms(&replica(true, 7)), Some(7000));
         assert!(!link_up(&replica(false, 0)));
-        assert_eq!(silent_secs(&replica(false, 7)), None, "a link Redis calls down is down anyway");
+        assert_eq!(silent_ms(&replica(false, 7)), None, "a link Redis calls down is down anyway");
+    }
+
+    #[test]
+    fn the_agents_own_probe_counts_a_link_as_cut_after_400_ms() {
+        let heard = |last_io: i64, ms: u64| {
+            let mut l = replica(true, last_io);
+            l.status.as_mut().unwrap()["master_heard_ms_ago"] = json!(ms);
+            l
+        };
+        assert!(link_up(&heard(0, 150)));
+        assert!(!link_up(&heard(0, 400)), "the probe sees silence before Redis's whole seconds do");
+        assert_eq!(silent_ms(&heard(0, 650)), Some(650));
+        assert!(link_up(&heard(3, 50)), "a master that answers the probe is heard");
     }
 }

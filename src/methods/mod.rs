@@ -244,12 +244,29 @@ impl Guest {
             }
             "make_read_only" => {
                 let read_only = a.req_bool("read_only")?;
+                let report_offset = a.opt_bool("report_offset", false)?;
                 self.admit(a, read_only)?;
-                ok(strategy.make_read_only(read_only).await)
+                strategy.make_read_only(read_only).await.map_err(|e| to_failure(a, e))?;
+                // Our extension: the fenced master's final offset in the same round trip.
+                if report_offset {
+                    return strategy.latest_txn_id().await.map(|t| json!({"offset": t})).map_err(|e| to_failure(a, e));
+                }
+                Ok(Value::Null)
             }
             "enable_as_master" => {
+                let catch_up_to = a.opt_u64("catch_up_to")?;
+                let detach = a.opt_bool("detach", false)?;
+                let config = a.opt_str("replica_source_config")?;
                 self.admit(a, false)?;
-                ok(strategy.enable_as_master(a.opt_str("replica_source_config")?.as_deref()).await)
+                // Our extension: catch up to the fenced master's offset and detach first, in this
+                // one call (a promote's write pause is its round trips).
+                if let Some(txn) = catch_up_to.filter(|t| *t > 0) {
+                    strategy.wait_for_txn(i64::try_from(txn).unwrap_or(i64::MAX)).await.map_err(|e| to_failure(a, e))?;
+                }
+                if detach {
+                    strategy.detach(true).await.map_err(|e| to_failure(a, e))?;
+                }
+                ok(strategy.enable_as_master(config.as_deref()).await)
             }
             "demote_replication_master" => {
                 self.admit(a, false)?;

@@ -119,6 +119,8 @@ pub trait ReplicationStrategy: Send + Sync {
     async fn maintain(&self) -> Result<()> {
         Ok(())
     }
+    /// Starts the strategy's background tasks (e.g. a replica's probe of its master), until `cancel`.
+    fn start(&self, _cancel: tokio_util::sync::CancellationToken) {}
 }
 
 /// Trove's namespaces for the Redis replication strategy (Trove's `[redis] replication_namespace`).

@@ -199,6 +199,12 @@ impl Admin {
         self.run::<()>("CLIENT PAUSE", &cmd).await
     }
 
+    /// `CLIENT KILL TYPE normal SKIPME yes`: closes every client connection but this one (as
+    /// Sentinel does with its `SLAVEOF`), so the clients of a demoted master rediscover at once.
+    pub async fn kill_clients(&mut self) -> Result<u64> {
+        self.run("CLIENT KILL", redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal").arg("SKIPME").arg("yes")).await
+    }
+
     pub async fn unpause(&mut self) -> Result<()> {
         self.run::<()>("CLIENT UNPAUSE", redis::cmd("CLIENT").arg("UNPAUSE")).await
     }

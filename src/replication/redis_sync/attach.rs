@@ -110,6 +110,12 @@ impl RedisSync {
             }
             self.manager.set_replica(Some(desired)).await?;
             admin.replicaof(&master.host, master.port).await?;
+            if repl.role == Role::Master {
+                // A demoted master: its clients (paused by the fence) reconnect and rediscover
+                // the new master now, rather than meet READONLY when the pause lifts.
+                let killed = admin.kill_clients().await?;
+                tracing::info!(killed, "closed the demoted master's client connections");
+            }
             tracing::info!(
                 master = %format!("{}:{}", master.host, master.port),
                 from_role = ?repl.role,
@@ -168,7 +174,7 @@ impl RedisSync {
 }
 
 /// Connects to a (remote) master with its password.
-async fn connect_master(master: &MasterRef, settings: &ReplicationSettings, tls: Option<TlsClient>) -> Result<Admin> {
+pub(super) async fn connect_master(master: &MasterRef, settings: &ReplicationSettings, tls: Option<TlsClient>) -> Result<Admin> {
     let target = Target {
         host: master.host.clone(),
         port: master.port,

@@ -1,11 +1,13 @@
 //! `RedisSync`: Trove's RedisSyncReplication without restarts, with held-back failover detach and a real write fence.
 //!
-//! One file per concern: `source` (the replica source), `attach`, `detach`, `fence` and `status`;
+//! One file per concern: `source` (the replica source), `attach`, `detach`, `fence`, `status` and
+//! `liveness` (a replica's own probe of its master);
 //! this file holds the strategy's state and maps `ReplicationStrategy` onto them.
 
 mod attach;
 mod detach;
 mod fence;
+mod liveness;
 mod source;
 mod status;
 
@@ -36,6 +38,8 @@ pub struct RedisSync {
     pending_detach: std::sync::Mutex<Option<CancellationToken>>,
     /// The epoch record: a master it deposes keeps its write fence (`fence::hold_if_deposed`).
     epochs: Arc<Epochs>,
+    /// When the master this node follows last answered its agent's PING.
+    heard: Arc<liveness::Heard>,
 }
 
 impl RedisSync {
@@ -48,6 +52,7 @@ impl RedisSync {
             fence: Arc::default(),
             pending_detach: std::sync::Mutex::new(None),
             epochs,
+            heard: Arc::default(),
         }
     }
 
@@ -171,6 +176,11 @@ impl ReplicationStrategy for RedisSync {
 
     async fn maintain(&self) -> Result<()> {
         self.maintain_fence().await
+    }
+
+    fn start(&self, cancel: CancellationToken) {
+        let probe = liveness::probe_master(self.manager.clone(), self.settings.clone(), self.tls_client(), self.heard.clone(), cancel);
+        tokio::spawn(probe);
     }
 
     async fn status(&self) -> Result<Value> {

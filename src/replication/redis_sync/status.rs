@@ -44,6 +44,11 @@ impl RedisSync {
         let info = admin.info("all").await?;
         let repl = info.replication().ok_or_else(|| Error::Refused("INFO has no replication section".into()))?;
         let fenced = self.fence.lock().await.is_some();
+        // Our own measure of the master's liveness, at sub-second resolution (`liveness`).
+        let heard_ms = match (&repl.master_host, repl.master_port) {
+            (Some(host), Some(port)) if repl.role == Role::Replica => self.heard.ms_ago(host, port),
+            _ => None,
+        };
         let pending = self.pending_detach.lock().unwrap_or_else(|p| p.into_inner()).is_some();
         Ok(json!({
             "role": repl.role,
@@ -55,6 +60,7 @@ impl RedisSync {
             "master_port": repl.master_port,
             "link_up": repl.master_link_up,
             "master_last_io_seconds_ago": repl.master_last_io_seconds_ago,
+            "master_heard_ms_ago": heard_ms,
             "sync_in_progress": repl.master_sync_in_progress,
             "read_only": repl.slave_read_only.unwrap_or(false) && repl.role == Role::Replica || fenced,
             "fenced": fenced,
