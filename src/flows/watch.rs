@@ -45,6 +45,11 @@ const SILENT_LINK_MS: u64 = 400;
 /// (`SOURCE_PING_PERIOD_S`), and the figure is whole seconds, so 3 leaves room for a late ping.
 const SILENT_LINK_SECS: i64 = 3;
 
+/// How long after its replicas last heard it a cut-off master with a write fence may still
+/// acknowledge writes, beyond its `min-replicas-max-lag`: Redis counts a replica's lag in whole
+/// seconds from its last once-a-second ACK and recounts good replicas once a second.
+const FENCE_MARGIN: Duration = Duration::from_millis(2500);
+
 /// How long opening an AMQP connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -66,6 +71,9 @@ struct Memory {
     /// Since when the guests have not matched the accepted topology (a re-attach or a failover
     /// to complete); acted on after `down_after`, so a command in flight can finish first.
     mismatch_since: Option<Instant>,
+    /// The master's write fence as it last reported it (`min-replicas-max-lag`), if any.
+    fence_lag: Option<Duration>,
+    fence_wait_logged: bool,
 }
 
 impl Memory {
@@ -160,6 +168,8 @@ impl Taskmanager {
             epoch: 0,
             master: None,
             mismatch_since: None,
+            fence_lag: None,
+            fence_wait_logged: false,
         };
         let mut requests = shared.failover_requests.lock().await.take();
         tracing::info!(name = %self.inventory.name, down_after_ms = opts.down_after.as_millis() as u64, "watching");
@@ -298,6 +308,9 @@ impl Taskmanager {
         // writes until a coordinator compares it with its replicas: it counts as down.
         let master_guarded = master_live.is_some_and(guarded);
         let master_ok = master_live.is_some_and(|l| l.status.is_some()) && !master_guarded;
+        if let Some(s) = master_live.and_then(|l| l.status.as_ref()).filter(|_| master_ok) {
+            mem.fence_lag = s.get("write_fence").and_then(|f| f.get("max_lag_s")).and_then(Value::as_u64).map(Duration::from_secs);
+        }
         let silent_for = now - mem.last_good.get(&master).copied().unwrap_or(started);
         // Strong evidence halves the wait: the master's agent is gone (no answer at all), or says
         // its Redis crashed and is held back, and a majority of replicas saw their link reset
@@ -314,6 +327,14 @@ impl Taskmanager {
             .filter(|r| now - mem.last_linked.get(*r).copied().unwrap_or(started) >= wait)
             .collect();
         let odown = sdown && unlinked.len() >= majority;
+        // Links that are only silent (Redis has not seen them reset) may be a partition: a cut-off
+        // master with a write fence still acknowledges writes until its replicas' lag passes its
+        // `min-replicas-max-lag`. Fail over only once that fence must be up, so that no write is
+        // acknowledged on both sides. A reset link (the master's process is gone) needs no wait.
+        let silent_only = replicas.iter().filter(|r| reset(r)).count() < majority;
+        let heard = unlinked.iter().filter_map(|r| mem.last_linked.get(*r)).max().copied().unwrap_or(started);
+        let fence_wait = mem.fence_lag.filter(|_| silent_only).map(|lag| lag + FENCE_MARGIN);
+        let fenced_by_now = fence_wait.is_none_or(|w| now - heard >= w);
 
         let addr = mem.addr(&master);
         if sdown != mem.sdown {
@@ -328,6 +349,14 @@ impl Taskmanager {
         publish_view(shared, mem, &master, &followers).await;
 
         let Some(lease) = lease else { return };
+        if odown && !fenced_by_now {
+            if !mem.fence_wait_logged {
+                tracing::warn!(%master, wait_ms = fence_wait.unwrap_or_default().as_millis() as u64, "master is down by silent links only (a partition?): waiting until its write fence must have stopped its writes");
+                mem.fence_wait_logged = true;
+            }
+            return;
+        }
+        mem.fence_wait_logged = false;
         if odown {
             let evidence: Vec<String> = replicas
                 .iter()

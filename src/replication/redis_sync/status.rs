@@ -49,6 +49,14 @@ impl RedisSync {
             (Some(host), Some(port)) if repl.role == Role::Replica => self.heard.ms_ago(host, port),
             _ => None,
         };
+        // The split-brain fence this master's agent set: a watcher that sees the master only
+        // through silent links waits until the fence must have stopped a cut-off master's writes.
+        let write_fence = match self.manager.snapshot_state().await.master {
+            Some(m) if repl.role == Role::Master && m.min_replicas_to_write > 0 => {
+                json!({"min_replicas": m.min_replicas_to_write, "max_lag_s": m.min_replicas_max_lag})
+            }
+            _ => Value::Null,
+        };
         let pending = self.pending_detach.lock().unwrap_or_else(|p| p.into_inner()).is_some();
         Ok(json!({
             "role": repl.role,
@@ -64,6 +72,7 @@ impl RedisSync {
             "sync_in_progress": repl.master_sync_in_progress,
             "read_only": repl.slave_read_only.unwrap_or(false) && repl.role == Role::Replica || fenced,
             "fenced": fenced,
+            "write_fence": write_fence,
             "pending_failover_detach": pending,
             // Started guarded (a replica of nobody) until a coordinator decides.
             "guarded": repl.role == Role::Replica
