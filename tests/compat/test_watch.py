@@ -25,7 +25,8 @@ DOWN_AFTER_MS = 1000
 # the kill until the first write after it was acknowledged (the old master's unreplicated tail)
 # may be missing on the new master.
 TAIL_S = 0.5
-# Writes the new master must acknowledge before the writer stops (the check covers them).
+# Writes acknowledged before the window, and by the new master, that the check must cover.
+MIN_BEFORE = 200
 MIN_AFTER = 200
 CONF = "bind 127.0.0.1\nport 6379\nrequirepass %s\nsave 3600 1\nappendonly no\n" % PW
 
@@ -111,7 +112,7 @@ def check_kill_losses(writer, r_new, t_kill, failover, what):
     """Every write the writer acknowledged is on the new master r_new, except at most those
     acknowledged from TAIL_S before the kill (t_kill) until the failover (the first write sent
     after the kill acknowledged): none acknowledged earlier, none acknowledged after the failover
-    (at least MIN_AFTER of those). Prints and returns (lost, in the window, acked)."""
+    (at least MIN_BEFORE and MIN_AFTER of those). Prints and returns (lost, in the window, acked)."""
     acked = writer.acked
     missing = set(missing_on(r_new, [i for i, _, _ in acked]))
     before = [i for i, _, t in acked if t < t_kill - TAIL_S]
@@ -122,6 +123,7 @@ def check_kill_losses(writer, r_new, t_kill, failover, what):
           "window (%.0f ms before the kill to the failover %.0f ms after it: the bound), %d of %d after "
           "the failover" % (what, sum(lost), len(acked), lost[0], len(before), lost[1], len(window),
                             TAIL_S * 1000, (failover - t_kill) * 1000, lost[2], len(after)))
+    assert len(before) >= MIN_BEFORE, "only %d writes acknowledged before the window" % len(before)
     assert len(after) >= MIN_AFTER, "only %d writes acknowledged after the failover" % len(after)
     assert lost[0] == 0, "%d writes acknowledged more than %.1f s before the kill are lost" % (lost[0], TAIL_S)
     assert lost[2] == 0, "%d writes acknowledged after the failover are lost" % lost[2]
@@ -301,7 +303,8 @@ def test_watch_ejects_a_crashed_master_redis_and_reattaches_it(topology, tmp_pat
                lambda: sentinel.discover_master(NAME) == ("127.0.0.1", ports[0]), secs=20)
     writer = Writer(sentinel.master_for(NAME, password=PW, socket_timeout=0.5))
     writer.start()
-    wait_until("the writer's first acks", lambda: len(writer.acked) > 200)
+    wait_until("%d writes acknowledged %.1f s ago" % (MIN_BEFORE, TAIL_S),
+               lambda: writer.acked_since(0) - writer.acked_since(time.monotonic() - TAIL_S) >= MIN_BEFORE)
 
     pid = int(redis.Redis(port=ports[0], password=PW).info("server")["process_id"])
     os.kill(pid, signal.SIGKILL)

@@ -28,6 +28,8 @@ const AFTER: usize = 100;
 const TAIL: Duration = Duration::from_millis(500);
 /// The old master acknowledges nothing later than this after the kill was sent (it is dead).
 const DEAD_AFTER: Duration = Duration::from_secs(1);
+/// Writes the old master must acknowledge before `TAIL` (the check covers them).
+const MIN_EARLY: usize = 100;
 
 /// One `trove-guestctl watch` process; killed on drop, its log printed if the test failed.
 struct Watcher {
@@ -234,7 +236,8 @@ async fn redis_rs_sentinel_client_follows_the_watchers_through_a_host_death() {
     let started = Arc::new(AtomicBool::new(false));
     let writer = tokio::spawn(write_through_sentinel(sentinel_client(&name, &listen, SentinelServerType::Master, Some(DISCOVERY_PW)), old, started.clone()));
     eventually(10, "the writer's first acknowledged write", || async { started.load(Ordering::SeqCst) }).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Long enough that the old master acknowledges writes before the loss window too.
+    tokio::time::sleep(TAIL + Duration::from_secs(1)).await;
     let pid = guests[0].redis_pid().expect("the master's redis-server pid");
     // The agent first (so nothing restarts Redis), then Redis: the whole host is gone.
     guests[0].kill_agent();
@@ -294,6 +297,7 @@ async fn redis_rs_sentinel_client_follows_the_watchers_through_a_host_death() {
     );
     assert_eq!(lost_waited, 0, "writes WAITed for before the kill are missing on the new master");
     assert_eq!(lost_new, 0, "writes the new master acknowledged are missing");
+    assert!(on_old.len() - tail >= MIN_EARLY, "only {} writes acknowledged by the old master before the last {TAIL:?}", on_old.len() - tail);
     assert_eq!(lost_early, 0, "writes the old master acknowledged more than {TAIL:?} before the kill are missing on the new master");
     assert!(last_old.is_some_and(|d| d < DEAD_AFTER), "the old master acknowledged a write {last_old:?} after the kill (or none at all)");
 
