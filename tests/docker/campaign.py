@@ -261,6 +261,10 @@ class Campaign:
                 name = self.rng.choices(names, weights)[0]
                 g = self.rng.choice(GUESTS)
                 role = "master" if g == self.master else "replica"
+                # The fault comes once the master has been acknowledging for PRE_S (or 10 s later, and fails).
+                m = self.master
+                wait_for(lambda: self.acked_by(m, time.monotonic() - PRE_S, time.monotonic()) >= PRE_MIN, PRE_S + 10,
+                         interval=0.05)
                 n0 = len(self.writer.acked)
                 t = time.monotonic()
                 before = self.acked_by(self.master, t - PRE_S, t)
