@@ -9,7 +9,13 @@ redis-server, of an agent, of a whole container (then started again); a node cut
 and reconnected; a broker restart; SIGSTOP of the master's redis-server for longer than
 repl-timeout. Flows: eject when the master is dead (a killed or cut-off master), create
 (re-attaching the old master, or a detached replica), promote and detach. One writer writes to
-the master the inventory names (as a client told where the master is) throughout.
+the master the inventory names (as a client told where the master is) throughout; a cut-off
+master also has a writer inside its container (it still reaches its own Redis in the cut), so the
+split-brain fence is exercised: what it acknowledges in the cut is bounded, and Redis must refuse
+its writes with NOREPLICAS.
+
+Every fault falls between acknowledged writes: the master takes writes in the PRE_S before it,
+and the master after it (the new one, after a failover) within POST_S of its recovery.
 
 After every step: every live node converges on the inventory's one master (replicas linked and
 caught up), the master takes a write (no node stays fenced), the inventory agrees with the live
@@ -28,18 +34,20 @@ from collections import Counter
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from faultlib.base import GUESTS, REDIS_CONF, say  # noqa: E402
-from faultlib.checks import (Failed, Result, Window, caught_up, check_losses, check_writer, replica_state,  # noqa: E402
-                             tail_window, wait_for)
+from faultlib.checks import (Failed, Result, caught_up, check_fence, check_losses, check_writer, cut_windows,  # noqa: E402
+                             replica_state, tail_window, wait_fenced, wait_for)
 from faultlib.env import Env, kill_agent, set_net  # noqa: E402
 from faultlib.resp import ReplyError, rcall, rinfo  # noqa: E402
-from faultlib.writer import Writer, missing_on  # noqa: E402
+from faultlib.writer import ContainerWriter, Writer, missing_on  # noqa: E402
 
 REPL_TIMEOUT = 5
 # repl-timeout lowered so that a SIGSTOP longer than it fits in a step.
 CAMPAIGN_CONF = REDIS_CONF + f"repl-timeout {REPL_TIMEOUT}\n"
-FENCE_SLACK_S = 3.0
 SETTLE_S = 60
-MIN_WRITES_PER_STEP = 50
+# Writes around each fault: at least PRE_MIN acknowledged by the master in the PRE_S before it, and
+# POST_MIN by the master after it within POST_S of the fault's recovery (its flows done).
+PRE_S, PRE_MIN = 2.0, 20
+POST_S, POST_MIN = 10.0, 50
 
 
 class Campaign:
@@ -51,6 +59,7 @@ class Campaign:
         self.faults = Counter()
         self.flows = Counter()
         self.writer = Writer(lambda: [self.env.ip(self.master)], "camp")
+        self.inside = []  # the writers that ran inside a cut-off master
 
     # --- helpers
     def ip(self, g):
@@ -125,23 +134,33 @@ class Campaign:
             self.create(g)
 
     def f_cut(self, g):
-        """g is cut off the network and reconnected; a cut-off master is ejected, fenced, then re-attached."""
+        """g is cut off the network and reconnected; a cut-off master, written to from inside its
+        container all along, is ejected, fenced (NOREPLICAS), then re-attached."""
+        inside = None
+        if g == self.master:
+            inside = ContainerWriter(self.env, g, f"campin{len(self.inside) + 1}")
+            self.inside.append(inside)
+            inside.start()
+            self.res.require(wait_for(lambda: len(inside.acked) >= 5, 15),
+                             f"the writer inside {g} made no writes before the cut: {inside.summary()}")
         t_before = time.monotonic()
         set_net(self.env, g, False)
         t_cut = time.monotonic()
-        if g == self.master:
-            self.windows.append(tail_window(self.ip(g), t_before, t_cut, "network cut of the master"))
-            self.windows.append(Window(self.ip(g), t_cut, t_cut + self.env.max_lag + FENCE_SLACK_S,
-                                       f"cut-off master, fenced after min-replicas-max-lag={self.env.max_lag}s"))
+        if inside:
             self.eject(g)
-            wait_for(lambda: time.monotonic() - t_cut >= self.env.max_lag + FENCE_SLACK_S, 30, interval=0.2)
+            wait_fenced(self.env, inside, t_cut)
         else:
             time.sleep(self.rng.uniform(2.0, 6.0))
         set_net(self.env, g, True)
-        say(f"  reconnected {g} {time.monotonic() - t_cut:.1f}s after the cut")
+        t_back = time.monotonic()
+        say(f"  reconnected {g} {t_back - t_cut:.1f}s after the cut")
+        if inside:
+            check_fence(self.env, self.res, inside, g, t_cut, t_back)
         self.wait_agent(g)
         if g not in self.replicas:
             self.create(g)
+        if inside:
+            self.windows += cut_windows(self.env, self.ip(g), t_before, t_cut, time.monotonic())
 
     def f_broker_restart(self, g=None):
         """docker restart of RabbitMQ; every agent answers again."""
@@ -211,7 +230,7 @@ class Campaign:
         inv = env.inventory_replica_of()
         want = {env.gid(m): None, **{env.gid(r): env.gid(m) for r in self.replicas}}
         res.require(inv == want, f"step {step}: the inventory {inv} does not match the live topology {want}")
-        records = self.writer.records()
+        records = self.records()
         missing = missing_on(self.ip(m), [(k, v) for k, v, _, _ in records])
         res.require(missing is not None, f"step {step}: cannot read the master {m}")
         gone = {k for k, _ in missing}
@@ -221,6 +240,13 @@ class Campaign:
             f"writes so far {len(records)}, missing on the master {len(lost)}, outside the stated windows {len(outside)}")
         res.require(not outside, f"step {step}: {len(outside)} acknowledged writes lost outside the stated windows "
                     f"(first: {[(k, h) for k, _, h, _ in outside[:5]]})")
+
+    def records(self):
+        """Every acknowledged write, of the writer and of the writers inside cut-off masters."""
+        return self.writer.records() + [r for w in self.inside for r in w.records()]
+
+    def acked_by(self, g, start, end):
+        return len(self.writer.acked_by(self.ip(g), start, end))
 
     def run(self, steps):
         self.ctl_ok("create-replicas guest1 <- guest2,guest3", "create-replicas", "--replica-of", self.env.gid("guest1"),
@@ -235,30 +261,44 @@ class Campaign:
                 name = self.rng.choices(names, weights)[0]
                 g = self.rng.choice(GUESTS)
                 role = "master" if g == self.master else "replica"
+                # The fault comes once the master has been acknowledging for PRE_S (or 10 s later, and fails).
+                m = self.master
+                wait_for(lambda: self.acked_by(m, time.monotonic() - PRE_S, time.monotonic()) >= PRE_MIN, PRE_S + 10,
+                         interval=0.05)
                 n0 = len(self.writer.acked)
                 t = time.monotonic()
+                before = self.acked_by(self.master, t - PRE_S, t)
+                say(f"step {step}/{steps}: {before} writes acknowledged by the master {self.master} in the {PRE_S:.0f} s before the fault")
+                self.res.check(before >= PRE_MIN, f"step {step}: the master {self.master} acknowledged only {before} writes "
+                               f"in the {PRE_S:.0f} s before the fault (at least {PRE_MIN})")
                 say(f"step {step}/{steps}: {name}" + ("" if name in ("broker_restart", "sigstop_master") else f" {g} ({role})")
                     + f" [{self.FAULTS[name][0].__doc__}]")
                 self.faults[name + ("" if name in ("broker_restart", "sigstop_master") else f":{role}")] += 1
                 self.FAULTS[name][0](self, g)
+                t_rec = time.monotonic()
+                m = self.master
+                wait_for(lambda: self.acked_by(m, t_rec, t_rec + POST_S) >= POST_MIN, POST_S, interval=0.05)
+                after = self.acked_by(m, t_rec, t_rec + POST_S)
+                first = next((t1 for _, h, t1 in self.writer.acked if h == self.ip(m) and t1 > t), None)
+                say(f"step {step}/{steps}: the master {m} acknowledged {after} writes within {POST_S:.0f} s of the fault's "
+                    f"recovery ({t_rec - t:.1f} s after the fault); its first after the fault {(first - t) if first else -1:.2f} s "
+                    "after it")
+                self.res.check(after >= POST_MIN, f"step {step}: the master {m} acknowledged only {after} writes within "
+                               f"{POST_S:.0f} s of the fault's recovery (at least {POST_MIN})")
                 self.settle(f"{step}a")
                 if self.rng.random() < 0.4:
                     flow = self.rng.choice([self.flow_promote, self.flow_detach])
                     say(f"step {step}/{steps}: flow {flow.__name__[5:]}")
                     flow()
                     self.settle(f"{step}b")
-                # A fault can block writes for all of a short step (a SIGSTOP'd master): give the
-                # writer up to 10 s after the step to show it writes again.
-                wait_for(lambda: len(self.writer.acked) - n0 >= MIN_WRITES_PER_STEP, 10, interval=0.05)
                 made = len(self.writer.acked) - n0
                 say(f"step {step}/{steps} done in {time.monotonic() - t:.1f}s; {made} writes acknowledged during it")
-                self.res.check(made >= MIN_WRITES_PER_STEP, f"step {step}: the writer made too few writes ({made})")
         finally:
             self.writer.stop()
         say(self.writer.summary())
         self.res.pause_ms = int(self.writer.longest * 1000)
-        check_writer(self.res, self.writer, MIN_WRITES_PER_STEP * (steps + 1))
-        check_losses(self.env, self.res, self.writer.records(), self.master, self.replicas, self.windows)
+        check_writer(self.res, self.writer, POST_MIN * (steps + 1))
+        check_losses(self.env, self.res, self.records(), self.master, self.replicas, self.windows)
 
 
 def main():
@@ -286,13 +326,15 @@ def main():
         res.failures.append(f"{type(e).__name__}: {e}")
         say(f"FAIL: {type(e).__name__}: {e}")
     if camp is not None:
-        if camp.writer.is_alive():
-            try:
-                camp.writer.stop()
-            except RuntimeError as e:
-                res.failures.append(str(e))
+        for w in [camp.writer] + camp.inside:
+            if w.is_alive():
+                try:
+                    w.stop()
+                except RuntimeError as e:
+                    res.failures.append(str(e))
         say(f"campaign seed={seed}: steps={a.steps} faults={dict(camp.faults)} flows={dict(camp.flows)} "
-            f"writes={len(camp.writer.acked)} lost={res.lost} bound={res.bound} windows={len(camp.windows)}")
+            f"writes={len(camp.writer.acked)} inside_cut_masters={sum(len(w.acked) for w in camp.inside)} "
+            f"refused_noreplicas={sum(len(w.refused) for w in camp.inside)} lost={res.lost} bound={res.bound} windows={len(camp.windows)}")
     env.stop_background()
     if res.failures:
         try:

@@ -23,6 +23,13 @@ const DOWN_AFTER_MS: u64 = 1000;
 const BEFORE: u64 = 500;
 /// Writes the new master must acknowledge before the writer stops.
 const AFTER: usize = 100;
+/// The loss bound: of the old master's writes, only those it acknowledged from `TAIL` before the
+/// kill on (its unreplicated tail) may be missing on the new master.
+const TAIL: Duration = Duration::from_millis(500);
+/// The old master acknowledges nothing later than this after the kill was sent (it is dead).
+const DEAD_AFTER: Duration = Duration::from_secs(1);
+/// Writes the old master must acknowledge before `TAIL` (the check covers them).
+const MIN_EARLY: usize = 100;
 
 /// One `trove-guestctl watch` process; killed on drop, its log printed if the test failed.
 struct Watcher {
@@ -229,7 +236,8 @@ async fn redis_rs_sentinel_client_follows_the_watchers_through_a_host_death() {
     let started = Arc::new(AtomicBool::new(false));
     let writer = tokio::spawn(write_through_sentinel(sentinel_client(&name, &listen, SentinelServerType::Master, Some(DISCOVERY_PW)), old, started.clone()));
     eventually(10, "the writer's first acknowledged write", || async { started.load(Ordering::SeqCst) }).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Long enough that the old master acknowledges writes before the loss window too.
+    tokio::time::sleep(TAIL + Duration::from_secs(1)).await;
     let pid = guests[0].redis_pid().expect("the master's redis-server pid");
     // The agent first (so nothing restarts Redis), then Redis: the whole host is gone.
     guests[0].kill_agent();
@@ -264,16 +272,24 @@ async fn redis_rs_sentinel_client_follows_the_watchers_through_a_host_death() {
             lost_new += 1;
         }
     }
-    // Writes the old master acknowledged without a WAIT: asynchronous replication may lose its tail.
-    let mut lost_old = 0;
+    // Writes the old master acknowledged without a WAIT: asynchronous replication may lose its
+    // tail, the writes it acknowledged from TAIL before the kill on; nothing earlier.
+    let (mut lost_early, mut lost_tail, mut tail) = (0, 0, 0);
     for a in &on_old {
-        if master.get::<_, Option<u64>>(format!("w:{}", a.0)).await.unwrap() != Some(a.0) {
-            lost_old += 1;
+        let lost = master.get::<_, Option<u64>>(format!("w:{}", a.0)).await.unwrap() != Some(a.0);
+        if a.2 + TAIL >= killed {
+            tail += 1;
+            lost_tail += usize::from(lost);
+        } else {
+            lost_early += usize::from(lost);
         }
     }
+    let last_old = on_old.last().map(|a| a.2.saturating_duration_since(killed));
     eprintln!(
-        "redis-rs Sentinel: writable on {new} {writable_after:?} after the kill; {} writes acknowledged by the old master ({lost_old} lost, {old_after_kill} of them read after kill -9 was sent), {} by the new one ({lost_new} lost); {lost_waited} of {BEFORE} WAITed writes lost; {} errors, {} discoveries, last error: {}",
+        "redis-rs Sentinel: writable on {new} {writable_after:?} after the kill; {} writes acknowledged by the old master ({} lost: {lost_early} of {} before the last {TAIL:?}, {lost_tail} of {tail} in it (the bound); {old_after_kill} read after kill -9 was sent, the last {last_old:?} after), {} by the new one ({lost_new} lost); {lost_waited} of {BEFORE} WAITed writes lost; {} errors, {} discoveries, last error: {}",
         on_old.len(),
+        lost_early + lost_tail,
+        on_old.len() - tail,
         on_new.len(),
         w.errors,
         w.discoveries,
@@ -281,6 +297,9 @@ async fn redis_rs_sentinel_client_follows_the_watchers_through_a_host_death() {
     );
     assert_eq!(lost_waited, 0, "writes WAITed for before the kill are missing on the new master");
     assert_eq!(lost_new, 0, "writes the new master acknowledged are missing");
+    assert!(on_old.len() - tail >= MIN_EARLY, "only {} writes acknowledged by the old master before the last {TAIL:?}", on_old.len() - tail);
+    assert_eq!(lost_early, 0, "writes the old master acknowledged more than {TAIL:?} before the kill are missing on the new master");
+    assert!(last_old.is_some_and(|d| d < DEAD_AFTER), "the old master acknowledged a write {last_old:?} after the kill (or none at all)");
 
     // 6. The watcher ejected the old master: the inventory says so, the new master (ROLE through the
     // crate) serves the other replica, and the watchers still answer ROLE as Sentinels.

@@ -210,3 +210,72 @@ def tail_window(host, t_before, t_after, what):
     """The loss window of a master killed or cut between t_before and t_after."""
     return Window(host, t_before - REPL_TAIL_S, t_after, f"{what}: writes acked by the old master in the last "
                   f"{REPL_TAIL_S:.0f} s before the fault, not yet replicated")
+
+
+# Redis counts a replica good while its last REPLCONF ACK (sent every second) is at most
+# min-replicas-max-lag seconds old, and re-counts once a second: the cut-off master stops
+# acknowledging within max_lag + 3 s of the cut (ack period, re-count period, reporting delay).
+FENCE_SLACK_S = 3.0
+# How long the refusals must have gone on before the master is reconnected.
+REFUSING_S = 1.5
+
+
+def wait_fenced(env, inside, t_cut):
+    """Waits while a master is cut off (at t_cut) with a ContainerWriter `inside` it: until Redis
+    has refused its writes with NOREPLICAS for REFUSING_S (fence on), or for the fence's window
+    (fence off)."""
+    limit = env.max_lag + FENCE_SLACK_S + 10
+    if env.min_replicas > 0:
+        def refusing():
+            r = [t for _, t in inside.refused if t > t_cut]
+            return r and time.monotonic() - r[0] >= REFUSING_S
+        wait_for(refusing, max(0.0, t_cut + limit - time.monotonic()), interval=0.1)
+    else:
+        wait_for(lambda: time.monotonic() - t_cut >= env.max_lag + FENCE_SLACK_S, limit, interval=0.1)
+
+
+def check_fence(env, res, inside, g, t_cut, t_back):
+    """The master g was cut off at t_cut and reconnected at t_back, the ContainerWriter `inside` it
+    writing throughout. Lets it make 20 more writes, stops it, and checks the split-brain fence:
+    with it, g acknowledged nothing later than min-replicas-max-lag + FENCE_SLACK_S after the cut,
+    Redis refused writes with NOREPLICAS during the cut and after the reconnect, and g acknowledged
+    none after it; without it, g acknowledged writes in the cut (so the check saw it)."""
+    cut_acked = [t - t_cut for _, t in inside.acked if t_cut < t <= t_back]
+    cut_refused = [t - t_cut for _, t in inside.refused if t_cut < t <= t_back]
+    say(f"writes on {g} during the cut (from inside its container): acknowledged {len(cut_acked)}"
+        f"{' (the last %.2fs after the cut)' % cut_acked[-1] if cut_acked else ''}, refused with NOREPLICAS {len(cut_refused)}"
+        f"{' (the first %.2fs after the cut)' % cut_refused[0] if cut_refused else ''}; "
+        f"min-replicas-max-lag={env.max_lag}s")
+    # After the reconnect the old master must still refuse: probe it a little longer from inside.
+    n_back = len(inside.acked) + len(inside.refused)
+    wait_for(lambda: len(inside.acked) + len(inside.refused) - n_back >= 20, 10, interval=0.1)
+    inside.stop()
+    say(inside.summary())
+    back_acked = [n for n, t in inside.acked if t > t_back]
+    back_refused = [n for n, t in inside.refused if t > t_back]
+    say(f"writes on {g} after the reconnect: acknowledged {len(back_acked)}, refused with NOREPLICAS {len(back_refused)}; "
+        f"{config_get(env, g, 'min-replicas-*')}")
+    if env.min_replicas > 0:
+        res.check(cut_refused, f"split-brain fence: Redis on the cut-off master {g} never refused a write with NOREPLICAS "
+                  "during the cut (connection errors do not count)")
+        res.check(not cut_acked or cut_acked[-1] <= env.max_lag + FENCE_SLACK_S,
+                  f"the cut-off master {g} acknowledged writes {cut_acked[-1] if cut_acked else 0:.1f}s after the cut, "
+                  f"past min-replicas-max-lag ({env.max_lag}s) + {FENCE_SLACK_S}s")
+        res.check(not back_acked and back_refused, f"split brain: after the reconnect the old master {g} acknowledged "
+                  f"{len(back_acked)} writes and refused {len(back_refused)} with NOREPLICAS")
+    else:
+        res.check(cut_acked, f"without the fence the cut-off master {g} should have acknowledged writes during the cut")
+    return cut_acked, cut_refused
+
+
+def cut_windows(env, host, t_before, t_cut, t_attached):
+    """The loss windows of a master at `host` cut off between t_before and t_cut and re-attached at
+    t_attached: its unreplicated tail; then, with the fence, what it acknowledged within
+    min-replicas-max-lag (+ slack) of the cut; without it, everything until it was re-attached."""
+    windows = [tail_window(host, t_before, t_cut, "network cut of the master")]
+    if env.min_replicas > 0:
+        windows.append(Window(host, t_cut, t_cut + env.max_lag + FENCE_SLACK_S,
+                              f"cut off, fenced by min-replicas-to-write after min-replicas-max-lag={env.max_lag}s"))
+    else:
+        windows.append(Window(host, t_cut, t_attached, "cut off without the fence: every write until re-attached"))
+    return windows
