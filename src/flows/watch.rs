@@ -233,7 +233,9 @@ impl Taskmanager {
             was_held = held;
             if lease.as_ref().is_some_and(Lease::held) {
                 let holds = match lease.as_ref() {
-                    Some(l) => lease_holds(l, opts.probe_timeout()).await,
+                    // A broker slow to answer (a loaded host) has not dropped the lease: only one
+                    // silent for down_after has (the broker itself drops a hung holder).
+                    Some(l) => lease_holds(l, opts.down_after).await,
                     None => false,
                 };
                 if !holds || !sighted {
