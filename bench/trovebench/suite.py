@@ -17,7 +17,7 @@ from .switch import FailoverTrio, FloorTrio, OursTrio, SentinelTrio
 
 FULL = {
     "switchover": {"reps": 6, "timeout_s": 40},
-    "failover": {"reps": 5, "timeout_s": 60},
+    "failover": {"reps": 5, "timeout_s": 60, "post_failover_s": 2.0},
     "create": {"sizes": [[100, 3], [1024, 1]], "counts": [1, 2, 4], "diskless": [True, False]},
     "rpc": {"reps": 3, "callers": [1, 4, 16], "clients": ["python", "rust"], "duration_s": 2.5, "warmup_s": 1.0,
             "method_reps": 2, "method_duration_s": 2.0, "method_client": "python", "import_trove": True},
@@ -27,7 +27,7 @@ FULL = {
 
 SMOKE = {
     "switchover": {"reps": 1, "timeout_s": 2},
-    "failover": {"reps": 1, "timeout_s": 20, "no_recovery": True},
+    "failover": {"reps": 1, "timeout_s": 20, "post_failover_s": 1.0, "no_recovery": True},
     "create": {"sizes": [[2, 1]], "counts": [1, 2], "diskless": [True, False]},
     "rpc": {"reps": 1, "callers": [4], "clients": ["python", "rust"], "duration_s": 0.5, "warmup_s": 0.3,
             "method_reps": 1, "method_duration_s": 0.3, "method_client": "rust", "import_trove": False},
@@ -167,12 +167,18 @@ def bench_switchover_and_failover(ctx, cfg, results, only):
                 t = now()
                 if c.get("no_recovery") and rep == c["reps"] - 1:
                     m.recover = False
-                rec = m.fail(rep, c["timeout_s"])
+                rec = m.fail(rep, c["timeout_s"], c["post_failover_s"])
                 rec["rep"] = rep
                 runs.append(rec)
-                log("failover %-8s rep %d: writable %s ms, lost %s, chose %s (most current: %s, gap %s B) (%.1fs)" % (
-                    rec["method"], rep, fmt(rec["writable_ms"]), rec["lost"], rec["chosen"], rec["chosen_most_current"],
-                    rec["offset_gap_bytes"], now() - t))
+                log("failover %-8s rep %d: writable %s ms, lost %s of %d acknowledged (%s of the %d after the failover), "
+                    "chose %s (most current: %s, gap %s B), final master %s (%.1fs)" % (
+                        rec["method"], rep, fmt(rec["writable_ms"]), rec["lost"], rec["acked"], rec["lost_after_failover"],
+                        rec["acked_after_failover"], rec["chosen"], rec["chosen_most_current"], rec["offset_gap_bytes"],
+                        rec["final_master"], now() - t))
+                # Writes the new master acknowledged are never lost without a second failover.
+                if rec["lost_after_failover"] and not rec["second_failover"]:
+                    raise BenchError("%s lost %d writes acknowledged after the failover" % (
+                        rec["method"], rec["lost_after_failover"]))
         results["failover"] = {"config": c, "runs": runs, "labels": {m.name: m.label for m in methods}}
     ours.fleet.close()
     for n in sentinel.nodes:
