@@ -9,19 +9,24 @@
 #                  charts, findings, targets), bench/charts/*.png, the detailed tables in
 #                  bench/results/tables.md and the raw figures in bench/results/full.json; every section
 #                  records the agent commit, the machine and the load averages before and after it
-#   --smoke        tiny configuration (1 repetition, a few MB of data, well under a minute once built):
+#   --smoke        tiny configuration (1 repetition, a few MB of data, a few minutes once built):
 #                  writes its report into a temporary directory, never over BENCHMARKS.md; exits non-zero
-#                  on any error (CI runs it so the suite cannot rot). Without --only it leaves out
-#                  "trove" (Trove's services and guest containers take minutes to set up)
+#                  on any error (CI runs it so the suite cannot rot). Without --only: every benchmark
+#                  but "trove" (Trove's services and guest containers take minutes to set up; CI runs
+#                  its smoke inside the trove stage, scripts/trove-stage.sh with
+#                  TROVE_STAGE_BENCH_SMOKE=1), the diagnostics fsync and agentcost, then dualchannel
+#                  on its own run on $BENCH_DUALCHANNEL_SERVER (default valkey-9.1.2, fetched by
+#                  scripts/redis-servers.sh; report in <out>/dualchannel/), and the server matrix
 #   --only LIST    comma-separated subset: switchover,failover,create,rpc,footprint,scale,sidebyside (trove-guestctl
 #                  watch against 3 Sentinels, both through redis-py's Sentinel client),trove; re-runs
 #                  just those and replaces just their sections in the results file (the report marks
 #                  sections measured from another agent commit); the diagnostics "fsync" (the promote with
-#                  and without fsync, via Debian's eatmydata) and "agentcost" run only when listed.
+#                  and without fsync, via Debian's eatmydata) and "agentcost" run only when listed (or
+#                  by --smoke without --only).
 #                  "trove" runs inside scripts/trove-stage.sh --exec (Docker, MariaDB; the guest image
 #                  $TROVE_GUEST_IMAGE is built as that stage builds it) on subnet $TROVE_STAGE_SUBNET
 #                  (default here 172.28.93.0/24)
-#                  "dualchannel" (diagnostic, only when listed): create through the agent with Valkey's
+#                  "dualchannel" (diagnostic, only when listed or by --smoke): create through the agent with Valkey's
 #                  dual-channel replication vs plain diskless, 1 and 2 replicas, 100 MB and 1 GB; needs
 #                  BENCH_SERVER=valkey-8.0+
 #                  "servers": the server matrix (switchover and create on each of $BENCH_MATRIX_SERVERS,
@@ -35,6 +40,7 @@
 #   BENCH_PROFILE  cargo profile of the binaries: release (default for the full suite) or debug
 #                  (default for --smoke, which then reuses the binaries `cargo test` built)
 #   BENCH_OUT      output directory for --smoke (default: a new temporary directory)
+#   BENCH_DUALCHANNEL_SERVER  the Valkey 8.0+ server of --smoke's dualchannel run (default valkey-9.1.2)
 #   BENCH_SERVER   the server every node of the run uses: a path, or <name>-<version> of
 #                  scripts/redis-servers.sh (redis-6.0.9 ... valkey-9.1.2, fetched on first use);
 #                  default Debian's redis-server. E.g. BENCH_SERVER=valkey-9.1.2 scripts/bench.sh
@@ -116,7 +122,7 @@ if [ -n "${BENCH_SERVER:-}" ]; then
 fi
 
 # The fsync diagnostic needs libeatmydata (Debian package eatmydata).
-if [[ " ${ARGS[*]+"${ARGS[*]}"} " == *fsync* ]] && ! dpkg-query -W -f='${Status}' eatmydata 2>/dev/null | grep -q 'install ok installed'; then
+if { [[ " ${ARGS[*]+"${ARGS[*]}"} " == *fsync* ]] || { [ "$SMOKE" = 1 ] && [ -z "$ONLY" ]; }; } && ! dpkg-query -W -f='${Status}' eatmydata 2>/dev/null | grep -q 'install ok installed'; then
     log "installing eatmydata (for the fsync diagnostic)"
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
     $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq eatmydata >/dev/null
@@ -154,21 +160,36 @@ if [ "$SMOKE" = 1 ]; then
     start=$SECONDS
     SMOKE_FILES=(--smoke --results "$OUT/results.json" --markdown "$OUT/BENCHMARKS.md" --charts "$OUT/charts")
     if [ "$MAIN" = 1 ]; then "${RUN[@]}" "${SMOKE_FILES[@]}" "${ARGS[@]+"${ARGS[@]}"}"; fi
+    # The dualchannel diagnostic needs Valkey 8.0+ on every node: its own run (without --only).
+    DUAL=""
+    if [ -z "$ONLY" ]; then
+        DUAL="$OUT/dualchannel"
+        bin=$(server_bin "${BENCH_DUALCHANNEL_SERVER:-valkey-9.1.2}")
+        log "dualchannel diagnostic on $("$bin" --version | cut -c1-40)"
+        BENCH_SERVER_BIN=$bin "${RUN[@]}" --smoke --only dualchannel --results "$DUAL/results.json" \
+            --markdown "$DUAL/BENCHMARKS.md" --charts "$DUAL/charts"
+    fi
     run_matrix "${SMOKE_FILES[@]}"
     # The report must have come out whole: one section and one readable PNG per benchmark run.
     [ "$MATRIX" = 1 ] || MATRIX_SERVERS=""
-    MATRIX_SERVERS=$MATRIX_SERVERS "$PY" - "$OUT" <<'EOF'
+    MATRIX_SERVERS=$MATRIX_SERVERS DUAL=$DUAL "$PY" - "$OUT" <<'EOF'
 import json, os, sys
 out = sys.argv[1]
 res = json.load(open(os.path.join(out, "results.json")))
 md = open(os.path.join(out, "BENCHMARKS.md")).read()
 charts = {"switchover": "switchover.png", "failover": "failover.png", "create": "create.png", "rpc": "rpc.png",
-          "footprint": "footprint.png", "scale": "scale.png", "trove": "trove.png"}
+          "footprint": "footprint.png", "scale": "scale.png", "trove": "trove.png", "fsync": "fsync.png"}
 bad = []
+dual = os.environ.get("DUAL")
+if dual:  # its own run; the report does not render it, so its figures must be there
+    d = json.load(open(os.path.join(dual, "results.json"))) if os.path.exists(os.path.join(dual, "results.json")) else {}
+    if not d.get("dualchannel", {}).get("summary"):
+        bad.append("no dualchannel summary in %s/results.json" % dual)
 # Benchmarks without a chart (sidebyside) must have their detailed section and their summary rows instead.
 tables_md = os.path.join(out, "bench", "results", "tables.md")
 tables = open(tables_md).read() if os.path.exists(tables_md) else ""
-sections = {"sidebyside": ("side by side with Redis Sentinel", "watch vs Sentinel")}
+sections = {"sidebyside": ("side by side with Redis Sentinel", "watch vs Sentinel"),
+            "agentcost": ("what the agent's CPU per call and memory are made of", "## Summary")}
 for name in os.environ.get("MATRIX_SERVERS", "").split():
     if name not in res.get("servers", {}):
         bad.append("no server-matrix results for %s" % name)

@@ -9,8 +9,9 @@
 #   4. the fault-injection tests across Docker containers, the agent under systemd, and a promote
 #      through the loss of a RabbitMQ cluster node (fails loudly without a Docker engine);
 #   5. the trove stage: Trove's own API, taskmanager and conductor (trove 26.0.0, MariaDB) boot guest
-#      containers from Trove's injected files and drive the replication flows (scripts/trove-stage.sh);
-#   6. a smoke run of the benchmarks, so they cannot rot.
+#      containers from Trove's injected files and drive the replication flows (scripts/trove-stage.sh),
+#      then the trove benchmark's smoke in the same set-up;
+#   6. a smoke run of the other benchmarks and the diagnostics, so they cannot rot.
 # Usage: scripts/test.sh [rust|matrix|compat|docker|trove|bench ...]   (default: all stages)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -58,7 +59,7 @@ stage_docker() {
   bash scripts/cluster-tests.sh || rc=1
   return $rc
 }
-stage_trove() { bash scripts/trove-stage.sh; }
+stage_trove() { TROVE_STAGE_BENCH_SMOKE=1 bash scripts/trove-stage.sh; }
 stage_bench() { bash scripts/bench.sh --smoke; }
 
 for s in "${STAGES[@]}"; do

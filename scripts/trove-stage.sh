@@ -11,7 +11,8 @@
 #   * Trove's services, started by tests/trove/conftest.py once per pass (plain RPC, then secure RPC),
 #     with the stand-ins of tests/trove/trove_standins.py as Nova, Neutron, Glance and Cinder: Nova's
 #     servers are containers of the guest image, configured only by the files Trove injects.
-# Then: trove-manage db_sync, the redis datastore and version registered, and pytest tests/trove.
+# Then: trove-manage db_sync, the redis datastore and version registered, and pytest tests/trove;
+# with TROVE_STAGE_BENCH_SMOKE=1, then the trove benchmark's smoke in the same set-up.
 #
 # Usage: scripts/trove-stage.sh [pytest args...]
 #        scripts/trove-stage.sh --exec CMD [ARGS...]   the same set-up, then CMD instead of pytest (the
@@ -22,6 +23,9 @@
 #   TROVE_STAGE_BUILD=0      do not (re)build the images with scripts/docker-images.sh
 #   TROVE_STAGE_SUBNET       the Docker network's subnet (default 172.28.90.0/24)
 #   TROVE_STAGE_KEEP=1       leave everything running at the end (prints how to remove it)
+#   TROVE_STAGE_BENCH_SMOKE=1  after the tests (pass or fail), `scripts/bench.sh --smoke --only trove` in
+#                            this set-up (CI: the trove benchmark kept alive without setting Trove up
+#                            twice); its report in <logs>/bench-smoke/; the stage fails if it fails
 # Logs: target/trove-stage/<run>/ (trove-*.log, mariadb.log, guest-logs/, report.txt);
 # target/trove-stage/last points to the newest run.
 set -euo pipefail
@@ -77,7 +81,8 @@ cleanup() {
     fi
     local f p ids
     if [ -n "$PYTEST_PID" ] && kill -0 "$PYTEST_PID" 2>/dev/null; then
-        kill -TERM "$PYTEST_PID" 2>/dev/null
+        # the benchmark leads its own process group (setsid): its Python driver must stop too
+        kill -TERM -- "-$PYTEST_PID" 2>/dev/null || kill -TERM "$PYTEST_PID" 2>/dev/null
         wait "$PYTEST_PID" 2>/dev/null
     fi
     for f in "$WORK"/pids/*.pid; do
@@ -316,4 +321,16 @@ PYTEST_PID=$!
 wait "$PYTEST_PID" || rc=$?
 PYTEST_PID=""
 [ -f "$WORK/report.txt" ] && cat "$WORK/report.txt"
+if [ "$EXEC" = 0 ] && [ "${TROVE_STAGE_BENCH_SMOKE:-0}" = 1 ]; then
+    log "the trove benchmark's smoke: scripts/bench.sh --smoke --only trove (report in $WORK/bench-smoke)"
+    BENCH_OUT="$WORK/bench-smoke" TROVE_VENV="$VENV" setsid bash "$ROOT/scripts/bench.sh" --smoke --only trove &
+    PYTEST_PID=$!
+    brc=0
+    wait "$PYTEST_PID" || brc=$?
+    PYTEST_PID=""
+    if [ "$brc" != 0 ]; then
+        echo "##  trove-stage: FAILED: the trove benchmark's smoke (exit $brc; logs in $WORK)" >&2
+        [ "$rc" = 0 ] && rc=$brc
+    fi
+fi
 exit $rc

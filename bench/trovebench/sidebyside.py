@@ -1,6 +1,10 @@
 """`trove-guestctl watch` side by side with Redis Sentinel, through the same client: redis-py's
 `Sentinel(...).master_for(name)` writer, pointed at 3 real Sentinels (quorum 2,
-down-after-milliseconds 1000) or at two watchers' discovery endpoints (--down-after-ms 1000).
+down-after-milliseconds 1000) or at two watchers' discovery endpoints (--down-after-ms 1000). The
+watcher halves its wait when the evidence is strong (the master's agent gone and a majority of
+replicas saw their link reset, as after a kill), so the kill case also runs 3 Sentinels at
+down-after-milliseconds 500; every record says which threshold was in effect, ours read from the
+watcher's own "decision" log line, and our failovers are its "eject done" log lines.
 
 Cases (each on both sides unless noted): kill -9 of the master (Redis, and for ours its agent too,
 as a whole-host death) with and without min-replicas-to-write 1; a planned switchover (SENTINEL
@@ -13,7 +17,6 @@ BENCH_SIDEBYSIDE_CASES (comma-separated: switchover, sigstop, agent-stop, partit
 all) runs only some cases."""
 
 import os
-import re
 import signal
 import time
 
@@ -138,14 +141,38 @@ class OursSide:
     def guest(self, port):
         return next(g for g in self.fleet.guests if g.port == port)
 
+    def _count(self, needle):
+        """Lines with `needle` in both watchers' logs, whole files (only the lease holder acts)."""
+        n = 0
+        for p in self.logs:
+            with open(p, errors="replace") as f:
+                n += sum(1 for line in f if needle in line)
+        return n
+
     def decisions(self):
-        return sum(len(re.findall(r"decision: master is down", tail(p, 100000))) for p in self.logs)
+        return self._count("decision: master is down")
 
     def failovers(self):
-        return self.decisions()
+        """Failovers the watchers completed: their "eject done" log lines."""
+        return self._count("eject done")
+
+    def mark(self):
+        return {"decisions": self.decisions(), "strong": self._count("strong=true"), "failovers": self.failovers()}
+
+    def since(self, rec, mark):
+        """Our own events since `mark` into `rec`: failovers, decisions, and the threshold in effect
+        (down_after, halved when a decision line says strong=true)."""
+        now_ = self.mark()
+        rec["failovers"] = now_["failovers"] - mark["failovers"]
+        rec["decisions"] = now_["decisions"] - mark["decisions"]
+        rec["strong_evidence"] = now_["strong"] > mark["strong"]
+        rec["down_after_in_effect_ms"] = DOWN_AFTER_MS // 2 if rec["strong_evidence"] else DOWN_AFTER_MS
+        return rec
 
     def partition(self, rep, cut_s):
-        return partition_round(self.ctx, self, "op%d" % rep, cut_s)
+        mark = self.mark()
+        rec = partition_round(self.ctx, self, "op%d" % rep, cut_s)
+        return self.since(rec, mark)
 
     def wait_ready(self, timeout=90):
         """Every node linked to the one master, and both watchers name it."""
@@ -164,8 +191,13 @@ class OursSide:
         def fault():
             g.kill9()
             return now()
+        mark = self.mark()
         rec = client_round(self.ctx, self, "ok%d" % rep, fault, None)
-        rec["failovers"] = 1
+        # The watcher logs "eject done" once the survivors follow, after the client's first write.
+        wait_until("the watcher's \"eject done\"", lambda: self.failovers() > mark["failovers"], timeout=15, interval=0.05)
+        self.since(rec, mark)
+        if rec["failovers"] != 1:
+            raise BenchError("ours: %d failovers (eject done) for one kill" % rec["failovers"])
         if getattr(self, "recover", True):
             # The old host comes back: its agent restarts Redis as a master; the watcher re-attaches it.
             t = now()
@@ -197,24 +229,24 @@ class OursSide:
         return rec
 
     def sigstop(self, rep):
-        before = self.decisions()
+        mark = self.mark()
         pid = self.guest(self.master_port()).redis_pid()
         rec = client_round(self.ctx, self, "os%d" % rep, lambda: _stop_for(pid, DOWN_AFTER_MS / 2000), 3 * DOWN_AFTER_MS / 1000)
-        rec["failovers"] = self.decisions() - before + (rec["final_master"] != rec["old_master"])
+        self.since(rec, mark)
         self.wait_ready()
         return settle(rec, self.master_port())
 
     def agent_stopped(self, rep):
         """The master's agent dies; its Redis serves and the replicas stay linked (a watcher cut off
         from one guest looks the same to the watcher)."""
-        before = self.decisions()
+        mark = self.mark()
         g = self.guest(self.master_port())
 
         def fault():
             self.ctx.kill(g.proc, signal.SIGKILL)
             return now()
         rec = client_round(self.ctx, self, "oa%d" % rep, fault, 3 * DOWN_AFTER_MS / 1000)
-        rec["failovers"] = self.decisions() - before + (rec["final_master"] != rec["old_master"])
+        self.since(rec, mark)
         g.start()
         self.fleet.wait_ping(g)
         self.wait_ready()
@@ -227,15 +259,16 @@ class OursSide:
 
 
 class SentinelSide(SentinelTrio):
-    """Three plain redis-servers and three Sentinels (quorum 2, down-after 1000 ms)."""
-    side = "sentinel"
+    """Three plain redis-servers and three Sentinels (quorum 2, down-after `down_after` ms); side
+    "sentinel" at 1000 ms, "sentinel-500" at 500 ms."""
     NAME = NAME_SENTINEL
 
     def named_master(self):
         return self.sentinel_master()
 
-    def __init__(self, ctx, tag, min_replicas=0):
-        super().__init__(ctx, down_after=DOWN_AFTER_MS, failover_timeout=10000, tag=tag)
+    def __init__(self, ctx, tag, min_replicas=0, down_after=DOWN_AFTER_MS):
+        super().__init__(ctx, down_after=down_after, failover_timeout=10000, tag=tag)
+        self.side = "sentinel" if down_after == DOWN_AFTER_MS else "sentinel-%d" % down_after
         self.min_replicas = min_replicas
         for p in self.ports:
             self.fence(p)
@@ -251,14 +284,11 @@ class SentinelSide(SentinelTrio):
     def node(self, port):
         return next(n for n in self.nodes if n.port == port)
 
-    def switches(self):
-        return len(re.findall(r"\+switch-master", tail(os.path.join(self.sentinels[0].dir, "sentinel.log"), 100000)))
-
     def failovers(self):
         return self.switches()
 
     def partition(self, rep, cut_s):
-        return partition_round(self.ctx, self, "sp%d" % rep, cut_s)
+        return dict(partition_round(self.ctx, self, "sp%d" % rep, cut_s), down_after_in_effect_ms=self.down_after)
 
     def wait_ready(self, timeout=90):
         self.wait_sentinels(timeout=timeout)
@@ -273,6 +303,7 @@ class SentinelSide(SentinelTrio):
         before = self.switches()
         rec = client_round(self.ctx, self, "sk%d" % rep, fault, None)
         rec["_switches_before"] = before
+        rec["down_after_in_effect_ms"] = self.down_after
         if getattr(self, "recover", True):
             t = now()
             n.start()
@@ -304,6 +335,7 @@ class SentinelSide(SentinelTrio):
         pid = int(rcon(m).info("server")["process_id"])
         rec = client_round(self.ctx, self, "ss%d" % rep, lambda: _stop_for(pid, DOWN_AFTER_MS / 2000), 3 * DOWN_AFTER_MS / 1000)
         rec["failovers"] = self.switches() - before
+        rec["down_after_in_effect_ms"] = self.down_after
         self.wait_ready()
         return settle(rec, self.sentinel_master())
 
@@ -348,16 +380,21 @@ def bench(ctx, cfg, results):
     def record(case, variant, rec, rep):
         rec.update({"case": case, "variant": variant, "rep": rep})
         runs.append(rec)
-        log("sidebyside %-10s %-9s %-8s rep %d: writable %s ms, lost %s of %s, pause %.0f ms, failovers %s" % (
-            case, variant, rec.get("side") or rec.get("method"), rep,
-            "-" if rec.get("client_writable_ms", rec.get("writable_ms")) is None
-            else "%.0f" % rec.get("client_writable_ms", rec.get("writable_ms")),
-            rec.get("lost"), rec.get("acked"), rec.get("longest_pause_ms") or 0, rec.get("failovers", "-")))
+        log("sidebyside %-10s %-9s %-12s rep %d: writable %s ms, lost %s of %s, pause %.0f ms, failovers %s, "
+            "threshold in effect %s ms" % (
+                case, variant, rec.get("side") or rec.get("method"), rep,
+                "-" if rec.get("client_writable_ms", rec.get("writable_ms")) is None
+                else "%.0f" % rec.get("client_writable_ms", rec.get("writable_ms")),
+                rec.get("lost"), rec.get("acked"), rec.get("longest_pause_ms") or 0, rec.get("failovers", "-"),
+                rec.get("down_after_in_effect_ms", "-")))
 
     for mr in cfg["min_replicas"]:
         variant = "min-replicas %d" % mr
         t = now()
         sides = [OursSide(ctx, "wo%d" % mr, mr), SentinelSide(ctx, "ws%d" % mr, mr)]
+        # The kill is where our watcher has strong evidence and waits down_after / 2: Sentinel also
+        # at that threshold, beside the 1000 ms pair.
+        kill_sides = sides + ([SentinelSide(ctx, "wh%d" % mr, mr, down_after=DOWN_AFTER_MS // 2)] if "kill" in cases else [])
         log("sidebyside: %s topologies up in %.1fs" % (variant, now() - t))
         try:
             if mr == cfg["min_replicas"][0]:
@@ -386,12 +423,12 @@ def bench(ctx, cfg, results):
                             variant, s.side, rec["inside_acked_after_cut_ms"], rec["inside_acked_during_cut"],
                             rec["inside_lost"], rec["inside_noreplicas"], rec["inside_acked_after_heal"], rec["reattach_s"]))
             for rep in range(cfg["kill_reps"] if "kill" in cases else 0):
-                for s in sides if rep % 2 == 0 else sides[::-1]:
+                for s in kill_sides[rep % 3:] + kill_sides[:rep % 3]:
                     if cfg.get("no_recovery") and rep == cfg["kill_reps"] - 1:
                         s.recover = False
                     record("kill", variant, s.kill(rep), rep)
         finally:
-            for s in sides:
+            for s in kill_sides if "kill" in cases else sides:
                 s.close()
     results["sidebyside"] = {"config": cfg, "down_after_ms": DOWN_AFTER_MS, "runs": runs, "cases": cases,
                              "not_measured": NOT_MEASURED}
@@ -436,6 +473,13 @@ def report_section(res):
         % (res["down_after_ms"], res["down_after_ms"]))
     L.append("")
     L.append(
+        "Thresholds: our watcher waits `down_after` / 2 when the evidence is strong (the master's agent gone and a "
+        "majority of replicas saw their link reset): after a kill it acts at 500 ms, not 1000. So the kill case "
+        "also runs 3 Sentinels at `down-after-milliseconds 500`, and each timing cell names the threshold in effect "
+        "(ours from the watcher's own decision log line, `strong=true`). Our failovers are the watchers' "
+        "`eject done` log lines; Sentinel's its `+switch-master` events.")
+    L.append("")
+    L.append(
         "How the client finds the master matters: redis-py's `Sentinel` client asks the sentinels only when a "
         "connection fails or a node answers `READONLY` (it does not subscribe to `+switch-master`). After "
         "`SENTINEL FAILOVER` the old master stays a writable master until Sentinel converts it, so the client keeps "
@@ -444,68 +488,89 @@ def report_section(res):
         "the sentinels or watchers each time, until they name a master that takes the write.")
     L.append("")
     rows = []
+    sides = ["ours", "sentinel", "sentinel-%d" % (res["down_after_ms"] // 2)]
 
     def sel(case, side, variant=None):
         return [r for r in runs if r["case"] == case and r["side"] == side and (variant is None or r["variant"] == variant)]
 
+    def thr(rs, side):
+        """The threshold in effect over the rounds `rs`, as the cell's label."""
+        if not rs:
+            return ""
+        if side != "ours":
+            return "down-after-milliseconds %s" % rs[0].get("down_after_in_effect_ms", res["down_after_ms"])
+        known = [r["strong_evidence"] for r in rs if "strong_evidence" in r]
+        return "down_after %d (%d ms with strong evidence: %s)" % (
+            res["down_after_ms"], res["down_after_ms"] // 2,
+            "%d of %d rounds" % (sum(known), len(known)) if known else "not recorded")
+
+    def row(case, variant, what, cell, timing=False):
+        """One row over the three sides: cell(rounds) for each; "not run" where a side has none."""
+        out = [what]
+        for side in sides:
+            rs = sel(case, side, variant)
+            if not rs:
+                out.append("not run")
+                continue
+            c = cell(rs)
+            out.append("%s; at %s" % (c, thr(rs, side)) if timing else c)
+        rows.append(out)
+
+    def count(k):
+        return lambda rs: "%d in %d rounds" % (sum(r.get(k) or 0 for r in rs), len(rs))
+
+    def rounds(pred):
+        return lambda rs: "%d of %d" % (sum(1 for r in rs if pred(r)), len(rs))
+
+    def col(k, digits=0):
+        return lambda rs: _fig([r.get(k) for r in rs], digits)
+
     for variant in sorted({r["variant"] for r in runs if r["case"] == "kill"}):
-        o, s = sel("kill", "ours", variant), sel("kill", "sentinel", variant)
-        rows.append(["kill -9 of the master, %s: kill → first write acknowledged through the client (ms)" % variant,
-                     _fig([r["client_writable_ms"] for r in o]), _fig([r["client_writable_ms"] for r in s])])
-        rows.append(["kill -9, %s: acknowledged writes lost (final master)" % variant,
-                     _fig([r["lost"] for r in o]), _fig([r["lost"] for r in s])])
-        rows.append(["kill -9, %s: rounds with more than one failover (Sentinel: +switch-master events)" % variant,
-                     "%d of %d" % (sum(1 for r in o if (r.get("failovers") or 0) > 1), len(o)),
-                     "%d of %d" % (sum(1 for r in s if (r.get("failovers") or 0) > 1), len(s))])
-        rows.append(["kill -9, %s: old master back → replica of the new one, linked (s)" % variant,
-                     _fig([r.get("reattach_s") for r in o], 1), _fig([r.get("reattach_s") for r in s], 1)])
-    o, s = sel("switchover", "ours"), sel("switchover", "sentinel")
-    if o or s:
-        rows.append(["planned switchover (promote-to-replica-source vs SENTINEL FAILOVER): acknowledged writes lost",
-                     _fig([r["lost"] for r in o]), _fig([r["lost"] for r in s])])
-        rows.append(["planned switchover: longest pause seen by the client (ms)",
-                     _fig([r["longest_pause_ms"] for r in o]), _fig([r["longest_pause_ms"] for r in s])])
-        rows.append(["planned switchover: until every node is linked to the new master (ms)",
-                     _fig([r["all_linked_ms"] for r in o]), _fig([r["all_linked_ms"] for r in s])])
-    o, s = sel("sigstop", "ours"), sel("sigstop", "sentinel")
-    if o or s:
-        rows.append(["false positive: SIGSTOP of the master's Redis for 0.5 × down_after: failovers (expected 0)",
-                     "%d in %d rounds" % (sum(r["failovers"] for r in o), len(o)),
-                     "%d in %d rounds" % (sum(r["failovers"] for r in s), len(s))])
-        rows.append(["SIGSTOP 0.5 × down_after: acknowledged writes lost",
-                     _fig([r["lost"] for r in o]), _fig([r["lost"] for r in s])])
-    o = sel("agent-stop", "ours")
-    if o:
-        rows.append(["false positive: the master's agent killed, its Redis serving: failovers (expected 0)",
-                     "%d in %d rounds" % (sum(r["failovers"] for r in o), len(o)), "n/a (no agent)"])
+        row("kill", variant, "kill -9 of the master, %s: kill → first write acknowledged through the client (ms)" % variant,
+            col("client_writable_ms"), timing=True)
+        row("kill", variant, "kill -9, %s: acknowledged writes lost (final master)" % variant, col("lost"))
+        row("kill", variant, "kill -9, %s: failovers per round (ours: `eject done` log lines; Sentinel: +switch-master "
+            "events)" % variant, col("failovers"))
+        row("kill", variant, "kill -9, %s: rounds with more than one failover" % variant,
+            rounds(lambda r: (r.get("failovers") or 0) > 1))
+        row("kill", variant, "kill -9, %s: old master back → replica of the new one, linked (s)" % variant,
+            col("reattach_s", 1))
+    if any(r["case"] == "switchover" for r in runs):
+        v = None
+        row("switchover", v, "planned switchover (promote-to-replica-source vs SENTINEL FAILOVER): acknowledged writes "
+            "lost", col("lost"))
+        row("switchover", v, "planned switchover: longest pause seen by the client (ms)", col("longest_pause_ms"))
+        row("switchover", v, "planned switchover: until every node is linked to the new master (ms)", col("all_linked_ms"))
+    if any(r["case"] == "sigstop" for r in runs):
+        row("sigstop", None, "false positive: SIGSTOP of the master's Redis for 0.5 × down_after: failovers (expected 0)",
+            count("failovers"))
+        row("sigstop", None, "SIGSTOP 0.5 × down_after: acknowledged writes lost", col("lost"))
+    if any(r["case"] == "agent-stop" for r in runs):
+        row("agent-stop", None, "false positive: the master's agent killed, its Redis serving: failovers (expected 0; "
+            "Sentinel: n/a, no agent)", count("failovers"))
     for variant in sorted({r["variant"] for r in runs if r["case"] == "partition"}):
-        o, s = sel("partition", "ours", variant), sel("partition", "sentinel", variant)
-
-        def both(k, digits=0):
-            return [_fig([r.get(k) for r in o], digits), _fig([r.get(k) for r in s], digits)]
-
-        def rounds(pred):
-            return ["%d of %d" % (sum(1 for r in x if pred(r)), len(x)) for x in (o, s)]
-        rows.append(["partition of the master, %s: cut → first write acknowledged through the client (ms)" % variant]
-                    + both("client_writable_ms"))
-        rows.append(["partition, %s: the cut-off master kept acknowledging the inside writer for (ms after the cut)"
-                     % variant] + both("inside_acked_after_cut_ms"))
-        rows.append(["partition, %s: writes the cut-off master acknowledged during the cut" % variant]
-                    + both("inside_acked_during_cut"))
-        rows.append(["partition, %s: inside writer's acknowledged writes lost (final master)" % variant]
-                    + both("inside_lost"))
-        rows.append(["partition, %s: rounds with `NOREPLICAS` replies to the inside writer; cut → first one (ms)" % variant]
-                    + ["%s; %s" % (a, b) for a, b in zip(rounds(lambda r: r["inside_noreplicas"] > 0),
-                                                          both("inside_first_noreplicas_ms"))])
-        rows.append(["partition, %s: client's acknowledged writes lost (final master)" % variant] + both("lost"))
-        rows.append(["partition, %s: writes the old master acknowledged after the heal (second writable master)"
-                     % variant] + both("inside_acked_after_heal"))
-        rows.append(["partition, %s: heal → old master a linked replica of the new one (s)" % variant]
-                    + both("reattach_s", 1))
-        rows.append(["partition, %s: rounds with more than one failover" % variant]
-                    + rounds(lambda r: (r.get("failovers") or 0) > 1))
-    L.append("| Case | trove-guestctl watch | Redis Sentinel (same run) |")
-    L.append("|---|---|---|")
+        row("partition", variant, "partition of the master, %s: cut → first write acknowledged through the client (ms)"
+            % variant, col("client_writable_ms"), timing=True)
+        row("partition", variant, "partition, %s: the cut-off master kept acknowledging the inside writer for (ms after "
+            "the cut)" % variant, col("inside_acked_after_cut_ms"))
+        row("partition", variant, "partition, %s: writes the cut-off master acknowledged during the cut" % variant,
+            col("inside_acked_during_cut"))
+        row("partition", variant, "partition, %s: inside writer's acknowledged writes lost (final master)" % variant,
+            col("inside_lost"))
+        row("partition", variant, "partition, %s: rounds with `NOREPLICAS` replies to the inside writer; cut → first one "
+            "(ms)" % variant, lambda rs: "%s; %s" % (rounds(lambda r: r["inside_noreplicas"] > 0)(rs),
+                                                    col("inside_first_noreplicas_ms")(rs)))
+        row("partition", variant, "partition, %s: client's acknowledged writes lost (final master)" % variant, col("lost"))
+        row("partition", variant, "partition, %s: writes the old master acknowledged after the heal (second writable "
+            "master)" % variant, col("inside_acked_after_heal"))
+        row("partition", variant, "partition, %s: heal → old master a linked replica of the new one (s)" % variant,
+            col("reattach_s", 1))
+        row("partition", variant, "partition, %s: rounds with more than one failover" % variant,
+            rounds(lambda r: (r.get("failovers") or 0) > 1))
+    L.append("| Case | trove-guestctl watch (`--down-after-ms %d`) | Redis Sentinel, `down-after-milliseconds %d` "
+             "(same run) | Redis Sentinel, `down-after-milliseconds %d` (same run; kill only) |"
+             % (res["down_after_ms"], res["down_after_ms"], res["down_after_ms"] // 2))
+    L.append("|---|---|---|---|")
     for r in rows:
         L.append("| " + " | ".join(r) + " |")
     L.append("")

@@ -17,7 +17,7 @@ from .switch import FailoverTrio, FloorTrio, OursTrio, SentinelTrio
 
 FULL = {
     "switchover": {"reps": 6, "timeout_s": 40},
-    "failover": {"reps": 5, "timeout_s": 60},
+    "failover": {"reps": 5, "timeout_s": 60, "post_failover_s": 2.0},
     "create": {"sizes": [[100, 3], [1024, 1]], "counts": [1, 2, 4], "diskless": [True, False]},
     "rpc": {"reps": 3, "callers": [1, 4, 16], "clients": ["python", "rust"], "duration_s": 2.5, "warmup_s": 1.0,
             "method_reps": 2, "method_duration_s": 2.0, "method_client": "python", "import_trove": True},
@@ -27,7 +27,7 @@ FULL = {
 
 SMOKE = {
     "switchover": {"reps": 1, "timeout_s": 2},
-    "failover": {"reps": 1, "timeout_s": 20, "no_recovery": True},
+    "failover": {"reps": 1, "timeout_s": 20, "post_failover_s": 1.0, "no_recovery": True},
     "create": {"sizes": [[2, 1]], "counts": [1, 2], "diskless": [True, False]},
     "rpc": {"reps": 1, "callers": [4], "clients": ["python", "rust"], "duration_s": 0.5, "warmup_s": 0.3,
             "method_reps": 1, "method_duration_s": 0.3, "method_client": "rust", "import_trove": False},
@@ -44,13 +44,15 @@ SMOKE["sidebyside"] = {"min_replicas": [0], "kill_reps": 1, "switch_reps": 1, "s
                        "no_recovery": True}
 
 ALL = ["switchover", "failover", "create", "rpc", "footprint", "scale", "sidebyside", "trove"]
-# --smoke without --only: everything but trove (its set-up alone, MariaDB, the broker container, Trove's
-# services and four guest containers, takes minutes).
-SMOKE_DEFAULT = [x for x in ALL if x != "trove"]
 FULL["trove"] = {"reps": 2}
 SMOKE["trove"] = {"reps": 1}
-# Diagnostics: run only when asked for with --only.
+# Diagnostics: in the full suite only when asked for with --only.
 EXTRA = ["fsync", "agentcost", "dualchannel"]
+# --smoke without --only: everything but trove (its set-up alone, MariaDB, the broker container, Trove's
+# services and four guest containers, takes minutes: CI runs its smoke inside the trove stage's
+# set-up, scripts/trove-stage.sh with TROVE_STAGE_BENCH_SMOKE=1) and dualchannel (it needs Valkey
+# 8.0+ on every node: scripts/bench.sh --smoke runs it on its own), plus the diagnostics fsync and agentcost.
+SMOKE_DEFAULT = [x for x in ALL if x != "trove"] + ["fsync", "agentcost"]
 FULL["dualchannel"] = {"sizes": [[100, 3], [1024, 2]], "counts": [1, 2]}
 SMOKE["dualchannel"] = {"sizes": [[2, 1]], "counts": [1]}
 FULL["fsync"] = {"reps": 8}
@@ -167,12 +169,18 @@ def bench_switchover_and_failover(ctx, cfg, results, only):
                 t = now()
                 if c.get("no_recovery") and rep == c["reps"] - 1:
                     m.recover = False
-                rec = m.fail(rep, c["timeout_s"])
+                rec = m.fail(rep, c["timeout_s"], c["post_failover_s"])
                 rec["rep"] = rep
                 runs.append(rec)
-                log("failover %-8s rep %d: writable %s ms, lost %s, chose %s (most current: %s, gap %s B) (%.1fs)" % (
-                    rec["method"], rep, fmt(rec["writable_ms"]), rec["lost"], rec["chosen"], rec["chosen_most_current"],
-                    rec["offset_gap_bytes"], now() - t))
+                log("failover %-8s rep %d: writable %s ms, lost %s of %d acknowledged (%s of the %d after the failover), "
+                    "chose %s (most current: %s, gap %s B), final master %s (%.1fs)" % (
+                        rec["method"], rep, fmt(rec["writable_ms"]), rec["lost"], rec["acked"], rec["lost_after_failover"],
+                        rec["acked_after_failover"], rec["chosen"], rec["chosen_most_current"], rec["offset_gap_bytes"],
+                        rec["final_master"], now() - t))
+                # Writes the new master acknowledged are never lost without a second failover.
+                if rec["lost_after_failover"] and not rec["second_failover"]:
+                    raise BenchError("%s lost %d writes acknowledged after the failover" % (
+                        rec["method"], rec["lost_after_failover"]))
         results["failover"] = {"config": c, "runs": runs, "labels": {m.name: m.label for m in methods}}
     ours.fleet.close()
     for n in sentinel.nodes:
@@ -299,12 +307,19 @@ def bench_scale(ctx, cfg, results):
 
 
 def bench_trove(ctx, cfg, results):
-    """Trove's control plane (trovecp.py) inside the trove stage's set-up (scripts/trove-stage.sh --exec)."""
+    """Trove's control plane (trovecp.py) inside the trove stage's set-up: its own
+    (scripts/trove-stage.sh --exec), or, run from within the stage (TROVE_STAGE_RUN set, as CI's
+    trove stage does with TROVE_STAGE_BENCH_SMOKE=1), the one already up."""
     out = ctx.path("trove.json")
-    env = dict(os.environ, TROVE_VENV=sys.prefix,
-               TROVE_STAGE_SUBNET=os.environ.get("TROVE_STAGE_SUBNET", "172.28.93.0/24"))
-    argv = ["bash", os.path.join(ROOT, "scripts", "trove-stage.sh"), "--exec", sys.executable, "-m",
-            "trovebench.trovecp", "--out", out, "--ctl", ctx.ctl_bin, "--reps", str(cfg["trove"]["reps"])]
+    cp = [sys.executable, "-m", "trovebench.trovecp", "--out", out, "--ctl", ctx.ctl_bin, "--reps", str(cfg["trove"]["reps"])]
+    if os.environ.get("TROVE_STAGE_RUN"):
+        # Trove's services started by trovecp import the stand-ins (tests/trove) as the stage's do.
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "bench"), os.path.join(ROOT, "tests", "trove")]))
+        argv = cp
+    else:
+        env = dict(os.environ, TROVE_VENV=sys.prefix,
+                   TROVE_STAGE_SUBNET=os.environ.get("TROVE_STAGE_SUBNET", "172.28.93.0/24"))
+        argv = ["bash", os.path.join(ROOT, "scripts", "trove-stage.sh"), "--exec", *cp]
     p = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL)
     try:
         p.wait()

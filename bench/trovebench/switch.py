@@ -447,6 +447,11 @@ class SentinelTrio(PlainTrio):
     def addrs(self):
         return [("127.0.0.1", s.port) for s in self.sentinels]
 
+    def switches(self):
+        """+switch-master events in the first sentinel's log (each failover logs one)."""
+        with open(os.path.join(self.sentinels[0].dir, "sentinel.log"), errors="replace") as f:
+            return f.read().count("+switch-master")
+
     def sentinel_master(self):
         host, port = self.sentinels[0].con().execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster")
         return int(port)

@@ -24,6 +24,8 @@ import sys
 import time
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 STOP = False
 
@@ -34,10 +36,12 @@ def _stop(signum, frame):
 
 
 def connect(port, timeout):
-    """port: a port on 127.0.0.1, or "host:port" (the trove benchmark's guest containers)."""
+    """port: a port on 127.0.0.1, or "host:port" (the trove benchmark's guest containers). No retries:
+    redis-py's default (3, with backoff from 1 s) makes one ROLE on a dead node take ~4 s, so after a
+    kill the writer would find no master for seconds; it re-resolves the master itself instead."""
     host, port = port.rsplit(":", 1) if isinstance(port, str) else ("127.0.0.1", port)
     return redis.Redis(host=host, port=int(port), socket_timeout=timeout, socket_connect_timeout=timeout,
-                       single_connection_client=True)
+                       single_connection_client=True, retry=Retry(NoBackoff(), 0))
 
 
 ROLE_CONS = {}
