@@ -297,9 +297,8 @@ impl Taskmanager {
         futures_util::future::join_all(movers.iter().map(|r| {
             let is_master = masters.contains(r);
             async move {
-                if !is_master {
-                    self.call(r, "detach_replica", json!({"for_failover": true}), HIGH_TIMEOUT).await?;
-                }
+                // A replica is retargeted by the attach itself (`REPLICAOF new-master`, a partial
+                // resync): Trove's detach before it would be one more round trip.
                 let args = json!({"replica_info": context, "slave_config": REPLICA_CONFIG, "restart": !is_master});
                 self.call(r, "attach_replica", args, HIGH_TIMEOUT).await.map(|_| ())
             }
