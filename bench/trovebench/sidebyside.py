@@ -10,8 +10,9 @@ Cases (each on both sides unless noted): kill -9 of the master (Redis, and for o
 as a whole-host death) with and without min-replicas-to-write 1; a planned switchover (SENTINEL
 FAILOVER against promote-to-replica-source); false positives: SIGSTOP of the master's Redis for
 0.5 x down_after, and (ours) the master's agent killed while its Redis serves; a partition of the
-master from everyone (partition.py) with and without min-replicas-to-write 1. Lost writes are
-always counted against the final master.
+master from everyone (partition.py) with and without min-replicas-to-write 1, timing the cut →
+`+odown` and `+switch-master` events on the sides' pub/sub. Lost writes are always counted
+against the final master.
 
 BENCH_SIDEBYSIDE_CASES (comma-separated: switchover, sigstop, agent-stop, partition, kill; default
 all) runs only some cases."""
@@ -141,13 +142,17 @@ class OursSide:
     def guest(self, port):
         return next(g for g in self.fleet.guests if g.port == port)
 
-    def _count(self, needle):
-        """Lines with `needle` in both watchers' logs, whole files (only the lease holder acts)."""
-        n = 0
+    def _per_log(self, needle):
+        """Lines with `needle` in each watcher's log, whole files."""
+        out = []
         for p in self.logs:
             with open(p, errors="replace") as f:
-                n += sum(1 for line in f if needle in line)
-        return n
+                out.append(sum(1 for line in f if needle in line))
+        return out
+
+    def _count(self, needle):
+        """Lines with `needle` in both watchers' logs (only the lease holder acts)."""
+        return sum(self._per_log(needle))
 
     def decisions(self):
         return self._count("decision: master is down")
@@ -171,7 +176,15 @@ class OursSide:
 
     def partition(self, rep, cut_s):
         mark = self.mark()
-        rec = partition_round(self.ctx, self, "op%d" % rep, cut_s)
+        per_log = self._per_log("decision: master is down")
+
+        def acting():
+            """The watcher that decided this round (its log's decision count rose); None if not one."""
+            rose = [i for i, (a, b) in enumerate(zip(per_log, self._per_log("decision: master is down"))) if b > a]
+            if not rose:
+                raise BenchError("ours: no watcher logged a decision in the partition round")
+            return rose[0] if len(rose) == 1 else None
+        rec = partition_round(self.ctx, self, "op%d" % rep, cut_s, source=acting)
         return self.since(rec, mark)
 
     def wait_ready(self, timeout=90):
@@ -418,9 +431,11 @@ def bench(ctx, cfg, results):
                 for s in sides if rep % 2 == 0 else sides[::-1]:
                     rec = s.partition(rep, cfg["partition_cut_s"])
                     record("partition", variant, rec, rep)
-                    log("sidebyside partition %s %s: old master acknowledged %.0f ms after the cut (%d writes, lost %d), "
+                    log("sidebyside partition %s %s: +odown %.0f ms and +switch-master %.0f ms after the cut (%s); "
+                        "old master acknowledged %.0f ms after the cut (%d writes, lost %d), "
                         "NOREPLICAS %d, after the heal %d; a linked replica %.1f s after the heal" % (
-                            variant, s.side, rec["inside_acked_after_cut_ms"], rec["inside_acked_during_cut"],
+                            variant, s.side, rec["noticed_ms"], rec["switch_master_ms"], rec["event_source"],
+                            rec["inside_acked_after_cut_ms"], rec["inside_acked_during_cut"],
                             rec["inside_lost"], rec["inside_noreplicas"], rec["inside_acked_after_heal"], rec["reattach_s"]))
             for rep in range(cfg["kill_reps"] if "kill" in cases else 0):
                 for s in kill_sides[rep % 3:] + kill_sides[:rep % 3]:
@@ -443,6 +458,11 @@ NOT_MEASURED = ["broker restart (the benchmark shares the machine's RabbitMQ wit
 
 # ---------------------------------------------------------------------------------------------
 # the report section (report.py calls report_section; no chart)
+
+def fenced(variant):
+    """A variant with `min-replicas-to-write` ≥ 1: the master has a split-brain write fence."""
+    return variant != "min-replicas 0"
+
 
 def _med(vals):
     v = sorted(x for x in vals if x is not None)
@@ -551,6 +571,12 @@ def report_section(res):
     for variant in sorted({r["variant"] for r in runs if r["case"] == "partition"}):
         row("partition", variant, "partition of the master, %s: cut → first write acknowledged through the client (ms)"
             % variant, col("client_writable_ms"), timing=True)
+        row("partition", variant, "partition, %s: cut → noticed, `+odown` on the pub/sub (ms; ours: the acting "
+            "watcher's; Sentinel: the first of its 3 sentinels')" % variant, col("noticed_ms"), timing=True)
+        row("partition", variant, "partition, %s: cut → failover announced, `+switch-master` (ms)%s" % (
+            variant, "; ours waits before the eject, by design, until the cut-off master's fence must have stopped its "
+            "writes (`min-replicas-max-lag` + 2.5 s after it was last heard)" if fenced(variant) else ""),
+            col("switch_master_ms"), timing=True)
         row("partition", variant, "partition, %s: the cut-off master kept acknowledging the inside writer for (ms after "
             "the cut)" % variant, col("inside_acked_after_cut_ms"))
         row("partition", variant, "partition, %s: writes the cut-off master acknowledged during the cut" % variant,
@@ -586,7 +612,11 @@ def report_section(res):
             "`PING` from 127.0.0.1 times out and one from 127.0.0.2 answers. Heal rule: %s s after the cut, but "
             "never before a survivor is master. `NOREPLICAS` counts only those replies from Redis, not connection "
             "errors; `min-replicas-max-lag` is 10 s on both sides. Both writers run through the whole round; lost "
-            "writes are counted against the final master once the old master follows it."
+            "writes are counted against the final master once the old master follows it. `+odown` and "
+            "`+switch-master` are timed by a `PSUBSCRIBE *` subscriber in the benchmark's process on every sentinel's "
+            "or watcher's port, each event stamped on arrival on the clock of the cut: ours from the watcher that "
+            "decided (the one whose log has the round's decision line), Sentinel's from the first sentinel to publish "
+            "it; a round in which either never arrives fails."
             % cfg.get("partition_cut_s"))
         L.append("")
     if NOT_MEASURED:
