@@ -1017,7 +1017,6 @@ def summary_rows(results):
         def g(case, side, k, variant=None):
             return [r.get(k) for r in sb["runs"] if r["case"] == case and r["side"] == side
                     and (variant is None or r["variant"] == variant)]
-        from .sidebyside import fenced
         da = sb.get("down_after_ms", 1000)
         half = "sentinel-%d" % (da // 2)
 
@@ -1049,8 +1048,10 @@ def summary_rows(results):
                 "down_after %d)" % (variant, da), fig(o), "Sentinel down-after %d, first sentinel's `+odown`: %s" % (da, num(med(a_))),
                 ratio_txt(med(o), med(a_)))
             o, a_ = g("partition", "ours", "switch_master_ms", variant), g("partition", "sentinel", "switch_master_ms", variant)
+            fw = [x for x in g("partition", "ours", "fence_wait_ms", variant) if x]
             row("sidebyside", "2b watch vs Sentinel", "partition, %s: cut → failover announced, `+switch-master` (ms)%s" % (
-                variant, "; ours waits for the cut-off master's write fence by design" if fenced(variant) else ""),
+                variant, "; ours held the eject back for the cut-off master's write fence by design (%d of %d rounds)" % (
+                    len(fw), len(o)) if fw else ""),
                 fig(o), "Sentinel down-after %d: %s" % (da, num(med(a_))), ratio_txt(med(o), med(a_)))
             o, a_ = g("partition", "ours", "inside_acked_after_cut_ms", variant), g("partition", "sentinel", "inside_acked_after_cut_ms", variant)
             row("sidebyside", "2b watch vs Sentinel", "partition, %s: cut-off master still acknowledging after the cut (ms)"
