@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import redis
@@ -174,6 +175,62 @@ class InsideWriter(WriterProcess):
 
 
 # ---------------------------------------------------------------------------------------------
+# the Sentinel-protocol events (+sdown, +odown, +switch-master), stamped on arrival
+
+class EventTap:
+    """`PSUBSCRIBE *` on every address (sentinels or watchers), one thread each in this process,
+    every message stamped with time.monotonic() on arrival: `first(channel, after)` is the
+    earliest arrival per source. A subscriber whose connection fails records the error."""
+
+    def __init__(self, addrs, timeout=10.0):
+        self.events = []  # [source index, channel, payload, t]
+        self.errors = []
+        self._stop = threading.Event()
+        self._ready = [threading.Event() for _ in addrs]
+        self._threads = [threading.Thread(target=self._run, args=(i, a), daemon=True) for i, a in enumerate(addrs)]
+        for t in self._threads:
+            t.start()
+        deadline = now() + timeout
+        for i, r in enumerate(self._ready):
+            if not r.wait(max(0.0, deadline - now())):
+                self.close()
+                raise BenchError("could not subscribe to %s:%d's events: %s" % (*addrs[i], self.errors or "no reply"))
+
+    def _run(self, i, addr):
+        ps = None
+        try:
+            ps = redis.Redis(host=addr[0], port=addr[1], socket_timeout=5.0, decode_responses=True).pubsub()
+            ps.psubscribe("*")
+            while not self._stop.is_set():
+                m = ps.get_message(timeout=0.1)
+                t = now()
+                if m is None:
+                    continue
+                if m["type"] == "psubscribe":
+                    self._ready[i].set()
+                elif m["type"] == "pmessage":
+                    self.events.append([i, m["channel"], m["data"], t])
+        except (redis.RedisError, OSError) as e:
+            self.errors.append("%s:%d: %s" % (addr[0], addr[1], e))
+        finally:
+            if ps is not None:
+                quiet(ps.close)
+
+    def first(self, channel, after, prefix=""):
+        """{source index: the earliest arrival of `channel` after `after` whose payload starts with `prefix`}."""
+        out = {}
+        for i, ch, data, t in list(self.events):
+            if ch == channel and t > after and data.startswith(prefix) and (i not in out or t < out[i]):
+                out[i] = t
+        return out
+
+    def close(self):
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=5)
+
+
+# ---------------------------------------------------------------------------------------------
 # one round
 
 def _role(port):
@@ -183,11 +240,13 @@ def _role(port):
         return None
 
 
-def partition_round(ctx, side, tag, cut_s, timeout_s=90.0):
+def partition_round(ctx, side, tag, cut_s, timeout_s=90.0, source=None):
     """Both writers on; cut the master (ours: its agent frozen with SIGSTOP too, its broker link
     cannot be cut alone on one host); heal `cut_s` after the cut, or later once a survivor is
     master; wait until the old master is a linked replica of the new one; count against the
-    final master. `side` is a sidebyside OursSide or SentinelSide."""
+    final master. `side` is a sidebyside OursSide or SentinelSide. The cut → `+odown` and
+    `+switch-master` times come from the side's pub/sub (`side.addrs()`): from the source
+    `source()` names after the round (ours: the acting watcher), or the earliest of them all."""
     side.wait_ready()
     m0 = side.master_port()
     others = [p for p in side.ports if p != m0]
@@ -197,6 +256,7 @@ def partition_round(ctx, side, tag, cut_s, timeout_s=90.0):
         rcon(p).config_set("protected-mode", "no")
     agent = side.guest(m0).proc if side.side == "ours" else None
     before = side.failovers()
+    tap = EventTap(side.addrs())
     w = Writer(ctx, side.ports, tag, sentinels=side.addrs(), name=side.NAME)
     inside = InsideWriter(ctx, m0, tag + "in")
     time.sleep(0.7)
@@ -235,7 +295,9 @@ def partition_round(ctx, side, tag, cut_s, timeout_s=90.0):
                    timeout=timeout_s, interval=0.05)
         reattach_s = now() - t_heal
         time.sleep(0.5)
+        events = _events(side, tap, t_cut, source)
     finally:
+        tap.close()
         din = inside.stop()
         dout = w.stop()
     side.wait_ready()
@@ -274,10 +336,32 @@ def partition_round(ctx, side, tag, cut_s, timeout_s=90.0):
         "replica_of_new_s": became["t"] - t_heal if "t" in became else reattach_s,
         "old_master_role_at_end": _role(m0),
         "failovers": side.failovers() - before,
+        **events,
     }
     drop_keys(final, inside.prefix, din["sent"])
     drop_keys(final, w.prefix, dout["sent"])
     return rec
+
+
+def _events(side, tap, t_cut, source, timeout_s=10.0):
+    """cut → +sdown, +odown and +switch-master (ms) from the tap: each must arrive (within
+    `timeout_s` of the old master following the new one), or the round fails."""
+    # (channel, payload prefix): the master's +sdown/+odown, not a replica's or a sentinel's
+    need = (("+sdown", "master "), ("+odown", "master "), ("+switch-master", ""))
+    try:
+        wait_until("%s: %s on its pub/sub after the cut" % (side.side, ", ".join(ch for ch, _ in need)),
+                   lambda: all(tap.first(ch, t_cut, pre) for ch, pre in need), timeout=timeout_s, interval=0.05)
+    except BenchError as e:
+        got = sorted({ch for _, ch, _, t in tap.events if t > t_cut})
+        raise BenchError("%s (seen: %s; subscriber errors: %s)" % (e, ", ".join(got) or "nothing", tap.errors or "none"))
+    src = source() if source else None
+    out = {"event_source": "acting watcher %d" % src if src is not None else "earliest of %d" % len(side.addrs())}
+    for (ch, pre), key in zip(need, ("sdown_ms", "noticed_ms", "switch_master_ms")):
+        per = tap.first(ch, t_cut, pre)
+        if src is not None and src not in per:
+            raise BenchError("%s: no %s from the acting watcher %d (only from %s)" % (side.side, ch, src, sorted(per)))
+        out[key] = ((per[src] if src is not None else min(per.values())) - t_cut) * 1000
+    return out
 
 
 def _kinds(refused, t_from):

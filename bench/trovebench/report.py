@@ -1043,6 +1043,16 @@ def summary_rows(results):
             row("sidebyside", "2b watch vs Sentinel", "partition of the master, %s: writable through redis-py Sentinel (ms); %s"
                 % (variant, ours_at("partition", variant)), fig(o), "Sentinel down-after %d: %s" % (da, num(med(a_))),
                 ratio_txt(med(o), med(a_)))
+            o, a_ = g("partition", "ours", "noticed_ms", variant), g("partition", "sentinel", "noticed_ms", variant)
+            row("sidebyside", "2b watch vs Sentinel", "partition, %s: cut → noticed, `+odown` (ms; ours: the acting watcher's, "
+                "down_after %d)" % (variant, da), fig(o), "Sentinel down-after %d, first sentinel's `+odown`: %s" % (da, num(med(a_))),
+                ratio_txt(med(o), med(a_)))
+            o, a_ = g("partition", "ours", "switch_master_ms", variant), g("partition", "sentinel", "switch_master_ms", variant)
+            fw = [x for x in g("partition", "ours", "fence_wait_ms", variant) if x]
+            row("sidebyside", "2b watch vs Sentinel", "partition, %s: cut → failover announced, `+switch-master` (ms)%s" % (
+                variant, "; ours held the eject back for the cut-off master's write fence by design (%d of %d rounds)" % (
+                    len(fw), len(o)) if fw else ""),
+                fig(o), "Sentinel down-after %d: %s" % (da, num(med(a_))), ratio_txt(med(o), med(a_)))
             o, a_ = g("partition", "ours", "inside_acked_after_cut_ms", variant), g("partition", "sentinel", "inside_acked_after_cut_ms", variant)
             row("sidebyside", "2b watch vs Sentinel", "partition, %s: cut-off master still acknowledging after the cut (ms)"
                 % variant, fig(o), "Sentinel %s" % num(med(a_)), "")
@@ -1173,13 +1183,26 @@ def targets(results):
         p = med([r["longest_pause_ms"] for r in o])
         out.append(["switchover through trove-guestctl", "pause ≤ 25 ms", "%s ms (p95 %s)" % (num(p), num(p95([r["longest_pause_ms"] for r in o]))),
                     met(None if p is None else p <= 25), "section 1"])
+    sb = results.get("sidebyside")
+    if sb and any(r["case"] == "partition" for r in sb["runs"]):
+        da = sb.get("down_after_ms", 1000)
+        o = [r.get("noticed_ms") for r in sb["runs"] if r["case"] == "partition" and r["side"] == "ours"]
+        a_ = [r.get("noticed_ms") for r in sb["runs"] if r["case"] == "partition" and r["side"] == "sentinel"]
+        worst = None if not o or None in o else max(o)
+        out.append(["partition of the master noticed by the watcher (`+odown`)", "≤ down_after + 0.5 s (%d ms at "
+                    "down_after %d), every round" % (da + 500, da),
+                    "slowest %s ms, median %s ms (%d rounds); Sentinel at down-after %d: median %s ms" % (
+                        num(worst), num(med(o)), len(o), da, num(med(a_))),
+                    met(None if worst is None else worst <= da + 500),
+                    "section 2b (cut → the acting watcher's `+odown`, stamped on arrival by a subscriber)"])
     for row_ in summary(results):
         out.append(row_)
     from . import servers
     out += servers.target_rows(results)
     # the agent each verdict is about (⚠: not HEAD's)
     for row_ in out:
-        sec = next((n for n, k in (("trove", "section 7"), ("switchover", "section 1"), ("failover", "section 2"),
+        sec = next((n for n, k in (("trove", "section 7"), ("switchover", "section 1"), ("sidebyside", "section 2b"),
+                                   ("failover", "section 2"),
                                    ("create", "section 3"), ("rpc", "section 4"), ("footprint", "section 5"))
                     if k in row_[4]), None)
         if sec and sec in results:

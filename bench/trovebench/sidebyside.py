@@ -10,13 +10,15 @@ Cases (each on both sides unless noted): kill -9 of the master (Redis, and for o
 as a whole-host death) with and without min-replicas-to-write 1; a planned switchover (SENTINEL
 FAILOVER against promote-to-replica-source); false positives: SIGSTOP of the master's Redis for
 0.5 x down_after, and (ours) the master's agent killed while its Redis serves; a partition of the
-master from everyone (partition.py) with and without min-replicas-to-write 1. Lost writes are
-always counted against the final master.
+master from everyone (partition.py) with and without min-replicas-to-write 1, timing the cut →
+`+odown` and `+switch-master` events on the sides' pub/sub. Lost writes are always counted
+against the final master.
 
 BENCH_SIDEBYSIDE_CASES (comma-separated: switchover, sigstop, agent-stop, partition, kill; default
 all) runs only some cases."""
 
 import os
+import re
 import signal
 import time
 
@@ -27,6 +29,8 @@ from .partition import partition_round
 from .switch import SentinelTrio, Writer, count_lost, drop_keys, final_master, longest_pause, run_switch
 
 DOWN_AFTER_MS = 1000
+# The watcher's log line when it holds an eject back for a cut-off master's write fence.
+FENCE_WAIT = "waiting until its write fence must have stopped its writes"
 NAME_OURS = "trove"
 NAME_SENTINEL = "mymaster"
 
@@ -141,13 +145,25 @@ class OursSide:
     def guest(self, port):
         return next(g for g in self.fleet.guests if g.port == port)
 
-    def _count(self, needle):
-        """Lines with `needle` in both watchers' logs, whole files (only the lease holder acts)."""
-        n = 0
+    def _per_log(self, needle):
+        """Lines with `needle` in each watcher's log, whole files."""
+        out = []
         for p in self.logs:
             with open(p, errors="replace") as f:
-                n += sum(1 for line in f if needle in line)
-        return n
+                out.append(sum(1 for line in f if needle in line))
+        return out
+
+    def _lines(self, needle):
+        """The lines with `needle` in both watchers' logs, in log order."""
+        out = []
+        for p in self.logs:
+            with open(p, errors="replace") as f:
+                out += [line for line in f if needle in line]
+        return out
+
+    def _count(self, needle):
+        """Lines with `needle` in both watchers' logs (only the lease holder acts)."""
+        return sum(self._per_log(needle))
 
     def decisions(self):
         return self._count("decision: master is down")
@@ -171,7 +187,19 @@ class OursSide:
 
     def partition(self, rep, cut_s):
         mark = self.mark()
-        rec = partition_round(self.ctx, self, "op%d" % rep, cut_s)
+        per_log = self._per_log("decision: master is down")
+        fence_lines = self._lines(FENCE_WAIT)
+
+        def acting():
+            """The watcher that decided this round (its log's decision count rose); None if not one."""
+            rose = [i for i, (a, b) in enumerate(zip(per_log, self._per_log("decision: master is down"))) if b > a]
+            if not rose:
+                raise BenchError("ours: no watcher logged a decision in the partition round")
+            return rose[0] if len(rose) == 1 else None
+        rec = partition_round(self.ctx, self, "op%d" % rep, cut_s, source=acting)
+        # The eject waited for the cut-off master's write fence: the watchers' log line, with its wait.
+        waits = [int(m.group(1)) for m in (re.search(r"wait_ms\W*(\d+)", line) for line in self._lines(FENCE_WAIT)[len(fence_lines):]) if m]
+        rec["fence_wait_ms"] = max(waits) if waits else None
         return self.since(rec, mark)
 
     def wait_ready(self, timeout=90):
@@ -274,7 +302,7 @@ class SentinelSide(SentinelTrio):
             self.fence(p)
 
     def fence(self, port):
-        """min-replicas-to-write on every node (whichever is master then has it); max-lag 10 s."""
+        """min-replicas-to-write on every node (whichever is master then has it); max-lag 10 s (Redis's default)."""
         rcon(port).config_set("min-replicas-to-write", self.min_replicas)
 
     def single_master(self, exclude=None):
@@ -418,9 +446,11 @@ def bench(ctx, cfg, results):
                 for s in sides if rep % 2 == 0 else sides[::-1]:
                     rec = s.partition(rep, cfg["partition_cut_s"])
                     record("partition", variant, rec, rep)
-                    log("sidebyside partition %s %s: old master acknowledged %.0f ms after the cut (%d writes, lost %d), "
+                    log("sidebyside partition %s %s: +odown %.0f ms and +switch-master %.0f ms after the cut (%s); "
+                        "old master acknowledged %.0f ms after the cut (%d writes, lost %d), "
                         "NOREPLICAS %d, after the heal %d; a linked replica %.1f s after the heal" % (
-                            variant, s.side, rec["inside_acked_after_cut_ms"], rec["inside_acked_during_cut"],
+                            variant, s.side, rec["noticed_ms"], rec["switch_master_ms"], rec["event_source"],
+                            rec["inside_acked_after_cut_ms"], rec["inside_acked_during_cut"],
                             rec["inside_lost"], rec["inside_noreplicas"], rec["inside_acked_after_heal"], rec["reattach_s"]))
             for rep in range(cfg["kill_reps"] if "kill" in cases else 0):
                 for s in kill_sides[rep % 3:] + kill_sides[:rep % 3]:
@@ -443,6 +473,15 @@ NOT_MEASURED = ["broker restart (the benchmark shares the machine's RabbitMQ wit
 
 # ---------------------------------------------------------------------------------------------
 # the report section (report.py calls report_section; no chart)
+
+def fence_note(rs):
+    """Ours: in how many rounds the eject waited for the write fence, and how long (the watcher's log)."""
+    if not rs or rs[0]["side"] != "ours":
+        return ""
+    w = [r["fence_wait_ms"] for r in rs if r.get("fence_wait_ms")]
+    return "; the eject waited for the fence in %d of %d rounds%s" % (
+        len(w), len(rs), " (%s ms after the master was last heard)" % _fig(w) if w else "")
+
 
 def _med(vals):
     v = sorted(x for x in vals if x is not None)
@@ -551,6 +590,12 @@ def report_section(res):
     for variant in sorted({r["variant"] for r in runs if r["case"] == "partition"}):
         row("partition", variant, "partition of the master, %s: cut → first write acknowledged through the client (ms)"
             % variant, col("client_writable_ms"), timing=True)
+        row("partition", variant, "partition, %s: cut → noticed, `+odown` on the pub/sub (ms; ours: the acting "
+            "watcher's; Sentinel: the first of its 3 sentinels')" % variant, col("noticed_ms"), timing=True)
+        row("partition", variant, "partition, %s: cut → failover announced, `+switch-master` (ms); ours holds the "
+            "eject back, by design, until the cut-off master's write fence must have stopped its writes "
+            "(`min_replicas_max_lag` + 2.5 s after it was last heard) when the master reported one" % variant,
+            lambda rs: col("switch_master_ms")(rs) + fence_note(rs), timing=True)
         row("partition", variant, "partition, %s: the cut-off master kept acknowledging the inside writer for (ms after "
             "the cut)" % variant, col("inside_acked_after_cut_ms"))
         row("partition", variant, "partition, %s: writes the cut-off master acknowledged during the cut" % variant,
@@ -585,8 +630,14 @@ def report_section(res):
             "(SIGCONT) at the heal: on one host its RabbitMQ link cannot be cut alone. Each round checks that a "
             "`PING` from 127.0.0.1 times out and one from 127.0.0.2 answers. Heal rule: %s s after the cut, but "
             "never before a survivor is master. `NOREPLICAS` counts only those replies from Redis, not connection "
-            "errors; `min-replicas-max-lag` is 10 s on both sides. Both writers run through the whole round; lost "
-            "writes are counted against the final master once the old master follows it."
+            "errors; `min-replicas-max-lag` is Redis's default 10 s on Sentinel's side; on ours it is the agents' "
+            "`min_replicas_max_lag` (default 2 s), and with `fence_majority` (on by default) a master of 2 replicas "
+            "needs 1 of them whatever `min_replicas_to_write` says, so our master is fenced in both variants. Both writers run through the whole round; lost "
+            "writes are counted against the final master once the old master follows it. `+odown` and "
+            "`+switch-master` are timed by a `PSUBSCRIBE *` subscriber in the benchmark's process on every sentinel's "
+            "or watcher's port, each event stamped on arrival on the clock of the cut: ours from the watcher that "
+            "decided (the one whose log has the round's decision line), Sentinel's from the first sentinel to publish "
+            "it; a round in which either never arrives fails."
             % cfg.get("partition_cut_s"))
         L.append("")
     if NOT_MEASURED:
