@@ -69,9 +69,9 @@ impl Taskmanager {
     /// Sends `method` to every guest and gathers the answers: all of them, or, once `need` of
     /// `members` have answered, those that come within `silent_master_grace` more, and none more
     /// from guests the pre-command probe found silent (a dead guest does not hold a failover up).
-    async fn ask_all(&self, method: &str, args: Value, members: &[String], need: usize) -> Vec<(String, Result<Value, Error>)> {
+    async fn ask_all(&self, method: &str, args: Value, members: &[String], need: usize, skip: &[String]) -> Vec<(String, Result<Value, Error>)> {
         use futures_util::stream::{FuturesUnordered, StreamExt};
-        let ids: Vec<String> = self.inventory.guests.iter().map(|g| g.id.clone()).collect();
+        let ids: Vec<String> = self.inventory.guests.iter().map(|g| g.id.clone()).filter(|id| !skip.contains(id)).collect();
         let started = tokio::time::Instant::now();
         let mut pending: FuturesUnordered<_> = ids
             .iter()
@@ -109,7 +109,7 @@ impl Taskmanager {
 
     /// `epoch_promise` to every guest (epoch 0 only reads); each answer or its error.
     async fn promise_all(&self, epoch: u64, members: &[String], need: usize) -> Vec<(String, Result<(bool, Record), String>)> {
-        self.ask_all("epoch_promise", json!({"epoch": epoch}), members, need)
+        self.ask_all("epoch_promise", json!({"epoch": epoch}), members, need, &[])
             .await
             .into_iter()
             .map(|(id, r)| {
@@ -191,9 +191,20 @@ impl Taskmanager {
     /// Has `topology` accepted in the claimed epoch by a quorum of the claim's topology (and by
     /// every other guest that answers). The inventory's `replica_of` follows, for `show`.
     pub async fn commit(&mut self, claim: &Claim, topology: &Topology) -> Result<(), Error> {
-        self.accept_all(claim, Some(topology)).await?;
+        self.accept(claim, topology, &[]).await?;
+        self.mirror(topology)
+    }
+
+    /// The accept phase alone: `topology` accepted by a quorum in the claimed epoch, every guest
+    /// but `skip` asked (a promote asks the old master after its re-point, outside the pause).
+    pub async fn accept(&self, claim: &Claim, topology: &Topology, skip: &[String]) -> Result<(), Error> {
+        self.accept_all(claim, Some(topology), skip).await?;
         tracing::info!(epoch = claim.epoch, master = %topology.master, replicas = ?topology.replicas, "topology accepted");
-        // The inventory mirrors it (for `show`), in one save.
+        Ok(())
+    }
+
+    /// The inventory mirrors an accepted topology (for `show`), in one save.
+    pub fn mirror(&mut self, topology: &Topology) -> Result<(), Error> {
         let mut changed = false;
         for g in self.inventory.guests.iter_mut() {
             let follows = topology.followers().any(|r| *r == g.id).then(|| topology.master.clone());
@@ -212,14 +223,14 @@ impl Taskmanager {
     /// then serve Trove's epoch-less calls again. Returns the epoch.
     pub async fn release(&mut self) -> Result<u64, Error> {
         let claim = self.claim().await?;
-        self.accept_all(&claim, None).await?;
+        self.accept_all(&claim, None, &[]).await?;
         tracing::info!(epoch = claim.epoch, "the set is released to epoch-less callers");
         Ok(claim.epoch)
     }
 
-    async fn accept_all(&self, claim: &Claim, topology: Option<&Topology>) -> Result<(), Error> {
+    async fn accept_all(&self, claim: &Claim, topology: Option<&Topology>, skip: &[String]) -> Result<(), Error> {
         let (members, need) = quorum_of(&claim.topology);
-        let answers = self.ask_all("epoch_accept", json!({"epoch": claim.epoch, "topology": topology}), &members, need).await;
+        let answers = self.ask_all("epoch_accept", json!({"epoch": claim.epoch, "topology": topology}), &members, need, skip).await;
         let accepted = answers.iter().filter(|(id, r)| r.is_ok() && members.contains(id)).count();
         if accepted < need {
             let errors: Vec<String> = answers.iter().filter_map(|(_, r)| r.as_ref().err().map(|e| e.to_string())).collect();

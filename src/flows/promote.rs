@@ -55,17 +55,25 @@ impl Taskmanager {
         let mut next = Topology::new(candidate, others.clone());
         next.replicas.push(old.clone());
         next.returning = current.returning.clone();
-        // 1. Fence the old master (a pause: its clients wait), have the new topology accepted (from
-        // then on the old master's agent keeps it fenced, deposed, until it follows the candidate,
-        // whatever happens to this command), with its offset (final: it takes no writes).
+        // 1. Fence the old master (a pause: its clients wait, and its offset is final) while the
+        // replicas accept the new topology, in parallel. The candidate becomes master only after
+        // both, at exactly the fenced offset, so writes taken between the two are not lost; a
+        // coordinator that dies after the accept leaves a switch that the next one completes
+        // (`install` fences the old master and catches the candidate up). The old master is asked
+        // to accept after its re-point, outside the pause: accepting first would depose it, and a
+        // deposed master refuses writes instead of holding them.
         let fence_at = Instant::now();
-        let fenced = self.call(&old, "make_read_only", json!({"read_only": true, "report_offset": true}), HIGH_TIMEOUT).await?;
-        if let Err(error) = self.commit(&claim, &next).await {
-            // Not accepted by a quorum: nothing changes hands. The pause goes, unless the old
-            // master itself accepted (then the change may complete later, and it stays fenced).
+        let skip = vec![old.clone()];
+        let fence_args = json!({"read_only": true, "report_offset": true});
+        let (fenced, accepted) = tokio::join!(self.call(&old, "make_read_only", fence_args, HIGH_TIMEOUT), self.accept(&claim, &next, &skip));
+        if let Err(error) = accepted {
+            // Not accepted by a quorum: nothing changes hands, and the pause goes.
             let _ = self.call(&old, "make_read_only", json!({"read_only": false}), HIGH_TIMEOUT).await;
             return Err(error);
         }
+        let fenced = fenced.map_err(|e| {
+            Error::Refused(format!("{e}; epoch {} names {candidate} the master: the next command or the watcher completes the switch", claim.epoch))
+        })?;
         // 2. The candidate catches up to exactly the fenced offset, detaches and becomes master,
         // in one call.
         let latest = match fenced["offset"].as_u64() {
@@ -94,6 +102,12 @@ impl Taskmanager {
         let mut outcome = results;
         if old_followed {
             outcome.push(self.call(&old, "demote_replication_master", json!({}), HIGH_TIMEOUT).await.map(|_| ()));
+            let args = json!({"epoch": claim.epoch, "topology": next});
+            if let Err(error) = self.call(&old, "epoch_accept", args, self.epoch_timeout).await {
+                // The quorum has accepted already; the old master learns the epoch at the next change.
+                tracing::warn!(%old, %error, "the old master did not record the new epoch");
+            }
+            outcome.push(self.mirror(&next));
         } else {
             tracing::warn!(%old, "the old master could not be re-pointed: it stays fenced, in the topology as a member to re-attach");
             let mut back = next.clone();
