@@ -113,8 +113,11 @@ impl RedisSync {
             if repl.role == Role::Master {
                 // A demoted master: its clients (paused by the fence) reconnect and rediscover
                 // the new master now, rather than meet READONLY when the pause lifts.
-                let killed = admin.kill_clients().await?;
-                tracing::info!(killed, "closed the demoted master's client connections");
+                match admin.kill_clients().await {
+                    Ok(killed) => tracing::info!(killed, "closed the demoted master's client connections"),
+                    // Not fatal: its clients then meet READONLY when the fence lifts.
+                    Err(error) => tracing::warn!(%error, "could not close the demoted master's client connections"),
+                }
             }
             tracing::info!(
                 master = %format!("{}:{}", master.host, master.port),
