@@ -286,6 +286,16 @@ impl Taskmanager {
     /// Re-points `movers` at the master `context` describes, directly and in parallel, as Trove
     /// does each one: `detach_replica(for_failover=true)` then `attach_replica`; a mover in
     /// `masters` (its Redis is a master: an old master) only attaches. Errors are returned per guest.
+    /// Fences `master` (a pause: its clients wait) and returns its final offset, from the fence's
+    /// own answer (`report_offset`), or asked after it from an agent that does not give one.
+    pub async fn fence_offset(&self, master: &str) -> Result<u64, Error> {
+        let fenced = self.call(master, "make_read_only", json!({"read_only": true, "report_offset": true}), HIGH_TIMEOUT).await?;
+        match fenced["offset"].as_u64() {
+            Some(offset) => Ok(offset),
+            None => Ok(self.call(master, "get_latest_txn_id", json!({}), HIGH_TIMEOUT).await?.as_u64().unwrap_or(0)),
+        }
+    }
+
     /// Tells `on_writable` that `master` takes writes.
     pub fn writable(&self, master: &str) {
         if let Some(tx) = &self.on_writable {
@@ -324,11 +334,7 @@ impl Taskmanager {
             let source = t.followers().filter_map(|r| live_of(r)).find(|l| l.role() == Some("master") && l.addr() == followed);
             let mut latest = 0;
             if let Some(old) = source {
-                let fenced = self.call(&old.id, "make_read_only", json!({"read_only": true, "report_offset": true}), HIGH_TIMEOUT).await?;
-                latest = match fenced["offset"].as_u64() {
-                    Some(offset) => offset,
-                    None => self.call(&old.id, "get_latest_txn_id", json!({}), HIGH_TIMEOUT).await?.as_u64().unwrap_or(0),
-                };
+                latest = self.fence_offset(&old.id).await?;
             }
             tracing::info!(master = %m, "making the accepted master a writable master");
             let args = json!({"replica_source_config": self.inventory.replica_source_config, "catch_up_to": latest, "detach": true});

@@ -64,22 +64,17 @@ impl Taskmanager {
         // deposed master refuses writes instead of holding them.
         let fence_at = Instant::now();
         let skip = vec![old.clone()];
-        let fence_args = json!({"read_only": true, "report_offset": true});
-        let (fenced, accepted) = tokio::join!(self.call(&old, "make_read_only", fence_args, HIGH_TIMEOUT), self.accept(&claim, &next, &skip));
+        let (fenced, accepted) = tokio::join!(self.fence_offset(&old), self.accept(&claim, &next, &skip));
         if let Err(error) = accepted {
             // Not accepted by a quorum: nothing changes hands, and the pause goes.
             let _ = self.call(&old, "make_read_only", json!({"read_only": false}), HIGH_TIMEOUT).await;
             return Err(error);
         }
-        let fenced = fenced.map_err(|e| {
+        let latest = fenced.map_err(|e| {
             Error::Refused(format!("{e}; epoch {} names {candidate} the master: the next command or the watcher completes the switch", claim.epoch))
         })?;
         // 2. The candidate catches up to exactly the fenced offset, detaches and becomes master,
         // in one call.
-        let latest = match fenced["offset"].as_u64() {
-            Some(offset) => offset,
-            None => self.call(&old, "get_latest_txn_id", json!({}), HIGH_TIMEOUT).await?.as_u64().unwrap_or(0),
-        };
         let args = json!({"replica_source_config": self.inventory.replica_source_config, "catch_up_to": latest, "detach": true});
         self.call(candidate, "enable_as_master", args, HIGH_TIMEOUT).await?;
         self.writable(candidate);
