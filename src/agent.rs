@@ -58,7 +58,7 @@ pub fn guard_redis_start(settings: &Settings) -> Result<bool, Error> {
 
 /// Runs the agent until `cancel` fires.
 pub async fn run(settings: Settings, cancel: CancellationToken, hooks: Hooks) -> Result<(), Error> {
-    let manager = Arc::new(RedisManager::new(settings.redis.clone())?);
+    let manager = Arc::new(RedisManager::new(settings.redis.clone(), settings.volume.clone())?);
     check_server(&settings.redis.binary, settings.replication.dual_channel_replication)?;
     let epochs = Arc::new(
         replication::epoch::Epochs::load(settings.redis.epoch_path(), &settings.guest.id).map_err(|e| Error::Strategy(e.to_string()))?,

@@ -28,6 +28,7 @@ pub struct Settings {
     pub conductor: ConductorSettings,
     pub redis: RedisSettings,
     pub replication: ReplicationSettings,
+    pub volume: VolumeSettings,
     pub log: LogSettings,
     /// Options found in Trove's INI files that this agent does not use (`[section] key`), for one debug line.
     #[serde(skip)]
@@ -174,6 +175,25 @@ pub struct ReplicationSettings {
     /// Valkey 8.0+ dual-channel replication (`dual-channel-replication-enabled yes`) on every node.
     pub dual_channel_replication: bool,
 }
+
+/// The data volume (`prepare`'s `device_path`, `mount_volume`, `resize_fs`): Trove's
+/// `volume_fstype`, `format_options`, `mount_options`, `volume_format_timeout`, and where it may go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSettings {
+    pub fstype: String,
+    pub format_options: String,
+    pub mount_options: String,
+    pub format_timeout: u64,
+    /// Mount points must be one of these directories or below one.
+    #[serde(deserialize_with = "string_list")]
+    pub allowed_mount_roots: Vec<PathBuf>,
+    /// The file that records mounts for reboots.
+    pub fstab: PathBuf,
+}
+
+/// File systems the agent formats and grows.
+pub const VOLUME_FSTYPES: &[&str] = &["ext2", "ext3", "ext4", "xfs"];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -346,6 +366,10 @@ const TROVE_OPTIONS: &[(&str, &str, &str, Kind)] = &[
     ("oslo_messaging_rabbit", "rabbit_transient_queues_ttl", "rpc.transient_queues_ttl", Kind::Int(1, 4_294_967)),
     ("oslo_messaging_rabbit", "heartbeat_timeout_threshold", "rpc.heartbeat", Kind::Int(0, 65_535)),
     ("oslo_messaging_rabbit", "rabbit_interval_max", "rpc.reconnect_max_backoff", Kind::Int(1, 3_600)),
+    ("DEFAULT", "volume_fstype", "volume.fstype", Kind::Str),
+    ("DEFAULT", "format_options", "volume.format_options", Kind::Str),
+    ("DEFAULT", "mount_options", "volume.mount_options", Kind::Str),
+    ("DEFAULT", "volume_format_timeout", "volume.format_timeout", Kind::Int(1, 86_400)),
 ];
 
 /// Options handled below rather than in `TROVE_OPTIONS`.
@@ -472,6 +496,7 @@ fn validate(s: &Settings) -> Result<(), Error> {
         }
     }
     validate_tls(s)?;
+    validate_volume(&s.volume)?;
     let nums: Vec<_> = s.replication.default_save.split_whitespace().collect();
     if nums.is_empty() || nums.len() % 2 != 0 || nums.iter().any(|n| n.parse::<u64>().is_err()) {
         return invalid("replication.default_save", "must be pairs of <seconds> <changes>");
@@ -502,6 +527,44 @@ fn validate_tls(s: &Settings) -> Result<(), Error> {
         return invalid("replication.tls_replication", "needs redis.tls_port (the port replicas reach over TLS)".into());
     }
     Ok(())
+}
+
+fn validate_volume(v: &VolumeSettings) -> Result<(), Error> {
+    let invalid = |key: &str, why: &str| Err(Error::Invalid(format!("volume.{key}: {why}")));
+    if !VOLUME_FSTYPES.contains(&v.fstype.as_str()) {
+        return invalid("fstype", &format!("must be one of {}", VOLUME_FSTYPES.join(", ")));
+    }
+    if v.format_options.chars().any(char::is_control) {
+        return invalid("format_options", "must not contain control characters");
+    }
+    if v.mount_options.is_empty() || v.mount_options.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return invalid("mount_options", "must be a comma-separated option list without spaces (e.g. defaults,noatime)");
+    }
+    if v.format_timeout == 0 {
+        return invalid("format_timeout", "must be at least 1 second");
+    }
+    if v.allowed_mount_roots.iter().any(|r| !r.is_absolute() || r == Path::new("/")) {
+        return invalid("allowed_mount_roots", "must be absolute directories other than /");
+    }
+    if !v.fstab.is_absolute() {
+        return invalid("fstab", "must be an absolute path");
+    }
+    Ok(())
+}
+
+/// A list of paths: a TOML array, or one string of comma-separated paths (environment variables).
+fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum List {
+        Many(Vec<String>),
+        One(String),
+    }
+    let items = match List::deserialize(d)? {
+        List::Many(v) => v,
+        List::One(s) => s.split(',').map(str::to_owned).collect(),
+    };
+    Ok(items.iter().map(|s| s.trim()).filter(|s| !s.is_empty()).map(PathBuf::from).collect())
 }
 
 fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {

@@ -1,6 +1,7 @@
 //! The datastore boundary: what the guest manages locally. Knows nothing about AMQP or envelopes.
 
 pub mod redis;
+pub mod volume;
 
 /// The status the guest reports to the conductor (Trove's service_status descriptions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -21,7 +21,7 @@ const NOT_SUPPORTED: &[&str] = &[
     "create_database", "list_databases", "delete_database", "create_user", "list_users", "delete_user",
     "get_user", "update_attributes", "grant_access", "revoke_access", "list_access", "change_passwords",
     "enable_root", "enable_root_with_password", "disable_root", "is_root_enabled", "get_root_password",
-    "create_backup", "mount_volume", "unmount_volume", "resize_fs", "upgrade", "pre_upgrade", "post_upgrade",
+    "create_backup", "upgrade", "pre_upgrade", "post_upgrade",
     "guest_log_list", "guest_log_action", "module_list", "module_apply", "module_remove", "rebuild",
     "get_diagnostics", "get_hwinfo", "pre_create_backup", "post_create_backup", "ssl_show", "ssl_action",
     "ssl_rollback", "attach_replication_slave",
@@ -121,10 +121,15 @@ impl Guest {
         if a.opt_object("backup_info")?.is_some() {
             return Err(not_supported("prepare from a backup"));
         }
+        // Trove sends device_path null when the datastore has no volume (volume_support = False).
+        let volume = match a.opt_str("device_path")?.filter(|d| !d.is_empty()) {
+            Some(device) => Some((device, self.mount_point_arg(a)?)),
+            None => None,
+        };
         let _guard = self.lifecycle.lock().await;
         self.set_status(ServiceStatus::Building);
         let result = async {
-            self.manager.prepare(config_contents, overrides).await.map_err(replication::Error::from)?;
+            self.manager.prepare(config_contents, overrides, volume).await.map_err(replication::Error::from)?;
             if let Some(master) = &master {
                 let config = snapshot.as_ref().and_then(|s| s.get("config")).and_then(Value::as_str);
                 self.strategy.attach(master, config).await?;
@@ -143,6 +148,44 @@ impl Guest {
                 Err(to_failure(a, error))
             }
         }
+    }
+
+    /// `mount_point`: given, or the data volume's, or `redis.data_dir` (Trove's `[redis] mount_point`).
+    fn mount_point_arg(&self, a: &Args<'_>) -> Result<String, RemoteFailure> {
+        Ok(a.opt_str("mount_point")?.unwrap_or_else(|| self.manager.settings.data_dir.display().to_string()))
+    }
+
+    /// `device_path`: given, or the data volume's.
+    async fn device_arg(&self, a: &Args<'_>) -> Result<String, RemoteFailure> {
+        match a.opt_str("device_path")? {
+            Some(d) => Ok(d),
+            None => self.manager.volume().await.map(|v| v.device).ok_or_else(|| a.wrong("device_path", "a device path (this guest has no data volume)")),
+        }
+    }
+
+    /// The volume calls: one at a time with the lifecycle calls; they never start or stop Redis.
+    async fn volume_call(&self, a: &Args<'_>) -> Result<Value, RemoteFailure> {
+        let recorded = self.manager.volume().await;
+        let mount_point = match a.opt_str("mount_point")? {
+            Some(m) => m,
+            None => recorded.map(|v| v.mount_point.display().to_string()).unwrap_or(self.mount_point_arg(a)?),
+        };
+        let _guard = self.lifecycle.lock().await;
+        let volumes = self.manager.volumes();
+        let result = match a.method {
+            "mount_volume" => {
+                let device = self.device_arg(a).await?;
+                volumes.mount(&device, &mount_point, a.opt_bool("write_to_fstab", false)?).await
+            }
+            "unmount_volume" => volumes.unmount(a.opt_str("device_path")?.as_deref(), &mount_point).await,
+            _ => {
+                // `online` (API 1.1): a mounted file system grows online either way.
+                a.opt_bool("online", false)?;
+                let device = self.device_arg(a).await?;
+                volumes.resize(&device, &mount_point).await
+            }
+        };
+        result.map(|_| Value::Null).map_err(|e| to_failure(a, e.into()))
     }
 
     async fn lifecycle<F, Fut>(&self, a: &Args<'_>, f: F) -> Result<Value, RemoteFailure>
@@ -168,6 +211,7 @@ impl Guest {
                 stats["mgr_extra_info"] = json!({});
                 Ok(stats)
             }
+            "mount_volume" | "unmount_volume" | "resize_fs" => self.volume_call(a).await,
             "restart" => self.lifecycle(a, || self.manager.restart()).await,
             "stop_db" => {
                 let no_start = a.opt_bool("do_not_start_on_reboot", false)?;

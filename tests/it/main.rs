@@ -14,3 +14,4 @@ mod secrets;
 mod sentinel_client;
 mod tls;
 mod trove_boot;
+mod volumes;

@@ -1,18 +1,22 @@
 //! The Redis datastore manager: lifecycle, configuration layers, status probe, filesystem stats.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use tokio::sync::Mutex;
 
 use super::admin::{Admin, Target};
 use super::runtime;
 use super::service::{self, Service};
 use super::state::{self, MasterSettings, ReplicaOf, State, System};
-use crate::config::{RedisSettings, ServiceKind};
+use crate::config::{RedisSettings, ServiceKind, VolumeSettings};
+use crate::datastore::volume::{self, VolumeRecord, Volumes};
 use crate::datastore::{Error, Result, ServiceStatus};
+
+/// The user Redis runs as under systemd (Debian's unit); the volume and new directories are its.
+pub const REDIS_USER: &str = "redis";
 
 /// Owns the local Redis: its process, its redis.conf and the admin connection.
 pub struct RedisManager {
@@ -27,11 +31,14 @@ pub struct RedisManager {
     admin_cache: Mutex<Option<(String, Admin)>>,
     /// Set while a redis-server from another configuration holds our port (supervised mode).
     foreign: std::sync::Mutex<Option<String>>,
+    volumes: Volumes,
+    /// Redis's data directory: `redis.data_dir`, or the volume's mount point (see `data_dir_of`).
+    data_dir: std::sync::RwLock<PathBuf>,
 }
 
 impl RedisManager {
     /// Loads the state; a config file left by an earlier life is adopted as the base.
-    pub fn new(settings: RedisSettings) -> Result<RedisManager> {
+    pub fn new(settings: RedisSettings, volume: VolumeSettings) -> Result<RedisManager> {
         let state_path = settings.state_path();
         let state = match State::load(&state_path)? {
             Some(s) => s,
@@ -43,7 +50,10 @@ impl RedisManager {
         let major = redis_major(&settings.binary).unwrap_or(7);
         let service = Service::new(&settings);
         service.set_source(state.is_source());
+        let data_dir = std::sync::RwLock::new(data_dir_of(&settings.data_dir, &state));
         Ok(RedisManager {
+            volumes: Volumes::new(volume, REDIS_USER),
+            data_dir,
             service,
             settings,
             state: Mutex::new(state),
@@ -96,6 +106,8 @@ impl RedisManager {
             s.spawn_watch(cancel);
             if self.state.lock().await.no_start_on_boot {
                 tracing::info!("redis was stopped with do_not_start_on_reboot; not starting it");
+            } else if let Err(error) = self.check_volume().await {
+                tracing::error!(%error, "not starting redis");
             } else if self.prepared().await {
                 // Re-render so the file carries the agent's current layers.
                 self.write_config().await?;
@@ -131,7 +143,8 @@ impl RedisManager {
             let canon = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
             !a.is_empty() && canon(std::path::Path::new(a)) == canon(b)
         };
-        if same(&config_file, &self.settings.config_file) && same(&dir, &self.settings.data_dir) {
+        let data_dir = self.data_dir();
+        if same(&config_file, &self.settings.config_file) && same(&dir, &data_dir) {
             self.set_foreign(None);
             return Ok(());
         }
@@ -139,7 +152,7 @@ impl RedisManager {
             "a redis-server this agent did not start answers on port {} with config file '{config_file}' and dir '{dir}' (expected '{}' and '{}'): stop it, then restart the agent",
             self.settings.port,
             self.settings.config_file.display(),
-            self.settings.data_dir.display()
+            data_dir.display()
         );
         self.set_foreign(Some(why.clone()));
         Err(Error::Refused(why))
@@ -182,7 +195,36 @@ impl RedisManager {
         admin.config_set("dual-channel-replication-enabled", "yes").await
     }
 
-    fn system(&self) -> System<'_> {
+    /// Redis's data directory now.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The volume operations (`mount_volume`, `unmount_volume`, `resize_fs`).
+    pub fn volumes(&self) -> &Volumes {
+        &self.volumes
+    }
+
+    /// The data volume `prepare` set up, if any.
+    pub async fn volume(&self) -> Option<VolumeRecord> {
+        self.state.lock().await.volume.clone()
+    }
+
+    /// With a data volume recorded, Redis starts only when that volume is mounted: never on the
+    /// empty directory beneath its mount point.
+    async fn check_volume(&self) -> Result<()> {
+        let Some(v) = self.volume().await else { return Ok(()) };
+        if self.volumes.is_mounted(&v).await? {
+            return Ok(());
+        }
+        Err(Error::Refused(format!(
+            "the data volume {} is not mounted at {}: redis is not started on the directory beneath it (mount_volume first)",
+            v.device,
+            v.mount_point.display()
+        )))
+    }
+
+    fn system<'a>(&'a self, dir: &'a Path) -> System<'a> {
         System {
             dual_channel: self.dual_channel.load(Ordering::Relaxed),
             port: self.settings.port,
@@ -191,7 +233,7 @@ impl RedisManager {
                 files,
                 auth_clients: self.settings.tls_auth_clients.as_str(),
             }),
-            dir: &self.settings.data_dir,
+            dir,
             daemonize: self.settings.service != ServiceKind::Supervised,
         }
     }
@@ -199,8 +241,9 @@ impl RedisManager {
     /// Renders and writes redis.conf and the state file (both 0600, atomic), the two side by
     /// side so their fsyncs overlap (they sit on the promote's critical path).
     async fn write_locked(&self, state: &State) -> Result<()> {
-        self.ensure_data_dir()?;
-        let conf = state.render(&self.system(), self.major());
+        let dir = data_dir_of(&self.settings.data_dir, state);
+        self.ensure_data_dir(&dir)?;
+        let conf = state.render(&self.system(&dir), self.major());
         std::thread::scope(|scope| {
             let conf_write = scope.spawn(|| state::write_private(&self.settings.config_file, conf.as_bytes()));
             let saved = state.save(&self.state_path);
@@ -234,19 +277,22 @@ impl RedisManager {
         }
         self.write_locked(&next).await?;
         self.service.set_source(next.is_source());
+        *self.data_dir.write().unwrap_or_else(|p| p.into_inner()) = data_dir_of(&self.settings.data_dir, &next);
         *state = next;
         Ok(out)
     }
 
-    fn ensure_data_dir(&self) -> Result<()> {
-        std::fs::create_dir_all(&self.settings.data_dir).map_err(|e| Error::io(&self.settings.data_dir, e))
+    /// Creates the data directory (given to the redis user when the agent runs as root).
+    fn ensure_data_dir(&self, dir: &Path) -> Result<()> {
+        runtime::ensure_dirs(&[dir.to_path_buf()], REDIS_USER).map(drop).map_err(|e| Error::io(dir, e))
     }
 
     /// Runs redis-server's own parser over the configuration `state` renders.
     async fn check(&self, state: &State) -> Result<()> {
         // The rendered `dir` must exist: Redis changes into it while it parses.
-        self.ensure_data_dir()?;
-        let text = state.render(&self.system(), self.major());
+        let dir = data_dir_of(&self.settings.data_dir, state);
+        self.ensure_data_dir(&dir)?;
+        let text = state.render(&self.system(&dir), self.major());
         service::check_config(&self.settings.binary, &text).await
     }
 
@@ -412,6 +458,7 @@ impl RedisManager {
             return Err(Error::Refused("redis has no configuration yet: the instance must be prepared first".into()));
         }
         self.check_adoption().await?;
+        self.check_volume().await?;
         if self.state.lock().await.no_start_on_boot {
             self.service.start_on_boot(true).await?;
             self.update(|s| s.no_start_on_boot = false).await?;
@@ -437,7 +484,9 @@ impl RedisManager {
 
     /// The redis.conf text the current state renders.
     async fn rendered(&self) -> String {
-        self.state.lock().await.render(&self.system(), self.major())
+        let state = self.state.lock().await;
+        let dir = data_dir_of(&self.settings.data_dir, &state);
+        state.render(&self.system(&dir), self.major())
     }
 
     /// Creates the directories the configuration names for Redis's pidfile, socket and log
@@ -484,15 +533,40 @@ impl RedisManager {
         self.start().await
     }
 
-    /// `prepare`: write the rendered configuration and overrides, then (re)start Redis.
-    pub async fn prepare(&self, config_contents: Option<String>, overrides: Map<String, Value>) -> Result<()> {
+    /// `prepare`: set up the data volume (`device_path` at `mount_point`), write the rendered
+    /// configuration and overrides, then (re)start Redis. The volume and the configuration are
+    /// both checked before anything changes.
+    pub async fn prepare(&self, config_contents: Option<String>, overrides: Map<String, Value>, volume: Option<(String, String)>) -> Result<()> {
         self.check_adoption().await?;
         let base = config_contents.unwrap_or_else(default_base);
-        self.update_checked(|s| {
-            s.base = Some(base);
-            s.user = overrides.into_iter().collect();
+        let plan = match &volume {
+            Some((device, mount_point)) => Some(self.volumes.plan(device, mount_point).await?),
+            None => None,
+        };
+        let change = |s: &mut State| {
+            s.base = Some(base.clone());
+            s.user = overrides.clone().into_iter().collect();
             s.replica = None;
             s.master = None;
+        };
+        let mut next = self.snapshot_state().await;
+        change(&mut next);
+        self.check(&next).await?;
+        let record = match plan {
+            Some(plan) => {
+                // Redis must not keep running from the directory the volume is mounted over.
+                if plan.mounts() && self.service.can_control() && service::port_open(self.settings.port).await {
+                    self.stop().await?;
+                }
+                Some(self.volumes.apply(plan).await?)
+            }
+            None => None,
+        };
+        self.update_checked(|s| {
+            change(s);
+            if record.is_some() {
+                s.volume = record;
+            }
         })
         .await?;
         if service::port_open(self.settings.port).await && self.service.can_control() {
@@ -532,31 +606,33 @@ impl RedisManager {
         Ok(())
     }
 
-    /// Trove's `get_filesystem_stats`: total/used in GB, free in bytes.
+    /// Trove's `get_filesystem_stats` of `path`, by default of the data directory (the volume
+    /// when there is one; its nearest existing parent before the first prepare).
     pub fn filesystem_stats(&self, path: Option<&str>) -> Result<Value> {
-        let path = path.map(PathBuf::from).unwrap_or_else(|| self.settings.data_dir.clone());
-        let probe = if path.exists() { path.clone() } else { path.parent().map(PathBuf::from).unwrap_or(path.clone()) };
-        let st = nix::sys::statvfs::statvfs(&probe).map_err(|e| Error::io(&probe, e))?;
-        let block = st.fragment_size() as u64;
-        let total = st.blocks() as u64 * block;
-        let free = st.blocks_available() as u64 * block;
-        let used = total.saturating_sub(st.blocks_free() as u64 * block);
-        let gb = |b: u64| ((b as f64 / 1024f64.powi(3)) * 100.0).round() / 100.0;
-        Ok(json!({
-            "block_size": block,
-            "total_blocks": st.blocks(),
-            "free_blocks": st.blocks_available(),
-            "total": gb(total),
-            "free": free,
-            "used": gb(used),
-        }))
+        match path {
+            Some(p) => volume::fs_stats(Path::new(p)),
+            None => {
+                let dir = self.data_dir();
+                let probe = dir.ancestors().find(|a| a.exists()).unwrap_or(Path::new("/"));
+                volume::fs_stats(probe)
+            }
+        }
     }
 
     /// Free bytes on the data directory's filesystem.
     pub fn free_disk(&self) -> Result<u64> {
-        let dir = &self.settings.data_dir;
+        let dir = &self.data_dir();
         let st = nix::sys::statvfs::statvfs(dir).map_err(|e| Error::io(dir, e))?;
         Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
+    }
+}
+
+/// Redis's data directory for `state`: `redis.data_dir`, unless a data volume is mounted
+/// elsewhere than it or a parent of it; then the volume's mount point.
+fn data_dir_of(configured: &Path, state: &State) -> PathBuf {
+    match &state.volume {
+        Some(v) if !configured.starts_with(&v.mount_point) => v.mount_point.clone(),
+        _ => configured.to_path_buf(),
     }
 }
 
@@ -591,6 +667,7 @@ fn refuse_protected(overrides: &Map<String, Value>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn protected_overrides_are_refused_in_any_spelling() {

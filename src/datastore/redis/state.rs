@@ -52,6 +52,9 @@ pub struct State {
     /// `stop_db(do_not_start_on_reboot=True)`: Redis stays down at boot until a start.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_start_on_boot: bool,
+    /// The data volume `prepare` mounted; Redis's data directory is on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<crate::datastore::volume::VolumeRecord>,
 }
 
 /// `repl-ping-replica-period` on a replica source: replicas then hear from a live master at least

@@ -92,7 +92,7 @@ impl RedisSync {
             return Err(Error::Refused(format!(
                 "not enough disk for a dump: need {needed} bytes ({}x used_memory {used}), {free} free in {}",
                 self.settings.disk_headroom,
-                self.manager.settings.data_dir.display()
+                self.manager.data_dir().display()
             )));
         }
         let master = self.apply_master_settings(&mut admin, request.replica_source_config.as_deref(), request.replica_count).await?;

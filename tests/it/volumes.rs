@@ -1,0 +1,208 @@
+//! Data volumes on real loop devices through a real agent: prepare formats and mounts, data survives, resize_fs grows, mount/unmount, hostile input.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use redis::AsyncCommands;
+use serde_json::{json, Value};
+
+use crate::harness::*;
+
+/// A loop device over a sparse file; on drop, whatever is mounted from it is unmounted and it is detached.
+struct Loop {
+    dev: String,
+    file: PathBuf,
+}
+
+impl Loop {
+    fn new(file: PathBuf, mb: u64) -> Loop {
+        std::fs::File::create(&file).unwrap().set_len(mb << 20).unwrap();
+        let out = Command::new("losetup").args(["-f", "--show"]).arg(&file).output();
+        match out {
+            Ok(o) if o.status.success() => Loop { dev: String::from_utf8_lossy(&o.stdout).trim().to_owned(), file },
+            // Not a skip: this test needs root and loop devices.
+            Ok(o) => panic!("loop devices are unavailable on this host (losetup -f --show: {}); the volume tests need root and /dev/loop*", String::from_utf8_lossy(&o.stderr).trim()),
+            Err(e) => panic!("loop devices are unavailable on this host (cannot run losetup: {e}); the volume tests need root and /dev/loop*"),
+        }
+    }
+
+    fn grow(&self, mb: u64) {
+        std::fs::OpenOptions::new().write(true).open(&self.file).unwrap().set_len(mb << 20).unwrap();
+        sh("losetup", &["-c", &self.dev]);
+    }
+
+    fn uuid(&self) -> String {
+        blkid(&self.dev, "UUID").expect("a file system UUID")
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        for target in mounted_targets(&self.dev).into_iter().rev() {
+            let _ = Command::new("umount").arg(&target).status();
+            if mounted_targets(&self.dev).contains(&target) {
+                let _ = Command::new("umount").arg("-l").arg(&target).status();
+            }
+        }
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+    }
+}
+
+fn sh(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().unwrap();
+    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn blkid(dev: &str, key: &str) -> Option<String> {
+    let out = Command::new("blkid").args(["-p", "-o", "value", "-s", key, dev]).output().unwrap();
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned()).filter(|s| !s.is_empty())
+}
+
+fn mounted_targets(dev: &str) -> Vec<String> {
+    let out = Command::new("findmnt").args(["-rn", "-o", "TARGET", "--source", dev]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+}
+
+/// The source mounted at `target`, if any.
+fn source_at(target: &Path) -> Option<String> {
+    let out = Command::new("findmnt").args(["-rn", "-o", "SOURCE", "--mountpoint"]).arg(target).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().last().map(str::to_owned)
+}
+
+fn prepare_args(g: &Guest, device: &str, mount_point: &Path, snapshot: Option<Value>) -> Value {
+    json!({
+        "packages": null, "databases": [], "memory_mb": 512, "users": [], "device_path": device,
+        "mount_point": mount_point, "backup_info": null, "config_contents": g.config_contents(None),
+        "root_password": null, "overrides": {}, "cluster_config": null, "snapshot": snapshot,
+    })
+}
+
+fn volume_env(root: &Path) -> Vec<(String, String)> {
+    vec![
+        ("TROVE_GUESTAGENT__VOLUME__ALLOWED_MOUNT_ROOTS".into(), root.display().to_string()),
+        ("TROVE_GUESTAGENT__VOLUME__FSTAB".into(), root.join("fstab").display().to_string()),
+    ]
+}
+
+async fn refused(c: &trove_guest::rpc::client::RpcClient, g: &Guest, method: &str, a: Value, expect: &str) {
+    let f = call_err(c, g, method, a.clone()).await;
+    assert!(f.message.contains(expect), "{method} {a}: expected '{expect}', got {}", f.message);
+}
+
+async fn total_gb(c: &trove_guest::rpc::client::RpcClient, g: &Guest) -> f64 {
+    let s = call(c, g, "get_filesystem_stats", json!({"fs_path": null})).await;
+    s["total"].as_f64().unwrap()
+}
+
+#[tokio::test]
+async fn prepare_formats_mounts_and_keeps_redis_data_on_the_volume() {
+    // Declared first, dropped last: the guests stop before their volumes are unmounted.
+    let root = tempfile::tempdir().unwrap();
+    let vol = Loop::new(root.path().join("vol.img"), 64);
+    let busy = Loop::new(root.path().join("busy.img"), 32);
+    let rvol = Loop::new(root.path().join("replica.img"), 64);
+    let mp = root.path().join("redis");
+    let fstab = root.path().join("fstab");
+    std::fs::write(&fstab, "# test fstab\n").unwrap();
+    let c = client().await;
+    let env = volume_env(root.path());
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut g = spawn_guest(&c, None, &env).await;
+
+    // Hostile input: clear errors, nothing formatted, mounted or written.
+    sh("mkfs", &["-t", "ext4", "-q", &busy.dev]);
+    let elsewhere = root.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    sh("mount", &[&busy.dev, elsewhere.to_str().unwrap()]);
+    let a = |d: &str, m: &Path| prepare_args(&g, d, m, None);
+    refused(&c, &g, "prepare", a("/nonexistent/vdz", &mp), "does not exist").await;
+    refused(&c, &g, "prepare", a("/dev/null", &mp), "is not a block device").await;
+    refused(&c, &g, "prepare", a(&busy.dev, &mp), "is in use: mounted at").await;
+    refused(&c, &g, "prepare", a(&vol.dev, Path::new("/etc/redis-vol")), "outside the allowed mount roots").await;
+    refused(&c, &g, "prepare", a(&vol.dev, Path::new("relative/dir")), "not an absolute path").await;
+    refused(&c, &g, "prepare", a(&vol.dev, &root.path().join("redis/../../x")), "'..'").await;
+    refused(&c, &g, "prepare", a(&vol.dev, &elsewhere), "already has").await;
+    refused(&c, &g, "mount_volume", json!({"device_path": vol.dev, "mount_point": mp}), "holds no file system").await;
+    refused(&c, &g, "resize_fs", json!({"device_path": vol.dev, "mount_point": mp}), "holds no file system").await;
+    assert_eq!(blkid(&vol.dev, "TYPE"), None, "a refused call formatted the device");
+    assert!(mounted_targets(&vol.dev).is_empty());
+    assert_eq!(mounted_targets(&busy.dev), vec![elsewhere.display().to_string()]);
+    assert_eq!(std::fs::read_to_string(&fstab).unwrap(), "# test fstab\n");
+    assert!(g.redis_pid().is_none(), "a refused prepare started redis");
+
+    // prepare: formatted with Trove's default (ext3), mounted, recorded, Redis's data there.
+    call(&c, &g, "prepare", a(&vol.dev, &mp)).await;
+    assert_eq!(blkid(&vol.dev, "TYPE").as_deref(), Some("ext3"));
+    assert_eq!(source_at(&mp).as_deref(), Some(vol.dev.as_str()));
+    let uuid = vol.uuid();
+    let line = format!("UUID={uuid}\t{}\text3\tdefaults,noatime\t0\t0", mp.display());
+    assert_eq!(std::fs::read_to_string(&fstab).unwrap(), format!("# test fstab\n{line}\n"));
+    let mut r = g.redis(None).await;
+    let dir: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("dir").query_async(&mut r).await.unwrap();
+    assert_eq!(dir[1], mp.display().to_string());
+    let _: () = r.set("k", "on the volume").await.unwrap();
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("appendonly").arg("yes").query_async(&mut r).await.unwrap();
+    let _: () = redis::cmd("SAVE").query_async(&mut r).await.unwrap();
+    assert!(mp.join("dump.rdb").is_file(), "no RDB on the volume");
+    eventually(10, "the AOF on the volume", || async { mp.join("appendonlydir").is_dir() || mp.join("appendonly.aof").is_file() }).await;
+    let small = total_gb(&c, &g).await;
+    assert!(small > 0.0 && small < 0.07, "stats do not report the 64 MB volume: {small}");
+
+    // A retried prepare and an agent restart: no new file system, the data survives.
+    call(&c, &g, "prepare", a(&vol.dev, &mp)).await;
+    assert_eq!(vol.uuid(), uuid, "the second prepare reformatted the volume");
+    assert_eq!(std::fs::read_to_string(&fstab).unwrap().matches(&*mp.display().to_string()).count(), 1);
+    let v: Option<String> = g.redis(None).await.get("k").await.unwrap();
+    assert_eq!(v.as_deref(), Some("on the volume"));
+    g.stop_agent();
+    g.start_agent();
+    wait_ping(&c, &g).await;
+    eventually(30, "redis back after the agent restart", || async { g.redis_pid().is_some() }).await;
+
+    // resize_fs online: the device grows, then the mounted file system with it.
+    vol.grow(128);
+    call(&c, &g, "resize_fs", json!({"device_path": vol.dev, "mount_point": mp, "online": true})).await;
+    let grown = total_gb(&c, &g).await;
+    assert!(grown > 0.1, "resize_fs did not grow the file system: {small} -> {grown}");
+    let v: Option<String> = g.redis(None).await.get("k").await.unwrap();
+    assert_eq!(v.as_deref(), Some("on the volume"));
+
+    // unmount refused while Redis runs from it, and for another device; changes nothing.
+    refused(&c, &g, "unmount_volume", json!({"device_path": vol.dev, "mount_point": mp}), "busy").await;
+    refused(&c, &g, "unmount_volume", json!({"device_path": busy.dev, "mount_point": mp}), &format!("not {}", busy.dev)).await;
+    refused(&c, &g, "mount_volume", json!({"device_path": busy.dev, "mount_point": mp}), "in use").await;
+    assert_eq!(source_at(&mp).as_deref(), Some(vol.dev.as_str()));
+
+    // Trove's resize flow: stop, unmount, (grow), mount, restart. Redis never starts on the bare directory.
+    call(&c, &g, "stop_db", json!({"do_not_start_on_reboot": false})).await;
+    call(&c, &g, "unmount_volume", json!({"device_path": vol.dev, "mount_point": mp})).await;
+    assert!(mounted_targets(&vol.dev).is_empty());
+    refused(&c, &g, "restart", json!({}), "is not mounted").await;
+    assert!(std::net::TcpStream::connect(("127.0.0.1", g.port)).is_err(), "redis started on the bare mount point");
+    call(&c, &g, "mount_volume", json!({"device_path": vol.dev, "mount_point": mp, "write_to_fstab": true})).await;
+    assert_eq!(source_at(&mp).as_deref(), Some(vol.dev.as_str()));
+    call(&c, &g, "restart", json!({})).await;
+    let v: Option<String> = g.redis(None).await.get("k").await.unwrap();
+    assert_eq!(v.as_deref(), Some("on the volume"));
+    assert_eq!(std::fs::read_to_string(&fstab).unwrap().matches(&*mp.display().to_string()).count(), 1);
+
+    // A replica gets its own volume: prepare with its device and the master's snapshot.
+    let rmp = root.path().join("replica");
+    let rg = spawn_guest(&c, None, &env).await;
+    let snapshot = call(&c, &g, "get_replication_snapshot", json!({"snapshot_info": {"id": null, "replica_count": 1}, "replica_source_config": null})).await;
+    let mut snap = snapshot.clone();
+    snap["config"] = json!("slave-read-only yes\n");
+    call(&c, &rg, "prepare", prepare_args(&rg, &rvol.dev, &rmp, Some(snap))).await;
+    assert_eq!(source_at(&rmp).as_deref(), Some(rvol.dev.as_str()));
+    assert_ne!(rvol.uuid(), uuid);
+    eventually(30, "the replica has the master's data", || async {
+        let v: Option<String> = rg.redis(None).await.get("k").await.unwrap_or(None);
+        v.as_deref() == Some("on the volume")
+    })
+    .await;
+    let _: () = redis::cmd("SAVE").query_async(&mut rg.redis(None).await).await.unwrap();
+    assert!(rmp.join("dump.rdb").is_file(), "the replica's RDB is not on its own volume");
+    drop(rg);
+    drop(g);
+}
