@@ -584,7 +584,7 @@ mod tests {
         assert_eq!(p.uuid.as_deref(), Some("1ba6881a-ec44-444d-8491-b73d0c832000"));
         assert_eq!(p.pttype, None);
         let pt = parse_blkid("DEVNAME=/dev/vdb\nPTUUID=4f2c\nPTTYPE=gpt\n");
-        assert_eq!((pt.fstype, pt.pttype.as_deref()), (None, Some("gpt")));
+        assert_eq!((pt.fstype.as_deref(), pt.pttype.as_deref()), (None, Some("gpt")));
         let swap = parse_blkid("DEVNAME=/dev/vdc\nTYPE=swap\nUSAGE=other\n");
         let dev = Device { path: "/dev/vdc".into(), majmin: (252, 32) };
         assert!(mountable(&dev, &swap).unwrap_err().to_string().contains("'swap'"));
