@@ -222,7 +222,14 @@ impl Volumes {
         if !here {
             e2fsck(&device).await?;
         }
-        run("resize2fs", &[device.path.as_str().into()], Duration::from_secs(self.settings.format_timeout.max(120))).await.map(drop)
+        let grown = run("resize2fs", &[device.path.as_str().into()], Duration::from_secs(self.settings.format_timeout.max(120))).await;
+        match grown {
+            // The kernel's online resize needs CAP_SYS_RESOURCE (containers often lack it).
+            Err(Error::Service(m)) if here && m.contains("Permission denied") => Err(Error::Service(format!(
+                "{m}; growing a mounted file system needs CAP_SYS_RESOURCE: give the agent that capability, or resize offline (stop_db, unmount_volume, resize_fs, mount_volume)"
+            ))),
+            other => other.map(drop),
+        }
     }
 
     /// Whether `record`'s file system is the one mounted at its mount point.

@@ -70,6 +70,13 @@ fn source_at(target: &Path) -> Option<String> {
     String::from_utf8_lossy(&out.stdout).lines().last().map(str::to_owned)
 }
 
+/// Whether this process may grow a mounted ext file system (bit 24 of the effective capabilities).
+fn has_cap_sys_resource() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap().trim();
+    u64::from_str_radix(eff, 16).unwrap() & (1 << 24) != 0
+}
+
 fn prepare_args(g: &Guest, device: &str, mount_point: &Path, snapshot: Option<Value>) -> Value {
     json!({
         "packages": null, "databases": [], "memory_mb": 512, "users": [], "device_path": device,
@@ -160,28 +167,40 @@ async fn prepare_formats_mounts_and_keeps_redis_data_on_the_volume() {
     wait_ping(&c, &g).await;
     eventually(30, "redis back after the agent restart", || async { g.redis_pid().is_some() }).await;
 
-    // resize_fs online: the device grows, then the mounted file system with it.
-    vol.grow(128);
-    call(&c, &g, "resize_fs", json!({"device_path": vol.dev, "mount_point": mp, "online": true})).await;
-    let grown = total_gb(&c, &g).await;
-    assert!(grown > 0.1, "resize_fs did not grow the file system: {small} -> {grown}");
-    let v: Option<String> = g.redis(None).await.get("k").await.unwrap();
-    assert_eq!(v.as_deref(), Some("on the volume"));
-
     // unmount refused while Redis runs from it, and for another device; changes nothing.
     refused(&c, &g, "unmount_volume", json!({"device_path": vol.dev, "mount_point": mp}), "busy").await;
     refused(&c, &g, "unmount_volume", json!({"device_path": busy.dev, "mount_point": mp}), &format!("not {}", busy.dev)).await;
     refused(&c, &g, "mount_volume", json!({"device_path": busy.dev, "mount_point": mp}), "in use").await;
     assert_eq!(source_at(&mp).as_deref(), Some(vol.dev.as_str()));
 
-    // Trove's resize flow: stop, unmount, (grow), mount, restart. Redis never starts on the bare directory.
+    // resize_fs online: the device grows, then the mounted file system with it. The kernel's
+    // online grow needs CAP_SYS_RESOURCE; without it the agent must say so and change nothing.
+    vol.grow(128);
+    let online = try_call(&c, &g, "resize_fs", json!({"device_path": vol.dev, "mount_point": mp, "online": true})).await;
+    if has_cap_sys_resource() {
+        online.expect("online resize_fs");
+        assert!(total_gb(&c, &g).await > 0.1, "online resize_fs did not grow the file system");
+    } else {
+        let e = format!("{:?}", online.expect_err("online resize without CAP_SYS_RESOURCE"));
+        assert!(e.contains("CAP_SYS_RESOURCE") && e.contains("unmount_volume"), "{e}");
+        assert_eq!(total_gb(&c, &g).await, small);
+    }
+    let v: Option<String> = g.redis(None).await.get("k").await.unwrap();
+    assert_eq!(v.as_deref(), Some("on the volume"));
+
+    // Trove's offline resize: stop, unmount, resize_fs, mount, restart. Redis never starts on the bare directory.
+    vol.grow(160);
     call(&c, &g, "stop_db", json!({"do_not_start_on_reboot": false})).await;
     call(&c, &g, "unmount_volume", json!({"device_path": vol.dev, "mount_point": mp})).await;
     assert!(mounted_targets(&vol.dev).is_empty());
     refused(&c, &g, "restart", json!({}), "is not mounted").await;
     assert!(std::net::TcpStream::connect(("127.0.0.1", g.port)).is_err(), "redis started on the bare mount point");
+    call(&c, &g, "resize_fs", json!({"device_path": vol.dev, "mount_point": mp})).await;
+    assert_eq!(vol.uuid(), uuid);
     call(&c, &g, "mount_volume", json!({"device_path": vol.dev, "mount_point": mp, "write_to_fstab": true})).await;
     assert_eq!(source_at(&mp).as_deref(), Some(vol.dev.as_str()));
+    let grown = total_gb(&c, &g).await;
+    assert!(grown > 0.12, "resize_fs did not grow the file system: {small} -> {grown}");
     call(&c, &g, "restart", json!({})).await;
     let v: Option<String> = g.redis(None).await.get("k").await.unwrap();
     assert_eq!(v.as_deref(), Some("on the volume"));
