@@ -138,12 +138,12 @@ async fn prepare_formats_mounts_and_keeps_redis_data_on_the_volume() {
     assert_eq!(std::fs::read_to_string(&fstab).unwrap(), "# test fstab\n");
     assert!(g.redis_pid().is_none(), "a refused prepare started redis");
 
-    // prepare: formatted with Trove's default (ext3), mounted, recorded, Redis's data there.
+    // prepare: formatted with Trove's default (ext4), mounted, recorded, Redis's data there.
     call(&c, &g, "prepare", a(&vol.dev, &mp)).await;
-    assert_eq!(blkid(&vol.dev, "TYPE").as_deref(), Some("ext3"));
+    assert_eq!(blkid(&vol.dev, "TYPE").as_deref(), Some("ext4"));
     assert_eq!(source_at(&mp).as_deref(), Some(vol.dev.as_str()));
     let uuid = vol.uuid();
-    let line = format!("UUID={uuid}\t{}\text3\tdefaults,noatime\t0\t0", mp.display());
+    let line = format!("UUID={uuid}\t{}\text4\tdefaults,noatime\t0\t0", mp.display());
     assert_eq!(std::fs::read_to_string(&fstab).unwrap(), format!("# test fstab\n{line}\n"));
     let mut r = g.redis(None).await;
     let dir: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("dir").query_async(&mut r).await.unwrap();
