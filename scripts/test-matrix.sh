@@ -5,12 +5,14 @@
 # A server that cannot be fetched or run fails its line; nothing is skipped.
 #
 # Usage: scripts/test-matrix.sh [filter ...]   (filters: run only servers whose "name-version" contains one)
-# Environment: AMQP_URL (RabbitMQ, as for tests/it), MATRIX_THREADS (test threads, default 2),
-#              MATRIX_LOGS (per-run cargo output, default target/matrix).
+# Environment: AMQP_URL (RabbitMQ, as for tests/it), MATRIX_THREADS (test threads per run, default 2),
+#              MATRIX_JOBS (servers run at once, default 2: the tests mostly wait on Redis and the
+#              broker), MATRIX_LOGS (per-run cargo output, default target/matrix).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 THREADS=${MATRIX_THREADS:-2}
+JOBS=${MATRIX_JOBS:-2}
 LOGS=${MATRIX_LOGS:-$ROOT/target/matrix}
 mkdir -p "$LOGS"
 
@@ -48,20 +50,28 @@ path_of() { awk -v n="$1" -v v="$2" '$1 == n && $2 == v { print $3 }' <<<"$manif
 echo "building the agent and the integration tests"
 cargo build --quiet --bins && cargo test --quiet --test it --no-run 2>/dev/null || { echo "test-matrix.sh: build failed" >&2; exit 1; }
 
-rows=()
-failed=0
-# run <label> <server path> [env...] -- tests...
+# run <label> <server path> [env...] -- tests...: one run, in the background; its row goes to
+# $LOGS/<label>.row and a failure's details to $LOGS/<label>.why (printed in order at the end).
+labels=()
 run() {
+  local label=$1 server=$2; shift 2
+  labels+=("$label")
+  rm -f "$LOGS/$label.row"
+  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
+  run_one "$label" "$server" "$@" &
+}
+run_one() {
   local label=$1 server=$2; shift 2
   local envs=()
   while [ "$1" != "--" ]; do envs+=("$1"); shift; done
   shift
-  local log="$LOGS/$label.log" start=$SECONDS
+  local log="$LOGS/$label.log" why="$LOGS/$label.why" start=$SECONDS
+  : >"$why"
   # Every filter must match, and every test it names must pass (a renamed test cannot drop out).
   local expected=0 f n
   for f in "$@"; do
     n=$(cargo test --quiet --test it -- --list "$f" 2>/dev/null | grep -c ': test$')
-    [ "$n" -gt 0 ] || echo "---- $label: the filter $f matches no test"
+    [ "$n" -gt 0 ] || echo "---- $label: the filter $f matches no test" >>"$why"
     expected=$((expected + n))
     [ "$n" -gt 0 ] || expected=-1000000
   done
@@ -73,13 +83,11 @@ run() {
   pass=${pass:-0}; fail=${fail:-?}
   local verdict=ok
   if [ $rc -ne 0 ] || [ "$fail" != 0 ] || [ "$pass" -ne "$expected" ]; then
-    [ "$pass" -ne "$expected" ] && echo "---- $label: $pass passed, $expected expected"
-    verdict=FAILED; failed=$((failed + 1))
-    echo "---- $label: failing tests (full output in $log)"
-    grep -E '^test .* FAILED$|panicked at' "$log" | head -20
+    [ "$pass" -ne "$expected" ] && echo "---- $label: $pass passed, $expected expected" >>"$why"
+    verdict=FAILED
+    { echo "---- $label: failing tests (full output in $log)"; grep -E '^test .* FAILED$|panicked at' "$log" | head -20; } >>"$why"
   fi
-  rows+=("$(printf '%-28s %6s %6s %6ss  %s' "$label" "$pass" "$fail" "$secs" "$verdict")")
-  echo "${rows[-1]}"
+  printf '%-28s %6s %6s %6ss  %s\n' "$label" "$pass" "$fail" "$secs" "$verdict" | tee "$LOGS/$label.row"
 }
 
 selected() {
@@ -101,8 +109,15 @@ for pair in "redis 6.2.14 redis 7.4.1" "redis 7.2.4 valkey 9.1.2"; do
   run "$mn-$mv>$rn-$rv" "$(path_of "$rn" "$rv")" TROVE_TEST_REDIS_MASTER_SERVER="$(path_of "$mn" "$mv")" -- matrix::pair_across_servers
 done
 
+wait
 echo
 printf '%-28s %6s %6s %7s  %s\n' "server" "passed" "failed" "time" "verdict"
-printf '%s\n' "${rows[@]}"
-[ ${#rows[@]} -gt 0 ] || { echo "test-matrix.sh: no server selected" >&2; exit 1; }
+[ ${#labels[@]} -gt 0 ] || { echo "test-matrix.sh: no server selected" >&2; exit 1; }
+failed=0
+for label in "${labels[@]}"; do
+  row=$(cat "$LOGS/$label.row" 2>/dev/null) || row=$(printf '%-28s %6s %6s %7s  %s' "$label" - - - "FAILED (no result)")
+  echo "$row"
+  [[ "$row" == *" ok" ]] || failed=$((failed + 1))
+done
+for label in "${labels[@]}"; do cat "$LOGS/$label.why" 2>/dev/null; done
 [ $failed -eq 0 ]

@@ -283,17 +283,35 @@ struct NodeState {
 
 async fn node_state(c: &trove_guest::rpc::client::RpcClient, g: &Guest, pw: Option<&str>) -> NodeState {
     let read = |p: std::path::PathBuf| std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    let mut con = g.redis(pw).await;
-    let server = info(&mut con, "server").await;
-    let repl = info(&mut con, "replication").await.replication().expect("INFO replication");
-    // One CONFIG GET per watched setting (several names in one CONFIG GET need Redis 7).
+    // Redis's view and the agent's status, read at the same time.
+    let (redis_view, status) = tokio::join!(
+        async {
+            let mut con = g.redis(pw).await;
+            // One pipeline: both INFO sections, then one CONFIG GET per watched setting (several
+            // names in one CONFIG GET need Redis 7).
+            let mut pipe = redis::pipe();
+            pipe.cmd("INFO").arg("server").cmd("INFO").arg("replication");
+            for name in WATCHED_CONFIG {
+                pipe.cmd("CONFIG").arg("GET").arg(name);
+            }
+            let (server, repl, pairs): (String, String, Vec<Vec<String>>) = {
+                let mut all: Vec<redis::Value> = pipe.query_async(&mut con).await.unwrap();
+                let pairs = all.split_off(2).into_iter().map(|v| redis::from_redis_value(&v).unwrap()).collect();
+                (redis::from_redis_value(&all[0]).unwrap(), redis::from_redis_value(&all[1]).unwrap(), pairs)
+            };
+            (server, repl, pairs)
+        },
+        try_call_within(c, g, "get_replication_status", Duration::from_secs(10)),
+    );
+    let (server, repl, pairs) = redis_view;
+    let server = trove_guest::datastore::redis::info::Info::parse(&server);
+    let repl = trove_guest::datastore::redis::info::Info::parse(&repl).replication().expect("INFO replication");
     let mut config = BTreeMap::new();
-    for name in WATCHED_CONFIG {
-        let pair: Vec<String> = redis::cmd("CONFIG").arg("GET").arg(name).query_async(&mut con).await.unwrap();
+    for (pair, name) in pairs.iter().zip(WATCHED_CONFIG) {
         config.insert(pair.first().cloned().unwrap_or_else(|| name.to_string()), pair.get(1).cloned().unwrap_or_default());
     }
     assert_eq!(config.len(), WATCHED_CONFIG.len(), "CONFIG GET returned {config:?}");
-    let status = match try_call_within(c, g, "get_replication_status", Duration::from_secs(10)).await {
+    let status = match status {
         Ok(s) => s,
         Err(e) => panic!("agent {} stopped serving: {e}\n{}", g.id, g.log()),
     };
@@ -368,7 +386,9 @@ async fn hostile_input_catalogue() {
 
     // Queues of other services that a hostile `_reply_q` may name: we own them for the test.
     let other_guest_q = format!("guestagent.{}", unique("other"));
-    let conductor_q = "trove-conductor".to_string();
+    // A conductor-like queue of this run's own (a shared `trove-conductor` would race with other
+    // runs of this test on the same broker, as the server matrix runs them).
+    let conductor_q = unique("trove-conductor");
     let created_conductor = declare_watch_queue(&wire, &conductor_q).await;
     declare_watch_queue(&wire, &other_guest_q).await;
 
@@ -424,13 +444,16 @@ async fn hostile_input_catalogue() {
                 }
             }
         }
-        for g in [&master, &replica] {
-            if let Err(e) = try_call_within(&c, g, "rpc_ping", Duration::from_secs(10)).await {
+        let pings = tokio::join!(
+            try_call_within(&c, &master, "rpc_ping", Duration::from_secs(10)),
+            try_call_within(&c, &replica, "rpc_ping", Duration::from_secs(10)),
+        );
+        for (g, ping) in [(&master, pings.0), (&replica, pings.1)] {
+            if let Err(e) = ping {
                 panic!("#{i} {}: agent {} no longer answers rpc_ping: {e}\n{}", case.name, g.id, g.log());
             }
         }
-        let now_m = node_state(&c, &master, Some(MASTER_PW)).await;
-        let now_r = node_state(&c, &replica, None).await;
+        let (now_m, now_r) = tokio::join!(node_state(&c, &master, Some(MASTER_PW)), node_state(&c, &replica, None));
         for (who, base, now) in [("master", &base_m, &now_m), ("replica", &base_r, &now_r)] {
             if base != now {
                 panic!("#{i} {} changed the {who}:\n{}", case.name, diff(base, now));
@@ -453,7 +476,7 @@ async fn hostile_input_catalogue() {
     assert_eq!(total, 0, "{other_guest_q} received {total} messages");
     if created_conductor {
         let (total, _) = wire.peek(&conductor_q, "").await;
-        assert_eq!(total, 0, "trove-conductor (our own queue, bound to nothing) received {total} messages");
+        assert_eq!(total, 0, "{conductor_q} (our own queue, bound to nothing) received {total} messages");
         let _ = wire.channel.queue_delete(&conductor_q, QueueDeleteOptions::default()).await;
     }
     let _ = wire.channel.queue_delete(&other_guest_q, QueueDeleteOptions::default()).await;
