@@ -35,6 +35,8 @@ TESTS=(
   epochs::a_deposed_master_refuses_writes_and_the_next_coordinator_completes_the_switch
   hostile::hostile_input_catalogue
   hostile::odd_but_valid_passwords_are_accepted_and_quoted
+  root::root_on_a_master_and_its_replica
+  root::generated_root_and_hostile_inputs_change_nothing
   matrix::
 )
 

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 use tokio::sync::{watch, Mutex};
 
-use crate::datastore::redis::RedisManager;
+use crate::datastore::redis::{diagnostics, root, RedisManager};
 use crate::datastore::{self, ServiceStatus};
 use crate::replication::epoch::{Epochs, Topology};
 use crate::replication::{self, ReplicationStrategy, SnapshotRequest};
@@ -20,10 +20,9 @@ use args::Args;
 const NOT_SUPPORTED: &[&str] = &[
     "create_database", "list_databases", "delete_database", "create_user", "list_users", "delete_user",
     "get_user", "update_attributes", "grant_access", "revoke_access", "list_access", "change_passwords",
-    "enable_root", "enable_root_with_password", "disable_root", "is_root_enabled", "get_root_password",
     "create_backup", "upgrade", "pre_upgrade", "post_upgrade",
     "guest_log_list", "guest_log_action", "module_list", "module_apply", "module_remove", "rebuild",
-    "get_diagnostics", "get_hwinfo", "pre_create_backup", "post_create_backup", "ssl_show", "ssl_action",
+    "pre_create_backup", "post_create_backup", "ssl_show", "ssl_action",
     "ssl_rollback", "attach_replication_slave",
 ];
 
@@ -244,6 +243,26 @@ impl Guest {
                 let overrides = a.overrides("overrides", true)?;
                 self.lifecycle(a, || async { self.manager.apply_overrides(&overrides).await }).await
             }
+            "enable_root" | "enable_root_with_password" => {
+                let password = match a.method {
+                    "enable_root" => None,
+                    _ => a.opt_str("root_password")?,
+                };
+                if let Some(why) = password.as_deref().and_then(root::check_password) {
+                    return Err(a.wrong("root_password", &why));
+                }
+                let _guard = self.lifecycle.lock().await;
+                let password = root::enable(&self.manager, password).await.map_err(|e| to_failure(a, e.into()))?;
+                Ok(root::root_user(&password))
+            }
+            "disable_root" => {
+                let _guard = self.lifecycle.lock().await;
+                root::disable(&self.manager).await.map(|_| Value::Null).map_err(|e| to_failure(a, e.into()))
+            }
+            "is_root_enabled" => Ok(json!(root::is_enabled(&self.manager).await)),
+            "get_root_password" => Ok(json!(root::password(&self.manager).await)),
+            "get_diagnostics" => diagnostics::diagnostics().map_err(|e| to_failure(a, e.into())),
+            "get_hwinfo" => diagnostics::hwinfo().map_err(|e| to_failure(a, e.into())),
             "backup_required_for_replication" => Ok(json!(strategy.backup_required())),
             "epoch_promise" | "epoch_accept" => self.epoch_call(a).await,
             "get_replication_snapshot" => {

@@ -9,6 +9,7 @@ mod matrix;
 mod redis_sync;
 mod redis_tls;
 mod restart;
+mod root;
 mod rpc_roundtrip;
 mod secrets;
 mod sentinel_client;

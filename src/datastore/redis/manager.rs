@@ -588,6 +588,7 @@ impl RedisManager {
     pub async fn update_overrides(&self, overrides: Map<String, Value>, remove: bool) -> Result<()> {
         if !remove {
             refuse_protected(&overrides)?;
+            self.refuse_root_owned(&overrides).await?;
         }
         self.update_checked(|s| s.user = if remove { Default::default() } else { overrides.into_iter().collect() }).await
     }
@@ -595,6 +596,7 @@ impl RedisManager {
     /// Runtime `CONFIG SET` of each override; replication-controlled keys are refused.
     pub async fn apply_overrides(&self, overrides: &Map<String, Value>) -> Result<()> {
         refuse_protected(overrides)?;
+        self.refuse_root_owned(overrides).await?;
         // All or nothing: Redis checks the whole set first, then each is applied.
         let mut next = self.snapshot_state().await;
         next.user.extend(overrides.clone());
@@ -604,6 +606,15 @@ impl RedisManager {
             admin.config_set(key, &state::value_string(value)).await?;
         }
         Ok(())
+    }
+
+    /// While root is enabled its password is `requirepass`: a configuration group may not set it.
+    async fn refuse_root_owned(&self, overrides: &Map<String, Value>) -> Result<()> {
+        let Some(key) = overrides.keys().find(|k| super::conf::canonical(k) == "requirepass") else { return Ok(()) };
+        if self.state.lock().await.root.is_none() {
+            return Ok(());
+        }
+        Err(Error::Refused(format!("'{key}' is the root password while root is enabled: change it with root enable, or disable root first")))
     }
 
     /// Trove's `get_filesystem_stats` of `path`, by default of the data directory (the volume

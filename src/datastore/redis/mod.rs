@@ -2,8 +2,10 @@
 
 pub mod admin;
 pub mod conf;
+pub mod diagnostics;
 pub mod info;
 pub mod manager;
+pub mod root;
 pub mod runtime;
 pub mod server;
 pub mod service;

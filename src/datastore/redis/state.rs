@@ -55,6 +55,9 @@ pub struct State {
     /// The data volume `prepare` mounted; Redis's data directory is on it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume: Option<crate::datastore::volume::VolumeRecord>,
+    /// Root enabled (`enable_root`): its password is `requirepass`, above the user's overrides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<super::root::Root>,
 }
 
 /// `repl-ping-replica-period` on a replica source: replicas then hear from a live master at least
@@ -125,6 +128,9 @@ impl State {
             }
             out.push(Override { key: key.clone(), lines: value_lines(key, value) });
         }
+        if let Some(root) = &self.root {
+            out.push(Override { key: "requirepass".into(), lines: vec![vec![root.password.clone()]] });
+        }
         out.push(Override::set("port", &[&system.port.to_string()]));
         out.push(Override::set("dir", &[&system.dir.display().to_string()]));
         out.push(Override::set("daemonize", &[if system.daemonize { "yes" } else { "no" }]));
@@ -185,8 +191,11 @@ impl State {
         conf::render(self.base.as_deref().unwrap_or(""), &self.overrides(system), major)
     }
 
-    /// `requirepass` as configured (user overrides beat the base).
+    /// `requirepass` as configured (root beats user overrides, which beat the base).
     pub fn requirepass(&self) -> Option<String> {
+        if let Some(root) = &self.root {
+            return Some(root.password.clone());
+        }
         if let Some(v) = self.user.get("requirepass") {
             return Some(value_string(v)).filter(|s| !s.is_empty());
         }
@@ -348,6 +357,24 @@ mod tests {
         let d = conf::parse(&s.render(&system(dir), 7)).unwrap();
         assert_eq!(conf::lookup(&d, "tls-replication"), None);
         assert_eq!(conf::lookup(&d, "tls-port"), None);
+    }
+
+    #[test]
+    fn root_beats_the_user_and_base_password_and_goes_with_it() {
+        let dir = Path::new("/data");
+        let mut s = State { base: Some("requirepass base\n".into()), ..Default::default() };
+        s.user.insert("requirepass".into(), json!("user"));
+        let pw = "r \"q\" é #x";
+        s.root = Some(super::super::root::Root { password: pw.into() });
+        let d = conf::parse(&s.render(&system(dir), 7)).unwrap();
+        assert_eq!(d.iter().filter(|d| d.key == "requirepass").map(|d| d.args.clone()).collect::<Vec<_>>(), vec![vec![pw.to_string()]]);
+        assert_eq!(s.requirepass().as_deref(), Some(pw));
+        // The state file round-trips it; without root, the user's password is back.
+        let back: State = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back.requirepass().as_deref(), Some(pw));
+        s.root = None;
+        assert_eq!(conf::lookup(&conf::parse(&s.render(&system(dir), 7)).unwrap(), "requirepass").as_deref(), Some("user"));
+        assert!(!serde_json::to_string(&s).unwrap().contains("root"));
     }
 
     #[test]
