@@ -242,10 +242,7 @@ impl Guest {
             None => None,
         };
         let restore = match a.opt_object("backup_info")? {
-            Some(info) if master.is_some() => {
-                let _ = info;
-                return Err(a.wrong("backup_info", "null for a replica (it syncs from its master)"));
-            }
+            Some(_) if master.is_some() => return Err(a.wrong("backup_info", "null for a replica (it syncs from its master)")),
             Some(info) => Some(self.restore_spec(a, &info, ctx)?),
             None => None,
         };

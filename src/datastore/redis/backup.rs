@@ -75,17 +75,14 @@ pub async fn create(manager: &RedisManager, spec: &BackupSpec) -> Result<BackupD
     let encoded = encode.await.map_err(|e| Error::Storage(format!("backup encoder: {e}")))?;
     let segments = match (uploaded, encoded) {
         (Ok(s), Ok(())) => s,
-        (uploaded, encoded) => {
-            let written = match &uploaded {
-                Ok(s) => s.iter().map(|s| s.name.clone()).collect(),
-                Err((_, names)) => names.clone(),
-            };
+        (Ok(s), Err(e)) => {
+            remove_segments(&swift, &spec.container, &s.iter().map(|s| s.name.clone()).collect::<Vec<_>>()).await;
+            return Err(e);
+        }
+        // The upload's own error says more than the encoder's "the upload stopped".
+        (Err((e, written)), _) => {
             remove_segments(&swift, &spec.container, &written).await;
-            return Err(match (uploaded, encoded) {
-                (_, Err(e)) => e,
-                (Err((e, _)), _) => e,
-                _ => unreachable!(),
-            });
+            return Err(e);
         }
     };
     let object = archive::object_name(&spec.id, spec.key.is_some());
@@ -120,17 +117,14 @@ async fn snapshot(manager: &RedisManager, timeout: Duration) -> Result<std::fs::
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let p = admin.info("persistence").await?;
-        let busy = p.get("rdb_bgsave_in_progress").map(str::trim) == Some("1");
-        if !busy {
+        let on = |k: &str| p.get(k).map(str::trim) == Some("1");
+        // A scheduled save waits for a running AOF rewrite.
+        if !on("rdb_bgsave_in_progress") && !on("aof_rewrite_in_progress") {
             if admin.lastsave().await? > before {
                 break;
             }
-            if p.get("rdb_last_bgsave_status").map(str::trim) == Some("err") && p.get("aof_rewrite_scheduled").map(str::trim) != Some("1") {
-                // Our save may have failed; a scheduled one has not started yet.
-                let scheduled = p.get("rdb_bgsave_scheduled").or(p.get("rdb_bgsave_in_progress")).map(str::trim) == Some("1");
-                if !scheduled {
-                    return Err(Error::Storage("redis's background save (BGSAVE) failed: see the redis-server log (disk space, permissions)".into()));
-                }
+            if p.get("rdb_last_bgsave_status").map(str::trim) == Some("err") {
+                return Err(Error::Storage("redis's background save (BGSAVE) failed: see the redis-server log (disk space, permissions)".into()));
             }
         }
         if tokio::time::Instant::now() > deadline {
@@ -344,6 +338,14 @@ pub async fn restore(spec: &RestoreSpec, rdb: PathBuf) -> Result<u64> {
             return Err(e);
         }
     };
+    // Redis (under systemd, the redis user) must read it: it gets the data directory's owner.
+    if let Ok(meta) = std::fs::metadata(&dir) {
+        use std::os::unix::fs::MetadataExt;
+        if let Err(e) = std::os::unix::fs::chown(&tmp, Some(meta.uid()), Some(meta.gid())) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(Error::io(&tmp, e));
+        }
+    }
     std::fs::rename(&tmp, &rdb).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         Error::io(&rdb, e)
