@@ -11,6 +11,9 @@ use serde_json::{json, Map, Value};
 
 use super::harness::*;
 
+/// The conductor casts captured: (method, args).
+type Casts = Arc<Mutex<Vec<(String, Map<String, Value>)>>>;
+
 /// A tempauth login on the test Swift: (storage URL, token). Starts Swift (idempotent).
 async fn swift_login() -> (String, String) {
     let root = env!("CARGO_MANIFEST_DIR");
@@ -32,7 +35,7 @@ async fn swift_login() -> (String, String) {
 }
 
 /// The conductor casts (method, args) sent to `topic`.
-async fn capture_conductor(topic: &str) -> (lapin::Connection, Arc<Mutex<Vec<(String, Map<String, Value>)>>>) {
+async fn capture_conductor(topic: &str) -> (lapin::Connection, Casts) {
     use futures_util::StreamExt;
     use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
     use lapin::types::FieldTable;
@@ -43,7 +46,7 @@ async fn capture_conductor(topic: &str) -> (lapin::Connection, Arc<Mutex<Vec<(St
     let q = ch.queue_declare("", QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default()).await.unwrap();
     ch.queue_bind(q.name().as_str(), EXCHANGE, topic, QueueBindOptions::default(), FieldTable::default()).await.unwrap();
     let mut consumer = ch.basic_consume(q.name().as_str(), "", BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default()).await.unwrap();
-    let seen: Arc<Mutex<Vec<(String, Map<String, Value>)>>> = Default::default();
+    let seen: Casts = Default::default();
     let sink = seen.clone();
     tokio::spawn(async move {
         while let Some(Ok(d)) = consumer.next().await {
@@ -54,7 +57,7 @@ async fn capture_conductor(topic: &str) -> (lapin::Connection, Arc<Mutex<Vec<(St
     (conn, seen)
 }
 
-fn backup_reports(seen: &Arc<Mutex<Vec<(String, Map<String, Value>)>>>, id: &str) -> Vec<Map<String, Value>> {
+fn backup_reports(seen: &Casts, id: &str) -> Vec<Map<String, Value>> {
     seen.lock().unwrap().iter().filter(|(m, a)| m == "update_backup" && a["backup_id"] == id).map(|(_, a)| a.clone()).collect()
 }
 
@@ -83,7 +86,7 @@ fn backup_info(id: &str, container: &str, swift_url: &str) -> Value {
 }
 
 /// Waits for the COMPLETED or FAILED report of backup `id`.
-async fn final_report(seen: &Arc<Mutex<Vec<(String, Map<String, Value>)>>>, id: &str, g: &Guest) -> Map<String, Value> {
+async fn final_report(seen: &Casts, id: &str, g: &Guest) -> Map<String, Value> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if let Some(r) = backup_reports(seen, id).into_iter().find(|r| r["state"] == "COMPLETED" || r["state"] == "FAILED") {
