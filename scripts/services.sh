@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and starts what the test suites need. Idempotent; a second run takes well under a second.
 #
-#   * Debian packages rabbitmq-server, redis-server and openssl (installed if missing, without letting the
+#   * Debian packages rabbitmq-server, redis-server, openssl, and Swift with memcached for the backup tests
+#     (scripts/swift.sh runs them) (installed if missing, without letting the
 #     packages' own services start);
 #   * Debian's redis-server service is stopped if it runs (tests start their own redis-server
 #     processes on free ports), and so is Debian's rabbitmq-server service if it holds our port;
@@ -49,7 +50,8 @@ svc_disable() {
 }
 
 missing=()
-for p in rabbitmq-server redis-server openssl; do   # openssl: the TLS tests make their certificates
+for p in rabbitmq-server redis-server openssl swift swift-proxy swift-account swift-container swift-object memcached curl; do
+    # openssl: the TLS tests make their certificates; swift and memcached: the backup tests (scripts/swift.sh)
     have_pkg "$p" || missing+=("$p")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -70,8 +70,17 @@ pub async fn run(settings: Settings, cancel: CancellationToken, hooks: Hooks) ->
     manager.boot(background.clone()).await?;
     strategy.start(background.clone());
     let (status_tx, status_rx) = watch::channel(ServiceStatus::New);
-    let guest = Arc::new(Guest::new(manager.clone(), strategy.clone(), epochs, status_tx.clone()));
     let cipher = settings.guest.instance_rpc_encr_key.as_ref().map(Cipher::new);
+    let (handle, publisher) = rpc::publisher::publisher();
+    let conductor = Arc::new(ConductorCasts {
+        publisher: publisher.clone(),
+        exchange: settings.rpc.control_exchange.clone(),
+        topic: settings.conductor.topic.clone(),
+        instance_id: settings.guest.id.clone(),
+        cipher: cipher.clone(),
+    });
+    let backups = crate::methods::Backups { settings: settings.backup.clone(), conductor };
+    let guest = Arc::new(Guest::new(manager.clone(), strategy.clone(), epochs, status_tx.clone(), backups));
     let opts = AmqpOptions {
         transport_url: secrecy::SecretString::from(settings.rpc.transport_url.expose_secret().to_owned()),
         control_exchange: settings.rpc.control_exchange.clone(),
@@ -86,7 +95,6 @@ pub async fn run(settings: Settings, cancel: CancellationToken, hooks: Hooks) ->
         ssl_client_pkcs12_password: settings.rpc.ssl_client_pkcs12_password.clone(),
         connection_name: format!("trove-guestagent:{}", settings.guest.id),
     };
-    let (handle, publisher) = rpc::publisher::publisher();
     let heartbeat = Heartbeat {
         publisher: publisher.clone(),
         exchange: settings.rpc.control_exchange.clone(),
@@ -126,6 +134,26 @@ pub async fn run(settings: Settings, cancel: CancellationToken, hooks: Hooks) ->
     heartbeat.publisher.close().await;
     tracing::info!(status = last.description(), "agent stopped");
     Ok(())
+}
+
+/// `methods::Conductor` over the publisher.
+struct ConductorCasts {
+    publisher: Publisher,
+    exchange: String,
+    topic: String,
+    instance_id: String,
+    cipher: Option<Cipher>,
+}
+
+#[async_trait::async_trait]
+impl crate::methods::Conductor for ConductorCasts {
+    async fn update_backup(&self, backup_id: &str, fields: serde_json::Map<String, serde_json::Value>) {
+        let state = fields.get("state").and_then(|s| s.as_str()).unwrap_or_default().to_owned();
+        match rpc::conductor::send_update_backup(&self.publisher, &self.exchange, &self.topic, &self.instance_id, backup_id, fields, self.cipher.as_ref()).await {
+            Ok(()) => tracing::debug!(backup = backup_id, state, "update_backup sent"),
+            Err(error) => tracing::warn!(%error, backup = backup_id, state, "update_backup not sent"),
+        }
+    }
 }
 
 #[derive(Clone)]

@@ -29,6 +29,7 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub replication: ReplicationSettings,
     pub volume: VolumeSettings,
+    pub backup: BackupSettings,
     pub log: LogSettings,
     /// Options found in Trove's INI files that this agent does not use (`[section] key`), for one debug line.
     #[serde(skip)]
@@ -195,6 +196,23 @@ pub struct VolumeSettings {
 /// File systems the agent formats and grows.
 pub const VOLUME_FSTYPES: &[&str] = &["ext2", "ext3", "ext4", "xfs"];
 
+/// Backups to Swift (Trove's `[DEFAULT] backup_*` and `swift_api_insecure` options).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupSettings {
+    /// The container when the request names none (Trove: `backup_swift_container`).
+    pub swift_container: String,
+    /// Largest segment, bytes (Trove: `backup_segment_max_size`).
+    pub segment_max_size: u64,
+    /// Encrypts new backups and decrypts `.enc` ones (Trove: `backup_aes_cbc_key`). Empty: plain.
+    #[serde(deserialize_with = "opt_secret")]
+    pub aes_cbc_key: Option<SecretString>,
+    /// Skip TLS verification towards Swift (Trove: `swift_api_insecure`).
+    pub swift_api_insecure: bool,
+    /// Seconds a backup waits for Redis's background save.
+    pub snapshot_timeout: u64,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
@@ -358,6 +376,10 @@ const TROVE_OPTIONS: &[(&str, &str, &str, Kind)] = &[
     ("DEFAULT", "guest_id", "guest.id", Kind::Str),
     ("DEFAULT", "instance_rpc_encr_key", "guest.instance_rpc_encr_key", Kind::Str),
     ("DEFAULT", "datastore_manager", "guest.datastore_manager", Kind::Str),
+    ("DEFAULT", "backup_swift_container", "backup.swift_container", Kind::Str),
+    ("DEFAULT", "backup_segment_max_size", "backup.segment_max_size", Kind::Int(1, i64::MAX)),
+    ("DEFAULT", "backup_aes_cbc_key", "backup.aes_cbc_key", Kind::Str),
+    ("DEFAULT", "swift_api_insecure", "backup.swift_api_insecure", Kind::Bool),
     ("oslo_messaging_rabbit", "ssl", "rpc.ssl", Kind::Bool),
     ("oslo_messaging_rabbit", "ssl_ca_file", "rpc.ssl_ca_file", Kind::Str),
     ("oslo_messaging_rabbit", "rabbit_quorum_queue", "rpc.quorum_queues", Kind::Bool),
@@ -497,6 +519,12 @@ fn validate(s: &Settings) -> Result<(), Error> {
     }
     validate_tls(s)?;
     validate_volume(&s.volume)?;
+    if s.backup.swift_container.is_empty() || s.backup.swift_container.contains('/') {
+        return invalid("backup.swift_container", "must be a container name (not empty, no '/')");
+    }
+    if s.backup.segment_max_size == 0 {
+        return invalid("backup.segment_max_size", "must be at least 1 byte");
+    }
     let nums: Vec<_> = s.replication.default_save.split_whitespace().collect();
     if nums.is_empty() || nums.len() % 2 != 0 || nums.iter().any(|n| n.parse::<u64>().is_err()) {
         return invalid("replication.default_save", "must be pairs of <seconds> <changes>");

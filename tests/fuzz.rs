@@ -576,7 +576,7 @@ fn conf_state_render_round_trip() {
             files: TlsFiles { cert_file: cert.into(), key_file: key.into(), ca_cert_file: ca.into() },
             auth_clients: "yes",
         });
-        let out = state.render(&System { port: 7000, dir, daemonize: false, tls: listener, dual_channel: false }, 7);
+        let out = state.render(&System { port: 7000, dir, daemonize: false, tls: listener, dual_channel: false, aof_off: false }, 7);
         let d = conf::parse(&out).map_err(|e| TestCaseError::fail(format!("{e} in {out:?}")))?;
         prop_assert_eq!(conf::lookup(&d, "port"), Some("7000".to_string()));
         prop_assert_eq!(conf::lookup(&d, "dir"), Some("/var/lib/redis".to_string()));

@@ -1,7 +1,9 @@
 //! The datastore boundary: what the guest manages locally. Knows nothing about AMQP or envelopes.
 
+pub mod archive;
 pub mod redis;
 pub mod volume;
+pub mod swift;
 
 /// The status the guest reports to the conductor (Trove's service_status descriptions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +60,9 @@ pub enum Error {
     /// The configuration could not be checked by redis-server; nothing was changed.
     #[error("the configuration could not be checked by redis-server ({0}); nothing was changed")]
     Unchecked(String),
+    /// Backup storage (Swift) or a backup's contents.
+    #[error("{0}")]
+    Storage(String),
 }
 
 impl Error {

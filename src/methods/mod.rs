@@ -9,22 +9,36 @@ use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 use tokio::sync::{watch, Mutex};
 
-use crate::datastore::redis::{diagnostics, root, RedisManager};
+use crate::config::BackupSettings;
+use crate::datastore::redis::{backup, diagnostics, root, RedisManager};
 use crate::datastore::{self, ServiceStatus};
 use crate::replication::epoch::{Epochs, Topology};
 use crate::replication::{self, ReplicationStrategy, SnapshotRequest};
-use crate::rpc::{Endpoint, RemoteFailure};
+use crate::rpc::{CallContext, Endpoint, RemoteFailure};
 use args::Args;
 
 /// Trove guest API methods that a Redis guest does not serve.
 const NOT_SUPPORTED: &[&str] = &[
     "create_database", "list_databases", "delete_database", "create_user", "list_users", "delete_user",
     "get_user", "update_attributes", "grant_access", "revoke_access", "list_access", "change_passwords",
-    "create_backup", "upgrade", "pre_upgrade", "post_upgrade",
+    "upgrade", "pre_upgrade", "post_upgrade",
     "guest_log_list", "guest_log_action", "module_list", "module_apply", "module_remove", "rebuild",
     "pre_create_backup", "post_create_backup", "ssl_show", "ssl_action",
     "ssl_rollback", "attach_replication_slave",
 ];
+
+/// Casts to Trove's conductor other than heartbeats (the agent sends them through `rpc::conductor`).
+#[async_trait]
+pub trait Conductor: Send + Sync {
+    /// `update_backup(instance_id, backup_id, sent, **fields)`; a failure to send is logged.
+    async fn update_backup(&self, backup_id: &str, fields: Map<String, Value>);
+}
+
+/// Backups: the agent's settings and where their progress is reported.
+pub struct Backups {
+    pub settings: BackupSettings,
+    pub conductor: Arc<dyn Conductor>,
+}
 
 /// The endpoint behind topic `guestagent.<id>`.
 pub struct Guest {
@@ -34,6 +48,9 @@ pub struct Guest {
     status: watch::Sender<ServiceStatus>,
     /// Lifecycle calls that change Redis run one at a time (replication calls serialize in the strategy).
     lifecycle: Mutex<()>,
+    backups: Backups,
+    /// One backup at a time.
+    backup_running: Mutex<()>,
 }
 
 impl Guest {
@@ -42,8 +59,114 @@ impl Guest {
         strategy: Arc<dyn ReplicationStrategy>,
         epochs: Arc<Epochs>,
         status: watch::Sender<ServiceStatus>,
+        backups: Backups,
     ) -> Self {
-        Guest { manager, strategy, epochs, status, lifecycle: Mutex::new(()) }
+        Guest { manager, strategy, epochs, status, lifecycle: Mutex::new(()), backups, backup_running: Mutex::new(()) }
+    }
+
+    /// `create_backup(backup_info)`: Trove's cast. Reports BUILDING, then COMPLETED (checksum,
+    /// location, size in GB) or FAILED to the conductor, as Trove's own guests do.
+    async fn create_backup(&self, a: &Args<'_>, ctx: &CallContext) -> Result<Value, RemoteFailure> {
+        let info = a.req_object("backup_info")?;
+        let id = info.get("id").and_then(Value::as_str).filter(|id| backup::valid_id(id));
+        let id = id.ok_or_else(|| a.wrong("backup_info.id", "a backup id (letters, digits, '-' and '_')"))?.to_owned();
+        let conductor = self.backups.conductor.clone();
+        let fail = |why: String| {
+            let conductor = conductor.clone();
+            let id = id.clone();
+            async move {
+                tracing::error!(backup = %id, error = %why, "backup failed");
+                conductor.update_backup(&id, fields(&[("state", json!("FAILED")), ("success", json!(false)), ("backup_type", json!("full"))])).await;
+                RemoteFailure::guest_error(&format!("Failed to create backup {id}, error: {why}"))
+            }
+        };
+        let _running = match self.backup_running.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => return Err(fail("another backup is running on this instance".into()).await),
+        };
+        let spec = match self.backup_spec(&id, &info, ctx) {
+            Ok(spec) => spec,
+            Err(why) => return Err(fail(why).await),
+        };
+        let used = self.manager.filesystem_stats(None).ok().and_then(|s| s["used"].as_f64()).unwrap_or(0.0);
+        conductor.update_backup(&id, fields(&[("size", json!(used)), ("state", json!("BUILDING")), ("backup_type", json!("full"))])).await;
+        tracing::info!(backup = %id, container = %spec.container, "backup started");
+        match backup::create(&self.manager, &spec).await {
+            Ok(done) => {
+                tracing::info!(backup = %id, location = %done.location, checksum = %done.checksum, bytes = done.size, segments = done.segments, "backup completed");
+                let gb = done.size as f64 / 1024f64.powi(3);
+                conductor
+                    .update_backup(
+                        &id,
+                        fields(&[
+                            ("size", json!(gb)),
+                            ("state", json!("COMPLETED")),
+                            ("backup_type", json!("full")),
+                            ("checksum", json!(done.checksum)),
+                            ("location", json!(done.location)),
+                            ("success", json!(true)),
+                        ]),
+                    )
+                    .await;
+                Ok(Value::Null)
+            }
+            Err(e) => Err(fail(e.to_string()).await),
+        }
+    }
+
+    fn backup_spec(&self, id: &str, info: &Map<String, Value>, ctx: &CallContext) -> Result<backup::BackupSpec, String> {
+        let s = &self.backups.settings;
+        let text = |k: &str| info.get(k).and_then(Value::as_str).map(str::to_owned).filter(|v| !v.is_empty());
+        if info.get("parent").is_some_and(|p| !p.is_null()) {
+            return Err("incremental backups are not supported for Redis (an RDB is always whole)".into());
+        }
+        if let Some(driver) = text("storage_driver").filter(|d| d != "swift") {
+            return Err(format!("storage driver '{driver}' is not supported (only swift)"));
+        }
+        let swift_url = text("swift_url").ok_or("Missing swift_url in backup metadata.")?;
+        let token = ctx.auth_token.as_ref().ok_or("the request carries no auth_token for Swift")?;
+        let container = text("swift_container").unwrap_or_else(|| s.swift_container.clone());
+        if container.contains('/') {
+            return Err(format!("swift_container '{container}' is not a container name"));
+        }
+        let metadata = ["datastore", "datastore_version"].iter().filter_map(|k| Some((k.to_string(), text(k)?))).collect();
+        Ok(backup::BackupSpec {
+            id: id.to_owned(),
+            container,
+            swift_url,
+            token: secrecy::SecretString::from(secrecy::ExposeSecret::expose_secret(token).to_owned()),
+            metadata,
+            key: s.aes_cbc_key.clone(),
+            segment_max_size: s.segment_max_size,
+            insecure: s.swift_api_insecure,
+            snapshot_timeout: std::time::Duration::from_secs(s.snapshot_timeout),
+        })
+    }
+
+    /// `prepare`'s `backup_info` (Trove: id, location, checksum, storage_driver, swift_url).
+    fn restore_spec(&self, a: &Args<'_>, info: &Map<String, Value>, ctx: &CallContext) -> Result<backup::RestoreSpec, RemoteFailure> {
+        let text = |k: &str| info.get(k).and_then(Value::as_str).map(str::to_owned).filter(|v| !v.is_empty());
+        let id = text("id").filter(|id| backup::valid_id(id)).ok_or_else(|| a.wrong("backup_info.id", "a backup id (letters, digits, '-' and '_')"))?;
+        if let Some(driver) = text("storage_driver").filter(|d| d != "swift") {
+            return Err(not_supported(&format!("restore from storage driver '{driver}'")));
+        }
+        let location = text("location").ok_or_else(|| a.wrong("backup_info.location", "the backup's Swift location"))?;
+        let swift_url = text("swift_url").ok_or_else(|| a.wrong("backup_info.swift_url", "the Swift storage URL"))?;
+        let checksum = text("checksum");
+        if checksum.as_ref().is_some_and(|c| c.len() != 32 || !c.chars().all(|ch| ch.is_ascii_hexdigit())) {
+            return Err(a.wrong("backup_info.checksum", "an MD5 in hex"));
+        }
+        let token = ctx.auth_token.as_ref().ok_or_else(|| RemoteFailure::guest_error("prepare from a backup: the request carries no auth_token for Swift"))?;
+        let s = &self.backups.settings;
+        Ok(backup::RestoreSpec {
+            id,
+            location,
+            checksum,
+            swift_url,
+            token: secrecy::SecretString::from(secrecy::ExposeSecret::expose_secret(token).to_owned()),
+            key: s.aes_cbc_key.clone(),
+            insecure: s.swift_api_insecure,
+        })
     }
 
     /// Admits a state-changing replication call: its `epoch` (if any) is not stale, and a deposed
@@ -99,7 +222,7 @@ impl Guest {
         self.set_status(self.manager.status().await);
     }
 
-    async fn prepare(&self, a: &Args<'_>) -> Result<Value, RemoteFailure> {
+    async fn prepare(&self, a: &Args<'_>, ctx: &CallContext) -> Result<Value, RemoteFailure> {
         let config_contents = a.opt_str("config_contents")?;
         let overrides = a.overrides("overrides", false)?;
         let snapshot = a.opt_object("snapshot")?;
@@ -117,9 +240,11 @@ impl Guest {
             }
             None => None,
         };
-        if a.opt_object("backup_info")?.is_some() {
-            return Err(not_supported("prepare from a backup"));
-        }
+        let restore = match a.opt_object("backup_info")? {
+            Some(_) if master.is_some() => return Err(a.wrong("backup_info", "null for a replica (it syncs from its master)")),
+            Some(info) => Some(self.restore_spec(a, &info, ctx)?),
+            None => None,
+        };
         // Trove sends device_path null when the datastore has no volume (volume_support = False).
         let volume = match a.opt_str("device_path")?.filter(|d| !d.is_empty()) {
             Some(device) => Some((device, self.mount_point_arg(a)?)),
@@ -128,7 +253,20 @@ impl Guest {
         let _guard = self.lifecycle.lock().await;
         self.set_status(ServiceStatus::Building);
         let result = async {
-            self.manager.prepare(config_contents, overrides, volume).await.map_err(replication::Error::from)?;
+            match restore {
+                Some(spec) => {
+                    let id = spec.id.clone();
+                    self.manager
+                        .prepare_restored(config_contents, overrides, volume, |rdb| async move {
+                            let bytes = backup::restore(&spec, rdb).await?;
+                            tracing::info!(backup = %spec.id, bytes, "backup restored");
+                            Ok(())
+                        })
+                        .await
+                        .map_err(|e| replication::Error::Refused(format!("restore from backup {id}: {e}")))?;
+                }
+                None => self.manager.prepare(config_contents, overrides, volume).await.map_err(replication::Error::from)?,
+            }
             if let Some(master) = &master {
                 let config = snapshot.as_ref().and_then(|s| s.get("config")).and_then(Value::as_str);
                 self.strategy.attach(master, config).await?;
@@ -198,12 +336,13 @@ impl Guest {
         result.map(|_| Value::Null).map_err(|e| to_failure(a, e.into()))
     }
 
-    async fn run(&self, a: &Args<'_>) -> Result<Value, RemoteFailure> {
+    async fn run(&self, a: &Args<'_>, ctx: &CallContext) -> Result<Value, RemoteFailure> {
         let strategy = &self.strategy;
         let ok = |r: replication::Result<()>| r.map(|_| Value::Null).map_err(|e| to_failure(a, e));
         match a.method {
             "rpc_ping" => Ok(json!(true)),
-            "prepare" => self.prepare(a).await,
+            "prepare" => self.prepare(a, ctx).await,
+            "create_backup" => self.create_backup(a, ctx).await,
             "get_filesystem_stats" => {
                 let path = a.opt_str("fs_path")?;
                 let mut stats = self.manager.filesystem_stats(path.as_deref()).map_err(|e| to_failure(a, e.into()))?;
@@ -370,10 +509,14 @@ impl Guest {
 
 #[async_trait]
 impl Endpoint for Guest {
-    async fn call(&self, method: &str, args: Map<String, Value>) -> Result<Value, RemoteFailure> {
+    async fn call(&self, method: &str, args: Map<String, Value>, context: CallContext) -> Result<Value, RemoteFailure> {
         let a = Args::new(method, args);
-        self.run(&a).await
+        self.run(&a, &context).await
     }
+}
+
+fn fields(pairs: &[(&str, Value)]) -> Map<String, Value> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
 }
 
 fn not_supported(operation: &str) -> RemoteFailure {

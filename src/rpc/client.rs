@@ -132,7 +132,21 @@ impl RpcClient {
     }
 
     pub async fn cast(&self, topic: &str, method: &str, args: Map<String, Value>, version: &str, cipher: Option<&Cipher>) -> Result<(), Error> {
-        let (args, context) = seal(args, cipher);
+        self.cast_with_context(topic, method, args, version, cipher, Map::new()).await
+    }
+
+    /// As `cast`, with more request-context keys (e.g. the user's `auth_token`, as Trove's API
+    /// passes it on for backups).
+    pub async fn cast_with_context(
+        &self,
+        topic: &str,
+        method: &str,
+        args: Map<String, Value>,
+        version: &str,
+        cipher: Option<&Cipher>,
+        extra: Map<String, Value>,
+    ) -> Result<(), Error> {
+        let (args, context) = seal_with(args, cipher, extra);
         let body = envelope::request(method, args, version, &context, None);
         self.channel
             .basic_publish(&self.exchange, topic, BasicPublishOptions::default(), &body, properties(None))
@@ -144,12 +158,17 @@ impl RpcClient {
 
 /// Encrypts argument values and the context as Trove's SecureSerializer does.
 fn seal(args: Map<String, Value>, cipher: Option<&Cipher>) -> (Map<String, Value>, Map<String, Value>) {
+    seal_with(args, cipher, Map::new())
+}
+
+fn seal_with(args: Map<String, Value>, cipher: Option<&Cipher>, extra: Map<String, Value>) -> (Map<String, Value>, Map<String, Value>) {
     let mut context = Map::new();
     context.insert("user".into(), json!("trove-guestctl"));
     context.insert("is_admin".into(), json!(true));
     context.insert("read_only".into(), json!(false));
     context.insert("show_deleted".into(), json!(false));
     context.insert("request_id".into(), json!(format!("req-{}", envelope::new_id())));
+    context.extend(extra);
     match cipher {
         None => (args, context),
         Some(c) => {

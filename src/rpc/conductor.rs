@@ -1,4 +1,4 @@
-//! Guest → conductor heartbeats: the `heartbeat` cast, plain or under the conductor's serializer.
+//! Guest → conductor casts: `heartbeat` and `update_backup`, plain or under the conductor's serializer.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,8 +26,34 @@ pub async fn send_heartbeat(
     publisher.publish(exchange, topic, &body, Duration::from_secs(5)).await
 }
 
-/// Builds the cast body. Only context keys a Liberty conductor's `TroveContext.from_dict` accepts.
+/// Sends one `update_backup(instance_id, backup_id, sent, **fields)` cast (`fields`: size,
+/// state, checksum, location, success, backup_type), as Trove's guests report a backup.
+pub async fn send_update_backup(
+    publisher: &Publisher,
+    exchange: &str,
+    topic: &str,
+    instance_id: &str,
+    backup_id: &str,
+    fields: Map<String, Value>,
+    cipher: Option<&Cipher>,
+) -> Result<(), super::Error> {
+    let sent = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default();
+    let mut args = Map::new();
+    args.insert("instance_id".into(), json!(instance_id));
+    args.insert("backup_id".into(), json!(backup_id));
+    args.insert("sent".into(), json!(sent));
+    args.extend(fields);
+    let body = cast_body("update_backup", args, instance_id, cipher);
+    publisher.publish(exchange, topic, &body, Duration::from_secs(5)).await
+}
+
+/// Builds the heartbeat cast body.
 pub fn heartbeat_body(args: Map<String, Value>, instance_id: &str, cipher: Option<&Cipher>) -> Vec<u8> {
+    cast_body("heartbeat", args, instance_id, cipher)
+}
+
+/// Builds a conductor cast. Only context keys a Liberty conductor's `TroveContext.from_dict` accepts.
+fn cast_body(method: &str, args: Map<String, Value>, instance_id: &str, cipher: Option<&Cipher>) -> Vec<u8> {
     let mut context = Map::new();
     for key in ["user", "tenant", "auth_token", "resource_uuid"] {
         context.insert(key.into(), Value::Null);
@@ -53,7 +79,7 @@ pub fn heartbeat_body(args: Map<String, Value>, instance_id: &str, cipher: Optio
             (sealed, ctx)
         }
     };
-    envelope::request("heartbeat", args, "1.0", &context, None)
+    envelope::request(method, args, "1.0", &context, None)
 }
 
 #[cfg(test)]

@@ -18,7 +18,21 @@ pub const API_VERSION: (u32, u32) = (1, 3);
 #[async_trait]
 pub trait Endpoint: Send + Sync {
     /// Runs `method`. Unknown methods answer `RemoteFailure::no_such_method`.
-    async fn call(&self, method: &str, args: Map<String, Value>) -> Result<Value, RemoteFailure>;
+    async fn call(&self, method: &str, args: Map<String, Value>, context: CallContext) -> Result<Value, RemoteFailure>;
+}
+
+/// What a handler may use of the request context: the caller's Keystone token (Trove's guests
+/// reach Swift with it). A secret: never logged.
+#[derive(Default)]
+pub struct CallContext {
+    pub auth_token: Option<secrecy::SecretString>,
+}
+
+impl CallContext {
+    fn of(context: &Map<String, Value>) -> CallContext {
+        let auth_token = context.get("auth_token").and_then(Value::as_str).filter(|t| !t.is_empty()).map(|t| secrecy::SecretString::from(t.to_owned()));
+        CallContext { auth_token }
+    }
 }
 
 /// What the server should do with a decoded request.
@@ -112,7 +126,7 @@ async fn run(endpoint: &dyn Endpoint, cipher: Option<&Cipher>, req: &mut Request
         }
     }
     let args = std::mem::take(&mut req.args);
-    endpoint.call(&req.method, args).await
+    endpoint.call(&req.method, args, CallContext::of(&req.context)).await
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ pub mod server;
 pub mod transport;
 
 pub use connection::AmqpOptions;
-pub use dispatch::Endpoint;
+pub use dispatch::{CallContext, Endpoint};
 pub use failure::RemoteFailure;
 
 /// Errors of the RPC layer. Messages never carry passwords or keys.

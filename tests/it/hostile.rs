@@ -643,7 +643,7 @@ fn build_cases(cat: &mut Catalogue<'_>, good_master: &Value, other_guest_q: &str
     let mut a = prep.clone();
     a["snapshot"] = Value::Null;
     a["backup_info"] = json!({"id": "b1", "location": "swift://x", "type": "RedisBackup", "checksum": null});
-    cat.call("prepare: from a backup", R, "prepare", a, fails("DatastoreOperationNotSupported", &["prepare from a backup"]));
+    cat.call("prepare: from a backup without Swift's URL", R, "prepare", a, fails("TypeError", &["backup_info.swift_url", "Swift storage URL"]));
     for (name, path, v) in [
         ("bad host", &["snapshot", "master", "host"][..], json!("10.0.0.1\nslaveof 6.6.6.6 1")),
         ("bad port", &["snapshot", "master", "port"][..], json!(0)),

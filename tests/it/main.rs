@@ -1,5 +1,6 @@
 //! Integration tests: real RabbitMQ, real redis-server processes, agents as separate processes.
 
+mod backup;
 mod config_check;
 mod epochs;
 mod flows;

@@ -209,6 +209,22 @@ impl Admin {
         self.run::<()>("CLIENT UNPAUSE", redis::cmd("CLIENT").arg("UNPAUSE")).await
     }
 
+    /// `BGSAVE SCHEDULE`: a background save now, or as soon as a running AOF rewrite ends.
+    pub async fn bgsave_schedule(&mut self) -> Result<()> {
+        self.run::<String>("BGSAVE", redis::cmd("BGSAVE").arg("SCHEDULE")).await.map(|_| ())
+    }
+
+    /// `LASTSAVE`: the Unix time of the last successful save.
+    pub async fn lastsave(&mut self) -> Result<i64> {
+        self.run("LASTSAVE", &redis::cmd("LASTSAVE")).await
+    }
+
+    /// The server's clock, whole seconds (`TIME`).
+    pub async fn time(&mut self) -> Result<i64> {
+        let (secs, _micros): (i64, i64) = self.run("TIME", &redis::cmd("TIME")).await?;
+        Ok(secs)
+    }
+
     /// `SHUTDOWN` (saving if persistence is configured). The connection dropping is success.
     pub async fn shutdown(&mut self) -> Result<()> {
         match self.link.query::<()>(&redis::cmd("SHUTDOWN"), Retry::Never).await {

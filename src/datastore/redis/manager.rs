@@ -34,6 +34,8 @@ pub struct RedisManager {
     volumes: Volumes,
     /// Redis's data directory: `redis.data_dir`, or the volume's mount point (see `data_dir_of`).
     data_dir: std::sync::RwLock<PathBuf>,
+    /// During a restore's first start: AOF rendered off (`System::aof_off`).
+    aof_off: AtomicBool,
 }
 
 impl RedisManager {
@@ -62,6 +64,7 @@ impl RedisManager {
             dual_channel: AtomicBool::new(false),
             admin_cache: Mutex::new(None),
             foreign: std::sync::Mutex::new(None),
+            aof_off: AtomicBool::new(false),
         })
     }
 
@@ -235,6 +238,7 @@ impl RedisManager {
             }),
             dir,
             daemonize: self.settings.service != ServiceKind::Supervised,
+            aof_off: self.aof_off.load(Ordering::Relaxed),
         }
     }
 
@@ -575,6 +579,109 @@ impl RedisManager {
             self.start().await
         } else {
             self.wait_ready().await
+        }
+    }
+
+    /// `prepare` from a backup: the configuration is written as by `prepare`, Redis is stopped,
+    /// `install` puts the restored RDB at the path it is given, and Redis first serves from it. A
+    /// failed install leaves Redis down and its data as it was. With `appendonly yes` Redis
+    /// would load the (empty) AOF instead: the first start runs with AOF off, then `CONFIG SET
+    /// appendonly yes` writes the AOF from the loaded data before the call returns.
+    pub async fn prepare_restored<F, Fut>(
+        &self,
+        config_contents: Option<String>,
+        overrides: Map<String, Value>,
+        volume: Option<(String, String)>,
+        install: F,
+    ) -> Result<()>
+    where
+        F: FnOnce(PathBuf) -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        if !self.service.can_control() {
+            return Err(Error::NotSupported("prepare from a backup (redis.service = external)".into()));
+        }
+        self.check_adoption().await?;
+        let base = config_contents.unwrap_or_else(default_base);
+        let plan = match &volume {
+            Some((device, mount_point)) => Some(self.volumes.plan(device, mount_point).await?),
+            None => None,
+        };
+        let change = |s: &mut State| {
+            s.base = Some(base.clone());
+            s.user = overrides.clone().into_iter().collect();
+            s.replica = None;
+            s.master = None;
+        };
+        let mut next = self.snapshot_state().await;
+        change(&mut next);
+        self.check(&next).await?;
+        if service::port_open(self.settings.port).await {
+            self.stop().await?;
+        }
+        let record = match plan {
+            Some(plan) => Some(self.volumes.apply(plan).await?),
+            None => None,
+        };
+        self.update_checked(|s| {
+            change(s);
+            if record.is_some() {
+                s.volume = record;
+            }
+        })
+        .await?;
+        let rendered = super::conf::parse(&self.rendered().await).unwrap_or_default();
+        let dbfilename = super::conf::lookup(&rendered, "dbfilename").filter(|f| !f.is_empty()).unwrap_or_else(|| "dump.rdb".into());
+        let aof = super::conf::lookup(&rendered, "appendonly").is_some_and(|v| v.eq_ignore_ascii_case("yes"));
+        if dbfilename.contains('/') {
+            return Err(Error::Refused(format!("dbfilename '{dbfilename}' names a path; a restore needs a file name")));
+        }
+        install(self.data_dir().join(&dbfilename)).await?;
+        if aof {
+            // The AOF of an earlier life must not be loaded over the restored data later on.
+            let dirname = super::conf::lookup(&rendered, "appenddirname").unwrap_or_else(|| "appendonlydir".into());
+            let filename = super::conf::lookup(&rendered, "appendfilename").unwrap_or_else(|| "appendonly.aof".into());
+            for name in [dirname, filename].iter().filter(|n| !n.is_empty() && !n.contains('/')) {
+                let path = self.data_dir().join(name);
+                let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+                if let Err(e) = removed.or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) }) {
+                    return Err(Error::io(&path, e));
+                }
+            }
+            self.aof_off.store(true, Ordering::Relaxed);
+            self.write_config().await?;
+        }
+        let started = self.start().await;
+        if aof {
+            let rewritten = match started {
+                Ok(()) => self.enable_aof().await,
+                Err(e) => Err(e),
+            };
+            self.aof_off.store(false, Ordering::Relaxed);
+            self.write_config().await?;
+            return rewritten;
+        }
+        started
+    }
+
+    /// `CONFIG SET appendonly yes` and the wait for the AOF rewrite it starts.
+    async fn enable_aof(&self) -> Result<()> {
+        let mut admin = self.admin().await?;
+        admin.config_set("appendonly", "yes").await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(self.settings.start_timeout.max(60));
+        loop {
+            let p = admin.info("persistence").await?;
+            let flag = |k: &str| p.get(k).map(str::trim);
+            if flag("aof_enabled") == Some("1") && flag("aof_rewrite_in_progress") == Some("0") && flag("aof_rewrite_scheduled") == Some("0") {
+                return match flag("aof_last_bgrewrite_status") {
+                    Some("ok") | None => Ok(()),
+                    Some(other) => Err(Error::Refused(format!("the AOF rewrite after the restore failed ({other})"))),
+                };
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(Error::Timeout("the AOF rewrite after the restore did not finish".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

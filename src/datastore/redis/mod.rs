@@ -1,6 +1,7 @@
 //! The Redis datastore: INFO parsing, redis.conf layering, the admin connection, process control.
 
 pub mod admin;
+pub mod backup;
 pub mod conf;
 pub mod diagnostics;
 pub mod info;

@@ -90,6 +90,8 @@ pub struct System<'a> {
     pub tls: Option<TlsListener<'a>>,
     /// Valkey's dual-channel replication (`[replication] dual_channel_replication`), on every node.
     pub dual_channel: bool,
+    /// A restore's first start: `appendonly no`, so that Redis loads the restored RDB.
+    pub aof_off: bool,
 }
 
 /// The certificate settings the agent forces, and `tls-port` (0: no TLS listener, the
@@ -149,6 +151,9 @@ impl State {
         }
         if let Some(save) = &self.persistence {
             out.push(Override { key: "save".into(), lines: save_lines(save) });
+        }
+        if system.aof_off {
+            out.push(Override::set("appendonly", &["no"]));
         }
         if let Some(m) = &self.master {
             out.push(Override::set("repl-diskless-sync", &[yes_no(m.diskless_sync)]));
@@ -283,7 +288,7 @@ mod tests {
     use serde_json::json;
 
     fn system(dir: &Path) -> System<'_> {
-        System { port: 7000, dir, daemonize: false, tls: None, dual_channel: false }
+        System { port: 7000, dir, daemonize: false, tls: None, dual_channel: false, aof_off: false }
     }
 
     #[test]
@@ -339,7 +344,7 @@ mod tests {
     fn tls_listener_and_tls_replication() {
         let dir = Path::new("/data");
         let files = crate::config::TlsFiles { cert_file: "/etc/redis/n.crt".into(), key_file: "/etc/redis/n.key".into(), ca_cert_file: "/etc/redis/ca.crt".into() };
-        let sys = System { port: 7000, dir, daemonize: false, tls: Some(TlsListener { port: 7443, files, auth_clients: "yes" }), dual_channel: false };
+        let sys = System { port: 7000, dir, daemonize: false, tls: Some(TlsListener { port: 7443, files, auth_clients: "yes" }), dual_channel: false, aof_off: false };
         let mut s = State { base: Some("port 6379\ntls-replication yes\n".into()), ..Default::default() };
         s.user.insert("tls-port".into(), json!(1));
         s.user.insert("tls-replication".into(), json!("yes"));

@@ -1,0 +1,297 @@
+//! Backup and restore through a real OpenStack Swift (scripts/swift.sh): create_backup as Trove
+//! casts it, the objects and the conductor's update_backup reports, prepare from the backup.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use md5::{Digest, Md5};
+use serde_json::{json, Map, Value};
+
+use super::harness::*;
+
+/// The conductor casts captured: (method, args).
+type Casts = Arc<Mutex<Vec<(String, Map<String, Value>)>>>;
+
+/// A tempauth login on the test Swift: (storage URL, token). Starts Swift (idempotent).
+async fn swift_login() -> (String, String) {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new("bash").arg(format!("{root}/scripts/swift.sh")).arg("start").stderr(Stdio::inherit()).output();
+    let auth = match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().lines().last().unwrap_or_default().to_owned(),
+        other => panic!("Swift is not reachable and scripts/swift.sh start failed ({other:?}); the backup tests need a real Swift"),
+    };
+    let resp = reqwest::Client::new()
+        .get(&auth)
+        .header("X-Storage-User", "test:tester")
+        .header("X-Storage-Pass", "testing")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("Swift at {auth} is not reachable: {e}"));
+    assert!(resp.status().is_success(), "tempauth login at {auth}: {}", resp.status());
+    let h = |k: &str| resp.headers().get(k).unwrap().to_str().unwrap().to_owned();
+    (h("x-storage-url"), h("x-auth-token"))
+}
+
+/// The conductor casts (method, args) sent to `topic`.
+async fn capture_conductor(topic: &str) -> (lapin::Connection, Casts) {
+    use futures_util::StreamExt;
+    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    let opts = trove_guest::rpc::AmqpOptions::new(&amqp_url(), EXCHANGE, "it-conductor");
+    let conn = trove_guest::rpc::connection::connect(&opts).await.expect("RabbitMQ");
+    let ch = conn.create_channel().await.unwrap();
+    trove_guest::rpc::connection::declare_control_exchange(&ch, &opts).await.unwrap();
+    let q = ch.queue_declare("", QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default()).await.unwrap();
+    ch.queue_bind(q.name().as_str(), EXCHANGE, topic, QueueBindOptions::default(), FieldTable::default()).await.unwrap();
+    let mut consumer = ch.basic_consume(q.name().as_str(), "", BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default()).await.unwrap();
+    let seen: Casts = Default::default();
+    let sink = seen.clone();
+    tokio::spawn(async move {
+        while let Some(Ok(d)) = consumer.next().await {
+            let req = trove_guest::rpc::envelope::decode(&d.data, trove_guest::rpc::envelope::DEFAULT_MAX_BODY).unwrap();
+            sink.lock().unwrap().push((req.method, req.args));
+        }
+    });
+    (conn, seen)
+}
+
+fn backup_reports(seen: &Casts, id: &str) -> Vec<Map<String, Value>> {
+    seen.lock().unwrap().iter().filter(|(m, a)| m == "update_backup" && a["backup_id"] == id).map(|(_, a)| a.clone()).collect()
+}
+
+fn token_context(token: &str) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("auth_token".into(), json!(token));
+    m
+}
+
+async fn cast(client: &trove_guest::rpc::client::RpcClient, g: &Guest, method: &str, a: Value, token: &str) {
+    client.cast_with_context(&g.topic(), method, args(a), "1.0", g.cipher().as_ref(), token_context(token)).await.unwrap();
+}
+
+fn new_id() -> String {
+    let h = trove_guest::rpc::envelope::new_id();
+    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+/// Trove's taskmanager's `backup_info` for `create_backup`.
+fn backup_info(id: &str, container: &str, swift_url: &str) -> Value {
+    json!({
+        "id": id, "name": "b", "description": null, "instance_id": "i", "backup_type": "RedisBackup",
+        "checksum": null, "parent": null, "datastore": "redis", "datastore_version": "7.0",
+        "storage_driver": "swift", "swift_container": container, "swift_url": swift_url,
+    })
+}
+
+/// Waits for the COMPLETED or FAILED report of backup `id`.
+async fn final_report(seen: &Casts, id: &str, g: &Guest) -> Map<String, Value> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(r) = backup_reports(seen, id).into_iter().find(|r| r["state"] == "COMPLETED" || r["state"] == "FAILED") {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "no final update_backup for {id}\n{}", g.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `prepare` from a backup, as the taskmanager sends it for an instance created from a backup.
+async fn prepare_from(client: &trove_guest::rpc::client::RpcClient, g: &Guest, token: &str, info: Value) {
+    let a = json!({
+        "packages": null, "databases": [], "memory_mb": 512, "users": [], "device_path": null,
+        "mount_point": "/var/lib/redis", "backup_info": info, "config_contents": g.config_contents(None),
+        "root_password": null, "overrides": {}, "cluster_config": null, "snapshot": null,
+    });
+    cast(client, g, "prepare", a, token).await;
+}
+
+async fn wait_master(client: &trove_guest::rpc::client::RpcClient, g: &Guest) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(s) = try_call(client, g, "get_replication_status", json!({})).await {
+            if s["role"] == "master" {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "prepare of {} did not finish\n{}", g.id, g.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn swift_get(url: &str, token: &str) -> reqwest::Response {
+    reqwest::Client::new().get(url).header("X-Auth-Token", token).send().await.unwrap()
+}
+
+/// Runs openssl (Trove's decrypt command) and gunzip on `data`; the key goes through a file.
+fn trove_unpack(data: &[u8], key: Option<&str>) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::write(&input, data).unwrap();
+    let script = match key {
+        Some(k) => {
+            std::fs::write(dir.path().join("pw"), k).unwrap();
+            format!("openssl enc -d -aes-256-cbc -md sha512 -pbkdf2 -iter 10000 -salt -pass file:{0}/pw < {0}/in | gzip -d -c", dir.path().display())
+        }
+        None => format!("gzip -d -c < {}/in", dir.path().display()),
+    };
+    let out = Command::new("bash").arg("-c").arg(format!("set -o pipefail; {script}")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+async fn write_keys(g: &Guest, n: usize) -> Vec<(String, Vec<u8>)> {
+    use rand::RngCore;
+    let mut con = g.redis(None).await;
+    let mut rng = rand::thread_rng();
+    let mut keys = Vec::new();
+    for i in 0..n {
+        let mut v = vec![0u8; 1024];
+        rng.fill_bytes(&mut v);
+        let k = format!("key:{i}");
+        let _: () = redis::cmd("SET").arg(&k).arg(&v).query_async(&mut con).await.unwrap();
+        keys.push((k, v));
+    }
+    keys
+}
+
+async fn check_keys(g: &Guest, keys: &[(String, Vec<u8>)]) {
+    let mut con = g.redis(None).await;
+    let n: usize = redis::cmd("DBSIZE").query_async(&mut con).await.unwrap();
+    assert_eq!(n, keys.len(), "restored key count");
+    for (k, v) in keys.iter().step_by(37) {
+        let got: Vec<u8> = redis::cmd("GET").arg(k).query_async(&mut con).await.unwrap();
+        assert_eq!(&got, v, "{k}");
+    }
+}
+
+#[tokio::test]
+async fn encrypted_segmented_backup_restores_and_a_wrong_key_is_refused() {
+    let (swift_url, token) = swift_login().await;
+    let c = client().await;
+    let topic = unique("conductor");
+    let (_conn, seen) = capture_conductor(&topic).await;
+    let key = "trove-backup-key";
+    let container = unique("backups");
+    // Small segments: the ~2 MB of random values become several segments and a manifest.
+    let a = spawn_guest(&c, None, &[("TROVE_GUESTAGENT__CONDUCTOR__TOPIC", &topic), ("TROVE_GUESTAGENT__BACKUP__AES_CBC_KEY", key), ("TROVE_GUESTAGENT__BACKUP__SEGMENT_MAX_SIZE", "600000")]).await;
+    prepare(&c, &a, None, None).await;
+    let keys = write_keys(&a, 2000).await;
+
+    let id = new_id();
+    cast(&c, &a, "create_backup", json!({"backup_info": backup_info(&id, &container, &swift_url)}), &token).await;
+    let done = final_report(&seen, &id, &a).await;
+    assert_eq!(done["state"], "COMPLETED", "{done:?}\n{}", a.log());
+    let reports = backup_reports(&seen, &id);
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    assert_eq!(reports[0]["state"], "BUILDING");
+    assert_eq!(reports[0]["instance_id"], json!(a.id));
+    assert!(reports[0]["sent"].as_f64().unwrap() < done["sent"].as_f64().unwrap());
+    assert_eq!(done["success"], true);
+    assert_eq!(done["backup_type"], "full");
+    let object = format!("{id}.gz.enc");
+    let location = format!("{swift_url}/{container}/{object}");
+    assert_eq!(done["location"], json!(location));
+    let checksum = done["checksum"].as_str().unwrap().to_owned();
+
+    // Swift holds the segments, and the manifest under the name Trove restores.
+    let listing = swift_get(&format!("{swift_url}/{container}"), &token).await.text().await.unwrap();
+    let names: Vec<&str> = listing.lines().collect();
+    assert!(names.len() >= 4, "expected several segments: {names:?}");
+    assert!(names.contains(&object.as_str()));
+    for (n, name) in names.iter().filter(|n| **n != object).enumerate() {
+        assert_eq!(*name, format!("{id}_{n:08}"));
+    }
+    let manifest: Value = swift_get(&format!("{location}?multipart-manifest=get"), &token).await.text().await.map(|t| serde_json::from_str(&t).unwrap()).unwrap();
+    let md5s: Vec<String> = manifest.as_array().unwrap().iter().map(|s| s["hash"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(md5s.len(), names.len() - 1);
+    assert_eq!(trove_guest::datastore::archive::backup_checksum(&md5s), checksum);
+    let resp = swift_get(&location, &token).await;
+    assert_eq!(resp.headers()["etag"].to_str().unwrap().trim_matches('"'), checksum);
+    assert_eq!(resp.headers()["x-object-meta-datastore"], "redis");
+    assert_eq!(resp.headers()["x-object-meta-datastore-version"], "7.0");
+    let stored = resp.bytes().await.unwrap();
+    let size_gb = done["size"].as_f64().unwrap();
+    assert!((size_gb * 1024f64.powi(3) - stored.len() as f64).abs() < 1.0, "size {size_gb} GB for {} bytes", stored.len());
+    // Trove's own restore command (openssl enc -d ... | gzip -d) reads it back into an RDB.
+    let rdb = trove_unpack(&stored, Some(key));
+    assert_eq!(&rdb[..5], b"REDIS");
+
+    // A new instance from the backup, as the taskmanager prepares it.
+    let restore_info = json!({"id": id, "instance_id": a.id, "location": location, "type": "RedisBackup", "checksum": checksum, "storage_driver": "swift", "swift_url": swift_url});
+    let b = spawn_guest(&c, None, &[("TROVE_GUESTAGENT__CONDUCTOR__TOPIC", &topic), ("TROVE_GUESTAGENT__BACKUP__AES_CBC_KEY", key)]).await;
+    prepare_from(&c, &b, &token, restore_info.clone()).await;
+    wait_master(&c, &b).await;
+    check_keys(&b, &keys).await;
+
+    // The restored instance's own backup: one segment, copied to its name (no manifest).
+    let id2 = new_id();
+    cast(&c, &b, "create_backup", json!({"backup_info": backup_info(&id2, &container, &swift_url)}), &token).await;
+    let done2 = final_report(&seen, &id2, &b).await;
+    assert_eq!(done2["state"], "COMPLETED", "{done2:?}\n{}", b.log());
+    let resp = swift_get(done2["location"].as_str().unwrap(), &token).await;
+    assert!(resp.headers().get("x-static-large-object").is_none());
+    let etag = resp.headers()["etag"].to_str().unwrap().to_owned();
+    let body = resp.bytes().await.unwrap();
+    assert_eq!(etag, format!("{:x}", Md5::digest(&body)));
+    assert_eq!(done2["checksum"], json!(etag));
+    let listing = swift_get(&format!("{swift_url}/{container}"), &token).await.text().await.unwrap();
+    assert!(!listing.contains(&format!("{id2}_")), "the segment of a one-segment backup is removed: {listing}");
+
+    // A wrong key: prepare fails with a clear error and installs nothing.
+    let w = spawn_guest(&c, None, &[("TROVE_GUESTAGENT__CONDUCTOR__TOPIC", &topic), ("TROVE_GUESTAGENT__BACKUP__AES_CBC_KEY", "not-the-key")]).await;
+    prepare_from(&c, &w, &token, restore_info.clone()).await;
+    eventually(60, "the wrong key's failure in the log", || async { w.log().contains("aes_cbc_key") }).await;
+    assert!(!w.log().contains("not-the-key") && !w.log().contains(key) && !w.log().contains(&token), "a secret in the log");
+    let data = std::fs::read_dir(w.dir.path().join("data")).map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>()).unwrap_or_default();
+    assert!(data.iter().all(|f| !f.ends_with(".rdb") && !f.ends_with(".tmp")), "{data:?}");
+    assert!(try_call(&c, &w, "get_replication_status", json!({})).await.is_err(), "redis must not serve after a failed restore");
+
+    // A checksum Trove did not record: refused before anything is installed.
+    let bad = spawn_guest(&c, None, &[("TROVE_GUESTAGENT__CONDUCTOR__TOPIC", &topic), ("TROVE_GUESTAGENT__BACKUP__AES_CBC_KEY", key)]).await;
+    let mut info = restore_info.clone();
+    info["checksum"] = json!("0123456789abcdef0123456789abcdef");
+    prepare_from(&c, &bad, &token, info).await;
+    eventually(60, "the checksum failure in the log", || async { bad.log().contains("fails its checksum") }).await;
+    assert!(try_call(&c, &bad, "get_replication_status", json!({})).await.is_err());
+}
+
+#[tokio::test]
+async fn plain_backup_without_a_key_and_bad_requests() {
+    let (swift_url, token) = swift_login().await;
+    let c = client().await;
+    let topic = unique("conductor");
+    let (_conn, seen) = capture_conductor(&topic).await;
+    let container = unique("backups");
+    let a = spawn_guest(&c, None, &[("TROVE_GUESTAGENT__CONDUCTOR__TOPIC", &topic)]).await;
+    prepare(&c, &a, None, None).await;
+    let keys = write_keys(&a, 300).await;
+    let id = new_id();
+    cast(&c, &a, "create_backup", json!({"backup_info": backup_info(&id, &container, &swift_url)}), &token).await;
+    let done = final_report(&seen, &id, &a).await;
+    assert_eq!(done["state"], "COMPLETED", "{}", a.log());
+    let location = format!("{swift_url}/{container}/{id}.gz");
+    assert_eq!(done["location"], json!(location));
+    let body = swift_get(&location, &token).await.bytes().await.unwrap();
+    assert_eq!(&trove_unpack(&body, None)[..5], b"REDIS");
+
+    let b = spawn_guest(&c, None, &[("TROVE_GUESTAGENT__CONDUCTOR__TOPIC", &topic)]).await;
+    let info = json!({"id": id, "instance_id": a.id, "location": location, "type": "RedisBackup", "checksum": done["checksum"], "storage_driver": "swift", "swift_url": swift_url});
+    prepare_from(&c, &b, &token, info).await;
+    wait_master(&c, &b).await;
+    check_keys(&b, &keys).await;
+
+    // No token in the request: FAILED, with the reason, and nothing written.
+    let id3 = new_id();
+    c.cast(&a.topic(), "create_backup", args(json!({"backup_info": backup_info(&id3, &container, &swift_url)})), "1.0", None).await.unwrap();
+    let failed = final_report(&seen, &id3, &a).await;
+    assert_eq!(failed["state"], "FAILED");
+    assert_eq!(failed["success"], false);
+    // A bad id is refused before anything is reported.
+    let e = call_err(&c, &a, "create_backup", json!({"backup_info": backup_info("../x", &container, &swift_url)})).await;
+    assert!(e.message.contains("backup_info.id"), "{}", e.message);
+    let listing = swift_get(&format!("{swift_url}/{container}"), &token).await.text().await.unwrap();
+    assert_eq!(listing.lines().collect::<Vec<_>>(), vec![format!("{id}.gz")]);
+    let _ = std::io::stdout().flush();
+}
