@@ -117,6 +117,9 @@ pub struct RedisSettings {
     pub tls_auth_clients: TlsAuthClients,
     /// Whether the agent's TLS client checks that a master's certificate names its address.
     pub tls_verify_hostname: bool,
+    /// `[redis.servers]`: Trove datastore version name -> server binary (upgrade, rebuild).
+    #[serde(default)]
+    pub servers: std::collections::BTreeMap<String, String>,
 }
 
 /// Redis `tls-auth-clients`.
@@ -466,6 +469,12 @@ fn validate(s: &Settings) -> Result<(), Error> {
     if s.redis.binary.trim().is_empty() || s.redis.binary.chars().any(char::is_control) {
         return invalid("redis.binary", "must name the server binary (e.g. redis-server or valkey-server)");
     }
+    for (version, binary) in &s.redis.servers {
+        let bad = |t: &str| t.trim().is_empty() || t.chars().any(char::is_control);
+        if bad(version) || bad(binary) {
+            return invalid("redis.servers", "maps datastore version names to server binaries; neither may be empty");
+        }
+    }
     if s.conductor.report_interval == 0 {
         return invalid("conductor.report_interval", "must be at least 1 second");
     }
@@ -608,6 +617,20 @@ mod tests {
         assert_eq!(s.guest.id, "from-info");
         assert_eq!(s.guest.instance_rpc_encr_key.unwrap().expose_secret(), "k123");
         assert_eq!(s.redis.port, 7001);
+    }
+
+    /// Version names keep their dots and case (the config crate must not read them as paths).
+    #[test]
+    fn servers_table_keeps_version_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(&file, "[redis.servers]\n\"7.0\" = \"/usr/bin/redis-server\"\n\"Valkey-9.1\" = \"/opt/valkey/bin/valkey-server\"\n").unwrap();
+        let s = load_from(Some(&file), env(&[("TROVE_GUESTAGENT__GUEST__ID", "g1")])).unwrap();
+        let servers: Vec<(&str, &str)> = s.redis.servers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(servers, [("7.0", "/usr/bin/redis-server"), ("Valkey-9.1", "/opt/valkey/bin/valkey-server")]);
+        std::fs::write(&file, "[redis.servers]\n\"7.0\" = \"\"\n").unwrap();
+        let e = load_from(Some(&file), env(&[("TROVE_GUESTAGENT__GUEST__ID", "g1")])).unwrap_err().to_string();
+        assert!(e.contains("redis.servers"), "{e}");
     }
 
     #[test]

@@ -12,6 +12,8 @@ pub enum ServiceStatus {
     Blocked,
     Crashed,
     Failed,
+    /// Between `pre_upgrade` and the end of `upgrade` (Trove's "upgrading").
+    Upgrading,
     /// Nothing prepared yet: Redis has no configuration (Trove's "build pending" / new instance).
     New,
 }
@@ -27,6 +29,7 @@ impl ServiceStatus {
             ServiceStatus::Crashed => "crashed",
             ServiceStatus::Failed => "failed to spawn",
             ServiceStatus::New => "new",
+            ServiceStatus::Upgrading => "upgrading",
         }
     }
 }

@@ -14,4 +14,5 @@ mod secrets;
 mod sentinel_client;
 mod tls;
 mod trove_boot;
+mod upgrade;
 mod volumes;

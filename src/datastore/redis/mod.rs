@@ -8,6 +8,7 @@ pub mod runtime;
 pub mod server;
 pub mod service;
 pub mod state;
+pub mod upgrade;
 
 pub use admin::Admin;
 pub use manager::RedisManager;

@@ -55,6 +55,16 @@ pub struct State {
     /// The data volume `prepare` mounted; Redis's data directory is on it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume: Option<crate::datastore::volume::VolumeRecord>,
+    /// The server an upgrade or rebuild chose (`[redis.servers]`); None: `redis.binary`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<ServerChoice>,
+}
+
+/// A datastore version and the server binary that serves it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerChoice {
+    pub version: String,
+    pub binary: String,
 }
 
 /// `repl-ping-replica-period` on a replica source: replicas then hear from a live master at least
