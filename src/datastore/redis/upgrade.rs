@@ -36,7 +36,9 @@ pub fn refuse_switch(from: &Server, to: &Server) -> Option<String> {
         return Some(format!("{from} -> {to} is a downgrade, which is refused"));
     }
     let (written, read) = (rdb_version(from), rdb_version(to));
-    let readable = written <= read && !(written == 80 && !to.valkey) && !(to.valkey && written == 12);
+    // Redis 7.4's format 12 and Valkey 9's 80 are each unknown to the other family.
+    let foreign = (written == 80 && !to.valkey) || (written == 12 && to.valkey);
+    let readable = written <= read && !foreign;
     (!readable).then(|| format!("{to} cannot read the RDB format {written} that {from} writes"))
 }
 
@@ -163,6 +165,9 @@ pub async fn rebuild(manager: &RedisManager, ds_version: &str, config_contents: 
         None
     } else {
         let (binary, _) = resolve(manager, ds_version)?;
+        if binary != manager.binary() && !manager.supervised() {
+            return Err(Error::NotSupported(format!("rebuild on another server binary ({binary}) (redis.service = supervised only)")));
+        }
         Some(ServerChoice { version: ds_version.to_owned(), binary })
     };
     let (previous, old_binary) = (manager.snapshot_state().await.server, manager.binary());
