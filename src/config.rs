@@ -118,7 +118,7 @@ pub struct RedisSettings {
     /// Whether the agent's TLS client checks that a master's certificate names its address.
     pub tls_verify_hostname: bool,
     /// `[redis.servers]`: Trove datastore version name -> server binary (upgrade, rebuild).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "string_map")]
     pub servers: std::collections::BTreeMap<String, String>,
 }
 
@@ -576,6 +576,28 @@ fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error
     Ok(items.iter().map(|s| s.trim()).filter(|s| !s.is_empty()).map(PathBuf::from).collect())
 }
 
+/// A table of strings; numbers and booleans are refused (the config crate would turn them into strings).
+fn string_map<'de, D: Deserializer<'de>>(d: D) -> Result<std::collections::BTreeMap<String, String>, D::Error> {
+    struct Text(String);
+    impl<'de> Deserialize<'de> for Text {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Text, D::Error> {
+            struct V;
+            impl serde::de::Visitor<'_> for V {
+                type Value = Text;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a string (a server binary)")
+                }
+                fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Text, E> {
+                    Ok(Text(v.to_owned()))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+    let map = std::collections::BTreeMap::<String, Text>::deserialize(d)?;
+    Ok(map.into_iter().map(|(k, v)| (k, v.0)).collect())
+}
+
 fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let s = String::deserialize(d)?;
     Ok(if s.trim().is_empty() { None } else { Some(s) })
@@ -628,9 +650,11 @@ mod tests {
         let s = load_from(Some(&file), env(&[("TROVE_GUESTAGENT__GUEST__ID", "g1")])).unwrap();
         let servers: Vec<(&str, &str)> = s.redis.servers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         assert_eq!(servers, [("7.0", "/usr/bin/redis-server"), ("Valkey-9.1", "/opt/valkey/bin/valkey-server")]);
-        std::fs::write(&file, "[redis.servers]\n\"7.0\" = \"\"\n").unwrap();
-        let e = load_from(Some(&file), env(&[("TROVE_GUESTAGENT__GUEST__ID", "g1")])).unwrap_err().to_string();
-        assert!(e.contains("redis.servers"), "{e}");
+        for bad in ["\"7.0\" = \"\"", "\"7.0\" = 1", "\"7.0\" = true", "\"7.0\" = [\"a\"]"] {
+            std::fs::write(&file, format!("[redis.servers]\n{bad}\n")).unwrap();
+            let e = load_from(Some(&file), env(&[("TROVE_GUESTAGENT__GUEST__ID", "g1")])).unwrap_err().to_string();
+            assert!(e.contains("servers"), "{bad}: {e}");
+        }
     }
 
     #[test]
