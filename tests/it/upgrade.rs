@@ -34,12 +34,18 @@ fn matrix_server(name: &str, version: &str) -> String {
 
 /// A guest on `binary` whose image carries `servers` (`[redis.servers]`).
 async fn guest_with(c: &RpcClient, binary: &str, servers: &[(&str, &str)]) -> Guest {
+    guest_env(c, binary, servers, &[]).await
+}
+
+async fn guest_env(c: &RpcClient, binary: &str, servers: &[(&str, &str)], env: &[(&str, &str)]) -> Guest {
     let dir = tempfile::tempdir().unwrap();
     let toml: String = servers.iter().map(|(v, b)| format!("\"{v}\" = \"{b}\"\n")).collect();
     let file = dir.path().join("servers.toml");
     std::fs::write(&file, format!("[redis.servers]\n{toml}")).unwrap();
     let args = vec!["--config".into(), file.display().to_string()];
-    spawn_guest_with_args(c, dir, &[("TROVE_GUESTAGENT__REDIS__BINARY", binary)], args).await
+    let mut env = env.to_vec();
+    env.push(("TROVE_GUESTAGENT__REDIS__BINARY", binary));
+    spawn_guest_with_args(c, dir, &env, args).await
 }
 
 async fn server_of(c: &RpcClient, g: &Guest) -> Value {
@@ -117,21 +123,46 @@ async fn redis_6_2_to_7_4_replica_first() {
     assert_eq!(count_keys(&m).await, 700);
 }
 
-/// Debian's Redis 7.0 to Valkey 9.1.2 on the same data and configuration.
+/// Debian's Redis 7.0 to Valkey 9.1.2 on the same data and configuration; the conductor hears
+/// `healthy` at the end (what Trove waits for), and `failed to spawn` for a refused upgrade.
 #[tokio::test]
 async fn redis_7_0_to_valkey_9_1() {
     let c = client().await;
     let debian = "/usr/bin/redis-server";
     assert_eq!(version_of(debian).1 .0, 7, "{debian} must be Redis 7.0 (Debian 12's)");
     let valkey = matrix_server("valkey", "9.1.2");
-    let g = guest_with(&c, debian, &[("7.0", debian), ("valkey-9.1", valkey.as_str())]).await;
+    let topic = unique("conductor");
+    let (_conn, seen) = crate::trove_boot::capture_heartbeats(&topic).await;
+    let env = [("TROVE_GUESTAGENT__CONDUCTOR__TOPIC", topic.as_str()), ("TROVE_GUESTAGENT__CONDUCTOR__REPORT_INTERVAL", "60")];
+    let g = guest_env(&c, debian, &[("7.0", debian), ("valkey-9.1", valkey.as_str())], &env).await;
     prepare(&c, &g, None, None).await;
     write_keys(&g, 0, 300).await;
     let _: () = g.redis(None).await.hset("h", "f", "v").await.unwrap();
+    eventually(20, "a healthy heartbeat", || async { seen.lock().unwrap().last().is_some_and(|(s, _)| s == "healthy") }).await;
+    seen.lock().unwrap().clear();
+    // From pre_upgrade on, the conductor hears `upgrading`, not the probe's `healthy`.
+    let from = call(&c, &g, "pre_upgrade", json!({})).await;
+    assert!(from["from_version"].is_null() && from["from_server"].as_str().is_some_and(|s| s.starts_with("redis 7.0.")), "{from}");
+    eventually(20, "an upgrading heartbeat", || async { seen.lock().unwrap().last().is_some_and(|(s, _)| s == "upgrading") }).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(seen.lock().unwrap().last().map(|b| b.0.clone()).as_deref(), Some("upgrading"), "the status probe overrode upgrading");
     trove_upgrade(&c, &g, "valkey-9.1", json!({"name": "valkey", "version": "9.1.2"})).await;
+    eventually(20, "a healthy heartbeat after the upgrade", || async { seen.lock().unwrap().last().is_some_and(|(s, _)| s == "healthy") }).await;
+    let beats: Vec<String> = seen.lock().unwrap().iter().map(|b| b.0.clone()).collect();
+    // A fast upgrade's `upgrading` may be coalesced into the `healthy` after it (heartbeats are
+    // spaced); nothing else is ever sent meanwhile.
+    assert!(beats.iter().all(|b| b == "upgrading" || b == "healthy"), "{beats:?}");
     assert_eq!(count_keys(&g).await, 300);
     let v: String = g.redis(None).await.hget("h", "f").await.unwrap();
     assert_eq!(v, "v");
+
+    // Valkey 9's RDB cannot go back to Redis 7.0: Trove's cast is refused, and Trove hears so.
+    seen.lock().unwrap().clear();
+    let info = json!({"upgrade_info": {"datastore_version": "7.0", "from_version": "valkey-9.1"}});
+    c.cast(&g.topic(), "upgrade", args(info), "1.0", None).await.unwrap();
+    eventually(20, "a failed heartbeat", || async { seen.lock().unwrap().last().is_some_and(|(s, _)| s == "failed to spawn") }).await;
+    assert_eq!(server_of(&c, &g).await, json!({"name": "valkey", "version": "9.1.2"}));
+    assert_eq!(count_keys(&g).await, 300);
 }
 
 /// What an upgrade must not change: the same process, its data, redis.conf and the state file.
