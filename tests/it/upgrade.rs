@@ -14,7 +14,9 @@ use crate::harness::*;
 /// else the manifest scripts/redis-servers.sh prints (it downloads once, then reuses its cache).
 /// Fails, never skips, when the server is missing.
 fn matrix_server(name: &str, version: &str) -> String {
-    let manifest = match std::env::var("TROVE_TEST_SERVERS_MANIFEST") {
+    // Once per process: the tests run side by side, and a first run downloads into the cache.
+    static MANIFEST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let manifest = MANIFEST.get_or_init(|| match std::env::var("TROVE_TEST_SERVERS_MANIFEST") {
         Ok(path) => std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("TROVE_TEST_SERVERS_MANIFEST {path}: {e}")),
         Err(_) => {
             let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/redis-servers.sh");
@@ -22,7 +24,7 @@ fn matrix_server(name: &str, version: &str) -> String {
             assert!(out.status.success(), "scripts/redis-servers.sh failed; these tests need its servers:\n{}", String::from_utf8_lossy(&out.stderr));
             String::from_utf8_lossy(&out.stdout).into_owned()
         }
-    };
+    });
     manifest
         .lines()
         .find_map(|l| {
