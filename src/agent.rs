@@ -59,7 +59,7 @@ pub fn guard_redis_start(settings: &Settings) -> Result<bool, Error> {
 /// Runs the agent until `cancel` fires.
 pub async fn run(settings: Settings, cancel: CancellationToken, hooks: Hooks) -> Result<(), Error> {
     let manager = Arc::new(RedisManager::new(settings.redis.clone(), settings.volume.clone())?);
-    check_server(&settings.redis.binary, settings.replication.dual_channel_replication)?;
+    check_server(&manager.binary(), settings.replication.dual_channel_replication)?;
     let epochs = Arc::new(
         replication::epoch::Epochs::load(settings.redis.epoch_path(), &settings.guest.id).map_err(|e| Error::Strategy(e.to_string()))?,
     );
@@ -239,7 +239,7 @@ impl Heartbeat {
                 _ = tokio::time::sleep_until(last_sent + self.interval) => {}
                 _ = probe.tick() => {
                     let current = *status_rx.borrow();
-                    if !matches!(current, ServiceStatus::Building | ServiceStatus::Failed) {
+                    if !matches!(current, ServiceStatus::Building | ServiceStatus::Failed | ServiceStatus::Upgrading) {
                         let probed = manager.status().await;
                         if probed == ServiceStatus::Healthy {
                             if let Err(error) = strategy.maintain().await {

@@ -118,6 +118,9 @@ pub struct RedisSettings {
     pub tls_auth_clients: TlsAuthClients,
     /// Whether the agent's TLS client checks that a master's certificate names its address.
     pub tls_verify_hostname: bool,
+    /// `[redis.servers]`: Trove datastore version name -> server binary (upgrade, rebuild).
+    #[serde(default, deserialize_with = "string_map")]
+    pub servers: std::collections::BTreeMap<String, String>,
 }
 
 /// Redis `tls-auth-clients`.
@@ -488,6 +491,12 @@ fn validate(s: &Settings) -> Result<(), Error> {
     if s.redis.binary.trim().is_empty() || s.redis.binary.chars().any(char::is_control) {
         return invalid("redis.binary", "must name the server binary (e.g. redis-server or valkey-server)");
     }
+    for (version, binary) in &s.redis.servers {
+        let bad = |t: &str| t.trim().is_empty() || t.chars().any(char::is_control);
+        if bad(version) || bad(binary) {
+            return invalid("redis.servers", "maps datastore version names to server binaries; neither may be empty");
+        }
+    }
     if s.conductor.report_interval == 0 {
         return invalid("conductor.report_interval", "must be at least 1 second");
     }
@@ -595,6 +604,28 @@ fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error
     Ok(items.iter().map(|s| s.trim()).filter(|s| !s.is_empty()).map(PathBuf::from).collect())
 }
 
+/// A table of strings; numbers and booleans are refused (the config crate would turn them into strings).
+fn string_map<'de, D: Deserializer<'de>>(d: D) -> Result<std::collections::BTreeMap<String, String>, D::Error> {
+    struct Text(String);
+    impl<'de> Deserialize<'de> for Text {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Text, D::Error> {
+            struct V;
+            impl serde::de::Visitor<'_> for V {
+                type Value = Text;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a string (a server binary)")
+                }
+                fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Text, E> {
+                    Ok(Text(v.to_owned()))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+    let map = std::collections::BTreeMap::<String, Text>::deserialize(d)?;
+    Ok(map.into_iter().map(|(k, v)| (k, v.0)).collect())
+}
+
 fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let s = String::deserialize(d)?;
     Ok(if s.trim().is_empty() { None } else { Some(s) })
@@ -636,6 +667,22 @@ mod tests {
         assert_eq!(s.guest.id, "from-info");
         assert_eq!(s.guest.instance_rpc_encr_key.unwrap().expose_secret(), "k123");
         assert_eq!(s.redis.port, 7001);
+    }
+
+    /// Version names keep their dots and case (the config crate must not read them as paths).
+    #[test]
+    fn servers_table_keeps_version_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(&file, "[redis.servers]\n\"7.0\" = \"/usr/bin/redis-server\"\n\"Valkey-9.1\" = \"/opt/valkey/bin/valkey-server\"\n").unwrap();
+        let s = load_from(Some(&file), env(&[("TROVE_GUESTAGENT__GUEST__ID", "g1")])).unwrap();
+        let servers: Vec<(&str, &str)> = s.redis.servers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(servers, [("7.0", "/usr/bin/redis-server"), ("Valkey-9.1", "/opt/valkey/bin/valkey-server")]);
+        for bad in ["\"7.0\" = \"\"", "\"7.0\" = 1", "\"7.0\" = true", "\"7.0\" = [\"a\"]"] {
+            std::fs::write(&file, format!("[redis.servers]\n{bad}\n")).unwrap();
+            let e = load_from(Some(&file), env(&[("TROVE_GUESTAGENT__GUEST__ID", "g1")])).unwrap_err().to_string();
+            assert!(e.contains("servers"), "{bad}: {e}");
+        }
     }
 
     #[test]

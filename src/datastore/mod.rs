@@ -14,6 +14,8 @@ pub enum ServiceStatus {
     Blocked,
     Crashed,
     Failed,
+    /// Between `pre_upgrade` and the end of `upgrade` (Trove's "upgrading").
+    Upgrading,
     /// Nothing prepared yet: Redis has no configuration (Trove's "build pending" / new instance).
     New,
 }
@@ -29,6 +31,7 @@ impl ServiceStatus {
             ServiceStatus::Crashed => "crashed",
             ServiceStatus::Failed => "failed to spawn",
             ServiceStatus::New => "new",
+            ServiceStatus::Upgrading => "upgrading",
         }
     }
 }

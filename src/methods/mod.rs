@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{watch, Mutex};
 
 use crate::config::BackupSettings;
-use crate::datastore::redis::{backup, diagnostics, root, RedisManager};
+use crate::datastore::redis::{backup, diagnostics, root, upgrade, RedisManager};
 use crate::datastore::{self, ServiceStatus};
 use crate::replication::epoch::{Epochs, Topology};
 use crate::replication::{self, ReplicationStrategy, SnapshotRequest};
@@ -21,8 +21,7 @@ use args::Args;
 const NOT_SUPPORTED: &[&str] = &[
     "create_database", "list_databases", "delete_database", "create_user", "list_users", "delete_user",
     "get_user", "update_attributes", "grant_access", "revoke_access", "list_access", "change_passwords",
-    "upgrade", "pre_upgrade", "post_upgrade",
-    "guest_log_list", "guest_log_action", "module_list", "module_apply", "module_remove", "rebuild",
+    "guest_log_list", "guest_log_action", "module_list", "module_apply", "module_remove",
     "pre_create_backup", "post_create_backup", "ssl_show", "ssl_action",
     "ssl_rollback", "attach_replication_slave",
 ];
@@ -325,6 +324,59 @@ impl Guest {
         result.map(|_| Value::Null).map_err(|e| to_failure(a, e.into()))
     }
 
+    /// `pre_upgrade` (a call): reports upgrading until the upgrade ends; answers what serves now.
+    async fn pre_upgrade(&self) -> Result<Value, RemoteFailure> {
+        let _guard = self.lifecycle.lock().await;
+        self.set_status(ServiceStatus::Upgrading);
+        Ok(upgrade::pre_upgrade(&self.manager).await)
+    }
+
+    /// `upgrade` (a cast): Trove then waits for healthy; any failure reports failed, so Trove
+    /// stops waiting, while Redis serves on as before (refused) or on the old binary (rolled back).
+    async fn upgrade(&self, a: &Args<'_>) -> Result<Value, RemoteFailure> {
+        let _guard = self.lifecycle.lock().await;
+        let version = a.req_object("upgrade_info").and_then(|info| match info.get("datastore_version") {
+            Some(Value::String(v)) if !v.trim().is_empty() => Ok(v.clone()),
+            _ => Err(a.wrong("upgrade_info.datastore_version", "a datastore version name")),
+        });
+        let result = match version {
+            Ok(v) => upgrade::upgrade(&self.manager, &v).await.map_err(|e| to_failure(a, e.into())),
+            Err(f) => Err(f),
+        };
+        match result {
+            Ok(done) => {
+                tracing::info!(%done, "upgrade finished");
+                self.refresh_status().await;
+                Ok(Value::Null)
+            }
+            Err(failure) => {
+                tracing::error!(error = %failure.message, "upgrade failed");
+                self.set_status(ServiceStatus::Failed);
+                Err(failure)
+            }
+        }
+    }
+
+    /// `rebuild` (a cast, on the new image): Redis on the data already on disk, as a prepare would.
+    async fn rebuild(&self, a: &Args<'_>) -> Result<Value, RemoteFailure> {
+        let ds_version = a.required("ds_version")?.as_str().filter(|v| !v.trim().is_empty()).map(str::to_owned);
+        let ds_version = ds_version.ok_or_else(|| a.wrong("ds_version", "a datastore version name"))?;
+        let config_contents = a.opt_str("config_contents")?;
+        let overrides = a.overrides("config_overrides", false)?;
+        let _guard = self.lifecycle.lock().await;
+        self.set_status(ServiceStatus::Building);
+        match upgrade::rebuild(&self.manager, &ds_version, config_contents, overrides).await {
+            Ok(()) => {
+                self.set_status(ServiceStatus::Healthy);
+                Ok(Value::Null)
+            }
+            Err(error) => {
+                self.set_status(ServiceStatus::Failed);
+                Err(to_failure(a, error.into()))
+            }
+        }
+    }
+
     async fn lifecycle<F, Fut>(&self, a: &Args<'_>, f: F) -> Result<Value, RemoteFailure>
     where
         F: FnOnce() -> Fut,
@@ -351,6 +403,13 @@ impl Guest {
             }
             "mount_volume" | "unmount_volume" | "resize_fs" => self.volume_call(a).await,
             "restart" => self.lifecycle(a, || self.manager.restart()).await,
+            "pre_upgrade" => self.pre_upgrade().await,
+            "upgrade" => self.upgrade(a).await,
+            "post_upgrade" => {
+                a.req_object("upgrade_info")?;
+                self.lifecycle(a, || async { Ok(()) }).await
+            }
+            "rebuild" => self.rebuild(a).await,
             "stop_db" => {
                 let no_start = a.opt_bool("do_not_start_on_reboot", false)?;
                 self.lifecycle(a, || self.manager.stop_db(no_start)).await

@@ -78,6 +78,8 @@ pub struct Guest {
     pub env: Vec<(String, String)>,
     /// Boot from Trove's option files in this directory (`--config-dir`) instead of the environment.
     pub conf_dir: Option<PathBuf>,
+    /// Extra agent arguments (e.g. `--config <toml>`).
+    pub args: Vec<String>,
     agent: Option<Child>,
 }
 
@@ -142,6 +144,7 @@ impl Guest {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
+        cmd.args(&self.args);
         self.agent = Some(cmd.spawn().expect("cannot start trove-guestagent"));
     }
 
@@ -240,6 +243,24 @@ pub async fn spawn_guest(client: &RpcClient, key: Option<&str>, env: &[(&str, &s
         key: key.map(str::to_owned),
         env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         conf_dir: None,
+        args: Vec::new(),
+        agent: None,
+    };
+    g.start_agent();
+    wait_ping(client, &g).await;
+    g
+}
+
+/// As `spawn_guest`, in `dir`, with extra agent arguments.
+pub async fn spawn_guest_with_args(client: &RpcClient, dir: tempfile::TempDir, env: &[(&str, &str)], args: Vec<String>) -> Guest {
+    let mut g = Guest {
+        id: unique("g"),
+        port: free_port(),
+        dir,
+        key: None,
+        env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        conf_dir: None,
+        args,
         agent: None,
     };
     g.start_agent();
@@ -257,6 +278,7 @@ pub async fn spawn_guest_from_conf_dir(client: &RpcClient, id: &str, key: &str, 
         key: Some(key.to_owned()),
         env: Vec::new(),
         conf_dir: Some(conf_dir),
+        args: Vec::new(),
         agent: None,
     };
     g.start_agent();

@@ -16,4 +16,5 @@ mod secrets;
 mod sentinel_client;
 mod tls;
 mod trove_boot;
+mod upgrade;
 mod volumes;

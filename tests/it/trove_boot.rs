@@ -164,7 +164,7 @@ async fn redis_that_cannot_start_fails_prepare_at_once_saying_why() {
 }
 
 /// Heartbeats cast to `topic` on the control exchange: (status, sent) in arrival order.
-async fn capture_heartbeats(topic: &str) -> (lapin::Connection, std::sync::Arc<std::sync::Mutex<Vec<(String, f64)>>>) {
+pub(crate) async fn capture_heartbeats(topic: &str) -> (lapin::Connection, std::sync::Arc<std::sync::Mutex<Vec<(String, f64)>>>) {
     use futures_util::StreamExt;
     use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
     use lapin::types::FieldTable;

@@ -205,6 +205,11 @@ impl Admin {
         self.run("CLIENT KILL", redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal").arg("SKIPME").arg("yes")).await
     }
 
+    /// `SAVE`: the dataset to the RDB file, synchronously.
+    pub async fn save(&mut self) -> Result<()> {
+        self.run::<()>("SAVE", &redis::cmd("SAVE")).await
+    }
+
     pub async fn unpause(&mut self) -> Result<()> {
         self.run::<()>("CLIENT UNPAUSE", redis::cmd("CLIENT").arg("UNPAUSE")).await
     }

@@ -36,6 +36,8 @@ pub struct RedisManager {
     data_dir: std::sync::RwLock<PathBuf>,
     /// During a restore's first start: AOF rendered off (`System::aof_off`).
     aof_off: AtomicBool,
+    /// The server binary: `redis.binary`, or the one an upgrade or rebuild chose (state `server`).
+    binary: std::sync::RwLock<String>,
 }
 
 impl RedisManager {
@@ -49,8 +51,10 @@ impl RedisManager {
                 Err(_) => State::default(),
             },
         };
-        let major = redis_major(&settings.binary).unwrap_or(7);
+        let binary = state.server.as_ref().map(|c| c.binary.clone()).unwrap_or_else(|| settings.binary.clone());
+        let major = redis_major(&binary).unwrap_or(7);
         let service = Service::new(&settings);
+        service.set_binary(&binary);
         service.set_source(state.is_source());
         let data_dir = std::sync::RwLock::new(data_dir_of(&settings.data_dir, &state));
         Ok(RedisManager {
@@ -65,6 +69,7 @@ impl RedisManager {
             admin_cache: Mutex::new(None),
             foreign: std::sync::Mutex::new(None),
             aof_off: AtomicBool::new(false),
+            binary: std::sync::RwLock::new(binary),
         })
     }
 
@@ -297,7 +302,33 @@ impl RedisManager {
         let dir = data_dir_of(&self.settings.data_dir, state);
         self.ensure_data_dir(&dir)?;
         let text = state.render(&self.system(&dir), self.major());
-        service::check_config(&self.settings.binary, &text).await
+        service::check_config(&self.binary(), &text).await
+    }
+
+    /// The server binary in use.
+    pub fn binary(&self) -> String {
+        self.binary.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Switches the server binary (and the major version rendering follows). Persisting the
+    /// choice and restarting Redis are the caller's (`upgrade`).
+    pub(super) fn switch_binary(&self, binary: &str) {
+        *self.binary.write().unwrap_or_else(|p| p.into_inner()) = binary.to_owned();
+        self.service.set_binary(binary);
+        self.major.store(redis_major(binary).unwrap_or(7), Ordering::Relaxed);
+    }
+
+    /// Whether the agent starts and stops Redis as its child (the mode an upgrade needs).
+    pub(super) fn supervised(&self) -> bool {
+        matches!(self.service, Service::Supervised(_))
+    }
+
+    /// The configuration `state` renders for `binary`, checked by that binary (nothing written).
+    pub(super) async fn check_with(&self, state: &State, binary: &str) -> Result<()> {
+        let dir = data_dir_of(&self.settings.data_dir, state);
+        self.ensure_data_dir(&dir)?;
+        let major = redis_major(binary).unwrap_or(7);
+        service::check_config(binary, &state.render(&self.system(&dir), major)).await
     }
 
     pub async fn snapshot_state(&self) -> State {

@@ -11,6 +11,7 @@ pub mod runtime;
 pub mod server;
 pub mod service;
 pub mod state;
+pub mod upgrade;
 
 pub use admin::Admin;
 pub use manager::RedisManager;

@@ -23,7 +23,8 @@ pub enum Service {
 
 /// Runs `redis-server <config>` as a child and restarts it after a crash.
 pub struct Supervisor {
-    binary: String,
+    /// Switched by an upgrade (`Service::set_binary`).
+    binary: std::sync::RwLock<String>,
     config_file: PathBuf,
     log_file: PathBuf,
     port: u16,
@@ -139,7 +140,7 @@ impl Service {
             ServiceKind::Systemd => Service::Systemd { unit: settings.unit.clone(), planned: settings.planned_start_path() },
             ServiceKind::External => Service::External,
             ServiceKind::Supervised => Service::Supervised(Arc::new(Supervisor {
-                binary: settings.binary.clone(),
+                binary: std::sync::RwLock::new(settings.binary.clone()),
                 config_file: settings.config_file.clone(),
                 log_file: settings.data_dir.join("redis-server.log"),
                 port: settings.port,
@@ -156,6 +157,13 @@ impl Service {
                 held_until: std::sync::Mutex::new(None),
                 up: AtomicBool::new(false),
             })),
+        }
+    }
+
+    /// The binary the supervisor starts from now on (an upgrade's switch); other modes: nothing.
+    pub fn set_binary(&self, binary: &str) {
+        if let Service::Supervised(s) = self {
+            *s.binary.write().unwrap_or_else(|p| p.into_inner()) = binary.to_owned();
         }
     }
 
@@ -435,7 +443,8 @@ impl Supervisor {
             .open(&self.log_file)
             .map_err(|e| Error::io(&self.log_file, e))?;
         let err = log.try_clone().map_err(|e| Error::io(&self.log_file, e))?;
-        let mut cmd = Command::new(&self.binary);
+        let binary = self.binary.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut cmd = Command::new(&binary);
         // Redis does not need the agent's configuration (instance key, transport URL with its password).
         for key in crate::config::agent_env_keys() {
             cmd.env_remove(key);
@@ -451,7 +460,7 @@ impl Supervisor {
             .stderr(err)
             .kill_on_drop(false)
             .spawn()
-            .map_err(|e| Error::Service(format!("cannot run {}: {e}", self.binary)))?;
+            .map_err(|e| Error::Service(format!("cannot run {binary}: {e}")))?;
         tracing::info!(pid = child.id(), "started redis-server");
         let mut slot = self.child.lock().await;
         self.spawns.fetch_add(1, Ordering::SeqCst);

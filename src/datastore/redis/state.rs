@@ -58,6 +58,16 @@ pub struct State {
     /// Root enabled (`enable_root`): its password is `requirepass`, above the user's overrides.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root: Option<super::root::Root>,
+    /// The server an upgrade or rebuild chose (`[redis.servers]`); None: `redis.binary`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<ServerChoice>,
+}
+
+/// A datastore version and the server binary that serves it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerChoice {
+    pub version: String,
+    pub binary: String,
 }
 
 /// `repl-ping-replica-period` on a replica source: replicas then hear from a live master at least
