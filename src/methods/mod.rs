@@ -2,6 +2,12 @@
 //! Every method returns a value; the RPC dispatcher turns errors into oslo failures.
 
 pub mod args;
+mod backup_calls;
+mod root_calls;
+mod upgrade_calls;
+mod volume_calls;
+
+pub use backup_calls::{Backups, Conductor};
 
 use std::sync::Arc;
 
@@ -9,8 +15,7 @@ use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 use tokio::sync::{watch, Mutex};
 
-use crate::config::BackupSettings;
-use crate::datastore::redis::{backup, diagnostics, root, upgrade, RedisManager};
+use crate::datastore::redis::{backup, diagnostics, root, RedisManager};
 use crate::datastore::{self, ServiceStatus};
 use crate::replication::epoch::{Epochs, Topology};
 use crate::replication::{self, ReplicationStrategy, SnapshotRequest};
@@ -25,19 +30,6 @@ const NOT_SUPPORTED: &[&str] = &[
     "pre_create_backup", "post_create_backup", "ssl_show", "ssl_action",
     "ssl_rollback", "attach_replication_slave",
 ];
-
-/// Casts to Trove's conductor other than heartbeats (the agent sends them through `rpc::conductor`).
-#[async_trait]
-pub trait Conductor: Send + Sync {
-    /// `update_backup(instance_id, backup_id, sent, **fields)`; a failure to send is logged.
-    async fn update_backup(&self, backup_id: &str, fields: Map<String, Value>);
-}
-
-/// Backups: the agent's settings and where their progress is reported.
-pub struct Backups {
-    pub settings: BackupSettings,
-    pub conductor: Arc<dyn Conductor>,
-}
 
 /// The endpoint behind topic `guestagent.<id>`.
 pub struct Guest {
@@ -61,111 +53,6 @@ impl Guest {
         backups: Backups,
     ) -> Self {
         Guest { manager, strategy, epochs, status, lifecycle: Mutex::new(()), backups, backup_running: Mutex::new(()) }
-    }
-
-    /// `create_backup(backup_info)`: Trove's cast. Reports BUILDING, then COMPLETED (checksum,
-    /// location, size in GB) or FAILED to the conductor, as Trove's own guests do.
-    async fn create_backup(&self, a: &Args<'_>, ctx: &CallContext) -> Result<Value, RemoteFailure> {
-        let info = a.req_object("backup_info")?;
-        let id = info.get("id").and_then(Value::as_str).filter(|id| backup::valid_id(id));
-        let id = id.ok_or_else(|| a.wrong("backup_info.id", "a backup id (letters, digits, '-' and '_')"))?.to_owned();
-        let conductor = self.backups.conductor.clone();
-        let fail = |why: String| {
-            let conductor = conductor.clone();
-            let id = id.clone();
-            async move {
-                tracing::error!(backup = %id, error = %why, "backup failed");
-                conductor.update_backup(&id, fields(&[("state", json!("FAILED")), ("success", json!(false)), ("backup_type", json!("full"))])).await;
-                RemoteFailure::guest_error(&format!("Failed to create backup {id}, error: {why}"))
-            }
-        };
-        let _running = match self.backup_running.try_lock() {
-            Ok(guard) => guard,
-            Err(_) => return Err(fail("another backup is running on this instance".into()).await),
-        };
-        let spec = match self.backup_spec(&id, &info, ctx) {
-            Ok(spec) => spec,
-            Err(why) => return Err(fail(why).await),
-        };
-        let used = self.manager.filesystem_stats(None).ok().and_then(|s| s["used"].as_f64()).unwrap_or(0.0);
-        conductor.update_backup(&id, fields(&[("size", json!(used)), ("state", json!("BUILDING")), ("backup_type", json!("full"))])).await;
-        tracing::info!(backup = %id, container = %spec.container, "backup started");
-        match backup::create(&self.manager, &spec).await {
-            Ok(done) => {
-                tracing::info!(backup = %id, location = %done.location, checksum = %done.checksum, bytes = done.size, segments = done.segments, "backup completed");
-                let gb = done.size as f64 / 1024f64.powi(3);
-                conductor
-                    .update_backup(
-                        &id,
-                        fields(&[
-                            ("size", json!(gb)),
-                            ("state", json!("COMPLETED")),
-                            ("backup_type", json!("full")),
-                            ("checksum", json!(done.checksum)),
-                            ("location", json!(done.location)),
-                            ("success", json!(true)),
-                        ]),
-                    )
-                    .await;
-                Ok(Value::Null)
-            }
-            Err(e) => Err(fail(e.to_string()).await),
-        }
-    }
-
-    fn backup_spec(&self, id: &str, info: &Map<String, Value>, ctx: &CallContext) -> Result<backup::BackupSpec, String> {
-        let s = &self.backups.settings;
-        let text = |k: &str| info.get(k).and_then(Value::as_str).map(str::to_owned).filter(|v| !v.is_empty());
-        if info.get("parent").is_some_and(|p| !p.is_null()) {
-            return Err("incremental backups are not supported for Redis (an RDB is always whole)".into());
-        }
-        if let Some(driver) = text("storage_driver").filter(|d| d != "swift") {
-            return Err(format!("storage driver '{driver}' is not supported (only swift)"));
-        }
-        let swift_url = text("swift_url").ok_or("Missing swift_url in backup metadata.")?;
-        let token = ctx.auth_token.as_ref().ok_or("the request carries no auth_token for Swift")?;
-        let container = text("swift_container").unwrap_or_else(|| s.swift_container.clone());
-        if container.contains('/') {
-            return Err(format!("swift_container '{container}' is not a container name"));
-        }
-        let metadata = ["datastore", "datastore_version"].iter().filter_map(|k| Some((k.to_string(), text(k)?))).collect();
-        Ok(backup::BackupSpec {
-            id: id.to_owned(),
-            container,
-            swift_url,
-            token: secrecy::SecretString::from(secrecy::ExposeSecret::expose_secret(token).to_owned()),
-            metadata,
-            key: s.aes_cbc_key.clone(),
-            segment_max_size: s.segment_max_size,
-            insecure: s.swift_api_insecure,
-            snapshot_timeout: std::time::Duration::from_secs(s.snapshot_timeout),
-        })
-    }
-
-    /// `prepare`'s `backup_info` (Trove: id, location, checksum, storage_driver, swift_url).
-    fn restore_spec(&self, a: &Args<'_>, info: &Map<String, Value>, ctx: &CallContext) -> Result<backup::RestoreSpec, RemoteFailure> {
-        let text = |k: &str| info.get(k).and_then(Value::as_str).map(str::to_owned).filter(|v| !v.is_empty());
-        let id = text("id").filter(|id| backup::valid_id(id)).ok_or_else(|| a.wrong("backup_info.id", "a backup id (letters, digits, '-' and '_')"))?;
-        if let Some(driver) = text("storage_driver").filter(|d| d != "swift") {
-            return Err(not_supported(&format!("restore from storage driver '{driver}'")));
-        }
-        let location = text("location").ok_or_else(|| a.wrong("backup_info.location", "the backup's Swift location"))?;
-        let swift_url = text("swift_url").ok_or_else(|| a.wrong("backup_info.swift_url", "the Swift storage URL"))?;
-        let checksum = text("checksum");
-        if checksum.as_ref().is_some_and(|c| c.len() != 32 || !c.chars().all(|ch| ch.is_ascii_hexdigit())) {
-            return Err(a.wrong("backup_info.checksum", "an MD5 in hex"));
-        }
-        let token = ctx.auth_token.as_ref().ok_or_else(|| RemoteFailure::guest_error("prepare from a backup: the request carries no auth_token for Swift"))?;
-        let s = &self.backups.settings;
-        Ok(backup::RestoreSpec {
-            id,
-            location,
-            checksum,
-            swift_url,
-            token: secrecy::SecretString::from(secrecy::ExposeSecret::expose_secret(token).to_owned()),
-            key: s.aes_cbc_key.clone(),
-            insecure: s.swift_api_insecure,
-        })
     }
 
     /// Admits a state-changing replication call: its `epoch` (if any) is not stale, and a deposed
@@ -286,97 +173,6 @@ impl Guest {
         }
     }
 
-    /// `mount_point`: given, or the data volume's, or `redis.data_dir` (Trove's `[redis] mount_point`).
-    fn mount_point_arg(&self, a: &Args<'_>) -> Result<String, RemoteFailure> {
-        Ok(a.opt_str("mount_point")?.unwrap_or_else(|| self.manager.settings.data_dir.display().to_string()))
-    }
-
-    /// `device_path`: given, or the data volume's.
-    async fn device_arg(&self, a: &Args<'_>) -> Result<String, RemoteFailure> {
-        match a.opt_str("device_path")? {
-            Some(d) => Ok(d),
-            None => self.manager.volume().await.map(|v| v.device).ok_or_else(|| a.wrong("device_path", "a device path (this guest has no data volume)")),
-        }
-    }
-
-    /// The volume calls: one at a time with the lifecycle calls; they never start or stop Redis.
-    async fn volume_call(&self, a: &Args<'_>) -> Result<Value, RemoteFailure> {
-        let recorded = self.manager.volume().await;
-        let mount_point = match a.opt_str("mount_point")? {
-            Some(m) => m,
-            None => recorded.map(|v| v.mount_point.display().to_string()).unwrap_or(self.mount_point_arg(a)?),
-        };
-        let _guard = self.lifecycle.lock().await;
-        let volumes = self.manager.volumes();
-        let result = match a.method {
-            "mount_volume" => {
-                let device = self.device_arg(a).await?;
-                volumes.mount(&device, &mount_point, a.opt_bool("write_to_fstab", false)?).await
-            }
-            "unmount_volume" => volumes.unmount(a.opt_str("device_path")?.as_deref(), &mount_point).await,
-            _ => {
-                // `online` (API 1.1): a mounted file system grows online either way.
-                a.opt_bool("online", false)?;
-                let device = self.device_arg(a).await?;
-                volumes.resize(&device, &mount_point).await
-            }
-        };
-        result.map(|_| Value::Null).map_err(|e| to_failure(a, e.into()))
-    }
-
-    /// `pre_upgrade` (a call): reports upgrading until the upgrade ends; answers what serves now.
-    async fn pre_upgrade(&self) -> Result<Value, RemoteFailure> {
-        let _guard = self.lifecycle.lock().await;
-        self.set_status(ServiceStatus::Upgrading);
-        Ok(upgrade::pre_upgrade(&self.manager).await)
-    }
-
-    /// `upgrade` (a cast): Trove then waits for healthy; any failure reports failed, so Trove
-    /// stops waiting, while Redis serves on as before (refused) or on the old binary (rolled back).
-    async fn upgrade(&self, a: &Args<'_>) -> Result<Value, RemoteFailure> {
-        let _guard = self.lifecycle.lock().await;
-        let version = a.req_object("upgrade_info").and_then(|info| match info.get("datastore_version") {
-            Some(Value::String(v)) if !v.trim().is_empty() => Ok(v.clone()),
-            _ => Err(a.wrong("upgrade_info.datastore_version", "a datastore version name")),
-        });
-        let result = match version {
-            Ok(v) => upgrade::upgrade(&self.manager, &v).await.map_err(|e| to_failure(a, e.into())),
-            Err(f) => Err(f),
-        };
-        match result {
-            Ok(done) => {
-                tracing::info!(%done, "upgrade finished");
-                self.refresh_status().await;
-                Ok(Value::Null)
-            }
-            Err(failure) => {
-                tracing::error!(error = %failure.message, "upgrade failed");
-                self.set_status(ServiceStatus::Failed);
-                Err(failure)
-            }
-        }
-    }
-
-    /// `rebuild` (a cast, on the new image): Redis on the data already on disk, as a prepare would.
-    async fn rebuild(&self, a: &Args<'_>) -> Result<Value, RemoteFailure> {
-        let ds_version = a.required("ds_version")?.as_str().filter(|v| !v.trim().is_empty()).map(str::to_owned);
-        let ds_version = ds_version.ok_or_else(|| a.wrong("ds_version", "a datastore version name"))?;
-        let config_contents = a.opt_str("config_contents")?;
-        let overrides = a.overrides("config_overrides", false)?;
-        let _guard = self.lifecycle.lock().await;
-        self.set_status(ServiceStatus::Building);
-        match upgrade::rebuild(&self.manager, &ds_version, config_contents, overrides).await {
-            Ok(()) => {
-                self.set_status(ServiceStatus::Healthy);
-                Ok(Value::Null)
-            }
-            Err(error) => {
-                self.set_status(ServiceStatus::Failed);
-                Err(to_failure(a, error.into()))
-            }
-        }
-    }
-
     async fn lifecycle<F, Fut>(&self, a: &Args<'_>, f: F) -> Result<Value, RemoteFailure>
     where
         F: FnOnce() -> Fut,
@@ -441,22 +237,7 @@ impl Guest {
                 let overrides = a.overrides("overrides", true)?;
                 self.lifecycle(a, || async { self.manager.apply_overrides(&overrides).await }).await
             }
-            "enable_root" | "enable_root_with_password" => {
-                let password = match a.method {
-                    "enable_root" => None,
-                    _ => a.opt_str("root_password")?,
-                };
-                if let Some(why) = password.as_deref().and_then(root::check_password) {
-                    return Err(a.wrong("root_password", &why));
-                }
-                let _guard = self.lifecycle.lock().await;
-                let password = root::enable(&self.manager, password).await.map_err(|e| to_failure(a, e.into()))?;
-                Ok(root::root_user(&password))
-            }
-            "disable_root" => {
-                let _guard = self.lifecycle.lock().await;
-                root::disable(&self.manager).await.map(|_| Value::Null).map_err(|e| to_failure(a, e.into()))
-            }
+            "enable_root" | "enable_root_with_password" | "disable_root" => self.root_call(a).await,
             "is_root_enabled" => Ok(json!(root::is_enabled(&self.manager).await)),
             "get_root_password" => Ok(json!(root::password(&self.manager).await)),
             "get_diagnostics" => diagnostics::diagnostics().map_err(|e| to_failure(a, e.into())),
@@ -572,10 +353,6 @@ impl Endpoint for Guest {
         let a = Args::new(method, args);
         self.run(&a, &context).await
     }
-}
-
-fn fields(pairs: &[(&str, Value)]) -> Map<String, Value> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
 }
 
 fn not_supported(operation: &str) -> RemoteFailure {
