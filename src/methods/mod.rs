@@ -10,6 +10,8 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{watch, Mutex};
 
 use crate::config::BackupSettings;
+use crate::datastore::redis::freeze::Freezer;
+use crate::datastore::redis::logs::{self, GuestLogs};
 use crate::datastore::redis::{backup, diagnostics, root, RedisManager};
 use crate::datastore::{self, ServiceStatus};
 use crate::replication::epoch::{Epochs, Topology};
@@ -22,8 +24,7 @@ const NOT_SUPPORTED: &[&str] = &[
     "create_database", "list_databases", "delete_database", "create_user", "list_users", "delete_user",
     "get_user", "update_attributes", "grant_access", "revoke_access", "list_access", "change_passwords",
     "upgrade", "pre_upgrade", "post_upgrade",
-    "guest_log_list", "guest_log_action", "module_list", "module_apply", "module_remove", "rebuild",
-    "pre_create_backup", "post_create_backup", "ssl_show", "ssl_action",
+    "module_list", "module_apply", "module_remove", "rebuild", "ssl_show", "ssl_action",
     "ssl_rollback", "attach_replication_slave",
 ];
 
@@ -51,6 +52,9 @@ pub struct Guest {
     backups: Backups,
     /// One backup at a time.
     backup_running: Mutex<()>,
+    logs: GuestLogs,
+    /// The snapshot backups' freeze of the data volume.
+    freezer: Freezer,
 }
 
 impl Guest {
@@ -60,8 +64,18 @@ impl Guest {
         epochs: Arc<Epochs>,
         status: watch::Sender<ServiceStatus>,
         backups: Backups,
+        logs: GuestLogs,
     ) -> Self {
-        Guest { manager, strategy, epochs, status, lifecycle: Mutex::new(()), backups, backup_running: Mutex::new(()) }
+        let s = &backups.settings;
+        let freezer = Freezer::new(std::time::Duration::from_secs(s.freeze_timeout), std::time::Duration::from_secs(s.snapshot_timeout));
+        Guest { manager, strategy, epochs, status, lifecycle: Mutex::new(()), backups, backup_running: Mutex::new(()), logs, freezer }
+    }
+
+    /// `guest_log_action(log_name, enable, disable, publish, discard)`: Trove passes all five.
+    async fn guest_log_action(&self, a: &Args<'_>, ctx: &CallContext) -> Result<Value, RemoteFailure> {
+        let name = a.required("log_name")?.as_str().filter(|n| !n.is_empty()).ok_or_else(|| a.wrong("log_name", "a log name"))?.to_owned();
+        let action = logs::Action { enable: a.req_flag("enable")?, disable: a.req_flag("disable")?, publish: a.req_flag("publish")?, discard: a.req_flag("discard")? };
+        self.logs.action(&self.manager, &caller(ctx), &name, action).await.map_err(|e| to_failure(a, e.into()))
     }
 
     /// `create_backup(backup_info)`: Trove's cast. Reports BUILDING, then COMPLETED (checksum,
@@ -400,6 +414,14 @@ impl Guest {
             }
             "is_root_enabled" => Ok(json!(root::is_enabled(&self.manager).await)),
             "get_root_password" => Ok(json!(root::password(&self.manager).await)),
+            "guest_log_list" => {
+                let list = self.logs.list(&self.manager, &caller(ctx)).await.map_err(|e| to_failure(a, e.into()))?;
+                Ok(Value::Array(list))
+            }
+            "guest_log_action" => self.guest_log_action(a, ctx).await,
+            // Trove 23+ snapshot backups (**kwargs: nothing is read); Trove expects {}.
+            "pre_create_backup" => self.freezer.freeze(&self.manager).await.map(|_| json!({})).map_err(|e| to_failure(a, e.into())),
+            "post_create_backup" => self.freezer.thaw(&self.manager).await.map(|_| json!({})).map_err(|e| to_failure(a, e.into())),
             "get_diagnostics" => diagnostics::diagnostics().map_err(|e| to_failure(a, e.into())),
             "get_hwinfo" => diagnostics::hwinfo().map_err(|e| to_failure(a, e.into())),
             "backup_required_for_replication" => Ok(json!(strategy.backup_required())),
@@ -515,6 +537,16 @@ impl Endpoint for Guest {
     }
 }
 
+/// The request context as the guest logs use it.
+fn caller(ctx: &CallContext) -> logs::Caller {
+    logs::Caller {
+        token: ctx.auth_token.as_ref().map(|t| secrecy::SecretString::from(secrecy::ExposeSecret::expose_secret(t).to_owned())),
+        is_admin: ctx.is_admin,
+        project_id: ctx.project_id.clone(),
+        service_catalog: ctx.service_catalog.clone(),
+    }
+}
+
 fn fields(pairs: &[(&str, Value)]) -> Map<String, Value> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
 }
@@ -547,6 +579,15 @@ fn to_failure(a: &Args<'_>, error: replication::Error) -> RemoteFailure {
             )
         }
         replication::Error::Datastore(datastore::Error::NotSupported(op)) => not_supported(&op),
+        replication::Error::Datastore(e @ datastore::Error::NotFound(_)) => RemoteFailure::trove("NotFound", e.to_string(), Map::new()),
+        replication::Error::Datastore(e @ datastore::Error::BadRequest(_)) => RemoteFailure::trove("BadRequest", e.to_string(), Map::new()),
+        replication::Error::Datastore(e @ datastore::Error::LogAccessForbidden { .. }) => {
+            let datastore::Error::LogAccessForbidden { action, log } = &e else { unreachable!() };
+            let mut kwargs = Map::new();
+            kwargs.insert("action".into(), json!(action));
+            kwargs.insert("log".into(), json!(log));
+            RemoteFailure::trove("LogAccessForbidden", e.to_string(), kwargs)
+        }
         other => RemoteFailure::guest_error(&other.to_string()),
     }
 }
