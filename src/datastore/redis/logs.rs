@@ -412,7 +412,7 @@ pub fn catalog_endpoint(catalog: &Value, service_type: &str, region: &str, inter
     let short = interface.trim_end_matches("URL");
     let in_region = |e: &Value| {
         let r = e.get("region").or_else(|| e.get("region_id")).and_then(Value::as_str);
-        region.is_empty() || r.is_none_or(|r| r == region)
+        region.is_empty() || r.map_or(true, |r| r == region)
     };
     catalog.as_array()?.iter().filter(|s| s.get("type").and_then(Value::as_str) == Some(service_type)).find_map(|s| {
         s.get("endpoints")?.as_array()?.iter().filter(|e| in_region(e)).find_map(|e| {
