@@ -80,7 +80,13 @@ pub async fn run(settings: Settings, cancel: CancellationToken, hooks: Hooks) ->
         cipher: cipher.clone(),
     });
     let backups = crate::methods::Backups { settings: settings.backup.clone(), conductor };
-    let guest = Arc::new(Guest::new(manager.clone(), strategy.clone(), epochs, status_tx.clone(), backups));
+    let logs = crate::datastore::redis::logs::GuestLogs::new(
+        settings.guest_logs.clone(),
+        settings.guest.id.clone(),
+        settings.log.file.clone(),
+        settings.backup.swift_api_insecure,
+    );
+    let guest = Arc::new(Guest::new(manager.clone(), strategy.clone(), epochs, status_tx.clone(), backups, logs));
     let opts = AmqpOptions {
         transport_url: secrecy::SecretString::from(settings.rpc.transport_url.expose_secret().to_owned()),
         control_exchange: settings.rpc.control_exchange.clone(),

@@ -30,6 +30,7 @@ pub struct Settings {
     pub replication: ReplicationSettings,
     pub volume: VolumeSettings,
     pub backup: BackupSettings,
+    pub guest_logs: GuestLogSettings,
     pub log: LogSettings,
     /// Options found in Trove's INI files that this agent does not use (`[section] key`), for one debug line.
     #[serde(skip)]
@@ -214,6 +215,31 @@ pub struct BackupSettings {
     pub swift_api_insecure: bool,
     /// Seconds a backup waits for Redis's background save.
     pub snapshot_timeout: u64,
+    /// Seconds `pre_create_backup`'s file-system freeze may last before the agent thaws it.
+    pub freeze_timeout: u64,
+}
+
+/// Guest logs (`guest_log_list`, `guest_log_action`): where they go in Swift, and which users see.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestLogSettings {
+    /// Trove: `guest_log_container_name`.
+    pub container: String,
+    /// Largest published object, bytes (Trove: `guest_log_limit`).
+    pub chunk_size: u64,
+    /// Seconds Swift keeps a published object (Trove: `guest_log_expiry`).
+    pub expiry: u64,
+    /// Logs users who are not admins see, comma-separated; `all` (Trove: `[redis] guest_log_exposed_logs`).
+    pub exposed: String,
+    /// Directory of the Redis server's log when enabled (`<dir>/redis-general.log`).
+    pub dir: PathBuf,
+    /// Swift's URL up to `AUTH_` (the project id follows); empty: from the request's service
+    /// catalog (Trove: `swift_url`, `swift_service_type`, `swift_endpoint_type`,
+    /// `[service_credentials] region_name`).
+    pub swift_url: String,
+    pub swift_service_type: String,
+    pub swift_endpoint_type: String,
+    pub region_name: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -383,6 +409,14 @@ const TROVE_OPTIONS: &[(&str, &str, &str, Kind)] = &[
     ("DEFAULT", "backup_segment_max_size", "backup.segment_max_size", Kind::Int(1, i64::MAX)),
     ("DEFAULT", "backup_aes_cbc_key", "backup.aes_cbc_key", Kind::Str),
     ("DEFAULT", "swift_api_insecure", "backup.swift_api_insecure", Kind::Bool),
+    ("DEFAULT", "guest_log_container_name", "guest_logs.container", Kind::Str),
+    ("DEFAULT", "guest_log_limit", "guest_logs.chunk_size", Kind::Int(1024, i64::MAX)),
+    ("DEFAULT", "guest_log_expiry", "guest_logs.expiry", Kind::Int(1, i64::MAX)),
+    ("redis", "guest_log_exposed_logs", "guest_logs.exposed", Kind::Str),
+    ("DEFAULT", "swift_url", "guest_logs.swift_url", Kind::Str),
+    ("DEFAULT", "swift_service_type", "guest_logs.swift_service_type", Kind::Str),
+    ("DEFAULT", "swift_endpoint_type", "guest_logs.swift_endpoint_type", Kind::Str),
+    ("service_credentials", "region_name", "guest_logs.region_name", Kind::Str),
     ("oslo_messaging_rabbit", "ssl", "rpc.ssl", Kind::Bool),
     ("oslo_messaging_rabbit", "ssl_ca_file", "rpc.ssl_ca_file", Kind::Str),
     ("oslo_messaging_rabbit", "rabbit_quorum_queue", "rpc.quorum_queues", Kind::Bool),

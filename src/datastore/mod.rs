@@ -66,6 +66,15 @@ pub enum Error {
     /// Backup storage (Swift) or a backup's contents.
     #[error("{0}")]
     Storage(String),
+    /// Trove's `NotFound`: a named thing (a guest log) does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// Trove's `BadRequest`: the request contradicts itself or the thing it names.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Trove's `LogAccessForbidden`: the log is not exposed to users who are not admins.
+    #[error("User does not have admin privileges to '{action}' the '{log}' log.")]
+    LogAccessForbidden { action: String, log: String },
 }
 
 impl Error {

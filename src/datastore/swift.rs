@@ -133,6 +133,33 @@ impl Swift {
         }
     }
 
+    /// A small object's text; None when it (or its container) does not exist.
+    pub async fn get_text(&self, container: &str, name: &str) -> Result<Option<String>> {
+        let req = self.request(Method::GET, self.object_url(container, Some(name)));
+        match self.send(&format!("GET {container}/{name}"), req, true).await? {
+            Some(resp) => resp.text().await.map(Some).map_err(|e| storage_error(&format!("GET {container}/{name}"), without_url(e))),
+            None => Ok(None),
+        }
+    }
+
+    /// The names of the objects in `container` that start with `prefix` (every page); none when
+    /// the container does not exist.
+    pub async fn list_objects(&self, container: &str, prefix: &str) -> Result<Vec<String>> {
+        let mut names: Vec<String> = Vec::new();
+        loop {
+            let mut url = self.object_url(container, None);
+            url.query_pairs_mut().append_pair("prefix", prefix).append_pair("marker", names.last().map(String::as_str).unwrap_or(""));
+            let op = format!("GET container {container}");
+            let Some(resp) = self.send(&op, self.request(Method::GET, url), true).await? else { return Ok(names) };
+            let text = resp.text().await.map_err(|e| storage_error(&op, without_url(e)))?;
+            let page: Vec<String> = text.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect();
+            if page.is_empty() {
+                return Ok(names);
+            }
+            names.extend(page);
+        }
+    }
+
     /// Deletes an object; a missing one is not an error. With `manifest`, a static large
     /// object's manifest and segments go together.
     pub async fn delete_object(&self, container: &str, name: &str, manifest: bool) -> Result<()> {

@@ -520,6 +520,12 @@ fn os(p: &Path) -> std::ffi::OsString {
     p.as_os_str().to_owned()
 }
 
+/// Runs a tool (util-linux's `fsfreeze`, ...); its stdout, or an error naming the command, its
+/// status and its stderr.
+pub async fn run_tool(program: &str, args: &[std::ffi::OsString], timeout: Duration) -> Result<String> {
+    run(program, args, timeout).await
+}
+
 /// Runs a tool; its stdout, or an error naming the command, its status and its stderr.
 async fn run(program: &str, args: &[std::ffi::OsString], timeout: Duration) -> Result<String> {
     let out = output(program, args, timeout).await?;

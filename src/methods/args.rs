@@ -49,6 +49,18 @@ impl<'a> Args<'a> {
         }
     }
 
+    /// A required flag as Trove's API passes one on: a boolean, 0 or 1 (troveclient sends
+    /// `int(True)`), or null (not asked).
+    pub fn req_flag(&self, name: &str) -> Result<bool, RemoteFailure> {
+        match self.required(name)? {
+            Value::Null => Ok(false),
+            Value::Bool(b) => Ok(*b),
+            Value::Number(n) if n.as_u64() == Some(0) => Ok(false),
+            Value::Number(n) if n.as_u64() == Some(1) => Ok(true),
+            _ => Err(self.wrong(name, "a boolean, 0 or 1, or null")),
+        }
+    }
+
     pub fn req_bool(&self, name: &str) -> Result<bool, RemoteFailure> {
         match self.required(name)? {
             Value::Bool(b) => Ok(*b),

@@ -3,6 +3,7 @@
 
 pub mod args;
 mod backup_calls;
+mod log_calls;
 mod root_calls;
 mod upgrade_calls;
 mod volume_calls;
@@ -15,6 +16,8 @@ use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 use tokio::sync::{watch, Mutex};
 
+use crate::datastore::redis::freeze::Freezer;
+use crate::datastore::redis::logs::GuestLogs;
 use crate::datastore::redis::{backup, diagnostics, root, RedisManager};
 use crate::datastore::{self, ServiceStatus};
 use crate::replication::epoch::{Epochs, Topology};
@@ -26,8 +29,7 @@ use args::Args;
 const NOT_SUPPORTED: &[&str] = &[
     "create_database", "list_databases", "delete_database", "create_user", "list_users", "delete_user",
     "get_user", "update_attributes", "grant_access", "revoke_access", "list_access", "change_passwords",
-    "guest_log_list", "guest_log_action", "module_list", "module_apply", "module_remove",
-    "pre_create_backup", "post_create_backup", "ssl_show", "ssl_action",
+    "module_list", "module_apply", "module_remove", "ssl_show", "ssl_action",
     "ssl_rollback", "attach_replication_slave",
 ];
 
@@ -42,6 +44,9 @@ pub struct Guest {
     backups: Backups,
     /// One backup at a time.
     backup_running: Mutex<()>,
+    logs: GuestLogs,
+    /// The snapshot backups' freeze of the data volume.
+    freezer: Freezer,
 }
 
 impl Guest {
@@ -51,8 +56,11 @@ impl Guest {
         epochs: Arc<Epochs>,
         status: watch::Sender<ServiceStatus>,
         backups: Backups,
+        logs: GuestLogs,
     ) -> Self {
-        Guest { manager, strategy, epochs, status, lifecycle: Mutex::new(()), backups, backup_running: Mutex::new(()) }
+        let s = &backups.settings;
+        let freezer = Freezer::new(std::time::Duration::from_secs(s.freeze_timeout), std::time::Duration::from_secs(s.snapshot_timeout));
+        Guest { manager, strategy, epochs, status, lifecycle: Mutex::new(()), backups, backup_running: Mutex::new(()), logs, freezer }
     }
 
     /// Admits a state-changing replication call: its `epoch` (if any) is not stale, and a deposed
@@ -240,6 +248,11 @@ impl Guest {
             "enable_root" | "enable_root_with_password" | "disable_root" => self.root_call(a).await,
             "is_root_enabled" => Ok(json!(root::is_enabled(&self.manager).await)),
             "get_root_password" => Ok(json!(root::password(&self.manager).await)),
+            "guest_log_list" => self.guest_log_list(a, ctx).await,
+            "guest_log_action" => self.guest_log_action(a, ctx).await,
+            // Trove 23+ snapshot backups (**kwargs: nothing is read); Trove expects {}.
+            "pre_create_backup" => self.freezer.freeze(&self.manager).await.map(|_| json!({})).map_err(|e| to_failure(a, e.into())),
+            "post_create_backup" => self.freezer.thaw(&self.manager).await.map(|_| json!({})).map_err(|e| to_failure(a, e.into())),
             "get_diagnostics" => diagnostics::diagnostics().map_err(|e| to_failure(a, e.into())),
             "get_hwinfo" => diagnostics::hwinfo().map_err(|e| to_failure(a, e.into())),
             "backup_required_for_replication" => Ok(json!(strategy.backup_required())),
@@ -383,6 +396,15 @@ fn to_failure(a: &Args<'_>, error: replication::Error) -> RemoteFailure {
             )
         }
         replication::Error::Datastore(datastore::Error::NotSupported(op)) => not_supported(&op),
+        replication::Error::Datastore(e @ datastore::Error::NotFound(_)) => RemoteFailure::trove("NotFound", e.to_string(), Map::new()),
+        replication::Error::Datastore(e @ datastore::Error::BadRequest(_)) => RemoteFailure::trove("BadRequest", e.to_string(), Map::new()),
+        replication::Error::Datastore(e @ datastore::Error::LogAccessForbidden { .. }) => {
+            let datastore::Error::LogAccessForbidden { action, log } = &e else { unreachable!() };
+            let mut kwargs = Map::new();
+            kwargs.insert("action".into(), json!(action));
+            kwargs.insert("log".into(), json!(log));
+            RemoteFailure::trove("LogAccessForbidden", e.to_string(), kwargs)
+        }
         other => RemoteFailure::guest_error(&other.to_string()),
     }
 }

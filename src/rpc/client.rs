@@ -77,6 +77,22 @@ impl RpcClient {
         timeout: Duration,
         cipher: Option<&Cipher>,
     ) -> Result<Value, Error> {
+        self.call_with_context(topic, method, args, version, timeout, cipher, Map::new()).await
+    }
+
+    /// As `call`, with more request-context keys (e.g. the user's `auth_token` and service
+    /// catalog, as Trove's API passes them on).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn call_with_context(
+        &self,
+        topic: &str,
+        method: &str,
+        args: Map<String, Value>,
+        version: &str,
+        timeout: Duration,
+        cipher: Option<&Cipher>,
+        extra: Map<String, Value>,
+    ) -> Result<Value, Error> {
         let msg_id = envelope::new_id();
         let (tx, rx) = oneshot::channel();
         self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(msg_id.clone(), tx);
@@ -85,7 +101,7 @@ impl RpcClient {
             self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&msg_id);
             return Err(Error::NotConnected);
         }
-        let (args, context) = seal(args, cipher);
+        let (args, context) = seal_with(args, cipher, extra);
         let body = envelope::request(method, args, version, &context, Some((&msg_id, &self.reply_q)));
         let expiration = Some(timeout.as_millis() as u64);
         let sent = self
@@ -157,10 +173,6 @@ impl RpcClient {
 }
 
 /// Encrypts argument values and the context as Trove's SecureSerializer does.
-fn seal(args: Map<String, Value>, cipher: Option<&Cipher>) -> (Map<String, Value>, Map<String, Value>) {
-    seal_with(args, cipher, Map::new())
-}
-
 fn seal_with(args: Map<String, Value>, cipher: Option<&Cipher>, extra: Map<String, Value>) -> (Map<String, Value>, Map<String, Value>) {
     let mut context = Map::new();
     context.insert("user".into(), json!("trove-guestctl"));

@@ -22,16 +22,26 @@ pub trait Endpoint: Send + Sync {
 }
 
 /// What a handler may use of the request context: the caller's Keystone token (Trove's guests
-/// reach Swift with it). A secret: never logged.
+/// reach Swift with it; a secret, never logged), whether the caller is an admin, its project and
+/// its service catalog (where Swift is, for guest logs).
 #[derive(Default)]
 pub struct CallContext {
     pub auth_token: Option<secrecy::SecretString>,
+    pub is_admin: bool,
+    pub project_id: Option<String>,
+    pub service_catalog: Option<Value>,
 }
 
 impl CallContext {
     fn of(context: &Map<String, Value>) -> CallContext {
-        let auth_token = context.get("auth_token").and_then(Value::as_str).filter(|t| !t.is_empty()).map(|t| secrecy::SecretString::from(t.to_owned()));
-        CallContext { auth_token }
+        let text = |k: &str| context.get(k).and_then(Value::as_str).filter(|t| !t.is_empty()).map(str::to_owned);
+        CallContext {
+            auth_token: text("auth_token").map(secrecy::SecretString::from),
+            is_admin: context.get("is_admin").and_then(Value::as_bool).unwrap_or(false),
+            // oslo.context: `project_id`; older serializations: `tenant`.
+            project_id: text("project_id").or_else(|| text("tenant")),
+            service_catalog: context.get("service_catalog").filter(|c| !c.is_null()).cloned(),
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! casts it, the objects and the conductor's update_backup reports, prepare from the backup.
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,26 +13,6 @@ use super::harness::*;
 
 /// The conductor casts captured: (method, args).
 type Casts = Arc<Mutex<Vec<(String, Map<String, Value>)>>>;
-
-/// A tempauth login on the test Swift: (storage URL, token). Starts Swift (idempotent).
-async fn swift_login() -> (String, String) {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let out = Command::new("bash").arg(format!("{root}/scripts/swift.sh")).arg("start").stderr(Stdio::inherit()).output();
-    let auth = match out {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().lines().last().unwrap_or_default().to_owned(),
-        other => panic!("Swift is not reachable and scripts/swift.sh start failed ({other:?}); the backup tests need a real Swift"),
-    };
-    let resp = reqwest::Client::new()
-        .get(&auth)
-        .header("X-Storage-User", "test:tester")
-        .header("X-Storage-Pass", "testing")
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("Swift at {auth} is not reachable: {e}"));
-    assert!(resp.status().is_success(), "tempauth login at {auth}: {}", resp.status());
-    let h = |k: &str| resp.headers().get(k).unwrap().to_str().unwrap().to_owned();
-    (h("x-storage-url"), h("x-auth-token"))
-}
 
 /// The conductor casts (method, args) sent to `topic`.
 async fn capture_conductor(topic: &str) -> (lapin::Connection, Casts) {
@@ -59,12 +39,6 @@ async fn capture_conductor(topic: &str) -> (lapin::Connection, Casts) {
 
 fn backup_reports(seen: &Casts, id: &str) -> Vec<Map<String, Value>> {
     seen.lock().unwrap().iter().filter(|(m, a)| m == "update_backup" && a["backup_id"] == id).map(|(_, a)| a.clone()).collect()
-}
-
-fn token_context(token: &str) -> Map<String, Value> {
-    let mut m = Map::new();
-    m.insert("auth_token".into(), json!(token));
-    m
 }
 
 async fn cast(client: &trove_guest::rpc::client::RpcClient, g: &Guest, method: &str, a: Value, token: &str) {

@@ -396,3 +396,35 @@ pub async fn taskmanager_with(guests: &[Guest], settings: &str) -> (trove_guest:
     let inventory = trove_guest::flows::Inventory::load(&path).unwrap();
     (trove_guest::flows::Taskmanager::connect(inventory).await.unwrap(), dir)
 }
+
+/// A tempauth login on the test Swift: (storage URL, token). Starts Swift (idempotent).
+pub async fn swift_login() -> (String, String) {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new("bash").arg(format!("{root}/scripts/swift.sh")).arg("start").stderr(Stdio::inherit()).output();
+    let auth = match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().lines().last().unwrap_or_default().to_owned(),
+        other => panic!("Swift is not reachable and scripts/swift.sh start failed ({other:?}); the backup tests need a real Swift"),
+    };
+    let resp = reqwest::Client::new()
+        .get(&auth)
+        .header("X-Storage-User", "test:tester")
+        .header("X-Storage-Pass", "testing")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("Swift at {auth} is not reachable: {e}"));
+    assert!(resp.status().is_success(), "tempauth login at {auth}: {}", resp.status());
+    let h = |k: &str| resp.headers().get(k).unwrap().to_str().unwrap().to_owned();
+    (h("x-storage-url"), h("x-auth-token"))
+}
+
+/// A request context carrying the user's token, as Trove's API passes it on.
+pub fn token_context(token: &str) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("auth_token".into(), json!(token));
+    m
+}
+
+/// Calls a guest method with more request-context keys (token, catalog, is_admin).
+pub async fn try_call_ctx(client: &RpcClient, g: &Guest, method: &str, a: Value, ctx: Map<String, Value>) -> Result<Value, trove_guest::rpc::Error> {
+    client.call_with_context(&g.topic(), method, args(a), "1.0", Duration::from_secs(120), g.cipher().as_ref(), ctx).await
+}

@@ -6,6 +6,7 @@ mod epochs;
 mod flows;
 mod harness;
 mod hostile;
+mod logs;
 mod matrix;
 mod redis_sync;
 mod redis_tls;

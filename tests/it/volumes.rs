@@ -225,3 +225,74 @@ async fn prepare_formats_mounts_and_keeps_redis_data_on_the_volume() {
     drop(rg);
     drop(g);
 }
+
+/// Thaws `mount_point` when dropped (a failed test must not leave a frozen file system behind).
+struct Thaw(PathBuf);
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        let _ = Command::new("fsfreeze").arg("-u").arg(&self.0).output();
+    }
+}
+
+/// Writes a file on `dir` in a thread; the receiver hears when the write and its fsync returned.
+fn writer(dir: &Path, name: &str) -> std::sync::mpsc::Receiver<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = dir.join(name);
+    std::thread::spawn(move || {
+        let mut f = std::fs::File::create(&path).unwrap();
+        std::io::Write::write_all(&mut f, b"during the snapshot").unwrap();
+        f.sync_all().unwrap();
+        let _ = tx.send(());
+    });
+    rx
+}
+
+#[tokio::test]
+async fn snapshot_backup_freezes_and_thaws_the_volume() {
+    let root = tempfile::tempdir().unwrap();
+    let vol = Loop::new(root.path().join("vol.img"), 64);
+    let mp = root.path().join("redis");
+    let _thaw = Thaw(mp.clone());
+    let c = client().await;
+    let mut env = volume_env(root.path());
+    env.push(("TROVE_GUESTAGENT__BACKUP__FREEZE_TIMEOUT".into(), "4".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+
+    // Without a volume there is nothing to freeze: said plainly.
+    let bare = spawn_guest(&c, None, &env).await;
+    prepare(&c, &bare, None, None).await;
+    refused(&c, &bare, "pre_create_backup", json!({}), "no data volume").await;
+    drop(bare);
+
+    let g = spawn_guest(&c, None, &env).await;
+    call(&c, &g, "prepare", prepare_args(&g, &vol.dev, &mp, None)).await;
+    let _: () = g.redis(None).await.set("k", "in the snapshot").await.unwrap();
+
+    // pre_create_backup: a fresh RDB with the data, then writes to the volume block.
+    assert_eq!(call(&c, &g, "pre_create_backup", json!({})).await, json!({}));
+    let rdb = std::fs::read(mp.join("dump.rdb")).expect("an RDB on the volume");
+    assert!(rdb.windows(15).any(|w| w == b"in the snapshot"), "the RDB lacks the last write");
+    let done = writer(&mp, "blocked");
+    assert!(done.recv_timeout(std::time::Duration::from_millis(800)).is_err(), "a write went through a frozen file system");
+    // Redis answers reads while frozen.
+    let v: Option<String> = g.redis(None).await.get("k").await.unwrap();
+    assert_eq!(v.as_deref(), Some("in the snapshot"));
+
+    // post_create_backup: thawed, the blocked write finishes; a second post is harmless.
+    assert_eq!(call(&c, &g, "post_create_backup", json!({})).await, json!({}));
+    done.recv_timeout(std::time::Duration::from_secs(5)).expect("the write did not finish after the thaw");
+    assert_eq!(call(&c, &g, "post_create_backup", json!({})).await, json!({}));
+    let out = Command::new("fsfreeze").arg("-u").arg(&mp).output().unwrap();
+    assert!(!out.status.success(), "the file system was still frozen after post_create_backup");
+
+    // No post_create_backup: the safety timer thaws after freeze_timeout (4 s), and says so.
+    call(&c, &g, "pre_create_backup", json!({})).await;
+    let started = std::time::Instant::now();
+    let done = writer(&mp, "timer");
+    assert!(done.recv_timeout(std::time::Duration::from_secs(2)).is_err(), "not frozen by the second pre_create_backup");
+    done.recv_timeout(std::time::Duration::from_secs(10)).expect("the safety timer did not thaw the volume");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(3), "thawed before the timeout");
+    eventually(5, "the thaw is logged", || async { g.log().contains("the data volume was thawed") }).await;
+    drop(g);
+}

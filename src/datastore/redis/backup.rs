@@ -105,6 +105,12 @@ pub async fn create(manager: &RedisManager, spec: &BackupSpec) -> Result<BackupD
 /// for a save newer than the request, and the file it wrote. A later save renames a new file over
 /// it; the open file keeps this one.
 async fn snapshot(manager: &RedisManager, timeout: Duration) -> Result<std::fs::File> {
+    let path = save(manager, timeout).await?;
+    std::fs::File::open(&path).map_err(|e| Error::io(&path, e))
+}
+
+/// `BGSAVE SCHEDULE` and the wait for a save newer than the request; the RDB's path.
+pub async fn save(manager: &RedisManager, timeout: Duration) -> Result<PathBuf> {
     let mut admin = manager.admin().await?;
     let dir = admin.config_get("dir").await?.unwrap_or_else(|| manager.settings.data_dir.display().to_string());
     let file = admin.config_get("dbfilename").await?.filter(|f| !f.is_empty()).unwrap_or_else(|| "dump.rdb".into());
@@ -132,8 +138,7 @@ async fn snapshot(manager: &RedisManager, timeout: Duration) -> Result<std::fs::
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let path = Path::new(&dir).join(&file);
-    std::fs::File::open(&path).map_err(|e| Error::io(&path, e))
+    Ok(Path::new(&dir).join(&file))
 }
 
 /// Sends the encoded stream to the uploader in chunks.

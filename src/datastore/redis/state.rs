@@ -58,6 +58,9 @@ pub struct State {
     /// Root enabled (`enable_root`): its password is `requirepass`, above the user's overrides.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root: Option<super::root::Root>,
+    /// The Redis log enabled as a guest log (`guest_log_action`): `logfile`, above the user's overrides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<super::logs::RedisLog>,
     /// The server an upgrade or rebuild chose (`[redis.servers]`); None: `redis.binary`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<ServerChoice>,
@@ -142,6 +145,9 @@ impl State {
         }
         if let Some(root) = &self.root {
             out.push(Override { key: "requirepass".into(), lines: vec![vec![root.password.clone()]] });
+        }
+        if let Some(log) = &self.log {
+            out.push(Override::set("logfile", &[&log.file.display().to_string()]));
         }
         out.push(Override::set("port", &[&system.port.to_string()]));
         out.push(Override::set("dir", &[&system.dir.display().to_string()]));
