@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{watch, Mutex};
 
 use crate::config::BackupSettings;
-use crate::datastore::redis::{backup, diagnostics, root, RedisManager};
+use crate::datastore::redis::{backup, diagnostics, root, ssl, RedisManager};
 use crate::datastore::{self, ServiceStatus};
 use crate::replication::epoch::{Epochs, Topology};
 use crate::replication::{self, ReplicationStrategy, SnapshotRequest};
@@ -23,8 +23,7 @@ const NOT_SUPPORTED: &[&str] = &[
     "get_user", "update_attributes", "grant_access", "revoke_access", "list_access", "change_passwords",
     "upgrade", "pre_upgrade", "post_upgrade",
     "guest_log_list", "guest_log_action", "module_list", "module_apply", "module_remove", "rebuild",
-    "pre_create_backup", "post_create_backup", "ssl_show", "ssl_action",
-    "ssl_rollback", "attach_replication_slave",
+    "pre_create_backup", "post_create_backup", "attach_replication_slave",
 ];
 
 /// Casts to Trove's conductor other than heartbeats (the agent sends them through `rpc::conductor`).
@@ -400,6 +399,30 @@ impl Guest {
             }
             "is_root_enabled" => Ok(json!(root::is_enabled(&self.manager).await)),
             "get_root_password" => Ok(json!(root::password(&self.manager).await)),
+            "ssl_show" => ssl::show(&self.manager).await.map_err(|e| to_failure(a, e.into())),
+            "ssl_action" => {
+                let (enable, disable) = (a.opt_bool("enable", false)?, a.opt_bool("disable", false)?);
+                if enable && disable {
+                    return Err(RemoteFailure::trove("BadRequest", "Cannot enable and disable ssl".into(), Map::new()));
+                }
+                let request = if enable {
+                    let mode = a.opt_str("mode")?.unwrap_or_else(|| "basic".into());
+                    let mode = ssl::Mode::parse(&mode).ok_or_else(|| a.wrong("mode", "one of basic, enforced, mtls"))?;
+                    let container = a.opt_object("container")?.ok_or_else(|| a.wrong("container", "the certificate container (private_key, certificate, ca) to enable ssl"))?;
+                    let material = ssl::material(&container).map_err(|why| a.wrong("container", &format!("complete certificate material: it {why}")))?;
+                    Some((mode, material))
+                } else if disable {
+                    None
+                } else {
+                    return Ok(json!({}));
+                };
+                let _guard = self.lifecycle.lock().await;
+                ssl::action(&self.manager, request).await.map_err(|e| to_failure(a, e.into()))
+            }
+            "ssl_rollback" => {
+                let _guard = self.lifecycle.lock().await;
+                ssl::rollback(&self.manager).await.map_err(|e| to_failure(a, e.into()))
+            }
             "get_diagnostics" => diagnostics::diagnostics().map_err(|e| to_failure(a, e.into())),
             "get_hwinfo" => diagnostics::hwinfo().map_err(|e| to_failure(a, e.into())),
             "backup_required_for_replication" => Ok(json!(strategy.backup_required())),

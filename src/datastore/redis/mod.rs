@@ -10,6 +10,7 @@ pub mod root;
 pub mod runtime;
 pub mod server;
 pub mod service;
+pub mod ssl;
 pub mod state;
 
 pub use admin::Admin;
