@@ -815,6 +815,17 @@ fn refuse_protected(overrides: &Map<String, Value>) -> Result<()> {
     }
 }
 
+/// The plaintext port `state` listens on (0: client TLS enforced) and client TLS's files, if on.
+fn listeners(settings: &RedisSettings, state: &State) -> (u16, Option<TlsFiles>) {
+    match state.ssl {
+        Some(ssl) => {
+            let files = super::ssl::files(&super::ssl::dir_of(settings), ssl.generation);
+            (if ssl.mode.tls_only() { 0 } else { settings.port }, Some(files))
+        }
+        None => (settings.port, None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -831,16 +842,5 @@ mod tests {
         let mut o = Map::new();
         o.insert("maxmemory".into(), json!("10mb"));
         assert!(refuse_protected(&o).is_ok());
-    }
-}
-
-/// The plaintext port `state` listens on (0: client TLS enforced) and client TLS's files, if on.
-fn listeners(settings: &RedisSettings, state: &State) -> (u16, Option<TlsFiles>) {
-    match state.ssl {
-        Some(ssl) => {
-            let files = super::ssl::files(&super::ssl::dir_of(settings), ssl.generation);
-            (if ssl.mode.tls_only() { 0 } else { settings.port }, Some(files))
-        }
-        None => (settings.port, None),
     }
 }

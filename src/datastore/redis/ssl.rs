@@ -406,7 +406,7 @@ mod tests {
             m
         };
         let e = material(&c("ca", Value::Null)).unwrap_err();
-        assert!(e.contains("'certificate'") && !e.contains("secretkeybytes"), "{e}");
+        assert!(e.contains("no 'ca'") && !e.contains("secretkeybytes"), "{e}");
         let mut m = c("x", json!(1));
         m.remove("certificate");
         assert!(material(&m).unwrap_err().contains("no 'certificate'"));
