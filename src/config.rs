@@ -579,10 +579,11 @@ fn validate_tls(s: &Settings) -> Result<(), Error> {
     let invalid = |key: &str, why: String| Err(Error::Invalid(format!("{key}: {why}")));
     let r = &s.redis;
     let files = [("redis.tls_cert_file", &r.tls_cert_file), ("redis.tls_key_file", &r.tls_key_file), ("redis.tls_ca_cert_file", &r.tls_ca_cert_file)];
-    let wanted = r.tls_port != 0 || s.replication.tls_replication;
+    // A tls-port without files is offered only once `ssl_action` brings certificates.
+    let wanted = s.replication.tls_replication;
     for (key, path) in files {
         match path {
-            None if wanted => return invalid(key, "must be set when redis.tls_port or replication.tls_replication is on".into()),
+            None if wanted => return invalid(key, "must be set when replication.tls_replication is on".into()),
             Some(p) => {
                 if let Err(e) = std::fs::metadata(p) {
                     return invalid(key, format!("cannot read {}: {e}", p.display()));
@@ -736,7 +737,6 @@ mod tests {
             ("[redis]\nadvertise_host = \"a\\nb\"\n", &[], "advertise_host"),
             ("[log]\nlevel = \"loud=[\"\n", &[], "log.level"),
             ("[replication]\ntls_replication = true\n", &[], "tls_cert_file"),
-            ("[redis]\ntls_port = 6380\n", &[], "tls_cert_file"),
             ("[redis]\ntls_auth_clients = \"maybe\"\n", &[], "maybe"),
             ("[redis]\ntls_cert_file = \"/nonexistent/c.pem\"\n", &[], "tls_cert_file"),
         ];

@@ -570,7 +570,7 @@ fn conf_state_render_round_trip() {
         let dir = std::path::Path::new("/var/lib/redis");
         let mut state = State { base: Some(base_text(&base)), ..Default::default() };
         state.user = user.into_iter().collect();
-        state.replica = replica.clone().map(|(host, port, masterauth, tls)| ReplicaOf { host, port, masterauth, masteruser: None, tls });
+        state.replica = replica.clone().map(|(host, port, masterauth, tls)| ReplicaOf { host, port, masterauth, masteruser: None, tls, master_ports: None });
         let listener = tls.clone().map(|(port, cert, key, ca)| TlsListener {
             port,
             files: TlsFiles { cert_file: cert.into(), key_file: key.into(), ca_cert_file: ca.into() },

@@ -157,7 +157,23 @@ impl<'a> Args<'a> {
             Some(Value::Bool(b)) => *b,
             Some(_) => return Err(self.wrong(&format!("{name}.master.tls"), "true, false or null")),
         };
-        Ok(MasterRef { host, port, requirepass, masteruser, tls })
+        let ssl_ports = match master.get("ssl_ports") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(p)) => match (port_of_in(p, "plain"), port_of_in(p, "tls")) {
+                (Some(plain), Some(tls)) => Some(crate::datastore::redis::ssl::MasterPorts { plain, tls }),
+                _ => return Err(self.wrong(&format!("{name}.master.ssl_ports"), "an object {'plain': port, 'tls': port} or null")),
+            },
+            Some(_) => return Err(self.wrong(&format!("{name}.master.ssl_ports"), "an object {'plain': port, 'tls': port} or null")),
+        };
+        Ok(MasterRef { host, port, requirepass, masteruser, tls, ssl_ports })
+    }
+}
+
+/// A port number 1..65535 at `key` of `map`.
+fn port_of_in(map: &Map<String, Value>, key: &str) -> Option<u16> {
+    match map.get(key) {
+        Some(Value::Number(n)) => n.as_u64().and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0),
+        _ => None,
     }
 }
 

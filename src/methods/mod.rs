@@ -5,6 +5,7 @@ pub mod args;
 mod backup_calls;
 mod log_calls;
 mod root_calls;
+mod ssl_calls;
 mod upgrade_calls;
 mod volume_calls;
 
@@ -29,8 +30,7 @@ use args::Args;
 const NOT_SUPPORTED: &[&str] = &[
     "create_database", "list_databases", "delete_database", "create_user", "list_users", "delete_user",
     "get_user", "update_attributes", "grant_access", "revoke_access", "list_access", "change_passwords",
-    "module_list", "module_apply", "module_remove", "ssl_show", "ssl_action",
-    "ssl_rollback", "attach_replication_slave",
+    "module_list", "module_apply", "module_remove", "attach_replication_slave",
 ];
 
 /// The endpoint behind topic `guestagent.<id>`.
@@ -253,6 +253,7 @@ impl Guest {
             // Trove 23+ snapshot backups (**kwargs: nothing is read); Trove expects {}.
             "pre_create_backup" => self.freezer.freeze(&self.manager).await.map(|_| json!({})).map_err(|e| to_failure(a, e.into())),
             "post_create_backup" => self.freezer.thaw(&self.manager).await.map(|_| json!({})).map_err(|e| to_failure(a, e.into())),
+            "ssl_show" | "ssl_action" | "ssl_rollback" => self.ssl_call(a).await,
             "get_diagnostics" => diagnostics::diagnostics().map_err(|e| to_failure(a, e.into())),
             "get_hwinfo" => diagnostics::hwinfo().map_err(|e| to_failure(a, e.into())),
             "backup_required_for_replication" => Ok(json!(strategy.backup_required())),

@@ -25,6 +25,9 @@ pub struct MasterRef {
     /// The port is a TLS port: replicate with `tls-replication yes` (our extension; absent: plain).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tls: bool,
+    /// The master's plain and TLS ports when client TLS (`ssl_action`) may move the link (our extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssl_ports: Option<crate::datastore::redis::ssl::MasterPorts>,
 }
 
 impl std::fmt::Debug for MasterRef {
@@ -34,6 +37,7 @@ impl std::fmt::Debug for MasterRef {
             .field("port", &self.port)
             .field("masteruser", &self.masteruser)
             .field("tls", &self.tls)
+            .field("ssl_ports", &self.ssl_ports)
             .field("requirepass", &self.requirepass.as_ref().map(|_| "<redacted>"))
             .finish()
     }

@@ -14,6 +14,7 @@ mod restart;
 mod root;
 mod rpc_roundtrip;
 mod secrets;
+mod ssl;
 mod sentinel_client;
 mod tls;
 mod trove_boot;

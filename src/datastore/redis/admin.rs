@@ -181,6 +181,28 @@ impl Admin {
         self.run::<()>(&format!("CONFIG SET {key}"), redis::cmd(&cmd).arg("SET").arg(key).arg(value)).await
     }
 
+    /// `CONFIG SET k1 v1 k2 v2 ...`: all or none (Redis 7). Errors name the keys, never the values.
+    pub async fn config_set_many(&mut self, pairs: &[(&str, &str)]) -> Result<()> {
+        let mut cmd = redis::cmd(&self.config_command);
+        cmd.arg("SET");
+        for (k, v) in pairs {
+            cmd.arg(*k).arg(*v);
+        }
+        let keys: Vec<&str> = pairs.iter().map(|(k, _)| *k).collect();
+        self.run::<()>(&format!("CONFIG SET {}", keys.join(" ")), &cmd).await
+    }
+
+    /// `CLIENT LIST TYPE normal`, as Redis prints it.
+    pub async fn client_list_normal(&mut self) -> Result<String> {
+        self.run("CLIENT LIST", redis::cmd("CLIENT").arg("LIST").arg("TYPE").arg("normal")).await
+    }
+
+    /// `CLIENT KILL ID id SKIPME yes`: whether a client was closed.
+    pub async fn client_kill_id(&mut self, id: &str) -> Result<bool> {
+        let n: u64 = self.run("CLIENT KILL", redis::cmd("CLIENT").arg("KILL").arg("ID").arg(id).arg("SKIPME").arg("yes")).await?;
+        Ok(n > 0)
+    }
+
     pub async fn replicaof(&mut self, host: &str, port: u16) -> Result<()> {
         self.run::<String>("SLAVEOF", redis::cmd("SLAVEOF").arg(host).arg(port)).await.map(|_| ())
     }

@@ -1,17 +1,17 @@
 //! The Redis datastore manager: lifecycle, configuration layers, status probe, filesystem stats.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 use tokio::sync::Mutex;
 
-use super::admin::{Admin, Target};
+use super::admin::{Admin, Target, TlsClient};
 use super::runtime;
 use super::service::{self, Service};
 use super::state::{self, MasterSettings, ReplicaOf, State, System};
-use crate::config::{RedisSettings, ServiceKind, VolumeSettings};
+use crate::config::{RedisSettings, ServiceKind, TlsFiles, VolumeSettings};
 use crate::datastore::volume::{self, VolumeRecord, Volumes};
 use crate::datastore::{Error, Result, ServiceStatus};
 
@@ -38,6 +38,10 @@ pub struct RedisManager {
     aof_off: AtomicBool,
     /// The server binary: `redis.binary`, or the one an upgrade or rebuild chose (state `server`).
     binary: std::sync::RwLock<String>,
+    /// The port the server listens on in the clear, 0 when client TLS is enforced (`ssl`).
+    plain_port: AtomicU16,
+    /// The certificate files of client TLS (`ssl_action`), when on.
+    ssl_files: std::sync::RwLock<Option<TlsFiles>>,
 }
 
 impl RedisManager {
@@ -57,7 +61,11 @@ impl RedisManager {
         service.set_binary(&binary);
         service.set_source(state.is_source());
         let data_dir = std::sync::RwLock::new(data_dir_of(&settings.data_dir, &state));
+        let (plain_port, ssl_files) = listeners(&settings, &state);
+        service.set_port(if plain_port == 0 { settings.tls_port } else { plain_port });
         Ok(RedisManager {
+            plain_port: AtomicU16::new(plain_port),
+            ssl_files: std::sync::RwLock::new(ssl_files),
             volumes: Volumes::new(volume, REDIS_USER),
             data_dir,
             service,
@@ -134,7 +142,7 @@ impl RedisManager {
     /// restarted): it is adopted only when it runs from our config file and data dir.
     async fn check_adoption(&self) -> Result<()> {
         let Service::Supervised(s) = &self.service else { return Ok(()) };
-        if s.has_child().await || !service::port_open(self.settings.port).await {
+        if s.has_child().await || !service::port_open(self.probe_port()).await {
             self.set_foreign(None);
             return Ok(());
         }
@@ -232,15 +240,19 @@ impl RedisManager {
         )))
     }
 
-    fn system<'a>(&'a self, dir: &'a Path) -> System<'a> {
-        System {
-            dual_channel: self.dual_channel.load(Ordering::Relaxed),
-            port: self.settings.port,
-            tls: self.settings.tls_files().map(|files| state::TlsListener {
+    fn system<'a>(&'a self, dir: &'a Path, state: &State) -> System<'a> {
+        let tls = match (state.ssl, listeners(&self.settings, state).1) {
+            (Some(ssl), Some(files)) => Some(state::TlsListener { port: self.settings.tls_port, files, auth_clients: ssl.mode.auth_clients() }),
+            _ => self.settings.tls_files().map(|files| state::TlsListener {
                 port: self.settings.tls_port,
                 files,
                 auth_clients: self.settings.tls_auth_clients.as_str(),
             }),
+        };
+        System {
+            dual_channel: self.dual_channel.load(Ordering::Relaxed),
+            port: listeners(&self.settings, state).0,
+            tls,
             dir,
             daemonize: self.settings.service != ServiceKind::Supervised,
             aof_off: self.aof_off.load(Ordering::Relaxed),
@@ -252,7 +264,7 @@ impl RedisManager {
     async fn write_locked(&self, state: &State) -> Result<()> {
         let dir = data_dir_of(&self.settings.data_dir, state);
         self.ensure_data_dir(&dir)?;
-        let conf = state.render(&self.system(&dir), self.major());
+        let conf = state.render(&self.system(&dir, state), self.major());
         std::thread::scope(|scope| {
             let conf_write = scope.spawn(|| state::write_private(&self.settings.config_file, conf.as_bytes()));
             let saved = state.save(&self.state_path);
@@ -287,6 +299,10 @@ impl RedisManager {
         self.write_locked(&next).await?;
         self.service.set_source(next.is_source());
         *self.data_dir.write().unwrap_or_else(|p| p.into_inner()) = data_dir_of(&self.settings.data_dir, &next);
+        let (plain_port, ssl_files) = listeners(&self.settings, &next);
+        self.plain_port.store(plain_port, Ordering::Relaxed);
+        self.service.set_port(self.probe_port());
+        *self.ssl_files.write().unwrap_or_else(|p| p.into_inner()) = ssl_files;
         *state = next;
         Ok(out)
     }
@@ -301,7 +317,7 @@ impl RedisManager {
         // The rendered `dir` must exist: Redis changes into it while it parses.
         let dir = data_dir_of(&self.settings.data_dir, state);
         self.ensure_data_dir(&dir)?;
-        let text = state.render(&self.system(&dir), self.major());
+        let text = state.render(&self.system(&dir, state), self.major());
         service::check_config(&self.binary(), &text).await
     }
 
@@ -328,7 +344,7 @@ impl RedisManager {
         let dir = data_dir_of(&self.settings.data_dir, state);
         self.ensure_data_dir(&dir)?;
         let major = redis_major(binary).unwrap_or(7);
-        service::check_config(binary, &state.render(&self.system(&dir), major)).await
+        service::check_config(binary, &state.render(&self.system(&dir, state), major)).await
     }
 
     pub async fn snapshot_state(&self) -> State {
@@ -346,9 +362,12 @@ impl RedisManager {
     /// Connection parameters for the local server.
     pub async fn target(&self) -> Target {
         let state = self.state.lock().await;
+        // With the plaintext port closed (client TLS enforced), over TLS with this node's certificate.
+        let tls_only = state.ssl.is_some_and(|s| s.mode.tls_only());
+        let tls = if tls_only { self.tls_files().map(|files| TlsClient { files, verify_hostname: false }) } else { None };
         Target {
             host: "127.0.0.1".into(),
-            port: self.settings.port,
+            port: if tls_only { self.settings.tls_port } else { self.settings.port },
             password: state.requirepass().map(secrecy::SecretString::from),
             username: None,
             config_command: self
@@ -358,15 +377,29 @@ impl RedisManager {
                 .or_else(|| state.config_command())
                 .unwrap_or_else(|| "CONFIG".into()),
             timeout: Duration::from_secs(5),
-            tls: None,
+            tls,
         }
+    }
+
+    /// The port that tells whether Redis runs: the plain one, or the TLS one when that is closed.
+    pub fn probe_port(&self) -> u16 {
+        match self.plain_port.load(Ordering::Relaxed) {
+            0 => self.settings.tls_port,
+            p => p,
+        }
+    }
+
+    /// This node's certificate files: client TLS's (`ssl_action`) when on, else the configured ones.
+    pub fn tls_files(&self) -> Option<TlsFiles> {
+        self.ssl_files.read().unwrap_or_else(|p| p.into_inner()).clone().or_else(|| self.settings.tls_files())
     }
 
     pub async fn admin(&self) -> Result<Admin> {
         use secrecy::ExposeSecret;
         let target = self.target().await;
         let key = format!(
-            "{}\n{}",
+            "{}\n{}\n{}",
+            target.port,
             target.config_command,
             target.password.as_ref().map(|p| p.expose_secret().to_owned()).unwrap_or_default()
         );
@@ -418,12 +451,12 @@ impl RedisManager {
             return ServiceStatus::Crashed;
         }
         if self.foreign().is_some() {
-            if service::port_open(self.settings.port).await {
+            if service::port_open(self.probe_port()).await {
                 return ServiceStatus::Failed;
             }
             self.set_foreign(None);
         }
-        if !self.prepared().await && !service::port_open(self.settings.port).await {
+        if !self.prepared().await && !service::port_open(self.probe_port()).await {
             return ServiceStatus::New;
         }
         let probe = async {
@@ -456,7 +489,7 @@ impl RedisManager {
                 let _ = self.service.stop(None, Duration::from_secs(5)).await;
                 return Err(Error::Service(format!("redis-server exited while starting ({status})")));
             }
-            if !service::port_open(self.settings.port).await {
+            if !service::port_open(self.probe_port()).await {
                 if tokio::time::Instant::now() > deadline {
                     return Err(Error::Timeout(format!("redis did not start listening within {timeout:?}")));
                 }
@@ -521,7 +554,7 @@ impl RedisManager {
     async fn rendered(&self) -> String {
         let state = self.state.lock().await;
         let dir = data_dir_of(&self.settings.data_dir, &state);
-        state.render(&self.system(&dir), self.major())
+        state.render(&self.system(&dir, &state), self.major())
     }
 
     /// Creates the directories the configuration names for Redis's pidfile, socket and log
@@ -590,7 +623,7 @@ impl RedisManager {
         let record = match plan {
             Some(plan) => {
                 // Redis must not keep running from the directory the volume is mounted over.
-                if plan.mounts() && self.service.can_control() && service::port_open(self.settings.port).await {
+                if plan.mounts() && self.service.can_control() && service::port_open(self.probe_port()).await {
                     self.stop().await?;
                 }
                 Some(self.volumes.apply(plan).await?)
@@ -604,7 +637,7 @@ impl RedisManager {
             }
         })
         .await?;
-        if service::port_open(self.settings.port).await && self.service.can_control() {
+        if service::port_open(self.probe_port()).await && self.service.can_control() {
             self.restart().await
         } else if self.service.can_control() {
             self.start().await
@@ -647,7 +680,7 @@ impl RedisManager {
         let mut next = self.snapshot_state().await;
         change(&mut next);
         self.check(&next).await?;
-        if service::port_open(self.settings.port).await {
+        if service::port_open(self.probe_port()).await {
             self.stop().await?;
         }
         let record = match plan {
@@ -810,6 +843,17 @@ fn refuse_protected(overrides: &Map<String, Value>) -> Result<()> {
     match overrides.keys().find(|k| state::PROTECTED.contains(&super::conf::canonical(k).as_str())) {
         Some(key) => Err(Error::Refused(format!("'{key}' is managed by the replication strategy and cannot be overridden"))),
         None => Ok(()),
+    }
+}
+
+/// The plaintext port `state` listens on (0: client TLS enforced) and client TLS's files, if on.
+fn listeners(settings: &RedisSettings, state: &State) -> (u16, Option<TlsFiles>) {
+    match state.ssl {
+        Some(ssl) => {
+            let files = super::ssl::files(&super::ssl::dir_of(settings), ssl.generation);
+            (if ssl.mode.tls_only() { 0 } else { settings.port }, Some(files))
+        }
+        None => (settings.port, None),
     }
 }
 

@@ -12,6 +12,7 @@ pub mod root;
 pub mod runtime;
 pub mod server;
 pub mod service;
+pub mod ssl;
 pub mod state;
 pub mod upgrade;
 

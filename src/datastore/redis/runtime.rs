@@ -50,6 +50,16 @@ pub fn ensure_dirs(dirs: &[PathBuf], owner: &str) -> std::io::Result<Vec<PathBuf
     Ok(created)
 }
 
+/// Gives `path` to `owner` (the user Redis runs as) when the agent runs as root and that user exists.
+pub fn give_to(path: &Path, owner: &str) -> std::io::Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        if let Ok(Some(user)) = nix::unistd::User::from_name(owner) {
+            std::os::unix::fs::chown(path, Some(user.uid.as_raw()), Some(user.gid.as_raw()))?;
+        }
+    }
+    Ok(())
+}
+
 /// The log files a start writes to (the supervisor's capture and the configured `logfile`), with
 /// their sizes before the start, so that a failure shows only that start's lines.
 pub struct StartLog {

@@ -27,7 +27,8 @@ pub struct Supervisor {
     binary: std::sync::RwLock<String>,
     config_file: PathBuf,
     log_file: PathBuf,
-    port: u16,
+    /// The port that shows the server runs (the TLS port while the plain one is closed).
+    port: std::sync::atomic::AtomicU16,
     wanted: AtomicBool,
     child: Mutex<Option<Child>>,
     /// Whether the current child has been seen serving, and where its output starts in the log.
@@ -135,6 +136,13 @@ fn parse_check_output(text: &str) -> std::result::Result<(), Rejected> {
 }
 
 impl Service {
+    /// The port whose listener shows the server runs (supervised mode).
+    pub fn set_port(&self, port: u16) {
+        if let Service::Supervised(s) = self {
+            s.port.store(port, Ordering::Relaxed);
+        }
+    }
+
     pub fn new(settings: &RedisSettings) -> Service {
         match settings.service {
             ServiceKind::Systemd => Service::Systemd { unit: settings.unit.clone(), planned: settings.planned_start_path() },
@@ -143,7 +151,7 @@ impl Service {
                 binary: std::sync::RwLock::new(settings.binary.clone()),
                 config_file: settings.config_file.clone(),
                 log_file: settings.data_dir.join("redis-server.log"),
-                port: settings.port,
+                port: std::sync::atomic::AtomicU16::new(settings.port),
                 wanted: AtomicBool::new(false),
                 child: Mutex::new(None),
                 served: AtomicBool::new(false),
@@ -201,7 +209,7 @@ impl Service {
     pub async fn held(&self) -> bool {
         match self {
             Service::Supervised(s) => {
-                if s.up.load(Ordering::SeqCst) && !s.has_child().await && !port_open(s.port).await {
+                if s.up.load(Ordering::SeqCst) && !s.has_child().await && !port_open(s.port.load(Ordering::Relaxed)).await {
                     s.reap().await;
                     s.hold_if_source("found down");
                 }
@@ -320,8 +328,8 @@ impl Supervisor {
                     continue;
                 }
                 let exited = this.reap().await;
-                let running = this.child.lock().await.is_some() || port_open(this.port).await;
-                if running && exited.is_none() && !this.served.load(Ordering::SeqCst) && port_open(this.port).await {
+                let running = this.child.lock().await.is_some() || port_open(this.port.load(Ordering::Relaxed)).await;
+                if running && exited.is_none() && !this.served.load(Ordering::SeqCst) && port_open(this.port.load(Ordering::Relaxed)).await {
                     this.served.store(true, Ordering::SeqCst);
                     this.up.store(true, Ordering::SeqCst);
                 }
@@ -476,7 +484,7 @@ impl Supervisor {
         self.end_hold("an explicit start");
         self.wanted.store(true, Ordering::SeqCst);
         let has_child = self.child.lock().await.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)));
-        if port_open(self.port).await {
+        if port_open(self.port.load(Ordering::Relaxed)).await {
             // Already serving (or adopted after an agent restart): a crash from now on may be held.
             self.served.store(true, Ordering::SeqCst);
             self.up.store(true, Ordering::SeqCst);
@@ -505,7 +513,7 @@ impl Supervisor {
                 Some(c) => matches!(c.try_wait(), Ok(Some(_))),
                 None => true,
             };
-            if child_gone && !port_open(self.port).await {
+            if child_gone && !port_open(self.port.load(Ordering::Relaxed)).await {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {

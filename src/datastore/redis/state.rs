@@ -22,6 +22,9 @@ pub struct ReplicaOf {
     /// Replicate over TLS (`tls-replication yes`) to the master's tls-port.
     #[serde(default)]
     pub tls: bool,
+    /// The master's plain and TLS ports, when it advertised both (`ssl_action` moves the link).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_ports: Option<super::ssl::MasterPorts>,
 }
 
 /// Settings a replica source carries.
@@ -58,6 +61,12 @@ pub struct State {
     /// Root enabled (`enable_root`): its password is `requirepass`, above the user's overrides.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root: Option<super::root::Root>,
+    /// TLS for clients (`ssl_action`): the mode and its certificate files' generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssl: Option<super::ssl::Ssl>,
+    /// The setting before the last `ssl_action`, for `ssl_rollback`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssl_saved: Option<super::ssl::Saved>,
     /// The Redis log enabled as a guest log (`guest_log_action`): `logfile`, above the user's overrides.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<super::logs::RedisLog>,
@@ -327,7 +336,7 @@ mod tests {
         s.user.insert("slaveof".into(), json!("6.6.6.6 1"));
         s.user.insert("save".into(), json!("60 1 30 2"));
         s.user.insert("appendonly".into(), json!(true));
-        s.replica = Some(ReplicaOf { host: "10.0.0.1".into(), port: 6379, masterauth: Some("p \"w".into()), masteruser: None, tls: false });
+        s.replica = Some(ReplicaOf { host: "10.0.0.1".into(), port: 6379, masterauth: Some("p \"w".into()), masteruser: None, tls: false, master_ports: None });
         let d = conf::parse(&s.render(&system(dir), 7)).unwrap();
         assert_eq!(conf::lookup(&d, "replicaof").as_deref(), Some("10.0.0.1 6379"));
         assert_eq!(conf::lookup(&d, "masterauth").as_deref(), Some("p \"w"));
@@ -370,7 +379,7 @@ mod tests {
         assert_eq!(conf::lookup(&d, "tls-ca-cert-file").as_deref(), Some("/etc/redis/ca.crt"));
         assert_eq!(conf::lookup(&d, "tls-auth-clients").as_deref(), Some("yes"));
         assert_eq!(conf::lookup(&d, "tls-replication"), None, "only the replica layer sets tls-replication");
-        s.replica = Some(ReplicaOf { host: "10.0.0.1".into(), port: 7443, masterauth: None, masteruser: None, tls: true });
+        s.replica = Some(ReplicaOf { host: "10.0.0.1".into(), port: 7443, masterauth: None, masteruser: None, tls: true, master_ports: None });
         let d = conf::parse(&s.render(&sys, 7)).unwrap();
         assert_eq!(conf::lookup(&d, "tls-replication").as_deref(), Some("yes"));
         assert_eq!(conf::lookup(&d, "replicaof").as_deref(), Some("10.0.0.1 7443"));

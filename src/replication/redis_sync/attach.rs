@@ -65,6 +65,7 @@ impl RedisSync {
             masterauth: master.requirepass.clone(),
             masteruser: master.masteruser.clone(),
             tls: master.tls,
+            master_ports: master.ssl_ports,
         };
         if desired.masteruser.is_some() && self.manager.major() < 6 {
             return Err(Error::Refused("masteruser (ACL replication user) needs Redis 6 or newer".into()));
@@ -215,7 +216,7 @@ mod tests {
 
     #[test]
     fn master_validation() {
-        let m = |host: &str, port| MasterRef { host: host.into(), port, requirepass: None, masteruser: None, tls: false };
+        let m = |host: &str, port| MasterRef { host: host.into(), port, requirepass: None, masteruser: None, tls: false, ssl_ports: None };
         assert!(validate_master(&m("10.0.0.1", 6379)).is_ok());
         for bad in [m("", 1), m("a b", 1), m("a\nslaveof x", 1), m("#", 1), m("h", 0)] {
             assert!(validate_master(&bad).is_err(), "{bad:?}");

@@ -82,8 +82,9 @@ pub async fn probe_master(manager: Arc<RedisManager>, settings: ReplicationSetti
             link = None;
         }
         if link.is_none() {
-            let master = MasterRef { host: of.host.clone(), port: of.port, requirepass: of.masterauth.clone(), masteruser: of.masteruser.clone(), tls: of.tls };
-            let tls = if of.tls { tls.clone() } else { None };
+            let master = MasterRef { host: of.host.clone(), port: of.port, requirepass: of.masterauth.clone(), masteruser: of.masteruser.clone(), tls: of.tls, ssl_ports: None };
+            // Client TLS (`ssl_action`) may have brought certificates since the agent started.
+            let tls = if of.tls { tls.clone().or_else(|| manager.tls_files().map(|files| TlsClient { files, verify_hostname: manager.settings.tls_verify_hostname })) } else { None };
             link = match tokio::time::timeout(PROBE_TIMEOUT, connect_master(&master, &settings, tls)).await {
                 Ok(Ok(admin)) => Some(admin),
                 _ => continue,

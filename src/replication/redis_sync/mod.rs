@@ -89,18 +89,23 @@ impl RedisSync {
             Some(user) => (self.settings.replication_password.as_ref().map(|p| p.expose_secret().to_owned()), Some(user.clone())),
             None => (self.manager.snapshot_state().await.requirepass(), None),
         };
+        // Client TLS enforced (`ssl_action`): the plain port is closed, replicas use the TLS one.
+        let tls_only = self.manager.snapshot_state().await.ssl.is_some_and(|s| s.mode.tls_only());
+        let tls_port = self.manager.settings.tls_port;
         MasterRef {
             host: self.advertise_host(),
-            port: self.replication_port(),
+            port: if tls_only { tls_port } else { self.replication_port() },
             requirepass,
             masteruser,
-            tls: self.settings.tls_replication,
+            tls: self.settings.tls_replication || tls_only,
+            ssl_ports: (!self.settings.tls_replication && tls_port != 0)
+                .then_some(crate::datastore::redis::ssl::MasterPorts { plain: self.manager.settings.port, tls: tls_port }),
         }
     }
 
     /// The TLS client for reaching a master's tls-port, from this node's certificate settings.
     fn tls_client(&self) -> Option<TlsClient> {
-        Some(TlsClient { files: self.manager.settings.tls_files()?, verify_hostname: self.manager.settings.tls_verify_hostname })
+        Some(TlsClient { files: self.manager.tls_files()?, verify_hostname: self.manager.settings.tls_verify_hostname })
     }
 }
 
