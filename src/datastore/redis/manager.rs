@@ -601,10 +601,10 @@ impl RedisManager {
         self.start().await
     }
 
-    /// `prepare`: set up the data volume (`device_path` at `mount_point`), write the rendered
-    /// configuration and overrides, then (re)start Redis. The volume and the configuration are
-    /// both checked before anything changes.
-    pub async fn prepare(&self, config_contents: Option<String>, overrides: Map<String, Value>, volume: Option<(String, String)>) -> Result<()> {
+    /// `prepare`'s first half: the volume and the configuration are checked, then the volume is
+    /// set up (Redis stopped first when it would run from the directory mounted over, or always
+    /// with `stop`) and the configuration recorded. Redis is not started.
+    async fn configure_prepared(&self, config_contents: Option<String>, overrides: Map<String, Value>, volume: Option<(String, String)>, stop: bool) -> Result<()> {
         self.check_adoption().await?;
         let base = config_contents.unwrap_or_else(default_base);
         let plan = match &volume {
@@ -620,14 +620,12 @@ impl RedisManager {
         let mut next = self.snapshot_state().await;
         change(&mut next);
         self.check(&next).await?;
+        let mounts = plan.as_ref().is_some_and(|p| p.mounts());
+        if (stop || mounts) && self.service.can_control() && service::port_open(self.probe_port()).await {
+            self.stop().await?;
+        }
         let record = match plan {
-            Some(plan) => {
-                // Redis must not keep running from the directory the volume is mounted over.
-                if plan.mounts() && self.service.can_control() && service::port_open(self.probe_port()).await {
-                    self.stop().await?;
-                }
-                Some(self.volumes.apply(plan).await?)
-            }
+            Some(plan) => Some(self.volumes.apply(plan).await?),
             None => None,
         };
         self.update_checked(|s| {
@@ -636,7 +634,14 @@ impl RedisManager {
                 s.volume = record;
             }
         })
-        .await?;
+        .await
+    }
+
+    /// `prepare`: set up the data volume (`device_path` at `mount_point`), write the rendered
+    /// configuration and overrides, then (re)start Redis. The volume and the configuration are
+    /// both checked before anything changes.
+    pub async fn prepare(&self, config_contents: Option<String>, overrides: Map<String, Value>, volume: Option<(String, String)>) -> Result<()> {
+        self.configure_prepared(config_contents, overrides, volume, false).await?;
         if service::port_open(self.probe_port()).await && self.service.can_control() {
             self.restart().await
         } else if self.service.can_control() {
@@ -665,35 +670,7 @@ impl RedisManager {
         if !self.service.can_control() {
             return Err(Error::NotSupported("prepare from a backup (redis.service = external)".into()));
         }
-        self.check_adoption().await?;
-        let base = config_contents.unwrap_or_else(default_base);
-        let plan = match &volume {
-            Some((device, mount_point)) => Some(self.volumes.plan(device, mount_point).await?),
-            None => None,
-        };
-        let change = |s: &mut State| {
-            s.base = Some(base.clone());
-            s.user = overrides.clone().into_iter().collect();
-            s.replica = None;
-            s.master = None;
-        };
-        let mut next = self.snapshot_state().await;
-        change(&mut next);
-        self.check(&next).await?;
-        if service::port_open(self.probe_port()).await {
-            self.stop().await?;
-        }
-        let record = match plan {
-            Some(plan) => Some(self.volumes.apply(plan).await?),
-            None => None,
-        };
-        self.update_checked(|s| {
-            change(s);
-            if record.is_some() {
-                s.volume = record;
-            }
-        })
-        .await?;
+        self.configure_prepared(config_contents, overrides, volume, true).await?;
         let rendered = super::conf::parse(&self.rendered().await).unwrap_or_default();
         let dbfilename = super::conf::lookup(&rendered, "dbfilename").filter(|f| !f.is_empty()).unwrap_or_else(|| "dump.rdb".into());
         let aof = super::conf::lookup(&rendered, "appendonly").is_some_and(|v| v.eq_ignore_ascii_case("yes"));
