@@ -269,3 +269,34 @@ async fn plain_backup_without_a_key_and_bad_requests() {
     assert_eq!(listing.lines().collect::<Vec<_>>(), vec![format!("{id}.gz")]);
     let _ = std::io::stdout().flush();
 }
+
+/// A backup asked while Redis already saves (a save point fired) waits for that save and takes
+/// its own: Redis refuses `BGSAVE` during an RDB save, which must not fail the backup.
+#[tokio::test]
+async fn a_backup_during_a_running_save_waits_and_completes() {
+    let (swift_url, token) = swift_login().await;
+    let c = client().await;
+    let topic = unique("conductor");
+    let (_conn, seen) = capture_conductor(&topic).await;
+    let container = unique("backups");
+    let a = spawn_guest(&c, None, &[("TROVE_GUESTAGENT__CONDUCTOR__TOPIC", &topic)]).await;
+    prepare(&c, &a, None, None).await;
+    let keys = write_keys(&a, 2000).await;
+    let mut con = a.redis(None).await;
+    // Each key costs the save 2 ms: the save runs about 4 s, well past the backup's request.
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("rdb-key-save-delay").arg("2000").query_async(&mut con).await.unwrap();
+    let _: String = redis::cmd("BGSAVE").query_async(&mut con).await.unwrap();
+    let p: String = redis::cmd("INFO").arg("persistence").query_async(&mut con).await.unwrap();
+    assert!(p.contains("rdb_bgsave_in_progress:1"), "the save is not running:\n{p}");
+    let id = new_id();
+    cast(&c, &a, "create_backup", json!({"backup_info": backup_info(&id, &container, &swift_url)}), &token).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("rdb-key-save-delay").arg("0").query_async(&mut con).await.unwrap();
+    let done = final_report(&seen, &id, &a).await;
+    assert_eq!(done["state"], "COMPLETED", "{done:?}\n{}", a.log());
+    let object = swift_get(&format!("{swift_url}/{container}/{id}.gz"), &token).await;
+    assert!(object.status().is_success(), "{}", object.status());
+    let rdb = trove_unpack(&object.bytes().await.unwrap(), None);
+    assert!(rdb.starts_with(b"REDIS"), "not an RDB");
+    assert!(rdb.len() > keys.len() * 1024, "the RDB holds {} bytes for {} keys of 1 KiB", rdb.len(), keys.len());
+}

@@ -114,13 +114,28 @@ pub async fn save(manager: &RedisManager, timeout: Duration) -> Result<PathBuf> 
     let mut admin = manager.admin().await?;
     let dir = admin.config_get("dir").await?.unwrap_or_else(|| manager.settings.data_dir.display().to_string());
     let file = admin.config_get("dbfilename").await?.filter(|f| !f.is_empty()).unwrap_or_else(|| "dump.rdb".into());
-    let before = admin.lastsave().await?;
-    // LASTSAVE counts seconds: a save in this same second would not be told apart.
-    while admin.time().await? <= before {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    admin.bgsave_schedule().await?;
     let deadline = tokio::time::Instant::now() + timeout;
+    // A save already running (a save point, another tool) forked before this request: wait for it
+    // to end, then start one of our own. Redis refuses `BGSAVE SCHEDULE` while an RDB save runs
+    // (it queues only behind an AOF rewrite), so a save point firing in between means waiting again.
+    let before = loop {
+        while admin.info("persistence").await?.get("rdb_bgsave_in_progress").map(str::trim) == Some("1") {
+            if tokio::time::Instant::now() > deadline {
+                return Err(Error::Timeout(format!("a background save already running did not finish within {timeout:?}")));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let before = admin.lastsave().await?;
+        // LASTSAVE counts seconds: a save in this same second would not be told apart.
+        while admin.time().await? <= before {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        match admin.bgsave_schedule().await {
+            Ok(()) => break before,
+            Err(e) if e.to_string().contains("in progress") && tokio::time::Instant::now() < deadline => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
     loop {
         let p = admin.info("persistence").await?;
         let on = |k: &str| p.get(k).map(str::trim) == Some("1");
