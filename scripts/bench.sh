@@ -189,7 +189,8 @@ if dual:  # its own run; the report does not render it, so its figures must be t
 tables_md = os.path.join(out, "bench", "results", "tables.md")
 tables = open(tables_md).read() if os.path.exists(tables_md) else ""
 sections = {"sidebyside": ("side by side with Redis Sentinel", "watch vs Sentinel"),
-            "agentcost": ("what the agent's CPU per call and memory are made of", "## Summary")}
+            "agentcost": ("what the agent's CPU per call and memory are made of", "## Summary"),
+            "backup": ("backup and restore, the agent beside the hand-made pipeline", "## Summary")}
 for name in os.environ.get("MATRIX_SERVERS", "").split():
     if name not in res.get("servers", {}):
         bad.append("no server-matrix results for %s" % name)
