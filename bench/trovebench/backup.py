@@ -175,6 +175,10 @@ class Hand:
 
 
 def agent_backup(cond, guest, container, swift_url, timeout):
+    # The agent's BGSAVE SCHEDULE is refused while a save is running (a save rule's, e.g. under the
+    # latency writer), and that backup fails: wait for the node's own save first.
+    wait_until("no background save on %s" % guest.id,
+               lambda: rcon(guest.port).info("persistence")["rdb_bgsave_in_progress"] in (0, "0"), timeout=600)
     bid = str(uuid.uuid4())
     t0 = now()
     cond.cast(guest, "create_backup", backup_info=backup_info(bid, container, swift_url))
