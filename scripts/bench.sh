@@ -14,7 +14,7 @@
 #                  on any error (CI runs it so the suite cannot rot). Without --only: every benchmark
 #                  but "trove" (Trove's services and guest containers take minutes to set up; CI runs
 #                  its smoke inside the trove stage, scripts/trove-stage.sh with
-#                  TROVE_STAGE_BENCH_SMOKE=1), the diagnostics fsync and agentcost, then dualchannel
+#                  TROVE_STAGE_BENCH_SMOKE=1), the diagnostics fsync, agentcost and backup, then dualchannel
 #                  on its own run on $BENCH_DUALCHANNEL_SERVER (default valkey-9.1.2, fetched by
 #                  scripts/redis-servers.sh; report in <out>/dualchannel/), and the server matrix
 #   --only LIST    comma-separated subset: switchover,failover,create,rpc,footprint,scale,sidebyside (trove-guestctl
@@ -29,6 +29,11 @@
 #                  "dualchannel" (diagnostic, only when listed or by --smoke): create through the agent with Valkey's
 #                  dual-channel replication vs plain diskless, 1 and 2 replicas, 100 MB and 1 GB; needs
 #                  BENCH_SERVER=valkey-8.0+
+#                  "backup" (diagnostic, only when listed or by --smoke, 4 MB there): on scripts/swift.sh's
+#                  Swift, 1 GB ($BENCH_BACKUP_MB) backed up and restored by the agent (create_backup until the
+#                  conductor's COMPLETED; prepare with backup_info) beside redis-cli --rdb | gzip | openssl enc |
+#                  swift upload (and back), 3 rounds; then the master's write latency at rest, during a backup
+#                  on its replica and during one on the master
 #                  "servers": the server matrix (switchover and create on each of $BENCH_MATRIX_SERVERS,
 #                  default "valkey-9.1.2 redis-6.2.14", stored in the results file's "servers"); the full
 #                  suite runs it after the main run; --smoke runs it on the first of those servers
@@ -40,6 +45,7 @@
 #   BENCH_PROFILE  cargo profile of the binaries: release (default for the full suite) or debug
 #                  (default for --smoke, which then reuses the binaries `cargo test` built)
 #   BENCH_OUT      output directory for --smoke (default: a new temporary directory)
+#   BENCH_BACKUP_MB  the backup diagnostic's data size in MB (default 1024; --smoke 4)
 #   BENCH_DUALCHANNEL_SERVER  the Valkey 8.0+ server of --smoke's dualchannel run (default valkey-9.1.2)
 #   BENCH_SERVER   the server every node of the run uses: a path, or <name>-<version> of
 #                  scripts/redis-servers.sh (redis-6.0.9 ... valkey-9.1.2, fetched on first use);
@@ -189,7 +195,8 @@ if dual:  # its own run; the report does not render it, so its figures must be t
 tables_md = os.path.join(out, "bench", "results", "tables.md")
 tables = open(tables_md).read() if os.path.exists(tables_md) else ""
 sections = {"sidebyside": ("side by side with Redis Sentinel", "watch vs Sentinel"),
-            "agentcost": ("what the agent's CPU per call and memory are made of", "## Summary")}
+            "agentcost": ("what the agent's CPU per call and memory are made of", "## Summary"),
+            "backup": ("backup and restore, the agent beside the hand-made pipeline", "## Summary")}
 for name in os.environ.get("MATRIX_SERVERS", "").split():
     if name not in res.get("servers", {}):
         bad.append("no server-matrix results for %s" % name)

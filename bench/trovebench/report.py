@@ -969,7 +969,7 @@ def provenance_table(results):
                   "Machine"], rows)
 
 
-SECTION_ORDER = ["switchover", "failover", "create", "rpc", "footprint", "scale", "trove", "fsync", "agentcost"]
+SECTION_ORDER = ["switchover", "failover", "create", "rpc", "footprint", "scale", "trove", "fsync", "agentcost", "backup"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1253,6 +1253,11 @@ def sidebyside_section(res):
     return report_section(res)
 
 
+def backup_section(res):
+    from .backup import report_section
+    return report_section(res)
+
+
 def write(results, md_path, charts, tables_path=None):
     meta = results["meta"]
     meta["_reference"] = reference_commit()
@@ -1273,7 +1278,8 @@ def write(results, md_path, charts, tables_path=None):
                 ("sidebyside", lambda: sidebyside_section(results["sidebyside"])),
                 ("trove", lambda: sec_trove(results["trove"], charts)),
                 ("fsync", lambda: sec_fsync(results["fsync"], charts)),
-                ("agentcost", lambda: sec_agentcost(results["agentcost"], charts))]
+                ("agentcost", lambda: sec_agentcost(results["agentcost"], charts)),
+                ("backup", lambda: backup_section(results["backup"]))]
     shown = []
     for name, fn in builders:
         if name not in results:

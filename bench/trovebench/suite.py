@@ -1,4 +1,4 @@
-"""The seven benchmarks, their configurations (full and smoke) and the order they run in."""
+"""The benchmarks and diagnostics, their configurations (full and smoke) and the order they run in."""
 
 import json
 import os
@@ -7,7 +7,7 @@ import sys
 import time
 
 from .agentlog import rpc_spans
-from . import sidebyside
+from . import backup, sidebyside
 from .common import ROOT, BenchError, log, now, provenance, rcon
 from .create import CreateBench
 from .dualchannel import bench_dualchannel
@@ -47,18 +47,23 @@ ALL = ["switchover", "failover", "create", "rpc", "footprint", "scale", "sidebys
 FULL["trove"] = {"reps": 2}
 SMOKE["trove"] = {"reps": 1}
 # Diagnostics: in the full suite only when asked for with --only.
-EXTRA = ["fsync", "agentcost", "dualchannel"]
+EXTRA = ["fsync", "agentcost", "dualchannel", "backup"]
 # --smoke without --only: everything but trove (its set-up alone, MariaDB, the broker container, Trove's
 # services and four guest containers, takes minutes: CI runs its smoke inside the trove stage's
 # set-up, scripts/trove-stage.sh with TROVE_STAGE_BENCH_SMOKE=1) and dualchannel (it needs Valkey
-# 8.0+ on every node: scripts/bench.sh --smoke runs it on its own), plus the diagnostics fsync and agentcost.
-SMOKE_DEFAULT = [x for x in ALL if x != "trove"] + ["fsync", "agentcost"]
+# 8.0+ on every node: scripts/bench.sh --smoke runs it on its own), plus the diagnostics fsync,
+# agentcost and backup.
+SMOKE_DEFAULT = [x for x in ALL if x != "trove"] + ["fsync", "agentcost", "backup"]
 FULL["dualchannel"] = {"sizes": [[100, 3], [1024, 2]], "counts": [1, 2]}
 SMOKE["dualchannel"] = {"sizes": [[2, 1]], "counts": [1]}
 FULL["fsync"] = {"reps": 8}
 SMOKE["fsync"] = {"reps": 1}
 FULL["agentcost"] = {"reps": 3, "callers": [4, 16], "duration_s": 2.5, "idle_s": 5}
 SMOKE["agentcost"] = {"reps": 1, "callers": [4], "duration_s": 0.5, "idle_s": 1}
+# backup (backup.py): the agent's backup and restore beside the hand-made pipeline, then the master's
+# write latency at rest and during a backup on its replica and on itself. Needs scripts/swift.sh's Swift.
+FULL["backup"] = {"mb": 1024, "reps": 3, "latency_reps": 1, "rest_s": 5, "timeout_s": 3600}
+SMOKE["backup"] = {"mb": 4, "reps": 1, "latency_reps": 1, "rest_s": 1, "timeout_s": 300}
 
 AGENT_VARIANTS = [
     ("as shipped (log level info)", {}),
@@ -352,6 +357,7 @@ def run(ctx, cfg, only, results):
         (("sidebyside",), lambda: sidebyside.bench(ctx, cfg["sidebyside"], results)),
         (("trove",), lambda: bench_trove(ctx, cfg, results)),
         (("dualchannel",), lambda: bench_dualchannel(ctx, cfg, results)),
+        (("backup",), lambda: backup.bench(ctx, cfg, results)),
     ]
     for names, fn in steps:
         if not any(n in only for n in names):
