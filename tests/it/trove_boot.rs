@@ -58,8 +58,10 @@ async fn agent_booted_from_trove_files_prepares_and_replicates() {
         assert!(log.contains("Trove options not used by this agent"), "no debug line on ignored options:\n{log}");
         assert!(log.contains("[DEFAULT] datastore_version") && log.contains("[service_credentials] password"), "{log}");
         assert!(!log.contains("not-used-by-the-agent") && !log.contains(g.key.as_deref().unwrap()), "a secret reached the log");
-        // The cast's request id, from its encrypted context, is in the log.
-        assert!(log.lines().any(|l| l.contains("method=prepare") && l.contains("request_id=\"req-") && l.contains("kind=\"cast\"")), "{log}");
+        // The cast's request id, from its encrypted context, is in the log (its "request done"
+        // line follows the handler's return, which can trail Redis answering).
+        let done = |l: &str| l.contains("method=prepare") && l.contains("request_id=\"req-") && l.contains("kind=\"cast\"");
+        eventually(10, "the prepare cast's log line with its request id", || async { g.log().lines().any(done) }).await;
     }
     let mut con = master.redis(None).await;
     let _: () = con.set("boot:k", "v1").await.unwrap();
