@@ -67,6 +67,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # --- cleanup: everything this run started --------------------------------------------------------
 MARIADB_PID=""
 PYTEST_PID=""
+SWIFT_STARTED=0
 CLEANED=0
 cleanup() {
     [ "$CLEANED" = 1 ] && return 0
@@ -108,11 +109,21 @@ cleanup() {
         kill -KILL "$MARIADB_PID" 2>/dev/null || true
     fi
     rm -rf "$WORK/mariadb/data" "$WORK/servers"
+    # the volumes the Cinder stand-in left (a failed run): detach every loop device over their files
+    for f in "$WORK"/volumes/*.img; do
+        [ -e "$f" ] || continue
+        for dev in $(losetup -j "$f" 2>/dev/null | cut -d: -f1); do
+            losetup -d "$dev" 2>/dev/null && log "detached $dev ($(basename "$f"))"
+        done
+        rm -f "$f"
+    done
+    [ "$SWIFT_STARTED" = 1 ] && swift_sh stop 2>/dev/null && rm -rf "$SWIFT_STATE/devices"
     ids=$(docker ps -aq --filter "label=trovestage.run=$RUN" 2>/dev/null || true)
-    if [ -n "$ids" ] || docker network inspect "$RUN" >/dev/null 2>&1; then
-        log "WARNING: could not remove everything of $RUN: containers [$ids]"
+    left=$(for f in "$WORK"/volumes/*.img; do [ -e "$f" ] && losetup -j "$f"; done 2>/dev/null)
+    if [ -n "$ids" ] || [ -n "$left" ] || docker network inspect "$RUN" >/dev/null 2>&1; then
+        log "WARNING: could not remove everything of $RUN: containers [$ids], loop devices [$left]"
     else
-        log "removed the containers, the network and the database of $RUN"
+        log "removed the containers, the volumes, Swift, the network and the database of $RUN"
     fi
 }
 trap cleanup EXIT
@@ -193,8 +204,35 @@ for net in $(docker network ls --format '{{.Name}}' | grep '^trovestage-' || tru
         docker network rm "$net" >/dev/null || die "could not remove the stale network $net"
     fi
 done
-docker network create --subnet "$SUBNET" --label "trovestage.run=$RUN" "$RUN" >/dev/null ||
+GATEWAY=$(python3 -c 'import ipaddress, sys; print(next(ipaddress.ip_network(sys.argv[1]).hosts()))' "$SUBNET") ||
+    die "TROVE_STAGE_SUBNET=$SUBNET is not a subnet"
+docker network create --subnet "$SUBNET" --gateway "$GATEWAY" --label "trovestage.run=$RUN" "$RUN" >/dev/null ||
     die "could not create the Docker network $RUN on $SUBNET"
+
+# --- Swift ---------------------------------------------------------------------------------------
+# A real Swift (scripts/swift.sh, its state in the run's directory): its proxy listens on the
+# network's gateway address only, where both Trove (on this host) and the guests reach it; the
+# storage servers and memcached stay on loopback. The stage's user trovestage:trovestage owns the
+# account AUTH_trovestage, the tenant the tests use; its tempauth token is the token the tests give
+# Trove, which hands it to the guests for backups (see identity_filter_factory in trove_standins.py).
+SWIFT_STATE="$WORK/swift"
+SWIFT_KEY=$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
+swift_sh() { TROVE_SWIFT_STATE="$SWIFT_STATE" TROVE_SWIFT_BIND="$GATEWAY" TROVE_SWIFT_USER=trovestage:trovestage \
+    TROVE_SWIFT_KEY="$SWIFT_KEY" bash "$ROOT/scripts/swift.sh" "$@"; }
+SWIFT_STARTED=1
+SWIFT_AUTH=$(swift_sh start 2>"$WORK/swift-start.log") || { tail -n 20 "$WORK/swift-start.log" >&2; die "starting Swift failed"; }
+# the login's headers hold the token: read them from a file, not a process argument
+swift_login=$(curl -fsS -o /dev/null -D - -K - "$SWIFT_AUTH" <<<"header = \"X-Storage-User: trovestage:trovestage\"
+header = \"X-Storage-Pass: $SWIFT_KEY\"" | tr -d '\r') || die "the tempauth login to $SWIFT_AUTH failed"
+SWIFT_TOKEN=$(awk -F': ' 'tolower($1)=="x-auth-token"{print $2}' <<<"$swift_login")
+SWIFT_STORAGE=$(awk -F': ' 'tolower($1)=="x-storage-url"{print $2}' <<<"$swift_login")
+[ -n "$SWIFT_TOKEN" ] && [ "${SWIFT_STORAGE##*/}" = AUTH_trovestage ] ||
+    die "the tempauth login gave no token or an unexpected storage URL ($SWIFT_STORAGE)"
+SWIFT_URL="${SWIFT_STORAGE%trovestage}"   # http://<gateway>:<port>/v1/AUTH_ ; Trove appends the tenant
+umask 077
+printf '%s' "$SWIFT_TOKEN" >"$WORK/etc/swift-token"
+umask 022
+log "Swift at $SWIFT_STORAGE (tempauth user trovestage:trovestage)"
 RABBIT_PORT=$(free_port)
 docker run -d --name "$RUN-rabbitmq" --label "trovestage.run=$RUN" --network "$RUN" \
     -p "127.0.0.1:$RABBIT_PORT:5672" "$RABBIT_IMAGE" >/dev/null || die "could not start the RabbitMQ container"
@@ -213,10 +251,10 @@ log "RabbitMQ at 127.0.0.1:$RABBIT_PORT for Trove, $RABBIT_IP:5672 for the guest
 SITE=$("$PY" -c 'import os, trove; print(os.path.dirname(trove.__file__))')
 PASTE_SRC="$VENV/etc/trove/api-paste.ini"
 [ -f "$PASTE_SRC" ] || die "Trove's api-paste.ini is not at $PASTE_SRC"
-# Trove's fake identity filter in place of keystonemiddleware's authtoken.
-sed '/^\[filter:authtoken\]/,/^\[/ s#^paste.filter_factory = .*#paste.filter_factory = trove.tests.fakes.keystone:filter_factory#' \
+# In place of keystonemiddleware's authtoken: tokens checked with Swift's tempauth (trove_standins.py).
+sed '/^\[filter:authtoken\]/,/^\[/ s#^paste.filter_factory = .*#paste.filter_factory = trove_standins:identity_filter_factory#' \
     "$PASTE_SRC" >"$WORK/etc/api-paste.ini"
-grep -q 'trove.tests.fakes.keystone:filter_factory' "$WORK/etc/api-paste.ini" ||
+grep -q 'trove_standins:identity_filter_factory' "$WORK/etc/api-paste.ini" ||
     die "could not put the fake identity filter into api-paste.ini"
 API_PORT=$(free_port)
 umask 077
@@ -235,19 +273,19 @@ control_exchange = trove
 guest_config = $WORK/etc/trove-guestagent.conf
 injected_config_location = /etc/trove/conf.d
 cloudinit_location = $WORK/etc/cloudinit
-# compute, network, image, volumes and object storage: our stand-ins (tests/trove/trove_standins.py)
+# compute, network, image and volumes: our stand-ins (tests/trove/trove_standins.py)
 remote_nova_client = trove_standins.nova_client
 remote_neutron_client = trove_standins.neutron_client
 remote_glance_client = trove_standins.glance_client
 remote_cinder_client = trove_standins.cinder_client
-# Trove checks Swift before creating a replica (storage_strategy = swift), although Redis takes no backup
-remote_swift_client = trove_standins.swift_client
-swift_url = http://127.0.0.1:1/unused
+# object storage: the real Swift above, with Trove's own client; <swift_url><tenant> is the
+# tenant's account, where backups go (the guests reach it at the same address)
+swift_url = $SWIFT_URL
 nova_compute_url = http://127.0.0.1:1/unused
 neutron_url = http://127.0.0.1:1/unused
 glance_url = http://127.0.0.1:1/unused
 cinder_url = http://127.0.0.1:1/unused
-trove_volume_support = False
+trove_volume_support = True
 trove_security_groups_support = False
 management_networks =
 verify_replica_volume_size = False
@@ -262,9 +300,9 @@ server_delete_time_out = 60
 [database]
 connection = mysql+pymysql://trove:$DB_PASS@127.0.0.1:$DB_PORT/trove
 [redis]
-volume_support = False
-# no block device to format and mount (default /dev/vdb); the data stays in the image's /var/lib/redis
-device_path =
+# a volume per instance (a loop device from the Cinder stand-in), /dev/vdb in the guest, where the
+# agent formats and mounts it (device_path = /dev/vdb, mount_point = /var/lib/redis: Trove's defaults)
+volume_support = True
 [network]
 network_isolation = False
 [oslo_concurrency]
@@ -289,6 +327,9 @@ echo "[DEFAULT]" >"$WORK/etc/pass.conf"
 
 export PYTHONPATH="$ROOT/tests/trove${PYTHONPATH:+:$PYTHONPATH}"
 export TROVE_STAGE_RUN="$RUN" TROVE_STAGE_NETWORK="$RUN" TROVE_STAGE_WORK="$WORK" TROVE_STAGE_SUBNET="$SUBNET"
+export TROVE_STAGE_SWIFT_URL="$SWIFT_URL" TROVE_STAGE_TOKEN_FILE="$WORK/etc/swift-token"
+# trove-guestctl (built with the images) and the broker as this host reaches it, for guest-side calls
+export TROVE_STAGE_GUESTCTL="$ROOT/target/release/trove-guestctl" TROVE_STAGE_TRANSPORT="rabbit://trove:trove@127.0.0.1:$RABBIT_PORT/"
 export TROVE_GUEST_IMAGE="$GUEST_IMAGE"
 TM=("$VENV/bin/trove-manage" --config-file "$WORK/etc/trove.conf")
 log "trove-manage db_sync"
