@@ -199,11 +199,12 @@ start() {
     # the proxy's configuration may hold a tempauth key
     (umask 077; write_configs "${ports[@]}")
     echo "${ports[0]}" > "$STATE/proxy.port"
-    memcached -l 127.0.0.1 -p "${ports[4]}" -U 0 -u "$(id -un)" -m 16 > "$STATE/log/memcached.log" 2>&1 &
+    # 9>&-: the servers must not inherit the lock's descriptor (they would hold the lock for good)
+    memcached -l 127.0.0.1 -p "${ports[4]}" -U 0 -u "$(id -un)" -m 16 > "$STATE/log/memcached.log" 2>&1 9>&- &
     echo $! > "$STATE/memcached.pid"
     local kind
     for kind in account container object proxy; do
-        "swift-$kind-server" "$STATE/$kind-server.conf" > "$STATE/log/$kind.log" 2>&1 &
+        "swift-$kind-server" "$STATE/$kind-server.conf" > "$STATE/log/$kind.log" 2>&1 9>&- &
         echo $! > "$STATE/$kind.pid"
     done
     for _ in $(seq 150); do

@@ -552,9 +552,10 @@ def identity_filter_factory(global_conf, **local_conf):
 
     def auth_filter(app):
         def middleware(env, start_response):
-            parts = env.get("PATH_INFO", "").split("/")
+            # /v1.0/<tenant>/...; urlmap has moved /v1.0 into SCRIPT_NAME
+            parts = (env.get("SCRIPT_NAME", "") + env.get("PATH_INFO", "")).split("/")
             token = env.get("HTTP_X_AUTH_TOKEN") or env.get("HTTP_X_STORAGE_TOKEN")
-            tenant = parts[2] if len(parts) > 2 and parts[1].startswith("v1") else ""
+            tenant = parts[2] if len(parts) > 2 and parts[1] == "v1.0" else ""
             if not token or not tenant or not tenant.isalnum() or not valid(token, tenant):
                 start_response("401 Unauthorized", [("Content-Type", "text/plain")])
                 return [b"The request you have made requires authentication.\n"]
