@@ -8,11 +8,23 @@
 #   * the Docker network trovestage-<run> (subnet $TROVE_STAGE_SUBNET, default 172.28.90.0/24) and a
 #     RabbitMQ container on it (image trove-redis-guest/rabbitmq:latest), published on a free
 #     127.0.0.1 port for Trove; the guests reach it at its network address;
+#   * a real OpenStack Swift (scripts/swift.sh, state in the run's directory) with tempauth: its proxy
+#     on the network's gateway address only (Trove and the guests reach it there), its storage
+#     servers and memcached on loopback; the tests log in as trovestage:trovestage and give Trove
+#     that tempauth token, which Trove passes to the guests for their backups;
 #   * Trove's services, started by tests/trove/conftest.py once per pass (plain RPC, then secure RPC),
-#     with the stand-ins of tests/trove/trove_standins.py as Nova, Neutron, Glance and Cinder: Nova's
-#     servers are containers of the guest image, configured only by the files Trove injects.
-# Then: trove-manage db_sync, the redis datastore and version registered, and pytest tests/trove;
+#     with the stand-ins of tests/trove/trove_standins.py as Nova, Neutron, Glance and Cinder, and
+#     its identity filter (tokens checked against Swift) in place of keystonemiddleware: Nova's
+#     servers are containers of the guest image, configured only by the files Trove injects; each
+#     instance's Cinder volume is a loop device over a sparse file in the run's directory, passed
+#     into its container as /dev/vdb, where the agent formats and mounts it at /var/lib/redis (the
+#     container then runs as root with CAP_SYS_ADMIN and CAP_SYS_RESOURCE; see trove_standins.py);
+#     a deleted server's volume is detached (losetup -d), and the cleanup detaches any left.
+# Then: trove-manage db_sync, the redis datastore and version registered, and pytest tests/trove:
+# per pass the replication flows; in the plain pass also backups of a master and a replica to Swift,
+# a restore and a replica of it, root (Trove's 422, then trove-guestctl) and a volume resize;
 # with TROVE_STAGE_BENCH_SMOKE=1, then the trove benchmark's smoke in the same set-up.
+# Needs root (losetup, loop devices), Docker, and Debian's swift and memcached (swift.sh installs them).
 #
 # Usage: scripts/trove-stage.sh [pytest args...]
 #        scripts/trove-stage.sh --exec CMD [ARGS...]   the same set-up, then CMD instead of pytest (the
@@ -26,7 +38,7 @@
 #   TROVE_STAGE_BENCH_SMOKE=1  after the tests (pass or fail), `scripts/bench.sh --smoke --only trove` in
 #                            this set-up (CI: the trove benchmark kept alive without setting Trove up
 #                            twice); its report in <logs>/bench-smoke/; the stage fails if it fails
-# Logs: target/trove-stage/<run>/ (trove-*.log, mariadb.log, guest-logs/, report.txt);
+# Logs: target/trove-stage/<run>/ (trove-*.log, mariadb.log, swift/log/, guest-logs/, report.txt);
 # target/trove-stage/last points to the newest run.
 set -euo pipefail
 
