@@ -18,7 +18,7 @@
 #     servers are containers of the guest image, configured only by the files Trove injects; each
 #     instance's Cinder volume is a loop device over a sparse file in the run's directory, passed
 #     into its container as /dev/vdb, where the agent formats and mounts it at /var/lib/redis (the
-#     container then runs as root with CAP_SYS_ADMIN and CAP_SYS_RESOURCE; see trove_standins.py);
+#     container then runs as root with CAP_SYS_ADMIN for mount; see trove_standins.py);
 #     a deleted server's volume is detached (losetup -d), and the cleanup detaches any left.
 # Then: trove-manage db_sync, the redis datastore and version registered, and pytest tests/trove:
 # per pass the replication flows; in the plain pass also backups of a master and a replica to Swift,
@@ -298,6 +298,9 @@ neutron_url = http://127.0.0.1:1/unused
 glance_url = http://127.0.0.1:1/unused
 cinder_url = http://127.0.0.1:1/unused
 trove_volume_support = True
+# resize volume offline (stop_db, unmount, detach, extend, attach, resize_fs, mount, restart): growing
+# a mounted ext4 needs CAP_SYS_RESOURCE in the guest container, which a sandboxed Docker may not grant
+online_volume_resize = False
 trove_security_groups_support = False
 management_networks =
 verify_replica_volume_size = False

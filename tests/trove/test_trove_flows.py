@@ -76,6 +76,11 @@ def check_volume(stage, g):
     return loop
 
 
+def check_volume_mounted(g):
+    mnt = docker("exec", g.container, "findmnt", "-rn", "-o", "SOURCE,FSTYPE", MOUNT_POINT).stdout.split()
+    assert mnt == [DEVICE, "ext4"], f"{MOUNT_POINT} in {g.container} is not an ext4 mount of {DEVICE}: {mnt}"
+
+
 def by_id(trove):
     return {i.id: i for i in trove.instances.list()}
 
@@ -510,8 +515,9 @@ def test_volumes_backups_restore_root(trove, stage):
                 time.sleep(0.2)
             assert rc.info("replication")["master_link_status"] == "up"
 
-    # 11. volume resize: Cinder extends the loop device, the agent grows the mounted file system (resize_fs online)
-    with steps.step("11 resize the restored instance's volume to 2 GB") as n:
+    # 11. volume resize, offline (online_volume_resize = False): stop_db, unmount, detach, Cinder extends the
+    # loop device, attach, resize_fs (e2fsck + resize2fs), mount, restart
+    with steps.step("11 resize the restored instance's volume to 2 GB (offline)") as n:
         before = int(docker("exec", gs.container, "findmnt", "-bno", "SIZE", MOUNT_POINT).stdout.strip())
         cli(stage, trove, "instance", "resize", "volume", s_.id, "2")
         wait_for(trove, "the volume resize", lambda x: field(x[s_.id], "volume", {}).get("size") == 2 and ready(x, [s_.id]), 180)
@@ -522,9 +528,16 @@ def test_volumes_backups_restore_root(trove, stage):
                 break
             assert time.monotonic() < deadline, f"the file system did not grow: {before} -> {after} bytes"
             time.sleep(1)
-        n["note"] = f"file system {before >> 20} -> {after >> 20} MiB, mounted throughout"
+        n["note"] = f"file system {before >> 20} -> {after >> 20} MiB"
+    check_volume_mounted(gs)
+    # the data survived the restart on the grown volume, and the replica (root enabled too) re-linked
     with redisnode.Resp(gs.ip, 6379, pw, 2.0) as rc:
         assert rc.call("DBSIZE") == BACKUP_KEYS + 1
+    deadline = time.monotonic() + 60
+    with redisnode.Resp(gsr.ip, 6379, pw, 2.0) as rc:
+        while rc.info("replication").get("master_link_status") != "up":
+            assert time.monotonic() < deadline, "the restored instance's replica did not re-link after the resize"
+            time.sleep(0.5)
 
     # 12. delete: the instances (their volumes go) and the backups (their objects go)
     with steps.step("12 delete the backups and all four") as n:

@@ -210,9 +210,10 @@ class _Servers:
             args += ["--device", f"{loop}:{dev}"]
         if volumes:
             # The agent formats and mounts the volume itself, as Trove's guests do: it runs as root
-            # (a container's root: default capabilities) plus CAP_SYS_ADMIN for mount and umount,
-            # and CAP_SYS_RESOURCE for resize2fs growing a mounted ext4 (online volume resize).
-            args += ["--user", "0", "--cap-add", "SYS_ADMIN", "--cap-add", "SYS_RESOURCE"]
+            # (a container's root: Docker's default capabilities) plus CAP_SYS_ADMIN for mount and
+            # umount. Not CAP_SYS_RESOURCE, which growing a mounted ext4 needs: the stage resizes
+            # volumes offline (online_volume_resize = False), resize2fs on the unmounted device.
+            args += ["--user", "0", "--cap-add", "SYS_ADMIN"]
             labels[f"{LABEL}.volumes"] = ",".join(b["uuid"] for b in volumes)
         for k, v in labels.items():
             args += ["--label", f"{k}={v}"]
@@ -278,10 +279,21 @@ class _ServerGroups:
         pass
 
 
+class _ServerVolumes:
+    """Volume attachments, for the taskmanager's offline volume resize (detach, extend, attach)."""
+
+    def delete_server_volume(self, server_id, volume_id):
+        _Volumes().detach(server_id, volume_id)
+
+    def create_server_volume(self, server_id, volume_id, device=None, **_):
+        _Volumes().reattach(server_id, volume_id, device)
+
+
 class NovaClient:
     def __init__(self, context, region_name=None, password=None, **_):
         self.api_version = api_versions.APIVersion("2.90")
         self.servers = _Servers(context)
+        self.volumes = _ServerVolumes()
         self.flavors = _Flavors()
         self.server_groups = _ServerGroups()
 
@@ -458,19 +470,40 @@ class _Volumes:
         rec = self._read(volume_id)
         if rec.get("server_id") and _Servers(None)._containers(rec["server_id"]):
             raise RuntimeError(f"trove_standins: volume {volume_id} is in use by server {rec['server_id']}")
-        rec.update(server_id=server_id, device_name=device_name, delete_on_termination=bool(delete_on_termination))
+        rec.update(server_id=server_id, device_name=device_name, delete_on_termination=bool(delete_on_termination),
+                   node_in=server_id)
         self._write(rec)
         return rec["loop"]
+
+    def detach(self, server_id, volume_id):
+        """Nova's detach: the volume becomes `available`. Docker cannot take a device node out of a
+        running container: the node stays, unused (the guest unmounted it first, as Trove asks)."""
+        rec = self._read(volume_id)
+        if rec.get("server_id") != server_id:
+            raise RuntimeError(f"trove_standins: volume {volume_id} is not attached to server {server_id}")
+        rec["server_id"] = None
+        self._write(rec)
+
+    def reattach(self, server_id, volume_id, device):
+        """Nova's attach of a volume to a running server: only where its device node already is (Docker
+        cannot add one to a running container), i.e. back to the server it was detached from."""
+        rec = self._read(volume_id)
+        dev = "/dev/" + (device or rec["device_name"] or "vdb").removeprefix("/dev/")
+        if rec.get("node_in") != server_id or dev != rec["device_name"]:
+            raise RuntimeError(f"trove_standins: volume {volume_id} can only be re-attached to server "
+                               f"{rec.get('node_in')} as {rec['device_name']}")
+        rec["server_id"] = server_id
+        self._write(rec)
 
     def server_deleted(self, server_id):
         """Nova's part of a server delete: its volumes are detached, and deleted when so mapped."""
         for vol in self.list():
             rec = self._read(vol.id)
-            if rec.get("server_id") == server_id:
+            if server_id in (rec.get("server_id"), rec.get("node_in")):
                 if rec.get("delete_on_termination"):
                     self.delete(vol.id)
                 else:
-                    rec.update(server_id=None, device_name=None)
+                    rec.update(server_id=None, device_name=None, node_in=None)
                     self._write(rec)
 
     def extend(self, volume_id, new_size):
