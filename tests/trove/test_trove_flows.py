@@ -155,10 +155,14 @@ def cli(stage, trove, *args, check=True, keep=True):
     The output is kept for the report (docs/trove.md shows it)."""
     from openstackclient import shell
     buf = io.StringIO()
-    argv = ["--os-auth-type", "admin_token", "--os-endpoint", f"{stage.api}/v1.0/trovestage", "--os-token", stage.token,
-            "database", *args]
-    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-        rc = shell.main(argv)
+    argv = ["--os-auth-type", "admin_token", "--os-endpoint", f"{stage.api}/v1.0/trovestage", "database", *args]
+    # the token from the environment (OS_TOKEN), not argv: osc logs its argv unmasked
+    os.environ["OS_TOKEN"] = stage.token
+    try:
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            rc = shell.main(argv)
+    finally:
+        del os.environ["OS_TOKEN"]
     out = buf.getvalue()
     assert rc == 0 or not check, f"openstack database {' '.join(args)} failed (exit {rc}): {out[-500:]}"
     if keep:
@@ -339,13 +343,15 @@ def test_replication_lifecycle(trove, stage):
                 trove.instances.delete(i.id)
         wait_for(trove, "the instances to be deleted", lambda x: not ({m.id, r1.id, r2.id} & set(x)), 180)
         deadline = time.monotonic() + 60
-        while docker("ps", "-aq", "--filter", f"label=trovestage.run={stage.run}",
-                     "--filter", "label=trovestage.instance").stdout.strip():
+        while not all(gone(g) for g in (gm, g1, g2)):
             assert time.monotonic() < deadline, "guest containers are still there after the delete"
             time.sleep(1)
-    for g in (gm, g1, g2):
-        assert not docker("ps", "-aq", "--filter", f"name=^{g.container}$").stdout.strip(), f"{g.container} not removed"
     assert_volumes_gone(stage, loops)
+
+
+def gone(g):
+    """Whether g's container is gone."""
+    return not docker("ps", "-aq", "--filter", f"name=^{g.container}$").stdout.strip()
 
 
 def assert_volumes_gone(stage, loops):
@@ -444,11 +450,11 @@ def test_volumes_backups_restore_root(trove, stage):
 
     # 8. backups of the master and of the replica, in Swift as Trove recorded them
     with steps.step("8 backup master, backup replica") as n:
-        cli(stage, trove, "backup", "create", m.id, f"{p}-backup-master")
+        cli(stage, trove, "backup", "create", f"{p}-backup-master", "--instance", m.id)
         bm = next(b for b in trove.backups.list() if b.name == f"{p}-backup-master")
         bm = wait_backup(trove, bm.id)
         t_master = time.monotonic()
-        cli(stage, trove, "backup", "create", r.id, f"{p}-backup-replica")
+        cli(stage, trove, "backup", "create", f"{p}-backup-replica", "--instance", r.id)
         br = next(b for b in trove.backups.list() if b.name == f"{p}-backup-replica")
         br = wait_backup(trove, br.id)
         sizes = check_backup_object(stage, bm, m.id), check_backup_object(stage, br, r.id)
@@ -553,7 +559,7 @@ def test_volumes_backups_restore_root(trove, stage):
         while swift_request(stage, bm.location, "HEAD")[0] != 404:
             assert time.monotonic() < deadline, f"the object of backup {bm.id} is still there"
             time.sleep(1)
-        while docker("ps", "-aq", "--filter", f"label=trovestage.run={stage.run}", "--filter", "label=trovestage.instance").stdout.strip():
+        while not all(gone(g) for g in (gm, gr, gs, gsr)):
             assert time.monotonic() < deadline, "guest containers are still there after the delete"
             time.sleep(1)
     assert_volumes_gone(stage, {g.devices[DEVICE] for g in (gm, gr, gs, gsr)})
