@@ -343,6 +343,8 @@ echo "[DEFAULT]" >"$WORK/etc/pass.conf"
 export PYTHONPATH="$ROOT/tests/trove${PYTHONPATH:+:$PYTHONPATH}"
 export TROVE_STAGE_RUN="$RUN" TROVE_STAGE_NETWORK="$RUN" TROVE_STAGE_WORK="$WORK" TROVE_STAGE_SUBNET="$SUBNET"
 export TROVE_STAGE_SWIFT_URL="$SWIFT_URL" TROVE_STAGE_TOKEN_FILE="$WORK/etc/swift-token"
+# Trove's database (root over the socket), for what its API does not show (a backup's checksum)
+export TROVE_STAGE_DB_SOCK="$DB_SOCK"
 # trove-guestctl (built with the images) and the broker as this host reaches it, for guest-side calls
 export TROVE_STAGE_GUESTCTL="$ROOT/target/release/trove-guestctl" TROVE_STAGE_TRANSPORT="rabbit://trove:trove@127.0.0.1:$RABBIT_PORT/"
 export TROVE_GUEST_IMAGE="$GUEST_IMAGE"

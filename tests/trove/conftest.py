@@ -36,6 +36,14 @@ class Stage:
         self.swift_url = _env("TROVE_STAGE_SWIFT_URL") + TENANT  # the tenant's Swift account
         self.guestctl = _env("TROVE_STAGE_GUESTCTL")
         self.transport = _env("TROVE_STAGE_TRANSPORT")
+        self.db_sock = _env("TROVE_STAGE_DB_SOCK")
+
+    def sql(self, query):
+        """Rows (tab-separated fields) of a query on Trove's database."""
+        p = subprocess.run(["mariadb", "--no-defaults", "-S", self.db_sock, "-u", "root", "-N", "-B", "trove", "-e", query],
+                           capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0, f"mariadb: {p.stderr.strip()}"
+        return [line.split("\t") for line in p.stdout.splitlines()]
         self.report = []  # (pass, step, seconds, {guest: Counter(method)}, note)
         self.cli_output = []  # (pass, title, text)
 

@@ -399,10 +399,14 @@ def check_backup_object(stage, b, instance_id):
     """Trove's record of backup b matches the object in Swift: location, checksum (ETag), size, an RDB inside."""
     import gzip
     assert b.instance_id == instance_id
-    assert b.location == f"{stage.swift_url}/database_backups/{b.id}.gz", f"unexpected location {b.location}"
-    status, headers, body = swift_request(stage, b.location)
-    assert status == 200, f"GET {b.location}: HTTP {status}"
-    assert headers["etag"].strip('"') == b.checksum, f"Swift's ETag {headers['etag']} is not Trove's checksum {b.checksum}"
+    location = b._info["locationRef"]
+    assert location == f"{stage.swift_url}/database_backups/{b.id}.gz", f"unexpected location {location}"
+    # the API does not show the checksum: Trove's database has it
+    [[checksum, db_location, db_state]] = stage.sql(f"select checksum, location, state from backups where id = '{b.id}'")
+    assert (db_location, db_state) == (location, "COMPLETED")
+    status, headers, body = swift_request(stage, location)
+    assert status == 200, f"GET {location}: HTTP {status}"
+    assert headers["etag"].strip('"') == checksum, f"Swift's ETag {headers['etag']} is not Trove's checksum {checksum}"
     assert headers.get("x-object-meta-datastore") == "redis", f"object metadata: {headers}"
     gb = round(len(body) / 1024 ** 3, 2) or 0.01  # the agent's size: the stored object's, in GB (at least 0.01)
     assert b.size == gb, f"Trove's size {b.size} is not the object's {len(body)} bytes ({gb} GB)"
@@ -552,11 +556,11 @@ def test_volumes_backups_restore_root(trove, stage):
         cli(stage, trove, "instance", "delete", *sorted(ids))
         wait_for(trove, "the instances to be deleted", lambda x: not (ids & set(x)), 180)
         deadline = time.monotonic() + 60
-        while any(b.id == br.id for b in trove.backups.list()) or swift_request(stage, br.location, "HEAD")[0] != 404:
+        while any(b.id == br.id for b in trove.backups.list()) or swift_request(stage, br._info["locationRef"], "HEAD")[0] != 404:
             assert time.monotonic() < deadline, f"backup {br.id} or its object is still there"
             time.sleep(1)
         cli(stage, trove, "backup", "delete", bm.id)
-        while swift_request(stage, bm.location, "HEAD")[0] != 404:
+        while swift_request(stage, bm._info["locationRef"], "HEAD")[0] != 404:
             assert time.monotonic() < deadline, f"the object of backup {bm.id} is still there"
             time.sleep(1)
         while not all(gone(g) for g in (gm, gr, gs, gsr)):
