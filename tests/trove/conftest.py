@@ -37,6 +37,8 @@ class Stage:
         self.guestctl = _env("TROVE_STAGE_GUESTCTL")
         self.transport = _env("TROVE_STAGE_TRANSPORT")
         self.db_sock = _env("TROVE_STAGE_DB_SOCK")
+        self.report = []  # (pass, step, seconds, {guest: Counter(method)}, note)
+        self.cli_output = []  # (pass, title, text)
 
     def sql(self, query):
         """Rows (tab-separated fields) of a query on Trove's database."""
@@ -44,8 +46,6 @@ class Stage:
                            capture_output=True, text=True, timeout=30)
         assert p.returncode == 0, f"mariadb: {p.stderr.strip()}"
         return [line.split("\t") for line in p.stdout.splitlines()]
-        self.report = []  # (pass, step, seconds, {guest: Counter(method)}, note)
-        self.cli_output = []  # (pass, title, text)
 
 
 @pytest.fixture(scope="session")
