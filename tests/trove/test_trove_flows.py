@@ -408,8 +408,8 @@ def check_backup_object(stage, b, instance_id):
     assert status == 200, f"GET {location}: HTTP {status}"
     assert headers["etag"].strip('"') == checksum, f"Swift's ETag {headers['etag']} is not Trove's checksum {checksum}"
     assert headers.get("x-object-meta-datastore") == "redis", f"object metadata: {headers}"
-    gb = round(len(body) / 1024 ** 3, 2) or 0.01  # the agent's size: the stored object's, in GB (at least 0.01)
-    assert b.size == gb, f"Trove's size {b.size} is not the object's {len(body)} bytes ({gb} GB)"
+    gb = len(body) / 1024 ** 3  # the agent reports the stored object's size, in GB
+    assert b.size == pytest.approx(gb, rel=1e-4), f"Trove's size {b.size} is not the object's {len(body)} bytes ({gb} GB)"
     rdb = gzip.decompress(body)
     assert rdb.startswith(b"REDIS"), f"the object is not a gzipped RDB: {rdb[:16]!r}"
     return len(body), len(rdb)
