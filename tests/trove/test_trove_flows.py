@@ -415,6 +415,14 @@ def check_backup_object(stage, b, instance_id):
     return len(body), len(rdb)
 
 
+def wait_backup_gone(stage, trove, b, timeout):
+    """Waits until backup b is gone from Trove's list and its object from Swift."""
+    deadline = time.monotonic() + timeout
+    while any(x.id == b.id for x in trove.backups.list()) or swift_request(stage, b._info["locationRef"], "HEAD")[0] != 404:
+        assert time.monotonic() < deadline, f"backup {b.name} or its object in Swift is still there after {timeout} s"
+        time.sleep(1)
+
+
 def guestctl(stage, inventory, guest, method, args=None):
     """`trove-guestctl call` on the host, the arguments on stdin (they may hold a password)."""
     p = subprocess.run([stage.guestctl, "--inventory", inventory, "call", guest, method, "-"], input=json.dumps(args or {}),
@@ -476,12 +484,21 @@ def test_volumes_backups_restore_root(trove, stage):
         wait_for(trove, "the restored instance to become ready", lambda x: ready(x, [s_.id]), 240)
         gs = Guest(stage, s_)
         steps.add_guest("restored", gs.container)
+        # the replica's backup is deleted (its object goes from Swift) before the replica create below:
+        # that create makes Trove 26 delete the tenant's full backups (see after it)
+        cli(stage, trove, "backup", "delete", br.id)
+        wait_backup_gone(stage, trove, br, 60)
         cli(stage, trove, "instance", "create", name["restored-replica"], "--replica-of", s_.id)
         x = wait_for(trove, "the restored instance's replica to become ready",
                      lambda x: any(ref(field(i, "replica_of", None)) == s_.id and ready(x, [i.id]) for i in x.values()), 240)
         sr = next(i for i in x.values() if ref(field(i, "replica_of", None)) == s_.id)
         gsr = Guest(stage, sr)
         steps.add_guest("restored-replica", gsr.container)
+        # Trove 26's defect: after a replica create the taskmanager calls Backup.delete(context, None)
+        # (no replication backup for Redis), whose "delete the children" step selects every backup
+        # with parent_id NULL and deletes them: the master's backup is gone, from Trove and Swift.
+        wait_backup_gone(stage, trove, bm, 60)
+        n["note"] = "Trove deleted the master's backup after the replica create (section 5)"
     assert role(gs.ip)["role"] == "master"
     wait_linked(gsr.ip, gs.ip)
     for g in (gs, gsr):
@@ -549,20 +566,12 @@ def test_volumes_backups_restore_root(trove, stage):
             assert time.monotonic() < deadline, "the restored instance's replica did not re-link after the resize"
             time.sleep(0.5)
 
-    # 12. delete: the instances (their volumes go) and the backups (their objects go)
-    with steps.step("12 delete the backups and all four") as n:
-        cli(stage, trove, "backup", "delete", br.id)
+    # 12. delete: the instances (their volumes go)
+    with steps.step("12 delete all four") as n:
         ids = {m.id, r.id, s_.id, sr.id}
         cli(stage, trove, "instance", "delete", *sorted(ids))
         wait_for(trove, "the instances to be deleted", lambda x: not (ids & set(x)), 180)
         deadline = time.monotonic() + 60
-        while any(b.id == br.id for b in trove.backups.list()) or swift_request(stage, br._info["locationRef"], "HEAD")[0] != 404:
-            assert time.monotonic() < deadline, f"backup {br.id} or its object is still there"
-            time.sleep(1)
-        cli(stage, trove, "backup", "delete", bm.id)
-        while swift_request(stage, bm._info["locationRef"], "HEAD")[0] != 404:
-            assert time.monotonic() < deadline, f"the object of backup {bm.id} is still there"
-            time.sleep(1)
         while not all(gone(g) for g in (gm, gr, gs, gsr)):
             assert time.monotonic() < deadline, "guest containers are still there after the delete"
             time.sleep(1)
