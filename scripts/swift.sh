@@ -18,12 +18,20 @@
 #
 # Environment:
 #   TROVE_SWIFT_STATE   state directory: configs, rings, devices, logs, pids (default /tmp/trove-swift)
+#   TROVE_SWIFT_BIND    the proxy's listen address (default 127.0.0.1; the trove stage gives its
+#                       Docker network's gateway so that guest containers reach it); the account,
+#                       container and object servers and memcached stay on 127.0.0.1
+#   TROVE_SWIFT_USER    an extra tempauth user account:user (.admin of AUTH_<account>) with the
+#   TROVE_SWIFT_KEY     key TROVE_SWIFT_KEY, besides test:tester and test:other
 #
 # Swift reads /etc/swift/swift.conf (its path is built in): it is written once if absent.
 set -euo pipefail
 
 CMD=${1:-}
 STATE=${TROVE_SWIFT_STATE:-/tmp/trove-swift}
+BIND=${TROVE_SWIFT_BIND:-127.0.0.1}
+EXTRA_USER=${TROVE_SWIFT_USER:-}
+EXTRA_KEY=${TROVE_SWIFT_KEY:-}
 USER_NAME=test:tester
 USER_KEY=testing
 
@@ -31,7 +39,7 @@ log() { echo "swift.sh: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 usage() { sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; }
 
-auth_url() { echo "http://127.0.0.1:$(cat "$STATE/proxy.port")/auth/v1.0"; }
+auth_url() { echo "http://$BIND:$(cat "$STATE/proxy.port")/auth/v1.0"; }
 
 # A tempauth login: the proxy, memcached and the account server all answer.
 login_ok() {
@@ -58,7 +66,7 @@ install() {
 }
 
 free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+    python3 -c 'import socket, sys; s=socket.socket(); s.bind((sys.argv[1],0)); print(s.getsockname()[1]); s.close()' "${1:-127.0.0.1}"
 }
 
 stop() {
@@ -123,7 +131,7 @@ log_level = INFO
         } > "$STATE/$kind-server.conf"
     done
     {
-        printf "$common" "proxy-server"
+        printf "$common" "proxy-server" | sed "s/^bind_ip = .*/bind_ip = $BIND/"
         echo "bind_port = ${ports[0]}"
         cat <<EOF
 
@@ -139,6 +147,7 @@ allow_account_management = true
 use = egg:swift#tempauth
 user_test_tester = $USER_KEY .admin
 user_test_other = other .admin
+${EXTRA_USER:+user_${EXTRA_USER/:/_} = $EXTRA_KEY .admin}
 
 [filter:cache]
 use = egg:swift#memcache
@@ -185,15 +194,17 @@ start() {
     stop
     install
     mkdir -p "$STATE"
-    local ports=() i
-    for i in 0 1 2 3 4; do ports+=("$(free_port)"); done
-    write_configs "${ports[@]}"
+    local ports=("$(free_port "$BIND")") i
+    for i in 1 2 3 4; do ports+=("$(free_port)"); done
+    # the proxy's configuration may hold a tempauth key
+    (umask 077; write_configs "${ports[@]}")
     echo "${ports[0]}" > "$STATE/proxy.port"
-    memcached -l 127.0.0.1 -p "${ports[4]}" -U 0 -u "$(id -un)" -m 16 > "$STATE/log/memcached.log" 2>&1 &
+    # 9>&-: the servers must not inherit the lock's descriptor (they would hold the lock for good)
+    memcached -l 127.0.0.1 -p "${ports[4]}" -U 0 -u "$(id -un)" -m 16 > "$STATE/log/memcached.log" 2>&1 9>&- &
     echo $! > "$STATE/memcached.pid"
     local kind
     for kind in account container object proxy; do
-        "swift-$kind-server" "$STATE/$kind-server.conf" > "$STATE/log/$kind.log" 2>&1 &
+        "swift-$kind-server" "$STATE/$kind-server.conf" > "$STATE/log/$kind.log" 2>&1 9>&- &
         echo $! > "$STATE/$kind.pid"
     done
     for _ in $(seq 150); do

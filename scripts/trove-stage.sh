@@ -8,11 +8,23 @@
 #   * the Docker network trovestage-<run> (subnet $TROVE_STAGE_SUBNET, default 172.28.90.0/24) and a
 #     RabbitMQ container on it (image trove-redis-guest/rabbitmq:latest), published on a free
 #     127.0.0.1 port for Trove; the guests reach it at its network address;
+#   * a real OpenStack Swift (scripts/swift.sh, state in the run's directory) with tempauth: its proxy
+#     on the network's gateway address only (Trove and the guests reach it there), its storage
+#     servers and memcached on loopback; the tests log in as trovestage:trovestage and give Trove
+#     that tempauth token, which Trove passes to the guests for their backups;
 #   * Trove's services, started by tests/trove/conftest.py once per pass (plain RPC, then secure RPC),
-#     with the stand-ins of tests/trove/trove_standins.py as Nova, Neutron, Glance and Cinder: Nova's
-#     servers are containers of the guest image, configured only by the files Trove injects.
-# Then: trove-manage db_sync, the redis datastore and version registered, and pytest tests/trove;
+#     with the stand-ins of tests/trove/trove_standins.py as Nova, Neutron, Glance and Cinder, and
+#     its identity filter (tokens checked against Swift) in place of keystonemiddleware: Nova's
+#     servers are containers of the guest image, configured only by the files Trove injects; each
+#     instance's Cinder volume is a loop device over a sparse file in the run's directory, passed
+#     into its container as /dev/vdb, where the agent formats and mounts it at /var/lib/redis (the
+#     container then runs as root with CAP_SYS_ADMIN for mount; see trove_standins.py);
+#     a deleted server's volume is detached (losetup -d), and the cleanup detaches any left.
+# Then: trove-manage db_sync, the redis datastore and version registered, and pytest tests/trove:
+# per pass the replication flows; in the plain pass also backups of a master and a replica to Swift,
+# a restore and a replica of it, root (Trove's 422, then trove-guestctl) and a volume resize;
 # with TROVE_STAGE_BENCH_SMOKE=1, then the trove benchmark's smoke in the same set-up.
+# Needs root (losetup, loop devices), Docker, and Debian's swift and memcached (swift.sh installs them).
 #
 # Usage: scripts/trove-stage.sh [pytest args...]
 #        scripts/trove-stage.sh --exec CMD [ARGS...]   the same set-up, then CMD instead of pytest (the
@@ -26,7 +38,7 @@
 #   TROVE_STAGE_BENCH_SMOKE=1  after the tests (pass or fail), `scripts/bench.sh --smoke --only trove` in
 #                            this set-up (CI: the trove benchmark kept alive without setting Trove up
 #                            twice); its report in <logs>/bench-smoke/; the stage fails if it fails
-# Logs: target/trove-stage/<run>/ (trove-*.log, mariadb.log, guest-logs/, report.txt);
+# Logs: target/trove-stage/<run>/ (trove-*.log, mariadb.log, swift/log/, guest-logs/, report.txt);
 # target/trove-stage/last points to the newest run.
 set -euo pipefail
 
@@ -67,6 +79,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # --- cleanup: everything this run started --------------------------------------------------------
 MARIADB_PID=""
 PYTEST_PID=""
+SWIFT_STARTED=0
 CLEANED=0
 cleanup() {
     [ "$CLEANED" = 1 ] && return 0
@@ -108,11 +121,21 @@ cleanup() {
         kill -KILL "$MARIADB_PID" 2>/dev/null || true
     fi
     rm -rf "$WORK/mariadb/data" "$WORK/servers"
+    # the volumes the Cinder stand-in left (a failed run): detach every loop device over their files
+    for f in "$WORK"/volumes/*.img; do
+        [ -e "$f" ] || continue
+        for dev in $(losetup -j "$f" 2>/dev/null | cut -d: -f1); do
+            losetup -d "$dev" 2>/dev/null && log "detached $dev ($(basename "$f"))"
+        done
+        rm -f "$f"
+    done
+    [ "$SWIFT_STARTED" = 1 ] && swift_sh stop 2>/dev/null && rm -rf "$SWIFT_STATE/devices"
     ids=$(docker ps -aq --filter "label=trovestage.run=$RUN" 2>/dev/null || true)
-    if [ -n "$ids" ] || docker network inspect "$RUN" >/dev/null 2>&1; then
-        log "WARNING: could not remove everything of $RUN: containers [$ids]"
+    left=$(for f in "$WORK"/volumes/*.img; do [ -e "$f" ] && losetup -j "$f"; done 2>/dev/null)
+    if [ -n "$ids" ] || [ -n "$left" ] || docker network inspect "$RUN" >/dev/null 2>&1; then
+        log "WARNING: could not remove everything of $RUN: containers [$ids], loop devices [$left]"
     else
-        log "removed the containers, the network and the database of $RUN"
+        log "removed the containers, the volumes, Swift, the network and the database of $RUN"
     fi
 }
 trap cleanup EXIT
@@ -193,8 +216,35 @@ for net in $(docker network ls --format '{{.Name}}' | grep '^trovestage-' || tru
         docker network rm "$net" >/dev/null || die "could not remove the stale network $net"
     fi
 done
-docker network create --subnet "$SUBNET" --label "trovestage.run=$RUN" "$RUN" >/dev/null ||
+GATEWAY=$(python3 -c 'import ipaddress, sys; print(next(ipaddress.ip_network(sys.argv[1]).hosts()))' "$SUBNET") ||
+    die "TROVE_STAGE_SUBNET=$SUBNET is not a subnet"
+docker network create --subnet "$SUBNET" --gateway "$GATEWAY" --label "trovestage.run=$RUN" "$RUN" >/dev/null ||
     die "could not create the Docker network $RUN on $SUBNET"
+
+# --- Swift ---------------------------------------------------------------------------------------
+# A real Swift (scripts/swift.sh, its state in the run's directory): its proxy listens on the
+# network's gateway address only, where both Trove (on this host) and the guests reach it; the
+# storage servers and memcached stay on loopback. The stage's user trovestage:trovestage owns the
+# account AUTH_trovestage, the tenant the tests use; its tempauth token is the token the tests give
+# Trove, which hands it to the guests for backups (see identity_filter_factory in trove_standins.py).
+SWIFT_STATE="$WORK/swift"
+SWIFT_KEY=$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
+swift_sh() { TROVE_SWIFT_STATE="$SWIFT_STATE" TROVE_SWIFT_BIND="$GATEWAY" TROVE_SWIFT_USER=trovestage:trovestage \
+    TROVE_SWIFT_KEY="$SWIFT_KEY" bash "$ROOT/scripts/swift.sh" "$@"; }
+SWIFT_STARTED=1
+SWIFT_AUTH=$(swift_sh start 2>"$WORK/swift-start.log") || { tail -n 20 "$WORK/swift-start.log" >&2; die "starting Swift failed"; }
+# the login's headers hold the token: read them from a file, not a process argument
+swift_login=$(curl -fsS -o /dev/null -D - -K - "$SWIFT_AUTH" <<<"header = \"X-Storage-User: trovestage:trovestage\"
+header = \"X-Storage-Pass: $SWIFT_KEY\"" | tr -d '\r') || die "the tempauth login to $SWIFT_AUTH failed"
+SWIFT_TOKEN=$(awk -F': ' 'tolower($1)=="x-auth-token"{print $2}' <<<"$swift_login")
+SWIFT_STORAGE=$(awk -F': ' 'tolower($1)=="x-storage-url"{print $2}' <<<"$swift_login")
+[ -n "$SWIFT_TOKEN" ] && [ "${SWIFT_STORAGE##*/}" = AUTH_trovestage ] ||
+    die "the tempauth login gave no token or an unexpected storage URL ($SWIFT_STORAGE)"
+SWIFT_URL="${SWIFT_STORAGE%trovestage}"   # http://<gateway>:<port>/v1/AUTH_ ; Trove appends the tenant
+umask 077
+printf '%s' "$SWIFT_TOKEN" >"$WORK/etc/swift-token"
+umask 022
+log "Swift at $SWIFT_STORAGE (tempauth user trovestage:trovestage)"
 RABBIT_PORT=$(free_port)
 docker run -d --name "$RUN-rabbitmq" --label "trovestage.run=$RUN" --network "$RUN" \
     -p "127.0.0.1:$RABBIT_PORT:5672" "$RABBIT_IMAGE" >/dev/null || die "could not start the RabbitMQ container"
@@ -213,10 +263,10 @@ log "RabbitMQ at 127.0.0.1:$RABBIT_PORT for Trove, $RABBIT_IP:5672 for the guest
 SITE=$("$PY" -c 'import os, trove; print(os.path.dirname(trove.__file__))')
 PASTE_SRC="$VENV/etc/trove/api-paste.ini"
 [ -f "$PASTE_SRC" ] || die "Trove's api-paste.ini is not at $PASTE_SRC"
-# Trove's fake identity filter in place of keystonemiddleware's authtoken.
-sed '/^\[filter:authtoken\]/,/^\[/ s#^paste.filter_factory = .*#paste.filter_factory = trove.tests.fakes.keystone:filter_factory#' \
+# In place of keystonemiddleware's authtoken: tokens checked with Swift's tempauth (trove_standins.py).
+sed '/^\[filter:authtoken\]/,/^\[/ s#^paste.filter_factory = .*#paste.filter_factory = trove_standins:identity_filter_factory#' \
     "$PASTE_SRC" >"$WORK/etc/api-paste.ini"
-grep -q 'trove.tests.fakes.keystone:filter_factory' "$WORK/etc/api-paste.ini" ||
+grep -q 'trove_standins:identity_filter_factory' "$WORK/etc/api-paste.ini" ||
     die "could not put the fake identity filter into api-paste.ini"
 API_PORT=$(free_port)
 umask 077
@@ -235,19 +285,22 @@ control_exchange = trove
 guest_config = $WORK/etc/trove-guestagent.conf
 injected_config_location = /etc/trove/conf.d
 cloudinit_location = $WORK/etc/cloudinit
-# compute, network, image, volumes and object storage: our stand-ins (tests/trove/trove_standins.py)
+# compute, network, image and volumes: our stand-ins (tests/trove/trove_standins.py)
 remote_nova_client = trove_standins.nova_client
 remote_neutron_client = trove_standins.neutron_client
 remote_glance_client = trove_standins.glance_client
 remote_cinder_client = trove_standins.cinder_client
-# Trove checks Swift before creating a replica (storage_strategy = swift), although Redis takes no backup
-remote_swift_client = trove_standins.swift_client
-swift_url = http://127.0.0.1:1/unused
+# object storage: the real Swift above, with Trove's own client; <swift_url><tenant> is the
+# tenant's account, where backups go (the guests reach it at the same address)
+swift_url = $SWIFT_URL
 nova_compute_url = http://127.0.0.1:1/unused
 neutron_url = http://127.0.0.1:1/unused
 glance_url = http://127.0.0.1:1/unused
 cinder_url = http://127.0.0.1:1/unused
-trove_volume_support = False
+trove_volume_support = True
+# resize volume offline (stop_db, unmount, detach, extend, attach, resize_fs, mount, restart): growing
+# a mounted ext4 needs CAP_SYS_RESOURCE in the guest container, which a sandboxed Docker may not grant
+online_volume_resize = False
 trove_security_groups_support = False
 management_networks =
 verify_replica_volume_size = False
@@ -262,9 +315,9 @@ server_delete_time_out = 60
 [database]
 connection = mysql+pymysql://trove:$DB_PASS@127.0.0.1:$DB_PORT/trove
 [redis]
-volume_support = False
-# no block device to format and mount (default /dev/vdb); the data stays in the image's /var/lib/redis
-device_path =
+# a volume per instance (a loop device from the Cinder stand-in), /dev/vdb in the guest, where the
+# agent formats and mounts it (device_path = /dev/vdb, mount_point = /var/lib/redis: Trove's defaults)
+volume_support = True
 [network]
 network_isolation = False
 [oslo_concurrency]
@@ -289,6 +342,11 @@ echo "[DEFAULT]" >"$WORK/etc/pass.conf"
 
 export PYTHONPATH="$ROOT/tests/trove${PYTHONPATH:+:$PYTHONPATH}"
 export TROVE_STAGE_RUN="$RUN" TROVE_STAGE_NETWORK="$RUN" TROVE_STAGE_WORK="$WORK" TROVE_STAGE_SUBNET="$SUBNET"
+export TROVE_STAGE_SWIFT_URL="$SWIFT_URL" TROVE_STAGE_TOKEN_FILE="$WORK/etc/swift-token"
+# Trove's database (root over the socket), for what its API does not show (a backup's checksum)
+export TROVE_STAGE_DB_SOCK="$DB_SOCK"
+# trove-guestctl (built with the images) and the broker as this host reaches it, for guest-side calls
+export TROVE_STAGE_GUESTCTL="$ROOT/target/release/trove-guestctl" TROVE_STAGE_TRANSPORT="rabbit://trove:trove@127.0.0.1:$RABBIT_PORT/"
 export TROVE_GUEST_IMAGE="$GUEST_IMAGE"
 TM=("$VENV/bin/trove-manage" --config-file "$WORK/etc/trove.conf")
 log "trove-manage db_sync"

@@ -293,7 +293,8 @@ class Bench:
     # -- create
     def create_master(self, name):
         t0 = now()
-        inst = self.trove.instances.create(name, FLAVOR, datastore="redis", datastore_version="7.0")
+        inst = self.trove.instances.create(name, FLAVOR, volume={"size": 1}, datastore="redis",
+                                           datastore_version="7.0")  # the stage has volumes on
         up = [None]
 
         def pred(x):
@@ -518,8 +519,11 @@ def main():
         t = now()
         stage.start()
         log("Trove's services up in %.1f s" % (now() - t))
+        # the stage's tempauth token (its identity filter checks it with Swift)
+        with open(os.environ["TROVE_STAGE_TOKEN_FILE"]) as f:
+            token = f.read().strip()
         trove = client.Client(session=session.Session(auth=token_endpoint.Token(
-            "%s/v1.0/trovestage" % stage.api, "trovestage")))
+            "%s/v1.0/trovestage" % stage.api, token)))
         b = Bench(stage, trove, a.ctl, ctx)
         for rep in range(a.reps):
             b.round(rep, out)

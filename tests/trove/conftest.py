@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-TENANT = "trovestage"  # Trove's fake identity filter: the token is the tenant and the user
+TENANT = "trovestage"  # the tenant (and user) the tests act as: Swift's account AUTH_trovestage
 SERVICES = ("trove-conductor", "trove-taskmanager", "trove-api")
 
 
@@ -31,8 +31,21 @@ class Stage:
         self.pass_conf = _env("TROVE_STAGE_PASS_CONF")
         self.pids = _env("TROVE_STAGE_PIDS")
         self.venv = _env("TROVE_STAGE_VENV")
+        with open(_env("TROVE_STAGE_TOKEN_FILE")) as f:
+            self.token = f.read().strip()  # the tempauth token of trovestage:trovestage (see trove_standins.py)
+        self.swift_url = _env("TROVE_STAGE_SWIFT_URL") + TENANT  # the tenant's Swift account
+        self.guestctl = _env("TROVE_STAGE_GUESTCTL")
+        self.transport = _env("TROVE_STAGE_TRANSPORT")
+        self.db_sock = _env("TROVE_STAGE_DB_SOCK")
         self.report = []  # (pass, step, seconds, {guest: Counter(method)}, note)
         self.cli_output = []  # (pass, title, text)
+
+    def sql(self, query):
+        """Rows (tab-separated fields) of a query on Trove's database."""
+        p = subprocess.run(["mariadb", "--no-defaults", "-S", self.db_sock, "-u", "root", "-N", "-B", "trove", "-e", query],
+                           capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0, f"mariadb: {p.stderr.strip()}"
+        return [line.split("\t") for line in p.stdout.splitlines()]
 
 
 @pytest.fixture(scope="session")
@@ -106,7 +119,7 @@ def trove(request, stage):
 
     services = Services(stage, request.param)
     services.start()
-    auth = token_endpoint.Token(f"{stage.api}/v1.0/{TENANT}", TENANT)
+    auth = token_endpoint.Token(f"{stage.api}/v1.0/{TENANT}", stage.token)
     c = client.Client(session=session.Session(auth=auth))
     c.secure = request.param
     c.pass_name = "secure" if request.param else "plain"

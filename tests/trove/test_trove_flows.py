@@ -16,6 +16,9 @@ FLAVOR = "6"  # trove_standins.FLAVORS
 READY = {"ACTIVE", "HEALTHY"}
 FAILED = {"ERROR", "FAILED", "SHUTDOWN"}
 INITIAL_KEYS = 1000
+DEVICE = "/dev/vdb"  # [redis] device_path (Trove's default)
+MOUNT_POINT = "/var/lib/redis"  # [redis] mount_point
+VOLUME_GB = 1
 
 
 def docker(*args, check=True):
@@ -39,7 +42,43 @@ class Guest:
         self.server_id = info["Config"]["Labels"]["trovestage.server_id"]
         self.ip = info["NetworkSettings"]["Networks"][stage.run]["IPAddress"]
         self.env = info["Config"]["Env"] or []
+        self.devices = {d["PathInContainer"]: d["PathOnHost"] for d in info["HostConfig"].get("Devices") or []}
         self.conf_dir = os.path.join(stage.work, "servers", self.server_id, "conf.d")
+
+
+def volume_records(stage):
+    """The Cinder stand-in's volumes of this run: {volume id: record}."""
+    d = os.path.join(stage.work, "volumes")
+    out = {}
+    for f in os.listdir(d) if os.path.isdir(d) else []:
+        if f.endswith(".json"):
+            with open(os.path.join(d, f)) as fh:
+                rec = json.load(fh)
+            out[rec["id"]] = rec
+    return out
+
+
+def check_volume(stage, g):
+    """g's /var/lib/redis is a mount of its own volume (/dev/vdb, a loop device given to its server),
+    and Redis writes its RDB there. Returns the host's loop device."""
+    loop = g.devices.get(DEVICE)
+    assert loop, f"{g.container} was given no {DEVICE} (devices: {g.devices})"
+    recs = [r for r in volume_records(stage).values() if r["loop"] == loop]
+    assert len(recs) == 1 and recs[0]["server_id"] == g.server_id, f"{loop} is not {g.container}'s volume: {recs}"
+    mnt = docker("exec", g.container, "findmnt", "-rn", "-o", "SOURCE,FSTYPE", MOUNT_POINT).stdout.split()
+    assert mnt == [DEVICE, "ext4"], f"{MOUNT_POINT} in {g.container} is not an ext4 mount of {DEVICE}: {mnt}"
+    with redisnode.Redis(g.ip) as r:
+        rdb_dir = r.call("CONFIG", "GET", "dir")[1].decode()
+        rdb = r.call("CONFIG", "GET", "dbfilename")[1].decode()
+        assert r.call("SAVE") == "OK"
+    src = docker("exec", g.container, "findmnt", "-rn", "-o", "SOURCE", "-T", f"{rdb_dir}/{rdb}").stdout.strip()
+    assert src == DEVICE, f"{g.container}'s RDB {rdb_dir}/{rdb} is on {src!r}, not on the volume"
+    return loop
+
+
+def check_volume_mounted(g):
+    mnt = docker("exec", g.container, "findmnt", "-rn", "-o", "SOURCE,FSTYPE", MOUNT_POINT).stdout.split()
+    assert mnt == [DEVICE, "ext4"], f"{MOUNT_POINT} in {g.container} is not an ext4 mount of {DEVICE}: {mnt}"
 
 
 def by_id(trove):
@@ -116,10 +155,14 @@ def cli(stage, trove, *args, check=True, keep=True):
     The output is kept for the report (docs/trove.md shows it)."""
     from openstackclient import shell
     buf = io.StringIO()
-    argv = ["--os-auth-type", "admin_token", "--os-endpoint", f"{stage.api}/v1.0/trovestage", "--os-token", "trovestage",
-            "database", *args]
-    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-        rc = shell.main(argv)
+    argv = ["--os-auth-type", "admin_token", "--os-endpoint", f"{stage.api}/v1.0/trovestage", "database", *args]
+    # the token from the environment (OS_TOKEN), not argv: osc logs its argv unmasked
+    os.environ["OS_TOKEN"] = stage.token
+    try:
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            rc = shell.main(argv)
+    finally:
+        del os.environ["OS_TOKEN"]
     out = buf.getvalue()
     assert rc == 0 or not check, f"openstack database {' '.join(args)} failed (exit {rc}): {out[-500:]}"
     if keep:
@@ -141,11 +184,12 @@ def test_replication_lifecycle(trove, stage):
     # 1. a master, with data
     with steps.step("1 create master") as n:
         if trove.via_cli:
-            cli(stage, trove, "instance", "create", names["master"], "--flavor", FLAVOR, "--datastore", "redis",
-                "--datastore-version", "7.0")
+            cli(stage, trove, "instance", "create", names["master"], "--flavor", FLAVOR, "--size", str(VOLUME_GB),
+                "--datastore", "redis", "--datastore-version", "7.0")
             m = next(i for i in trove.instances.list() if i.name == names["master"])
         else:
-            m = trove.instances.create(names["master"], FLAVOR, datastore="redis", datastore_version="7.0")
+            m = trove.instances.create(names["master"], FLAVOR, volume={"size": VOLUME_GB}, datastore="redis",
+                                       datastore_version="7.0")
         insts = wait_for(trove, "the master to become ready", lambda x: ready(x, [m.id]), 240)
         assert insts[m.id].status in READY
         gm = Guest(stage, m)
@@ -164,6 +208,7 @@ def test_replication_lifecycle(trove, stage):
     assert "replication_strategy=trove.guestagent.strategies.replication.experimental.redis_sync.RedisSyncReplication" in guest_info
     assert ("instance_rpc_encr_key=" in guest_info) == trove.secure, "secure RPC key presence does not match the pass"
     assert role(gm.ip)["role"] == "master"
+    check_volume(stage, gm)
     with redisnode.Redis(gm.ip) as r:
         for i in range(INITIAL_KEYS):
             r.call("SET", f"init:{i}", i)
@@ -190,6 +235,9 @@ def test_replication_lifecycle(trove, stage):
     for g in (g1, g2):
         wait_linked(g.ip, gm.ip)
         wait_no_missing(g.ip, initial)
+    loops = {check_volume(stage, g) for g in (gm, g1, g2)}
+    assert len(loops) == 3, f"the replicas did not get volumes of their own: {loops}"
+    assert all(field(insts[i], "volume", {}).get("size") == VOLUME_GB for i in (m.id, r1.id, r2.id))
     show_list(stage, trove)
     if trove.via_cli:
         cli(stage, trove, "instance", "show", m.id)
@@ -295,15 +343,238 @@ def test_replication_lifecycle(trove, stage):
                 trove.instances.delete(i.id)
         wait_for(trove, "the instances to be deleted", lambda x: not ({m.id, r1.id, r2.id} & set(x)), 180)
         deadline = time.monotonic() + 60
-        while docker("ps", "-aq", "--filter", f"label=trovestage.run={stage.run}",
-                     "--filter", "label=trovestage.instance").stdout.strip():
+        while not all(gone(g) for g in (gm, g1, g2)):
             assert time.monotonic() < deadline, "guest containers are still there after the delete"
             time.sleep(1)
-    for g in (gm, g1, g2):
-        assert not docker("ps", "-aq", "--filter", f"name=^{g.container}$").stdout.strip(), f"{g.container} not removed"
+    assert_volumes_gone(stage, loops)
+
+
+def gone(g):
+    """Whether g's container is gone."""
+    return not docker("ps", "-aq", "--filter", f"name=^{g.container}$").stdout.strip()
+
+
+def assert_volumes_gone(stage, loops):
+    """The deleted instances' volumes are gone: no record and their loop devices detached."""
+    left = [r for r in volume_records(stage).values() if r["loop"] in loops]
+    assert not left, f"volumes left after the delete: {left}"
+    attached = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    held = [l for l in attached.splitlines() if os.path.join(stage.work, "volumes") in l and l.split(":")[0] in loops]
+    assert not held, f"loop devices still attached to this run's volume files: {held}"
 
 
 @pytest.fixture(autouse=True)
 def _fail_fast_on_missing_docker():
     if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
         pytest.fail("the Docker engine is not reachable")
+
+
+BACKUP_KEYS = 2000
+
+
+def wait_backup(trove, backup_id, timeout=120):
+    deadline = time.monotonic() + timeout
+    while True:
+        b = trove.backups.get(backup_id)
+        if b.status == "COMPLETED":
+            return b
+        assert b.status not in ("FAILED", "DELETE_FAILED", "ERROR"), f"backup {b.name} went {b.status}"
+        assert time.monotonic() < deadline, f"backup {b.name} still {b.status} after {timeout} s"
+        time.sleep(1)
+
+
+def swift_request(stage, url, method="GET"):
+    """(status, headers, body) of a request to the stage's Swift with the tests' token."""
+    import urllib.error
+    import urllib.request
+    req = urllib.request.Request(url, method=method, headers={"X-Auth-Token": stage.token})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, b""
+
+
+def check_backup_object(stage, b, instance_id):
+    """Trove's record of backup b matches the object in Swift: location, checksum (ETag), size, an RDB inside."""
+    import gzip
+    assert b.instance_id == instance_id
+    location = b._info["locationRef"]
+    assert location == f"{stage.swift_url}/database_backups/{b.id}.gz", f"unexpected location {location}"
+    # the API does not show the checksum: Trove's database has it
+    [[checksum, db_location, db_state]] = stage.sql(f"select checksum, location, state from backups where id = '{b.id}'")
+    assert (db_location, db_state) == (location, "COMPLETED")
+    status, headers, body = swift_request(stage, location)
+    assert status == 200, f"GET {location}: HTTP {status}"
+    assert headers["etag"].strip('"') == checksum, f"Swift's ETag {headers['etag']} is not Trove's checksum {checksum}"
+    assert headers.get("x-object-meta-datastore") == "redis", f"object metadata: {headers}"
+    gb = len(body) / 1024 ** 3  # the agent reports the stored object's size, in GB
+    assert b.size == pytest.approx(gb, rel=1e-4), f"Trove's size {b.size} is not the object's {len(body)} bytes ({gb} GB)"
+    rdb = gzip.decompress(body)
+    assert rdb.startswith(b"REDIS"), f"the object is not a gzipped RDB: {rdb[:16]!r}"
+    return len(body), len(rdb)
+
+
+def wait_backup_gone(stage, trove, b, timeout):
+    """Waits until backup b is gone from Trove's list and its object from Swift."""
+    deadline = time.monotonic() + timeout
+    while any(x.id == b.id for x in trove.backups.list()) or swift_request(stage, b._info["locationRef"], "HEAD")[0] != 404:
+        assert time.monotonic() < deadline, f"backup {b.name} or its object in Swift is still there after {timeout} s"
+        time.sleep(1)
+
+
+def guestctl(stage, inventory, guest, method, args=None):
+    """`trove-guestctl call` on the host, the arguments on stdin (they may hold a password)."""
+    p = subprocess.run([stage.guestctl, "--inventory", inventory, "call", guest, method, "-"], input=json.dumps(args or {}),
+                       capture_output=True, text=True, timeout=200)
+    assert p.returncode == 0, f"trove-guestctl call {guest} {method} failed: {p.stderr.strip()[-500:]}"
+    return json.loads(p.stdout) if p.stdout.strip() else None
+
+
+@pytest.mark.parametrize("trove", [False], indirect=True, ids=["plain_rpc"])
+def test_volumes_backups_restore_root(trove, stage):
+    """With volumes: backups of a master and a replica to Swift, a restore with a replica of it, root, a volume resize."""
+    p = trove.pass_name
+    steps = Steps(stage, p)
+    name = {k: f"{p}-bk-{k}" for k in ("master", "replica", "restored", "restored-replica")}
+
+    # 7. a master with data, and a replica
+    with steps.step("7 create master and a replica (volumes)") as n:
+        cli(stage, trove, "instance", "create", name["master"], "--flavor", FLAVOR, "--size", str(VOLUME_GB),
+            "--datastore", "redis", "--datastore-version", "7.0")
+        m = next(i for i in trove.instances.list() if i.name == name["master"])
+        wait_for(trove, "the master to become ready", lambda x: ready(x, [m.id]), 240)
+        gm = Guest(stage, m)
+        steps.add_guest("bk-master", gm.container)
+        with redisnode.Redis(gm.ip) as r:
+            for i in range(0, BACKUP_KEYS, 500):
+                r.call("MSET", *[x for j in range(i, i + 500) for x in (f"bk:{j}", f"{j}:" + "v" * 200)])
+        data = [(f"bk:{j}", f"{j}:" + "v" * 200) for j in range(BACKUP_KEYS)]
+        cli(stage, trove, "instance", "create", name["replica"], "--replica-of", m.id)
+        rep_ = wait_for(trove, "the replica to become ready",
+                        lambda x: any(ref(field(i, "replica_of", None)) == m.id and ready(x, [i.id]) for i in x.values()), 240)
+        r = next(i for i in rep_.values() if ref(field(i, "replica_of", None)) == m.id)
+        gr = Guest(stage, r)
+        steps.add_guest("bk-replica", gr.container)
+        wait_linked(gr.ip, gm.ip)
+        wait_no_missing(gr.ip, data)
+        assert check_volume(stage, gm) != check_volume(stage, gr)
+
+    # 8. backups of the master and of the replica, in Swift as Trove recorded them
+    with steps.step("8 backup master, backup replica") as n:
+        cli(stage, trove, "backup", "create", f"{p}-backup-master", "--instance", m.id)
+        bm = next(b for b in trove.backups.list() if b.name == f"{p}-backup-master")
+        bm = wait_backup(trove, bm.id)
+        t_master = time.monotonic()
+        cli(stage, trove, "backup", "create", f"{p}-backup-replica", "--instance", r.id)
+        br = next(b for b in trove.backups.list() if b.name == f"{p}-backup-replica")
+        br = wait_backup(trove, br.id)
+        sizes = check_backup_object(stage, bm, m.id), check_backup_object(stage, br, r.id)
+        cli(stage, trove, "backup", "show", bm.id)
+        n["note"] = (f"objects {sizes[0][0]} and {sizes[1][0]} bytes (RDB {sizes[0][1]}, {sizes[1][1]}); "
+                     f"replica's backup {time.monotonic() - t_master:.1f} s")
+    with redisnode.Redis(gm.ip) as rc:
+        assert rc.call("SET", "after-backup", 1) == "OK"
+
+    # 9. a new instance from the master's backup, then a replica of it
+    with steps.step("9 restore the backup, a replica of it") as n:
+        cli(stage, trove, "instance", "create", name["restored"], "--flavor", FLAVOR, "--size", str(VOLUME_GB),
+            "--datastore", "redis", "--datastore-version", "7.0", "--backup", bm.id)
+        s_ = next(i for i in trove.instances.list() if i.name == name["restored"])
+        wait_for(trove, "the restored instance to become ready", lambda x: ready(x, [s_.id]), 240)
+        gs = Guest(stage, s_)
+        steps.add_guest("restored", gs.container)
+        # the replica's backup is deleted (its object goes from Swift) before the replica create below:
+        # that create makes Trove 26 delete the tenant's full backups (see after it)
+        cli(stage, trove, "backup", "delete", br.id)
+        wait_backup_gone(stage, trove, br, 60)
+        cli(stage, trove, "instance", "create", name["restored-replica"], "--replica-of", s_.id)
+        x = wait_for(trove, "the restored instance's replica to become ready",
+                     lambda x: any(ref(field(i, "replica_of", None)) == s_.id and ready(x, [i.id]) for i in x.values()), 240)
+        sr = next(i for i in x.values() if ref(field(i, "replica_of", None)) == s_.id)
+        gsr = Guest(stage, sr)
+        steps.add_guest("restored-replica", gsr.container)
+        # Trove 26's defect: after a replica create the taskmanager calls Backup.delete(context, None)
+        # (no replication backup for Redis), whose "delete the children" step selects every backup
+        # with parent_id NULL and deletes them: the master's backup is gone, from Trove and Swift.
+        wait_backup_gone(stage, trove, bm, 60)
+        n["note"] = "Trove deleted the master's backup after the replica create (section 5)"
+    assert role(gs.ip)["role"] == "master"
+    wait_linked(gsr.ip, gs.ip)
+    for g in (gs, gsr):
+        wait_no_missing(g.ip, data)
+        with redisnode.Redis(g.ip) as rc:
+            assert rc.call("EXISTS", "after-backup") == 0, f"{g.container} holds a key written after the backup"
+            assert rc.call("DBSIZE") == BACKUP_KEYS, f"{g.container} holds other keys than the backup's"
+    assert len({check_volume(stage, g) for g in (gm, gr, gs, gsr)}) == 4
+    cli(stage, trove, "instance", "list", "-c", "ID", "-c", "Name", "-c", "Status", "-c", "Role", "-c", "Size")
+
+    # 10. root: Trove's API refuses it for redis; the guest's calls work (trove-guestctl), master then replica
+    with steps.step("10 root: API 422, trove-guestctl") as n:
+        for args in (("root", "enable", s_.id), ("root", "show", s_.id)):
+            rc_, out = cli(stage, trove, *args, check=False)
+            assert rc_ != 0 and "Operation not supported for datastore redis." in out and "HTTP 422" in out, \
+                f"openstack database {' '.join(args)}: expected Trove's HTTP 422 refusal, got (exit {rc_}): {out[-500:]}"
+        inv = os.path.join(stage.work, "root-inventory.toml")
+        fd = os.open(inv, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f'transport_url = "{stage.transport}"\ncontrol_exchange = "trove"\n'
+                    f'[[guest]]\nid = "{s_.id}"\n[[guest]]\nid = "{sr.id}"\nreplica_of = "{s_.id}"\n')
+        assert guestctl(stage, inv, s_.id, "is_root_enabled") is False
+        user = guestctl(stage, inv, s_.id, "enable_root")
+        pw = user["_password"]
+        assert user["_name"] == "-" and len(pw) == 36
+        assert guestctl(stage, inv, sr.id, "enable_root_with_password", {"root_password": pw})["_password"] == pw
+        assert guestctl(stage, inv, s_.id, "is_root_enabled") is True
+        assert guestctl(stage, inv, sr.id, "get_root_password") == pw
+        with redisnode.Redis(gs.ip) as rc:
+            try:
+                rc.call("GET", "bk:0")
+                raise AssertionError("the master still serves clients without the root password")
+            except redisnode.ReplyError as e:
+                assert "NOAUTH" in str(e), e
+        with redisnode.Resp(gs.ip, 6379, pw, 2.0) as rc:
+            assert rc.call("SET", "with-root", 1) == "OK"
+        with redisnode.Resp(gsr.ip, 6379, pw, 2.0) as rc:
+            deadline = time.monotonic() + 30
+            while rc.call("GET", "with-root") != b"1":
+                assert time.monotonic() < deadline, "the replica did not follow its master after root was enabled on both"
+                time.sleep(0.2)
+            assert rc.info("replication")["master_link_status"] == "up"
+
+    # 11. volume resize, offline (online_volume_resize = False): stop_db, unmount, detach, Cinder extends the
+    # loop device, attach, resize_fs (e2fsck + resize2fs), mount, restart
+    with steps.step("11 resize the restored instance's volume to 2 GB (offline)") as n:
+        before = int(docker("exec", gs.container, "findmnt", "-bno", "SIZE", MOUNT_POINT).stdout.strip())
+        cli(stage, trove, "instance", "resize", "volume", s_.id, "2")
+        wait_for(trove, "the volume resize", lambda x: field(x[s_.id], "volume", {}).get("size") == 2 and ready(x, [s_.id]), 180)
+        deadline = time.monotonic() + 60
+        while True:
+            after = int(docker("exec", gs.container, "findmnt", "-bno", "SIZE", MOUNT_POINT).stdout.strip())
+            if after > 1.8 * 1024 ** 3:
+                break
+            assert time.monotonic() < deadline, f"the file system did not grow: {before} -> {after} bytes"
+            time.sleep(1)
+        n["note"] = f"file system {before >> 20} -> {after >> 20} MiB"
+    check_volume_mounted(gs)
+    # the data survived the restart on the grown volume, and the replica (root enabled too) re-linked
+    with redisnode.Resp(gs.ip, 6379, pw, 2.0) as rc:
+        assert rc.call("DBSIZE") == BACKUP_KEYS + 1
+    deadline = time.monotonic() + 60
+    with redisnode.Resp(gsr.ip, 6379, pw, 2.0) as rc:
+        while rc.info("replication").get("master_link_status") != "up":
+            assert time.monotonic() < deadline, "the restored instance's replica did not re-link after the resize"
+            time.sleep(0.5)
+
+    # 12. delete: the instances (their volumes go)
+    with steps.step("12 delete all four") as n:
+        ids = {m.id, r.id, s_.id, sr.id}
+        cli(stage, trove, "instance", "delete", r.id, sr.id)  # Trove refuses a replica source with replicas
+        wait_for(trove, "the replicas to be deleted", lambda x: not ({r.id, sr.id} & set(x)), 180)
+        cli(stage, trove, "instance", "delete", m.id, s_.id)
+        wait_for(trove, "the instances to be deleted", lambda x: not (ids & set(x)), 180)
+        deadline = time.monotonic() + 60
+        while not all(gone(g) for g in (gm, gr, gs, gsr)):
+            assert time.monotonic() < deadline, "guest containers are still there after the delete"
+            time.sleep(1)
+    assert_volumes_gone(stage, {g.devices[DEVICE] for g in (gm, gr, gs, gsr)})

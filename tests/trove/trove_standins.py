@@ -1,18 +1,20 @@
-"""Stand-ins for Nova, Neutron, Glance and Cinder that Trove loads through its remote_*_client options.
+"""Stand-ins for Nova, Neutron, Glance and Cinder that Trove loads through its remote_*_client options, and Trove's identity filter checking tokens with Swift's tempauth.
 
 Trove's API, taskmanager and conductor are separate processes, so no state is kept in memory:
 Docker is the source of truth. A "server" is a container of the guest image, labelled with the
 server's id, name, flavor, tenant, tags and metadata. servers.create writes the files Trove
 injects (the cloud-config `write_files` in the userdata, or the `files` argument) under the
 stage's work directory and mounts them read-only at /etc/trove/conf.d; nothing else configures
-the guest. Only the calls Trove 26 makes for a Redis instance without volumes, security groups or
-management networks are implemented.
+the guest. A volume in the block device mapping (Cinder's stand-in: a loop device) is passed into
+the container as its device name (/dev/vdb). Only the calls Trove 26 makes for a Redis instance
+with a volume and without security groups or management networks are implemented.
 
 Configured by the environment of the Trove services (set by tests/trove/conftest.py):
   TROVE_STAGE_RUN       run id; containers are named <run>-<id8> and labelled trovestage.run=<run>
   TROVE_STAGE_NETWORK   the Docker network the guests join
   TROVE_STAGE_WORK      the stage's work directory (servers/<server id>/conf.d is mounted)
   TROVE_GUEST_IMAGE     the guest image
+  TROVE_STAGE_SWIFT_URL the real Swift's storage URL without the account's name (http://host:port/v1/AUTH_)
 """
 import base64
 import datetime
@@ -157,6 +159,7 @@ class _Servers:
             with open(os.path.join(logdir, f"{name}.log"), "w") as out:
                 subprocess.run(["docker", "logs", "-t", name], stdout=out, stderr=subprocess.STDOUT, timeout=60)
             _docker("rm", "-f", "-v", name, check=False)
+        _Volumes().server_deleted(server_id)
 
     def set_tags(self, server_id, tags):
         server_id = getattr(server_id, "id", server_id)
@@ -200,6 +203,18 @@ class _Servers:
         args = ["run", "-d", "--init", "--name", container, "--hostname", server_id[:8],
                 "--network", _env("TROVE_STAGE_NETWORK"),
                 "-v", f"{conf_dir}:{CONF_DIR}:ro"]
+        volumes = [b for b in (block_device_mapping_v2 or []) if b.get("source_type") == "volume"]
+        for bdm in volumes:
+            dev = "/dev/" + (bdm.get("device_name") or "vdb").removeprefix("/dev/")
+            loop = _Volumes().attach(bdm["uuid"], server_id, dev, bdm.get("delete_on_termination"))
+            args += ["--device", f"{loop}:{dev}"]
+        if volumes:
+            # The agent formats and mounts the volume itself, as Trove's guests do: it runs as root
+            # (a container's root: Docker's default capabilities) plus CAP_SYS_ADMIN for mount and
+            # umount. Not CAP_SYS_RESOURCE, which growing a mounted ext4 needs: the stage resizes
+            # volumes offline (online_volume_resize = False), resize2fs on the unmounted device.
+            args += ["--user", "0", "--cap-add", "SYS_ADMIN"]
+            labels[f"{LABEL}.volumes"] = ",".join(b["uuid"] for b in volumes)
         for k, v in labels.items():
             args += ["--label", f"{k}={v}"]
         args.append(_env("TROVE_GUEST_IMAGE"))
@@ -264,10 +279,21 @@ class _ServerGroups:
         pass
 
 
+class _ServerVolumes:
+    """Volume attachments, for the taskmanager's offline volume resize (detach, extend, attach)."""
+
+    def delete_server_volume(self, server_id, volume_id):
+        _Volumes().detach(server_id, volume_id)
+
+    def create_server_volume(self, server_id, volume_id, device=None, **_):
+        _Volumes().reattach(server_id, volume_id, device)
+
+
 class NovaClient:
     def __init__(self, context, region_name=None, password=None, **_):
         self.api_version = api_versions.APIVersion("2.90")
         self.servers = _Servers(context)
+        self.volumes = _ServerVolumes()
         self.flavors = _Flavors()
         self.server_groups = _ServerGroups()
 
@@ -361,15 +387,156 @@ def glance_client(context, region_name=None, **kwargs):
 # ---------------------------------------------------------------- cinder
 
 
-class _Volumes:
-    """No volumes: trove_volume_support and [redis] volume_support are off in the stage."""
+class _Volume(_Obj):
+    def delete(self):
+        _Volumes().delete(self.id)
 
-    def list(self, search_opts=None, **_):
-        return []
+
+class _Volumes:
+    """Volumes are loop devices over sparse files in <work>/volumes (<id>.img), described by <id>.json.
+
+    create makes the file (size in GB) and attaches a loop device; the Nova stand-in passes it into
+    the guest container as the block device mapping's device name (/dev/vdb); delete detaches it
+    (losetup -d) and removes both files. A volume is `in-use` while the server it was given to exists."""
+
+    def _dir(self):
+        d = os.path.join(_env("TROVE_STAGE_WORK"), "volumes")
+        os.makedirs(d, exist_ok=True)
+        return d
+
+    def _path(self, volume_id, ext):
+        if not _is_uuid(volume_id):
+            raise RuntimeError(f"trove_standins: not a volume id: {volume_id!r}")
+        return os.path.join(self._dir(), f"{volume_id}.{ext}")
+
+    def _read(self, volume_id):
+        try:
+            with open(self._path(volume_id, "json")) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            from cinderclient import exceptions
+            raise exceptions.NotFound(404, f"Volume {volume_id} could not be found")
+
+    def _write(self, rec):
+        tmp = self._path(rec["id"], "json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(rec, f)
+        os.replace(tmp, self._path(rec["id"], "json"))
+
+    def _obj(self, rec):
+        status = rec["status"]
+        if status == "available" and rec.get("server_id") and _Servers(None)._containers(rec["server_id"]):
+            status = "in-use"
+        attachments = [{"server_id": rec["server_id"], "device": rec["device_name"]}] if status == "in-use" else []
+        return _Volume(id=rec["id"], name=rec["name"], size=rec["size"], status=status, volume_type=rec.get("volume_type"),
+                       description=rec.get("description"), attachments=attachments, bootable="false")
+
+    def create(self, size, name=None, description=None, volume_type=None, availability_zone=None, snapshot_id=None,
+               **_):
+        if snapshot_id:
+            raise RuntimeError("trove_standins: volumes from snapshots are not supported")
+        volume_id = str(uuid.uuid4())
+        img = self._path(volume_id, "img")
+        with open(img, "wb") as f:
+            f.truncate(int(size) << 30)  # sparse
+        loop = subprocess.run(["losetup", "-f", "--show", img], capture_output=True, text=True, timeout=60)
+        if loop.returncode != 0:
+            os.unlink(img)
+            raise RuntimeError(f"trove_standins: losetup failed: {loop.stderr.strip()}")
+        rec = {"id": volume_id, "name": name, "description": description, "size": int(size), "volume_type": volume_type,
+               "status": "available", "loop": loop.stdout.strip(), "file": img, "server_id": None, "device_name": None,
+               "delete_on_termination": False}
+        self._write(rec)
+        return self._obj(rec)
 
     def get(self, volume_id):
-        from cinderclient import exceptions
-        raise exceptions.NotFound(404, f"Volume {volume_id} could not be found")
+        return self._obj(self._read(getattr(volume_id, "id", volume_id)))
+
+    def list(self, search_opts=None, **_):
+        out = []
+        for f in sorted(os.listdir(self._dir())):
+            if f.endswith(".json"):
+                try:
+                    rec = self._read(f[:-5])
+                except Exception:
+                    continue
+                if (search_opts or {}).get("name") not in (None, rec["name"]):
+                    continue
+                out.append(self._obj(rec))
+        return out
+
+    def attach(self, volume_id, server_id, device_name, delete_on_termination):
+        """Called by the Nova stand-in's create: the loop device to pass into the container."""
+        rec = self._read(volume_id)
+        if rec.get("server_id") and _Servers(None)._containers(rec["server_id"]):
+            raise RuntimeError(f"trove_standins: volume {volume_id} is in use by server {rec['server_id']}")
+        rec.update(server_id=server_id, device_name=device_name, delete_on_termination=bool(delete_on_termination),
+                   node_in=server_id)
+        self._write(rec)
+        return rec["loop"]
+
+    def detach(self, server_id, volume_id):
+        """Nova's detach: the volume becomes `available`. Docker cannot take a device node out of a
+        running container: the node stays, unused (the guest unmounted it first, as Trove asks)."""
+        rec = self._read(volume_id)
+        if rec.get("server_id") != server_id:
+            raise RuntimeError(f"trove_standins: volume {volume_id} is not attached to server {server_id}")
+        rec["server_id"] = None
+        self._write(rec)
+
+    def reattach(self, server_id, volume_id, device):
+        """Nova's attach of a volume to a running server: only where its device node already is (Docker
+        cannot add one to a running container), i.e. back to the server it was detached from."""
+        rec = self._read(volume_id)
+        dev = "/dev/" + (device or rec["device_name"] or "vdb").removeprefix("/dev/")
+        if rec.get("node_in") != server_id or dev != rec["device_name"]:
+            raise RuntimeError(f"trove_standins: volume {volume_id} can only be re-attached to server "
+                               f"{rec.get('node_in')} as {rec['device_name']}")
+        rec["server_id"] = server_id
+        self._write(rec)
+
+    def server_deleted(self, server_id):
+        """Nova's part of a server delete: its volumes are detached, and deleted when so mapped."""
+        for vol in self.list():
+            rec = self._read(vol.id)
+            if server_id in (rec.get("server_id"), rec.get("node_in")):
+                if rec.get("delete_on_termination"):
+                    self.delete(vol.id)
+                else:
+                    rec.update(server_id=None, device_name=None, node_in=None)
+                    self._write(rec)
+
+    def extend(self, volume_id, new_size):
+        rec = self._read(getattr(volume_id, "id", volume_id))
+        if int(new_size) <= rec["size"]:
+            from cinderclient import exceptions
+            raise exceptions.BadRequest(400, f"new size {new_size} is not larger than {rec['size']}")
+        with open(rec["file"], "r+b") as f:
+            f.truncate(int(new_size) << 30)
+        subprocess.run(["losetup", "-c", rec["loop"]], check=True, capture_output=True, timeout=60)
+        rec["size"] = int(new_size)
+        self._write(rec)
+
+    def delete(self, volume_id):
+        rec = self._read(getattr(volume_id, "id", volume_id))
+        if rec.get("server_id") and _Servers(None)._containers(rec["server_id"]):
+            from cinderclient import exceptions
+            raise exceptions.BadRequest(400, f"Volume {rec['id']} is in use")
+        # the loop device that still maps this file (losetup -j), not a number recorded earlier
+        for line in subprocess.run(["losetup", "-j", rec["file"]], capture_output=True, text=True, timeout=60).stdout.splitlines():
+            subprocess.run(["losetup", "-d", line.split(":", 1)[0]], capture_output=True, timeout=60)
+        for ext in ("img", "json"):
+            try:
+                os.unlink(self._path(rec["id"], ext))
+            except FileNotFoundError:
+                pass
+
+
+def _is_uuid(value):
+    try:
+        return str(uuid.UUID(str(value))) == value
+    except ValueError:
+        return False
 
 
 class CinderClient:
@@ -381,21 +548,53 @@ def cinder_client(context, region_name=None, **kwargs):
     return CinderClient(context, region_name=region_name)
 
 
-# ---------------------------------------------------------------- swift
+# ---------------------------------------------------------------- keystone
 
 
-class SwiftClient:
-    """Trove checks Swift (get_account) before creating replicas when storage_strategy is swift, although
-    a Redis replica needs no backup; an empty account is all it looks for."""
+def identity_filter_factory(global_conf, **local_conf):
+    """In place of keystonemiddleware's authtoken: Swift's tempauth is the identity service.
 
-    url = "http://127.0.0.1:1/unused"
+    A request to /v1.0/<tenant>/... is let through when its X-Auth-Token opens Swift's account
+    AUTH_<tenant> (HEAD, answered 2xx; an answer is remembered for 60 s): the token is then the
+    user's token for Trove's context, and it is valid in Swift, where the guests take it for
+    backups. The identity headers are those of Trove's fake filter (tenant = user = role)."""
+    import threading
+    import time
+    import urllib.error
+    import urllib.request
 
-    def __init__(self, context, region_name=None, **_):
-        pass
+    swift = _env("TROVE_STAGE_SWIFT_URL").rstrip("/")  # http://host:port/v1/AUTH_
+    seen = {}
+    lock = threading.Lock()
 
-    def get_account(self, **_):
-        return {}, []
+    def valid(token, tenant):
+        key = (token, tenant)
+        with lock:
+            if seen.get(key, 0) > time.monotonic():
+                return True
+        req = urllib.request.Request(f"{swift}{tenant}", method="HEAD", headers={"X-Auth-Token": token})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                ok = 200 <= r.status < 300
+        except urllib.error.HTTPError:
+            ok = False
+        if ok:
+            with lock:
+                seen[key] = time.monotonic() + 60
+        return ok
 
-
-def swift_client(context, region_name=None, **kwargs):
-    return SwiftClient(context, region_name=region_name)
+    def auth_filter(app):
+        def middleware(env, start_response):
+            # /v1.0/<tenant>/...; urlmap has moved /v1.0 into SCRIPT_NAME
+            parts = (env.get("SCRIPT_NAME", "") + env.get("PATH_INFO", "")).split("/")
+            token = env.get("HTTP_X_AUTH_TOKEN") or env.get("HTTP_X_STORAGE_TOKEN")
+            tenant = parts[2] if len(parts) > 2 and parts[1] == "v1.0" else ""
+            if not token or not tenant or not tenant.isalnum() or not valid(token, tenant):
+                start_response("401 Unauthorized", [("Content-Type", "text/plain")])
+                return [b"The request you have made requires authentication.\n"]
+            for k, v in {"X_IDENTITY_STATUS": "Confirmed", "X_TENANT_ID": tenant, "X_TENANT_NAME": tenant,
+                         "X_PROJECT_ID": tenant, "X_USER_ID": tenant, "X_USER_NAME": tenant, "X_ROLE": tenant}.items():
+                env[f"HTTP_{k}"] = v
+            return app(env, start_response)
+        return middleware
+    return auth_filter
