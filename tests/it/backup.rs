@@ -16,25 +16,7 @@ type Casts = Arc<Mutex<Vec<(String, Map<String, Value>)>>>;
 
 /// The conductor casts (method, args) sent to `topic`.
 async fn capture_conductor(topic: &str) -> (lapin::Connection, Casts) {
-    use futures_util::StreamExt;
-    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-    use lapin::types::FieldTable;
-    let opts = trove_guest::rpc::AmqpOptions::new(&amqp_url(), EXCHANGE, "it-conductor");
-    let conn = trove_guest::rpc::connection::connect(&opts).await.expect("RabbitMQ");
-    let ch = conn.create_channel().await.unwrap();
-    trove_guest::rpc::connection::declare_control_exchange(&ch, &opts).await.unwrap();
-    let q = ch.queue_declare("", QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default()).await.unwrap();
-    ch.queue_bind(q.name().as_str(), EXCHANGE, topic, QueueBindOptions::default(), FieldTable::default()).await.unwrap();
-    let mut consumer = ch.basic_consume(q.name().as_str(), "", BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default()).await.unwrap();
-    let seen: Casts = Default::default();
-    let sink = seen.clone();
-    tokio::spawn(async move {
-        while let Some(Ok(d)) = consumer.next().await {
-            let req = trove_guest::rpc::envelope::decode(&d.data, trove_guest::rpc::envelope::DEFAULT_MAX_BODY).unwrap();
-            sink.lock().unwrap().push((req.method, req.args));
-        }
-    });
-    (conn, seen)
+    capture_casts(topic, |req| (req.method, req.args)).await
 }
 
 fn backup_reports(seen: &Casts, id: &str) -> Vec<Map<String, Value>> {

@@ -428,3 +428,30 @@ pub fn token_context(token: &str) -> Map<String, Value> {
 pub async fn try_call_ctx(client: &RpcClient, g: &Guest, method: &str, a: Value, ctx: Map<String, Value>) -> Result<Value, trove_guest::rpc::Error> {
     client.call_with_context(&g.topic(), method, args(a), "1.0", Duration::from_secs(120), g.cipher().as_ref(), ctx).await
 }
+
+/// Casts sent to `topic` on the control exchange, each kept as `keep` maps it, in arrival order.
+pub async fn capture_casts<T, F>(topic: &str, keep: F) -> (lapin::Connection, std::sync::Arc<std::sync::Mutex<Vec<T>>>)
+where
+    T: Send + 'static,
+    F: Fn(trove_guest::rpc::envelope::Request) -> T + Send + 'static,
+{
+    use futures_util::StreamExt;
+    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    let opts = trove_guest::rpc::AmqpOptions::new(&amqp_url(), EXCHANGE, "it-casts");
+    let conn = trove_guest::rpc::connection::connect(&opts).await.expect("RabbitMQ");
+    let ch = conn.create_channel().await.unwrap();
+    trove_guest::rpc::connection::declare_control_exchange(&ch, &opts).await.unwrap();
+    let q = ch.queue_declare("", QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default()).await.unwrap();
+    ch.queue_bind(q.name().as_str(), EXCHANGE, topic, QueueBindOptions::default(), FieldTable::default()).await.unwrap();
+    let mut consumer = ch.basic_consume(q.name().as_str(), "", BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default()).await.unwrap();
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<T>>> = Default::default();
+    let sink = seen.clone();
+    tokio::spawn(async move {
+        while let Some(Ok(d)) = consumer.next().await {
+            let req = trove_guest::rpc::envelope::decode(&d.data, trove_guest::rpc::envelope::DEFAULT_MAX_BODY).unwrap();
+            sink.lock().unwrap().push(keep(req));
+        }
+    });
+    (conn, seen)
+}

@@ -167,27 +167,12 @@ async fn redis_that_cannot_start_fails_prepare_at_once_saying_why() {
 
 /// Heartbeats cast to `topic` on the control exchange: (status, sent) in arrival order.
 pub(crate) async fn capture_heartbeats(topic: &str) -> (lapin::Connection, std::sync::Arc<std::sync::Mutex<Vec<(String, f64)>>>) {
-    use futures_util::StreamExt;
-    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-    use lapin::types::FieldTable;
-    let opts = trove_guest::rpc::AmqpOptions::new(&amqp_url(), EXCHANGE, "it-heartbeats");
-    let conn = trove_guest::rpc::connection::connect(&opts).await.expect("RabbitMQ");
-    let ch = conn.create_channel().await.unwrap();
-    trove_guest::rpc::connection::declare_control_exchange(&ch, &opts).await.unwrap();
-    let q = ch.queue_declare("", QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default()).await.unwrap();
-    ch.queue_bind(q.name().as_str(), EXCHANGE, topic, QueueBindOptions::default(), FieldTable::default()).await.unwrap();
-    let mut consumer = ch.basic_consume(q.name().as_str(), "", BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default()).await.unwrap();
-    let seen: std::sync::Arc<std::sync::Mutex<Vec<(String, f64)>>> = Default::default();
-    let sink = seen.clone();
-    tokio::spawn(async move {
-        while let Some(Ok(d)) = consumer.next().await {
-            let req = trove_guest::rpc::envelope::decode(&d.data, trove_guest::rpc::envelope::DEFAULT_MAX_BODY).unwrap();
-            assert_eq!(req.method, "heartbeat");
-            let status = req.args["payload"]["service_status"].as_str().unwrap().to_owned();
-            sink.lock().unwrap().push((status, req.args["sent"].as_f64().unwrap()));
-        }
-    });
-    (conn, seen)
+    capture_casts(topic, |req| {
+        assert_eq!(req.method, "heartbeat");
+        let status = req.args["payload"]["service_status"].as_str().unwrap().to_owned();
+        (status, req.args["sent"].as_f64().unwrap())
+    })
+    .await
 }
 
 #[tokio::test]
