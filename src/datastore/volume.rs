@@ -156,8 +156,9 @@ impl Volumes {
         Ok(VolumeRecord { device: device.path, mount_point, fstype, uuid: found.uuid })
     }
 
-    /// `mount_volume`: mounts a device that holds a file system (never formats).
-    pub async fn mount(&self, device: &str, mount_point: &str, write_to_fstab: bool) -> Result<()> {
+    /// The checked device and mount point, and whether that device is already mounted there
+    /// (when not, both must be free).
+    async fn locate(&self, device: &str, mount_point: &str) -> Result<(Device, PathBuf, bool)> {
         let mount_point = self.mount_point(mount_point)?;
         let device = block_device(device)?;
         let mounts = mounts().await?;
@@ -165,6 +166,12 @@ impl Volumes {
         if !here {
             self.check_free(&device, &mount_point, &mounts)?;
         }
+        Ok((device, mount_point, here))
+    }
+
+    /// `mount_volume`: mounts a device that holds a file system (never formats).
+    pub async fn mount(&self, device: &str, mount_point: &str, write_to_fstab: bool) -> Result<()> {
+        let (device, mount_point, here) = self.locate(device, mount_point).await?;
         let found = probe(&device).await?.ok_or_else(|| {
             Error::Refused(format!("{} holds no file system; mount_volume never formats (prepare does); nothing was changed", device.path))
         })?;
@@ -199,13 +206,7 @@ impl Volumes {
     /// `resize_fs`: grows the file system to the device's size, online when it is mounted at
     /// `mount_point` (resize2fs for ext, xfs_growfs for xfs).
     pub async fn resize(&self, device: &str, mount_point: &str) -> Result<()> {
-        let mount_point = self.mount_point(mount_point)?;
-        let device = block_device(device)?;
-        let mounts = mounts().await?;
-        let here = mounted_at(&mounts, &mount_point).is_some_and(|m| m.majmin == device.majmin);
-        if !here {
-            self.check_free(&device, &mount_point, &mounts)?;
-        }
+        let (device, mount_point, here) = self.locate(device, mount_point).await?;
         let found = probe(&device).await?.ok_or_else(|| Error::Refused(format!("{} holds no file system to resize; nothing was changed", device.path)))?;
         let fstype = mountable(&device, &found)?;
         if fstype == "xfs" {
