@@ -296,11 +296,13 @@ impl Taskmanager {
         }
     }
 
-    /// Tells `on_writable` that `master` takes writes.
-    pub fn writable(&self, master: &str) {
+    /// Tells `on_writable` that `master` takes writes, and hints the set's watchers to look now
+    /// (`rpc::hint`), so that they announce it before the others are re-pointed.
+    pub async fn writable(&self, master: &str) {
         if let Some(tx) = &self.on_writable {
             let _ = tx.send((master.to_owned(), self.epoch.unwrap_or_default()));
         }
+        self.client.hint(&self.inventory.name).await;
     }
 
     pub async fn repoint_calls(&self, movers: &[String], masters: &[String], context: &Value) -> Vec<Result<(), Error>> {
@@ -345,7 +347,7 @@ impl Taskmanager {
             self.call(m, "get_replica_context", json!({}), HIGH_TIMEOUT)
         );
         unfenced?;
-        self.writable(m);
+        self.writable(m).await;
         let context = context?;
         let (host, port) = (context["master"]["host"].as_str().unwrap_or_default().to_owned(), context["master"]["port"].as_u64().unwrap_or(0));
         let mut movers = Vec::new();

@@ -77,7 +77,7 @@ impl Taskmanager {
         // in one call.
         let args = json!({"replica_source_config": self.inventory.replica_source_config, "catch_up_to": latest, "detach": true});
         self.call(candidate, "enable_as_master", args, HIGH_TIMEOUT).await?;
-        self.writable(candidate);
+        self.writable(candidate).await;
         // 3. Unfence the candidate (a no-op unless it was fenced) while the other replicas and the
         // old master are re-pointed directly, in parallel (partial resync). The writers of the old
         // master wait until its re-point, so nothing else (inventory fsyncs) runs before it.

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::epoch::topology_of;
 use super::{Error, Inventory, Live, Taskmanager};
 use crate::discovery::{Node, Shared, View};
+use crate::rpc::hint::Hints;
 use crate::rpc::lease::Lease;
 use crate::rpc::AmqpOptions;
 
@@ -49,6 +50,9 @@ const SILENT_LINK_SECS: i64 = 3;
 /// acknowledge writes, beyond its `min-replicas-max-lag`: Redis counts a replica's lag in whole
 /// seconds from its last once-a-second ACK and recounts good replicas once a second.
 const FENCE_MARGIN: Duration = Duration::from_millis(2500);
+
+/// The least time between two rounds when hints (`rpc::hint`) wake the watcher.
+const HINT_SPACING: Duration = Duration::from_millis(5);
 
 /// How long opening an AMQP connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -172,11 +176,25 @@ impl Taskmanager {
             fence_wait_logged: false,
         };
         let mut requests = shared.failover_requests.lock().await.take();
+        let mut hints: Option<Hints> = None;
+        let mut last_round = Instant::now();
         tracing::info!(name = %self.inventory.name, down_after_ms = opts.down_after.as_millis() as u64, "watching");
         loop {
+            if hints.is_none() && self.client.connected() {
+                match self.client.hints(&self.inventory.name).await {
+                    Ok(h) => hints = h,
+                    Err(error) => tracing::debug!(%error, "no topology hints on this connection; polling only"),
+                }
+            }
             let asked = async {
                 match requests.as_mut() {
                     Some(r) => r.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let hinted = async {
+                match hints.as_mut() {
+                    Some(h) => h.next().await,
                     None => std::future::pending().await,
                 }
             };
@@ -188,7 +206,16 @@ impl Taskmanager {
                     let _ = done.send(outcome);
                     continue;
                 }
+                hint = hinted => match hint {
+                    // A coordinator changed the topology: look now (a flood still waits HINT_SPACING).
+                    Some(()) => {
+                        tracing::info!("topology hint: probing now");
+                        tokio::time::sleep_until(last_round + HINT_SPACING).await;
+                    }
+                    None => hints = None,
+                },
             }
+            last_round = Instant::now();
             // The inventory may change under us (a promote by hand): read it every round.
             match Inventory::load(&path) {
                 Ok(inv) => self.inventory = inv,

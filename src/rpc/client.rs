@@ -134,7 +134,14 @@ impl RpcClient {
         }
     }
 
-    /// Sends `method` to `topic` without waiting.
+    pub(super) fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    pub(super) fn exchange(&self) -> &str {
+        &self.exchange
+    }
+
     /// Whether the connection is up (a watcher reconnects when it is not).
     pub fn connected(&self) -> bool {
         self.conn.status().connected()
@@ -147,6 +154,7 @@ impl RpcClient {
         }
     }
 
+    /// Sends `method` to `topic` without waiting.
     pub async fn cast(&self, topic: &str, method: &str, args: Map<String, Value>, version: &str, cipher: Option<&Cipher>) -> Result<(), Error> {
         self.cast_with_context(topic, method, args, version, cipher, Map::new()).await
     }

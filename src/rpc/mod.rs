@@ -7,6 +7,7 @@ pub mod connection;
 pub mod crypto;
 pub mod dispatch;
 pub mod envelope;
+pub mod hint;
 pub mod lease;
 pub mod failure;
 pub mod publisher;

@@ -340,3 +340,65 @@ async fn redis_rs_sentinel_client_follows_the_watchers_through_a_host_death() {
     drop(watchers);
     drop(guests);
 }
+
+/// A promote run by hand (not by a watcher) hints the set's watchers (`rpc::hint`): both the lease
+/// holder and the standby probe at once and name the new master. Their down-after is long, so
+/// their own probe rounds are 250 ms apart; the check is the hint, logged by each watcher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promote_by_hand_hints_every_watcher_of_the_set() {
+    let c = client().await;
+    let mut guests = Vec::new();
+    for _ in 0..3 {
+        guests.push(spawn_guest(&c, None, &[]).await);
+    }
+    for g in &guests {
+        prepare(&c, g, Some(REDIS_PW), None).await;
+    }
+    let name = unique("hintset");
+    let listen = [free_port(), free_port()];
+    let settings =
+        format!("name = \"{name}\"\nwatchers = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]\n", listen[0], listen[1]);
+    let (mut tm, dir) = taskmanager_with(&guests, &settings).await;
+    tm.create_replicas(create(&guests[0], &[&guests[1], &guests[2]])).await.unwrap();
+    let inventory = dir.path().join("inventory.toml");
+    let start = |i: usize| {
+        let log = dir.path().join(format!("watch{i}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_trove-guestctl"))
+            .arg("--inventory")
+            .arg(&inventory)
+            .args(["watch", "--listen", &format!("127.0.0.1:{}", listen[i]), "--down-after-ms", "30000"])
+            .env("TROVE_GUESTCTL_LOG", "trove_guest=info,warn")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("cannot start trove-guestctl watch");
+        Watcher { child, log }
+    };
+    let watchers = vec![start(0), start(1)];
+    for (i, p) in listen.iter().enumerate() {
+        let (port, _) =
+            connect_eventually(&mut sentinel_client(&name, &[*p], SentinelServerType::Master, None), "the master")
+                .await;
+        assert_eq!(port, guests[0].port, "watcher {i} named {port}, not the master");
+    }
+    for w in &watchers {
+        assert!(!w.log().contains("topology hint"), "a hint before any change: {}", w.log());
+    }
+
+    tm.promote(&guests[1].id).await.expect("the promote by hand");
+    for (i, w) in watchers.iter().enumerate() {
+        eventually(10, "the watcher took the promote's hint", || async {
+            w.log().contains("topology hint: probing now")
+        })
+        .await;
+        let (port, _) = connect_eventually(
+            &mut sentinel_client(&name, &[listen[i]], SentinelServerType::Master, None),
+            "the new master",
+        )
+        .await;
+        assert_eq!(port, guests[1].port, "watcher {i} named {port} after the promote, not the new master");
+    }
+    tm.close().await;
+}
