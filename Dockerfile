@@ -61,7 +61,8 @@ ENTRYPOINT ["trove-guest-entrypoint"]
 # Last, so that a new binary rebuilds only these two layers. The glob copies trove-guestctl only
 # if it was built (the files stay root-owned); the RUN fails if the agent is missing or needs
 # libraries (or a glibc) that the image lacks.
-COPY target/release/trove-guest* /usr/local/bin/
+ARG BIN_DIR=target/release
+COPY ${BIN_DIR}/trove-guest* /usr/local/bin/
 RUN set -eu; \
     test -x /usr/local/bin/trove-guestagent; \
     for b in /usr/local/bin/trove-guest*; do \

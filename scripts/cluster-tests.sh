@@ -13,7 +13,8 @@
 #   TROVE_GUEST_IMAGE     guest image tag to build and run (default trove-redis-guest/guest:cluster, so that
 #                         the compose test bed's trove-redis-guest/guest:latest is left alone)
 #   TROVE_RABBITMQ_IMAGE  broker image (default trove-redis-guest/rabbitmq:latest; built when missing)
-#   TROVE_INFRA_BUILD=0   skip cargo and docker build (use target/release and the images as they are)
+#   TROVE_INFRA_BUILD=0   skip cargo and docker build (use the binaries and the images as they are)
+#   TROVE_CARGO_PROFILE   release (default) or debug: the binaries' build (scripts/bins.sh)
 #   TROVE_INFRA_CLUSTER_PREFIX  the /24 prefix to use (default 172.28.61)
 #   TROVE_INFRA_TIMEOUT   seconds the scenario may take once the cluster is up (default 240)
 #   TROVE_INFRA_KEEP=1    leave the containers running for debugging
@@ -22,6 +23,8 @@ set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
+# shellcheck source=scripts/bins.sh
+. scripts/bins.sh
 export TROVE_GUEST_IMAGE=${TROVE_GUEST_IMAGE:-trove-redis-guest/guest:cluster}
 export TROVE_RABBITMQ_IMAGE=${TROVE_RABBITMQ_IMAGE:-trove-redis-guest/rabbitmq:latest}
 export TROVE_INFRA_CLUSTER_PREFIX=${TROVE_INFRA_CLUSTER_PREFIX:-172.28.61}
@@ -52,19 +55,19 @@ python3 -c 'import sys; sys.exit(sys.version_info < (3, 8))' 2>/dev/null || fail
 
 # --- build -------------------------------------------------------------------------------------
 if [ "${TROVE_INFRA_BUILD:-1}" != 0 ]; then
-    log "cargo build --release --bins"
-    cargo build --release --bins --quiet || fail "cargo build --release failed."
+    log "cargo build ($TROVE_CARGO_PROFILE) of the binaries"
+    build_bins || fail "cargo build ($TROVE_CARGO_PROFILE) failed."
     scripts/docker-base.sh >&2 || fail "the base image debian:bookworm-slim could not be made."
     if ! docker image inspect "$TROVE_RABBITMQ_IMAGE" >/dev/null 2>&1; then
         scripts/docker-images.sh rabbitmq >&2 || fail "building $TROVE_RABBITMQ_IMAGE failed."
     fi
     log "docker build $TROVE_GUEST_IMAGE (Dockerfile)"
-    docker build -q -t "$TROVE_GUEST_IMAGE" . >/dev/null || fail "building $TROVE_GUEST_IMAGE failed."
+    docker build -q --build-arg BIN_DIR="$BIN_DIR" -t "$TROVE_GUEST_IMAGE" . >/dev/null || fail "building $TROVE_GUEST_IMAGE failed."
 fi
 for img in "$TROVE_GUEST_IMAGE" "$TROVE_RABBITMQ_IMAGE"; do
     docker image inspect "$img" >/dev/null 2>&1 || fail "image $img is missing."
 done
-[ -x target/release/trove-guestctl ] || fail "target/release/trove-guestctl is missing (cargo build --release)."
+[ -x "$BIN_DIR/trove-guestctl" ] || fail "$BIN_DIR/trove-guestctl is missing (scripts/bins.sh build_bins)."
 
 # --- the project -------------------------------------------------------------------------------
 export TROVE_ERLANG_COOKIE=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
@@ -118,7 +121,7 @@ running=$(docker exec infra-rmq1 rabbitmqctl -q cluster_status --formatter json 
 log "3-node cluster up in $((SECONDS - start)) s"
 "${COMPOSE[@]}" up -d --no-build --no-deps cg1 cg2 cg3 >>"$WORK/compose.log" 2>&1 || fail "cannot start the guests."
 
-export TROVE_INFRA_GUESTCTL="$ROOT/target/release/trove-guestctl"
+export TROVE_INFRA_GUESTCTL="$ROOT/$BIN_DIR/trove-guestctl"
 export TROVE_INFRA_WORKDIR="$WORK"
 export TROVE_INFRA_PREFIX="$TROVE_INFRA_CLUSTER_PREFIX"
 timeout -k 10 "$TIMEOUT" python3 -u tests/docker/cluster_scenario.py 2>&1 | tee "$WORK/scenario.out"

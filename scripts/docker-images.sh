@@ -4,7 +4,8 @@
 #   base      debian:bookworm-slim, pulled or made by scripts/docker-base.sh
 #   rabbitmq  trove-redis-guest/rabbitmq:latest from docker/rabbitmq/Dockerfile
 #   guest     trove-redis-guest/guest:latest from Dockerfile, with the host-built
-#             target/release/trove-guestagent and trove-guestctl
+#             trove-guestagent and trove-guestctl (target/release; see scripts/bins.sh for
+#             TROVE_CARGO_PROFILE=debug)
 #
 # Usage: scripts/docker-images.sh [base|rabbitmq|guest]...   (default: all three, in that order)
 #
@@ -25,6 +26,8 @@ GUEST_IMAGE=${TROVE_GUEST_IMAGE:-trove-redis-guest/guest:latest}
 RABBITMQ_IMAGE=${TROVE_RABBITMQ_IMAGE:-trove-redis-guest/rabbitmq:latest}
 CARGO_BUILD=${TROVE_CARGO_BUILD:-missing}
 GUEST_SERVER=${TROVE_GUEST_SERVER:-debian}
+# shellcheck source=scripts/bins.sh
+. scripts/bins.sh
 
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
@@ -105,11 +108,11 @@ for t in "${targets[@]}"; do
             build_image rabbitmq "$RABBITMQ_IMAGE" docker/rabbitmq
             ;;
         guest)
-            if [ "$CARGO_BUILD" = always ] || [ ! -x target/release/trove-guestagent ]; then
-                run_step cargo cargo build --release --bins
+            if [ "$CARGO_BUILD" = always ] || [ ! -x "$BIN_DIR/trove-guestagent" ]; then
+                run_step cargo build_bins
             fi
             run_step server stage_server
-            build_image guest "$GUEST_IMAGE" . --build-arg GUEST_SERVER="$GUEST_SERVER"
+            build_image guest "$GUEST_IMAGE" . --build-arg GUEST_SERVER="$GUEST_SERVER" --build-arg BIN_DIR="$BIN_DIR"
             ;;
     esac
 done

@@ -44,7 +44,8 @@
 #                                      seeded rounds of one fault each under two watchers, every write in a
 #                                      history file under target/nemesis/<seed>/, checked; see tests/docker/nemesis.py)
 # Environment:
-#   TROVE_FAULTS_BUILD=0               skip the build (use the images and target/release as they are)
+#   TROVE_FAULTS_BUILD=0               skip the build (use the images and the binaries as they are)
+#   TROVE_CARGO_PROFILE                release (default) or debug: the binaries' build (scripts/bins.sh)
 #   TROVE_FAULTS_SCENARIO_TIMEOUT      seconds per scenario before it is killed and failed (default 180;
 #                                      the campaign gets 60 s per step plus 120 s)
 #   TROVE_FAULTS_CAMPAIGN_SEED/_STEPS  the campaign smoke run of a full run (default seed 2255, 4 steps: a broker
@@ -83,6 +84,8 @@ NO_TLS=""
 case "$SERVER" in valkey-*) NO_TLS="tls_promote_and_eject" ;; esac
 SCENARIO_TIMEOUT=${TROVE_FAULTS_SCENARIO_TIMEOUT:-180}
 BUILD=${TROVE_FAULTS_BUILD:-1}
+# shellcheck source=scripts/bins.sh
+. scripts/bins.sh
 KEEP=${TROVE_FAULTS_KEEP:-0}
 PY_REDIS=${TROVE_FAULTS_PYTHON:-$ROOT/.venv/bin/python}
 CAMPAIGN_ARGS=()
@@ -189,7 +192,7 @@ export TROVE_RABBITMQ_IMAGE=${TROVE_RABBITMQ_IMAGE:-trove-redis-guest/rabbitmq:l
 for img in "$TROVE_GUEST_IMAGE" "$TROVE_RABBITMQ_IMAGE"; do
     docker image inspect "$img" >/dev/null 2>&1 || abort_all "image $img is missing (run scripts/docker-images.sh)."
 done
-[ -x target/release/trove-guestctl ] || abort_all "target/release/trove-guestctl is missing (cargo build --release)."
+[ -x "$BIN_DIR/trove-guestctl" ] || abort_all "$BIN_DIR/trove-guestctl is missing (scripts/docker-images.sh builds it)."
 
 log "server in the guest image: $SERVER ($(docker run --rm --entrypoint redis-server "$TROVE_GUEST_IMAGE" --version 2>&1 | head -1))"
 
@@ -203,7 +206,7 @@ ls -1dt "$ROOT"/target/docker-tests/trovefaults* 2>/dev/null | tail -n +6 | xarg
 
 export TROVE_RABBITMQ_PORT=""   # a random port on 127.0.0.1 (the tests use the broker's private address)
 export TROVE_FAULTS_PROJECT="$PROJECT"
-export TROVE_FAULTS_GUESTCTL="$ROOT/target/release/trove-guestctl"
+export TROVE_FAULTS_GUESTCTL="$ROOT/$BIN_DIR/trove-guestctl"
 export TROVE_FAULTS_COMPOSE="$COMPOSE_BIN -p $PROJECT -f $ROOT/docker-compose.yml -f $ROOT/tests/docker/compose.faults.yml"
 export TROVE_FAULTS_WORKDIR="$WORK"
 # shellcheck disable=SC2206

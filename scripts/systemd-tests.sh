@@ -12,7 +12,8 @@
 # Environment:
 #   TROVE_SYSTEMD_IMAGE   image tag to build and run (default trove-redis-guest/guest-systemd:latest)
 #   TROVE_RABBITMQ_IMAGE  broker image (default trove-redis-guest/rabbitmq:latest; built when missing)
-#   TROVE_INFRA_BUILD=0   skip cargo and docker build (use target/release and the images as they are)
+#   TROVE_INFRA_BUILD=0   skip cargo and docker build (use the binaries and the images as they are)
+#   TROVE_CARGO_PROFILE   release (default) or debug: the binaries' build (scripts/bins.sh)
 #   TROVE_INFRA_SUBNET    the /24 prefix to use (default 172.28.60)
 #   TROVE_INFRA_TIMEOUT   seconds the scenario may take (default 240)
 #   TROVE_INFRA_KEEP=1    leave the containers running for debugging
@@ -22,6 +23,8 @@ set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
+# shellcheck source=scripts/bins.sh
+. scripts/bins.sh
 IMAGE=${TROVE_SYSTEMD_IMAGE:-trove-redis-guest/guest-systemd:latest}
 RMQ_IMAGE=${TROVE_RABBITMQ_IMAGE:-trove-redis-guest/rabbitmq:latest}
 PREFIX=${TROVE_INFRA_SUBNET:-172.28.60}
@@ -51,19 +54,19 @@ python3 -c 'import sys; sys.exit(sys.version_info < (3, 8))' 2>/dev/null || fail
 
 # --- build -------------------------------------------------------------------------------------
 if [ "${TROVE_INFRA_BUILD:-1}" != 0 ]; then
-    log "cargo build --release --bins"
-    cargo build --release --bins --quiet || fail "cargo build --release failed."
+    log "cargo build ($TROVE_CARGO_PROFILE) of the binaries"
+    build_bins || fail "cargo build ($TROVE_CARGO_PROFILE) failed."
     scripts/docker-base.sh >&2 || fail "the base image debian:bookworm-slim could not be made."
     if ! docker image inspect "$RMQ_IMAGE" >/dev/null 2>&1; then
         TROVE_RABBITMQ_IMAGE=$RMQ_IMAGE scripts/docker-images.sh rabbitmq >&2 || fail "building $RMQ_IMAGE failed."
     fi
     log "docker build $IMAGE (docker/systemd/Dockerfile)"
-    docker build -q -f docker/systemd/Dockerfile -t "$IMAGE" . >/dev/null || fail "building $IMAGE failed."
+    docker build -q -f docker/systemd/Dockerfile --build-arg BIN_DIR="$BIN_DIR" -t "$IMAGE" . >/dev/null || fail "building $IMAGE failed."
 fi
 for img in "$IMAGE" "$RMQ_IMAGE"; do
     docker image inspect "$img" >/dev/null 2>&1 || fail "image $img is missing."
 done
-[ -x target/release/trove-guestctl ] || fail "target/release/trove-guestctl is missing (cargo build --release)."
+[ -x "$BIN_DIR/trove-guestctl" ] || fail "$BIN_DIR/trove-guestctl is missing (scripts/bins.sh build_bins)."
 
 # --- our containers and network (fixed names: remove leftovers of an interrupted run) ----------
 cleanup() {
@@ -136,7 +139,7 @@ EOF
     PAIRS+=("$c=$ip")
 done
 
-export TROVE_INFRA_GUESTCTL="$ROOT/target/release/trove-guestctl"
+export TROVE_INFRA_GUESTCTL="$ROOT/$BIN_DIR/trove-guestctl"
 export TROVE_INFRA_WORKDIR="$WORK"
 export TROVE_INFRA_BROKER="$PREFIX.2"
 export TROVE_INFRA_GUESTS=$(IFS=,; echo "${PAIRS[*]}")

@@ -46,6 +46,9 @@ stage_compat() {
   cargo build --bins --quiet &&
   TROVE_GUESTAGENT_BIN="$ROOT/target/debug/trove-guestagent" .venv/bin/python -m pytest -q tests/compat
 }
+# The container stages run the debug build `cargo test` made (scripts/bins.sh): the release
+# profile's LTO build alone takes ten minutes on two cores. scripts/bench.sh measures release.
+export TROVE_CARGO_PROFILE=${TROVE_CARGO_PROFILE:-debug}
 # The fault scenarios, then systemd mode and the RabbitMQ cluster (each runs even if one before failed).
 stage_docker() {
   local rc=0

@@ -33,6 +33,7 @@
 #   TROVE_GUEST_IMAGE        guest image (default trove-redis-guest/guest:latest)
 #   TROVE_RABBITMQ_IMAGE     broker image (default trove-redis-guest/rabbitmq:latest)
 #   TROVE_STAGE_BUILD=0      do not (re)build the images with scripts/docker-images.sh
+#   TROVE_CARGO_PROFILE      release (default) or debug: the binaries' build (scripts/bins.sh)
 #   TROVE_STAGE_SUBNET       the Docker network's subnet (default 172.28.90.0/24)
 #   TROVE_STAGE_KEEP=1       leave everything running at the end (prints how to remove it)
 #   TROVE_STAGE_BENCH_SMOKE=1  after the tests (pass or fail), `scripts/bench.sh --smoke --only trove` in
@@ -44,6 +45,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
+# shellcheck source=scripts/bins.sh
+. scripts/bins.sh
 EXEC=0
 if [ "${1:-}" = "--exec" ]; then EXEC=1; shift; fi
 GUEST_IMAGE=${TROVE_GUEST_IMAGE:-trove-redis-guest/guest:latest}
@@ -346,7 +349,7 @@ export TROVE_STAGE_SWIFT_URL="$SWIFT_URL" TROVE_STAGE_TOKEN_FILE="$WORK/etc/swif
 # Trove's database (root over the socket), for what its API does not show (a backup's checksum)
 export TROVE_STAGE_DB_SOCK="$DB_SOCK"
 # trove-guestctl (built with the images) and the broker as this host reaches it, for guest-side calls
-export TROVE_STAGE_GUESTCTL="$ROOT/target/release/trove-guestctl" TROVE_STAGE_TRANSPORT="rabbit://trove:trove@127.0.0.1:$RABBIT_PORT/"
+export TROVE_STAGE_GUESTCTL="$ROOT/$BIN_DIR/trove-guestctl" TROVE_STAGE_TRANSPORT="rabbit://trove:trove@127.0.0.1:$RABBIT_PORT/"
 export TROVE_GUEST_IMAGE="$GUEST_IMAGE"
 TM=("$VENV/bin/trove-manage" --config-file "$WORK/etc/trove.conf")
 log "trove-manage db_sync"
