@@ -102,7 +102,7 @@ impl Modules {
         for (k, v) in [
             ("removed", Value::Null),
             ("status", json!(if applied { "OK" } else { "ERROR" })),
-            ("message", json!(message)),
+            ("message", message),
             ("updated", json!(now)),
             ("id", json!(s.id)),
             ("md5", s.md5.clone()),
@@ -149,15 +149,15 @@ impl Modules {
         Ok(results)
     }
 
-    /// `module_remove(module={"module": {...}})`: Trove's `NotFound` when it was never applied (or
-    /// already removed); else the driver's remove, the contents deleted, the result marked `removed`.
+    /// `module_remove(module={"module": {...}})`: Trove's `NotFound` when it was never applied;
+    /// else the driver's remove, the contents deleted, the result marked `removed` (again, for a
+    /// module removed before: Trove's guest does the same).
     pub fn remove(&self, module: &Value) -> Result<()> {
         let inner = module.get("module").and_then(Value::as_object).ok_or_else(|| bad("module must be {\"module\": {...}}".into()))?;
         let s = spec(inner, false)?;
         let _g = self.guard();
         let dir = self.root.join(&s.kind).join(&s.id);
-        let result = read_result(&dir.join(RESULT)).filter(|r| !truthy(r.get("removed")));
-        let Some(mut result) = result else {
+        let Some(mut result) = read_result(&dir.join(RESULT)) else {
             return Err(Error::NotFound(format!("Module '{}' has not been applied", s.name)));
         };
         // The ping driver's remove always succeeds (Trove's `(True, "")`).
@@ -253,22 +253,39 @@ fn spec(m: &Map<String, Value>, apply: bool) -> Result<Spec> {
 }
 
 /// Runs module type `kind`'s apply on the contents: `(applied, message)`.
-fn run_driver(kind: &str, contents: &[u8]) -> (bool, String) {
+fn run_driver(kind: &str, contents: &[u8]) -> (bool, Value) {
     match kind {
-        // Trove's PingDriver: the value of the `message` key of the key=value contents.
-        "ping" => {
-            let text = String::from_utf8_lossy(contents);
-            let found = text.lines().find_map(|l| {
-                let (k, v) = l.split_once('=')?;
-                (k.trim().to_lowercase() == "message").then(|| v.trim().to_owned())
-            });
-            match found {
-                Some(message) => (true, message),
-                None => (false, "Message not found in contents file".into()),
-            }
-        }
-        other => (false, format!("No driver implemented for module type '{other}'")),
+        "ping" => ping(contents).unwrap_or_else(|why| (false, json!(format!("Could not extract ping message: {why}")))),
+        other => (false, json!(format!("No driver implemented for module type '{other}'"))),
     }
+}
+
+/// Trove's PingDriver: the value of the `message` key of the contents read by Trove's
+/// `KeyValueCodec` (`key=value` lines, `#` comments, `true`/`false` as booleans); a line that
+/// is not `key=value` fails the read, as it does in Python.
+fn ping(contents: &[u8]) -> std::result::Result<(bool, Value), String> {
+    let text = std::str::from_utf8(contents).map_err(|_| "the contents are not UTF-8 text".to_owned())?;
+    let mut message = None;
+    for line in text.split('\n') {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (k, v) = line.split_once('=').ok_or_else(|| "not enough values to unpack (expected 2, got 1)".to_owned())?;
+        let v = if v.eq_ignore_ascii_case("true") || v.eq_ignore_ascii_case("false") {
+            json!(v.eq_ignore_ascii_case("true"))
+        } else {
+            json!(v.split('#').next().unwrap_or_default())
+        };
+        // A later line with the same key replaces the value (a dict); `message` in any case.
+        if k.to_lowercase() == "message" {
+            message = Some(v);
+        }
+    }
+    Ok(match message {
+        Some(m) => (true, m),
+        None => (false, json!("Message not found in contents file")),
+    })
 }
 
 fn read_result(path: &Path) -> Option<Value> {
@@ -316,21 +333,23 @@ mod tests {
     fn ping_applies_lists_and_removes() {
         let d = tempfile::tempdir().unwrap();
         let m = Modules::new(d.path().join("mods"));
-        let r = m.apply(&[module("a1", "ping", "message=Hello there\n"), module("b2", "ping", "nothing=here\n")]).unwrap();
+        let r = m.apply(&[module("a1", "ping", "# c\nmessage=Hello there\n"), module("b2", "ping", "nothing=here\n")]).unwrap();
         assert_eq!((r[0]["status"].as_str(), r[0]["message"].as_str()), (Some("OK"), Some("Hello there")));
         assert_eq!((r[1]["status"].as_str(), r[1]["message"].as_str()), (Some("ERROR"), Some("Message not found in contents file")));
         let f = d.path().join("mods/ping/a1/contents.dat");
-        assert_eq!(std::fs::read_to_string(&f).unwrap(), "message=Hello there\n");
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "# c\nmessage=Hello there\n");
         assert_eq!(std::fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(std::fs::metadata(d.path().join("mods/ping")).unwrap().permissions().mode() & 0o777, 0o700);
         let listed = m.list(false, true).unwrap();
         assert_eq!(listed.len(), 2);
         let a = listed.iter().find(|r| r["id"] == "a1").unwrap();
-        assert_eq!(a["contents"], json!(base64::engine::general_purpose::STANDARD.encode("message=Hello there\n")));
+        assert_eq!(a["contents"], json!(base64::engine::general_purpose::STANDARD.encode("# c\nmessage=Hello there\n")));
         m.remove(&module("a1", "ping", "")).unwrap();
         assert!(!f.exists());
         assert_eq!(m.list(true, false).unwrap().len(), 1);
-        assert!(matches!(m.remove(&module("a1", "ping", "")), Err(Error::NotFound(_))));
+        m.remove(&module("a1", "ping", "")).unwrap();
+        assert_eq!(m.list(true, false).unwrap().len(), 1);
+        assert!(matches!(m.remove(&module("never", "ping", "")), Err(Error::NotFound(_))));
     }
 
     #[test]
@@ -364,6 +383,16 @@ mod tests {
         let notice = base64::engine::general_purpose::STANDARD.decode(user[0]["contents"].as_str().unwrap()).unwrap();
         assert_eq!(String::from_utf8(notice).unwrap(), "Must be admin to retrieve contents for module mod-a1");
         assert_eq!(m.list(true, false).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn ping_reads_contents_as_troves_key_value_codec() {
+        assert_eq!(ping(b"a=1\n  Message=hi # note\n").unwrap(), (true, json!("hi ")));
+        assert_eq!(ping(b"message=TRUE").unwrap(), (true, json!(true)));
+        assert_eq!(ping(b"message=a\nmessage=b=c").unwrap(), (true, json!("b=c")));
+        assert_eq!(ping(b"x=1\n#message=no").unwrap(), (false, json!("Message not found in contents file")));
+        assert_eq!(run_driver("ping", b"no message\n").1, json!("Could not extract ping message: not enough values to unpack (expected 2, got 1)"));
+        assert!(ping(b"message=\xff").is_err());
     }
 
     #[test]

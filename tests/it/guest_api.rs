@@ -59,7 +59,7 @@ async fn modules_apply_list_and_remove() {
     let secret = "message=licence-s3cr3t-value";
     let results = call(&c, &g, "module_apply", json!({"modules": [
         module("a-1", "greeting", "ping", secret, true),
-        module("b-2", "broken", "ping", "nothing here", false),
+        module("b-2", "broken", "ping", "nothing=here", false),
     ]}))
     .await;
     let by_id = |rs: &Value, id: &str| rs.as_array().unwrap().iter().find(|r| r["id"] == id).cloned().unwrap();
@@ -79,16 +79,16 @@ async fn modules_apply_list_and_remove() {
     assert_eq!(by_id(&listed, "a-1")["contents"], json!(b64(secret)));
     let as_user = try_call_ctx(&c, &g, "module_list", json!({"include_contents": true}), user_context()).await.unwrap();
     assert_eq!(by_id(&as_user, "a-1")["contents"], json!(b64("Must be admin to retrieve contents for module greeting")));
-    assert_eq!(by_id(&as_user, "b-2")["contents"], json!(b64("nothing here")));
+    assert_eq!(by_id(&as_user, "b-2")["contents"], json!(b64("nothing=here")));
 
-    // Removed: gone from the list, its contents deleted; removing again is Trove's NotFound.
+    // Removed: gone from the list, its contents deleted; a module never applied is Trove's NotFound.
     let removed = call(&c, &g, "module_remove", json!({"module": module("a-1", "greeting", "ping", "", true)})).await;
     assert_eq!(removed, Value::Null);
     let listed = call(&c, &g, "module_list", json!({"include_contents": false})).await;
     assert_eq!(listed.as_array().unwrap().iter().map(|r| r["id"].clone()).collect::<Vec<_>>(), vec![json!("b-2")]);
     assert!(!modules_dir.join("ping/a-1/contents.dat").exists());
-    let again = call_err(&c, &g, "module_remove", json!({"module": module("a-1", "greeting", "ping", "", true)})).await;
-    assert_eq!((again.class.as_str(), again.message.as_str()), ("NotFound", "Module 'greeting' has not been applied"));
+    let never = call_err(&c, &g, "module_remove", json!({"module": module("c-3", "never", "ping", "", true)})).await;
+    assert_eq!((never.class.as_str(), never.message.as_str()), ("NotFound", "Module 'never' has not been applied"));
     // Applied again after the remove: listed again.
     call(&c, &g, "module_apply", json!({"modules": [module("a-1", "greeting", "ping", secret, true)]})).await;
     assert_eq!(call(&c, &g, "module_list", json!({"include_contents": false})).await.as_array().unwrap().len(), 2);
