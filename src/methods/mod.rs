@@ -303,9 +303,10 @@ impl Guest {
             // `attach_replication_slave(snapshot, slave_config)`: Trove's older name, still in its guest API.
             "attach_replica" | "attach_replication_slave" => {
                 self.admit(a, false)?;
-                let info = a.req_object(if a.method == "attach_replica" { "replica_info" } else { "snapshot" })?;
-                let master = a.master_ref("replica_info", &info)?;
-                let tls = self.replica_tls(a, "replica_info", &info)?;
+                let name = if a.method == "attach_replica" { "replica_info" } else { "snapshot" };
+                let info = a.req_object(name)?;
+                let master = a.master_ref(name, &info)?;
+                let tls = self.replica_tls(a, name, &info)?;
                 let config = a.opt_str("slave_config")?;
                 a.opt_bool("restart", false)?;
                 if let Some((mode, material)) = tls {
