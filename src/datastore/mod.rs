@@ -1,6 +1,7 @@
 //! The datastore boundary: what the guest manages locally. Knows nothing about AMQP or envelopes.
 
 pub mod archive;
+pub mod modules;
 pub mod redis;
 pub mod volume;
 pub mod swift;
@@ -75,6 +76,9 @@ pub enum Error {
     /// Trove's `LogAccessForbidden`: the log is not exposed to users who are not admins.
     #[error("User does not have admin privileges to '{action}' the '{log}' log.")]
     LogAccessForbidden { action: String, log: String },
+    /// Another Trove exception, by class name (`ModuleTypeNotFound`, `ModuleInvalid`).
+    #[error("{message}")]
+    Trove { class: &'static str, message: String },
 }
 
 impl Error {

@@ -182,7 +182,13 @@ impl Taskmanager {
                 let why = live.error.unwrap_or_default();
                 return Err(Error::Guest { guest: replica.into(), method: "get_replication_status".into(), reason: format!("cannot tell whether the guest is prepared ({why}); nothing was sent to it, re-run the command when it answers") });
             }
-            let info = json!({"master": snapshot["master"]});
+            let mut info = json!({"master": snapshot["master"]});
+            // The master's client TLS, when it has some (Trove's snapshot keys).
+            for key in ["ssl_mode", "cert_container"] {
+                if let Some(v) = snapshot.get(key) {
+                    info[key] = v.clone();
+                }
+            }
             self.call(replica, "attach_replica", json!({"replica_info": info, "slave_config": REPLICA_CONFIG, "restart": false}), SNAPSHOT_TIMEOUT)
                 .await?;
             return Ok(());

@@ -165,7 +165,15 @@ impl<'a> Args<'a> {
             },
             Some(_) => return Err(self.wrong(&format!("{name}.master.ssl_ports"), "an object {'plain': port, 'tls': port} or null")),
         };
-        Ok(MasterRef { host, port, requirepass, masteruser, tls, ssl_ports })
+        let root_password = match master.get("root_password") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => match crate::datastore::redis::root::check_password(s) {
+                None => Some(s.clone()),
+                Some(why) => return Err(self.wrong(&format!("{name}.master.root_password"), &why)),
+            },
+            Some(_) => return Err(self.wrong(&format!("{name}.master.root_password"), "a string or null")),
+        };
+        Ok(MasterRef { host, port, requirepass, masteruser, tls, ssl_ports, root_password })
     }
 }
 
@@ -200,6 +208,9 @@ mod tests {
             (json!({"nomaster": 1}), Err("'master'")),
             (json!({"master": {"host": "h", "tls": "yes"}}), Err("master.tls")),
             (json!({"master": {"host": "h", "port": 6380, "tls": true}}), Ok((6380, None))),
+            (json!({"master": {"host": "h", "root_password": "a\nb"}}), Err("root_password")),
+            (json!({"master": {"host": "h", "root_password": 7}}), Err("root_password")),
+            (json!({"master": {"host": "h", "root_password": "ok pw"}}), Ok((6379, None))),
         ];
         for (input, want) in cases {
             let args = Args::new("attach_replica", Map::new());

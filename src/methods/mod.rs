@@ -4,6 +4,7 @@
 pub mod args;
 mod backup_calls;
 mod log_calls;
+mod module_calls;
 mod root_calls;
 mod ssl_calls;
 mod upgrade_calls;
@@ -19,7 +20,7 @@ use tokio::sync::{watch, Mutex};
 
 use crate::datastore::redis::freeze::Freezer;
 use crate::datastore::redis::logs::GuestLogs;
-use crate::datastore::redis::{backup, diagnostics, root, RedisManager};
+use crate::datastore::redis::{backup, diagnostics, root, ssl, RedisManager};
 use crate::datastore::{self, ServiceStatus};
 use crate::replication::epoch::{Epochs, Topology};
 use crate::replication::{self, ReplicationStrategy, SnapshotRequest};
@@ -30,7 +31,6 @@ use args::Args;
 const NOT_SUPPORTED: &[&str] = &[
     "create_database", "list_databases", "delete_database", "create_user", "list_users", "delete_user",
     "get_user", "update_attributes", "grant_access", "revoke_access", "list_access", "change_passwords",
-    "module_list", "module_apply", "module_remove", "attach_replication_slave",
 ];
 
 /// The endpoint behind topic `guestagent.<id>`.
@@ -47,6 +47,7 @@ pub struct Guest {
     logs: GuestLogs,
     /// The snapshot backups' freeze of the data volume.
     freezer: Freezer,
+    modules: datastore::modules::Modules,
 }
 
 impl Guest {
@@ -60,7 +61,8 @@ impl Guest {
     ) -> Self {
         let s = &backups.settings;
         let freezer = Freezer::new(std::time::Duration::from_secs(s.freeze_timeout), std::time::Duration::from_secs(s.snapshot_timeout));
-        Guest { manager, strategy, epochs, status, lifecycle: Mutex::new(()), backups, backup_running: Mutex::new(()), logs, freezer }
+        let modules = datastore::modules::Modules::new(datastore::modules::dir_of(&manager.settings));
+        Guest { manager, strategy, epochs, status, lifecycle: Mutex::new(()), backups, backup_running: Mutex::new(()), logs, freezer, modules }
     }
 
     /// Admits a state-changing replication call: its `epoch` (if any) is not stale, and a deposed
@@ -120,6 +122,15 @@ impl Guest {
         let config_contents = a.opt_str("config_contents")?;
         let overrides = a.overrides("overrides", false)?;
         let snapshot = a.opt_object("snapshot")?;
+        let modules = match a.required("modules").unwrap_or(&Value::Null) {
+            Value::Null => vec![],
+            Value::Array(m) => m.clone(),
+            _ => return Err(a.wrong("modules", "a list of {\"module\": {...}} or null")),
+        };
+        let replica_tls = match &snapshot {
+            Some(s) => self.replica_tls(a, "snapshot", s)?,
+            None => None,
+        };
         let master = match &snapshot {
             Some(s) => {
                 let theirs = s.get("replication_strategy").and_then(Value::as_str).unwrap_or_default();
@@ -161,6 +172,9 @@ impl Guest {
                 }
                 None => self.manager.prepare(config_contents, overrides, volume).await.map_err(replication::Error::from)?,
             }
+            if let Some((mode, material)) = replica_tls {
+                ssl::follow_master(&self.manager, mode, material).await?;
+            }
             if let Some(master) = &master {
                 let config = snapshot.as_ref().and_then(|s| s.get("config")).and_then(Value::as_str);
                 self.strategy.attach(master, config).await?;
@@ -172,6 +186,7 @@ impl Guest {
             Ok(()) => {
                 self.set_status(ServiceStatus::Healthy);
                 tracing::info!(replica = master.is_some(), "prepare finished");
+                self.prepare_modules(&modules);
                 Ok(Value::Null)
             }
             Err(error) => {
@@ -250,6 +265,7 @@ impl Guest {
             "get_root_password" => Ok(json!(root::password(&self.manager).await)),
             "guest_log_list" => self.guest_log_list(a, ctx).await,
             "guest_log_action" => self.guest_log_action(a, ctx).await,
+            "module_list" | "module_apply" | "module_remove" => self.module_call(a, ctx).await,
             // Trove 23+ snapshot backups (**kwargs: nothing is read); Trove expects {}.
             "pre_create_backup" => self.freezer.freeze(&self.manager).await.map(|_| json!({})).map_err(|e| to_failure(a, e.into())),
             "post_create_backup" => self.freezer.thaw(&self.manager).await.map(|_| json!({})).map_err(|e| to_failure(a, e.into())),
@@ -278,18 +294,25 @@ impl Guest {
                 };
                 let request = SnapshotRequest { replica_source_config: a.opt_str("replica_source_config")?, replica_count, enable_persistence };
                 let snapshot = strategy.snapshot(request).await.map_err(|e| to_failure(a, e))?;
-                Ok(serde_json::to_value(snapshot).unwrap_or(Value::Null))
+                self.with_replica_tls(a, serde_json::to_value(snapshot).unwrap_or(Value::Null)).await
             }
             "get_replica_context" => {
                 let master = strategy.replica_context().await.map_err(|e| to_failure(a, e))?;
-                Ok(json!({"master": master}))
+                self.with_replica_tls(a, json!({"master": master})).await
             }
-            "attach_replica" => {
+            // `attach_replication_slave(snapshot, slave_config)`: Trove's older name, still in its guest API.
+            "attach_replica" | "attach_replication_slave" => {
                 self.admit(a, false)?;
-                let info = a.req_object("replica_info")?;
-                let master = a.master_ref("replica_info", &info)?;
+                let name = if a.method == "attach_replica" { "replica_info" } else { "snapshot" };
+                let info = a.req_object(name)?;
+                let master = a.master_ref(name, &info)?;
+                let tls = self.replica_tls(a, name, &info)?;
                 let config = a.opt_str("slave_config")?;
                 a.opt_bool("restart", false)?;
+                if let Some((mode, material)) = tls {
+                    let _guard = self.lifecycle.lock().await;
+                    ssl::follow_master(&self.manager, mode, material).await.map_err(|e| to_failure(a, e.into()))?;
+                }
                 let r = strategy.attach(&master, config.as_deref()).await;
                 self.refresh_status().await;
                 ok(r)
@@ -399,6 +422,7 @@ fn to_failure(a: &Args<'_>, error: replication::Error) -> RemoteFailure {
         replication::Error::Datastore(datastore::Error::NotSupported(op)) => not_supported(&op),
         replication::Error::Datastore(e @ datastore::Error::NotFound(_)) => RemoteFailure::trove("NotFound", e.to_string(), Map::new()),
         replication::Error::Datastore(e @ datastore::Error::BadRequest(_)) => RemoteFailure::trove("BadRequest", e.to_string(), Map::new()),
+        replication::Error::Datastore(datastore::Error::Trove { class, message }) => RemoteFailure::trove(class, message, Map::new()),
         replication::Error::Datastore(e @ datastore::Error::LogAccessForbidden { .. }) => {
             let datastore::Error::LogAccessForbidden { action, log } = &e else { unreachable!() };
             let mut kwargs = Map::new();

@@ -36,4 +36,27 @@ impl Guest {
             }
         }
     }
+
+    /// The master's client TLS a replica is to follow: `ssl_mode` and `cert_container` of a
+    /// snapshot or replica_info (Trove's keys), checked; None when it carries neither.
+    pub(super) fn replica_tls(&self, a: &Args<'_>, name: &str, info: &Map<String, Value>) -> Result<Option<(ssl::Mode, ssl::Material)>, RemoteFailure> {
+        let (mode, container) = match (info.get("ssl_mode"), info.get("cert_container")) {
+            (None | Some(Value::Null), None | Some(Value::Null)) => return Ok(None),
+            (Some(Value::String(m)), Some(Value::Object(c))) => (m, c),
+            _ => return Err(a.wrong(&format!("{name}.ssl_mode/cert_container"), "both given (a mode and the master's certificate container) or both absent")),
+        };
+        let mode = ssl::Mode::parse(mode).ok_or_else(|| a.wrong(&format!("{name}.ssl_mode"), "one of basic, enforced, mtls"))?;
+        let material = ssl::material(container).map_err(|why| a.wrong(&format!("{name}.cert_container"), &format!("complete certificate material: it {why}")))?;
+        Ok(Some((mode, material)))
+    }
+
+    /// Adds the master's `ssl_mode` and `cert_container` to a snapshot or replica context when
+    /// it serves clients over TLS (Trove's guest does the same for its replicas).
+    pub(super) async fn with_replica_tls(&self, a: &Args<'_>, mut out: Value) -> Result<Value, RemoteFailure> {
+        if let Some((mode, container)) = ssl::replica_container(&self.manager).await.map_err(|e| to_failure(a, e.into()))? {
+            out["ssl_mode"] = json!(mode.as_str());
+            out["cert_container"] = Value::Object(container);
+        }
+        Ok(out)
+    }
 }

@@ -28,6 +28,10 @@ pub struct MasterRef {
     /// The master's plain and TLS ports when client TLS (`ssl_action`) may move the link (our extension).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssl_ports: Option<crate::datastore::redis::ssl::MasterPorts>,
+    /// The master's root password (our extension): a replica takes it as its own `requirepass`,
+    /// so root holds on every member, as Trove's root calls leave a set whose replicas existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_password: Option<String>,
 }
 
 impl std::fmt::Debug for MasterRef {
@@ -39,6 +43,7 @@ impl std::fmt::Debug for MasterRef {
             .field("tls", &self.tls)
             .field("ssl_ports", &self.ssl_ports)
             .field("requirepass", &self.requirepass.as_ref().map(|_| "<redacted>"))
+            .field("root_password", &self.root_password.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }

@@ -180,6 +180,64 @@ class Manager:
     def _private_method(self, context, **kwargs):
         return "private"
 
+    # Modules: Trove's own ModuleManager and PingDriver, as trove/guestagent/datastore/manager.py
+    # drives them (module_list, module_apply, module_remove), under the guest's data directory.
+    def _modules(self):
+        from trove.guestagent.module import module_manager
+        from trove.guestagent.module.drivers import ping_driver
+        mm = module_manager.ModuleManager
+        mm.MODULE_BASE_DIR = os.path.join(self.data_dir, "modules")
+
+        # Trove 26's read_module_result fails on every result file (its JsonCodec read raises
+        # "TypeError: can't concat str to bytes"), so its guest resets `created` on each apply
+        # and its module_list fails once a module is applied. The reference reads the file as
+        # Trove means to.
+        def read_module_result(cls, result_file, default=None):
+            import json
+            try:
+                with open(cls.get_result_filename(result_file)) as f:
+                    return json.load(f)
+            except Exception:  # noqa: BLE001
+                if not default:
+                    raise
+                return default
+        mm.read_module_result = classmethod(read_module_result)
+        return mm, {"ping": ping_driver.PingDriver()}
+
+    def module_list(self, context, include_contents=False, **kwargs):
+        mm, _ = self._modules()
+        return mm.read_module_results(is_admin=context.get("is_admin", False),
+                                      include_contents=include_contents)
+
+    def module_apply(self, context, modules=None, **kwargs):
+        from trove.common import exception
+        mm, drivers = self._modules()
+        results = []
+        modules = [data["module"] for data in modules]
+        for module in modules:
+            tenant = module.get("tenant", mm.MODULE_APPLY_TO_ALL)
+            datastore = module.get("datastore", mm.MODULE_APPLY_TO_ALL)
+            ds_version = module.get("datastore_version", mm.MODULE_APPLY_TO_ALL)
+            driver = drivers.get(module.get("type"))
+            if not driver:
+                raise exception.ModuleTypeNotFound(
+                    "No driver implemented for module type '%s'" % module.get("type"))
+            if datastore and datastore not in (mm.MODULE_APPLY_TO_ALL, "redis"):
+                raise exception.ModuleInvalid(reason="Module not valid for datastore redis")
+            results.append(mm.apply_module(
+                driver, module.get("type"), module.get("name"), tenant, datastore, ds_version,
+                module.get("contents"), module.get("id"), module.get("md5"),
+                module.get("auto_apply", True), module.get("visible", True),
+                module.get("is_admin")))
+        return results
+
+    def module_remove(self, context, module=None, **kwargs):
+        mm, drivers = self._modules()
+        module = module["module"]
+        mm.remove_module(drivers[module.get("type")], module.get("type"), module.get("id"),
+                         module.get("name"), module.get("datastore"),
+                         module.get("datastore_version"))
+
 
 def heartbeat_loop(transport, conf, guest_id, key, stop):
     section = conf.get("conductor", {})

@@ -126,3 +126,54 @@ def test_trove_api_no_key_to_secure_guest_is_guest_error(trove, secure_guest):
     api = trove.API(trove.context(), secure_guest.id, key=None)
     with pytest.raises(trove.exception.GuestError):
         api.rpc_ping()
+
+
+def _module(trove_id, name, kind, contents):
+    """A module as Trove's API hands it to the guest (DetailedModuleView(...).data(True))."""
+    import base64
+    return {"module": {
+        "id": trove_id, "name": name, "type": kind, "description": None, "tenant_id": None,
+        "datastore_id": None, "datastore_version_id": None, "auto_apply": False,
+        "priority_apply": False, "apply_order": 5, "is_admin": False,
+        "md5": "0" * 32, "visible": True, "created": "2026-01-01T00:00:00",
+        "updated": "2026-01-01T00:00:00", "tenant": "All", "datastore": "redis",
+        "datastore_version": "all", "live_update": False,
+        "contents": base64.b64encode(contents.encode()).decode()}}
+
+
+def test_trove_api_modules(trove, make_guest):
+    """module_apply / module_list / module_remove through Trove's guest API: the reference runs
+    Trove's own ModuleManager and PingDriver, and the agent must answer the same."""
+    import base64
+    guest = make_guest(name="modules")
+    api = trove.API(trove.context(), guest.id)
+    assert api.module_list(include_contents=False) == []
+    results = api.module_apply([_module("11111111-aaaa", "hello", "ping", "message=Hello there\n")])
+    assert len(results) == 1
+    r = results[0]
+    assert set(r) == {"type", "name", "datastore", "datastore_version", "tenant", "id", "md5",
+                      "status", "message", "created", "updated", "removed", "auto_apply",
+                      "visible", "is_admin", "contents"}
+    assert (r["status"], r["message"], r["name"], r["type"], r["removed"]) == \
+        ("OK", "Hello there", "hello", "ping", None)
+    assert (r["tenant"], r["datastore"], r["datastore_version"]) == ("All", "redis", "all")
+    failed = api.module_apply([_module("22222222-bbbb", "silent", "ping", "# hi\nno=message\n")])
+    assert (failed[0]["status"], failed[0]["message"]) == \
+        ("ERROR", "Message not found in contents file")
+    # Not key=value: Trove's KeyValueCodec fails the read, and the driver says so.
+    unreadable = api.module_apply([_module("22222222-bbbb", "silent", "ping", "no message\n")])
+    assert (unreadable[0]["status"], unreadable[0]["message"]) == \
+        ("ERROR", "Could not extract ping message: not enough values to unpack (expected 2, got 1)")
+    assert unreadable[0]["created"] == failed[0]["created"]  # the same module, applied again
+    listed = api.module_list(include_contents=True)
+    assert sorted(m["id"] for m in listed) == ["11111111-aaaa", "22222222-bbbb"]
+    hello = next(m for m in listed if m["id"] == "11111111-aaaa")
+    assert base64.b64decode(hello["contents"]) == b"message=Hello there\n"
+    with pytest.raises(Exception) as ei:
+        api.module_apply([_module("33333333-cccc", "nr", "new_relic_license", "k=v")])
+    assert "No driver implemented for module type 'new_relic_license'" in str(ei.value)
+    assert api.module_remove(_module("11111111-aaaa", "hello", "ping", "")) is None
+    assert [m["id"] for m in api.module_list(include_contents=False)] == ["22222222-bbbb"]
+    with pytest.raises(Exception) as ei:
+        api.module_remove(_module("44444444-dddd", "never", "ping", ""))
+    assert "Module 'never' has not been applied" in str(ei.value)

@@ -4,6 +4,7 @@ mod backup;
 mod config_check;
 mod epochs;
 mod flows;
+mod guest_api;
 mod harness;
 mod hostile;
 mod logs;

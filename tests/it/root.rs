@@ -248,3 +248,69 @@ async fn diagnostics_and_hwinfo_as_trove_shows_them() {
     let mem = h["mem_total"].as_u64().unwrap();
     assert!(mem > 0 && mem <= total, "{h} vs MemTotal {total}");
 }
+
+/// Replicas that join after root was enabled on the master take its password as their own
+/// (`root_password` in the snapshot and replica context): Trove's prepare path and
+/// `attach_replica`; then a promote, as Trove's taskmanager runs it, and a detach keep every
+/// member behind the same password with its link authenticating.
+#[tokio::test]
+async fn replicas_created_after_root_and_a_promote_keep_auth() {
+    let c = client().await;
+    let master = spawn_guest(&c, None, &[]).await;
+    let (r1, r2) = (spawn_guest(&c, None, &[]).await, spawn_guest(&c, None, &[]).await);
+    prepare(&c, &master, None, None).await;
+    prepare(&c, &r2, None, None).await;
+    call(&c, &master, "enable_root_with_password", json!({"root_password": PW})).await;
+    set(&master, Some(PW), "k0", "0").await;
+
+    let mut snapshot = call(&c, &master, "get_replication_snapshot", json!({
+        "snapshot_info": {"id": null, "instance_id": master.id, "replica_number": 1, "replica_count": 2},
+        "replica_source_config": null,
+    }))
+    .await;
+    assert_eq!(snapshot["master"]["root_password"], json!(PW));
+    snapshot["config"] = json!("slave-read-only yes\n");
+    // A new instance: Trove's prepare with the snapshot.
+    prepare(&c, &r1, None, Some(snapshot.clone())).await;
+    // A running one: attach_replica with the master's reference.
+    call(&c, &r2, "attach_replica", json!({"replica_info": {"master": snapshot["master"]}, "slave_config": null, "restart": false})).await;
+    for r in [&r1, &r2] {
+        replicated(r, Some(PW), &master, "k0", "0").await;
+        let refused = ping_without_password(r).await.unwrap_err();
+        assert!(refused.contains("NOAUTH"), "a client without the password on {}: {refused}", r.id);
+        assert_eq!(call(&c, r, "is_root_enabled", json!({})).await, json!(true));
+        assert_eq!(config_get(r, Some(PW), "masterauth").await, PW);
+        assert_eq!(requirepass_in_file(r).as_deref(), Some(PW));
+    }
+
+    // Trove's promote of r1: detach it, make it the master, re-point the others, demote the old.
+    call(&c, &r1, "detach_replica", json!({"for_failover": true})).await;
+    call(&c, &r1, "enable_as_master", json!({"replica_source_config": null})).await;
+    let context = call(&c, &r1, "get_replica_context", json!({})).await;
+    assert_eq!(context["master"]["root_password"], json!(PW));
+    for g in [&master, &r2] {
+        call(&c, g, "attach_replica", json!({"replica_info": context, "slave_config": null, "restart": false})).await;
+    }
+    call(&c, &master, "demote_replication_master", json!({})).await;
+    set(&r1, Some(PW), "k1", "1").await;
+    for g in [&master, &r2] {
+        kill_replica_links(&r1, Some(PW)).await;
+        replicated(g, Some(PW), &r1, "k1", "1").await;
+        assert_eq!(config_get(g, Some(PW), "masterauth").await, PW);
+    }
+    for g in [&master, &r1, &r2] {
+        assert!(ping_without_password(g).await.unwrap_err().contains("NOAUTH"), "{}", g.id);
+    }
+
+    // A detached replica keeps root (its own password) and forgets its master's.
+    call(&c, &r2, "detach_replica", json!({"for_failover": false})).await;
+    assert!(ping_without_password(&r2).await.unwrap_err().contains("NOAUTH"));
+    assert_eq!(config_get(&r2, Some(PW), "masterauth").await, "");
+    assert_eq!(call(&c, &r2, "is_root_enabled", json!({})).await, json!(true));
+
+    // Persisted 0600 (files() checks the modes), never logged.
+    for g in [&master, &r1, &r2] {
+        files(g);
+        assert!(!g.log().contains(PW) && !g.log().contains("r00t pw"), "the password is in {}'s log", g.id);
+    }
+}

@@ -510,3 +510,68 @@ async fn ssl_modes_rollback_and_replication() {
     }
     println!("ssl: basic, enforced, mtls, rollback and disable on a master and its replica; replication kept");
 }
+
+/// Replicas of a master that serves clients over TLS only (mtls: client certificates required)
+/// get its certificate material from the snapshot / replica_info (`ssl_mode`, `cert_container`,
+/// as Trove's guest sends them), take the same mode and replicate over TLS; one without a TLS
+/// port is refused with the setting it lacks, and nothing changes on it. The private key is never
+/// logged nor on a command line, and its files are 0600.
+#[tokio::test]
+async fn replicas_of_a_tls_only_master_get_its_certificates() {
+    let pki = make_pki();
+    let c = client().await;
+    let ports = [free_port(), free_port(), free_port()];
+    let mut guests = Vec::new();
+    for tls in ports {
+        let tls = tls.to_string();
+        guests.push(spawn_guest(&c, None, &[("TROVE_GUESTAGENT__REDIS__TLS_PORT", &tls)]).await);
+    }
+    let (m, r1, r2) = (&guests[0], &guests[1], &guests[2]);
+    let r3 = spawn_guest(&c, None, &[]).await;
+    for g in [m, r2, &r3] {
+        prepare(&c, g, Some(PW), None).await;
+    }
+    action(&c, m, "mtls", &pki).await;
+    assert_eq!(plain_refusals(m.port, 3).await, 3);
+
+    let mut snapshot = call(&c, m, "get_replication_snapshot", json!({
+        "snapshot_info": {"id": null, "instance_id": m.id, "replica_number": 1, "replica_count": 2},
+        "replica_source_config": null,
+    }))
+    .await;
+    assert_eq!(snapshot["ssl_mode"], "mtls");
+    assert_eq!(snapshot["cert_container"], pki.container());
+    assert_eq!((snapshot["master"]["port"].as_u64(), snapshot["master"]["tls"].as_bool()), (Some(u64::from(ports[0])), Some(true)));
+    snapshot["config"] = json!("slave-read-only yes\n");
+
+    // Refused: a replica without a TLS port; it stays as it was.
+    let refused = call_err(&c, &r3, "attach_replica", json!({"replica_info": snapshot, "slave_config": null, "restart": false})).await;
+    assert!(refused.message.contains("tls_port") && refused.message.contains("mtls"), "{}", refused.message);
+    assert_eq!(call(&c, &r3, "ssl_show", json!({})).await, json!({"status": "off"}));
+    assert_eq!(call(&c, &r3, "get_replication_status", json!({})).await["role"], "master");
+    assert!(plain_ok(r3.port).await);
+
+    // A new instance (prepare with the snapshot) and a running one (attach_replica with the context).
+    prepare(&c, r1, Some(PW), Some(snapshot.clone())).await;
+    let context = call(&c, m, "get_replica_context", json!({})).await;
+    assert_eq!(context["cert_container"], pki.container());
+    call(&c, r2, "attach_replica", json!({"replica_info": context, "slave_config": null, "restart": false})).await;
+    for (r, port) in [(r1, ports[1]), (r2, ports[2])] {
+        replicates(ports[0], port, &pki, &format!("via-{}", r.id)).await;
+        assert_eq!(plain_refusals(r.port, 3).await, 3, "{} is TLS only, as its master", r.id);
+        assert_eq!(call(&c, r, "ssl_show", json!({})).await["mode"], "mtls");
+        assert!(modes_0600(&ssl_dir(r)) >= 3);
+    }
+    // Again with the same material: nothing to change, the link stays.
+    call(&c, r2, "attach_replica", json!({"replica_info": context, "slave_config": null, "restart": false})).await;
+    replicates(ports[0], ports[2], &pki, "again").await;
+
+    let key_line = pki.key.lines().nth(1).unwrap().to_owned();
+    for g in [m, r1, r2, &r3] {
+        assert!(!g.log().contains(&key_line), "the private key is in {}'s log", g.id);
+        if let Some(pid) = g.redis_pid() {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            assert!(!String::from_utf8_lossy(&cmdline).contains("PRIVATE KEY"));
+        }
+    }
+}

@@ -390,7 +390,7 @@ fn utc_now() -> String {
     format_utc(d.as_secs(), d.subsec_micros())
 }
 
-fn format_utc(secs: u64, micros: u32) -> String {
+pub(crate) fn format_utc(secs: u64, micros: u32) -> String {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     // Howard Hinnant's civil_from_days.

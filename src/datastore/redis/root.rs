@@ -89,6 +89,22 @@ pub async fn disable(manager: &RedisManager) -> Result<()> {
     Ok(())
 }
 
+/// On a replica attached to a master with root: takes the master's root password as its own
+/// (`requirepass`, persisted as the root layer), unless it has it already. Nothing is logged but
+/// the fact.
+pub async fn follow_master(manager: &RedisManager, password: &str) -> Result<()> {
+    if let Some(why) = check_password(password) {
+        return Err(Error::Refused(format!("the master's root password must be {why}")));
+    }
+    let state = ready(manager).await?;
+    if state.root.as_ref().is_some_and(|r| r.password == password) {
+        return Ok(());
+    }
+    apply(manager, &state, Some(password.to_owned())).await?;
+    tracing::info!("root follows the master: requirepass set and persisted");
+    Ok(())
+}
+
 /// The current state, refusing an unprepared guest or a server whose ACL file owns the default user.
 async fn ready(manager: &RedisManager) -> Result<State> {
     let state = manager.snapshot_state().await;

@@ -214,6 +214,39 @@ pub async fn action(manager: &RedisManager, enable: Option<(Mode, Material)>) ->
     Ok(json!({"restart_required": false}))
 }
 
+/// What a master with client TLS hands its replicas, as Trove's guest does in the replication
+/// snapshot: `(ssl_mode, cert_container)` with the three PEM texts in use (the key among them:
+/// the reply is the taskmanager's, sealed when secure RPC is on, and never logged). None: TLS off.
+pub async fn replica_container(manager: &RedisManager) -> Result<Option<(Mode, Map<String, Value>)>> {
+    let Some(ssl) = manager.snapshot_state().await.ssl else { return Ok(None) };
+    let f = files(&dir(manager), ssl.generation);
+    let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| Error::io(p, e));
+    let mut c = Map::new();
+    c.insert("private_key".into(), json!(read(&f.key_file)?));
+    c.insert("certificate".into(), json!(read(&f.cert_file)?));
+    c.insert("ca".into(), json!(read(&f.ca_cert_file)?));
+    Ok(Some((ssl.mode, c)))
+}
+
+/// On a replica given its master's `ssl_mode` and `cert_container` (prepare's snapshot,
+/// `attach_replica`'s replica_info): client TLS in that mode with that material, as Trove's
+/// guest enables it on a replica, so the replica can reach a TLS-only master. Nothing changes
+/// when it has them already. Returns whether it changed.
+pub async fn follow_master(manager: &RedisManager, mode: Mode, m: Material) -> Result<bool> {
+    if let Some(cur) = manager.snapshot_state().await.ssl {
+        let f = files(&dir(manager), cur.generation);
+        let same = |p: &Path, want: &str| std::fs::read_to_string(p).is_ok_and(|have| have == want);
+        if cur.mode == mode && same(&f.key_file, &m.private_key) && same(&f.cert_file, &m.certificate) && same(&f.ca_cert_file, &m.ca) {
+            return Ok(false);
+        }
+    }
+    action(manager, Some((mode, m))).await.map_err(|e| match e {
+        Error::Refused(why) => Error::Refused(format!("the master serves clients over TLS ({}), and this replica cannot follow: {why}", mode.as_str())),
+        other => other,
+    })?;
+    Ok(true)
+}
+
 /// `ssl_rollback`: back to the setting before the last `ssl_action`. Returns Trove's
 /// `{"status", "mode", "restart_required"}`.
 pub async fn rollback(manager: &RedisManager) -> Result<Value> {

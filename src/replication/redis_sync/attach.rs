@@ -127,6 +127,10 @@ impl RedisSync {
                 "replicating (direct retarget keeps the history for a partial resync)"
             );
         }
+        // Root holds on the replica too: the master's root password becomes its requirepass.
+        if let Some(password) = &master.root_password {
+            crate::datastore::redis::root::follow_master(&self.manager, password).await?;
+        }
         // Now a replica: client writes are refused by replica-read-only, so the fence can go.
         self.lift_fence(&mut admin).await?;
         self.wait_synced(&mut admin, master, &mut remote).await
@@ -216,7 +220,7 @@ mod tests {
 
     #[test]
     fn master_validation() {
-        let m = |host: &str, port| MasterRef { host: host.into(), port, requirepass: None, masteruser: None, tls: false, ssl_ports: None };
+        let m = |host: &str, port| MasterRef { host: host.into(), port, requirepass: None, masteruser: None, tls: false, ssl_ports: None, root_password: None };
         assert!(validate_master(&m("10.0.0.1", 6379)).is_ok());
         for bad in [m("", 1), m("a b", 1), m("a\nslaveof x", 1), m("#", 1), m("h", 0)] {
             assert!(validate_master(&bad).is_err(), "{bad:?}");

@@ -82,7 +82,7 @@ pub async fn probe_master(manager: Arc<RedisManager>, settings: ReplicationSetti
             link = None;
         }
         if link.is_none() {
-            let master = MasterRef { host: of.host.clone(), port: of.port, requirepass: of.masterauth.clone(), masteruser: of.masteruser.clone(), tls: of.tls, ssl_ports: None };
+            let master = MasterRef { host: of.host.clone(), port: of.port, requirepass: of.masterauth.clone(), masteruser: of.masteruser.clone(), tls: of.tls, ssl_ports: None, root_password: None };
             // Client TLS (`ssl_action`) may have brought certificates since the agent started.
             let tls = if of.tls { tls.clone().or_else(|| manager.tls_files().map(|files| TlsClient { files, verify_hostname: manager.settings.tls_verify_hostname })) } else { None };
             link = match tokio::time::timeout(PROBE_TIMEOUT, connect_master(&master, &settings, tls)).await {

@@ -85,12 +85,14 @@ impl RedisSync {
 
     async fn master_ref(&self) -> MasterRef {
         use secrecy::ExposeSecret;
+        let state = self.manager.snapshot_state().await;
+        let root_password = state.root.as_ref().map(|r| r.password.clone());
         let (requirepass, masteruser) = match &self.settings.replication_user {
             Some(user) => (self.settings.replication_password.as_ref().map(|p| p.expose_secret().to_owned()), Some(user.clone())),
-            None => (self.manager.snapshot_state().await.requirepass(), None),
+            None => (state.requirepass(), None),
         };
         // Client TLS enforced (`ssl_action`): the plain port is closed, replicas use the TLS one.
-        let tls_only = self.manager.snapshot_state().await.ssl.is_some_and(|s| s.mode.tls_only());
+        let tls_only = state.ssl.is_some_and(|s| s.mode.tls_only());
         let tls_port = self.manager.settings.tls_port;
         MasterRef {
             host: self.advertise_host(),
@@ -100,6 +102,7 @@ impl RedisSync {
             tls: self.settings.tls_replication || tls_only,
             ssl_ports: (!self.settings.tls_replication && tls_port != 0)
                 .then_some(crate::datastore::redis::ssl::MasterPorts { plain: self.manager.settings.port, tls: tls_port }),
+            root_password,
         }
     }
 
