@@ -149,3 +149,29 @@ async fn stop_db_without_start_on_reboot_keeps_redis_down_at_boot() {
     wait_ping(&c, &g).await;
     eventually(20, "redis started at boot", || async { port_answers(g.port).await }).await;
 }
+
+/// Redis refuses a SIGTERM while it writes its first AOF ("Writing initial AOF, can't exit") and
+/// runs on; a restart issued then waits for the AOF instead of timing out, and loses nothing.
+#[tokio::test]
+async fn a_restart_during_the_first_aof_rewrite_waits_for_it() {
+    let c = client().await;
+    let g = spawn_guest(&c, None, &[]).await;
+    prepare(&c, &g, None, None).await;
+    let mut r = g.redis(None).await;
+    for i in 0..4 {
+        let _: () = redis::cmd("SET").arg(format!("k{i}")).arg("kept").query_async(&mut r).await.unwrap();
+    }
+    // 0.4 s per key: the AOF rewrite that CONFIG SET appendonly yes starts takes 1.6 s.
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("rdb-key-save-delay").arg("400000").query_async(&mut r).await.unwrap();
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("appendonly").arg("yes").query_async(&mut r).await.unwrap();
+    let info: String = redis::cmd("INFO").arg("persistence").query_async(&mut r).await.unwrap();
+    assert!(info.contains("aof_rewrite_in_progress:1"), "no AOF rewrite in progress: {info}");
+    let pid = g.redis_pid().unwrap();
+    call(&c, &g, "restart", json!({})).await;
+    assert_ne!(g.redis_pid(), Some(pid), "restart did not restart redis");
+    let mut r = g.redis(None).await;
+    for i in 0..4 {
+        let v: Option<String> = redis::cmd("GET").arg(format!("k{i}")).query_async(&mut r).await.unwrap();
+        assert_eq!(v.as_deref(), Some("kept"), "k{i} lost across the restart");
+    }
+}

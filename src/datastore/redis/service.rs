@@ -508,6 +508,7 @@ impl Supervisor {
             let _ = kill(Pid::from_raw(p), Signal::SIGTERM);
         }
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut resend = tokio::time::Instant::now() + Duration::from_secs(1);
         loop {
             let child_gone = match child.as_mut() {
                 Some(c) => matches!(c.try_wait(), Ok(Some(_))),
@@ -515,6 +516,19 @@ impl Supervisor {
             };
             if child_gone && !port_open(self.port.load(Ordering::Relaxed)).await {
                 return Ok(());
+            }
+            // Redis refuses a SIGTERM while it writes its first AOF ("Writing initial AOF, can't
+            // exit") or cannot save, and then runs on: ask again each second until the deadline.
+            let alive = match (&child, target) {
+                (Some(_), _) => !child_gone,
+                (None, Some(p)) => kill(Pid::from_raw(p), None).is_ok(),
+                (None, None) => false,
+            };
+            if alive && tokio::time::Instant::now() > resend {
+                if let Some(p) = target {
+                    let _ = kill(Pid::from_raw(p), Signal::SIGTERM);
+                }
+                resend = tokio::time::Instant::now() + Duration::from_secs(1);
             }
             if tokio::time::Instant::now() > deadline {
                 if let Some(p) = target {
