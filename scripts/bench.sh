@@ -142,6 +142,8 @@ case "$PROFILE" in
     debug) CARGO_FLAGS=(); BIN="$ROOT/target/debug" ;;
     *) log "BENCH_PROFILE must be release or debug"; exit 2 ;;
 esac
+# The trove section's images take their binaries from the same profile (scripts/bins.sh).
+export TROVE_CARGO_PROFILE="$PROFILE"
 log "building ($PROFILE)"
 cargo build --quiet "${CARGO_FLAGS[@]}" --bins
 CARGO_TARGET_DIR="$ROOT/target" cargo build --quiet "${CARGO_FLAGS[@]}" --manifest-path "$ROOT/bench/rpc-load/Cargo.toml"
