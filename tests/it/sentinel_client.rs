@@ -38,12 +38,12 @@ struct Watcher {
 }
 
 impl Watcher {
-    fn start(inventory: &Path, port: u16, log: PathBuf) -> Watcher {
+    fn start(inventory: &Path, port: u16, log: PathBuf, down_after_ms: u64) -> Watcher {
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_trove-guestctl"))
             .arg("--inventory")
             .arg(inventory)
-            .args(["watch", "--listen", &format!("127.0.0.1:{port}"), "--down-after-ms", &DOWN_AFTER_MS.to_string()])
+            .args(["watch", "--listen", &format!("127.0.0.1:{port}"), "--down-after-ms", &down_after_ms.to_string()])
             .env("TROVE_GUESTCTL_LOG", "trove_guest=info,warn")
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
@@ -158,6 +158,24 @@ async fn role(con: &mut MultiplexedConnection) -> Role {
     redis::cmd("ROLE").query_async(con).await.unwrap()
 }
 
+/// Three guests with `requirepass`, a master and its two replicas, and the inventory of a watched
+/// set with a name (and so a watcher lease) of its own, since other runs may share the broker.
+async fn watched_set(c: &trove_guest::rpc::client::RpcClient, prefix: &str, extra: &str) -> (Vec<Guest>, String, [u16; 2], trove_guest::flows::Taskmanager, tempfile::TempDir) {
+    let mut guests = Vec::new();
+    for _ in 0..3 {
+        guests.push(spawn_guest(c, None, &[]).await);
+    }
+    for g in &guests {
+        prepare(c, g, Some(REDIS_PW), None).await;
+    }
+    let name = unique(prefix);
+    let listen = [free_port(), free_port()];
+    let settings = format!("name = \"{name}\"\nwatchers = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]\n{extra}", listen[0], listen[1]);
+    let (mut tm, dir) = taskmanager_with(&guests, &settings).await;
+    tm.create_replicas(create(&guests[0], &[&guests[1], &guests[2]])).await.unwrap();
+    (guests, name, listen, tm, dir)
+}
+
 /// One master and two replicas (every Redis with `requirepass`), two watchers with a discovery
 /// password. Through the crate's Sentinel client only: the master and a replica are found, auth is
 /// enforced, and after kill -9 of the master's Redis and agent the client reaches the new master,
@@ -165,28 +183,16 @@ async fn role(con: &mut MultiplexedConnection) -> Role {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_rs_sentinel_client_follows_the_watchers_through_a_host_death() {
     let c = client().await;
-    let mut guests = Vec::new();
-    for _ in 0..3 {
-        guests.push(spawn_guest(&c, None, &[]).await);
-    }
-    for g in &guests {
-        prepare(&c, g, Some(REDIS_PW), None).await;
-    }
-    // A set name (and so a watcher lease) of its own: other runs may share the broker.
-    let name = unique("rsset");
-    let listen = [free_port(), free_port()];
-    let settings = format!("name = \"{name}\"\nwatchers = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]\ndiscovery_password = \"{DISCOVERY_PW}\"\n", listen[0], listen[1]);
-    let (mut tm, dir) = taskmanager_with(&guests, &settings).await;
-    tm.create_replicas(create(&guests[0], &[&guests[1], &guests[2]])).await.unwrap();
+    let (mut guests, name, listen, tm, dir) = watched_set(&c, "rsset", &format!("discovery_password = \"{DISCOVERY_PW}\"\n")).await;
     tm.close().await;
     drop(tm);
     let inventory = dir.path().join("inventory.toml");
     let (old, replica_ports) = (guests[0].port, [guests[1].port, guests[2].port]);
 
     // Two watchers: the first takes the lease, then the second serves discovery beside it.
-    let mut watchers = vec![Watcher::start(&inventory, listen[0], dir.path().join("watch0.log"))];
+    let mut watchers = vec![Watcher::start(&inventory, listen[0], dir.path().join("watch0.log"), DOWN_AFTER_MS)];
     eventually(20, "the first watcher holds the lease", || async { watchers[0].log().contains("holds the lease") }).await;
-    watchers.push(Watcher::start(&inventory, listen[1], dir.path().join("watch1.log")));
+    watchers.push(Watcher::start(&inventory, listen[1], dir.path().join("watch1.log"), DOWN_AFTER_MS));
     // Each watcher alone names the master (the crate reports only the last watcher's error).
     for p in listen {
         let (port, _) = connect_eventually(&mut sentinel_client(&name, &[p], SentinelServerType::Master, Some(DISCOVERY_PW)), "the master").await;
@@ -347,35 +353,9 @@ async fn redis_rs_sentinel_client_follows_the_watchers_through_a_host_death() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_promote_by_hand_hints_every_watcher_of_the_set() {
     let c = client().await;
-    let mut guests = Vec::new();
-    for _ in 0..3 {
-        guests.push(spawn_guest(&c, None, &[]).await);
-    }
-    for g in &guests {
-        prepare(&c, g, Some(REDIS_PW), None).await;
-    }
-    let name = unique("hintset");
-    let listen = [free_port(), free_port()];
-    let settings =
-        format!("name = \"{name}\"\nwatchers = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]\n", listen[0], listen[1]);
-    let (mut tm, dir) = taskmanager_with(&guests, &settings).await;
-    tm.create_replicas(create(&guests[0], &[&guests[1], &guests[2]])).await.unwrap();
+    let (guests, name, listen, mut tm, dir) = watched_set(&c, "hintset", "").await;
     let inventory = dir.path().join("inventory.toml");
-    let start = |i: usize| {
-        let log = dir.path().join(format!("watch{i}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_trove-guestctl"))
-            .arg("--inventory")
-            .arg(&inventory)
-            .args(["watch", "--listen", &format!("127.0.0.1:{}", listen[i]), "--down-after-ms", "30000"])
-            .env("TROVE_GUESTCTL_LOG", "trove_guest=info,warn")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("cannot start trove-guestctl watch");
-        Watcher { child, log }
-    };
+    let start = |i: usize| Watcher::start(&inventory, listen[i], dir.path().join(format!("watch{i}.log")), 30_000);
     let watchers = vec![start(0), start(1)];
     for (i, p) in listen.iter().enumerate() {
         let (port, _) =
