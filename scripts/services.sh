@@ -50,8 +50,9 @@ svc_disable() {
 }
 
 missing=()
-for p in rabbitmq-server redis-server openssl swift swift-proxy swift-account swift-container swift-object memcached curl; do
-    # openssl: the TLS tests make their certificates; swift and memcached: the backup tests (scripts/swift.sh)
+for p in rabbitmq-server redis-server openssl swift swift-proxy swift-account swift-container swift-object memcached curl xfsprogs; do
+    # openssl: the TLS tests make their certificates; swift and memcached: the backup tests (scripts/swift.sh);
+    # xfsprogs: the xfs volume test
     have_pkg "$p" || missing+=("$p")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -296,3 +296,49 @@ async fn snapshot_backup_freezes_and_thaws_the_volume() {
     eventually(5, "the thaw is logged", || async { g.log().contains("the data volume was thawed") }).await;
     drop(g);
 }
+
+/// `fstype = "xfs"`: prepare formats xfs (without the ext-only `-m 5`), Redis's data lives there,
+/// and resize_fs grows it online and offline (xfs grows only while mounted, so offline the agent
+/// mounts it aside); the file system is never recreated.
+#[tokio::test]
+async fn xfs_volume_formats_and_grows_online_and_offline() {
+    let root = tempfile::tempdir().unwrap();
+    // mkfs.xfs refuses file systems under 300 MB.
+    let vol = Loop::new(root.path().join("xfs.img"), 320);
+    let mp = root.path().join("redis");
+    let c = client().await;
+    let mut env = volume_env(root.path());
+    env.push(("TROVE_GUESTAGENT__VOLUME__FSTYPE".into(), "xfs".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let g = spawn_guest(&c, None, &env).await;
+    assert!(Command::new("mkfs.xfs").arg("-V").output().is_ok_and(|o| o.status.success()), "mkfs.xfs is missing: install xfsprogs (scripts/services.sh does)");
+
+    call(&c, &g, "prepare", prepare_args(&g, &vol.dev, &mp, None)).await;
+    assert_eq!(blkid(&vol.dev, "TYPE").as_deref(), Some("xfs"));
+    assert_eq!(source_at(&mp).as_deref(), Some(vol.dev.as_str()));
+    let uuid = vol.uuid();
+    let _: () = g.redis(None).await.set("k", "on xfs").await.unwrap();
+    let _: () = redis::cmd("SAVE").query_async(&mut g.redis(None).await).await.unwrap();
+    assert!(mp.join("dump.rdb").is_file(), "no RDB on the xfs volume");
+    let small = total_gb(&c, &g).await;
+
+    vol.grow(480);
+    call(&c, &g, "resize_fs", json!({"device_path": vol.dev, "mount_point": mp, "online": true})).await;
+    let online = total_gb(&c, &g).await;
+    assert!(online > small + 0.1, "online xfs_growfs did not grow: {small} -> {online}");
+
+    vol.grow(640);
+    call(&c, &g, "stop_db", json!({"do_not_start_on_reboot": false})).await;
+    call(&c, &g, "unmount_volume", json!({"device_path": vol.dev, "mount_point": mp})).await;
+    assert!(mounted_targets(&vol.dev).is_empty());
+    call(&c, &g, "resize_fs", json!({"device_path": vol.dev, "mount_point": mp})).await;
+    assert!(mounted_targets(&vol.dev).is_empty(), "the offline resize left the volume mounted");
+    call(&c, &g, "mount_volume", json!({"device_path": vol.dev, "mount_point": mp, "write_to_fstab": true})).await;
+    call(&c, &g, "restart", json!({})).await;
+    let offline = total_gb(&c, &g).await;
+    assert!(offline > online + 0.1, "offline xfs resize did not grow: {online} -> {offline}");
+    assert_eq!(vol.uuid(), uuid, "the file system was recreated");
+    let v: Option<String> = g.redis(None).await.get("k").await.unwrap();
+    assert_eq!(v.as_deref(), Some("on xfs"));
+    drop(g);
+}
