@@ -2,6 +2,7 @@
 //! casts it, the objects and the conductor's update_backup reports, prepare from the backup.
 
 use std::io::Write;
+use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -281,4 +282,47 @@ async fn a_backup_during_a_running_save_waits_and_completes() {
     let rdb = trove_unpack(&object.bytes().await.unwrap(), None);
     assert!(rdb.starts_with(b"REDIS"), "not an RDB");
     assert!(rdb.len() > keys.len() * 1024, "the RDB holds {} bytes for {} keys of 1 KiB", rdb.len(), keys.len());
+}
+
+/// A restore into a configuration with `appendonly yes`: Redis serves the backup's keys, AOF is
+/// on, and a restart (which loads the AOF, not the RDB) still has every key, so the AOF was
+/// written from the restored data rather than started empty.
+#[tokio::test]
+async fn restore_with_aof_on_keeps_the_data_across_a_restart() {
+    let (swift_url, token) = swift_login().await;
+    let c = client().await;
+    let topic = unique("conductor");
+    let (_conn, seen) = capture_conductor(&topic).await;
+    let container = unique("backups");
+    let a = spawn_guest(&c, None, &[("TROVE_GUESTAGENT__CONDUCTOR__TOPIC", &topic)]).await;
+    prepare(&c, &a, None, None).await;
+    let keys = write_keys(&a, 500).await;
+    let id = new_id();
+    cast(&c, &a, "create_backup", json!({"backup_info": backup_info(&id, &container, &swift_url)}), &token).await;
+    let done = final_report(&seen, &id, &a).await;
+    assert_eq!(done["state"], "COMPLETED", "{}", a.log());
+
+    let b = spawn_guest(&c, None, &[("TROVE_GUESTAGENT__CONDUCTOR__TOPIC", &topic)]).await;
+    let location = format!("{swift_url}/{container}/{id}.gz");
+    let info = json!({"id": id, "instance_id": a.id, "location": location, "type": "RedisBackup", "checksum": done["checksum"], "storage_driver": "swift", "swift_url": swift_url});
+    let args = json!({
+        "packages": null, "databases": [], "memory_mb": 512, "users": [], "device_path": null,
+        "mount_point": "/var/lib/redis", "backup_info": info, "config_contents": format!("{}appendonly yes\n", b.config_contents(None)),
+        "root_password": null, "overrides": {}, "cluster_config": null, "snapshot": null,
+    });
+    cast(&c, &b, "prepare", args, &token).await;
+    // Redis serves before prepare ends (AOF is turned on after the first start): wait for the end.
+    eventually(60, "prepare finished", || async { b.log().contains("prepare finished") }).await;
+    check_keys(&b, &keys).await;
+    let mut con = b.redis(None).await;
+    let aof: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("appendonly").query_async(&mut con).await.unwrap();
+    assert_eq!(aof[1], "yes", "AOF is off after the restore");
+    let p: String = redis::cmd("INFO").arg("persistence").query_async(&mut con).await.unwrap();
+    assert!(p.contains("aof_enabled:1") && p.contains("aof_rewrite_in_progress:0"), "{p}");
+    // The RDB goes: a restart can only find the keys in the AOF.
+    let dir: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("dir").query_async(&mut con).await.unwrap();
+    call(&c, &b, "stop_db", json!({"do_not_start_on_reboot": false})).await;
+    std::fs::remove_file(Path::new(&dir[1]).join("dump.rdb")).expect("the restored RDB");
+    call(&c, &b, "restart", json!({})).await;
+    check_keys(&b, &keys).await;
 }
