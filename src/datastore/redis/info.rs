@@ -122,6 +122,8 @@ impl Info {
                 let n: u32 = k.strip_prefix("slave")?.parse().ok()?;
                 Some((n, parse_replica_line(v)?, v.contains("type=rdb-channel")))
             })
+            // Port 0: no listening port, so not a replica anyone reaches (the agent's own pseudo-replica, `gather`).
+            .filter(|(_, r, _)| r.port != 0)
             .collect();
         lines.sort_by_key(|(n, _, _)| *n);
         // Valkey's dual-channel sync lists a replica twice: keep its main channel.
