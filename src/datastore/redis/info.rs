@@ -325,4 +325,10 @@ mod tests {
         let r = Info::parse("role:slave\nmaster_sync_total_bytes:-1\nmaster_sync_read_bytes:250\n").replication().unwrap();
         assert_eq!(r.sync_progress, None);
     }
+
+    #[test]
+    fn a_replica_without_a_listening_port_is_not_listed() {
+        let m = Info::parse("role:master\nconnected_slaves:3\nslave0:ip=127.0.0.1,port=7001,state=wait_bgsave,offset=0,lag=0\nslave1:ip=127.0.0.1,port=0,state=wait_bgsave,offset=0,lag=0\nslave2:ip=127.0.0.1,port=7002,state=wait_bgsave,offset=0,lag=0\n").replication().unwrap();
+        assert_eq!(m.replicas.iter().map(|r| r.port).collect::<Vec<_>>(), vec![7001, 7002]);
+    }
 }
