@@ -99,7 +99,9 @@ impl RedisSync {
         let (diskless, delay) = (master.diskless_sync, master.diskless_sync_delay);
         self.manager.set_master(Some(master)).await?;
         // Several replicas under a diskless delay: start their one transfer once they all wait.
-        if let Some(want) = request.replica_count.filter(|n| *n >= 2 && diskless && delay > 0) {
+        // Not with Valkey's dual-channel sync: its RDB channels would not share the agent's fork.
+        let gather = diskless && delay > 0 && !self.settings.dual_channel_replication;
+        if let Some(want) = request.replica_count.filter(|n| *n >= 2 && gather) {
             super::gather::spawn(self.manager.clone(), want, delay);
         }
         let fs = self.manager.filesystem_stats(None)?;
