@@ -429,3 +429,28 @@ async fn two_replicas_share_one_diskless_transfer_without_the_delay() {
     assert!(log.contains("started their one transfer"), "{log}");
     assert!(!log.contains("s3cret"), "password in the master's log");
 }
+
+/// A create of two where only one replica comes: the gather gives up after the delay, changes
+/// nothing, and Redis syncs the one replica as configured.
+#[tokio::test]
+async fn a_gather_whose_replicas_do_not_all_come_changes_nothing() {
+    let c = client().await;
+    let master = spawn_guest(&c, None, &[]).await;
+    let replica = spawn_guest(&c, None, &[]).await;
+    prepare(&c, &master, None, None).await;
+    let mut m = master.redis(None).await;
+    let _: () = m.set("k", "v").await.unwrap();
+    let mut snapshot = call(&c, &master, "get_replication_snapshot", json!({
+        "snapshot_info": {"id": null, "replica_count": 2},
+        "replica_source_config": "repl-diskless-sync yes\nrepl-diskless-sync-delay 2\n",
+    }))
+    .await;
+    snapshot["config"] = json!("slave-read-only yes\n");
+    prepare(&c, &replica, None, Some(snapshot)).await;
+    let v: Option<String> = replica.redis(None).await.get("k").await.unwrap();
+    assert_eq!(v.as_deref(), Some("v"));
+    eventually(10, "the gather gives up", || async { master.log().contains("not every replica came within the delay") }).await;
+    assert!(!master.log().contains("started their one transfer"), "{}", master.log());
+    let delay: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("repl-diskless-sync-delay").query_async(&mut m).await.unwrap();
+    assert_eq!(delay[1], "2");
+}
