@@ -24,6 +24,7 @@ mkdir -p "$LOGS"
 TESTS=(
   redis_sync::create_replica_with_password_keeps_master_running
   redis_sync::two_replicas_share_one_diskless_transfer_without_the_delay
+  redis_sync::a_gather_whose_replicas_do_not_all_come_changes_nothing
   redis_sync::trove_promote_order_continues_partially
   redis_sync::detach_makes_a_writable_master_with_the_data
   redis_sync::replica_survives_kill_9_and_idempotent_attach
