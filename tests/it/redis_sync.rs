@@ -383,3 +383,74 @@ async fn acl_replication_user() {
     let d = parse(&std::fs::read_to_string(replica.config_file()).unwrap()).unwrap();
     assert_eq!(lookup(&d, "masteruser"), None);
 }
+
+/// Two replicas of one create under a diskless delay get one transfer, started once both wait
+/// (the master's agent gathers them) instead of after the delay.
+#[tokio::test]
+async fn two_replicas_share_one_diskless_transfer_without_the_delay() {
+    let c = client().await;
+    // max-replicas above the create's count: Redis alone would wait the whole delay (as 6.2 always does).
+    let master = spawn_guest(&c, None, &[("TROVE_GUESTAGENT__REPLICATION__DISKLESS_SYNC_MAX_REPLICAS", "8")]).await;
+    let (r1, r2) = (spawn_guest(&c, None, &[]).await, spawn_guest(&c, None, &[]).await);
+    prepare(&c, &master, Some(PW), None).await;
+    let mut m = master.redis(Some(PW)).await;
+    for chunk in 0..20 {
+        let pairs: Vec<(String, String)> = (0..1000).map(|i| (format!("k{chunk}:{i}"), "v".repeat(100))).collect();
+        let _: () = m.mset(&pairs).await.unwrap();
+    }
+    // Every server logs each fork for replication (Redis 6.0 has no total_forks).
+    let server_log = master.dir.path().join("data/redis-server.log");
+    let forks = || std::fs::read_to_string(&server_log).unwrap().matches("Starting BGSAVE for SYNC").count();
+    let forks_before = forks();
+    let started = std::time::Instant::now();
+    let mut snapshot = call(&c, &master, "get_replication_snapshot", json!({
+        "snapshot_info": {"id": null, "replica_count": 2},
+        "replica_source_config": "repl-diskless-sync yes\nrepl-diskless-sync-delay 8\n",
+    }))
+    .await;
+    snapshot["config"] = json!("slave-read-only yes\n");
+    tokio::join!(prepare(&c, &r1, None, Some(snapshot.clone())), prepare(&c, &r2, None, Some(snapshot.clone())));
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "two replicas took {took:?} under an 8 s delay\n{}", master.log());
+    assert_eq!(forks() - forks_before, 1, "one fork serves both replicas\n{}", std::fs::read_to_string(&server_log).unwrap());
+    for r in [&r1, &r2] {
+        let n: i64 = redis::cmd("DBSIZE").query_async(&mut r.redis(None).await).await.unwrap();
+        assert_eq!(n, 20_000);
+    }
+    // The operator's delay is back at runtime and was never changed in redis.conf.
+    let delay: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("repl-diskless-sync-delay").query_async(&mut m).await.unwrap();
+    assert_eq!(delay[1], "8");
+    let conf = trove_guest::datastore::redis::conf::parse(&std::fs::read_to_string(master.config_file()).unwrap()).unwrap();
+    assert_eq!(trove_guest::datastore::redis::conf::lookup(&conf, "repl-diskless-sync-delay").as_deref(), Some("8"));
+    // Only the two replicas are reported (the pseudo-replica is gone).
+    let status = call(&c, &master, "get_replication_status", json!({})).await;
+    assert_eq!(info(&mut m, "replication").await.replication().unwrap().replicas.len(), 2, "{status}");
+    let log = master.log();
+    assert!(log.contains("started their one transfer"), "{log}");
+    assert!(!log.contains("s3cret"), "password in the master's log");
+}
+
+/// A create of two where only one replica comes: the gather gives up after the delay, changes
+/// nothing, and Redis syncs the one replica as configured.
+#[tokio::test]
+async fn a_gather_whose_replicas_do_not_all_come_changes_nothing() {
+    let c = client().await;
+    let master = spawn_guest(&c, None, &[]).await;
+    let replica = spawn_guest(&c, None, &[]).await;
+    prepare(&c, &master, None, None).await;
+    let mut m = master.redis(None).await;
+    let _: () = m.set("k", "v").await.unwrap();
+    let mut snapshot = call(&c, &master, "get_replication_snapshot", json!({
+        "snapshot_info": {"id": null, "replica_count": 2},
+        "replica_source_config": "repl-diskless-sync yes\nrepl-diskless-sync-delay 2\n",
+    }))
+    .await;
+    snapshot["config"] = json!("slave-read-only yes\n");
+    prepare(&c, &replica, None, Some(snapshot)).await;
+    let v: Option<String> = replica.redis(None).await.get("k").await.unwrap();
+    assert_eq!(v.as_deref(), Some("v"));
+    eventually(10, "the gather gives up", || async { master.log().contains("not every replica came within the delay") }).await;
+    assert!(!master.log().contains("started their one transfer"), "{}", master.log());
+    let delay: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("repl-diskless-sync-delay").query_async(&mut m).await.unwrap();
+    assert_eq!(delay[1], "2");
+}

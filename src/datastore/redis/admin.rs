@@ -253,6 +253,22 @@ impl Admin {
     }
 
     /// `SHUTDOWN` (saving if persistence is configured). The connection dropping is success.
+    /// Turns this connection into a replica asking for a full sync (`REPLCONF capa eof capa psync2`,
+    /// Valkey's `REPLCONF version`, `PSYNC ? -1`) and returns the first answer (`+FULLRESYNC …`).
+    /// The connection is useless afterwards: drop this `Admin`.
+    pub async fn psync_full(&mut self, valkey_version: Option<&str>) -> Result<String> {
+        self.link.query::<()>(redis::cmd("REPLCONF").arg("capa").arg("eof").arg("capa").arg("psync2"), Retry::Never).await.map_err(|e| classify("REPLCONF", &self.what, e))?;
+        if let Some(v) = valkey_version {
+            self.link.query::<()>(redis::cmd("REPLCONF").arg("version").arg(v), Retry::Never).await.map_err(|e| classify("REPLCONF", &self.what, e))?;
+        }
+        match self.link.query(redis::cmd("PSYNC").arg("?").arg("-1"), Retry::Never).await {
+            // `+FULLRESYNC` and the stream's `$EOF:<mark>` read at once: the client's parser fails
+            // on the mark before it hands out the first reply. Only a full sync sends that stream.
+            Err(e) if e.kind() == redis::ErrorKind::ParseError => Ok("FULLRESYNC (read with the start of the stream)".into()),
+            r => r.map_err(|e| classify("PSYNC", &self.what, e)),
+        }
+    }
+
     pub async fn shutdown(&mut self) -> Result<()> {
         match self.link.query::<()>(&redis::cmd("SHUTDOWN"), Retry::Never).await {
             Ok(()) => Ok(()),

@@ -122,6 +122,8 @@ impl Info {
                 let n: u32 = k.strip_prefix("slave")?.parse().ok()?;
                 Some((n, parse_replica_line(v)?, v.contains("type=rdb-channel")))
             })
+            // Port 0: no listening port, so not a replica anyone reaches (the agent's own pseudo-replica, `gather`).
+            .filter(|(_, r, _)| r.port != 0)
             .collect();
         lines.sort_by_key(|(n, _, _)| *n);
         // Valkey's dual-channel sync lists a replica twice: keep its main channel.
@@ -322,5 +324,11 @@ mod tests {
         assert_eq!(r.sync_progress, Some((250, 1000)));
         let r = Info::parse("role:slave\nmaster_sync_total_bytes:-1\nmaster_sync_read_bytes:250\n").replication().unwrap();
         assert_eq!(r.sync_progress, None);
+    }
+
+    #[test]
+    fn a_replica_without_a_listening_port_is_not_listed() {
+        let m = Info::parse("role:master\nconnected_slaves:3\nslave0:ip=127.0.0.1,port=7001,state=wait_bgsave,offset=0,lag=0\nslave1:ip=127.0.0.1,port=0,state=wait_bgsave,offset=0,lag=0\nslave2:ip=127.0.0.1,port=7002,state=wait_bgsave,offset=0,lag=0\n").replication().unwrap();
+        assert_eq!(m.replicas.iter().map(|r| r.port).collect::<Vec<_>>(), vec![7001, 7002]);
     }
 }

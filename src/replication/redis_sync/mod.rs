@@ -1,12 +1,14 @@
 //! `RedisSync`: Trove's RedisSyncReplication without restarts, with held-back failover detach and a real write fence.
 //!
-//! One file per concern: `source` (the replica source), `attach`, `detach`, `fence`, `status` and
-//! `liveness` (a replica's own probe of its master);
+//! One file per concern: `source` (the replica source), `gather` (one diskless transfer for a
+//! create's replicas), `attach`, `detach`, `fence`, `status` and `liveness` (a replica's own probe
+//! of its master);
 //! this file holds the strategy's state and maps `ReplicationStrategy` onto them.
 
 mod attach;
 mod detach;
 mod fence;
+mod gather;
 mod liveness;
 mod source;
 mod status;

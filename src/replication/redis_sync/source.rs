@@ -96,7 +96,14 @@ impl RedisSync {
             )));
         }
         let master = self.apply_master_settings(&mut admin, request.replica_source_config.as_deref(), request.replica_count).await?;
+        let (diskless, delay) = (master.diskless_sync, master.diskless_sync_delay);
         self.manager.set_master(Some(master)).await?;
+        // Several replicas under a diskless delay: start their one transfer once they all wait.
+        // Not with Valkey's dual-channel sync: its RDB channels would not share the agent's fork.
+        let gather = diskless && delay > 0 && !self.settings.dual_channel_replication;
+        if let Some(want) = request.replica_count.filter(|n| *n >= 2 && gather) {
+            super::gather::spawn(self.manager.clone(), want, delay);
+        }
         let fs = self.manager.filesystem_stats(None)?;
         Ok(Snapshot {
             dataset: Dataset {
