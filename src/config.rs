@@ -32,6 +32,7 @@ pub struct Settings {
     pub backup: BackupSettings,
     pub guest_logs: GuestLogSettings,
     pub log: LogSettings,
+    pub metrics: MetricsSettings,
     /// Options found in Trove's INI files that this agent does not use (`[section] key`), for one debug line.
     #[serde(skip)]
     pub ignored_trove_options: Vec<String>,
@@ -250,6 +251,14 @@ pub struct LogSettings {
     /// Append the log to this file instead of stderr.
     #[serde(deserialize_with = "opt_path")]
     pub file: Option<PathBuf>,
+}
+
+/// The Prometheus endpoint (`docs/metrics.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// `address:port` served at `/metrics`; empty is off.
+    pub listen: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -559,6 +568,9 @@ fn validate(s: &Settings) -> Result<(), Error> {
         if !crate::datastore::redis::conf::is_valid_host(host) {
             return invalid("redis.advertise_host", "is not a valid host name or address");
         }
+    }
+    if let Err(why) = crate::metrics::parse_listen(&s.metrics.listen) {
+        return invalid("metrics.listen", &why);
     }
     validate_tls(s)?;
     validate_volume(&s.volume)?;

@@ -21,6 +21,7 @@ pub mod datastore;
 pub mod discovery;
 pub mod flows;
 pub mod methods;
+pub mod metrics;
 pub mod oslo_ini;
 pub mod replication;
 pub mod rpc;
