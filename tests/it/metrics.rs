@@ -178,18 +178,18 @@ impl Drop for Prometheus {
 impl Prometheus {
     /// Scrapes `targets` (one replica set) every second, with the shipped rules, their `for`
     /// durations shortened to 2 s so the test runs in seconds (promtool tests the real ones).
-    async fn start(targets: &[u16]) -> Prometheus {
+    async fn start(jobs: &[(&str, &[u16])]) -> Prometheus {
         let binary = prometheus_tool("prometheus");
         let dir = tempfile::tempdir().unwrap();
         let rules = std::fs::read_to_string(rules_dir().join("redis-replication-rules.yml")).unwrap();
         let short: String = rules.lines().map(|l| if l.trim_start().starts_with("for: ") { format!("{}for: 2s\n", &l[..l.len() - l.trim_start().len()]) } else { format!("{l}\n") }).collect();
         assert_ne!(short, rules, "no `for` to shorten");
         std::fs::write(dir.path().join("rules.yml"), short).unwrap();
-        let targets: Vec<String> = targets.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
-        let config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - rules.yml\nscrape_configs:\n  - job_name: trove-guestagent\n    static_configs:\n      - targets: [{}]\n        labels:\n          replica_set: test\n",
-            targets.join(", ")
-        );
+        let mut config = "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - rules.yml\nscrape_configs:\n".to_owned();
+        for (job, ports) in jobs {
+            let targets: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+            config.push_str(&format!("  - job_name: {job}\n    static_configs:\n      - targets: [{}]\n        labels:\n          replica_set: test\n", targets.join(", ")));
+        }
         std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
         let port = free_port();
         let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
@@ -245,7 +245,7 @@ async fn prometheus_fires_the_alerts_when_the_master_dies() {
     let guests = [m, r];
     let (mut tm, _dir) = taskmanager(&guests).await;
     tm.create_replicas(create(&guests[0], &[&guests[1]])).await.unwrap();
-    let prom = Prometheus::start(&[mp, rp]).await;
+    let prom = Prometheus::start(&[("trove-guestagent", &[mp, rp])]).await;
     eventually(20, "both agents scraped, the master and its linked replica seen", || async {
         let up = prom.api("query?query=sum(up%7Bjob%3D%22trove-guestagent%22%7D)").await;
         let linked = prom.api("query?query=sum(redis_master_link_up)%20%2B%20sum(redis_instance_info%7Brole%3D%22master%22%7D)").await;
@@ -271,4 +271,98 @@ async fn prometheus_fires_the_alerts_when_the_master_dies() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     tm.close().await;
+}
+
+/// `trove-guestctl watch --metrics-listen`, killed when dropped.
+struct Watcher {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- watcher log ----\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+        }
+    }
+}
+
+/// The first value of a Prometheus instant query, if any.
+async fn query(prom: &Prometheus, q: &str) -> Option<String> {
+    let data = prom.api(&format!("query?query={}", q.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect::<String>())).await;
+    data["result"][0]["value"][1].as_str().map(str::to_owned)
+}
+
+/// A watcher serving metrics beside two agents, all scraped by a real Prometheus: the set under
+/// Sentinel's names while healthy; after kill -9 of the master's Redis the watcher ejects it, and
+/// its failover counter, detection time and the new master's address follow.
+#[tokio::test]
+async fn watcher_exports_sentinel_metrics_and_counts_a_failover() {
+    let c = client().await;
+    let (m, mp) = guest_with_metrics(&c).await;
+    let (r, rp) = guest_with_metrics(&c).await;
+    for g in [&m, &r] {
+        prepare(&c, g, None, None).await;
+    }
+    let name = unique("metricset");
+    let (listen, wp) = (free_port(), free_port());
+    let guests = [m, r];
+    let (mut tm, dir) = taskmanager_with(&guests, &format!("name = \"{name}\"\nwatchers = [\"127.0.0.1:{listen}\"]\n")).await;
+    tm.create_replicas(create(&guests[0], &[&guests[1]])).await.unwrap();
+    tm.close().await;
+    drop(tm);
+    let log = dir.path().join("watch.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_trove-guestctl"))
+        .arg("--inventory")
+        .arg(dir.path().join("inventory.toml"))
+        .args(["watch", "--listen", &format!("127.0.0.1:{listen}"), "--down-after-ms", "1000", "--metrics-listen", &format!("127.0.0.1:{wp}")])
+        .env("TROVE_GUESTCTL_LOG", "trove_guest=info,warn")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .expect("cannot start trove-guestctl watch");
+    let _watcher = Watcher { child, log };
+    let (m, r) = (&guests[0], &guests[1]);
+    let master_at = format!("master_address=\"127.0.0.1:{}\"", m.port);
+    let set = format!("master_name=\"{name}\"");
+    eventually(20, "the watcher holds the lease and sees the set", || async {
+        let Ok(resp) = reqwest::get(format!("http://127.0.0.1:{wp}/metrics")).await else { return false };
+        let b = resp.text().await.unwrap_or_default();
+        sample(&b, "trove_guestctl_watch_lease_holder", &[&set]) == Some(1.0) && sample(&b, "redis_sentinel_master_ok_slaves", &[&set, &master_at]) == Some(1.0)
+    })
+    .await;
+    let body = scrape(wp).await;
+    assert_eq!(sample(&body, "redis_sentinel_masters", &[]), Some(1.0), "{body}");
+    assert_eq!(sample(&body, "redis_sentinel_master_status", &[&set, &master_at, "master_status=\"ok\""]), Some(1.0), "{body}");
+    assert_eq!(sample(&body, "redis_sentinel_master_slaves", &[&set, &master_at]), Some(1.0), "{body}");
+    assert!(sample(&body, "trove_guestctl_watch_config_epoch", &[&set]).unwrap() >= 1.0, "{body}");
+    assert_eq!(sample(&body, "trove_guestctl_watch_failovers_total", &[&set, "kind=\"eject\"", "result=\"ok\""]), Some(0.0), "{body}");
+
+    // Prometheus scrapes both binaries.
+    let prom = Prometheus::start(&[("trove-guestagent", &[mp, rp]), ("trove-guestctl-watch", &[wp])]).await;
+    eventually(20, "Prometheus has the agents' and the watcher's metrics", || async {
+        query(&prom, "sum(up)").await.as_deref() == Some("3") && query(&prom, "sum(redis_sentinel_master_ok_slaves)").await.as_deref() == Some("1")
+    })
+    .await;
+
+    kill_redis(m);
+    let new_at = format!("master_address=\"127.0.0.1:{}\"", r.port);
+    eventually(30, "the watcher counts the eject and names the new master", || async {
+        let b = scrape(wp).await;
+        sample(&b, "trove_guestctl_watch_failovers_total", &[&set, "kind=\"eject\"", "result=\"ok\""]) == Some(1.0)
+            && sample(&b, "redis_sentinel_master_status", &[&set, &new_at]).is_some()
+    })
+    .await;
+    let body = scrape(wp).await;
+    let detection = sample(&body, "trove_guestctl_watch_last_detection_seconds", &[&set]).unwrap();
+    eprintln!("detection {detection} s");
+    assert!(detection > 0.0 && detection < 10.0, "{body}");
+    eventually(20, "Prometheus sees the failover", || async {
+        query(&prom, "sum(trove_guestctl_watch_failovers_total{kind=\"eject\",result=\"ok\"})").await.as_deref() == Some("1")
+    })
+    .await;
 }
