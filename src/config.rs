@@ -751,6 +751,8 @@ mod tests {
             ("[replication]\ntls_replication = true\n", &[], "tls_cert_file"),
             ("[redis]\ntls_auth_clients = \"maybe\"\n", &[], "maybe"),
             ("[redis]\ntls_cert_file = \"/nonexistent/c.pem\"\n", &[], "tls_cert_file"),
+            ("[metrics]\nlisten = \"localhost\"\n", &[], "metrics.listen"),
+            ("", &[("TROVE_GUESTAGENT__METRICS__LISTEN", "1.2.3.4:99999")], "metrics.listen"),
         ];
         for (i, (text, extra, want)) in cases.iter().enumerate() {
             let file = dir.path().join(format!("c{i}.toml"));
