@@ -83,7 +83,7 @@ async fn agents_export_replication_state() {
     assert_eq!(body.matches("# TYPE redis_connected_slaves ").count(), 1);
 
     let body = scrape(rp).await;
-    let link = [format!("master_host=\"127.0.0.1\""), format!("master_port=\"{}\"", m.port)];
+    let link = ["master_host=\"127.0.0.1\"".to_owned(), format!("master_port=\"{}\"", m.port)];
     let link: Vec<&str> = link.iter().map(String::as_str).collect();
     assert_eq!(sample(&body, "redis_instance_info", &["role=\"slave\""]), Some(1.0), "{body}");
     assert_eq!(sample(&body, "redis_master_link_up", &link), Some(1.0), "{body}");
