@@ -121,6 +121,27 @@ async fn agents_export_replication_state() {
     }
     call(&c, r, "rpc_ping", json!({})).await;
 
+    // A hung master (SIGSTOP): the replica's link goes down at its repl-timeout (2 s here), the
+    // master's agent answers its scrape with redis_up 0 rather than hanging, and both recover.
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("repl-timeout").arg("2").query_async(&mut r.redis(Some(PW)).await).await.unwrap();
+    let pid = m.redis_pid().unwrap().to_string();
+    Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    let stopped = Instant::now();
+    let hung = async {
+        eventually(15, "redis_master_link_up 0 on the replica of a hung master", || async { sample(&scrape(rp).await, "redis_master_link_up", &link) == Some(0.0) }).await;
+        let t = Instant::now();
+        let b = scrape(mp).await;
+        (sample(&b, "redis_up", &[]), t.elapsed())
+    };
+    let hung = tokio::time::timeout(Duration::from_secs(30), hung).await;
+    Command::new("kill").args(["-CONT", &pid]).status().unwrap();
+    let (up, took) = hung.expect("the hung master's checks took over 30 s");
+    eprintln!("link down {:.1} s after SIGSTOP; the hung master's scrape took {took:?}", stopped.elapsed().as_secs_f64());
+    assert_eq!(up, Some(0.0), "a hung Redis is not up");
+    assert!(took < Duration::from_secs(4), "the scrape of a hung Redis took {took:?}");
+    eventually(20, "the link back up after SIGCONT", || async { sample(&scrape(rp).await, "redis_master_link_up", &link) == Some(1.0) }).await;
+    assert_eq!(sample(&scrape(mp).await, "redis_up", &[]), Some(1.0));
+
     // The master's Redis dies: the replica says its link is down, the master's agent that its
     // Redis is down and its restart held back.
     kill_redis(m);
