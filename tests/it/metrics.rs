@@ -382,6 +382,8 @@ async fn watcher_exports_sentinel_metrics_and_counts_a_failover() {
     let detection = sample(&body, "trove_guestctl_watch_last_detection_seconds", &[&set]).unwrap();
     eprintln!("detection {detection} s");
     assert!(detection > 0.0 && detection < 10.0, "{body}");
+    // The dead master's agent answered its probes with RestartHeldBack: no status.
+    assert!(sample(&body, "trove_guestctl_watch_probe_errors_total", &[&set]).unwrap() >= 1.0, "{body}");
     eventually(20, "Prometheus sees the failover", || async {
         query(&prom, "sum(trove_guestctl_watch_failovers_total{kind=\"eject\",result=\"ok\"})").await.as_deref() == Some("1")
     })
