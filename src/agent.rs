@@ -12,6 +12,7 @@ use crate::config::Settings;
 use crate::datastore::redis::RedisManager;
 use crate::datastore::ServiceStatus;
 use crate::methods::Guest;
+use crate::metrics::{self, AgentCounters};
 use crate::replication;
 use crate::rpc::{self, crypto::Cipher, publisher::Publisher, server::RpcServer, AmqpOptions};
 
@@ -23,6 +24,8 @@ pub enum Error {
     Strategy(String),
     #[error("redis.binary: {0}")]
     UnsupportedServer(String),
+    #[error("metrics.listen: {0}")]
+    Metrics(String),
 }
 
 /// Options a caller may add (tests use `on_consuming` to know when the agent is ready).
@@ -87,6 +90,14 @@ pub async fn run(settings: Settings, cancel: CancellationToken, hooks: Hooks) ->
         settings.backup.swift_api_insecure,
     );
     let guest = Arc::new(Guest::new(manager.clone(), strategy.clone(), epochs, status_tx.clone(), backups, logs));
+    let counters = Arc::new(AgentCounters::default());
+    let endpoint = Arc::new(Counted { inner: guest, counters: counters.clone() });
+    if let Some(addr) = metrics::parse_listen(&settings.metrics.listen).map_err(Error::Metrics)? {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| Error::Metrics(format!("cannot listen on {addr}: {e}")))?;
+        tracing::info!(%addr, "metrics served at /metrics");
+        let render = agent_metrics(manager.clone(), strategy.clone(), counters.clone(), status_rx.clone(), settings.guest.id.clone());
+        tokio::spawn(metrics::serve(listener, render, background.clone()));
+    }
     let opts = AmqpOptions {
         transport_url: secrecy::SecretString::from(settings.rpc.transport_url.expose_secret().to_owned()),
         control_exchange: settings.rpc.control_exchange.clone(),
@@ -109,13 +120,14 @@ pub async fn run(settings: Settings, cancel: CancellationToken, hooks: Hooks) ->
         cipher: cipher.clone(),
         interval: Duration::from_secs(settings.conductor.report_interval),
         pacer: Pacer::new(Duration::from_millis(settings.conductor.heartbeat_spacing_ms)),
+        counters,
     };
     let heartbeat_task = tokio::spawn(heartbeat.clone().run(manager.clone(), strategy, status_tx, status_rx, background.clone()));
     let server = RpcServer {
         opts,
         topic: format!("guestagent.{}", settings.guest.id),
         server: settings.guest.id.clone(),
-        endpoint: guest,
+        endpoint,
         cipher,
         max_body: settings.rpc.max_message_bytes,
         reconnect_max_backoff: Duration::from_secs(settings.rpc.reconnect_max_backoff.max(1)),
@@ -162,6 +174,57 @@ impl crate::methods::Conductor for ConductorCasts {
     }
 }
 
+/// The guest endpoint, counting calls by method and outcome.
+struct Counted {
+    inner: Arc<Guest>,
+    counters: Arc<AgentCounters>,
+}
+
+#[async_trait::async_trait]
+impl rpc::dispatch::Endpoint for Counted {
+    async fn call(&self, method: &str, args: serde_json::Map<String, serde_json::Value>, context: rpc::dispatch::CallContext) -> Result<serde_json::Value, rpc::failure::RemoteFailure> {
+        let result = self.inner.call(method, args, context).await;
+        self.counters.rpc_call(method, result.as_ref().map(|_| "ok").unwrap_or_else(|f| f.class.as_str()));
+        result
+    }
+}
+
+/// One scrape: one INFO of the local Redis (2 s at most; `redis_up 0` without it), then the agent's own.
+fn agent_metrics(
+    manager: Arc<RedisManager>,
+    strategy: Arc<dyn replication::ReplicationStrategy>,
+    counters: Arc<AgentCounters>,
+    status: watch::Receiver<ServiceStatus>,
+    instance_id: String,
+) -> metrics::Render {
+    Arc::new(move || {
+        let (manager, strategy, counters, status, instance_id) = (manager.clone(), strategy.clone(), counters.clone(), status.clone(), instance_id.clone());
+        Box::pin(async move {
+            use metrics::Kind::Gauge;
+            let read = async {
+                let mut admin = manager.admin().await.ok()?;
+                admin.info("all").await.ok()
+            };
+            let info = tokio::time::timeout(Duration::from_secs(2), read).await.ok().flatten();
+            let mut out = metrics::Text::new();
+            crate::datastore::redis::metrics::encode(&mut out, info.as_ref());
+            out.family("trove_guestagent_info", Gauge, "The agent: its Trove instance id");
+            out.sample("trove_guestagent_info", &[("instance_id", &instance_id), ("version", env!("CARGO_PKG_VERSION"))], 1.0);
+            let current = *status.borrow();
+            out.family("trove_guestagent_status", Gauge, "The status the agent reports to Trove's conductor (1 for the current one)");
+            out.sample("trove_guestagent_status", &[("status", current.description())], 1.0);
+            counters.encode(&mut out);
+            let held = manager.held().await;
+            out.single("trove_guestagent_restart_held_back", Gauge, "1 while the restart of this crashed replica source is held back for a failover", f64::from(u8::from(held)));
+            let fenced = strategy.write_fenced().await;
+            out.single("trove_guestagent_write_fenced", Gauge, "1 while the promote's write fence holds client writes back", f64::from(u8::from(fenced)));
+            let min_replicas = manager.snapshot_state().await.master.map(|m| m.min_replicas_to_write).unwrap_or(0);
+            out.single("trove_guestagent_split_brain_fence_min_replicas", Gauge, "min-replicas-to-write the agent set on this master (0: none)", f64::from(min_replicas));
+            out.finish()
+        })
+    })
+}
+
 #[derive(Clone)]
 struct Heartbeat {
     publisher: Publisher,
@@ -171,6 +234,7 @@ struct Heartbeat {
     cipher: Option<Cipher>,
     interval: Duration,
     pacer: Pacer,
+    counters: Arc<AgentCounters>,
 }
 
 /// Spaces heartbeats: at most one per `spacing`. Trove's conductor handles casts concurrently, so
@@ -202,8 +266,11 @@ impl Pacer {
 
 impl Heartbeat {
     async fn send(&self, status: ServiceStatus) -> Result<(), rpc::Error> {
-        rpc::conductor::send_heartbeat(&self.publisher, &self.exchange, &self.topic, &self.instance_id, status.description(), self.cipher.as_ref())
-            .await
+        let sent = rpc::conductor::send_heartbeat(&self.publisher, &self.exchange, &self.topic, &self.instance_id, status.description(), self.cipher.as_ref())
+            .await;
+        let counter = if sent.is_ok() { &self.counters.heartbeats_sent } else { &self.counters.heartbeats_failed };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        sent
     }
 
     /// Heartbeats on start, every interval, and on every status change: spaced by the pacer, and

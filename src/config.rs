@@ -32,6 +32,7 @@ pub struct Settings {
     pub backup: BackupSettings,
     pub guest_logs: GuestLogSettings,
     pub log: LogSettings,
+    pub metrics: MetricsSettings,
     /// Options found in Trove's INI files that this agent does not use (`[section] key`), for one debug line.
     #[serde(skip)]
     pub ignored_trove_options: Vec<String>,
@@ -250,6 +251,14 @@ pub struct LogSettings {
     /// Append the log to this file instead of stderr.
     #[serde(deserialize_with = "opt_path")]
     pub file: Option<PathBuf>,
+}
+
+/// The Prometheus endpoint (`docs/metrics.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// `address:port` served at `/metrics`; empty is off.
+    pub listen: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -560,6 +569,9 @@ fn validate(s: &Settings) -> Result<(), Error> {
             return invalid("redis.advertise_host", "is not a valid host name or address");
         }
     }
+    if let Err(why) = crate::metrics::parse_listen(&s.metrics.listen) {
+        return invalid("metrics.listen", &why);
+    }
     validate_tls(s)?;
     validate_volume(&s.volume)?;
     if s.backup.swift_container.is_empty() || s.backup.swift_container.contains('/') {
@@ -739,6 +751,8 @@ mod tests {
             ("[replication]\ntls_replication = true\n", &[], "tls_cert_file"),
             ("[redis]\ntls_auth_clients = \"maybe\"\n", &[], "maybe"),
             ("[redis]\ntls_cert_file = \"/nonexistent/c.pem\"\n", &[], "tls_cert_file"),
+            ("[metrics]\nlisten = \"localhost\"\n", &[], "metrics.listen"),
+            ("", &[("TROVE_GUESTAGENT__METRICS__LISTEN", "1.2.3.4:99999")], "metrics.listen"),
         ];
         for (i, (text, extra, want)) in cases.iter().enumerate() {
             let file = dir.path().join(format!("c{i}.toml"));

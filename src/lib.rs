@@ -8,6 +8,7 @@
 //! - `flows`: the taskmanager side: create, detach, promote and eject over RPC.
 //! - `config`: settings, loaded once; `oslo_ini`: Trove's INI option files.
 //! - `agent`: wiring and graceful shutdown.
+//! - `metrics`: the Prometheus text encoder and the `/metrics` server of both binaries.
 
 // `RemoteFailure` (oslo's serialized exception, with its args and kwargs maps) is the error of
 // argument checks and dispatch. It is built once per failed call, never on a hot path, so
@@ -21,6 +22,7 @@ pub mod datastore;
 pub mod discovery;
 pub mod flows;
 pub mod methods;
+pub mod metrics;
 pub mod oslo_ini;
 pub mod replication;
 pub mod rpc;

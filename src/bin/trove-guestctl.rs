@@ -86,6 +86,9 @@ enum Command {
         /// How long the master must look down, with a majority of its replicas agreeing.
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
         down_after_ms: u64,
+        /// Serve Prometheus metrics at http://HOST:PORT/metrics (docs/metrics.md). Off when not given.
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// One raw guest call; prints the JSON result.
     Call {
@@ -133,8 +136,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Runs one command against the connected taskmanager.
 async fn command(cli: Cli, tm: &mut Taskmanager) -> anyhow::Result<ExitCode> {
-    if let Command::Watch { listen, down_after_ms } = cli.command {
-        return watch(tm, listen, down_after_ms).await;
+    if let Command::Watch { listen, down_after_ms, metrics_listen } = cli.command {
+        return watch(tm, listen, down_after_ms, metrics_listen).await;
     }
     if !matches!(cli.command, Command::Call { .. } | Command::Prepare { .. }) {
         // One quick probe of every guest, reused by the flow (a dead guest costs DEAD_MASTER_TIMEOUT once).
@@ -271,7 +274,7 @@ fn is_me(w: &str, listen: std::net::SocketAddr) -> bool {
 }
 
 /// `watch`: discovery on `listen`, the watcher loop until SIGTERM/SIGINT.
-async fn watch(tm: &mut Taskmanager, listen: std::net::SocketAddr, down_after_ms: u64) -> anyhow::Result<ExitCode> {
+async fn watch(tm: &mut Taskmanager, listen: std::net::SocketAddr, down_after_ms: u64, metrics_listen: Option<std::net::SocketAddr>) -> anyhow::Result<ExitCode> {
     use secrecy::SecretString;
     let inv = &tm.inventory;
     let peers: Vec<String> = inv.watchers.iter().filter(|w| !is_me(w, listen)).cloned().collect();
@@ -281,6 +284,16 @@ async fn watch(tm: &mut Taskmanager, listen: std::net::SocketAddr, down_after_ms
     tracing::info!(%listen, name = %inv.name, "discovery listening");
     let server = tokio::spawn(trove_guest::discovery::serve(listener, shared.clone()));
     let cancel = tokio_util::sync::CancellationToken::new();
+    if let Some(addr) = metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for metrics"))?;
+        tracing::info!(%addr, "metrics served at /metrics");
+        let view = shared.clone();
+        let render: trove_guest::metrics::Render = std::sync::Arc::new(move || {
+            let view = view.clone();
+            Box::pin(async move { trove_guest::discovery::metrics::encode(&view).await })
+        });
+        tokio::spawn(trove_guest::metrics::serve(listener, render, cancel.clone()));
+    }
     let stop = cancel.clone();
     tokio::spawn(async move {
         trove_guest::signal::shutdown().await;

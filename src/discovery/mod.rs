@@ -1,6 +1,7 @@
 //! Discovery that Sentinel clients already speak: a subset of the Sentinel protocol (RESP2/RESP3) served
 //! from the watcher's live view of one replica set.
 
+pub mod metrics;
 pub mod resp;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,6 +58,8 @@ pub struct Shared {
     failovers: mpsc::Sender<FailoverRequest>,
     /// The watcher's end of `failovers`, taken once by the watch loop.
     pub failover_requests: Mutex<Option<mpsc::Receiver<FailoverRequest>>>,
+    /// The watch loop's counters, for `/metrics` (`metrics.rs`).
+    pub stats: metrics::WatchStats,
 }
 
 impl Shared {
@@ -74,6 +77,7 @@ impl Shared {
             acting: AtomicBool::new(false),
             failovers,
             failover_requests: Mutex::new(Some(requests)),
+            stats: metrics::WatchStats::default(),
         })
     }
 

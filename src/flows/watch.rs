@@ -289,6 +289,8 @@ impl Taskmanager {
         let ids: Vec<String> = self.inventory.guests.iter().map(|g| g.id.clone()).collect();
         let timeout = opts.probe_timeout();
         let lives: Vec<Live> = futures_util::future::join_all(ids.iter().map(|g| self.live_within(g, timeout))).await;
+        let no_status = lives.iter().filter(|l| l.status.is_none()).count() as u64;
+        shared.stats.probe_errors.fetch_add(no_status, std::sync::atomic::Ordering::Relaxed);
         // The topology is what the guests accepted (the highest epoch), not what a file says; the
         // inventory only names a set that has no epoch yet.
         let (epoch, topology) = match topology_of(&lives) {
@@ -397,6 +399,7 @@ impl Taskmanager {
                 .collect();
             let why = master_live.and_then(|l| l.error.clone()).unwrap_or_default();
             tracing::warn!(%master, epoch, silent_ms = silent_for.as_millis() as u64, strong, master_error = %why, ?evidence, "decision: master is down (its agent and a majority of its replicas agree); ejecting");
+            shared.stats.last_detection_ms.store(silent_for.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
             self.fail_over(&master, lives.clone(), shared, mem, lease, opts).await;
             return;
         }
@@ -440,6 +443,8 @@ impl Taskmanager {
         self.on_writable = None;
         self.recent.clear();
         let epoch = self.epoch.take().unwrap_or(mem.epoch);
+        let counter = if result.is_ok() { &shared.stats.ejects_ok } else { &shared.stats.ejects_failed };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match result {
             Ok(report) => {
                 tracing::info!(old = %master, new = %report.new_master, epoch, total_ms = report.total_ms, ?report.evidence, "eject done");
@@ -516,6 +521,8 @@ impl Taskmanager {
         let result = self.announcing(shared, mem, &master, |tm| Box::pin(tm.promote(&best))).await;
         self.on_writable = None;
         let epoch = self.epoch.take().unwrap_or(mem.epoch);
+        let counter = if result.is_ok() { &shared.stats.switchovers_ok } else { &shared.stats.switchovers_failed };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match result {
             Ok(report) => tracing::info!(old = %master, new = %best, epoch, total_ms = report.total_ms, "promote done"),
             Err(error) => {

@@ -128,6 +128,10 @@ pub trait ReplicationStrategy: Send + Sync {
     async fn maintain(&self) -> Result<()> {
         Ok(())
     }
+    /// Whether the promote's write fence holds client writes back now (for metrics).
+    async fn write_fenced(&self) -> bool {
+        false
+    }
     /// Starts the strategy's background tasks (e.g. a replica's probe of its master), until `cancel`.
     fn start(&self, _cancel: tokio_util::sync::CancellationToken) {}
 }

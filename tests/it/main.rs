@@ -9,6 +9,7 @@ mod harness;
 mod hostile;
 mod logs;
 mod matrix;
+mod metrics;
 mod redis_sync;
 mod redis_tls;
 mod restart;

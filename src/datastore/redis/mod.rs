@@ -8,6 +8,7 @@ pub mod freeze;
 pub mod info;
 pub mod logs;
 pub mod manager;
+pub mod metrics;
 pub mod root;
 pub mod runtime;
 pub mod server;

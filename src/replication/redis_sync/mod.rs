@@ -196,4 +196,8 @@ impl ReplicationStrategy for RedisSync {
     async fn status(&self) -> Result<Value> {
         self.replication_status().await
     }
+
+    async fn write_fenced(&self) -> bool {
+        self.fence.lock().await.is_some()
+    }
 }

@@ -1,0 +1,98 @@
+//! The watcher's Prometheus metrics: its set under redis_exporter's Sentinel names, plus failovers, detection time, lease and probe errors.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::Shared;
+use crate::metrics::{Kind, Text};
+
+/// What the watch loop counts.
+#[derive(Default)]
+pub struct WatchStats {
+    pub ejects_ok: AtomicU64,
+    pub ejects_failed: AtomicU64,
+    pub switchovers_ok: AtomicU64,
+    pub switchovers_failed: AtomicU64,
+    /// Probes of a guest that brought no status (no answer, or an error).
+    pub probe_errors: AtomicU64,
+    /// Milliseconds from the master's last good answer to the last eject decision (0: none yet).
+    pub last_detection_ms: AtomicU64,
+}
+
+/// One scrape of the watcher. No secret: the discovery password and RPC keys are not read.
+pub async fn encode(shared: &Shared) -> String {
+    let view = shared.view.read().await.clone();
+    let stats = &shared.stats;
+    let name = shared.name.as_str();
+    let mut out = Text::new();
+    out.single("redis_sentinel_masters", Kind::Gauge, "The number of masters this sentinel is watching", if view.master.is_some() { 1.0 } else { 0.0 });
+    if let Some(m) = &view.master {
+        let address = format!("{}:{}", m.host, m.port);
+        let at = [("master_name", name), ("master_address", address.as_str())];
+        let status = if view.odown { "odown" } else if view.sdown { "sdown" } else { "ok" };
+        out.family("redis_sentinel_master_status", Kind::Gauge, "Master status on Sentinel");
+        out.sample("redis_sentinel_master_status", &[at[0], at[1], ("master_status", status)], if status == "ok" { 1.0 } else { 0.0 });
+        let ok = view.replicas.iter().filter(|r| !r.down && r.link_up).count();
+        out.family("redis_sentinel_master_slaves", Kind::Gauge, "The number of slaves of the master");
+        out.sample("redis_sentinel_master_slaves", &at, view.replicas.len() as f64);
+        out.family("redis_sentinel_master_ok_slaves", Kind::Gauge, "The number of okay slaves of the master");
+        out.sample("redis_sentinel_master_ok_slaves", &at, ok as f64);
+        out.family("redis_sentinel_master_sentinels", Kind::Gauge, "The number of sentinels monitoring this master");
+        out.sample("redis_sentinel_master_sentinels", &at, (shared.peers.len() + 1) as f64);
+        out.family("redis_sentinel_master_setting_down_after_milliseconds", Kind::Gauge, "Show the current down-after-milliseconds config for each master");
+        out.sample("redis_sentinel_master_setting_down_after_milliseconds", &at, shared.down_after_ms as f64);
+    }
+    let set = [("master_name", name)];
+    out.family("trove_guestctl_watch_config_epoch", Kind::Gauge, "The accepted epoch of the set's topology (Sentinel's config-epoch)");
+    out.sample("trove_guestctl_watch_config_epoch", &set, view.epoch as f64);
+    out.family("trove_guestctl_watch_lease_holder", Kind::Gauge, "1 while this watcher holds the set's lease (it alone acts)");
+    out.sample("trove_guestctl_watch_lease_holder", &set, if shared.acting.load(Ordering::SeqCst) { 1.0 } else { 0.0 });
+    out.family("trove_guestctl_watch_failovers_total", Kind::Counter, "Failovers run by this watcher: kind eject (automatic) or switchover (SENTINEL FAILOVER), result ok or failed");
+    for (kind, result, n) in [
+        ("eject", "ok", &stats.ejects_ok),
+        ("eject", "failed", &stats.ejects_failed),
+        ("switchover", "ok", &stats.switchovers_ok),
+        ("switchover", "failed", &stats.switchovers_failed),
+    ] {
+        out.sample("trove_guestctl_watch_failovers_total", &[set[0], ("kind", kind), ("result", result)], n.load(Ordering::Relaxed) as f64);
+    }
+    out.family("trove_guestctl_watch_last_detection_seconds", Kind::Gauge, "From the master's last good answer to this watcher's last eject decision (0: none yet)");
+    out.sample("trove_guestctl_watch_last_detection_seconds", &set, stats.last_detection_ms.load(Ordering::Relaxed) as f64 / 1000.0);
+    out.family("trove_guestctl_watch_probe_errors_total", Kind::Counter, "Probes of a guest's agent that brought no status (no answer or an error)");
+    out.sample("trove_guestctl_watch_probe_errors_total", &set, stats.probe_errors.load(Ordering::Relaxed) as f64);
+    out.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Node, View};
+    use super::*;
+
+    fn node(id: &str, port: u16, down: bool, link_up: bool) -> Node {
+        Node { id: id.into(), host: "10.0.0.1".into(), port, run_id: "r".into(), down, link_up, offset: 0 }
+    }
+
+    #[tokio::test]
+    async fn a_set_under_sentinel_names() {
+        let shared = Shared::new("set\"1", vec!["10.0.0.9:26379".into()], Some(secrecy::SecretString::from("discovery-pw")), 1000);
+        let body = encode(&shared).await;
+        assert!(body.contains("redis_sentinel_masters 0\n"), "{body}");
+        assert!(!body.contains("redis_sentinel_master_status"));
+        *shared.view.write().await = View { master: Some(node("m", 6379, false, false)), replicas: vec![node("a", 6380, false, true), node("b", 6381, true, false)], sdown: false, odown: false, epoch: 7 };
+        shared.stats.ejects_ok.fetch_add(2, Ordering::Relaxed);
+        shared.stats.last_detection_ms.store(1250, Ordering::Relaxed);
+        let body = encode(&shared).await;
+        let at = "{master_name=\"set\\\"1\",master_address=\"10.0.0.1:6379\"}";
+        assert!(body.contains("redis_sentinel_masters 1\n"));
+        assert!(body.contains("redis_sentinel_master_status{master_name=\"set\\\"1\",master_address=\"10.0.0.1:6379\",master_status=\"ok\"} 1\n"), "{body}");
+        assert!(body.contains(&format!("redis_sentinel_master_slaves{at} 2\n")));
+        assert!(body.contains(&format!("redis_sentinel_master_ok_slaves{at} 1\n")));
+        assert!(body.contains(&format!("redis_sentinel_master_sentinels{at} 2\n")));
+        assert!(body.contains("trove_guestctl_watch_config_epoch{master_name=\"set\\\"1\"} 7\n"));
+        assert!(body.contains("trove_guestctl_watch_failovers_total{master_name=\"set\\\"1\",kind=\"eject\",result=\"ok\"} 2\n"));
+        assert!(body.contains("trove_guestctl_watch_last_detection_seconds{master_name=\"set\\\"1\"} 1.25\n"));
+        assert!(body.contains("trove_guestctl_watch_lease_holder{master_name=\"set\\\"1\"} 0\n"));
+        assert!(!body.contains("discovery-pw"));
+        shared.view.write().await.odown = true;
+        assert!(encode(&shared).await.contains("master_status=\"odown\"} 0\n"));
+    }
+}
