@@ -161,6 +161,33 @@ fi
 for img in "$GUEST_IMAGE" "$RABBIT_IMAGE"; do
     docker image inspect "$img" >/dev/null 2>&1 || die "image $img is missing (scripts/docker-images.sh builds it)"
 done
+# The image Nova's stand-in boots: the guest image plus a second server for the upgrade step,
+# Valkey 9.1.2 (scripts/redis-servers.sh fetches it into .servers/) at /opt/valkey-9.1, and the
+# agent's [redis.servers] naming both by Trove datastore version (a TOML file given with --config,
+# under Trove's injected files, which do not set it).
+UPGRADE_SERVER=valkey-9.1.2
+upgrade_bin=$(bash scripts/redis-servers.sh --quiet "$UPGRADE_SERVER" | awk '{print $3}') && [ -x "$upgrade_bin" ] ||
+    die "scripts/redis-servers.sh $UPGRADE_SERVER gave no server binary"
+STAGE_IMAGE="${GUEST_IMAGE%:*}-trovestage:${GUEST_IMAGE##*:}"
+mkdir -p "$WORK/image"
+install -m 0755 "$upgrade_bin" "$WORK/image/valkey-server"
+cat >"$WORK/image/servers.toml" <<'EOF'
+# the servers of this image, by Trove datastore version (scripts/trove-stage.sh)
+[redis.servers]
+"7.0" = "/usr/bin/redis-server"
+"valkey-9.1" = "/opt/valkey-9.1/bin/valkey-server"
+EOF
+cat >"$WORK/image/Dockerfile" <<EOF
+FROM $GUEST_IMAGE
+COPY valkey-server /opt/valkey-9.1/bin/valkey-server
+COPY servers.toml /etc/trove-guest/servers.toml
+RUN ["/opt/valkey-9.1/bin/valkey-server", "--version"]
+CMD ["--config", "/etc/trove-guest/servers.toml"]
+EOF
+docker build -q -t "$STAGE_IMAGE" "$WORK/image" >"$WORK/image/build.log" 2>&1 ||
+    { tail -n 20 "$WORK/image/build.log" >&2; die "building $STAGE_IMAGE failed"; }
+rm -f "$WORK/image/valkey-server"
+log "guest image $STAGE_IMAGE ($GUEST_IMAGE with $UPGRADE_SERVER for the upgrade)"
 
 # --- MariaDB -------------------------------------------------------------------------------------
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
@@ -244,8 +271,15 @@ SWIFT_STORAGE=$(awk -F': ' 'tolower($1)=="x-storage-url"{print $2}' <<<"$swift_l
 [ -n "$SWIFT_TOKEN" ] && [ "${SWIFT_STORAGE##*/}" = AUTH_trovestage ] ||
     die "the tempauth login gave no token or an unexpected storage URL ($SWIFT_STORAGE)"
 SWIFT_URL="${SWIFT_STORAGE%trovestage}"   # http://<gateway>:<port>/v1/AUTH_ ; Trove appends the tenant
+# The cloud admin (Trove's management API: diagnostics, hwinfo, rebuild): swift.sh's own user
+# test:tester of account AUTH_test; the identity filter gives the tenant `test` the role admin.
+admin_login=$(curl -fsS -o /dev/null -D - -K - "$SWIFT_AUTH" <<<"header = \"X-Storage-User: test:tester\"
+header = \"X-Storage-Pass: testing\"" | tr -d '\r') || die "the tempauth login of test:tester to $SWIFT_AUTH failed"
+ADMIN_TOKEN=$(awk -F': ' 'tolower($1)=="x-auth-token"{print $2}' <<<"$admin_login")
+[ -n "$ADMIN_TOKEN" ] || die "the tempauth login of test:tester gave no token"
 umask 077
 printf '%s' "$SWIFT_TOKEN" >"$WORK/etc/swift-token"
+printf '%s' "$ADMIN_TOKEN" >"$WORK/etc/admin-token"
 umask 022
 log "Swift at $SWIFT_STORAGE (tempauth user trovestage:trovestage)"
 RABBIT_PORT=$(free_port)
@@ -339,6 +373,8 @@ control_exchange = trove
 # min(report_interval, 5 s) tick, so heartbeats come every 2-4 s
 report_interval = 2
 debug = False
+# guest logs: published to <swift_url><tenant> (the stage has no Keystone catalog to find Swift in)
+swift_url = $SWIFT_URL
 EOF
 umask 022
 echo "[DEFAULT]" >"$WORK/etc/pass.conf"
@@ -346,11 +382,12 @@ echo "[DEFAULT]" >"$WORK/etc/pass.conf"
 export PYTHONPATH="$ROOT/tests/trove${PYTHONPATH:+:$PYTHONPATH}"
 export TROVE_STAGE_RUN="$RUN" TROVE_STAGE_NETWORK="$RUN" TROVE_STAGE_WORK="$WORK" TROVE_STAGE_SUBNET="$SUBNET"
 export TROVE_STAGE_SWIFT_URL="$SWIFT_URL" TROVE_STAGE_TOKEN_FILE="$WORK/etc/swift-token"
+export TROVE_STAGE_ADMIN_TENANT=test TROVE_STAGE_ADMIN_TOKEN_FILE="$WORK/etc/admin-token"
 # Trove's database (root over the socket), for what its API does not show (a backup's checksum)
 export TROVE_STAGE_DB_SOCK="$DB_SOCK"
 # trove-guestctl (built with the images) and the broker as this host reaches it, for guest-side calls
 export TROVE_STAGE_GUESTCTL="$ROOT/$BIN_DIR/trove-guestctl" TROVE_STAGE_TRANSPORT="rabbit://trove:trove@127.0.0.1:$RABBIT_PORT/"
-export TROVE_GUEST_IMAGE="$GUEST_IMAGE"
+export TROVE_GUEST_IMAGE="$STAGE_IMAGE"
 TM=("$VENV/bin/trove-manage" --config-file "$WORK/etc/trove.conf")
 log "trove-manage db_sync"
 "${TM[@]}" db_sync >"$WORK/db_sync.log" 2>&1 || { tail -n 30 "$WORK/db_sync.log" >&2; die "trove-manage db_sync failed"; }
@@ -360,9 +397,12 @@ IMAGE_ID=$("$PY" -c 'import trove_standins; print(trove_standins.IMAGE_ID)')
     "${TM[@]}" datastore_version_update redis 7.0 redis "$IMAGE_ID" '' 1 \
         --registry-ext trove.guestagent.datastore.experimental.redis.manager.Manager
     "${TM[@]}" datastore_update redis 7.0
+    # the upgrade step's target: the same image, whose agent maps the version to Valkey 9.1
+    "${TM[@]}" datastore_version_update redis valkey-9.1 redis "$IMAGE_ID" '' 1 \
+        --registry-ext trove.guestagent.datastore.experimental.redis.manager.Manager
 } >"$WORK/datastore.log" 2>&1 || { tail -n 30 "$WORK/datastore.log" >&2; die "registering the redis datastore failed"; }
 grep -q "updated" "$WORK/datastore.log" || { cat "$WORK/datastore.log" >&2; die "registering the redis datastore failed"; }
-log "redis 7.0 registered"
+log "redis 7.0 and valkey-9.1 registered"
 
 export TROVE_STAGE_API="http://127.0.0.1:$API_PORT"
 export TROVE_STAGE_CONF="$WORK/etc/trove.conf"

@@ -578,3 +578,133 @@ def test_volumes_backups_restore_root(trove, stage):
             assert time.monotonic() < deadline, "guest containers are still there after the delete"
             time.sleep(1)
     assert_volumes_gone(stage, {g.devices[DEVICE] for g in (gm, gr, gs, gsr)})
+
+
+def swift_objects(stage, container, prefix):
+    """The names of the objects under prefix in one of the tenant's Swift containers."""
+    status, _, body = swift_request(stage, f"{stage.swift_url}/{container}?format=json&prefix={prefix}")
+    assert status in (200, 204), f"listing {container}/{prefix}: HTTP {status}"
+    return [o["name"] for o in json.loads(body or b"[]")]
+
+
+def wait_task_done(trove, inst_id, pred, what, timeout):
+    """Waits until the instance is ready again and pred(instance) holds, failing on an error status."""
+    return wait_for(trove, what, lambda x: ready(x, [inst_id]) and pred(x[inst_id]), timeout)
+
+
+@pytest.mark.parametrize("trove", [False], indirect=True, ids=["plain_rpc"])
+def test_logs_diagnostics_upgrade(trove, stage):
+    """Guest logs published to Swift, diagnostics and hwinfo (Trove's management API, as admin), and a
+    datastore-version upgrade (Redis 7.0 to Valkey 9.1) of a master and its replica, replica first."""
+    p = trove.pass_name
+    steps = Steps(stage, p)
+    name = {k: f"{p}-up-{k}" for k in ("master", "replica")}
+
+    # 13. a master with data, and a replica
+    with steps.step("13 create master and a replica (7.0)") as n:
+        cli(stage, trove, "instance", "create", name["master"], "--flavor", FLAVOR, "--size", str(VOLUME_GB),
+            "--datastore", "redis", "--datastore-version", "7.0", keep=False)
+        m = next(i for i in trove.instances.list() if i.name == name["master"])
+        wait_for(trove, "the master to become ready", lambda x: ready(x, [m.id]), 240)
+        gm = Guest(stage, m)
+        steps.add_guest("up-master", gm.container)
+        with redisnode.Redis(gm.ip) as r:
+            r.call("MSET", *[x for j in range(INITIAL_KEYS) for x in (f"up:{j}", j)])
+        data = [(f"up:{j}", j) for j in range(INITIAL_KEYS)]
+        cli(stage, trove, "instance", "create", name["replica"], "--replica-of", m.id, keep=False)
+        x = wait_for(trove, "the replica to become ready",
+                     lambda x: any(ref(field(i, "replica_of", None)) == m.id and ready(x, [i.id]) for i in x.values()), 240)
+        r = next(i for i in x.values() if ref(field(i, "replica_of", None)) == m.id)
+        gr = Guest(stage, r)
+        steps.add_guest("up-replica", gr.container)
+        wait_linked(gr.ip, gm.ip)
+        wait_no_missing(gr.ip, data)
+
+    # 14. guest logs: the Redis log (USER log `general`) is off; enabling it needs a restart; publish
+    # puts its lines into the tenant's Swift (container database_logs), where `log show` points
+    with steps.step("14 guest logs: enable, restart, publish to Swift") as n:
+        _, out = cli(stage, trove, "log", "list", m.id)
+        logs = {lg.name: lg for lg in trove.instances.log_list(m.id)}
+        assert "general" in logs and logs["general"].type == "USER" and logs["general"].status == "Disabled", \
+            f"log list: {[lg._info for lg in logs.values()]}"
+        _, out = cli(stage, trove, "log", "set", m.id, "general", "--enable")
+        assert "Restart Required" in out, f"log set --enable: {out}"
+        run_id = server_info(gm.ip)["run_id"]
+        cli(stage, trove, "instance", "restart", m.id)
+        wait_for(trove, "the restart", lambda x: ready(x, [m.id]) and x[m.id].status != "REBOOT", 120)
+        deadline = time.monotonic() + 60
+        while (redisnode.info(gm.ip, "server") or {}).get("run_id", run_id) == run_id:
+            assert time.monotonic() < deadline, "redis-server did not restart after `instance restart`"
+            time.sleep(0.5)
+        _, out = cli(stage, trove, "log", "set", m.id, "general", "--publish")
+        _, out = cli(stage, trove, "log", "show", m.id, "general")
+        lg = next(lg for lg in trove.instances.log_list(m.id) if lg.name == "general")
+        assert lg.status in ("Published", "Ready") and lg.published > 0, f"after publish: {lg._info}"
+        assert lg.container == "database_logs" and lg.prefix == f"{m.id}/redis-general/", lg._info
+        objs = swift_objects(stage, lg.container, lg.prefix)
+        assert objs, f"no log objects under {lg.container}/{lg.prefix}"
+        text = b"".join(swift_request(stage, f"{stage.swift_url}/{lg.container}/{o}")[2] for o in objs)
+        assert len(text) == lg.published, f"Swift holds {len(text)} bytes, Trove shows {lg.published} published"
+        assert b"Ready to accept connections" in text, f"the published log has no Redis start-up lines: {text[-300:]!r}"
+        status, _, meta = swift_request(stage, f"{stage.swift_url}/{lg.container}/{lg.metafile}")
+        assert status == 200 and json.loads(meta)["log_size"] == lg.published, f"metafile {lg.metafile}: HTTP {status} {meta[:200]!r}"
+        wait_linked(gr.ip, gm.ip, 60)
+        n["note"] = f"{len(objs)} object(s), {lg.published} bytes of the Redis log in Swift"
+
+    # 15. diagnostics and hwinfo: Trove serves them on its management API, to admins only
+    with steps.step("15 diagnostics and hwinfo (management API)") as n:
+        # troveclient has the managers (troveclient.v1.diagnostics) but its Client does not wire them
+        from troveclient.v1.diagnostics import DiagnosticsInterrogator, HwInfoInterrogator
+        for call in (DiagnosticsInterrogator(trove).get, HwInfoInterrogator(trove).get):
+            # Trove maps its exception.Forbidden to HTTP 401, not 403 (section 5)
+            with pytest.raises(trove_exc.Unauthorized) as e:
+                call(m.id)
+            assert "User does not have admin privileges. (HTTP 401)" in str(e.value), str(e.value)
+        admin = stage.admin_client()
+        d = DiagnosticsInterrogator(admin).get(m.id)._info
+        h = HwInfoInterrogator(admin).get(m.id)._info
+        stage.cli_output.append((p, f"troveclient diagnostics.get({m.id}) as admin", json.dumps(d, indent=1) + "\n"))
+        stage.cli_output.append((p, f"troveclient hwinfo.get({m.id}) as admin", json.dumps(h, indent=1) + "\n"))
+        assert d["version"] and all(d[k] > 0 for k in ("fdSize", "vmSize", "vmPeak", "vmRss", "threads")), d
+        hw = h.get("hwinfo", h)
+        nproc = int(docker("exec", gm.container, "nproc").stdout.strip())
+        mem_kb = int(next(l.split()[1] for l in docker("exec", gm.container, "cat", "/proc/meminfo").stdout.splitlines()
+                          if l.startswith("MemTotal:")))
+        limit = docker("exec", gm.container, "cat", "/sys/fs/cgroup/memory.max", check=False).stdout.strip()
+        if limit.isdigit():  # a container's memory limit (cgroup v2) bounds what the guest has
+            mem_kb = min(mem_kb, int(limit) // 1024)
+        assert hw["num_cpus"] == nproc and hw["mem_total"] == mem_kb, f"hwinfo {hw}, the container: {nproc} CPUs, {mem_kb} kB"
+        n["note"] = f"agent {d['version']}, VmRSS {d['vmRss']} kB; {hw['num_cpus']} CPUs, {hw['mem_total']} kB"
+
+    # 16. upgrade to Valkey 9.1, the replica first, then the master: the data stays and the link holds
+    with steps.step("16 upgrade replica, then master, 7.0 -> valkey-9.1") as n:
+        before = {g.instance_id: server_info(g.ip) for g in (gm, gr)}
+        assert all("valkey_version" not in i for i in before.values())
+        for inst, g in ((r, gr), (m, gm)):
+            cli(stage, trove, "instance", "upgrade", inst.id, "valkey-9.1")
+            wait_task_done(trove, inst.id, lambda i: field(i, "datastore", {}).get("version") == "valkey-9.1"
+                           and i.status not in ("UPGRADE",), f"{inst.name}'s upgrade", 180)
+            deadline = time.monotonic() + 60
+            while (redisnode.info(g.ip, "server") or {}).get("valkey_version") != "9.1.2":
+                assert time.monotonic() < deadline, f"{g.container} does not run Valkey 9.1.2 after the upgrade: {redisnode.info(g.ip, 'server')}"
+                time.sleep(0.5)
+            wait_no_missing(g.ip, data, 60)
+        wait_linked(gr.ip, gm.ip, 60)
+        with redisnode.Redis(gm.ip) as rc:
+            assert rc.call("SET", "after-upgrade", 1) == "OK"
+        wait_no_missing(gr.ip, [("after-upgrade", 1)])
+        cli(stage, trove, "instance", "list", "-c", "ID", "-c", "Name", "-c", "Datastore Version", "-c", "Status", "-c", "Role")
+        n["note"] = (f"{before[r.id]['redis_version']} -> valkey {server_info(gm.ip)['valkey_version']}; "
+                     f"{INITIAL_KEYS} keys kept, replica linked")
+
+    # 17. delete both
+    with steps.step("17 delete both") as n:
+        cli(stage, trove, "instance", "delete", r.id, keep=False)
+        wait_for(trove, "the replica to be deleted", lambda x: r.id not in x, 180)
+        cli(stage, trove, "instance", "delete", m.id, keep=False)
+        wait_for(trove, "the master to be deleted", lambda x: m.id not in x, 180)
+        deadline = time.monotonic() + 60
+        while not all(gone(g) for g in (gm, gr)):
+            assert time.monotonic() < deadline, "guest containers are still there after the delete"
+            time.sleep(1)
+    assert_volumes_gone(stage, {g.devices[DEVICE] for g in (gm, gr)})

@@ -557,13 +557,16 @@ def identity_filter_factory(global_conf, **local_conf):
     A request to /v1.0/<tenant>/... is let through when its X-Auth-Token opens Swift's account
     AUTH_<tenant> (HEAD, answered 2xx; an answer is remembered for 60 s): the token is then the
     user's token for Trove's context, and it is valid in Swift, where the guests take it for
-    backups. The identity headers are those of Trove's fake filter (tenant = user = role)."""
+    backups and guest logs. The identity headers are those of Trove's fake filter (tenant = user =
+    role); the tenant TROVE_STAGE_ADMIN_TENANT also has the role `admin` (Trove's admin_roles), the
+    cloud admin that Trove's management API (diagnostics, hwinfo, rebuild) requires."""
     import threading
     import time
     import urllib.error
     import urllib.request
 
     swift = _env("TROVE_STAGE_SWIFT_URL").rstrip("/")  # http://host:port/v1/AUTH_
+    admin_tenant = os.environ.get("TROVE_STAGE_ADMIN_TENANT", "")
     seen = {}
     lock = threading.Lock()
 
@@ -593,7 +596,8 @@ def identity_filter_factory(global_conf, **local_conf):
                 start_response("401 Unauthorized", [("Content-Type", "text/plain")])
                 return [b"The request you have made requires authentication.\n"]
             for k, v in {"X_IDENTITY_STATUS": "Confirmed", "X_TENANT_ID": tenant, "X_TENANT_NAME": tenant,
-                         "X_PROJECT_ID": tenant, "X_USER_ID": tenant, "X_USER_NAME": tenant, "X_ROLE": tenant}.items():
+                         "X_PROJECT_ID": tenant, "X_USER_ID": tenant, "X_USER_NAME": tenant,
+                         "X_ROLE": f"{tenant},admin" if tenant == admin_tenant else tenant}.items():
                 env[f"HTTP_{k}"] = v
             return app(env, start_response)
         return middleware
