@@ -22,7 +22,11 @@
 #     a deleted server's volume is detached (losetup -d), and the cleanup detaches any left.
 # Then: trove-manage db_sync, the redis datastore and version registered, and pytest tests/trove:
 # per pass the replication flows; in the plain pass also backups of a master and a replica to Swift,
-# a restore and a replica of it, root (Trove's 422, then trove-guestctl) and a volume resize;
+# a restore and a replica of it, root (Trove's 422, then trove-guestctl) and a volume resize, then
+# guest logs published to Swift, diagnostics and hwinfo as the cloud admin (tempauth's test:tester,
+# role admin via the identity filter) and an upgrade of a master and its replica to Valkey 9.1
+# (the booted image is <guest image>-trovestage: the guest image plus Valkey 9.1.2 from
+# scripts/redis-servers.sh and its [redis.servers]);
 # with TROVE_STAGE_BENCH_SMOKE=1, then the trove benchmark's smoke in the same set-up.
 # Needs root (losetup, loop devices), Docker, and Debian's swift and memcached (swift.sh installs them).
 #
