@@ -168,7 +168,10 @@ done
 # The image Nova's stand-in boots: the guest image plus a second server for the upgrade step,
 # Valkey 9.1.2 (scripts/redis-servers.sh fetches it into .servers/) at /opt/valkey-9.1, and the
 # agent's [redis.servers] naming both by Trove datastore version (a TOML file given with --config,
-# under Trove's injected files, which do not set it).
+# under Trove's injected files, which do not set it). And a boot step, as a VM's fstab or cloud-init
+# would do: a file system already on /dev/vdb is mounted at /var/lib/redis before the agent starts
+# (a rebuilt server's volume; the agent mounts only in prepare and mount_volume). A blank device is
+# left to prepare.
 UPGRADE_SERVER=valkey-9.1.2
 upgrade_bin=$(bash scripts/redis-servers.sh --quiet "$UPGRADE_SERVER" | awk '{print $3}') && [ -x "$upgrade_bin" ] ||
     die "scripts/redis-servers.sh $UPGRADE_SERVER gave no server binary"
@@ -181,11 +184,24 @@ cat >"$WORK/image/servers.toml" <<'EOF'
 "7.0" = "/usr/bin/redis-server"
 "valkey-9.1" = "/opt/valkey-9.1/bin/valkey-server"
 EOF
+cat >"$WORK/image/boot-volume.sh" <<'EOF'
+#!/bin/sh
+# The stage image's boot step (scripts/trove-stage.sh): mount an existing file system on the data
+# volume, as the VM's fstab or cloud-init would, then start the guest as the image does.
+set -eu
+if [ "$(id -u)" = 0 ] && [ -b /dev/vdb ] && ! mountpoint -q /var/lib/redis && blkid -s TYPE -o value /dev/vdb >/dev/null 2>&1; then
+    mount /dev/vdb /var/lib/redis
+fi
+exec trove-guest-entrypoint "$@"
+EOF
+chmod 0755 "$WORK/image/boot-volume.sh"
 cat >"$WORK/image/Dockerfile" <<EOF
 FROM $GUEST_IMAGE
 COPY valkey-server /opt/valkey-9.1/bin/valkey-server
 COPY servers.toml /etc/trove-guest/servers.toml
+COPY boot-volume.sh /usr/local/bin/trove-stage-boot
 RUN ["/opt/valkey-9.1/bin/valkey-server", "--version"]
+ENTRYPOINT ["trove-stage-boot"]
 CMD ["--config", "/etc/trove-guest/servers.toml"]
 EOF
 docker build -q -t "$STAGE_IMAGE" "$WORK/image" >"$WORK/image/build.log" 2>&1 ||
@@ -367,6 +383,13 @@ lock_path = $WORK/locks
 enforce_scope = False
 enforce_new_defaults = False
 EOF
+# Trove's user data for redis guests, merged with the injected files' cloud-config. Trove 26's
+# rebuild needs one: without it RebuildAction passes None to yaml.safe_load (docs/trove.md §5).
+mkdir -p "$WORK/etc/cloudinit"
+cat >"$WORK/etc/cloudinit/redis.cloudinit" <<EOF
+#cloud-config
+final_message: "trove-redis-guest (trove stage)"
+EOF
 cat >"$WORK/etc/trove-guestagent.conf" <<EOF
 # The operator's guest configuration (trove.conf guest_config): Trove injects it into every guest
 # as /etc/trove/conf.d/trove-guestagent.conf, next to the guest_info.conf it writes itself.
@@ -391,7 +414,7 @@ export TROVE_STAGE_ADMIN_TENANT=test TROVE_STAGE_ADMIN_TOKEN_FILE="$WORK/etc/adm
 export TROVE_STAGE_DB_SOCK="$DB_SOCK"
 # trove-guestctl (built with the images) and the broker as this host reaches it, for guest-side calls
 export TROVE_STAGE_GUESTCTL="$ROOT/$BIN_DIR/trove-guestctl" TROVE_STAGE_TRANSPORT="rabbit://trove:trove@127.0.0.1:$RABBIT_PORT/"
-export TROVE_GUEST_IMAGE="$STAGE_IMAGE"
+export TROVE_GUEST_IMAGE="$STAGE_IMAGE" TROVE_STAGE_REBUILD_IMAGE="$("$PY" -c 'import trove_standins; print(trove_standins.REBUILD_IMAGE_ID)')"
 TM=("$VENV/bin/trove-manage" --config-file "$WORK/etc/trove.conf")
 log "trove-manage db_sync"
 "${TM[@]}" db_sync >"$WORK/db_sync.log" 2>&1 || { tail -n 30 "$WORK/db_sync.log" >&2; die "trove-manage db_sync failed"; }

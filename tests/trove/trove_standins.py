@@ -30,6 +30,9 @@ from novaclient import exceptions as nova_exceptions
 
 CONF_DIR = "/etc/trove/conf.d"
 IMAGE_ID = "6f0e1d3c-7a5b-4c1e-9d2f-8b3a4c5d6e7f"
+# a second Glance image for `instance rebuild`: the same guest image under another id
+REBUILD_IMAGE_ID = "3c1d5e7f-9a2b-4c4d-8e6f-0a1b2c3d4e5f"
+IMAGES = {IMAGE_ID: "trove-redis-guest", REBUILD_IMAGE_ID: "trove-redis-guest-rebuild"}
 NETWORK_ID = "0b7c2f4e-1d3a-4e5f-8a9b-c0d1e2f3a4b5"
 SUBNET_ID = "9e8d7c6b-5a4f-4e3d-8c2b-1a0f9e8d7c6b"
 FLAVORS = {
@@ -102,6 +105,9 @@ class _Server:
     def delete(self):
         self._manager.delete(self.id)
 
+    def rebuild(self, image, **kwargs):
+        return self._manager.rebuild(self.id, image, **kwargs)
+
     def to_dict(self):
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
 
@@ -160,6 +166,55 @@ class _Servers:
                 subprocess.run(["docker", "logs", "-t", name], stdout=out, stderr=subprocess.STDOUT, timeout=60)
             _docker("rm", "-f", "-v", name, check=False)
         _Volumes().server_deleted(server_id)
+
+    def rebuild(self, server_id, image, userdata=None, files=None, **_):
+        """Nova's rebuild: a new container of the guest image replaces the server's, with the same
+        name, address and volumes, the files Trove injects now, and the new image's id."""
+        server_id = getattr(server_id, "id", server_id)
+        image_id = str(getattr(image, "id", image))
+        if image_id not in IMAGES:
+            raise nova_exceptions.BadRequest(400, f"Image {image_id} could not be found")
+        [old] = self._containers(server_id) or [None]
+        if old is None:
+            raise nova_exceptions.NotFound(404, f"Server {server_id} could not be found")
+        name = old["Name"].lstrip("/")
+        labels = dict(old["Config"]["Labels"])
+        labels[f"{LABEL}.image"] = image_id
+        host = old["HostConfig"]
+        ip = old["NetworkSettings"]["Networks"][_env("TROVE_STAGE_NETWORK")]["IPAddress"]
+        injected = dict(_cloud_config_files(userdata))
+        for path, content in (files or {}).items():
+            injected[path] = content.encode() if isinstance(content, str) else content
+        logdir = os.path.join(_env("TROVE_STAGE_WORK"), "guest-logs")
+        os.makedirs(logdir, exist_ok=True)
+        with open(os.path.join(logdir, f"{name}.before-rebuild.log"), "w") as out:
+            subprocess.run(["docker", "logs", "-t", name], stdout=out, stderr=subprocess.STDOUT, timeout=60)
+        _docker("rm", "-f", "-v", name)
+        conf_dir = os.path.join(self._server_dir(server_id), "conf.d")
+        for f in os.listdir(conf_dir):
+            os.unlink(os.path.join(conf_dir, f))
+        uid = _guest_uid()
+        for path, content in injected.items():
+            if os.path.dirname(os.path.normpath(path)) != CONF_DIR:
+                raise RuntimeError(f"trove_standins: Trove injected {path}, outside {CONF_DIR}; only that directory is mounted")
+            target = os.path.join(conf_dir, os.path.basename(path))
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(content)
+            os.chown(target, uid, uid)
+        args = ["run", "-d", "--init", "--name", name, "--hostname", server_id[:8],
+                "--network", _env("TROVE_STAGE_NETWORK"), "--ip", ip, "-v", f"{conf_dir}:{CONF_DIR}:ro"]
+        for d in host.get("Devices") or []:
+            args += ["--device", f"{d['PathOnHost']}:{d['PathInContainer']}"]
+        if old["Config"].get("User"):
+            args += ["--user", old["Config"]["User"]]
+        for cap in host.get("CapAdd") or []:
+            args += ["--cap-add", cap]
+        for k, v in labels.items():
+            args += ["--label", f"{k}={v}"]
+        args.append(_env("TROVE_GUEST_IMAGE"))
+        _docker(*args)
+        return self.get(server_id)
 
     def set_tags(self, server_id, tags):
         server_id = getattr(server_id, "id", server_id)
@@ -361,18 +416,19 @@ def neutron_client(context, region_name=None, **kwargs):
 
 
 class _Images:
-    def _image(self):
-        return {"id": IMAGE_ID, "name": "trove-redis-guest", "status": "active",
-                "created_at": datetime.datetime(2026, 1, 1).isoformat() + "Z", "tags": ["trove", "redis"]}
+    def _image(self, image_id=IMAGE_ID):
+        return {"id": image_id, "name": IMAGES[image_id], "status": "active",
+                "created_at": datetime.datetime(2026, 1, 1).isoformat() + "Z",
+                "tags": ["trove", "redis"] if image_id == IMAGE_ID else ["rebuild"]}
 
     def get(self, image_id):
-        if image_id != IMAGE_ID:
+        if image_id not in IMAGES:
             from glanceclient import exc
             raise exc.HTTPNotFound(f"image {image_id} not found")
-        return _Obj(**self._image())
+        return _Obj(**self._image(image_id))
 
     def list(self, filters=None, **_):
-        return [self._image()]
+        return [self._image(i) for i in IMAGES]
 
 
 class GlanceClient:
