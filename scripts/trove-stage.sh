@@ -180,7 +180,10 @@ STAGE_IMAGE="${GUEST_IMAGE%:*}-trovestage:${GUEST_IMAGE##*:}"
 mkdir -p "$WORK/image"
 install -m 0755 "$upgrade_bin" "$WORK/image/valkey-server"
 cat >"$WORK/image/servers.toml" <<'EOF'
-# the servers of this image, by Trove datastore version (scripts/trove-stage.sh)
+# the stage image's agent settings (scripts/trove-stage.sh): a port for TLS clients (ssl_action),
+# and the servers of this image, by Trove datastore version
+[redis]
+tls_port = 6380
 [redis.servers]
 "7.0" = "/usr/bin/redis-server"
 "valkey-9.1" = "/opt/valkey-9.1/bin/valkey-server"
@@ -327,6 +330,7 @@ sed '/^\[filter:authtoken\]/,/^\[/ s#^paste.filter_factory = .*#paste.filter_fac
 grep -q 'trove_standins:identity_filter_factory' "$WORK/etc/api-paste.ini" ||
     die "could not put the fake identity filter into api-paste.ini"
 API_PORT=$(free_port)
+BARBICAN_PORT=$(free_port)   # the tests' Barbican stand-in (tests/trove/conftest.py) listens there
 umask 077
 cat >"$WORK/etc/trove.conf" <<EOF
 # trove.conf of the trove test stage (scripts/trove-stage.sh). Every value differing from
@@ -352,6 +356,8 @@ remote_cinder_client = trove_standins.cinder_client
 # tenant's account, where backups go (the guests reach it at the same address)
 swift_url = $SWIFT_URL
 nova_compute_url = http://127.0.0.1:1/unused
+# ssl enable: Trove's API reads the PKCS#12 container from Barbican (the tests' stand-in)
+barbican_url = http://127.0.0.1:$BARBICAN_PORT
 neutron_url = http://127.0.0.1:1/unused
 glance_url = http://127.0.0.1:1/unused
 cinder_url = http://127.0.0.1:1/unused
@@ -432,7 +438,7 @@ IMAGE_ID=$("$PY" -c 'import trove_standins; print(trove_standins.IMAGE_ID)')
 grep -q "updated" "$WORK/datastore.log" || { cat "$WORK/datastore.log" >&2; die "registering the redis datastore failed"; }
 log "redis 7.0 and valkey-9.1 registered"
 
-export TROVE_STAGE_API="http://127.0.0.1:$API_PORT"
+export TROVE_STAGE_API="http://127.0.0.1:$API_PORT" TROVE_STAGE_BARBICAN_PORT="$BARBICAN_PORT"
 export TROVE_STAGE_CONF="$WORK/etc/trove.conf"
 export TROVE_STAGE_PASS_CONF="$WORK/etc/pass.conf"
 export TROVE_STAGE_PIDS="$WORK/pids"

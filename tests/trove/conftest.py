@@ -66,6 +66,15 @@ def stage():
     write_report(s)
 
 
+@pytest.fixture(scope="session")
+def barbican(stage):
+    """The Barbican stand-in at trove.conf's barbican_url (Trove's API reads ssl containers there)."""
+    from trove_standins import Barbican
+    b = Barbican(int(_env("TROVE_STAGE_BARBICAN_PORT")), stage.token)
+    yield b
+    b.stop()
+
+
 class Services:
     """trove-api, trove-taskmanager and trove-conductor as child processes, logs in the work dir."""
 

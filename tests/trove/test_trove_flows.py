@@ -587,13 +587,58 @@ def swift_objects(stage, container, prefix):
     return [o["name"] for o in json.loads(body or b"[]")]
 
 
+def make_p12(ips):
+    """(CA PEM, PKCS#12 bytes of a key and a certificate for ips signed by that CA)."""
+    import datetime
+    import ipaddress
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import pkcs12
+    from cryptography.x509.oid import NameOID
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "trove stage CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "redis")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(i)) for i in ips]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    p12 = pkcs12.serialize_key_and_certificates(b"redis", key, cert, [ca], serialization.NoEncryption())
+    return ca.public_bytes(serialization.Encoding.PEM).decode(), p12
+
+
+def tls_ping(ip, ca_pem, port=6380):
+    """PING over TLS, the server's certificate checked against ca_pem and ip; the reply's bytes."""
+    import socket
+    import ssl
+    ctx = ssl.create_default_context(cadata=ca_pem)
+    with socket.create_connection((ip, port), timeout=5) as raw, ctx.wrap_socket(raw, server_hostname=ip) as s_:
+        s_.sendall(b"PING\r\n")
+        return s_.recv(64)
+
+
+def tls_open(ip, port=6380):
+    import socket
+    try:
+        with socket.create_connection((ip, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
 def wait_task_done(trove, inst_id, pred, what, timeout):
     """Waits until the instance is ready again and pred(instance) holds, failing on an error status."""
     return wait_for(trove, what, lambda x: ready(x, [inst_id]) and pred(x[inst_id]), timeout)
 
 
 @pytest.mark.parametrize("trove", [False], indirect=True, ids=["plain_rpc"])
-def test_logs_diagnostics_upgrade(trove, stage):
+def test_logs_diagnostics_upgrade(trove, stage, barbican):
     """Guest logs published to Swift, diagnostics and hwinfo (Trove's management API, as admin), and a
     datastore-version upgrade (Redis 7.0 to Valkey 9.1) of a master and its replica, replica first."""
     p = trove.pass_name
@@ -676,6 +721,32 @@ def test_logs_diagnostics_upgrade(trove, stage):
             mem_kb = min(mem_kb, int(limit) // 1024)
         assert hw["num_cpus"] == nproc and hw["mem_total"] == mem_kb, f"hwinfo {hw}, the container: {nproc} CPUs, {mem_kb} kB"
         n["note"] = f"agent {d['version']}, VmRSS {d['vmRss']} kB; {hw['num_cpus']} CPUs, {hw['mem_total']} kB"
+
+    # 15b. client TLS (API 1.3): a PKCS#12 container in Barbican; Trove's API reads it and calls
+    # ssl_action on the master, then its replica; basic mode keeps the plaintext port
+    with steps.step("15b ssl enable (basic), show, disable") as n:
+        ca_pem, p12 = make_p12([gm.ip, gr.ip])
+        ref_ = barbican.store(p12)
+        _, out = cli(stage, trove, "ssl", "show", m.id)
+        assert "builtin" in out and "off" in out, f"ssl show before enable: {out}"
+        _, out = cli(stage, trove, "ssl", "enable", m.id, ref_, "--mode", "basic")
+        sid = ref_.rsplit("/", 1)[1]
+        assert {"service": "database", "resource_type": "instance", "resource_id": m.id} in barbican.consumers.get(sid, []), \
+            f"Trove did not register the instance as the secret's consumer: {barbican.consumers}"
+        for g in (gm, gr):
+            assert tls_ping(g.ip, ca_pem) == b"+PONG\r\n", f"{g.container}'s TLS port does not answer PING"
+            assert redisnode.info(g.ip, "server") is not None, f"{g.container}'s plaintext port closed in basic mode"
+        wait_linked(gr.ip, gm.ip)
+        _, out = cli(stage, trove, "ssl", "show", m.id)
+        assert "basic" in out and "| status" in out and " on " in out, f"ssl show after enable: {out}"
+        cli(stage, trove, "ssl", "disable", m.id)
+        assert not barbican.consumers.get(sid), f"Trove left the instance as the secret's consumer: {barbican.consumers}"
+        deadline = time.monotonic() + 30
+        while any(tls_open(g.ip) for g in (gm, gr)):
+            assert time.monotonic() < deadline, "a TLS port still accepts connections after ssl disable"
+            time.sleep(0.5)
+        wait_linked(gr.ip, gm.ip)
+        n["note"] = "TLS PING on master and replica (port 6380), plaintext kept; closed after disable"
 
     # 16. upgrade to Valkey 9.1, the replica first, then the master: the data stays and the link holds
     with steps.step("16 upgrade replica, then master, 7.0 -> valkey-9.1") as n:

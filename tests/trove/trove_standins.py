@@ -658,3 +658,89 @@ def identity_filter_factory(global_conf, **local_conf):
             return app(env, start_response)
         return middleware
     return auth_filter
+
+
+# ---------------------------------------------------------------- barbican
+
+
+class Barbican:
+    """Barbican's secrets API as Trove's ssl_action uses it: version discovery, GET /v1/secrets/<uuid>
+    (metadata) and .../payload (the PKCS#12 container), POST and DELETE .../consumers, for the
+    stage's user's token only.
+    Runs in the test process; the tests store the secrets (trove.conf's barbican_url points here)."""
+
+    def __init__(self, port, token):
+        import http.server
+        import threading
+        self.secrets = {}
+        self.consumers = {}  # secret id -> [{service, resource_type, resource_id}]
+        self.base = f"http://127.0.0.1:{port}"
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status, body, ctype):
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                if self.path.split("?")[0].rstrip("/") in ("", "/v1"):  # version discovery, unauthenticated
+                    # microversion 1.1: secret consumers, which Trove registers (without it Trove's
+                    # ssl enable fails: docs/trove.md section 5)
+                    doc = {"versions": {"values": [{"id": "v1", "status": "CURRENT", "min_version": "1.0", "max_version": "1.1",
+                                                    "links": [{"rel": "self", "href": f"{outer.base}/v1/"}]}]}}
+                    return self._send(300 if self.path.rstrip("/") == "" else 200, json.dumps(doc).encode(), "application/json")
+                if self.headers.get("X-Auth-Token") != token:
+                    return self._send(401, b'{"error": "unauthorized"}', "application/json")
+                parts = self.path.split("?")[0].strip("/").split("/")
+                if len(parts) < 3 or parts[:2] != ["v1", "secrets"] or parts[2] not in outer.secrets:
+                    return self._send(404, b'{"error": "not found"}', "application/json")
+                sid = parts[2]
+                if parts[3:] == ["payload"]:
+                    return self._send(200, outer.secrets[sid], "application/octet-stream")
+                meta = {"secret_ref": f"{outer.base}/v1/secrets/{sid}", "name": sid, "status": "ACTIVE",
+                        "secret_type": "opaque", "content_types": {"default": "application/octet-stream"},
+                        "created": "2026-01-01T00:00:00", "updated": "2026-01-01T00:00:00"}
+                return self._send(200, json.dumps(meta).encode(), "application/json")
+
+            def _consumers(self, add):
+                if self.headers.get("X-Auth-Token") != token:
+                    return self._send(401, b'{"error": "unauthorized"}', "application/json")
+                parts = self.path.split("?")[0].strip("/").split("/")
+                if parts[:2] != ["v1", "secrets"] or parts[3:] != ["consumers"] or parts[2] not in outer.secrets:
+                    return self._send(404, b'{"error": "not found"}', "application/json")
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                c = outer.consumers.setdefault(parts[2], [])
+                entry = {k: body.get(k) for k in ("service", "resource_type", "resource_id")}
+                if add and entry not in c:
+                    c.append(entry)
+                elif not add and entry in c:
+                    c.remove(entry)
+                meta = {"secret_ref": f"{outer.base}/v1/secrets/{parts[2]}", "name": parts[2], "status": "ACTIVE",
+                        "content_types": {"default": "application/octet-stream"}, "consumers": c}
+                return self._send(200, json.dumps(meta).encode(), "application/json")
+
+            def do_POST(self):
+                return self._consumers(True)
+
+            def do_DELETE(self):
+                return self._consumers(False)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def store(self, payload):
+        """Stores a secret; returns its reference."""
+        sid = str(uuid.uuid4())
+        self.secrets[sid] = payload
+        return f"{self.base}/v1/secrets/{sid}"
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
