@@ -24,8 +24,9 @@
 # per pass the replication flows; in the plain pass also backups of a master and a replica to Swift,
 # a restore and a replica of it, root (Trove's 422, then trove-guestctl) and a volume resize, then
 # guest logs published to Swift, diagnostics and hwinfo as the cloud admin (tempauth's test:tester,
-# role admin via the identity filter), an upgrade of a master and its replica to Valkey 9.1 and a
-# rebuild of the master on a second Glance image
+# role admin via the identity filter), client TLS (ssl enable/show/disable, a Barbican stand-in in
+# the tests), an upgrade of a master and its replica to Valkey 9.1 and a rebuild of the master on a
+# second Glance image
 # (the booted image is <guest image>-trovestage: the guest image plus Valkey 9.1.2 from
 # scripts/redis-servers.sh and its [redis.servers]);
 # with TROVE_STAGE_BENCH_SMOKE=1, then the trove benchmark's smoke in the same set-up.
