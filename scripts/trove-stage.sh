@@ -138,6 +138,7 @@ cleanup() {
         done
         rm -f "$f"
     done
+    rm -f "$WORK"/volumes/*.snap "$WORK"/volumes/*.snap.json   # the Cinder stand-in's snapshots
     [ "$SWIFT_STARTED" = 1 ] && swift_sh stop 2>/dev/null && rm -rf "$SWIFT_STATE/devices"
     ids=$(docker ps -aq --filter "label=trovestage.run=$RUN" 2>/dev/null || true)
     left=$(for f in "$WORK"/volumes/*.img; do [ -e "$f" ] && losetup -j "$f"; done 2>/dev/null)

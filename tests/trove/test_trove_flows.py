@@ -748,6 +748,33 @@ def test_logs_diagnostics_upgrade(trove, stage, barbican):
         wait_linked(gr.ip, gm.ip)
         n["note"] = "TLS PING on master and replica (port 6380), plaintext kept; closed after disable"
 
+    # 15c. a snapshot backup (storage_driver cinder): Trove calls pre_create_backup (BGSAVE, then the
+    # file system frozen), snapshots the volume, then post_create_backup (thawed)
+    with steps.step("15c snapshot backup (Cinder), delete") as n:
+        with redisnode.Redis(gm.ip) as rc:
+            assert rc.call("SET", "snap-key", "in-the-snapshot") == "OK"
+            rdb = rc.call("CONFIG", "GET", "dbfilename")[1].decode()
+        cli(stage, trove, "backup", "create", f"{p}-snapshot", "--instance", m.id, "--storage-driver", "cinder")
+        b = next(x for x in trove.backups.list() if x.name == f"{p}-snapshot")
+        b = wait_backup(trove, b.id)
+        [[location]] = stage.sql(f"select location from backups where id = '{b.id}'")
+        assert location.startswith("cinder://"), f"unexpected location {location}"
+        snap = os.path.join(stage.work, "volumes", location.removeprefix("cinder://") + ".snap")
+        assert os.path.exists(snap), f"no snapshot file {snap}"
+        dbg = subprocess.run(["debugfs", "-R", f"cat /{rdb}", snap], capture_output=True, timeout=60)
+        assert dbg.stdout.startswith(b"REDIS") and b"snap-key" in dbg.stdout, \
+            f"the snapshot's /{rdb} is not an RDB with the key written before the backup: {dbg.stdout[:40]!r} {dbg.stderr[-200:]!r}"
+        # thawed: a write to the volume's file system returns
+        t = docker("exec", gm.container, "timeout", "10", "touch", f"{MOUNT_POINT}/.thaw-check", check=False)
+        assert t.returncode == 0, f"the volume is still frozen after the backup: {t.stderr.strip()}"
+        docker("exec", gm.container, "rm", "-f", f"{MOUNT_POINT}/.thaw-check")
+        cli(stage, trove, "backup", "delete", b.id)
+        deadline = time.monotonic() + 60
+        while os.path.exists(snap) or any(x.id == b.id for x in trove.backups.list()):
+            assert time.monotonic() < deadline, "the snapshot backup or its snapshot is still there after the delete"
+            time.sleep(1)
+        n["note"] = f"snapshot {location}; its /{rdb} holds the key written before; thawed; deleted"
+
     # 16. upgrade to Valkey 9.1, the replica first, then the master: the data stays and the link holds
     with steps.step("16 upgrade replica, then master, 7.0 -> valkey-9.1") as n:
         before = {g.instance_id: server_info(g.ip) for g in (gm, gr)}
