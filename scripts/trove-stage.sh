@@ -25,7 +25,7 @@
 # a restore and a replica of it, root (Trove's 422, then trove-guestctl) and a volume resize, then
 # guest logs published to Swift, diagnostics and hwinfo as the cloud admin (tempauth's test:tester,
 # role admin via the identity filter), client TLS (ssl enable/show/disable, a Barbican stand-in in
-# the tests), an upgrade of a master and its replica to Valkey 9.1 and a rebuild of the master on a
+# the tests), a snapshot backup (storage_driver cinder), an upgrade of a master and its replica to Valkey 9.1 and a rebuild of the master on a
 # second Glance image
 # (the booted image is <guest image>-trovestage: the guest image plus Valkey 9.1.2 from
 # scripts/redis-servers.sh and its [redis.servers]);
