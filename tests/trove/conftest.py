@@ -34,11 +34,21 @@ class Stage:
         with open(_env("TROVE_STAGE_TOKEN_FILE")) as f:
             self.token = f.read().strip()  # the tempauth token of trovestage:trovestage (see trove_standins.py)
         self.swift_url = _env("TROVE_STAGE_SWIFT_URL") + TENANT  # the tenant's Swift account
+        self.admin_tenant = _env("TROVE_STAGE_ADMIN_TENANT")
+        with open(_env("TROVE_STAGE_ADMIN_TOKEN_FILE")) as f:
+            self.admin_token = f.read().strip()  # the cloud admin's (role admin in Trove's context)
         self.guestctl = _env("TROVE_STAGE_GUESTCTL")
         self.transport = _env("TROVE_STAGE_TRANSPORT")
         self.db_sock = _env("TROVE_STAGE_DB_SOCK")
         self.report = []  # (pass, step, seconds, {guest: Counter(method)}, note)
         self.cli_output = []  # (pass, title, text)
+
+    def admin_client(self):
+        """A troveclient as the cloud admin, for Trove's management API."""
+        from keystoneauth1 import session, token_endpoint
+        from troveclient.v1 import client
+        auth = token_endpoint.Token(f"{self.api}/v1.0/{self.admin_tenant}", self.admin_token)
+        return client.Client(session=session.Session(auth=auth))
 
     def sql(self, query):
         """Rows (tab-separated fields) of a query on Trove's database."""
@@ -54,6 +64,15 @@ def stage():
     yield s
     from report import write_report
     write_report(s)
+
+
+@pytest.fixture(scope="session")
+def barbican(stage):
+    """The Barbican stand-in at trove.conf's barbican_url (Trove's API reads ssl containers there)."""
+    from trove_standins import Barbican
+    b = Barbican(int(_env("TROVE_STAGE_BARBICAN_PORT")), stage.token)
+    yield b
+    b.stop()
 
 
 class Services:

@@ -578,3 +578,266 @@ def test_volumes_backups_restore_root(trove, stage):
             assert time.monotonic() < deadline, "guest containers are still there after the delete"
             time.sleep(1)
     assert_volumes_gone(stage, {g.devices[DEVICE] for g in (gm, gr, gs, gsr)})
+
+
+def swift_objects(stage, container, prefix):
+    """The names of the objects under prefix in one of the tenant's Swift containers."""
+    status, _, body = swift_request(stage, f"{stage.swift_url}/{container}?format=json&prefix={prefix}")
+    assert status in (200, 204), f"listing {container}/{prefix}: HTTP {status}"
+    return [o["name"] for o in json.loads(body or b"[]")]
+
+
+def make_p12(ips):
+    """(CA PEM, PKCS#12 bytes of a key and a certificate for ips signed by that CA)."""
+    import datetime
+    import ipaddress
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import pkcs12
+    from cryptography.x509.oid import NameOID
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "trove stage CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "redis")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(i)) for i in ips]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    p12 = pkcs12.serialize_key_and_certificates(b"redis", key, cert, [ca], serialization.NoEncryption())
+    return ca.public_bytes(serialization.Encoding.PEM).decode(), p12
+
+
+def tls_ping(ip, ca_pem, port=6380):
+    """PING over TLS, the server's certificate checked against ca_pem and ip; the reply's bytes."""
+    import socket
+    import ssl
+    ctx = ssl.create_default_context(cadata=ca_pem)
+    with socket.create_connection((ip, port), timeout=5) as raw, ctx.wrap_socket(raw, server_hostname=ip) as s_:
+        s_.sendall(b"PING\r\n")
+        return s_.recv(64)
+
+
+def tls_open(ip, port=6380):
+    import socket
+    try:
+        with socket.create_connection((ip, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def wait_task_done(trove, inst_id, pred, what, timeout):
+    """Waits until the instance is ready again and pred(instance) holds, failing on an error status."""
+    return wait_for(trove, what, lambda x: ready(x, [inst_id]) and pred(x[inst_id]), timeout)
+
+
+@pytest.mark.parametrize("trove", [False], indirect=True, ids=["plain_rpc"])
+def test_logs_diagnostics_upgrade(trove, stage, barbican):
+    """Guest logs published to Swift, diagnostics and hwinfo (Trove's management API, as admin), and a
+    datastore-version upgrade (Redis 7.0 to Valkey 9.1) of a master and its replica, replica first."""
+    p = trove.pass_name
+    steps = Steps(stage, p)
+    name = {k: f"{p}-up-{k}" for k in ("master", "replica")}
+
+    # 13. a master with data, and a replica
+    with steps.step("13 create master and a replica (7.0)") as n:
+        cli(stage, trove, "instance", "create", name["master"], "--flavor", FLAVOR, "--size", str(VOLUME_GB),
+            "--datastore", "redis", "--datastore-version", "7.0", keep=False)
+        m = next(i for i in trove.instances.list() if i.name == name["master"])
+        wait_for(trove, "the master to become ready", lambda x: ready(x, [m.id]), 240)
+        gm = Guest(stage, m)
+        steps.add_guest("up-master", gm.container)
+        with redisnode.Redis(gm.ip) as r:
+            r.call("MSET", *[x for j in range(INITIAL_KEYS) for x in (f"up:{j}", j)])
+        data = [(f"up:{j}", j) for j in range(INITIAL_KEYS)]
+        cli(stage, trove, "instance", "create", name["replica"], "--replica-of", m.id, keep=False)
+        x = wait_for(trove, "the replica to become ready",
+                     lambda x: any(ref(field(i, "replica_of", None)) == m.id and ready(x, [i.id]) for i in x.values()), 240)
+        r = next(i for i in x.values() if ref(field(i, "replica_of", None)) == m.id)
+        gr = Guest(stage, r)
+        steps.add_guest("up-replica", gr.container)
+        wait_linked(gr.ip, gm.ip)
+        wait_no_missing(gr.ip, data)
+
+    # 14. guest logs: the Redis log (USER log `general`) is off; enabling it needs a restart; publish
+    # puts its lines into the tenant's Swift (container database_logs), where `log show` points
+    with steps.step("14 guest logs: enable, restart, publish to Swift") as n:
+        _, out = cli(stage, trove, "log", "list", m.id)
+        logs = {lg.name: lg for lg in trove.instances.log_list(m.id)}
+        assert "general" in logs and logs["general"].type == "USER" and logs["general"].status == "Disabled", \
+            f"log list: {[lg._info for lg in logs.values()]}"
+        _, out = cli(stage, trove, "log", "set", m.id, "general", "--enable")
+        assert "Restart Required" in out, f"log set --enable: {out}"
+        run_id = server_info(gm.ip)["run_id"]
+        cli(stage, trove, "instance", "restart", m.id)
+        wait_for(trove, "the restart", lambda x: ready(x, [m.id]) and x[m.id].status != "REBOOT", 120)
+        deadline = time.monotonic() + 60
+        while (redisnode.info(gm.ip, "server") or {}).get("run_id", run_id) == run_id:
+            assert time.monotonic() < deadline, "redis-server did not restart after `instance restart`"
+            time.sleep(0.5)
+        _, out = cli(stage, trove, "log", "set", m.id, "general", "--publish")
+        _, out = cli(stage, trove, "log", "show", m.id, "general")
+        lg = next(lg for lg in trove.instances.log_list(m.id) if lg.name == "general")
+        # Partial: Redis logged more lines (its replica re-linking) after the publish
+        assert lg.status in ("Published", "Partial") and lg.published > 0, f"after publish: {lg._info}"
+        assert lg.container == "database_logs" and lg.prefix == f"{m.id}/redis-general/", lg._info
+        objs = swift_objects(stage, lg.container, lg.prefix)
+        assert objs, f"no log objects under {lg.container}/{lg.prefix}"
+        text = b"".join(swift_request(stage, f"{stage.swift_url}/{lg.container}/{o}")[2] for o in objs)
+        assert len(text) == lg.published, f"Swift holds {len(text)} bytes, Trove shows {lg.published} published"
+        assert b"Ready to accept connections" in text, f"the published log has no Redis start-up lines: {text[-300:]!r}"
+        status, _, meta = swift_request(stage, f"{stage.swift_url}/{lg.container}/{lg.metafile}")
+        assert status == 200 and json.loads(meta)["log_size"] == lg.published, f"metafile {lg.metafile}: HTTP {status} {meta[:200]!r}"
+        wait_linked(gr.ip, gm.ip, 60)
+        n["note"] = f"{len(objs)} object(s), {lg.published} bytes of the Redis log in Swift"
+
+    # 15. diagnostics and hwinfo: Trove serves them on its management API, to admins only
+    with steps.step("15 diagnostics and hwinfo (management API)") as n:
+        # troveclient has the managers (troveclient.v1.diagnostics) but its Client does not wire them
+        from troveclient.v1.diagnostics import DiagnosticsInterrogator, HwInfoInterrogator
+        for call in (DiagnosticsInterrogator(trove).get, HwInfoInterrogator(trove).get):
+            # Trove maps its exception.Forbidden to HTTP 401, not 403 (section 5)
+            with pytest.raises(trove_exc.Unauthorized) as e:
+                call(m.id)
+            assert "User does not have admin privileges. (HTTP 401)" in str(e.value), str(e.value)
+        admin = stage.admin_client()
+        d = DiagnosticsInterrogator(admin).get(m.id)._info
+        h = HwInfoInterrogator(admin).get(m.id)._info
+        stage.cli_output.append((p, f"troveclient diagnostics.get({m.id}) as admin", json.dumps(d, indent=1) + "\n"))
+        stage.cli_output.append((p, f"troveclient hwinfo.get({m.id}) as admin", json.dumps(h, indent=1) + "\n"))
+        assert d["version"] and all(d[k] > 0 for k in ("fdSize", "vmSize", "vmPeak", "vmRss", "threads")), d
+        hw = h.get("hwinfo", h)
+        nproc = int(docker("exec", gm.container, "nproc").stdout.strip())
+        mem_kb = int(next(l.split()[1] for l in docker("exec", gm.container, "cat", "/proc/meminfo").stdout.splitlines()
+                          if l.startswith("MemTotal:")))
+        limit = docker("exec", gm.container, "cat", "/sys/fs/cgroup/memory.max", check=False).stdout.strip()
+        if limit.isdigit():  # a container's memory limit (cgroup v2) bounds what the guest has
+            mem_kb = min(mem_kb, int(limit) // 1024)
+        assert hw["num_cpus"] == nproc and hw["mem_total"] == mem_kb, f"hwinfo {hw}, the container: {nproc} CPUs, {mem_kb} kB"
+        n["note"] = f"agent {d['version']}, VmRSS {d['vmRss']} kB; {hw['num_cpus']} CPUs, {hw['mem_total']} kB"
+
+    # 15b. client TLS (API 1.3): a PKCS#12 container in Barbican; Trove's API reads it and calls
+    # ssl_action on the master, then its replica; basic mode keeps the plaintext port
+    with steps.step("15b ssl enable (basic), show, disable") as n:
+        ca_pem, p12 = make_p12([gm.ip, gr.ip])
+        ref_ = barbican.store(p12)
+        _, out = cli(stage, trove, "ssl", "show", m.id)
+        assert "builtin" in out and "off" in out, f"ssl show before enable: {out}"
+        _, out = cli(stage, trove, "ssl", "enable", m.id, ref_, "--mode", "basic")
+        sid = ref_.rsplit("/", 1)[1]
+        assert {"service": "database", "resource_type": "instance", "resource_id": m.id} in barbican.consumers.get(sid, []), \
+            f"Trove did not register the instance as the secret's consumer: {barbican.consumers}"
+        for g in (gm, gr):
+            assert tls_ping(g.ip, ca_pem) == b"+PONG\r\n", f"{g.container}'s TLS port does not answer PING"
+            assert redisnode.info(g.ip, "server") is not None, f"{g.container}'s plaintext port closed in basic mode"
+        wait_linked(gr.ip, gm.ip)
+        _, out = cli(stage, trove, "ssl", "show", m.id)
+        assert "basic" in out and "| status" in out and " on " in out, f"ssl show after enable: {out}"
+        cli(stage, trove, "ssl", "disable", m.id)
+        assert not barbican.consumers.get(sid), f"Trove left the instance as the secret's consumer: {barbican.consumers}"
+        deadline = time.monotonic() + 30
+        while any(tls_open(g.ip) for g in (gm, gr)):
+            assert time.monotonic() < deadline, "a TLS port still accepts connections after ssl disable"
+            time.sleep(0.5)
+        wait_linked(gr.ip, gm.ip)
+        n["note"] = "TLS PING on master and replica (port 6380), plaintext kept; closed after disable"
+
+    # 15c. a snapshot backup (storage_driver cinder): Trove calls pre_create_backup (BGSAVE, then the
+    # file system frozen), snapshots the volume, then post_create_backup (thawed)
+    with steps.step("15c snapshot backup (Cinder), delete") as n:
+        with redisnode.Redis(gm.ip) as rc:
+            assert rc.call("SET", "snap-key", "in-the-snapshot") == "OK"
+            rdb = rc.call("CONFIG", "GET", "dbfilename")[1].decode()
+        cli(stage, trove, "backup", "create", f"{p}-snapshot", "--instance", m.id, "--storage-driver", "cinder")
+        b = next(x for x in trove.backups.list() if x.name == f"{p}-snapshot")
+        b = wait_backup(trove, b.id)
+        [[location]] = stage.sql(f"select location from backups where id = '{b.id}'")
+        assert location.startswith("cinder://"), f"unexpected location {location}"
+        snap = os.path.join(stage.work, "volumes", location.removeprefix("cinder://") + ".snap")
+        assert os.path.exists(snap), f"no snapshot file {snap}"
+        dbg = subprocess.run(["debugfs", "-R", f"cat /{rdb}", snap], capture_output=True, timeout=60)
+        assert dbg.stdout.startswith(b"REDIS") and b"snap-key" in dbg.stdout, \
+            f"the snapshot's /{rdb} is not an RDB with the key written before the backup: {dbg.stdout[:40]!r} {dbg.stderr[-200:]!r}"
+        # thawed: a write to the volume's file system returns
+        t = docker("exec", gm.container, "timeout", "10", "touch", f"{MOUNT_POINT}/.thaw-check", check=False)
+        assert t.returncode == 0, f"the volume is still frozen after the backup: {t.stderr.strip()}"
+        docker("exec", gm.container, "rm", "-f", f"{MOUNT_POINT}/.thaw-check")
+        cli(stage, trove, "backup", "delete", b.id)
+        deadline = time.monotonic() + 60
+        while os.path.exists(snap) or any(x.id == b.id for x in trove.backups.list()):
+            assert time.monotonic() < deadline, "the snapshot backup or its snapshot is still there after the delete"
+            time.sleep(1)
+        n["note"] = f"snapshot {location}; its /{rdb} holds the key written before; thawed; deleted"
+
+    # 16. upgrade to Valkey 9.1, the replica first, then the master: the data stays and the link holds
+    with steps.step("16 upgrade replica, then master, 7.0 -> valkey-9.1") as n:
+        before = {g.instance_id: server_info(g.ip) for g in (gm, gr)}
+        assert all("valkey_version" not in i for i in before.values())
+        for inst, g in ((r, gr), (m, gm)):
+            cli(stage, trove, "instance", "upgrade", inst.id, "valkey-9.1")
+            wait_task_done(trove, inst.id, lambda i: field(i, "datastore", {}).get("version") == "valkey-9.1"
+                           and i.status not in ("UPGRADE",), f"{inst.name}'s upgrade", 180)
+            deadline = time.monotonic() + 60
+            while (redisnode.info(g.ip, "server") or {}).get("valkey_version") != "9.1.2":
+                assert time.monotonic() < deadline, f"{g.container} does not run Valkey 9.1.2 after the upgrade: {redisnode.info(g.ip, 'server')}"
+                time.sleep(0.5)
+            wait_no_missing(g.ip, data, 60)
+        wait_linked(gr.ip, gm.ip, 60)
+        with redisnode.Redis(gm.ip) as rc:
+            assert rc.call("SET", "after-upgrade", 1) == "OK"
+        wait_no_missing(gr.ip, [("after-upgrade", 1)])
+        cli(stage, trove, "instance", "list", "-c", "ID", "-c", "Name", "-c", "Datastore Version", "-c", "Status", "-c", "Role")
+        n["note"] = (f"{before[r.id]['redis_version']} -> valkey {server_info(gm.ip)['valkey_version']}; "
+                     f"{INITIAL_KEYS} keys kept, replica linked")
+
+    # 17. rebuild the master on another image (Trove's management API, admin): Nova's stand-in replaces
+    # its container (same address and volume; the image's boot step mounts the volume), Trove casts
+    # rebuild, then re-enables it as master and restarts its replica
+    with steps.step("17 rebuild the master on another image (admin)") as n:
+        old_id = docker("inspect", "-f", "{{.Id}}", gm.container).stdout.strip()
+        image = os.environ["TROVE_STAGE_REBUILD_IMAGE"]
+        # what `openstack database instance rebuild` calls, with the admin's client
+        stage.admin_client().mgmt_instances.rebuild(m.id, image)
+        stage.cli_output.append((p, f"troveclient mgmt_instances.rebuild({m.id}, {image}) as admin", "(HTTP 202)\n"))
+
+        def rebuilt(x):
+            if not ready(x, [m.id]):
+                return False
+            p_ = docker("inspect", "-f", "{{.Id}}", gm.container, check=False)
+            return p_.returncode == 0 and p_.stdout.strip() != old_id
+        wait_for(trove, "the master's rebuild", rebuilt, 240)
+        g2 = Guest(stage, m)
+        assert g2.ip == gm.ip and g2.devices.get(DEVICE) == gm.devices.get(DEVICE), \
+            f"the rebuilt server lost its address or volume: {g2.ip} {g2.devices} (was {gm.ip} {gm.devices})"
+        labels = json.loads(docker("inspect", "-f", "{{json .Config.Labels}}", g2.container).stdout)
+        assert labels["trovestage.image"] == image, labels
+        check_volume_mounted(g2)
+        deadline = time.monotonic() + 60
+        while (redisnode.info(gm.ip, "server") or {}).get("valkey_version") != "9.1.2":
+            assert time.monotonic() < deadline, f"the rebuilt master does not run Valkey 9.1.2: {redisnode.info(gm.ip, 'server')}"
+            time.sleep(0.5)
+        assert role(gm.ip)["role"] == "master"
+        wait_no_missing(gm.ip, data + [("after-upgrade", 1)], 60)
+        wait_linked(gr.ip, gm.ip, 60)
+        with redisnode.Redis(gm.ip) as rc:
+            assert rc.call("SET", "after-rebuild", 1) == "OK"
+        wait_no_missing(gr.ip, [("after-rebuild", 1)])
+        n["note"] = f"new container, same address and volume; {INITIAL_KEYS + 1} keys kept, replica re-linked"
+
+    # 18. delete both
+    with steps.step("18 delete both") as n:
+        cli(stage, trove, "instance", "delete", r.id, keep=False)
+        wait_for(trove, "the replica to be deleted", lambda x: r.id not in x, 180)
+        cli(stage, trove, "instance", "delete", m.id, keep=False)
+        wait_for(trove, "the master to be deleted", lambda x: m.id not in x, 180)
+        deadline = time.monotonic() + 60
+        while not all(gone(g) for g in (gm, gr)):
+            assert time.monotonic() < deadline, "guest containers are still there after the delete"
+            time.sleep(1)
+    assert_volumes_gone(stage, {g.devices[DEVICE] for g in (gm, gr)})

@@ -30,6 +30,9 @@ from novaclient import exceptions as nova_exceptions
 
 CONF_DIR = "/etc/trove/conf.d"
 IMAGE_ID = "6f0e1d3c-7a5b-4c1e-9d2f-8b3a4c5d6e7f"
+# a second Glance image for `instance rebuild`: the same guest image under another id
+REBUILD_IMAGE_ID = "3c1d5e7f-9a2b-4c4d-8e6f-0a1b2c3d4e5f"
+IMAGES = {IMAGE_ID: "trove-redis-guest", REBUILD_IMAGE_ID: "trove-redis-guest-rebuild"}
 NETWORK_ID = "0b7c2f4e-1d3a-4e5f-8a9b-c0d1e2f3a4b5"
 SUBNET_ID = "9e8d7c6b-5a4f-4e3d-8c2b-1a0f9e8d7c6b"
 FLAVORS = {
@@ -102,6 +105,9 @@ class _Server:
     def delete(self):
         self._manager.delete(self.id)
 
+    def rebuild(self, image, **kwargs):
+        return self._manager.rebuild(self.id, image, **kwargs)
+
     def to_dict(self):
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
 
@@ -160,6 +166,55 @@ class _Servers:
                 subprocess.run(["docker", "logs", "-t", name], stdout=out, stderr=subprocess.STDOUT, timeout=60)
             _docker("rm", "-f", "-v", name, check=False)
         _Volumes().server_deleted(server_id)
+
+    def rebuild(self, server_id, image, userdata=None, files=None, **_):
+        """Nova's rebuild: a new container of the guest image replaces the server's, with the same
+        name, address and volumes, the files Trove injects now, and the new image's id."""
+        server_id = getattr(server_id, "id", server_id)
+        image_id = str(getattr(image, "id", image))
+        if image_id not in IMAGES:
+            raise nova_exceptions.BadRequest(400, f"Image {image_id} could not be found")
+        [old] = self._containers(server_id) or [None]
+        if old is None:
+            raise nova_exceptions.NotFound(404, f"Server {server_id} could not be found")
+        name = old["Name"].lstrip("/")
+        labels = dict(old["Config"]["Labels"])
+        labels[f"{LABEL}.image"] = image_id
+        host = old["HostConfig"]
+        ip = old["NetworkSettings"]["Networks"][_env("TROVE_STAGE_NETWORK")]["IPAddress"]
+        injected = dict(_cloud_config_files(userdata))
+        for path, content in (files or {}).items():
+            injected[path] = content.encode() if isinstance(content, str) else content
+        logdir = os.path.join(_env("TROVE_STAGE_WORK"), "guest-logs")
+        os.makedirs(logdir, exist_ok=True)
+        with open(os.path.join(logdir, f"{name}.before-rebuild.log"), "w") as out:
+            subprocess.run(["docker", "logs", "-t", name], stdout=out, stderr=subprocess.STDOUT, timeout=60)
+        _docker("rm", "-f", "-v", name)
+        conf_dir = os.path.join(self._server_dir(server_id), "conf.d")
+        for f in os.listdir(conf_dir):
+            os.unlink(os.path.join(conf_dir, f))
+        uid = _guest_uid()
+        for path, content in injected.items():
+            if os.path.dirname(os.path.normpath(path)) != CONF_DIR:
+                raise RuntimeError(f"trove_standins: Trove injected {path}, outside {CONF_DIR}; only that directory is mounted")
+            target = os.path.join(conf_dir, os.path.basename(path))
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(content)
+            os.chown(target, uid, uid)
+        args = ["run", "-d", "--init", "--name", name, "--hostname", server_id[:8],
+                "--network", _env("TROVE_STAGE_NETWORK"), "--ip", ip, "-v", f"{conf_dir}:{CONF_DIR}:ro"]
+        for d in host.get("Devices") or []:
+            args += ["--device", f"{d['PathOnHost']}:{d['PathInContainer']}"]
+        if old["Config"].get("User"):
+            args += ["--user", old["Config"]["User"]]
+        for cap in host.get("CapAdd") or []:
+            args += ["--cap-add", cap]
+        for k, v in labels.items():
+            args += ["--label", f"{k}={v}"]
+        args.append(_env("TROVE_GUEST_IMAGE"))
+        _docker(*args)
+        return self.get(server_id)
 
     def set_tags(self, server_id, tags):
         server_id = getattr(server_id, "id", server_id)
@@ -361,18 +416,19 @@ def neutron_client(context, region_name=None, **kwargs):
 
 
 class _Images:
-    def _image(self):
-        return {"id": IMAGE_ID, "name": "trove-redis-guest", "status": "active",
-                "created_at": datetime.datetime(2026, 1, 1).isoformat() + "Z", "tags": ["trove", "redis"]}
+    def _image(self, image_id=IMAGE_ID):
+        return {"id": image_id, "name": IMAGES[image_id], "status": "active",
+                "created_at": datetime.datetime(2026, 1, 1).isoformat() + "Z",
+                "tags": ["trove", "redis"] if image_id == IMAGE_ID else ["rebuild"]}
 
     def get(self, image_id):
-        if image_id != IMAGE_ID:
+        if image_id not in IMAGES:
             from glanceclient import exc
             raise exc.HTTPNotFound(f"image {image_id} not found")
-        return _Obj(**self._image())
+        return _Obj(**self._image(image_id))
 
     def list(self, filters=None, **_):
-        return [self._image()]
+        return [self._image(i) for i in IMAGES]
 
 
 class GlanceClient:
@@ -539,9 +595,46 @@ def _is_uuid(value):
         return False
 
 
+class _Snapshots:
+    """Volume snapshots (Trove's snapshot backups, storage_driver cinder): a sparse copy of the volume's
+    file, <work>/volumes/<id>.snap with <id>.snap.json, taken while the guest holds its file system
+    frozen (pre_create_backup); `available` when created."""
+
+    def _path(self, snapshot_id, ext):
+        return _Volumes()._path(snapshot_id, ext)
+
+    def _obj(self, rec):
+        return _Obj(**rec)
+
+    def create(self, volume_id, force=False, name=None, description=None, metadata=None, **_):
+        vol = _Volumes()._read(getattr(volume_id, "id", volume_id))
+        snapshot_id = str(uuid.uuid4())
+        path = self._path(snapshot_id, "snap")
+        subprocess.run(["cp", "--sparse=always", vol["file"], path], check=True, capture_output=True, timeout=300)
+        rec = {"id": snapshot_id, "volume_id": vol["id"], "name": name, "description": description, "size": vol["size"],
+               "status": "available", "metadata": metadata or {}, "file": path}
+        with open(self._path(snapshot_id, "snap.json"), "w") as f:
+            json.dump(rec, f)
+        return self._obj(rec)
+
+    def get(self, snapshot_id):
+        try:
+            with open(self._path(getattr(snapshot_id, "id", snapshot_id), "snap.json")) as f:
+                return self._obj(json.load(f))
+        except FileNotFoundError:
+            from cinderclient import exceptions
+            raise exceptions.NotFound(404, f"Snapshot {snapshot_id} could not be found")
+
+    def delete(self, snapshot_id):
+        self.get(snapshot_id)
+        for ext in ("snap", "snap.json"):
+            os.unlink(self._path(getattr(snapshot_id, "id", snapshot_id), ext))
+
+
 class CinderClient:
     def __init__(self, context, region_name=None, **_):
         self.volumes = _Volumes()
+        self.volume_snapshots = _Snapshots()
 
 
 def cinder_client(context, region_name=None, **kwargs):
@@ -557,13 +650,16 @@ def identity_filter_factory(global_conf, **local_conf):
     A request to /v1.0/<tenant>/... is let through when its X-Auth-Token opens Swift's account
     AUTH_<tenant> (HEAD, answered 2xx; an answer is remembered for 60 s): the token is then the
     user's token for Trove's context, and it is valid in Swift, where the guests take it for
-    backups. The identity headers are those of Trove's fake filter (tenant = user = role)."""
+    backups and guest logs. The identity headers are those of Trove's fake filter (tenant = user =
+    role); the tenant TROVE_STAGE_ADMIN_TENANT also has the role `admin` (Trove's admin_roles), the
+    cloud admin that Trove's management API (diagnostics, hwinfo, rebuild) requires."""
     import threading
     import time
     import urllib.error
     import urllib.request
 
     swift = _env("TROVE_STAGE_SWIFT_URL").rstrip("/")  # http://host:port/v1/AUTH_
+    admin_tenant = os.environ.get("TROVE_STAGE_ADMIN_TENANT", "")
     seen = {}
     lock = threading.Lock()
 
@@ -593,8 +689,95 @@ def identity_filter_factory(global_conf, **local_conf):
                 start_response("401 Unauthorized", [("Content-Type", "text/plain")])
                 return [b"The request you have made requires authentication.\n"]
             for k, v in {"X_IDENTITY_STATUS": "Confirmed", "X_TENANT_ID": tenant, "X_TENANT_NAME": tenant,
-                         "X_PROJECT_ID": tenant, "X_USER_ID": tenant, "X_USER_NAME": tenant, "X_ROLE": tenant}.items():
+                         "X_PROJECT_ID": tenant, "X_USER_ID": tenant, "X_USER_NAME": tenant,
+                         "X_ROLE": f"{tenant},admin" if tenant == admin_tenant else tenant}.items():
                 env[f"HTTP_{k}"] = v
             return app(env, start_response)
         return middleware
     return auth_filter
+
+
+# ---------------------------------------------------------------- barbican
+
+
+class Barbican:
+    """Barbican's secrets API as Trove's ssl_action uses it: version discovery, GET /v1/secrets/<uuid>
+    (metadata) and .../payload (the PKCS#12 container), POST and DELETE .../consumers, for the
+    stage's user's token only.
+    Runs in the test process; the tests store the secrets (trove.conf's barbican_url points here)."""
+
+    def __init__(self, port, token):
+        import http.server
+        import threading
+        self.secrets = {}
+        self.consumers = {}  # secret id -> [{service, resource_type, resource_id}]
+        self.base = f"http://127.0.0.1:{port}"
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status, body, ctype):
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                if self.path.split("?")[0].rstrip("/") in ("", "/v1"):  # version discovery, unauthenticated
+                    # microversion 1.1: secret consumers, which Trove registers (without it Trove's
+                    # ssl enable fails: docs/trove.md section 5)
+                    doc = {"versions": {"values": [{"id": "v1", "status": "CURRENT", "min_version": "1.0", "max_version": "1.1",
+                                                    "links": [{"rel": "self", "href": f"{outer.base}/v1/"}]}]}}
+                    return self._send(300 if self.path.rstrip("/") == "" else 200, json.dumps(doc).encode(), "application/json")
+                if self.headers.get("X-Auth-Token") != token:
+                    return self._send(401, b'{"error": "unauthorized"}', "application/json")
+                parts = self.path.split("?")[0].strip("/").split("/")
+                if len(parts) < 3 or parts[:2] != ["v1", "secrets"] or parts[2] not in outer.secrets:
+                    return self._send(404, b'{"error": "not found"}', "application/json")
+                sid = parts[2]
+                if parts[3:] == ["payload"]:
+                    return self._send(200, outer.secrets[sid], "application/octet-stream")
+                meta = {"secret_ref": f"{outer.base}/v1/secrets/{sid}", "name": sid, "status": "ACTIVE",
+                        "secret_type": "opaque", "content_types": {"default": "application/octet-stream"},
+                        "created": "2026-01-01T00:00:00", "updated": "2026-01-01T00:00:00"}
+                return self._send(200, json.dumps(meta).encode(), "application/json")
+
+            def _consumers(self, add):
+                if self.headers.get("X-Auth-Token") != token:
+                    return self._send(401, b'{"error": "unauthorized"}', "application/json")
+                parts = self.path.split("?")[0].strip("/").split("/")
+                if parts[:2] != ["v1", "secrets"] or parts[3:] != ["consumers"] or parts[2] not in outer.secrets:
+                    return self._send(404, b'{"error": "not found"}', "application/json")
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                c = outer.consumers.setdefault(parts[2], [])
+                entry = {k: body.get(k) for k in ("service", "resource_type", "resource_id")}
+                if add and entry not in c:
+                    c.append(entry)
+                elif not add and entry in c:
+                    c.remove(entry)
+                meta = {"secret_ref": f"{outer.base}/v1/secrets/{parts[2]}", "name": parts[2], "status": "ACTIVE",
+                        "content_types": {"default": "application/octet-stream"}, "consumers": c}
+                return self._send(200, json.dumps(meta).encode(), "application/json")
+
+            def do_POST(self):
+                return self._consumers(True)
+
+            def do_DELETE(self):
+                return self._consumers(False)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def store(self, payload):
+        """Stores a secret; returns its reference."""
+        sid = str(uuid.uuid4())
+        self.secrets[sid] = payload
+        return f"{self.base}/v1/secrets/{sid}"
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
