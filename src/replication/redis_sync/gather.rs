@@ -25,7 +25,7 @@ pub(super) fn spawn(manager: Arc<RedisManager>, want: u32, delay_s: u32) {
         let started = Instant::now();
         match gather(&manager, want, delay_s).await {
             Ok(Outcome::Started(n)) => tracing::info!(replicas = n, want, after_ms = started.elapsed().as_millis() as u64, "diskless sync: the replicas are all waiting; started their one transfer now"),
-            Ok(Outcome::AlreadyRunning) => tracing::info!(want, "diskless sync: Redis had started the transfer itself; nothing to gather"),
+            Ok(Outcome::AlreadyRunning) => tracing::info!(want, "diskless sync: Redis started the transfer itself (a fork was running); nothing to gather"),
             Ok(Outcome::TimedOut(n)) => tracing::info!(waiting = n, want, delay_s, "diskless sync: not every replica came within the delay; Redis starts the transfer as configured"),
             Err(e) => tracing::warn!(error = %e, "diskless sync: gathering the replicas failed; Redis starts the transfer as configured"),
         }
@@ -44,10 +44,23 @@ async fn gather(manager: &RedisManager, want: u32, delay_s: u32) -> crate::datas
     let mut admin = manager.admin().await?;
     let server = admin.info("server").await?.server();
     let valkey_version = server.filter(|s| s.valkey).map(|s| s.version_string());
+    // A fork already running (a save point's BGSAVE, an AOF rewrite, or the replicas' own
+    // transfer, which INFO also shows as "wait_bgsave") is waited out: a replica still waiting
+    // once no child runs waits for a transfer that has not begun.
+    let mut busy_seen = false;
+    let linked = |r: &crate::datastore::redis::info::ConnectedReplica| r.state == "online" || r.state == "send_bulk";
+    let linked_before = admin.replication().await?.replicas.iter().filter(|r| linked(r)).count();
     let waiting = loop {
         let repl = admin.replication().await?;
         let waiting = repl.replicas.iter().filter(|r| r.state == "wait_bgsave").count();
-        if waiting >= want as usize {
+        if busy_seen && repl.replicas.iter().filter(|r| linked(r)).count() >= linked_before + want as usize {
+            // The fork that ran was their transfer: they are linked.
+            return Ok(Outcome::AlreadyRunning);
+        }
+        let persistence = admin.info("persistence").await?;
+        let busy = ["rdb_bgsave_in_progress", "aof_rewrite_in_progress"].iter().any(|k| persistence.get(k) == Some("1"));
+        busy_seen |= busy;
+        if !busy && waiting >= want as usize {
             break waiting;
         }
         if Instant::now() >= deadline {
@@ -55,11 +68,6 @@ async fn gather(manager: &RedisManager, want: u32, delay_s: u32) -> crate::datas
         }
         tokio::time::sleep(POLL).await;
     };
-    // "wait_bgsave" also names replicas whose transfer has begun: then there is nothing to start.
-    let persistence = admin.info("persistence").await?;
-    if persistence.get("rdb_bgsave_in_progress") == Some("1") {
-        return Ok(Outcome::AlreadyRunning);
-    }
     admin.config_set("repl-diskless-sync-delay", "0").await?;
     let target = manager.target().await;
     let psync = tokio::time::timeout(PSYNC_WAIT, async {
