@@ -53,13 +53,24 @@ pub fn version_of(bin: &str) -> ServerVersion {
 
 /// A free port never handed out before in this process: tests run in parallel, and a port one
 /// test was given but has not bound yet can come back from the kernel for another.
+/// A port for a test's server, free now and claimed across test processes: the matrix runs
+/// several `cargo test` processes at once, and a port the kernel hands out for bind(0) may be
+/// handed to another process before our server binds it. Ports come from below the ephemeral
+/// range (so no outgoing connection takes them), each claimed by a lock on a file that is held
+/// until this process ends (the kernel drops the lock of a process that is gone).
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    static CLAIMS: std::sync::Mutex<Vec<(u16, std::fs::File)>> = std::sync::Mutex::new(Vec::new());
+    let mut claims = CLAIMS.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = std::env::temp_dir().join("trove-guest-test-ports");
+    std::fs::create_dir_all(&dir).unwrap();
     loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        if !given.contains(&port) {
-            given.push(port);
+        let port = 20_000 + (rand::random::<u16>() % 12_000);
+        if claims.iter().any(|(p, _)| *p == port) || std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        let file = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(dir.join(port.to_string())).unwrap();
+        if file.try_lock().is_ok() {
+            claims.push((port, file));
             return port;
         }
     }
