@@ -123,14 +123,32 @@ async fn check_keys(g: &Guest, keys: &[(String, Vec<u8>)]) {
     }
 }
 
+/// What every backup test starts from: a Swift login, an RPC client, a captured conductor topic
+/// and a container of its own.
+struct Stage {
+    swift_url: String,
+    token: String,
+    c: trove_guest::rpc::client::RpcClient,
+    topic: String,
+    _conn: lapin::Connection,
+    seen: Casts,
+    container: String,
+}
+
+impl Stage {
+    async fn new() -> Stage {
+        let (swift_url, token) = swift_login().await;
+        let c = client().await;
+        let topic = unique("conductor");
+        let (_conn, seen) = capture_conductor(&topic).await;
+        Stage { swift_url, token, c, topic, _conn, seen, container: unique("backups") }
+    }
+}
+
 #[tokio::test]
 async fn encrypted_segmented_backup_restores_and_a_wrong_key_is_refused() {
-    let (swift_url, token) = swift_login().await;
-    let c = client().await;
-    let topic = unique("conductor");
-    let (_conn, seen) = capture_conductor(&topic).await;
+    let Stage { swift_url, token, c, topic, _conn, seen, container } = Stage::new().await;
     let key = "trove-backup-key";
-    let container = unique("backups");
     // Small segments: the ~2 MB of random values become several segments and a manifest.
     let a = spawn_guest(&c, None, &[("TROVE_GUESTAGENT__CONDUCTOR__TOPIC", &topic), ("TROVE_GUESTAGENT__BACKUP__AES_CBC_KEY", key), ("TROVE_GUESTAGENT__BACKUP__SEGMENT_MAX_SIZE", "600000")]).await;
     prepare(&c, &a, None, None).await;
@@ -216,11 +234,7 @@ async fn encrypted_segmented_backup_restores_and_a_wrong_key_is_refused() {
 
 #[tokio::test]
 async fn plain_backup_without_a_key_and_bad_requests() {
-    let (swift_url, token) = swift_login().await;
-    let c = client().await;
-    let topic = unique("conductor");
-    let (_conn, seen) = capture_conductor(&topic).await;
-    let container = unique("backups");
+    let Stage { swift_url, token, c, topic, _conn, seen, container } = Stage::new().await;
     let a = spawn_guest(&c, None, &[("TROVE_GUESTAGENT__CONDUCTOR__TOPIC", &topic)]).await;
     prepare(&c, &a, None, None).await;
     let keys = write_keys(&a, 300).await;
@@ -257,11 +271,7 @@ async fn plain_backup_without_a_key_and_bad_requests() {
 /// its own: Redis refuses `BGSAVE` during an RDB save, which must not fail the backup.
 #[tokio::test]
 async fn a_backup_during_a_running_save_waits_and_completes() {
-    let (swift_url, token) = swift_login().await;
-    let c = client().await;
-    let topic = unique("conductor");
-    let (_conn, seen) = capture_conductor(&topic).await;
-    let container = unique("backups");
+    let Stage { swift_url, token, c, topic, _conn, seen, container } = Stage::new().await;
     let a = spawn_guest(&c, None, &[("TROVE_GUESTAGENT__CONDUCTOR__TOPIC", &topic)]).await;
     prepare(&c, &a, None, None).await;
     let keys = write_keys(&a, 2000).await;
@@ -289,11 +299,7 @@ async fn a_backup_during_a_running_save_waits_and_completes() {
 /// written from the restored data rather than started empty.
 #[tokio::test]
 async fn restore_with_aof_on_keeps_the_data_across_a_restart() {
-    let (swift_url, token) = swift_login().await;
-    let c = client().await;
-    let topic = unique("conductor");
-    let (_conn, seen) = capture_conductor(&topic).await;
-    let container = unique("backups");
+    let Stage { swift_url, token, c, topic, _conn, seen, container } = Stage::new().await;
     let a = spawn_guest(&c, None, &[("TROVE_GUESTAGENT__CONDUCTOR__TOPIC", &topic)]).await;
     prepare(&c, &a, None, None).await;
     let keys = write_keys(&a, 500).await;
