@@ -194,14 +194,7 @@ class _Servers:
         for f in os.listdir(conf_dir):
             os.unlink(os.path.join(conf_dir, f))
         uid = _guest_uid()
-        for path, content in injected.items():
-            if os.path.dirname(os.path.normpath(path)) != CONF_DIR:
-                raise RuntimeError(f"trove_standins: Trove injected {path}, outside {CONF_DIR}; only that directory is mounted")
-            target = os.path.join(conf_dir, os.path.basename(path))
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(content)
-            os.chown(target, uid, uid)
+        _write_injected(conf_dir, injected, uid)
         args = ["run", "-d", "--init", "--name", name, "--hostname", server_id[:8],
                 "--network", _env("TROVE_STAGE_NETWORK"), "--ip", ip, "-v", f"{conf_dir}:{CONF_DIR}:ro"]
         for d in host.get("Devices") or []:
@@ -232,14 +225,7 @@ class _Servers:
         conf_dir = os.path.join(self._server_dir(server_id), "conf.d")
         os.makedirs(conf_dir, mode=0o750)
         uid = _guest_uid()
-        for path, content in injected.items():
-            if os.path.dirname(os.path.normpath(path)) != CONF_DIR:
-                raise RuntimeError(f"trove_standins: Trove injected {path}, outside {CONF_DIR}; only that directory is mounted")
-            target = os.path.join(conf_dir, os.path.basename(path))
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(content)
-            os.chown(target, uid, uid)
+        _write_injected(conf_dir, injected, uid)
         os.chown(conf_dir, uid, uid)
         container = f"{self._run()}-{server_id[:8]}"
         ctx = self._context
@@ -293,6 +279,18 @@ def _cloud_config_files(userdata):
         else:
             data = content.encode()
         yield entry["path"], data
+
+
+def _write_injected(conf_dir, injected, uid):
+    """Writes the files Trove injects into the guest's mounted conf.d (0600, owned by the guest)."""
+    for path, content in injected.items():
+        if os.path.dirname(os.path.normpath(path)) != CONF_DIR:
+            raise RuntimeError(f"trove_standins: Trove injected {path}, outside {CONF_DIR}; only that directory is mounted")
+        target = os.path.join(conf_dir, os.path.basename(path))
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+        os.chown(target, uid, uid)
 
 
 def _guest_uid():
