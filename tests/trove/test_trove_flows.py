@@ -149,6 +149,19 @@ def server_info(ip):
     return info
 
 
+def create_replica(stage, trove, steps, m, gm, name, label, keep=True):
+    """`instance create --replica-of m`; waits until Trove shows it ready and its Redis is linked to
+    gm. Returns Trove's instance and its Guest."""
+    cli(stage, trove, "instance", "create", name, "--replica-of", m.id, keep=keep)
+    x = wait_for(trove, "the replica to become ready",
+                 lambda x: any(ref(field(i, "replica_of", None)) == m.id and ready(x, [i.id]) for i in x.values()), 240)
+    r = next(i for i in x.values() if ref(field(i, "replica_of", None)) == m.id)
+    gr = Guest(stage, r)
+    steps.add_guest(label, gr.container)
+    wait_linked(gr.ip, gm.ip)
+    return r, gr
+
+
 def cli(stage, trove, *args, check=True, keep=True):
     """Runs `openstack database ...` (python-troveclient's OSC plugin) in this process; returns (status, output).
 
@@ -450,13 +463,7 @@ def test_volumes_backups_restore_root(trove, stage):
             for i in range(0, BACKUP_KEYS, 500):
                 r.call("MSET", *[x for j in range(i, i + 500) for x in (f"bk:{j}", f"{j}:" + "v" * 200)])
         data = [(f"bk:{j}", f"{j}:" + "v" * 200) for j in range(BACKUP_KEYS)]
-        cli(stage, trove, "instance", "create", name["replica"], "--replica-of", m.id)
-        rep_ = wait_for(trove, "the replica to become ready",
-                        lambda x: any(ref(field(i, "replica_of", None)) == m.id and ready(x, [i.id]) for i in x.values()), 240)
-        r = next(i for i in rep_.values() if ref(field(i, "replica_of", None)) == m.id)
-        gr = Guest(stage, r)
-        steps.add_guest("bk-replica", gr.container)
-        wait_linked(gr.ip, gm.ip)
+        r, gr = create_replica(stage, trove, steps, m, gm, name["replica"], "bk-replica")
         wait_no_missing(gr.ip, data)
         assert check_volume(stage, gm) != check_volume(stage, gr)
 
@@ -656,13 +663,7 @@ def test_logs_diagnostics_upgrade(trove, stage, barbican):
         with redisnode.Redis(gm.ip) as r:
             r.call("MSET", *[x for j in range(INITIAL_KEYS) for x in (f"up:{j}", j)])
         data = [(f"up:{j}", j) for j in range(INITIAL_KEYS)]
-        cli(stage, trove, "instance", "create", name["replica"], "--replica-of", m.id, keep=False)
-        x = wait_for(trove, "the replica to become ready",
-                     lambda x: any(ref(field(i, "replica_of", None)) == m.id and ready(x, [i.id]) for i in x.values()), 240)
-        r = next(i for i in x.values() if ref(field(i, "replica_of", None)) == m.id)
-        gr = Guest(stage, r)
-        steps.add_guest("up-replica", gr.container)
-        wait_linked(gr.ip, gm.ip)
+        r, gr = create_replica(stage, trove, steps, m, gm, name["replica"], "up-replica", keep=False)
         wait_no_missing(gr.ip, data)
 
     # 14. guest logs: the Redis log (USER log `general`) is off; enabling it needs a restart; publish
