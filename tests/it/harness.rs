@@ -1,6 +1,6 @@
 //! Test harness: agents as child processes on free ports in temp dirs, an RPC client, cleanup on drop.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -465,4 +465,48 @@ where
         }
     });
     (conn, seen)
+}
+
+/// One `trove-guestctl watch` process; killed on drop, its log printed if the test failed.
+pub struct Watcher {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Watcher {
+    /// Starts a watcher of `inventory`'s set, discovery on `port`, with `extra` arguments to `watch`.
+    pub fn start(inventory: &Path, port: u16, log: PathBuf, down_after_ms: u64, extra: &[&str]) -> Watcher {
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_trove-guestctl"))
+            .arg("--inventory")
+            .arg(inventory)
+            .args(["watch", "--listen", &format!("127.0.0.1:{port}"), "--down-after-ms", &down_after_ms.to_string()])
+            .args(extra)
+            .env("TROVE_GUESTCTL_LOG", "trove_guest=info,warn")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("cannot start trove-guestctl watch");
+        Watcher { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- watcher log {} (last lines) ----", self.log.display());
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
 }

@@ -294,22 +294,6 @@ async fn prometheus_fires_the_alerts_when_the_master_dies() {
     tm.close().await;
 }
 
-/// `trove-guestctl watch --metrics-listen`, killed when dropped.
-struct Watcher {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("---- watcher log ----\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
-        }
-    }
-}
-
 /// The first value of a Prometheus instant query, if any.
 async fn query(prom: &Prometheus, q: &str) -> Option<String> {
     let data = prom.api(&format!("query?query={}", q.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect::<String>())).await;
@@ -334,19 +318,8 @@ async fn watcher_exports_sentinel_metrics_and_counts_a_failover() {
     tm.create_replicas(create(&guests[0], &[&guests[1]])).await.unwrap();
     tm.close().await;
     drop(tm);
-    let log = dir.path().join("watch.log");
-    let out = std::fs::File::create(&log).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_trove-guestctl"))
-        .arg("--inventory")
-        .arg(dir.path().join("inventory.toml"))
-        .args(["watch", "--listen", &format!("127.0.0.1:{listen}"), "--down-after-ms", "1000", "--metrics-listen", &format!("127.0.0.1:{wp}")])
-        .env("TROVE_GUESTCTL_LOG", "trove_guest=info,warn")
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .expect("cannot start trove-guestctl watch");
-    let _watcher = Watcher { child, log };
+    let metrics_at = format!("127.0.0.1:{wp}");
+    let _watcher = Watcher::start(&dir.path().join("inventory.toml"), listen, dir.path().join("watch.log"), 1000, &["--metrics-listen", &metrics_at]);
     let (m, r) = (&guests[0], &guests[1]);
     let master_at = format!("master_address=\"127.0.0.1:{}\"", m.port);
     let set = format!("master_name=\"{name}\"");

@@ -1,7 +1,6 @@
 //! `trove-guestctl watch` through the `redis` crate's own Sentinel client (a client no one here wrote): discovery, auth, and a whole-host death of the master.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,48 +29,6 @@ const TAIL: Duration = Duration::from_millis(500);
 const DEAD_AFTER: Duration = Duration::from_secs(1);
 /// Writes the old master must acknowledge before `TAIL` (the check covers them).
 const MIN_EARLY: usize = 100;
-
-/// One `trove-guestctl watch` process; killed on drop, its log printed if the test failed.
-struct Watcher {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Watcher {
-    fn start(inventory: &Path, port: u16, log: PathBuf, down_after_ms: u64) -> Watcher {
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_trove-guestctl"))
-            .arg("--inventory")
-            .arg(inventory)
-            .args(["watch", "--listen", &format!("127.0.0.1:{port}"), "--down-after-ms", &down_after_ms.to_string()])
-            .env("TROVE_GUESTCTL_LOG", "trove_guest=info,warn")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("cannot start trove-guestctl watch");
-        Watcher { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("---- watcher log {} (last lines) ----", self.log.display());
-            let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            for l in tail.into_iter().rev() {
-                eprintln!("{l}");
-            }
-        }
-    }
-}
 
 /// A Sentinel client of the crate for `kind`, pointed at the watchers; `discovery_pw` is what it gives them.
 fn sentinel_client(name: &str, watchers: &[u16], kind: SentinelServerType, discovery_pw: Option<&str>) -> SentinelClient {
@@ -190,9 +147,9 @@ async fn redis_rs_sentinel_client_follows_the_watchers_through_a_host_death() {
     let (old, replica_ports) = (guests[0].port, [guests[1].port, guests[2].port]);
 
     // Two watchers: the first takes the lease, then the second serves discovery beside it.
-    let mut watchers = vec![Watcher::start(&inventory, listen[0], dir.path().join("watch0.log"), DOWN_AFTER_MS)];
+    let mut watchers = vec![Watcher::start(&inventory, listen[0], dir.path().join("watch0.log"), DOWN_AFTER_MS, &[])];
     eventually(20, "the first watcher holds the lease", || async { watchers[0].log().contains("holds the lease") }).await;
-    watchers.push(Watcher::start(&inventory, listen[1], dir.path().join("watch1.log"), DOWN_AFTER_MS));
+    watchers.push(Watcher::start(&inventory, listen[1], dir.path().join("watch1.log"), DOWN_AFTER_MS, &[]));
     // Each watcher alone names the master (the crate reports only the last watcher's error).
     for p in listen {
         let (port, _) = connect_eventually(&mut sentinel_client(&name, &[p], SentinelServerType::Master, Some(DISCOVERY_PW)), "the master").await;
@@ -355,7 +312,7 @@ async fn a_promote_by_hand_hints_every_watcher_of_the_set() {
     let c = client().await;
     let (guests, name, listen, mut tm, dir) = watched_set(&c, "hintset", "").await;
     let inventory = dir.path().join("inventory.toml");
-    let start = |i: usize| Watcher::start(&inventory, listen[i], dir.path().join(format!("watch{i}.log")), 30_000);
+    let start = |i: usize| Watcher::start(&inventory, listen[i], dir.path().join(format!("watch{i}.log")), 30_000, &[]);
     let watchers = vec![start(0), start(1)];
     for (i, p) in listen.iter().enumerate() {
         let (port, _) =

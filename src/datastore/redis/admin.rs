@@ -252,7 +252,6 @@ impl Admin {
         Ok(secs)
     }
 
-    /// `SHUTDOWN` (saving if persistence is configured). The connection dropping is success.
     /// Turns this connection into a replica asking for a full sync (`REPLCONF capa eof capa psync2`,
     /// Valkey's `REPLCONF version`, `PSYNC ? -1`) and returns the first answer (`+FULLRESYNC …`).
     /// The connection is useless afterwards: drop this `Admin`.
@@ -269,6 +268,7 @@ impl Admin {
         }
     }
 
+    /// `SHUTDOWN` (saving if persistence is configured). The connection dropping is success.
     pub async fn shutdown(&mut self) -> Result<()> {
         match self.link.query::<()>(&redis::cmd("SHUTDOWN"), Retry::Never).await {
             Ok(()) => Ok(()),

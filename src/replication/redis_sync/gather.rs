@@ -51,14 +51,15 @@ async fn gather(manager: &RedisManager, want: u32, delay_s: u32) -> crate::datas
     let linked = |r: &crate::datastore::redis::info::ConnectedReplica| r.state == "online" || r.state == "send_bulk";
     let linked_before = admin.replication().await?.replicas.iter().filter(|r| linked(r)).count();
     let waiting = loop {
-        let repl = admin.replication().await?;
-        let waiting = repl.replicas.iter().filter(|r| r.state == "wait_bgsave").count();
-        if busy_seen && repl.replicas.iter().filter(|r| linked(r)).count() >= linked_before + want as usize {
+        // One round trip: the default INFO holds both the replication and the persistence sections.
+        let info = admin.info("default").await?;
+        let replicas = info.replication().map(|r| r.replicas).unwrap_or_default();
+        let waiting = replicas.iter().filter(|r| r.state == "wait_bgsave").count();
+        if busy_seen && replicas.iter().filter(|r| linked(r)).count() >= linked_before + want as usize {
             // The fork that ran was their transfer: they are linked.
             return Ok(Outcome::AlreadyRunning);
         }
-        let persistence = admin.info("persistence").await?;
-        let busy = ["rdb_bgsave_in_progress", "aof_rewrite_in_progress"].iter().any(|k| persistence.get(k) == Some("1"));
+        let busy = ["rdb_bgsave_in_progress", "aof_rewrite_in_progress"].iter().any(|k| info.get(k) == Some("1"));
         busy_seen |= busy;
         if !busy && waiting >= want as usize {
             break waiting;
