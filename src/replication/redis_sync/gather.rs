@@ -16,8 +16,9 @@ use crate::datastore::redis::RedisManager;
 /// How often the waiting replicas are counted.
 const POLL: Duration = Duration::from_millis(10);
 /// How long the pseudo-replica waits for `+FULLRESYNC` (a transfer already running makes it wait
-/// for the next one: it is then dropped before it gets one).
-const PSYNC_WAIT: Duration = Duration::from_secs(1);
+/// for the next one: it is then dropped before it gets one). Redis 6.0 forks for a diskless sync
+/// only in its once-a-second cron, even at delay 0: the wait covers one tick with room to spare.
+const PSYNC_WAIT: Duration = Duration::from_millis(2500);
 
 /// Starts the gather for `want` replicas under the operator's `delay_s` (never longer).
 pub(super) fn spawn(manager: Arc<RedisManager>, want: u32, delay_s: u32) {
@@ -84,6 +85,7 @@ async fn gather(manager: &RedisManager, want: u32, delay_s: u32) -> crate::datas
         Ok(Err(e)) => return restored.and(Err(e)),
         Err(_) => {
             restored?;
+            tracing::info!(wait_ms = PSYNC_WAIT.as_millis() as u64, "diskless sync: no +FULLRESYNC for the gather's own connection in time");
             return Ok(Outcome::AlreadyRunning);
         }
     }
