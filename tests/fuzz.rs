@@ -193,6 +193,12 @@ fn envelope_decoder_json_shapes() {
                 // A reply address is only ever one the dict on the wire carried.
                 let carried = match &how {
                     Wrapping::InnerNotString(v) => v.as_object().cloned().unwrap_or_default(),
+                    // A bare dict that is itself an envelope: the decoder routes by its inner dict.
+                    Wrapping::Bare if message.contains_key("oslo.version") => match message.get("oslo.message") {
+                        Some(Value::Object(m)) => m.clone(),
+                        Some(Value::String(s)) => serde_json::from_str::<Value>(s).ok().and_then(|v| v.as_object().cloned()).unwrap_or_default(),
+                        _ => serde_json::Map::new(),
+                    },
                     _ => message.clone(),
                 };
                 if let Some(id) = &e.msg_id {
