@@ -34,10 +34,30 @@ impl RedisSync {
         }
     }
 
+    /// Closes a demoted master's client connections (best effort: its clients otherwise meet
+    /// READONLY when the fence lifts).
+    async fn close_clients(&self) {
+        let killed = match self.admin().await {
+            Ok(mut admin) => admin.kill_clients().await.map_err(Error::from),
+            Err(error) => Err(error),
+        };
+        match killed {
+            Ok(killed) => tracing::info!(killed, "closed the demoted master's client connections"),
+            Err(error) => tracing::warn!(%error, "could not close the demoted master's client connections"),
+        }
+    }
+
     pub(super) async fn attach_to(&self, master: &MasterRef, _replica_config: Option<&str>) -> Result<()> {
         validate_master(master)?;
         let _op = self.op.lock().await;
         let tls = self.check_transport(master)?;
+        // Under the write fence (a switchover's old master) its clients wait on the pause either
+        // way: they are closed before the re-point's own round trips, so they rediscover the new
+        // master sooner, and whoever reconnects here waits on the pause as before (closed again
+        // after REPLICAOF).
+        if self.fence.lock().await.is_some() {
+            self.close_clients().await;
+        }
         // A crashed replica source held back has no server to ask yet: it is checked once started.
         let held = self.manager.held().await;
         if !held {
@@ -114,11 +134,7 @@ impl RedisSync {
             if repl.role == Role::Master {
                 // A demoted master: its clients (paused by the fence) reconnect and rediscover
                 // the new master now, rather than meet READONLY when the pause lifts.
-                match admin.kill_clients().await {
-                    Ok(killed) => tracing::info!(killed, "closed the demoted master's client connections"),
-                    // Not fatal: its clients then meet READONLY when the fence lifts.
-                    Err(error) => tracing::warn!(%error, "could not close the demoted master's client connections"),
-                }
+                self.close_clients().await;
             }
             tracing::info!(
                 master = %format!("{}:{}", master.host, master.port),
