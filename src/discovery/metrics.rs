@@ -38,6 +38,9 @@ pub async fn encode(shared: &Shared) -> String {
         out.sample("redis_sentinel_master_ok_slaves", &at, ok as f64);
         out.family("redis_sentinel_master_sentinels", Kind::Gauge, "The number of sentinels monitoring this master");
         out.sample("redis_sentinel_master_sentinels", &at, (shared.peers.len() + 1) as f64);
+        let answering = futures_util::future::join_all(shared.peers.iter().map(|p| answers(p))).await;
+        out.family("redis_sentinel_master_ok_sentinels", Kind::Gauge, "The number of okay sentinels monitoring this master");
+        out.sample("redis_sentinel_master_ok_sentinels", &at, (1 + answering.iter().filter(|ok| **ok).count()) as f64);
         out.family("redis_sentinel_master_setting_down_after_milliseconds", Kind::Gauge, "Show the current down-after-milliseconds config for each master");
         out.sample("redis_sentinel_master_setting_down_after_milliseconds", &at, shared.down_after_ms as f64);
     }
@@ -62,6 +65,20 @@ pub async fn encode(shared: &Shared) -> String {
     out.finish()
 }
 
+/// Whether the peer watcher at `addr` answers a `PING` on its discovery port within 300 ms.
+/// Any reply counts (a peer with a password answers `-NOAUTH`): no credential is sent.
+async fn answers(addr: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ping = async {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.ok()?;
+        conn.write_all(b"PING\r\n").await.ok()?;
+        let mut first = [0u8; 1];
+        conn.read_exact(&mut first).await.ok()?;
+        matches!(first[0], b'+' | b'-').then_some(())
+    };
+    matches!(tokio::time::timeout(std::time::Duration::from_millis(300), ping).await, Ok(Some(())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{Node, View};
@@ -73,7 +90,19 @@ mod tests {
 
     #[tokio::test]
     async fn a_set_under_sentinel_names() {
-        let shared = Shared::new("set\"1", vec!["10.0.0.9:26379".into()], Some(secrecy::SecretString::from("discovery-pw")), 1000);
+        // Two peers on loopback: one answers as a watcher with a password does, one is gone.
+        let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up_addr = up.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut c, _)) = up.accept().await {
+                let mut buf = [0u8; 64];
+                let _ = c.read(&mut buf).await;
+                let _ = c.write_all(b"-NOAUTH Authentication required.\r\n").await;
+            }
+        });
+        let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().to_string();
+        let shared = Shared::new("set\"1", vec![up_addr, gone], Some(secrecy::SecretString::from("discovery-pw")), 1000);
         let body = encode(&shared).await;
         assert!(body.contains("redis_sentinel_masters 0\n"), "{body}");
         assert!(!body.contains("redis_sentinel_master_status"));
@@ -86,7 +115,8 @@ mod tests {
         assert!(body.contains("redis_sentinel_master_status{master_name=\"set\\\"1\",master_address=\"10.0.0.1:6379\",master_status=\"ok\"} 1\n"), "{body}");
         assert!(body.contains(&format!("redis_sentinel_master_slaves{at} 2\n")));
         assert!(body.contains(&format!("redis_sentinel_master_ok_slaves{at} 1\n")));
-        assert!(body.contains(&format!("redis_sentinel_master_sentinels{at} 2\n")));
+        assert!(body.contains(&format!("redis_sentinel_master_sentinels{at} 3\n")));
+        assert!(body.contains(&format!("redis_sentinel_master_ok_sentinels{at} 2\n")), "the peer that is gone is not ok: {body}");
         assert!(body.contains("trove_guestctl_watch_config_epoch{master_name=\"set\\\"1\"} 7\n"));
         assert!(body.contains("trove_guestctl_watch_failovers_total{master_name=\"set\\\"1\",kind=\"eject\",result=\"ok\"} 2\n"));
         assert!(body.contains("trove_guestctl_watch_last_detection_seconds{master_name=\"set\\\"1\"} 1.25\n"));

@@ -312,9 +312,11 @@ async fn watcher_exports_sentinel_metrics_and_counts_a_failover() {
         prepare(&c, g, None, None).await;
     }
     let name = unique("metricset");
-    let (listen, wp) = (free_port(), free_port());
+    // A second watcher is listed but never started: a peer that does not answer.
+    let (listen, wp, absent) = (free_port(), free_port(), free_port());
     let guests = [m, r];
-    let (mut tm, dir) = taskmanager_with(&guests, &format!("name = \"{name}\"\nwatchers = [\"127.0.0.1:{listen}\"]\n")).await;
+    let watchers = format!("watchers = [\"127.0.0.1:{listen}\", \"127.0.0.1:{absent}\"]");
+    let (mut tm, dir) = taskmanager_with(&guests, &format!("name = \"{name}\"\n{watchers}\n")).await;
     tm.create_replicas(create(&guests[0], &[&guests[1]])).await.unwrap();
     tm.close().await;
     drop(tm);
@@ -333,6 +335,8 @@ async fn watcher_exports_sentinel_metrics_and_counts_a_failover() {
     assert_eq!(sample(&body, "redis_sentinel_masters", &[]), Some(1.0), "{body}");
     assert_eq!(sample(&body, "redis_sentinel_master_status", &[&set, &master_at, "master_status=\"ok\""]), Some(1.0), "{body}");
     assert_eq!(sample(&body, "redis_sentinel_master_slaves", &[&set, &master_at]), Some(1.0), "{body}");
+    assert_eq!(sample(&body, "redis_sentinel_master_sentinels", &[&set, &master_at]), Some(2.0), "{body}");
+    assert_eq!(sample(&body, "redis_sentinel_master_ok_sentinels", &[&set, &master_at]), Some(1.0), "{body}");
     assert!(sample(&body, "trove_guestctl_watch_config_epoch", &[&set]).unwrap() >= 1.0, "{body}");
     assert_eq!(sample(&body, "trove_guestctl_watch_failovers_total", &[&set, "kind=\"eject\"", "result=\"ok\""]), Some(0.0), "{body}");
 
