@@ -51,9 +51,9 @@ svc_disable() {
 }
 
 missing=()
-for p in rabbitmq-server redis-server openssl swift swift-proxy swift-account swift-container swift-object memcached curl xfsprogs prometheus; do
+for p in rabbitmq-server redis-server openssl swift swift-proxy swift-account swift-container swift-object memcached curl xfsprogs prometheus iptables; do
     # openssl: the TLS tests make their certificates; swift and memcached: the backup tests (scripts/swift.sh);
-    # xfsprogs: the xfs volume test; prometheus: the metrics tests (Prometheus and promtool)
+    # xfsprogs: the xfs volume test; prometheus: the metrics tests (Prometheus and promtool); iptables: the link-cut metrics test
     have_pkg "$p" || missing+=("$p")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

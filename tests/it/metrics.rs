@@ -295,6 +295,100 @@ async fn prometheus_fires_the_alerts_when_the_master_dies() {
 }
 
 /// The first value of a Prometheus instant query, if any.
+/// A DROP rule in iptables for the test's lifetime (removed on drop, even when the test fails).
+struct Cut(Vec<String>);
+
+impl Cut {
+    fn new(rule: &[&str]) -> Cut {
+        let rule: Vec<String> = rule.iter().map(|s| s.to_string()).collect();
+        let ok = Command::new("iptables").arg("-I").args(&rule).status().expect("iptables (the link-cut test needs it, as root)");
+        assert!(ok.success(), "iptables -I {rule:?} failed");
+        Cut(rule)
+    }
+}
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        let _ = Command::new("iptables").arg("-D").args(&self.0).status();
+    }
+}
+
+async fn wait_firing(prom: &Prometheus, want: &[&str], since: Instant, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let alerts = prom.alerts().await;
+        if want.iter().all(|w| alerts.iter().any(|(n, s)| n == w && s == "firing")) {
+            eprintln!("firing {:.1} s after {what}: {alerts:?}", since.elapsed().as_secs_f64());
+            return;
+        }
+        assert!(Instant::now() < deadline, "{want:?} not firing 40 s after {what}: {alerts:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The replication link cut in both directions (iptables on loopback; the replica's Redis
+/// connects from 127.0.0.2 with `bind-source-addr`, so only the link is cut, not the agents'
+/// own connections): with `repl-timeout 3` on both servers, the replica's link goes down and the
+/// master drops the replica, so Prometheus fires RedisReplicaLinkDown and RedisReplicationBroken,
+/// and never RedisMissingMaster; once the cut is lifted the link comes back.
+#[tokio::test]
+async fn prometheus_fires_link_down_when_the_replication_link_is_cut() {
+    prometheus_tool("prometheus");
+    let c = client().await;
+    let (m, mp) = guest_with_metrics(&c).await;
+    let (r, rp) = guest_with_metrics(&c).await;
+    for g in [&m, &r] {
+        prepare(&c, g, None, None).await;
+    }
+    let guests = [m, r];
+    let (mut tm, _dir) = taskmanager(&guests).await;
+    tm.create_replicas(create(&guests[0], &[&guests[1]])).await.unwrap();
+    let (m, r) = (&guests[0], &guests[1]);
+    let (mut mc, mut rc) = (m.redis(None).await, r.redis(None).await);
+    for conn in [&mut mc, &mut rc] {
+        let _: () = redis::cmd("CONFIG").arg("SET").arg("repl-timeout").arg("3").query_async(conn).await.unwrap();
+    }
+    // Protected mode (no password here) takes only 127.0.0.1 and ::1 as loopback.
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("protected-mode").arg("no").query_async(&mut mc).await.unwrap();
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("bind-source-addr").arg("127.0.0.2").query_async(&mut rc).await.expect("bind-source-addr (Redis 7.0+)");
+    eventually(20, "the replica links again, from 127.0.0.2", || async {
+        let (mut mc, mut rc) = (m.redis(None).await, r.redis(None).await);
+        let _: Result<i64, _> = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("master").query_async(&mut rc).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let replicas: String = redis::cmd("CLIENT").arg("LIST").arg("TYPE").arg("replica").query_async(&mut mc).await.unwrap_or_default();
+        let info: String = redis::cmd("INFO").arg("replication").query_async(&mut mc).await.unwrap_or_default();
+        replicas.contains("addr=127.0.0.2:") && info.contains("state=online")
+    })
+    .await;
+    let prom = Prometheus::start(&[("trove-guestagent", &[mp, rp])]).await;
+    eventually(20, "both agents scraped, the master and its linked replica seen", || async {
+        query(&prom, "sum(up{job=\"trove-guestagent\"})").await.as_deref() == Some("2")
+            && query(&prom, "sum(redis_master_link_up) + sum(redis_connected_slaves)").await.as_deref() == Some("2")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let quiet = prom.alerts().await;
+    assert!(quiet.is_empty(), "alerts on a healthy set: {quiet:?}");
+
+    let port = m.port.to_string();
+    let cut = [
+        Cut::new(&["INPUT", "-p", "tcp", "-s", "127.0.0.2", "-d", "127.0.0.1", "--dport", &port, "-j", "DROP"]),
+        Cut::new(&["INPUT", "-p", "tcp", "-s", "127.0.0.1", "--sport", &port, "-d", "127.0.0.2", "-j", "DROP"]),
+    ];
+    let started = Instant::now();
+    wait_firing(&prom, &["RedisReplicaLinkDown", "RedisReplicationBroken"], started, "the cut").await;
+    let alerts = prom.alerts().await;
+    assert!(!alerts.iter().any(|(n, _)| n == "RedisMissingMaster" || n == "RedisDown"), "the master still serves: {alerts:?}");
+    assert_eq!(query(&prom, "sum(redis_instance_info{role=\"master\"})").await.as_deref(), Some("1"));
+
+    drop(cut);
+    eventually(30, "the link is up again once the cut is lifted", || async {
+        query(&prom, "sum(redis_master_link_up)").await.as_deref() == Some("1")
+    })
+    .await;
+    tm.close().await;
+}
+
 async fn query(prom: &Prometheus, q: &str) -> Option<String> {
     let data = prom.api(&format!("query?query={}", q.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect::<String>())).await;
     data["result"][0]["value"][1].as_str().map(str::to_owned)
