@@ -230,6 +230,24 @@ impl Volumes {
         Ok(BootMount::Mounted { fstype })
     }
 
+    /// Why Redis's data is not where a rebuild expects it: the start-up volume (`[volume]
+    /// device_path`) exists and holds a file system, yet is not mounted at its mount point (the
+    /// start-up mount failed). None when none is configured or attached, it is blank, or it is there.
+    pub async fn boot_volume_missing(&self) -> Result<Option<String>> {
+        let (raw, mount_point) = (self.settings.device_path.as_str(), Path::new(&self.settings.mount_point));
+        if raw.is_empty() || matches!(std::fs::metadata(raw), Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
+            return Ok(None);
+        }
+        let device = block_device(raw)?;
+        if mounted_at(&mounts().await?, mount_point).is_some_and(|m| m.majmin == device.majmin) || probe(&device).await?.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(format!(
+            "the data volume {raw} holds a file system but is not mounted at {} (the agent mounts it when it starts; see its log): redis is not started on the directory beneath it; nothing was changed",
+            mount_point.display()
+        )))
+    }
+
     /// `unmount_volume`: unmounts the mount point (nothing to do when nothing is mounted there).
     /// With `device`, what is mounted there must be that device.
     pub async fn unmount(&self, device: Option<&str>, mount_point: &str) -> Result<()> {

@@ -347,7 +347,7 @@ async fn xfs_volume_formats_and_grows_online_and_offline() {
 /// back unmounted. The agent, given the volume as Trove's `[redis] device_path`, mounts it at
 /// start-up before it reads its state, which lives on it (as in the guest image): Redis serves the
 /// data again, and the `rebuild` cast finds it. A blank device is left to prepare; a device
-/// mounted elsewhere is left alone and the agent still starts.
+/// mounted elsewhere is left alone, the agent still starts, and `rebuild` is refused.
 #[tokio::test]
 async fn the_agent_mounts_its_volume_at_start_up_after_a_rebuild() {
     let root = tempfile::tempdir().unwrap();
@@ -426,5 +426,10 @@ async fn the_agent_mounts_its_volume_at_start_up_after_a_rebuild() {
     let log = g.log()[before..].to_owned();
     assert!(log.contains("the data volume was not mounted at start-up") && log.contains("is in use: mounted at"), "{log}");
     assert!(std::net::TcpStream::connect(("127.0.0.1", g.port)).is_err(), "redis started without its volume");
+    // Nor does Trove's rebuild start Redis on the directory beneath the mount point.
+    let a = json!({"ds_version": "7.0", "config_contents": g.config_contents(None), "config_overrides": {}});
+    refused(&c, &g, "rebuild", a, &format!("the data volume {} holds a file system but is not mounted at", vol.dev)).await;
+    assert!(std::net::TcpStream::connect(("127.0.0.1", g.port)).is_err(), "rebuild started redis without its volume");
+    assert!(!mp.join("redis.conf").exists(), "a refused rebuild wrote redis.conf");
     drop(g);
 }
