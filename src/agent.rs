@@ -61,7 +61,7 @@ pub fn guard_redis_start(settings: &Settings) -> Result<bool, Error> {
 }
 
 /// Mounts the data volume before the state file, which lives on it, is read (`Volumes::mount_at_boot`).
-/// Never stops the start: without the volume, Redis is not started on the directory beneath it.
+/// Never stops the start; Redis still never starts on the directory beneath (`check_volume`, `rebuild`).
 async fn mount_data_volume(settings: &Settings) {
     let volumes = Volumes::new(settings.volume.clone(), crate::datastore::redis::manager::REDIS_USER);
     let (device, mount_point) = (settings.volume.device_path.as_str(), settings.volume.mount_point.as_str());
