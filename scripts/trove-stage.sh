@@ -171,10 +171,9 @@ done
 # The image Nova's stand-in boots: the guest image plus a second server for the upgrade step,
 # Valkey 9.1.2 (scripts/redis-servers.sh fetches it into .servers/) at /opt/valkey-9.1, and the
 # agent's [redis.servers] naming both by Trove datastore version (a TOML file given with --config,
-# under Trove's injected files, which do not set it). And a boot step, as a VM's fstab or cloud-init
-# would do: a file system already on /dev/vdb is mounted at /var/lib/redis before the agent starts
-# (a rebuilt server's volume; the agent mounts only in prepare and mount_volume). A blank device is
-# left to prepare.
+# under Trove's injected files, which do not set it). No boot step mounts the volume: the agent
+# does it at start-up (Trove's default [redis] device_path /dev/vdb at /var/lib/redis), which the
+# rebuild step proves.
 UPGRADE_SERVER=valkey-9.1.2
 upgrade_bin=$(bash scripts/redis-servers.sh --quiet "$UPGRADE_SERVER" | awk '{print $3}') && [ -x "$upgrade_bin" ] ||
     die "scripts/redis-servers.sh $UPGRADE_SERVER gave no server binary"
@@ -190,24 +189,11 @@ tls_port = 6380
 "7.0" = "/usr/bin/redis-server"
 "valkey-9.1" = "/opt/valkey-9.1/bin/valkey-server"
 EOF
-cat >"$WORK/image/boot-volume.sh" <<'EOF'
-#!/bin/sh
-# The stage image's boot step (scripts/trove-stage.sh): mount an existing file system on the data
-# volume, as the VM's fstab or cloud-init would, then start the guest as the image does.
-set -eu
-if [ "$(id -u)" = 0 ] && [ -b /dev/vdb ] && ! mountpoint -q /var/lib/redis && blkid -s TYPE -o value /dev/vdb >/dev/null 2>&1; then
-    mount /dev/vdb /var/lib/redis
-fi
-exec trove-guest-entrypoint "$@"
-EOF
-chmod 0755 "$WORK/image/boot-volume.sh"
 cat >"$WORK/image/Dockerfile" <<EOF
 FROM $GUEST_IMAGE
 COPY valkey-server /opt/valkey-9.1/bin/valkey-server
 COPY servers.toml /etc/trove-guest/servers.toml
-COPY boot-volume.sh /usr/local/bin/trove-stage-boot
 RUN ["/opt/valkey-9.1/bin/valkey-server", "--version"]
-ENTRYPOINT ["trove-stage-boot"]
 CMD ["--config", "/etc/trove-guest/servers.toml"]
 EOF
 docker build -q -t "$STAGE_IMAGE" "$WORK/image" >"$WORK/image/build.log" 2>&1 ||

@@ -10,6 +10,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
 use crate::datastore::redis::RedisManager;
+use crate::datastore::volume::{BootMount, Volumes};
 use crate::datastore::ServiceStatus;
 use crate::methods::Guest;
 use crate::metrics::{self, AgentCounters};
@@ -59,8 +60,24 @@ pub fn guard_redis_start(settings: &Settings) -> Result<bool, Error> {
     Ok(RedisManager::guard_systemd_start(&settings.redis, epochs.guards_start())?)
 }
 
+/// Mounts the data volume before the state file, which lives on it, is read (`Volumes::mount_at_boot`).
+/// Never stops the start; Redis still never starts on the directory beneath (`check_volume`, `rebuild`).
+async fn mount_data_volume(settings: &Settings) {
+    let volumes = Volumes::new(settings.volume.clone(), crate::datastore::redis::manager::REDIS_USER);
+    let (device, mount_point) = (settings.volume.device_path.as_str(), settings.volume.mount_point.as_str());
+    match volumes.mount_at_boot().await {
+        Ok(BootMount::Off) => tracing::debug!("no [volume] device_path: no data volume to mount at start-up"),
+        Ok(BootMount::NoDevice) => tracing::info!(device, "no data volume attached (the device does not exist): nothing to mount at start-up"),
+        Ok(BootMount::Blank) => tracing::info!(device, "the data volume holds no file system yet: prepare formats and mounts it"),
+        Ok(BootMount::AlreadyMounted) => tracing::info!(device, mount_point, "the data volume is mounted already"),
+        Ok(BootMount::Mounted { fstype }) => tracing::info!(device, mount_point, %fstype, "mounted the data volume at start-up"),
+        Err(error) => tracing::error!(%error, device, mount_point, "the data volume was not mounted at start-up; the agent starts without it"),
+    }
+}
+
 /// Runs the agent until `cancel` fires.
 pub async fn run(settings: Settings, cancel: CancellationToken, hooks: Hooks) -> Result<(), Error> {
+    mount_data_volume(&settings).await;
     let manager = Arc::new(RedisManager::new(settings.redis.clone(), settings.volume.clone())?);
     check_server(&manager.binary(), settings.replication.dual_channel_replication)?;
     let epochs = Arc::new(

@@ -196,6 +196,11 @@ pub struct VolumeSettings {
     pub allowed_mount_roots: Vec<PathBuf>,
     /// The file that records mounts for reboots.
     pub fstab: PathBuf,
+    /// The data volume mounted at start-up when it holds a file system and is mounted nowhere
+    /// (a rebuilt server's): Trove's `[redis] device_path`. Empty: none.
+    pub device_path: String,
+    /// Where that mount goes: Trove's `[redis] mount_point`.
+    pub mount_point: String,
 }
 
 /// File systems the agent formats and grows.
@@ -438,6 +443,8 @@ const TROVE_OPTIONS: &[(&str, &str, &str, Kind)] = &[
     ("DEFAULT", "format_options", "volume.format_options", Kind::Str),
     ("DEFAULT", "mount_options", "volume.mount_options", Kind::Str),
     ("DEFAULT", "volume_format_timeout", "volume.format_timeout", Kind::Int(1, 86_400)),
+    ("redis", "device_path", "volume.device_path", Kind::Str),
+    ("redis", "mount_point", "volume.mount_point", Kind::Str),
 ];
 
 /// Options handled below rather than in `TROVE_OPTIONS`.
@@ -446,6 +453,7 @@ const TROVE_SPECIAL: &[(&str, &str)] = &[
     ("DEFAULT", "log_dir"),
     ("DEFAULT", "log_file"),
     ("DEFAULT", "replication_strategy"),
+    ("redis", "volume_support"),
     ("oslo_messaging_rabbit", "ssl_cert_file"),
     ("oslo_messaging_rabbit", "ssl_key_file"),
 ];
@@ -489,6 +497,12 @@ fn trove_layer(conf: &oslo_ini::OsloConf, datastore: &str) -> Result<(String, Ve
     };
     if let Some(path) = log_file {
         set("log.file", path.display().to_string().into());
+    }
+    // No Cinder volume: nothing to mount at start-up, whatever the device path says.
+    if let Some(v) = conf.get("redis", "volume_support") {
+        if !oslo_ini::parse_bool(&v.value).ok_or_else(|| refuse("redis", "volume_support", "must be true or false"))? {
+            set("volume.device_path", "".into());
+        }
     }
     for key in ["ssl_cert_file", "ssl_key_file"] {
         if conf.get("oslo_messaging_rabbit", key).is_some_and(|v| !v.value.trim().is_empty()) {
@@ -632,6 +646,13 @@ fn validate_volume(v: &VolumeSettings) -> Result<(), Error> {
     }
     if !v.fstab.is_absolute() {
         return invalid("fstab", "must be an absolute path");
+    }
+    let path_like = |p: &str| p.starts_with('/') && !p.chars().any(|c| c.is_whitespace() || c.is_control());
+    if !v.device_path.is_empty() && !path_like(&v.device_path) {
+        return invalid("device_path", "must be empty or an absolute device path such as /dev/vdb");
+    }
+    if !v.device_path.is_empty() && !path_like(&v.mount_point) {
+        return invalid("mount_point", "must be an absolute path (the data volume's mount point)");
     }
     Ok(())
 }
@@ -845,6 +866,33 @@ mod tests {
             let err = load_all(None, &files, env(&[])).unwrap_err().to_string();
             assert!(err.contains(want), "{ini}: {err}");
             assert!(!err.contains("soon") && !err.contains("perhaps"), "value leaked: {err}");
+        }
+    }
+
+    /// The start-up mount's device: Trove's defaults, its `[redis]` options, none without volume support.
+    #[test]
+    fn trove_volume_options_name_the_boot_mount() {
+        let s = load_from(None, env(&[("TROVE_GUESTAGENT__GUEST__ID", "g1")])).unwrap();
+        assert_eq!((s.volume.device_path.as_str(), s.volume.mount_point.as_str()), ("/dev/vdb", "/var/lib/redis"));
+        for (ini, device, mount_point) in [
+            ("[redis]\ndevice_path = /dev/vdc\nmount_point = /mnt/redis\n", "/dev/vdc", "/mnt/redis"),
+            ("[redis]\ndevice_path = /dev/vdc\nvolume_support = False\n", "", "/var/lib/redis"),
+            ("[redis]\nvolume_support = True\n", "/dev/vdb", "/var/lib/redis"),
+            ("[redis]\ndevice_path =\n", "", "/var/lib/redis"),
+        ] {
+            let (_dir, files) = conf_dir(&[("a.conf", &format!("[DEFAULT]\nguest_id = g\n{ini}"))]);
+            let s = load_all(None, &files, env(&[])).unwrap();
+            assert_eq!((s.volume.device_path.as_str(), s.volume.mount_point.as_str()), (device, mount_point), "{ini}");
+            assert!(!s.ignored_trove_options.iter().any(|o| o.contains("volume_support") || o.contains("device_path")), "{ini}");
+        }
+        for (ini, want) in [
+            ("[redis]\nvolume_support = maybe\n", "[redis] volume_support"),
+            ("[redis]\ndevice_path = vdb\n", "volume.device_path"),
+            ("[redis]\nmount_point = var/lib/redis\n", "volume.mount_point"),
+        ] {
+            let (_dir, files) = conf_dir(&[("a.conf", &format!("[DEFAULT]\nguest_id = g\n{ini}"))]);
+            let err = load_all(None, &files, env(&[])).unwrap_err().to_string();
+            assert!(err.contains(want), "{ini}: {err}");
         }
     }
 

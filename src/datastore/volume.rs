@@ -1,4 +1,4 @@
-//! The data volume: checks, format only when blank, mount with an fstab entry, online grow, unmount, file-system stats.
+//! The data volume: checks, format only when blank, mount with an fstab entry (also at agent start), online grow, unmount, file-system stats.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -67,6 +67,21 @@ impl Plan {
     pub fn mounts(&self) -> bool {
         !self.mounted_here
     }
+}
+
+/// What the start-up mount of the data volume (`Volumes::mount_at_boot`) found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootMount {
+    /// No `[volume] device_path`.
+    Off,
+    /// The device does not exist: no volume attached.
+    NoDevice,
+    /// The device holds no file system: `prepare` formats it.
+    Blank,
+    /// The device is mounted at the mount point already (fstab, an earlier agent).
+    AlreadyMounted,
+    /// Mounted now.
+    Mounted { fstype: String },
 }
 
 /// The guest's volume operations, with the operator's settings and the user Redis runs as.
@@ -183,6 +198,54 @@ impl Volumes {
             self.write_fstab(&device, found.uuid.as_deref(), &fstype, &mount_point)?;
         }
         Ok(())
+    }
+
+    /// At agent start, before the state file (kept on the volume) is read: mounts `[volume]
+    /// device_path` at `mount_point`, as Trove's guest does: a rebuilt server gets its volume back
+    /// unmounted. With `mount_volume`'s checks (a device mounted nowhere and not held, a mount
+    /// point inside the allowed roots with nothing mounted on it, a file system the agent mounts);
+    /// never formats: a blank device is left to `prepare`. The mount is recorded in fstab.
+    pub async fn mount_at_boot(&self) -> Result<BootMount> {
+        let (device, mount_point) = (self.settings.device_path.as_str(), self.settings.mount_point.as_str());
+        if device.is_empty() {
+            return Ok(BootMount::Off);
+        }
+        if matches!(std::fs::metadata(device), Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
+            return Ok(BootMount::NoDevice);
+        }
+        let (device, mount_point, here) = self.locate(device, mount_point).await?;
+        if here {
+            return Ok(BootMount::AlreadyMounted);
+        }
+        let Some(found) = probe(&device).await? else { return Ok(BootMount::Blank) };
+        let fstype = mountable(&device, &found)?;
+        self.mount_now(&device, &fstype, &mount_point).await?;
+        // Mounted: the state can be read. What follows only helps the next boot and Redis's user.
+        if let Err(error) = self.write_fstab(&device, found.uuid.as_deref(), &fstype, &mount_point) {
+            tracing::warn!(%error, "the data volume is mounted, but not recorded in fstab");
+        }
+        if let Err(error) = self.give_to_owner(&mount_point) {
+            tracing::warn!(%error, "the data volume is mounted, but its root was not given to redis's user");
+        }
+        Ok(BootMount::Mounted { fstype })
+    }
+
+    /// Why Redis's data is not where a rebuild expects it: the start-up volume (`[volume]
+    /// device_path`) exists and holds a file system, yet is not mounted at its mount point (the
+    /// start-up mount failed). None when none is configured or attached, it is blank, or it is there.
+    pub async fn boot_volume_missing(&self) -> Result<Option<String>> {
+        let (raw, mount_point) = (self.settings.device_path.as_str(), Path::new(&self.settings.mount_point));
+        if raw.is_empty() || matches!(std::fs::metadata(raw), Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
+            return Ok(None);
+        }
+        let device = block_device(raw)?;
+        if mounted_at(&mounts().await?, mount_point).is_some_and(|m| m.majmin == device.majmin) || probe(&device).await?.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(format!(
+            "the data volume {raw} holds a file system but is not mounted at {} (the agent mounts it when it starts; see its log): redis is not started on the directory beneath it; nothing was changed",
+            mount_point.display()
+        )))
     }
 
     /// `unmount_volume`: unmounts the mount point (nothing to do when nothing is mounted there).
@@ -586,6 +649,8 @@ mod tests {
                 format_timeout: 120,
                 allowed_mount_roots: roots.iter().map(PathBuf::from).collect(),
                 fstab: "/etc/fstab".into(),
+                device_path: String::new(),
+                mount_point: "/var/lib/redis".into(),
             },
             "redis",
         )
@@ -667,6 +732,19 @@ mod tests {
         assert!(block_device("/etc/hostname").unwrap_err().to_string().contains("not a block device"));
         assert!(block_device("/dev/null").unwrap_err().to_string().contains("not a block device"));
         assert!(block_device("vdb").unwrap_err().to_string().contains("absolute"));
+    }
+
+    #[tokio::test]
+    async fn boot_mount_without_a_volume_does_nothing() {
+        let mut v = volumes(&["/var/lib/redis"]);
+        assert_eq!(v.mount_at_boot().await.unwrap(), BootMount::Off);
+        v.settings.device_path = "/nonexistent/vdz".into();
+        assert_eq!(v.mount_at_boot().await.unwrap(), BootMount::NoDevice);
+        v.settings.device_path = "/dev/null".into();
+        assert!(v.mount_at_boot().await.unwrap_err().to_string().contains("not a block device"));
+        v.settings.device_path = "/nonexistent/vdz".into();
+        v.settings.mount_point = "/etc".into();
+        assert_eq!(v.mount_at_boot().await.unwrap(), BootMount::NoDevice, "no device: the mount point is not even looked at");
     }
 
     #[test]

@@ -125,6 +125,7 @@ impl Guest {
                 .env("TROVE_GUESTAGENT__REDIS__DATA_DIR", self.dir.path().join("data"))
                 .env("TROVE_GUESTAGENT__REDIS__PORT", self.port.to_string())
                 .env("TROVE_GUESTAGENT__REDIS__ADVERTISE_HOST", "127.0.0.1")
+                .env("TROVE_GUESTAGENT__VOLUME__DEVICE_PATH", "")
                 .arg(format!("--config-dir={}", dir.display()))
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().unwrap())
@@ -146,6 +147,8 @@ impl Guest {
             .env("TROVE_GUESTAGENT__REDIS__ADVERTISE_HOST", "127.0.0.1")
             .env("TROVE_GUESTAGENT__REPLICATION__SYNC_TIMEOUT", "60")
             .env("TROVE_GUESTAGENT__LOG__LEVEL", "debug,lapin=info,redis=info")
+            // The host's /dev/vdb is never the test's: no start-up mount unless a test names a device.
+            .env("TROVE_GUESTAGENT__VOLUME__DEVICE_PATH", "")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);

@@ -20,7 +20,7 @@ fn guest_info(id: &str, key: &str) -> String {
 /// An operator's trove-guestagent.conf, injected next to it from the taskmanager's `guest_config`.
 fn guestagent_conf(log_dir: &Path) -> String {
     format!(
-        "[DEFAULT]\nlog_dir = {}\nlog_file = agent.log\nignore_users = os_admin\ncontrol_exchange = {EXCHANGE}\ntransport_url = {}\ncommand_process_timeout = 60\nuse_syslog = False\ndebug = True\nreport_interval = 2\n\n[oslo_messaging_rabbit]\nheartbeat_timeout_threshold = 30\nheartbeat_rate = 2\nrabbit_quorum_queue = false\n\n[service_credentials]\nauth_url = http://keystone:5000/v3\nregion_name = RegionOne\nproject_name = service\npassword = not-used-by-the-agent\nproject_domain_name = Default\nuser_domain_name = Default\nusername = trove\n\n[redis]\n# Trove's datastore section: the agent reads only its replication options.\nmount_point = /var/lib/redis\n",
+        "[DEFAULT]\nlog_dir = {}\nlog_file = agent.log\nignore_users = os_admin\ncontrol_exchange = {EXCHANGE}\ntransport_url = {}\ncommand_process_timeout = 60\nuse_syslog = False\ndebug = True\nreport_interval = 2\n\n[oslo_messaging_rabbit]\nheartbeat_timeout_threshold = 30\nheartbeat_rate = 2\nrabbit_quorum_queue = false\n\n[service_credentials]\nauth_url = http://keystone:5000/v3\nregion_name = RegionOne\nproject_name = service\npassword = not-used-by-the-agent\nproject_domain_name = Default\nuser_domain_name = Default\nusername = trove\n\n[redis]\n# Trove's datastore section: the agent reads its replication and volume options.\nmount_point = /var/lib/redis\n",
         log_dir.display(),
         amqp_url()
     )

@@ -342,3 +342,94 @@ async fn xfs_volume_formats_and_grows_online_and_offline() {
     assert_eq!(v.as_deref(), Some("on xfs"));
     drop(g);
 }
+
+/// Trove's `rebuild`: a new root disk (no redis.conf, no agent state, a fresh fstab) and the volume
+/// back unmounted. The agent, given the volume as Trove's `[redis] device_path`, mounts it at
+/// start-up before it reads its state, which lives on it (as in the guest image): Redis serves the
+/// data again, and the `rebuild` cast finds it. A blank device is left to prepare; a device
+/// mounted elsewhere is left alone, the agent still starts, and `rebuild` is refused.
+#[tokio::test]
+async fn the_agent_mounts_its_volume_at_start_up_after_a_rebuild() {
+    let root = tempfile::tempdir().unwrap();
+    let vol = Loop::new(root.path().join("vol.img"), 64);
+    let mp = root.path().join("redis");
+    let fstab = root.path().join("fstab");
+    let new_fstab = || std::fs::write(&fstab, "# a new image's fstab\n").unwrap();
+    new_fstab();
+    let c = client().await;
+    let mut env = volume_env(root.path());
+    env.extend([
+        ("TROVE_GUESTAGENT__REDIS__CONFIG_FILE".to_owned(), mp.join("redis.conf").display().to_string()),
+        ("TROVE_GUESTAGENT__REDIS__DATA_DIR".to_owned(), mp.display().to_string()),
+        ("TROVE_GUESTAGENT__VOLUME__DEVICE_PATH".to_owned(), vol.dev.clone()),
+        ("TROVE_GUESTAGENT__VOLUME__MOUNT_POINT".to_owned(), mp.display().to_string()),
+    ]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+
+    // First boot: the volume is blank, so the start-up mount leaves it to prepare.
+    let mut g = spawn_guest(&c, None, &env).await;
+    assert_eq!(blkid(&vol.dev, "TYPE"), None, "formatted at start-up");
+    assert!(mounted_targets(&vol.dev).is_empty());
+    assert!(g.log().contains("prepare formats and mounts it"), "{}", g.log());
+    call(&c, &g, "prepare", prepare_args(&g, &vol.dev, &mp, None)).await;
+    assert_eq!(source_at(&mp).as_deref(), Some(vol.dev.as_str()));
+    assert!(mp.join("redis.conf.agent.json").is_file(), "the agent's state is not on the volume");
+    let mut r = g.redis(None).await;
+    for i in 0..100 {
+        let _: () = r.set(format!("k{i}"), i).await.unwrap();
+    }
+    let uuid = vol.uuid();
+
+    // The rebuild: Redis and the agent stop, the volume is unmounted, the root disk is new.
+    call(&c, &g, "stop_db", json!({"do_not_start_on_reboot": false})).await;
+    g.stop_agent();
+    sh("umount", &[mp.to_str().unwrap()]);
+    new_fstab();
+    assert!(!mp.join("redis.conf.agent.json").exists());
+
+    // The new image's agent: the volume mounted before the state is read, Redis back on its data.
+    let before = g.log().len();
+    g.start_agent();
+    wait_ping(&c, &g).await;
+    assert_eq!(source_at(&mp).as_deref(), Some(vol.dev.as_str()), "the volume was not mounted at start-up");
+    assert!(g.log()[before..].contains("mounted the data volume at start-up"), "{}", &g.log()[before..]);
+    let line = format!("UUID={uuid}\t{}\text4\tdefaults,noatime\t0\t0", mp.display());
+    assert_eq!(std::fs::read_to_string(&fstab).unwrap(), format!("# a new image's fstab\n{line}\n"));
+    assert_eq!(vol.uuid(), uuid, "the volume was reformatted");
+    eventually(30, "redis serves the volume's data after start-up", || async {
+        let Ok(mut r) = tokio::time::timeout(std::time::Duration::from_secs(2), g.redis(None)).await else { return false };
+        let n: usize = redis::cmd("DBSIZE").query_async(&mut r).await.unwrap_or(0);
+        n == 100
+    })
+    .await;
+    // Trove's rebuild cast on the new guest: Redis with Trove's configuration, on the same data.
+    let a = json!({"ds_version": "7.0", "config_contents": g.config_contents(None), "config_overrides": {}});
+    c.cast(&g.topic(), "rebuild", args(a), "1.0", None).await.unwrap();
+    let rebuilt = |l: &str| l.contains("method=rebuild") && l.contains("request done");
+    eventually(60, "the rebuild cast is done", || async { g.log()[before..].lines().any(rebuilt) }).await;
+    assert_eq!(call(&c, &g, "get_replication_status", json!({})).await["role"], "master");
+    let v: Option<String> = g.redis(None).await.get("k42").await.unwrap();
+    assert_eq!(v.as_deref(), Some("42"));
+    assert_eq!(source_at(&mp).as_deref(), Some(vol.dev.as_str()));
+
+    // A device mounted elsewhere is left alone at start-up; the agent starts, Redis does not.
+    call(&c, &g, "stop_db", json!({"do_not_start_on_reboot": false})).await;
+    g.stop_agent();
+    sh("umount", &[mp.to_str().unwrap()]);
+    let elsewhere = root.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    sh("mount", &[&vol.dev, elsewhere.to_str().unwrap()]);
+    let before = g.log().len();
+    g.start_agent();
+    wait_ping(&c, &g).await;
+    assert_eq!(mounted_targets(&vol.dev), vec![elsewhere.display().to_string()]);
+    let log = g.log()[before..].to_owned();
+    assert!(log.contains("the data volume was not mounted at start-up") && log.contains("is in use: mounted at"), "{log}");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", g.port)).is_err(), "redis started without its volume");
+    // Nor does Trove's rebuild start Redis on the directory beneath the mount point.
+    let a = json!({"ds_version": "7.0", "config_contents": g.config_contents(None), "config_overrides": {}});
+    refused(&c, &g, "rebuild", a, &format!("the data volume {} holds a file system but is not mounted at", vol.dev)).await;
+    assert!(std::net::TcpStream::connect(("127.0.0.1", g.port)).is_err(), "rebuild started redis without its volume");
+    assert!(!mp.join("redis.conf").exists(), "a refused rebuild wrote redis.conf");
+    drop(g);
+}

@@ -798,7 +798,7 @@ def test_logs_diagnostics_upgrade(trove, stage, barbican):
                      f"{INITIAL_KEYS} keys kept, replica linked")
 
     # 17. rebuild the master on another image (Trove's management API, admin): Nova's stand-in replaces
-    # its container (same address and volume; the image's boot step mounts the volume), Trove casts
+    # its container (same address and volume; the new agent mounts the volume as it starts), Trove casts
     # rebuild, then re-enables it as master and restarts its replica
     with steps.step("17 rebuild the master on another image (admin)") as n:
         old_id = docker("inspect", "-f", "{{.Id}}", gm.container).stdout.strip()

@@ -160,7 +160,11 @@ pub async fn upgrade(manager: &RedisManager, version: &str) -> Result<String> {
 /// `rebuild`: the new image's agent starts Redis on the data already on disk, with Trove's
 /// configuration, on the server of `ds_version` (`[redis.servers]`; `redis.binary` when the
 /// table is empty). The data is never touched; replication is re-established by Trove after.
+/// Refused while the data volume is not mounted (the agent mounts it at start-up).
 pub async fn rebuild(manager: &RedisManager, ds_version: &str, config_contents: Option<String>, overrides: Map<String, Value>) -> Result<()> {
+    if let Some(why) = manager.volumes().boot_volume_missing().await? {
+        return Err(Error::Refused(why));
+    }
     let choice = if manager.settings.servers.is_empty() {
         None
     } else {
