@@ -99,7 +99,13 @@ pub async fn run(settings: Settings, cancel: CancellationToken, hooks: Hooks) ->
         instance_id: settings.guest.id.clone(),
         cipher: cipher.clone(),
     });
-    let backups = crate::methods::Backups { settings: settings.backup.clone(), conductor };
+    // Read before any call is served: every backup named here was started by an agent that died.
+    let marker = Arc::new(crate::datastore::redis::backup_marker::BackupMarker::new(settings.redis.backup_marker_path()));
+    let interrupted = crate::methods::interrupted_backups(&marker);
+    if !interrupted.is_empty() {
+        tokio::spawn(crate::methods::report_interrupted(interrupted, conductor.clone(), marker.clone(), background.clone()));
+    }
+    let backups = crate::methods::Backups { settings: settings.backup.clone(), conductor, marker };
     let logs = crate::datastore::redis::logs::GuestLogs::new(
         settings.guest_logs.clone(),
         settings.guest.id.clone(),
@@ -182,12 +188,14 @@ struct ConductorCasts {
 
 #[async_trait::async_trait]
 impl crate::methods::Conductor for ConductorCasts {
-    async fn update_backup(&self, backup_id: &str, fields: serde_json::Map<String, serde_json::Value>) {
+    async fn update_backup(&self, backup_id: &str, fields: serde_json::Map<String, serde_json::Value>) -> Result<(), rpc::Error> {
         let state = fields.get("state").and_then(|s| s.as_str()).unwrap_or_default().to_owned();
-        match rpc::conductor::send_update_backup(&self.publisher, &self.exchange, &self.topic, &self.instance_id, backup_id, fields, self.cipher.as_ref()).await {
+        let sent = rpc::conductor::send_update_backup(&self.publisher, &self.exchange, &self.topic, &self.instance_id, backup_id, fields, self.cipher.as_ref()).await;
+        match &sent {
             Ok(()) => tracing::debug!(backup = backup_id, state, "update_backup sent"),
             Err(error) => tracing::warn!(%error, backup = backup_id, state, "update_backup not sent"),
         }
+        sent
     }
 }
 

@@ -283,7 +283,6 @@ impl RedisSettings {
         })
     }
 
-    /// The agent's own state file: configured, or beside the Redis config.
     /// The marker of a start the agent asked for (systemd mode), beside the state file.
     pub fn planned_start_path(&self) -> PathBuf {
         let mut p = self.state_path().into_os_string();
@@ -298,6 +297,14 @@ impl RedisSettings {
         PathBuf::from(p)
     }
 
+    /// The marker of backups started and not yet reported finished (`datastore::redis::backup_marker`), beside the state file.
+    pub fn backup_marker_path(&self) -> PathBuf {
+        let mut p = self.state_path().into_os_string();
+        p.push(".backup");
+        PathBuf::from(p)
+    }
+
+    /// The agent's own state file: configured, or beside the Redis config.
     pub fn state_path(&self) -> PathBuf {
         self.state_file.clone().unwrap_or_else(|| {
             let mut p = self.config_file.clone().into_os_string();

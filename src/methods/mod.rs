@@ -10,7 +10,7 @@ mod ssl_calls;
 mod upgrade_calls;
 mod volume_calls;
 
-pub use backup_calls::{Backups, Conductor};
+pub use backup_calls::{interrupted_backups, report_interrupted, Backups, Conductor};
 
 use std::sync::Arc;
 

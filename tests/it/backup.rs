@@ -332,3 +332,49 @@ async fn restore_with_aof_on_keeps_the_data_across_a_restart() {
     call(&c, &b, "restart", json!({})).await;
     check_keys(&b, &keys).await;
 }
+
+/// An agent killed (SIGKILL) while its backup is BUILDING: the next agent on the same config
+/// reports the backup FAILED to the conductor and removes its marker, and Swift holds nothing
+/// Trove would restore for it.
+#[tokio::test]
+async fn a_backup_interrupted_by_an_agent_kill_is_reported_failed_at_the_next_boot() {
+    let Stage { swift_url, token, c, topic, _conn, seen, container } = Stage::new().await;
+    let mut a = spawn_guest(&c, None, &[("TROVE_GUESTAGENT__CONDUCTOR__TOPIC", &topic)]).await;
+    prepare(&c, &a, None, None).await;
+    write_keys(&a, 2000).await;
+    let mut con = a.redis(None).await;
+    // Each key costs the save 2 ms: the backup's snapshot runs about 4 s, BUILDING all along.
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("rdb-key-save-delay").arg("2000").query_async(&mut con).await.unwrap();
+    let id = new_id();
+    cast(&c, &a, "create_backup", json!({"backup_info": backup_info(&id, &container, &swift_url)}), &token).await;
+    eventually(30, "the BUILDING report", || async { backup_reports(&seen, &id).iter().any(|r| r["state"] == "BUILDING") }).await;
+    let marker = a.dir.path().join("redis.conf.agent.json.backup");
+    let text = std::fs::read_to_string(&marker).expect("the backup marker while BUILDING");
+    assert!(text.starts_with(&format!("{id} ")) && text.lines().count() == 1, "{text}");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&marker).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    a.kill_agent();
+    assert_eq!(backup_reports(&seen, &id).len(), 1, "the backup ended before the kill\n{}", a.log());
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("rdb-key-save-delay").arg("0").query_async(&mut con).await.unwrap();
+
+    a.start_agent();
+    wait_ping(&c, &a).await;
+    let failed = final_report(&seen, &id, &a).await;
+    assert_eq!(failed["state"], "FAILED", "{failed:?}");
+    assert_eq!(failed["success"], false);
+    assert_eq!(failed["backup_type"], "full");
+    assert_eq!(failed["instance_id"], json!(a.id));
+    let reports = backup_reports(&seen, &id);
+    assert_eq!(reports.iter().map(|r| r["state"].as_str().unwrap()).collect::<Vec<_>>(), ["BUILDING", "FAILED"], "{reports:?}");
+    assert!(reports[0]["sent"].as_f64().unwrap() < failed["sent"].as_f64().unwrap());
+    eventually(10, "the marker removed", || async { !marker.exists() }).await;
+    assert!(a.log().lines().any(|l| l.contains(&id) && l.contains("interrupted by an agent restart")), "{}", a.log());
+
+    // Nothing Trove would restore: no object under the backup's name, no segment of it either.
+    let object = swift_get(&format!("{swift_url}/{container}/{id}.gz"), &token).await;
+    assert_eq!(object.status(), reqwest::StatusCode::NOT_FOUND);
+    let listing = swift_get(&format!("{swift_url}/{container}"), &token).await.text().await.unwrap();
+    assert!(!listing.contains(&id), "{listing}");
+}

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod backup;
+pub mod backup_marker;
 pub mod conf;
 pub mod diagnostics;
 pub mod freeze;
