@@ -7,7 +7,7 @@
 //! that was replaced (a paused watcher, one cut off, a stale hand-run command) is fenced by number,
 //! as a Raft term fences an old leader. The record is written (fsync'd, 0600) before an answer.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
@@ -92,7 +92,7 @@ impl Epochs {
     fn save(&self, record: &Record) -> Result<()> {
         let text = serde_json::to_vec_pretty(record).map_err(|e| Error::Refused(e.to_string()))?;
         crate::datastore::redis::state::write_private(&self.path, &text)?;
-        sync_dir(&self.path);
+        crate::datastore::redis::state::sync_dir(&self.path);
         Ok(())
     }
 
@@ -166,15 +166,6 @@ impl Epochs {
     pub fn deposed(&self) -> bool {
         let r = self.lock();
         r.topology.as_ref().is_some_and(|t| t.master != self.me && t.followers().any(|x| *x == self.me))
-    }
-}
-
-/// Makes a rename durable: fsync of the directory that holds `path` (best effort).
-fn sync_dir(path: &Path) {
-    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::backup::valid_id;
-use super::state::write_private;
+use super::state::{sync_dir, write_private};
 use crate::datastore::{Error, Result};
 
 /// A backup the marker names.
@@ -123,15 +123,6 @@ fn parse_line(line: &str) -> Option<Started> {
     let id = words.next().filter(|id| valid_id(id))?;
     let at = words.next()?.parse().ok()?;
     words.next().is_none().then(|| Started { id: id.to_owned(), at })
-}
-
-/// Makes a rename or removal durable: fsync of the directory that holds `path` (best effort).
-fn sync_dir(path: &Path) {
-    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
 }
 
 #[cfg(test)]

@@ -279,6 +279,15 @@ fn save_lines(save: &str) -> Vec<Vec<String>> {
     words.chunks(2).map(|pair| pair.iter().map(|w| w.to_string()).collect()).collect()
 }
 
+/// Makes a rename or removal durable: fsync of the directory that holds `path` (best effort).
+pub fn sync_dir(path: &Path) {
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+}
+
 /// Writes a file atomically (temporary file, fsync, rename) with mode 0600. A file that exists
 /// keeps its owner: under systemd the agent (root) rewrites Debian's redis:redis redis.conf,
 /// which redis-server, running as redis, must still be able to read.
