@@ -9,7 +9,7 @@ import time
 
 import redis
 
-from .common import BenchError, linked_to, now, rcon, replication, wait_until
+from .common import BenchError, linked_to, log, now, rcon, replication, wait_until
 from .switch import OursTrio, SentinelTrio, Writer, count_lost, drop_keys, final_master, longest_pause, monitor, sum_stats
 
 
@@ -18,6 +18,13 @@ def role_offset(port):
     slave_repl_offset keeps the last applied offset (replication-pitfalls.md, 6)."""
     r = rcon(port, timeout=2).info("replication")
     return int(r["slave_repl_offset"]) if r.get("role") == "slave" else int(r["master_repl_offset"])
+
+
+def _quiet_role(port):
+    try:
+        return replication(port).get("role")
+    except (redis.RedisError, OSError):
+        return None
 
 
 def make_lag(master_port, lagger_port, other_port, lagger_pid):
@@ -45,10 +52,12 @@ def losses(port, rec):
 
 
 def run_failover(ctx, name, ports, master_port, lagger_port, lagger_pid, kill, command, timeout, post_s,
-                 writer_kw=None):
+                 writer_kw=None, named_master=None):
     """Writer on; lag one replica; kill the master; run `command()` (or nothing); monitor; the
     writer goes on for post_s after the failover so that writes acknowledged by the new master
-    exist and the loss check covers them."""
+    exist and the loss check covers them. When the survivors do not settle on one master within
+    30 s, losses are counted on the master `named_master()` names (Sentinel's), and the round
+    records the masters it saw."""
     survivors = [p for p in ports if p != master_port]
     before = sum_stats(survivors)
     w = Writer(ctx, ports, name, **(writer_kw or {}))
@@ -75,7 +84,12 @@ def run_failover(ctx, name, ports, master_port, lagger_port, lagger_pid, kill, c
         raise BenchError("%s: no survivor became writable within %s s of the kill" % (name, timeout))
     # Lost writes are counted on the master at the end, asked of the survivors themselves (one
     # may have failed over a second time by then).
-    final = final_master(survivors, None)
+    final = final_master(survivors, None, timeout=30.0)
+    masters_at_end = None
+    if final is None and named_master is not None:
+        masters_at_end = [p for p in survivors if _quiet_role(p) == "master"]
+        final = named_master()
+        log("%s: masters at the end %s; counting against the one it names, %s" % (name, masters_at_end, final))
     if final is None:
         raise BenchError("%s: not exactly one master among the survivors at the end" % name)
     t_kill = box.get("t_kill", t0)
@@ -102,6 +116,7 @@ def run_failover(ctx, name, ports, master_port, lagger_port, lagger_pid, kill, c
         "chosen": new,
         "final_master": final,
         "second_failover": final != new,
+        "masters_at_end": masters_at_end,
         "lagger": lagger_port,
         "chosen_most_current": bool(offsets) and offsets.get(new) == max(offsets.values()),
         "offset_gap_bytes": (max(offsets.values()) - min(offsets.values())) if offsets else None,
@@ -186,7 +201,7 @@ class SentinelFailover(SentinelTrio):
         switches = self.switches()
 
         rec = run_failover(self.ctx, self.name, self.ports, mp, lagger, lagger_pid, node.kill9, lambda: None, timeout,
-                           post_s, writer_kw={"sentinels": self.addrs()})
+                           post_s, writer_kw={"sentinels": self.addrs()}, named_master=self.sentinel_master)
         rec["sentinel_named_master"] = self.sentinel_master()
         if not getattr(self, "recover", True):
             rec["failovers"] = self.switches() - switches

@@ -620,14 +620,43 @@ def make_p12(ips):
     return ca.public_bytes(serialization.Encoding.PEM).decode(), p12
 
 
-def tls_ping(ip, ca_pem, port=6380):
-    """PING over TLS, the server's certificate checked against ca_pem and ip; the reply's bytes."""
+def tls_call(ip, ca_pem, line, port=6380):
+    """One inline command over TLS, the server's certificate checked against ca_pem and ip; the
+    reply's bytes (a bulk reply's payload)."""
     import socket
     import ssl
     ctx = ssl.create_default_context(cadata=ca_pem)
     with socket.create_connection((ip, port), timeout=5) as raw, ctx.wrap_socket(raw, server_hostname=ip) as s_:
-        s_.sendall(b"PING\r\n")
-        return s_.recv(64)
+        s_.sendall(line.encode() + b"\r\n")
+        data = s_.recv(65536)
+        if not data.startswith(b"$"):
+            return data
+        head, _, rest = data.partition(b"\r\n")
+        need = int(head[1:]) + 2
+        while len(rest) < need:
+            chunk = s_.recv(65536)
+            assert chunk, f"{ip}: the TLS connection closed inside a reply to {line!r}"
+            rest += chunk
+        return rest[:need - 2]
+
+
+def tls_ping(ip, ca_pem, port=6380):
+    return tls_call(ip, ca_pem, "PING", port)
+
+
+def wait_linked_tls(ip, master_ip, ca_pem, timeout=30):
+    """As wait_linked, reading the replica's INFO over TLS (its plaintext port is closed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            text = tls_call(ip, ca_pem, "INFO replication").decode()
+        except OSError as e:
+            text = str(e)
+        r = dict(x.split(":", 1) for x in text.splitlines() if ":" in x)
+        if r.get("role") == "slave" and r.get("master_host") == master_ip and r.get("master_link_status") == "up":
+            return r
+        assert time.monotonic() < deadline, f"{ip} is not a linked replica of {master_ip} (over TLS): {text[:300]}"
+        time.sleep(0.5)
 
 
 def tls_open(ip, port=6380):
@@ -748,6 +777,32 @@ def test_logs_diagnostics_upgrade(trove, stage, barbican):
             time.sleep(0.5)
         wait_linked(gr.ip, gm.ip)
         n["note"] = "TLS PING on master and replica (port 6380), plaintext kept; closed after disable"
+
+    # 15b2. enforced (TLS only: the plaintext port closed, the replica's link moved to the master's
+    # TLS port), then Trove's ssl rollback back to the mode before it (off: plaintext again). Trove's
+    # API rolls back only the instance it is given: the master first (its replica's open TLS link
+    # stays up), then the replica (its link moves back to the plaintext port)
+    with steps.step("15b2 ssl enable (enforced), rollback") as n:
+        cli(stage, trove, "ssl", "enable", m.id, ref_, "--mode", "enforced")
+        for g in (gm, gr):
+            assert tls_ping(g.ip, ca_pem) == b"+PONG\r\n", f"{g.container}'s TLS port does not answer PING"
+        deadline = time.monotonic() + 30
+        while any(redisnode.info(g.ip, "server") is not None for g in (gm, gr)):
+            assert time.monotonic() < deadline, "a plaintext port still answers in enforced mode"
+            time.sleep(0.5)
+        linked = wait_linked_tls(gr.ip, gm.ip, ca_pem)
+        assert linked.get("master_port") == "6380", f"the replica's link is not on the master's TLS port: {linked}"
+        _, out = cli(stage, trove, "ssl", "show", m.id)
+        assert "enforced" in out and " on " in out, f"ssl show in enforced mode: {out}"
+        cli(stage, trove, "ssl", "rollback", m.id)
+        cli(stage, trove, "ssl", "rollback", r.id)
+        deadline = time.monotonic() + 30
+        while any(tls_open(g.ip) for g in (gm, gr)) or any(redisnode.info(g.ip, "server") is None for g in (gm, gr)):
+            assert time.monotonic() < deadline, "after ssl rollback the TLS port is still open or the plaintext port still closed"
+            time.sleep(0.5)
+        back = wait_linked(gr.ip, gm.ip)
+        assert back.get("master_port") == "6379", f"the replica's link did not move back to the plaintext port: {back}"
+        n["note"] = "enforced: TLS only on both, replica linked on 6380; rollback of the master, then the replica: plaintext again, TLS closed, linked on 6379"
 
     # 15c. a snapshot backup (storage_driver cinder): Trove calls pre_create_backup (BGSAVE, then the
     # file system frozen), snapshots the volume, then post_create_backup (thawed)
