@@ -73,7 +73,7 @@ impl Epochs {
 
     /// An in-memory record (unit tests).
     #[cfg(test)]
-    fn scratch(dir: &Path, me: &str) -> Epochs {
+    fn scratch(dir: &std::path::Path, me: &str) -> Epochs {
         Epochs::load(dir.join("epoch.json"), me).unwrap()
     }
 
