@@ -295,7 +295,7 @@ async fn wait_firing(prom: &Prometheus, want: &[&str], since: Instant, what: &st
 /// the set is healthy; the master's redis-server killed, "missing master" and "link down" fire.
 #[tokio::test]
 async fn prometheus_fires_the_alerts_when_the_master_dies() {
-    let (guests, (mut tm, _dir), prom) = alerting_set().await;
+    let (guests, (tm, _dir), prom) = alerting_set().await;
     kill_redis(&guests[0]);
     wait_firing(&prom, &["RedisMissingMaster", "RedisReplicaLinkDown"], Instant::now(), "the kill").await;
     tm.close().await;
@@ -326,7 +326,7 @@ impl Drop for Cut {
 /// and never RedisMissingMaster; once the cut is lifted the link comes back.
 #[tokio::test]
 async fn prometheus_fires_link_down_when_the_replication_link_is_cut() {
-    let ([m, r], (mut tm, _dir), prom) = alerting_set().await;
+    let ([m, r], (tm, _dir), prom) = alerting_set().await;
     let (mut mc, mut rc) = (m.redis(None).await, r.redis(None).await);
     for conn in [&mut mc, &mut rc] {
         let _: () = redis::cmd("CONFIG").arg("SET").arg("repl-timeout").arg("3").query_async(conn).await.unwrap();
