@@ -20,6 +20,7 @@ all) runs only some cases."""
 import os
 import re
 import signal
+import threading
 import time
 
 import redis
@@ -248,8 +249,16 @@ class OursSide:
             box["p"] = self.fleet.ctl_popen("promote-to-replica-source", cand.id)
             return box["p"]
 
-        rec, _ = run_switch(self.ctx, "ours", self.ports, [cand.port], start, lambda nm: [p for p in self.ports if p != nm],
-                            timeout, writer_kw={"sentinels": self.addrs(), "name": NAME_OURS})
+        seen = DiscoveryWatch(self.watch_ports, cand.port)
+        try:
+            rec, m = run_switch(self.ctx, "ours", self.ports, [cand.port], start, lambda nm: [p for p in self.ports if p != nm],
+                                timeout, writer_kw={"sentinels": self.addrs(), "name": NAME_OURS})
+        finally:
+            seen.stop()
+        # When each watcher's discovery first named the new master, from the command's start: the
+        # client cannot find the new master before that (the split of the client's pause).
+        rec["announced_ms"] = [None if t is None else round((t - m["t0"]) * 1000, 2) for t in seen.first]
+        rec["announced_first_ms"] = min((t for t in rec["announced_ms"] if t is not None), default=None)
         out, err = box["p"].communicate(timeout=120)
         if box["p"].returncode != 0:
             raise BenchError("promote failed: %s %s" % (out, err[-1000:]))
@@ -372,6 +381,35 @@ class SentinelSide(SentinelTrio):
             n.kill9()
         for s in self.sentinels:
             self.ctx.kill(s.proc)
+
+
+class DiscoveryWatch:
+    """Asks each watcher's discovery for the master every millisecond, in a thread each, and keeps
+    the first time (time.monotonic) it names `port`."""
+
+    def __init__(self, watch_ports, port):
+        self.first = [None] * len(watch_ports)
+        self.done = threading.Event()
+        self.threads = [threading.Thread(target=self._poll, args=(i, wp, port), daemon=True)
+                        for i, wp in enumerate(watch_ports)]
+        for t in self.threads:
+            t.start()
+
+    def _poll(self, i, watch_port, port):
+        c = rcon(watch_port, 1)
+        while not self.done.is_set() and self.first[i] is None:
+            try:
+                _, named = c.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", NAME_OURS)
+                if int(named) == port:
+                    self.first[i] = now()
+            except (redis.RedisError, OSError, TypeError, ValueError):
+                pass
+            time.sleep(0.001)
+
+    def stop(self):
+        self.done.set()
+        for t in self.threads:
+            t.join(timeout=5)
 
 
 def _failovers_between(side, rec):
@@ -580,6 +618,9 @@ def report_section(res):
             "lost", col("lost"))
         row("switchover", v, "planned switchover: longest pause seen by the client (ms)", col("longest_pause_ms"))
         row("switchover", v, "planned switchover: until every node is linked to the new master (ms)", col("all_linked_ms"))
+        row("switchover", v, "planned switchover: from the command until the new master takes writes (ms)", col("writable_ms"))
+        row("switchover", v, "planned switchover: from the command until discovery names the new master (ms; ours: the "
+            "first of the two watchers, asked every millisecond)", col("announced_first_ms"))
     if any(r["case"] == "sigstop" for r in runs):
         row("sigstop", None, "false positive: SIGSTOP of the master's Redis for 0.5 × down_after: failovers (expected 0)",
             count("failovers"))

@@ -296,13 +296,21 @@ impl Taskmanager {
         }
     }
 
-    /// Tells `on_writable` that `master` takes writes, and hints the set's watchers to look now
-    /// (`rpc::hint`), so that they announce it before the others are re-pointed.
+    /// Makes `master` a writable master once it has caught up to `catch_up_to`, hinting the
+    /// watchers as it asks, so that they look at it while it takes over.
+    pub async fn enable_master(&self, master: &str, catch_up_to: u64) -> Result<(), Error> {
+        let args = json!({"replica_source_config": self.inventory.replica_source_config, "catch_up_to": catch_up_to, "detach": true});
+        let (enabled, ()) = tokio::join!(self.call(master, "enable_as_master", args, HIGH_TIMEOUT), self.client.hint(&self.inventory.name, Some(master)));
+        enabled.map(|_| ())
+    }
+
+    /// Tells `on_writable` that `master` takes writes, and hints the set's watchers to look at it
+    /// now (`rpc::hint`), so that they announce it before the others are re-pointed.
     pub async fn writable(&self, master: &str) {
         if let Some(tx) = &self.on_writable {
             let _ = tx.send((master.to_owned(), self.epoch.unwrap_or_default()));
         }
-        self.client.hint(&self.inventory.name).await;
+        self.client.hint(&self.inventory.name, Some(master)).await;
     }
 
     pub async fn repoint_calls(&self, movers: &[String], masters: &[String], context: &Value) -> Vec<Result<(), Error>> {
@@ -339,8 +347,7 @@ impl Taskmanager {
                 latest = self.fence_offset(&old.id).await?;
             }
             tracing::info!(master = %m, "making the accepted master a writable master");
-            let args = json!({"replica_source_config": self.inventory.replica_source_config, "catch_up_to": latest, "detach": true});
-            self.call(m, "enable_as_master", args, HIGH_TIMEOUT).await?;
+            self.enable_master(m, latest).await?;
         }
         let (unfenced, context) = tokio::join!(
             self.call(m, "make_read_only", json!({"read_only": false}), HIGH_TIMEOUT),

@@ -75,8 +75,7 @@ impl Taskmanager {
         })?;
         // 2. The candidate catches up to exactly the fenced offset, detaches and becomes master,
         // in one call.
-        let args = json!({"replica_source_config": self.inventory.replica_source_config, "catch_up_to": latest, "detach": true});
-        self.call(candidate, "enable_as_master", args, HIGH_TIMEOUT).await?;
+        self.enable_master(candidate, latest).await?;
         self.writable(candidate).await;
         // 3. Unfence the candidate (a no-op unless it was fenced) while the other replicas and the
         // old master are re-pointed directly, in parallel (partial resync). The writers of the old

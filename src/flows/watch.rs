@@ -207,9 +207,13 @@ impl Taskmanager {
                     continue;
                 }
                 hint = hinted => match hint {
-                    // A coordinator changed the topology: look now (a flood still waits HINT_SPACING).
-                    Some(()) => {
-                        tracing::info!("topology hint: probing now");
+                    // A coordinator changed the topology: look now (a flood still waits HINT_SPACING),
+                    // first at the guest it names as the new master.
+                    Some(hint) => {
+                        tracing::info!(master = ?hint.master, "topology hint: probing now");
+                        if let Some(new) = hint.master {
+                            self.quick_look(&opts, &shared, &mut mem, &new).await;
+                        }
                         tokio::time::sleep_until(last_round + HINT_SPACING).await;
                     }
                     None => hints = None,
@@ -431,6 +435,30 @@ impl Taskmanager {
             Ok(()) => tracing::info!(%master, "the guests match the accepted topology"),
             Err(error) => tracing::warn!(%master, %error, "could not make the guests match the topology; retrying"),
         }
+    }
+
+    /// Announces `new` at once, without a round, when it reports an accepted topology that names
+    /// it master, in an epoch no older than the one known: the evidence a round announces on, from
+    /// the one guest a hint names (the others may still be re-pointing, and a round waits for the
+    /// slowest). A coordinator hints as it asks that guest to take writes; a client that reaches
+    /// it a moment early meets READONLY and asks again.
+    async fn quick_look(&mut self, opts: &WatchOptions, shared: &Shared, mem: &mut Memory, new: &str) {
+        let Some(old) = mem.master.clone().filter(|m| m != new) else { return };
+        if !self.inventory.guests.iter().any(|g| g.id == new) {
+            return;
+        }
+        let live = self.live_within(new, opts.probe_timeout()).await;
+        let Some((epoch, topology)) = topology_of(std::slice::from_ref(&live)) else { return };
+        if topology.master != new || epoch < mem.epoch {
+            tracing::debug!(%new, epoch, "the hinted guest's accepted topology names another master; the rounds decide");
+            return;
+        }
+        let Some(node) = node_of(&live) else { return };
+        mem.nodes.insert(new.to_owned(), node);
+        mem.last_good.insert(new.to_owned(), Instant::now());
+        tracing::info!(%old, %new, epoch, "the hinted guest is the accepted master: announcing it");
+        self.announce_switch(shared, mem, &old, new, epoch).await;
+        mem.master = Some(new.to_owned());
     }
 
     async fn fail_over(&mut self, master: &str, lives: Vec<Live>, shared: &Shared, mem: &mut Memory, lease: &Lease, opts: &WatchOptions) {

@@ -266,6 +266,43 @@ async fn fence_expires() {
     assert!(started.elapsed() >= Duration::from_millis(900), "the fence lifted before its timeout");
 }
 
+/// A master paused by a promote's fence closes its clients the moment a replica leaves it (its
+/// successor's `REPLICAOF NO ONE`), so they rediscover then; their paused writes were never applied.
+#[tokio::test]
+async fn a_paused_master_closes_its_clients_when_its_successor_leaves() {
+    let c = client().await;
+    let master = spawn_guest(&c, None, &[]).await;
+    let replica = spawn_guest(&c, None, &[]).await;
+    prepare(&c, &master, None, None).await;
+    let mut snapshot = call(&c, &master, "get_replication_snapshot", json!({"snapshot_info": {"replica_count": 1}, "replica_source_config": null})).await;
+    snapshot["config"] = json!("slave-read-only yes\n");
+    prepare(&c, &replica, None, Some(snapshot)).await;
+    eventually(15, "the replica online", || async {
+        let info: String = redis::cmd("INFO").arg("replication").query_async(&mut master.redis(None).await).await.unwrap();
+        info.contains("state=online")
+    })
+    .await;
+    call(&c, &master, "make_read_only", json!({"read_only": true})).await;
+    let mut paused = master.redis(None).await;
+    if server_version().1 < (6, 2, 0) {
+        // Redis 6.0 has no CLIENT PAUSE WRITE: the fence refuses writes at once, nobody waits.
+        let refused = paused.set::<_, _, ()>("paused", "1").await.expect_err("a fenced Redis 6.0 took a write");
+        assert!(refused.to_string().contains("NOREPLICAS"), "{refused}");
+        return;
+    }
+    let write = tokio::spawn(async move { paused.set::<_, _, ()>("paused", "1").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!write.is_finished(), "the fence did not hold the write");
+    call(&c, &replica, "enable_as_master", json!({"detach": true})).await;
+    // The fence lasts 60 s: a write still held after 10 s was not closed.
+    let answer = tokio::time::timeout(Duration::from_secs(10), write).await.expect("the paused client was not closed when the replica left").unwrap();
+    let error = answer.expect_err("the paused write was taken");
+    assert!(error.is_io_error() || error.is_connection_dropped() || error.is_unrecoverable_error(), "not a closed connection: {error}");
+    call(&c, &master, "make_read_only", json!({"read_only": false})).await;
+    let applied: Option<String> = master.redis(None).await.get("paused").await.unwrap();
+    assert_eq!(applied, None, "the closed client's paused write was applied");
+}
+
 /// With min_replicas_to_write, a master cut off from its replicas stops taking writes.
 #[tokio::test]
 async fn split_brain_fence_refuses_writes_without_replicas() {

@@ -144,8 +144,11 @@ impl RedisSync {
         admin.config_set(&period_key, "3600").await?;
         // A promote's fence pauses writes (clients wait, then go on); Redis 6.0 has no CLIENT PAUSE
         // WRITE, and a deposed master must refuse at once (clients rediscover): min-replicas-to-write.
+        let expiry = CancellationToken::new();
         let saved_min_replicas = if pause_write && expires {
             admin.pause_writes(ms, true).await?;
+            let online = admin.replication().await?.replicas.into_iter().filter(|r| r.state == "online").map(|r| (r.ip, r.port)).collect();
+            tokio::spawn(close_on_departure(admin.clone(), expiry.clone(), online));
             None
         } else {
             let key = conf::spelled_for("min-replicas-to-write", major);
@@ -160,7 +163,6 @@ impl RedisSync {
             }
             saved.or(Some("0".into()))
         };
-        let expiry = CancellationToken::new();
         *guard = Some(Fence { saved_ping_period, saved_min_replicas, expiry: expiry.clone(), held: !expires });
         drop(guard);
         if !expires {
@@ -196,6 +198,41 @@ impl RedisSync {
         self.arm_split_brain_fence(&mut admin).await
     }
 }
+
+/// Closes a paused master's client connections the moment one of the replicas that were online
+/// when the pause began leaves it: in a promote that is the successor's `REPLICAOF NO ONE`, so the
+/// clients waiting on the pause rediscover the new master then, not at the re-point one round trip
+/// later. Looks every `DEPARTURE_POLL` while the pause is up, for at most `DEPARTURE_WATCH`. Best
+/// effort: a client closed early only reconnects (its paused write was never applied).
+async fn close_on_departure(mut admin: Admin, paused: CancellationToken, online: Vec<(String, u16)>) {
+    if online.is_empty() {
+        return;
+    }
+    let until = tokio::time::Instant::now() + DEPARTURE_WATCH;
+    while tokio::time::Instant::now() < until {
+        tokio::select! {
+            _ = paused.cancelled() => return,
+            _ = tokio::time::sleep(DEPARTURE_POLL) => {}
+        }
+        let Ok(repl) = admin.replication().await else { return };
+        if repl.role != Role::Master {
+            return;
+        }
+        let left = online.iter().find(|(ip, port)| !repl.replicas.iter().any(|r| &r.ip == ip && r.port == *port && r.state == "online"));
+        if let Some((ip, port)) = left {
+            match admin.kill_clients().await {
+                Ok(killed) => tracing::info!(killed, replica = %format!("{ip}:{port}"), "a replica left the paused master (its successor took over?): closed its client connections"),
+                Err(error) => tracing::warn!(%error, "could not close the paused master's client connections"),
+            }
+            return;
+        }
+    }
+}
+
+/// How often a paused master looks for a departing replica (`close_on_departure`).
+const DEPARTURE_POLL: Duration = Duration::from_millis(1);
+/// How long it looks: a promote's successor takes over within a few round trips.
+const DEPARTURE_WATCH: Duration = Duration::from_secs(5);
 
 /// The fence of a master with `n` replicas: half of them, rounded up. A failover needs a majority
 /// of the replicas (`n / 2 + 1`) unlinked from the master and promised to the coordinator, so a
