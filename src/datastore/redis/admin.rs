@@ -157,6 +157,12 @@ impl Admin {
         self.run::<String>("PING", &redis::cmd("PING")).await.map(|_| ())
     }
 
+    /// `PUBLISH channel ""`: moves a master's replication offset (Redis propagates PUBLISH to its
+    /// replicas) without touching the keyspace.
+    pub async fn publish_marker(&mut self, channel: &str) -> Result<()> {
+        self.run::<i64>("PUBLISH", redis::cmd("PUBLISH").arg(channel).arg("")).await.map(|_| ())
+    }
+
     pub async fn info(&mut self, section: &str) -> Result<Info> {
         let text: String = self.run("INFO", redis::cmd("INFO").arg(section)).await?;
         Ok(Info::parse(&text))

@@ -154,7 +154,12 @@ impl RedisSync {
 
     /// Polls until the link is up, the sync is over and the replica has the master's offset,
     /// read from the master (on `remote`, the connection the attach checked it with) once the link
-    /// is up. Polls every 5 ms for the first second (a partial resync takes ~10 ms), then 100 ms.
+    /// is up, just after a marker moved it (`SYNC_MARKER`): a replica that has it receives the
+    /// master's stream. After a diskless sync Redis 7 holds a replica's stream until its first
+    /// `REPLCONF ACK`, and an ACK that comes before the master calls the transfer done is not
+    /// counted: the stream then waits up to a second for the next one, while the master takes
+    /// writes that no replica has. Polls every 5 ms for the first second (a partial resync takes
+    /// ~10 ms), then 100 ms.
     async fn wait_synced(&self, admin: &mut Admin, master: &MasterRef, remote: &mut Admin) -> Result<()> {
         let timeout = Duration::from_secs(self.settings.sync_timeout);
         let started = Instant::now();
@@ -163,6 +168,12 @@ impl RedisSync {
         loop {
             let mut repl = admin.replication().await?;
             if repl.linked() && target.is_none() {
+                // A master that refuses the marker (an ACL replication user without PUBLISH, a
+                // paused master) is read as it is.
+                let marked = tokio::time::timeout(MARKER_WAIT, remote.publish_marker(SYNC_MARKER)).await;
+                if !matches!(marked, Ok(Ok(()))) {
+                    tracing::debug!("the master took no sync marker; its offset is read as it is");
+                }
                 target = Some(remote.replication().await?.master_repl_offset);
                 // The master's offset is read after the replica's: look again before sleeping.
                 repl = admin.replication().await?;
@@ -196,6 +207,11 @@ impl RedisSync {
         }
     }
 }
+
+/// The channel of the attach's marker (`wait_synced`): nothing subscribes to it.
+const SYNC_MARKER: &str = "__trove_guest__:replica-synced";
+/// How long the marker may take before the attach reads the master's offset without it.
+const MARKER_WAIT: Duration = Duration::from_millis(500);
 
 /// Connects to a (remote) master with its password.
 pub(super) async fn connect_master(master: &MasterRef, settings: &ReplicationSettings, tls: Option<TlsClient>) -> Result<Admin> {
