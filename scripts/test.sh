@@ -40,7 +40,9 @@ export AMQP_URL
 # The Python venv only for the stages that use it (compat, docker: redis-py, trove, bench).
 case " ${STAGES[*]} " in *" compat "* | *" docker "* | *" trove "* | *" bench "*) bash scripts/pyenv.sh ;; esac
 
-stage_rust() { cargo test --all-targets; }
+# The integration tests mostly wait on Redis and the broker (about a fifth of two cores busy): four
+# at a time halve the stage.
+stage_rust() { RUST_TEST_THREADS=${RUST_TEST_THREADS:-4} cargo test --all-targets; }
 stage_matrix() { bash scripts/test-matrix.sh; }
 stage_compat() {
   cargo build --bins --quiet &&
