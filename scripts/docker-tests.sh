@@ -53,7 +53,9 @@
 #   TROVE_FAULTS_NEMESIS_SEED/_ROUNDS  the nemesis smoke run of a full run (default seed 7, 4 rounds:
 #                                      two_node, promote_in_fault, asymmetric, kill_watcher; 3-5 min)
 #   TROVE_FAULTS_FLOW_DEADLINE         seconds create-replicas has to report a dropped replica (default 120;
-#                                      the surviving replica alone needs ~75 s, see the scenario)
+#                                      the surviving replica alone needs about the master's repl-timeout)
+#   TROVE_FAULTS_REPL_TIMEOUT          the master's repl-timeout in replica_net_drop_during_create (default 20;
+#                                      Redis's own default of 60 makes the scenario 40 s longer)
 #   TROVE_FAULTS_POPULATE              keys on the master for agent_killed_mid_attach (default 1000000)
 #   TROVE_FAULTS_MIN_REPLICAS          the agents' [replication] min_replicas_to_write, the split-brain
 #                                      fence master_cut_off relies on (default 1; 0 runs without it)

@@ -16,6 +16,11 @@ def run(env, res):
     keys = int(os.environ.get("TROVE_FAULTS_POPULATE_SMALL", "300000"))
     env.redis_cli("guest1", "DEBUG", "POPULATE", str(keys), "s7pop", "100")
     say(f"populated guest1 with {keys} keys")
+    # A replica that drops out of the shared diskless transfer stalls the others until the master's
+    # repl-timeout (60 s by default); a shorter one keeps the scenario short and changes nothing else.
+    repl_timeout = os.environ.get("TROVE_FAULTS_REPL_TIMEOUT", "20")
+    env.redis_cli("guest1", "CONFIG", "SET", "repl-timeout", repl_timeout)
+    say(f"guest1's repl-timeout set to {repl_timeout} s")
     w = Writer([env.ip("guest1")], "s7")
     w.start()
     p, t_start, out, err = env.ctl_background("create-replicas", "--replica-of", env.gid("guest1"), env.gid("guest2"), env.gid("guest3"))
