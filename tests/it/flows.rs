@@ -98,6 +98,12 @@ async fn replication_scenario_checklist() {
     for r in [r1, r2] {
         eventually(10, "tiny3 everywhere", || async { has_set(r, "tiny3", 3000..3100).await }).await;
     }
+    // With two replicas the master's split-brain fence is armed (half of them, rounded up).
+    eventually(15, "the master's split-brain fence armed", || async {
+        let v: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("min-replicas-to-write").query_async(&mut m.redis(None).await).await.unwrap();
+        v[1] == "1"
+    })
+    .await;
     // Detach replica1: writable, keeps the data.
     tm.detach(&r1.id).await.unwrap();
     let mut con = r1.redis(None).await;
@@ -107,6 +113,13 @@ async fn replication_scenario_checklist() {
     let (rows, disagreements) = tm.show().await;
     assert!(disagreements.is_empty(), "{disagreements:?}");
     assert_eq!(rows.iter().filter(|r| r.role == "master").count(), 2);
+    // Detach the last replica: the master's fence goes with the replicas it counted on, so the
+    // master, now alone, still takes writes.
+    tm.detach(&r2.id).await.unwrap();
+    eventually(5, "the master alone takes writes (its fence lowered)", || async {
+        m.redis(None).await.set::<_, _, ()>("after-last-detach", "1").await.is_ok()
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -271,12 +271,7 @@ async fn fence_expires() {
 #[tokio::test]
 async fn a_paused_master_closes_its_clients_when_its_successor_leaves() {
     let c = client().await;
-    let master = spawn_guest(&c, None, &[]).await;
-    let replica = spawn_guest(&c, None, &[]).await;
-    prepare(&c, &master, None, None).await;
-    let mut snapshot = call(&c, &master, "get_replication_snapshot", json!({"snapshot_info": {"replica_count": 1}, "replica_source_config": null})).await;
-    snapshot["config"] = json!("slave-read-only yes\n");
-    prepare(&c, &replica, None, Some(snapshot)).await;
+    let (master, replica, _) = pair(&c, None).await;
     eventually(15, "the replica online", || async {
         let info: String = redis::cmd("INFO").arg("replication").query_async(&mut master.redis(None).await).await.unwrap();
         info.contains("state=online")

@@ -49,15 +49,33 @@ impl RedisSync {
 
     pub(super) async fn arm_split_brain_fence(&self, admin: &mut Admin) -> Result<()> {
         let want = self.fence_size();
-        if want == 0 || self.fence.lock().await.is_some() {
+        if self.fence.lock().await.is_some() {
             return Ok(()); // a write fence in force owns min-replicas-to-write
+        }
+        let key = conf::spelled_for("min-replicas-to-write", self.manager.major());
+        let recorded = self.manager.snapshot_state().await.master.map_or(0, |m| m.min_replicas_to_write);
+        if want < recorded {
+            // The accepted topology shrank (a detach): the fence asks for no more replicas than the
+            // master now has, or it would refuse every write for replicas it no longer has.
+            admin.config_set(&key, &want.to_string()).await?;
+            self.manager
+                .update(|s| {
+                    if let Some(m) = s.master.as_mut() {
+                        m.min_replicas_to_write = want;
+                    }
+                })
+                .await?;
+            tracing::info!(min_replicas_to_write = want, was = recorded, "split-brain fence lowered to the accepted topology");
+            return Ok(());
+        }
+        if want == 0 {
+            return Ok(());
         }
         let repl = admin.replication().await?;
         let online = repl.replicas.iter().filter(|r| r.state == "online").count() as u32;
         if repl.role != Role::Master || online < want {
             return Ok(());
         }
-        let key = conf::spelled_for("min-replicas-to-write", self.manager.major());
         if admin.config_get(&key).await?.as_deref() != Some(want.to_string().as_str()) {
             let lag = self.settings.min_replicas_max_lag;
             admin.config_set(&conf::spelled_for("min-replicas-max-lag", self.manager.major()), &lag.to_string()).await?;
@@ -190,8 +208,11 @@ impl RedisSync {
 
     pub(super) async fn maintain_fence(&self) -> Result<()> {
         self.hold_if_deposed().await?;
-        if self.fence_size() == 0 || self.manager.snapshot_state().await.master.is_none() {
-            return Ok(());
+        // A fence to arm, or one armed for a topology that has since shrunk.
+        match self.manager.snapshot_state().await.master {
+            None => return Ok(()),
+            Some(m) if m.min_replicas_to_write == 0 && self.fence_size() == 0 => return Ok(()),
+            Some(_) => {}
         }
         let _op = self.op.lock().await;
         let mut admin = self.admin().await?;

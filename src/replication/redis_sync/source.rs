@@ -59,10 +59,11 @@ impl RedisSync {
         let fence = self.fence_size();
         if fence > 0 {
             admin.config_set(&conf::spelled_for("min-replicas-max-lag", major), &self.settings.min_replicas_max_lag.to_string()).await?;
-            // Armed at runtime only once enough replicas are connected (see `maintain`), so that
-            // creating replicas or promoting never refuses writes while the replicas attach.
-            self.arm_split_brain_fence(admin).await?;
         }
+        // Armed at runtime only once enough replicas are connected (see `maintain`), so that
+        // creating replicas or promoting never refuses writes while the replicas attach; lowered
+        // at once when the topology has shrunk.
+        self.arm_split_brain_fence(admin).await?;
         Ok(MasterSettings {
             diskless_sync: diskless,
             diskless_sync_delay: delay,
