@@ -17,7 +17,7 @@ LOGS=${MATRIX_LOGS:-$ROOT/target/matrix}
 mkdir -p "$LOGS"
 
 # The replication core: create with a password, two replicas in one diskless transfer, promote in Trove's order (fence, no lost write,
-# partial resync), eject, detach, kill -9 and restart, ACL user, the fences and refusals, the
+# partial resync), an attach to a fenced master (its offset stays), eject, detach, kill -9 and restart, ACL user, the fences and refusals, the
 # deposed master's held fence (epochs), the hostile-input catalogue (every case leaves redis.conf and
 # the agent state byte-identical) and odd
 # passwords, Valkey's dual-channel setting, and what differs between servers (tests/it/matrix.rs).
@@ -26,6 +26,7 @@ TESTS=(
   redis_sync::two_replicas_share_one_diskless_transfer_without_the_delay
   redis_sync::a_gather_whose_replicas_do_not_all_come_changes_nothing
   redis_sync::trove_promote_order_continues_partially
+  redis_sync::an_attach_to_a_fenced_master_leaves_its_offset
   redis_sync::detach_makes_a_writable_master_with_the_data
   redis_sync::replica_survives_kill_9_and_idempotent_attach
   redis_sync::replica_of_a_replica_is_refused

@@ -279,7 +279,7 @@ impl Taskmanager {
             }
             let acting = lease.as_ref().filter(|l| l.held());
             shared.acting.store(acting.is_some(), std::sync::atomic::Ordering::SeqCst);
-            self.round(&opts, &shared, &mut mem, acting).await;
+            self.round(&opts, &shared, &mut mem, acting, &mut hints).await;
         }
         shared.acting.store(false, std::sync::atomic::Ordering::SeqCst);
         if let Some(l) = lease {
@@ -289,10 +289,10 @@ impl Taskmanager {
         Ok(())
     }
 
-    async fn round(&mut self, opts: &WatchOptions, shared: &Shared, mem: &mut Memory, lease: Option<&Lease>) {
+    async fn round(&mut self, opts: &WatchOptions, shared: &Shared, mem: &mut Memory, lease: Option<&Lease>, hints: &mut Option<Hints>) {
         let ids: Vec<String> = self.inventory.guests.iter().map(|g| g.id.clone()).collect();
         let timeout = opts.probe_timeout();
-        let lives: Vec<Live> = futures_util::future::join_all(ids.iter().map(|g| self.live_within(g, timeout))).await;
+        let lives = self.probe_all(&ids, timeout, opts, shared, mem, hints).await;
         let no_status = lives.iter().filter(|l| l.status.is_none()).count() as u64;
         shared.stats.probe_errors.fetch_add(no_status, std::sync::atomic::Ordering::Relaxed);
         // The topology is what the guests accepted (the highest epoch), not what a file says; the
@@ -437,12 +437,39 @@ impl Taskmanager {
         }
     }
 
+    /// Probes every guest; a hint that comes while the round waits for its slowest guest is read
+    /// at once (`quick_look`), not after the round.
+    async fn probe_all(&self, ids: &[String], timeout: Duration, opts: &WatchOptions, shared: &Shared, mem: &mut Memory, hints: &mut Option<Hints>) -> Vec<Live> {
+        let probes = futures_util::future::join_all(ids.iter().map(|g| self.live_within(g, timeout)));
+        tokio::pin!(probes);
+        loop {
+            let hinted = async {
+                match hints.as_mut() {
+                    Some(h) => h.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                lives = &mut probes => return lives,
+                hint = hinted => match hint {
+                    Some(hint) => {
+                        if let Some(new) = hint.master {
+                            tracing::info!(master = %new, "topology hint during a round: probing the named guest");
+                            self.quick_look(opts, shared, mem, &new).await;
+                        }
+                    }
+                    None => *hints = None,
+                },
+            }
+        }
+    }
+
     /// Announces `new` at once, without a round, when it reports an accepted topology that names
     /// it master, in an epoch no older than the one known: the evidence a round announces on, from
     /// the one guest a hint names (the others may still be re-pointing, and a round waits for the
     /// slowest). A coordinator hints as it asks that guest to take writes; a client that reaches
     /// it a moment early meets READONLY and asks again.
-    async fn quick_look(&mut self, opts: &WatchOptions, shared: &Shared, mem: &mut Memory, new: &str) {
+    async fn quick_look(&self, opts: &WatchOptions, shared: &Shared, mem: &mut Memory, new: &str) {
         let Some(old) = mem.master.clone().filter(|m| m != new) else { return };
         if !self.inventory.guests.iter().any(|g| g.id == new) {
             return;

@@ -99,7 +99,16 @@ impl Guest {
         self.dir.path().join("redis.conf")
     }
 
+    /// The agent's log: its own file when the test names one, else its captured output.
     pub fn log_file(&self) -> PathBuf {
+        match self.env.iter().find(|(k, _)| k == "TROVE_GUESTAGENT__LOG__FILE") {
+            Some((_, file)) => PathBuf::from(file),
+            None => self.output_file(),
+        }
+    }
+
+    /// Where the agent's standard output and error go.
+    pub fn output_file(&self) -> PathBuf {
         self.dir.path().join("agent.log")
     }
 
@@ -113,7 +122,7 @@ impl Guest {
 
     /// Starts the agent process (again, after a kill).
     pub fn start_agent(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_file()).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.output_file()).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_trove-guestagent"));
         if let Some(dir) = &self.conf_dir {
             // As the guest image boots under Trove: Trove's files say everything but where Redis
@@ -348,12 +357,16 @@ pub async fn prepare(client: &RpcClient, g: &Guest, password: Option<&str>, snap
         a.as_object_mut().unwrap().remove("snapshot");
         a["snapshot"] = Value::Null;
     }
+    // Done as Trove sees it: the agent reports healthy (and logs "prepare finished") only once a
+    // replica's attach has answered, which is after its link came up.
+    let finished = |g: &Guest| g.log().matches("prepare finished").count();
+    let before = finished(g);
     client.cast(&g.topic(), "prepare", args(a), "1.0", g.cipher().as_ref()).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(status) = try_call(client, g, "get_replication_status", json!({})).await {
             let synced = status["role"] == "master" || (status["link_up"] == true && status["sync_in_progress"] == false);
-            if synced && (snapshot.is_none() || status["role"] == "replica") {
+            if synced && (snapshot.is_none() || status["role"] == "replica") && finished(g) > before {
                 return;
             }
         }

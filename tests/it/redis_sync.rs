@@ -243,6 +243,22 @@ async fn trove_promote_order_continues_partially() {
     assert_eq!(status["fenced"], false);
 }
 
+/// A replica that attaches to a fenced master (a promote under way) leaves the master's offset
+/// where it was: its sync marker would put the old master ahead of its successor, and the old
+/// master's replicas would then resync in full. On a paused master the marker is never applied.
+#[tokio::test]
+async fn an_attach_to_a_fenced_master_leaves_its_offset() {
+    let c = client().await;
+    let (old, _cand, snapshot) = pair(&c, None).await;
+    let late = spawn_guest(&c, None, &[]).await;
+    call(&c, &old, "make_read_only", json!({"read_only": true})).await;
+    let before = call(&c, &old, "get_latest_txn_id", json!({})).await;
+    prepare(&c, &late, None, Some(snapshot)).await;
+    let after = call(&c, &old, "get_latest_txn_id", json!({})).await;
+    assert_eq!(after, before, "the attach moved the fenced master's offset");
+    assert_eq!(call(&c, &late, "get_replication_status", json!({})).await["role"], "replica");
+}
+
 /// A fence that nobody lifts expires by itself.
 #[tokio::test]
 async fn fence_expires() {

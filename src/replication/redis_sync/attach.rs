@@ -64,7 +64,7 @@ impl RedisSync {
             self.manager.apply_dual_channel(&mut self.admin().await?).await?;
         }
         let held_back = self.cancel_pending_detach();
-        let mut remote = connect_master(master, &self.settings, tls).await?;
+        let mut remote = connect_master(master, &self.settings, tls.clone()).await?;
         // One INFO each (server and replication sections) keeps the checks to two round trips.
         let remote_info = remote.info("default").await?;
         let remote_repl = remote_info
@@ -149,7 +149,7 @@ impl RedisSync {
         }
         // Now a replica: client writes are refused by replica-read-only, so the fence can go.
         self.lift_fence(&mut admin).await?;
-        self.wait_synced(&mut admin, master, &mut remote).await
+        self.wait_synced(&mut admin, master, &mut remote, tls).await
     }
 
     /// Polls until the link is up, the sync is over and the replica has the master's offset,
@@ -160,7 +160,7 @@ impl RedisSync {
     /// counted: the stream then waits up to a second for the next one, while the master takes
     /// writes that no replica has. Polls every 5 ms for the first second (a partial resync takes
     /// ~10 ms), then 100 ms.
-    async fn wait_synced(&self, admin: &mut Admin, master: &MasterRef, remote: &mut Admin) -> Result<()> {
+    async fn wait_synced(&self, admin: &mut Admin, master: &MasterRef, remote: &mut Admin, tls: Option<TlsClient>) -> Result<()> {
         let timeout = Duration::from_secs(self.settings.sync_timeout);
         let started = Instant::now();
         let mut last_log = Instant::now();
@@ -168,10 +168,7 @@ impl RedisSync {
         loop {
             let mut repl = admin.replication().await?;
             if repl.linked() && target.is_none() {
-                // A master that refuses the marker (an ACL replication user without PUBLISH, a
-                // paused master) is read as it is.
-                let marked = tokio::time::timeout(MARKER_WAIT, remote.publish_marker(SYNC_MARKER)).await;
-                if !matches!(marked, Ok(Ok(()))) {
+                if !self.mark(master, tls.clone()).await {
                     tracing::debug!("the master took no sync marker; its offset is read as it is");
                 }
                 target = Some(remote.replication().await?.master_repl_offset);
@@ -205,6 +202,30 @@ impl RedisSync {
             let pause = if started.elapsed() < Duration::from_secs(1) { 5 } else { 100 };
             tokio::time::sleep(Duration::from_millis(pause)).await;
         }
+    }
+
+    /// Publishes the sync marker on `master`, over a connection of its own that is dropped if the
+    /// marker is not taken within `MARKER_WAIT` (a paused master: a dropped client's held command
+    /// never runs). Not on a master whose write fence is up (min-replicas-to-write beyond its
+    /// good replicas: a fenced or deposed master), which takes no writes to lose, and whose
+    /// offset must stay where its successor took over, or its replicas resync in full. False: no
+    /// marker (also an ACL replication user without PUBLISH).
+    async fn mark(&self, master: &MasterRef, tls: Option<TlsClient>) -> bool {
+        let marked = tokio::time::timeout(MARKER_WAIT, async {
+            let mut con = connect_master(master, &self.settings, tls).await?;
+            if let Some(good) = con.replication().await?.min_slaves_good_slaves {
+                let key = conf::spelled_for("min-replicas-to-write", self.manager.major());
+                let wanted = con.config_get(&key).await.ok().flatten().and_then(|v| v.parse::<u32>().ok()).unwrap_or(0);
+                if wanted > good {
+                    tracing::info!(wanted, good, "the master's write fence is up: no sync marker");
+                    return Ok(false);
+                }
+            }
+            con.publish_marker(SYNC_MARKER).await?;
+            Ok::<_, Error>(true)
+        })
+        .await;
+        matches!(marked, Ok(Ok(true)))
     }
 }
 

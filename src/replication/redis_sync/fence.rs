@@ -165,8 +165,7 @@ impl RedisSync {
         let expiry = CancellationToken::new();
         let saved_min_replicas = if pause_write && expires {
             admin.pause_writes(ms, true).await?;
-            let online = admin.replication().await?.replicas.into_iter().filter(|r| r.state == "online").map(|r| (r.ip, r.port)).collect();
-            tokio::spawn(close_on_departure(admin.clone(), expiry.clone(), online));
+            tokio::spawn(close_on_departure(admin.clone(), expiry.clone()));
             None
         } else {
             let key = conf::spelled_for("min-replicas-to-write", major);
@@ -224,8 +223,12 @@ impl RedisSync {
 /// when the pause began leaves it: in a promote that is the successor's `REPLICAOF NO ONE`, so the
 /// clients waiting on the pause rediscover the new master then, not at the re-point one round trip
 /// later. Looks every `DEPARTURE_POLL` while the pause is up, for at most `DEPARTURE_WATCH`. Best
-/// effort: a client closed early only reconnects (its paused write was never applied).
-async fn close_on_departure(mut admin: Admin, paused: CancellationToken, online: Vec<(String, u16)>) {
+/// effort: a client closed early only reconnects (its paused write was never applied). The first
+/// look, which names the replicas to watch, is made here, so the fence answers without waiting
+/// for it: the successor leaves only after the coordinator has that answer.
+async fn close_on_departure(mut admin: Admin, paused: CancellationToken) {
+    let Ok(first) = admin.replication().await else { return };
+    let online: Vec<(String, u16)> = first.replicas.into_iter().filter(|r| r.state == "online").map(|r| (r.ip, r.port)).collect();
     if online.is_empty() {
         return;
     }
