@@ -163,6 +163,16 @@ impl Admin {
         self.run::<i64>("PUBLISH", redis::cmd("PUBLISH").arg(channel).arg("")).await.map(|_| ())
     }
 
+    /// `REPLCONF GETACK *` on a replica: it sends its master a `REPLCONF ACK` now, not at its next
+    /// once-a-second one. Redis answers nothing to it, so it goes packed ahead of a PING and one
+    /// reply is read; give it a connection of its own (a refusal would leave the PONG unread).
+    pub async fn request_ack(&mut self) -> Result<()> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("REPLCONF").arg("GETACK").arg("*").cmd("PING");
+        let (_, mut con) = self.link.get().await.map_err(|e| classify("REPLCONF GETACK", &self.what, e))?;
+        con.req_packed_commands(&pipe, 0, 1).await.map(|_| ()).map_err(|e| classify("REPLCONF GETACK", &self.what, e))
+    }
+
     pub async fn info(&mut self, section: &str) -> Result<Info> {
         let text: String = self.run("INFO", redis::cmd("INFO").arg(section)).await?;
         Ok(Info::parse(&text))

@@ -165,6 +165,7 @@ impl RedisSync {
         let started = Instant::now();
         let mut last_log = Instant::now();
         let mut target: Option<i64> = None;
+        let (mut nudger, mut last_nudge, mut nudges): (Option<Admin>, Option<Instant>, u32) = (None, None, 0);
         loop {
             let mut repl = admin.replication().await?;
             if repl.linked() && target.is_none() {
@@ -176,8 +177,22 @@ impl RedisSync {
                 repl = admin.replication().await?;
             }
             if repl.linked() && target.is_some_and(|t| repl.applied_offset() >= t) {
-                tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, offset = repl.applied_offset(), "replica linked and caught up");
+                tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, nudges, offset = repl.applied_offset(), "replica linked and caught up");
                 return Ok(());
+            }
+            if repl.linked() && last_nudge.is_none_or(|t| t.elapsed() >= NUDGE_PERIOD) {
+                // Linked but short of the marker: the master may hold the stream until this
+                // replica's next ACK (a diskless sync's first ACK, if it came too early, is not
+                // counted). Ask for the ACK now rather than wait up to a second for it.
+                last_nudge = Some(Instant::now());
+                if nudger.is_none() {
+                    nudger = Admin::connect(&self.manager.target().await).await.ok();
+                }
+                if let Some(n) = nudger.as_mut() {
+                    if n.request_ack().await.is_ok() {
+                        nudges += 1;
+                    }
+                }
             }
             if started.elapsed() > timeout {
                 return Err(Error::Timeout(format!(
@@ -231,6 +246,8 @@ impl RedisSync {
 
 /// The channel of the attach's marker (`wait_synced`): nothing subscribes to it.
 const SYNC_MARKER: &str = "__trove_guest__:replica-synced";
+/// How often a linked replica short of the marker asks its Redis to ACK (`Admin::request_ack`).
+const NUDGE_PERIOD: Duration = Duration::from_millis(20);
 /// How long the marker may take before the attach reads the master's offset without it.
 const MARKER_WAIT: Duration = Duration::from_millis(500);
 
