@@ -208,16 +208,21 @@ impl Taskmanager {
                     .count();
                 if down > replicas.len() / 2 {
                     let grace = silent_master_grace(asked.elapsed());
-                    let m = match tokio::time::timeout(grace, probe).await {
-                        Ok(m) => m,
-                        Err(_) => Live {
-                            id: master.clone(),
-                            status: None,
-                            error: Some(format!("{master}: no answer within {grace:?} after its replicas answered, {down} of {} reporting their link down", replicas.len())),
-                            unprepared: false,
-                            silent: true,
-                            held: false,
-                        },
+                    // A master whose agent's queue has no consumer will not answer: no need to
+                    // wait out the grace (its agent died with it, as a host does).
+                    let topic = format!("guestagent.{master}");
+                    let no_agent = async {
+                        match self.client.consumers(&topic).await {
+                            Some(0) => {}
+                            _ => std::future::pending().await,
+                        }
+                    };
+                    let silent = |why: String| Live { id: master.clone(), status: None, error: Some(why), unprepared: false, silent: true, held: false };
+                    let of = replicas.len();
+                    let m = tokio::select! {
+                        m = probe => m,
+                        _ = tokio::time::sleep(grace) => silent(format!("{master}: no answer within {grace:?} after its replicas answered, {down} of {of} reporting their link down")),
+                        _ = no_agent => silent(format!("{master}: its agent's queue has no consumer, {down} of {of} replicas reporting their link down")),
                     };
                     (lives, m)
                 } else {

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use serde_json::{json, Map, Value};
@@ -140,6 +140,21 @@ impl RpcClient {
 
     pub(super) fn exchange(&self) -> &str {
         &self.exchange
+    }
+
+    /// How many consumers the broker counts on the queue `topic` (a guest's: its agent, while it
+    /// runs), by a passive declare on a channel of its own (a missing queue closes that channel).
+    /// None when the broker does not say.
+    pub async fn consumers(&self, topic: &str) -> Option<u32> {
+        let channel = self.conn.create_channel().await.ok()?;
+        let declared = channel
+            .queue_declare(topic, QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+            .await
+            .ok();
+        tokio::spawn(async move {
+            let _ = channel.close(200, "consumer count read").await;
+        });
+        declared.map(|q| q.consumer_count())
     }
 
     /// Whether the connection is up (a watcher reconnects when it is not).

@@ -64,3 +64,18 @@ async fn sigterm_exits_cleanly() {
     assert_eq!(g.stop_agent(), Some(0), "{}", g.log());
     assert!(g.log().contains("agent stopped"));
 }
+
+/// The broker's consumer count on a guest's queue: 1 while its agent runs, 0 once the agent is
+/// killed (an eject stops waiting for a dead master's agent on it), None for no such queue.
+#[tokio::test]
+async fn a_guest_queue_counts_its_agent() {
+    let c = client().await;
+    let mut g = spawn_guest(&c, None, &[]).await;
+    assert_eq!(c.consumers(&g.topic()).await, Some(1));
+    g.kill_agent();
+    eventually(10, "the broker drops the killed agent's consumer", || async { c.consumers(&g.topic()).await == Some(0) }).await;
+    assert_eq!(c.consumers("guestagent.no-such-guest").await, None);
+    // The client's own channel is untouched by the refused passive declare.
+    let g2 = spawn_guest(&c, None, &[]).await;
+    assert_eq!(call(&c, &g2, "rpc_ping", json!({})).await, json!(true));
+}
