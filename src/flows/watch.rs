@@ -54,6 +54,14 @@ const FENCE_MARGIN: Duration = Duration::from_millis(2500);
 /// The least time between two rounds when hints (`rpc::hint`) wake the watcher.
 const HINT_SPACING: Duration = Duration::from_millis(5);
 
+/// The next hint, or never when there is no hint queue.
+async fn next_hint(hints: Option<&mut Hints>) -> Option<crate::rpc::hint::Hint> {
+    match hints {
+        Some(h) => h.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// How long opening an AMQP connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -192,12 +200,7 @@ impl Taskmanager {
                     None => std::future::pending().await,
                 }
             };
-            let hinted = async {
-                match hints.as_mut() {
-                    Some(h) => h.next().await,
-                    None => std::future::pending().await,
-                }
-            };
+            let hinted = next_hint(hints.as_mut());
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(opts.period()) => {}
@@ -292,7 +295,13 @@ impl Taskmanager {
     async fn round(&mut self, opts: &WatchOptions, shared: &Shared, mem: &mut Memory, lease: Option<&Lease>, hints: &mut Option<Hints>) {
         let ids: Vec<String> = self.inventory.guests.iter().map(|g| g.id.clone()).collect();
         let timeout = opts.probe_timeout();
+        let known = (mem.epoch, mem.master.clone());
         let lives = self.probe_all(&ids, timeout, opts, shared, mem, hints).await;
+        if (mem.epoch, mem.master.clone()) != known {
+            // A hint announced a newer master while these probes ran: they predate it, and the
+            // next round decides on fresh ones.
+            return;
+        }
         let no_status = lives.iter().filter(|l| l.status.is_none()).count() as u64;
         shared.stats.probe_errors.fetch_add(no_status, std::sync::atomic::Ordering::Relaxed);
         // The topology is what the guests accepted (the highest epoch), not what a file says; the
@@ -443,12 +452,7 @@ impl Taskmanager {
         let probes = futures_util::future::join_all(ids.iter().map(|g| self.live_within(g, timeout)));
         tokio::pin!(probes);
         loop {
-            let hinted = async {
-                match hints.as_mut() {
-                    Some(h) => h.next().await,
-                    None => std::future::pending().await,
-                }
-            };
+            let hinted = next_hint(hints.as_mut());
             tokio::select! {
                 lives = &mut probes => return lives,
                 hint = hinted => match hint {
