@@ -367,9 +367,12 @@ def sec_create(res, charts):
         "`REPLICAOF` on n plain redis-servers of the same master, with the master settings the agent applies "
         "(`repl-diskless-sync-delay` 0 for one replica, otherwise `repl-diskless-sync-max-replicas n`), polling "
         "`ROLE` every 5 ms until all are linked with the master's offset. Replicas are emptied between runs, and "
-        "dirty page cache is flushed (`sync`) before each timed run. "
+        "dirty page cache is flushed (`sync`) before each timed run. At each size one unrecorded warm-up round "
+        "comes first (the most replicas, diskless, both ways; its times are in the results' `warmup_ms`): a "
+        "replica's first load at a new size also pays for memory that its process and this machine never touched, "
+        "which a single-round size would charge to whichever side ran first. "
         "Sizes and rounds: " + ", ".join("%s MB × %d round(s)" % (mb, r) for mb, r in cfg["sizes"]) +
-        " (the 1 GB runs take minutes each on 2 cores, hence one round; their p95 is the single value).")
+        " (the 1 GB runs take minutes each on 2 cores, hence fewer rounds; with two, the median is their mean).")
     L.append("")
     L.append("Data: " + "; ".join("%s MB target → %s keys, used_memory %.0f MiB" % (
         k, num(v["keys"], 0), v["used_memory"] / 2**20) for k, v in sizes.items()) + ".")
