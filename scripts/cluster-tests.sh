@@ -23,8 +23,8 @@ set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-# shellcheck source=scripts/bins.sh
-. scripts/bins.sh
+# shellcheck source=scripts/infra.sh
+. scripts/infra.sh
 export TROVE_GUEST_IMAGE=${TROVE_GUEST_IMAGE:-trove-redis-guest/guest:cluster}
 export TROVE_RABBITMQ_IMAGE=${TROVE_RABBITMQ_IMAGE:-trove-redis-guest/rabbitmq:latest}
 export TROVE_INFRA_CLUSTER_PREFIX=${TROVE_INFRA_CLUSTER_PREFIX:-172.28.61}
@@ -36,20 +36,13 @@ WORK="$ROOT/target/infra-tests/cluster"
 
 log() { echo "cluster-tests: $*" >&2; }
 fail() {
-    {
-        echo
-        echo "##########################################################################"
-        echo "##  cluster-tests: FAILED, the RabbitMQ cluster test did NOT run:"
-        echo "##  $*"
-        echo "##########################################################################"
-    } >&2
+    not_run_banner cluster-tests "the RabbitMQ cluster test" "$*"
     echo "scenario=rmq_cluster result=fail"
     exit 1
 }
 
-command -v docker >/dev/null 2>&1 || fail "the docker CLI is not installed; this test needs a running Docker engine."
-docker_err=$(timeout 30 docker info --format '{{.ServerVersion}}' 2>&1 >/dev/null) ||
-    fail "the Docker engine is not running or not reachable (docker info: ${docker_err:-timed out})."
+problem=$(docker_problem)
+[ -z "$problem" ] || fail "$problem"
 command -v docker-compose >/dev/null 2>&1 || fail "docker-compose is not installed."
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 8))' 2>/dev/null || fail "python3 (3.8 or later) is required."
 
@@ -74,22 +67,13 @@ export TROVE_ERLANG_COOKIE=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
 export TROVE_RUN_TAG=$(od -An -N2 -tx1 /dev/urandom | tr -d ' \n')
 COMPOSE=(docker-compose -p "$PROJECT" -f tests/docker/compose.cluster.yml)
 
-remove_all() {
-    local ids nets
-    ids=$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT" 2>/dev/null)
-    [ -n "$ids" ] && docker rm -f -v $ids >/dev/null 2>&1
-    nets=$(docker network ls -q --filter "label=com.docker.compose.project=$PROJECT" 2>/dev/null)
-    [ -n "$nets" ] && docker network rm $nets >/dev/null 2>&1
-    ids=$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT" 2>/dev/null)
-    nets=$(docker network ls -q --filter "label=com.docker.compose.project=$PROJECT" 2>/dev/null)
-    [ -z "$ids$nets" ]
-}
 cleanup() {
     if [ "${TROVE_INFRA_KEEP:-0}" = 1 ]; then
         log "TROVE_INFRA_KEEP=1: left running; remove with: docker rm -f ${NODES[*]} ${GUESTS[*]}; docker network rm ${PROJECT}_cluster"
         return
     fi
-    if remove_all; then log "removed the containers and the network"; else log "WARNING: could not remove everything of $PROJECT"; fi
+    local left
+    if left=$(remove_project "$PROJECT"); then log "removed the containers and the network"; else log "WARNING: could not remove everything of $PROJECT: $left"; fi
 }
 collect_logs() {
     for c in "${NODES[@]}" "${GUESTS[@]}"; do docker logs -t "$c" >"$WORK/$c.log" 2>&1; done
@@ -105,7 +89,7 @@ wait_healthy() {
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT
 trap 'log "terminated"; exit 143' TERM
-remove_all >/dev/null
+remove_project "$PROJECT" >/dev/null
 
 rm -rf "$WORK"
 mkdir -p "$WORK"

@@ -86,8 +86,8 @@ NO_TLS=""
 case "$SERVER" in valkey-*) NO_TLS="tls_promote_and_eject" ;; esac
 SCENARIO_TIMEOUT=${TROVE_FAULTS_SCENARIO_TIMEOUT:-180}
 BUILD=${TROVE_FAULTS_BUILD:-1}
-# shellcheck source=scripts/bins.sh
-. scripts/bins.sh
+# shellcheck source=scripts/infra.sh
+. scripts/infra.sh
 KEEP=${TROVE_FAULTS_KEEP:-0}
 PY_REDIS=${TROVE_FAULTS_PYTHON:-$ROOT/.venv/bin/python}
 CAMPAIGN_ARGS=()
@@ -152,14 +152,7 @@ START=$SECONDS
 
 # Not run at all: say so loudly, fail every scenario, exit non-zero.
 abort_all() {
-    {
-        echo
-        echo "##########################################################################"
-        echo "##  docker-tests: FAILED, the fault-injection tests did NOT run:"
-        echo "##  $*"
-        echo "##########################################################################"
-        echo
-    } >&2
+    not_run_banner docker-tests "the fault-injection tests" "$*"
     for s in "${SCENARIOS[@]}"; do
         echo "scenario=$s result=fail acked=0 lost=0 longest_pause_ms=0"
     done
@@ -168,11 +161,8 @@ abort_all() {
 }
 
 # --- prerequisites -------------------------------------------------------------------------
-command -v docker >/dev/null 2>&1 ||
-    abort_all "the docker CLI is not installed. These tests need a running Docker engine."
-if ! docker_err=$(timeout 30 docker info --format '{{.ServerVersion}}' 2>&1 >/dev/null); then
-    abort_all "the Docker engine is not running or not reachable (docker info: ${docker_err:-timed out})."
-fi
+problem=$(docker_problem)
+[ -z "$problem" ] || abort_all "$problem"
 if command -v docker-compose >/dev/null 2>&1; then
     COMPOSE_BIN="docker-compose"
 elif docker compose version >/dev/null 2>&1; then
@@ -225,24 +215,16 @@ cleanup() {
         sleep 1
     fi
     [ -n "$TAIL_PID" ] && kill "$TAIL_PID" 2>/dev/null
-    local filter="label=com.docker.compose.project=$PROJECT" ids paused nets
+    local filter="label=com.docker.compose.project=$PROJECT" left
     if [ "$KEEP" = 1 ]; then
         log "TROVE_FAULTS_KEEP=1: containers of $PROJECT left running; remove them with:"
         log "  docker rm -f \$(docker ps -aq --filter $filter) && docker network rm \$(docker network ls -q --filter $filter)"
         return 0
     fi
-    paused=$(docker ps -q --filter "$filter" --filter status=paused 2>/dev/null)
-    [ -n "$paused" ] && docker unpause $paused >/dev/null 2>&1
-    ids=$(docker ps -aq --filter "$filter" 2>/dev/null)
-    [ -n "$ids" ] && docker rm -f -v $ids >/dev/null 2>&1
-    nets=$(docker network ls -q --filter "$filter" 2>/dev/null)
-    [ -n "$nets" ] && docker network rm $nets >/dev/null 2>&1
-    ids=$(docker ps -aq --filter "$filter" 2>/dev/null)
-    nets=$(docker network ls -q --filter "$filter" 2>/dev/null)
-    if [ -n "$ids$nets" ]; then
-        log "WARNING: could not remove everything of $PROJECT: containers [$ids] networks [$nets]"
-    else
+    if left=$(remove_project "$PROJECT"); then
         log "removed the containers and the network of $PROJECT"
+    else
+        log "WARNING: could not remove everything of $PROJECT: $left"
     fi
 }
 trap cleanup EXIT

@@ -23,8 +23,8 @@ set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-# shellcheck source=scripts/bins.sh
-. scripts/bins.sh
+# shellcheck source=scripts/infra.sh
+. scripts/infra.sh
 IMAGE=${TROVE_SYSTEMD_IMAGE:-trove-redis-guest/guest-systemd:latest}
 RMQ_IMAGE=${TROVE_RABBITMQ_IMAGE:-trove-redis-guest/rabbitmq:latest}
 PREFIX=${TROVE_INFRA_SUBNET:-172.28.60}
@@ -36,20 +36,13 @@ WORK="$ROOT/target/infra-tests/systemd"
 
 log() { echo "systemd-tests: $*" >&2; }
 fail() {
-    {
-        echo
-        echo "##########################################################################"
-        echo "##  systemd-tests: FAILED, the systemd-mode test did NOT run:"
-        echo "##  $*"
-        echo "##########################################################################"
-    } >&2
+    not_run_banner systemd-tests "the systemd-mode test" "$*"
     echo "scenario=systemd result=fail"
     exit 1
 }
 
-command -v docker >/dev/null 2>&1 || fail "the docker CLI is not installed; this test needs a running Docker engine."
-docker_err=$(timeout 30 docker info --format '{{.ServerVersion}}' 2>&1 >/dev/null) ||
-    fail "the Docker engine is not running or not reachable (docker info: ${docker_err:-timed out})."
+problem=$(docker_problem)
+[ -z "$problem" ] || fail "$problem"
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 8))' 2>/dev/null || fail "python3 (3.8 or later) is required."
 
 # --- build -------------------------------------------------------------------------------------

@@ -51,8 +51,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-# shellcheck source=scripts/bins.sh
-. scripts/bins.sh
+# shellcheck source=scripts/infra.sh
+. scripts/infra.sh
 EXEC=0
 if [ "${1:-}" = "--exec" ]; then EXEC=1; shift; fi
 GUEST_IMAGE=${TROVE_GUEST_IMAGE:-trove-redis-guest/guest:latest}
@@ -153,9 +153,8 @@ trap 'log "interrupted"; exit 130' INT
 trap 'log "terminated"; exit 143' TERM
 
 # --- prerequisites -------------------------------------------------------------------------------
-command -v docker >/dev/null 2>&1 || die "the docker CLI is not installed; this stage needs a running Docker engine"
-docker_err=$(timeout 30 docker info --format '{{.ServerVersion}}' 2>&1 >/dev/null) ||
-    die "the Docker engine is not running or not reachable (docker info: ${docker_err:-timed out})"
+problem=$(docker_problem)
+[ -z "$problem" ] || die "$problem"
 [ -x "$PY" ] || die "no Python venv at $VENV (scripts/pyenv.sh makes it)"
 "$PY" -c 'import trove, troveclient' 2>/dev/null ||
     die "trove or python-troveclient is not importable from $VENV (scripts/pyenv.sh installs them)"

@@ -3,6 +3,7 @@ import contextlib
 import io
 import json
 import os
+import ssl
 import subprocess
 import time
 
@@ -595,7 +596,8 @@ def swift_objects(stage, container, prefix):
 
 
 def make_p12(ips):
-    """(CA PEM, PKCS#12 bytes of a key and a certificate for ips signed by that CA)."""
+    """(CA PEM, PKCS#12 bytes of a key and a certificate for ips signed by that CA, and a client's
+    (certificate PEM, key PEM) signed by the same CA, for mtls)."""
     import datetime
     import ipaddress
     from cryptography import x509
@@ -610,22 +612,39 @@ def make_p12(ips):
           .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
           .not_valid_after(now + datetime.timedelta(days=1))
           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
+
+    def signed(cn, key, sans=None):
+        b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+             .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1)))
+        if sans:
+            b = b.add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(i)) for i in sans]),
+                                critical=False)
+        return b.sign(ca_key, hashes.SHA256())
+
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "redis")]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(i)) for i in ips]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    cert = signed("redis", key, ips)
     p12 = pkcs12.serialize_key_and_certificates(b"redis", key, cert, [ca], serialization.NoEncryption())
-    return ca.public_bytes(serialization.Encoding.PEM).decode(), p12
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    client = (signed("stage client", client_key).public_bytes(serialization.Encoding.PEM).decode(),
+              client_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()).decode())
+    return ca.public_bytes(serialization.Encoding.PEM).decode(), p12, client
 
 
-def tls_call(ip, ca_pem, line, port=6380):
-    """One inline command over TLS, the server's certificate checked against ca_pem and ip; the
-    reply's bytes (a bulk reply's payload)."""
+def tls_call(ip, ca_pem, line, port=6380, client=None):
+    """One inline command over TLS, the server's certificate checked against ca_pem and ip, with
+    client = (certificate PEM, key PEM) presented when given; the reply's bytes (a bulk reply's
+    payload)."""
     import socket
-    import ssl
+    import tempfile
     ctx = ssl.create_default_context(cadata=ca_pem)
+    if client:
+        with tempfile.TemporaryDirectory() as d:
+            for fname, text in zip(("cert.pem", "key.pem"), client):
+                with open(os.path.join(d, fname), "w") as f:
+                    f.write(text)
+            ctx.load_cert_chain(os.path.join(d, "cert.pem"), os.path.join(d, "key.pem"))
     with socket.create_connection((ip, port), timeout=5) as raw, ctx.wrap_socket(raw, server_hostname=ip) as s_:
         s_.sendall(line.encode() + b"\r\n")
         data = s_.recv(65536)
@@ -640,16 +659,16 @@ def tls_call(ip, ca_pem, line, port=6380):
         return rest[:need - 2]
 
 
-def tls_ping(ip, ca_pem, port=6380):
-    return tls_call(ip, ca_pem, "PING", port)
+def tls_ping(ip, ca_pem, port=6380, client=None):
+    return tls_call(ip, ca_pem, "PING", port, client)
 
 
-def wait_linked_tls(ip, master_ip, ca_pem, timeout=30):
+def wait_linked_tls(ip, master_ip, ca_pem, timeout=30, client=None):
     """As wait_linked, reading the replica's INFO over TLS (its plaintext port is closed)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            text = tls_call(ip, ca_pem, "INFO replication").decode()
+            text = tls_call(ip, ca_pem, "INFO replication", client=client).decode()
         except OSError as e:
             text = str(e)
         r = dict(x.split(":", 1) for x in text.splitlines() if ":" in x)
@@ -666,6 +685,25 @@ def tls_open(ip, port=6380):
             return True
     except OSError:
         return False
+
+
+def plaintext_closed(guests, mode):
+    """Waits until no guest answers on its plaintext port (a TLS-only mode)."""
+    deadline = time.monotonic() + 30
+    while any(redisnode.info(g.ip, "server") is not None for g in guests):
+        assert time.monotonic() < deadline, f"a plaintext port still answers in {mode} mode"
+        time.sleep(0.5)
+
+
+def back_to_plaintext(gm, gr, after):
+    """Waits until both guests serve plaintext only again and the replica's link is back on the
+    master's plaintext port."""
+    deadline = time.monotonic() + 30
+    while any(tls_open(g.ip) for g in (gm, gr)) or any(redisnode.info(g.ip, "server") is None for g in (gm, gr)):
+        assert time.monotonic() < deadline, f"after {after} the TLS port is still open or the plaintext port still closed"
+        time.sleep(0.5)
+    back = wait_linked(gr.ip, gm.ip)
+    assert back.get("master_port") == "6379", f"the replica's link did not move back to the plaintext port: {back}"
 
 
 def wait_task_done(trove, inst_id, pred, what, timeout):
@@ -727,6 +765,34 @@ def test_logs_diagnostics_upgrade(trove, stage, barbican):
         wait_linked(gr.ip, gm.ip, 60)
         n["note"] = f"{len(objs)} object(s), {lg.published} bytes of the Redis log in Swift"
 
+    # 14b. log tail and save as troveclient does them (`openstack database log tail` / `log save`):
+    # the client reads the published objects from Swift itself, newest first, counting lines by
+    # each object's X-Object-Meta-Lines. The stage has no Keystone catalog for troveclient to find
+    # Swift in, so it is handed a swiftclient connection to the stage's Swift and the tests' token.
+    with steps.step("14b log tail and save (troveclient, from Swift)") as n:
+        import swiftclient
+        conn = swiftclient.Connection(preauthurl=stage.swift_url, preauthtoken=stage.token, retries=0)
+        _, listing = conn.get_container(lg.container, prefix=lg.prefix)
+        parts = sorted(listing, key=lambda o: o["last_modified"])
+        full = b"".join(conn.get_object(lg.container, o["name"])[1] for o in parts).decode()
+        assert full and len(full.encode()) == lg.published, f"Swift holds {len(full)} bytes, Trove shows {lg.published}"
+        for o in parts:
+            lines = int(conn.head_object(lg.container, o["name"])["x-object-meta-lines"])
+            assert lines == len(conn.get_object(lg.container, o["name"])[1].decode().splitlines()), o["name"]
+        tail = "".join(trove.instances.log_generator(m.id, "general", lines=5, swift=conn)())
+        assert tail == "\n".join(full.splitlines()[-5:]) + "\n", f"log tail --lines 5: {tail!r}"
+        saved_path = os.path.join(stage.work, f"{p}-general.log")
+        trove.instances._get_swift_client = lambda: conn
+        try:
+            assert trove.instances.log_save(m.id, "general", filename=saved_path) == saved_path
+        finally:
+            del trove.instances._get_swift_client
+        with open(saved_path) as f:
+            saved = f.read()
+        assert saved == full, f"log save wrote {len(saved)} characters, Swift holds {len(full)}"
+        stage.cli_output.append((p, f"troveclient log_generator({m.id}, 'general', lines=5)", tail))
+        n["note"] = f"tail: the last 5 of {len(full.splitlines())} published lines; save: all {len(saved)} bytes, as in Swift"
+
     # 15. diagnostics and hwinfo: Trove serves them on its management API, to admins only
     with steps.step("15 diagnostics and hwinfo (management API)") as n:
         # troveclient has the managers (troveclient.v1.diagnostics) but its Client does not wire them
@@ -755,7 +821,7 @@ def test_logs_diagnostics_upgrade(trove, stage, barbican):
     # 15b. client TLS (API 1.3): a PKCS#12 container in Barbican; Trove's API reads it and calls
     # ssl_action on the master, then its replica; basic mode keeps the plaintext port
     with steps.step("15b ssl enable (basic), show, disable") as n:
-        ca_pem, p12 = make_p12([gm.ip, gr.ip])
+        ca_pem, p12, client_pem = make_p12([gm.ip, gr.ip])
         ref_ = barbican.store(p12)
         _, out = cli(stage, trove, "ssl", "show", m.id)
         assert "builtin" in out and "off" in out, f"ssl show before enable: {out}"
@@ -786,23 +852,42 @@ def test_logs_diagnostics_upgrade(trove, stage, barbican):
         cli(stage, trove, "ssl", "enable", m.id, ref_, "--mode", "enforced")
         for g in (gm, gr):
             assert tls_ping(g.ip, ca_pem) == b"+PONG\r\n", f"{g.container}'s TLS port does not answer PING"
-        deadline = time.monotonic() + 30
-        while any(redisnode.info(g.ip, "server") is not None for g in (gm, gr)):
-            assert time.monotonic() < deadline, "a plaintext port still answers in enforced mode"
-            time.sleep(0.5)
+        plaintext_closed((gm, gr), "enforced")
         linked = wait_linked_tls(gr.ip, gm.ip, ca_pem)
         assert linked.get("master_port") == "6380", f"the replica's link is not on the master's TLS port: {linked}"
         _, out = cli(stage, trove, "ssl", "show", m.id)
         assert "enforced" in out and " on " in out, f"ssl show in enforced mode: {out}"
         cli(stage, trove, "ssl", "rollback", m.id)
         cli(stage, trove, "ssl", "rollback", r.id)
-        deadline = time.monotonic() + 30
-        while any(tls_open(g.ip) for g in (gm, gr)) or any(redisnode.info(g.ip, "server") is None for g in (gm, gr)):
-            assert time.monotonic() < deadline, "after ssl rollback the TLS port is still open or the plaintext port still closed"
-            time.sleep(0.5)
-        back = wait_linked(gr.ip, gm.ip)
-        assert back.get("master_port") == "6379", f"the replica's link did not move back to the plaintext port: {back}"
+        back_to_plaintext(gm, gr, "ssl rollback")
         n["note"] = "enforced: TLS only on both, replica linked on 6380; rollback of the master, then the replica: plaintext again, TLS closed, linked on 6379"
+
+    # 15b3. mtls: TLS only, and a client must present a certificate signed by the container's CA;
+    # the replica's link presents the node's own. Then Trove's ssl disable: plaintext again on both
+    with steps.step("15b3 ssl enable (mtls), disable") as n:
+        cli(stage, trove, "ssl", "enable", m.id, ref_, "--mode", "mtls")
+        plaintext_closed((gm, gr), "mtls")
+        for g in (gm, gr):
+            assert tls_ping(g.ip, ca_pem, client=client_pem) == b"+PONG\r\n", \
+                f"{g.container}'s TLS port does not answer a client with a certificate"
+            # the refusal Redis really sent (a TLS 1.3 alert), not a connection error
+            with pytest.raises(ssl.SSLError) as refused:
+                tls_ping(g.ip, ca_pem)
+            assert "CERTIFICATE_REQUIRED" in str(refused.value), \
+                f"{g.container}: a client without a certificate got {refused.value!r}, not the certificate-required alert"
+        linked = wait_linked_tls(gr.ip, gm.ip, ca_pem, client=client_pem)
+        assert linked.get("master_port") == "6380", f"the replica's link is not on the master's TLS port: {linked}"
+        assert tls_call(gm.ip, ca_pem, "SET mtls-key through-mtls", client=client_pem) == b"+OK\r\n"
+        deadline = time.monotonic() + 30
+        while tls_call(gr.ip, ca_pem, "GET mtls-key", client=client_pem) != b"through-mtls":
+            assert time.monotonic() < deadline, "a write on the master over mtls did not reach the replica"
+            time.sleep(0.2)
+        _, out = cli(stage, trove, "ssl", "show", m.id)
+        assert "mtls" in out and " on " in out, f"ssl show in mtls mode: {out}"
+        cli(stage, trove, "ssl", "disable", m.id)
+        back_to_plaintext(gm, gr, "ssl disable")
+        n["note"] = ("mtls: TLS only on both, a client without a certificate refused with the certificate-required "
+                     "alert, with one served; replica linked on 6380 carrying a write; disable: plaintext on 6379 again")
 
     # 15c. a snapshot backup (storage_driver cinder): Trove calls pre_create_backup (BGSAVE, then the
     # file system frozen), snapshots the volume, then post_create_backup (thawed)
