@@ -1,4 +1,4 @@
-"""Shared helpers of the systemd and RabbitMQ-cluster scenarios: RESP client, writer, docker, trove-guestctl.
+"""Shared helpers of the systemd and RabbitMQ-cluster scenarios: RESP client, writer (the fault scenarios' own), docker, trove-guestctl.
 
 Standard library only. The scenarios run on the host and reach containers at their addresses on
 the scenario's private bridge network.
@@ -9,12 +9,13 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections import Counter
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pylib"))
 from resp import ReplyError, Resp, info_of  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import faultlib.writer  # noqa: E402
 
 PASSWORD = "infra-secret"
 # What prepare sends (config_contents): listen on every address with a password, persist.
@@ -81,94 +82,11 @@ def port_open(host, port, timeout=0.5):
         return False
 
 
-class Writer(threading.Thread):
-    """Writes <prefix>:1, <prefix>:2, ... to whichever node says it is master, following it.
-
-    A write counts only when Redis answered +OK. Records every acknowledged write, the errors, and
-    the longest gap between two consecutive acknowledgements."""
+class Writer(faultlib.writer.Writer):
+    """The fault scenarios' writer (tests/docker/faultlib/writer.py), with this file's password."""
 
     def __init__(self, hosts, prefix, op_timeout=0.5, interval=0.002):
-        super().__init__(daemon=True)
-        self.hosts, self.prefix, self.op_timeout, self.interval = list(hosts), prefix, op_timeout, interval
-        self.acked = []
-        self.by_host = Counter()
-        self.errors = Counter()
-        self.longest = 0.0
-        self.last_ack = None
-        self._halt = threading.Event()
-
-    def key(self, n):
-        return f"{self.prefix}:{n}"
-
-    def find_master(self, avoid):
-        for h in [h for h in self.hosts if h != avoid] + [h for h in self.hosts if h == avoid]:
-            try:
-                r = Redis(h, timeout=0.3)
-            except (OSError, ReplyError):
-                continue
-            try:
-                if r.info("replication").get("role") == "master":
-                    return r, h
-            except (OSError, ReplyError):
-                pass
-            r.close()
-        return None, None
-
-    def stop(self):
-        self._halt.set()
-        self.join(timeout=15)
-        if self.is_alive():
-            raise Failed(f"writer {self.prefix} did not stop")
-        return self
-
-    def run(self):
-        con, host, n = None, None, 0
-        while not self._halt.is_set():
-            if con is None:
-                con, host = self.find_master(host)
-                if con is None:
-                    time.sleep(0.01)
-                    continue
-                con.settimeout(self.op_timeout)
-            n += 1
-            try:
-                con.call("SET", self.key(n), n)
-            except (ReplyError, OSError, ValueError) as e:
-                self.errors[str(e).split(" ")[0] if isinstance(e, ReplyError) else type(e).__name__] += 1
-                con.close()
-                con = None
-                continue
-            t = time.monotonic()
-            if self.last_ack is not None:
-                self.longest = max(self.longest, t - self.last_ack)
-            self.last_ack = t
-            self.acked.append(n)
-            self.by_host[host] += 1
-            time.sleep(self.interval)
-        if con is not None:
-            con.close()
-
-    def missing_on(self, host):
-        """Acknowledged writes whose value is not on host (all of them when it cannot be read)."""
-        pairs = [(self.key(n), n) for n in self.acked]
-        try:
-            r = Redis(host, timeout=5.0)
-        except (OSError, ReplyError):
-            return pairs
-        out = []
-        try:
-            for i in range(0, len(pairs), 1000):
-                batch = pairs[i:i + 1000]
-                vals = r.call("MGET", *[k for k, _ in batch])
-                out.extend(kv for kv, v in zip(batch, vals) if v != str(kv[1]).encode())
-        except (OSError, ReplyError):
-            return pairs
-        finally:
-            r.close()
-        return out
-
-    def summary(self):
-        return f"writer {self.prefix}: acked={len(self.acked)} by_node={dict(self.by_host)} errors={dict(self.errors)} longest_pause_ms={int(self.longest * 1000)}"
+        super().__init__(hosts, prefix, op_timeout, interval, password=PASSWORD)
 
 
 # --------------------------------------------------------------------------------------------

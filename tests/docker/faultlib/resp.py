@@ -29,12 +29,12 @@ def rcall(host, *args, timeout=2.0):
         r.close()
 
 
-def find_master(hosts, avoid=None, timeout=0.3):
+def find_master(hosts, avoid=None, timeout=0.3, password=PASSWORD):
     """A connection to the first node (the one to avoid last) that says role:master."""
     order = [h for h in hosts if h != avoid] + [h for h in hosts if h == avoid]
     for h in order:
         try:
-            r = Redis(h, timeout=timeout)
+            r = Redis(h, password=password, timeout=timeout)
         except (OSError, ReplyError):
             continue
         try:

@@ -19,11 +19,12 @@ class Writer(threading.Thread):
     last. Records every acknowledged write with the node that acknowledged it and when, and the
     longest gap between two consecutive acknowledgements."""
 
-    def __init__(self, hosts, prefix, op_timeout=0.5, interval=0.001):
+    def __init__(self, hosts, prefix, op_timeout=0.5, interval=0.001, password=PASSWORD):
         super().__init__(daemon=True)
         # A list, or a callable giving the list (a client that asks where the master is).
         self.hosts = hosts if callable(hosts) else list(hosts)
         self.prefix = prefix
+        self.password = password
         self.op_timeout = op_timeout
         self.interval = interval
         self.acked = []  # (n, host, monotonic time of the +OK)
@@ -53,11 +54,22 @@ class Writer(threading.Thread):
     def acked_by(self, host, start=float("-inf"), end=float("inf")):
         return [n for n, h, t in self.acked if h == host and start <= t <= end]
 
+    @property
+    def by_host(self):
+        """How many writes each node acknowledged."""
+        return Counter(h for _, h, _ in list(self.acked))
+
+    def missing_on(self, host):
+        """The acknowledged (key, value) pairs not on host: all of them when host cannot be read."""
+        pairs = [(self.key(n), n) for n, _, _ in self.acked]
+        missing = missing_on(host, pairs, self.password)
+        return pairs if missing is None else missing
+
     def run(self):
         con, host, avoid, n = None, None, None, 0
         while not self._halt.is_set():
             if con is None:
-                con, h = find_master(self.hosts() if callable(self.hosts) else self.hosts, avoid)
+                con, h = find_master(self.hosts() if callable(self.hosts) else self.hosts, avoid, password=self.password)
                 if con is None:
                     time.sleep(0.01)
                     continue
@@ -92,8 +104,7 @@ class Writer(threading.Thread):
             con.close()
 
     def summary(self):
-        hosts = Counter(h for _, h, _ in self.acked)
-        return (f"writer {self.prefix}: acked={len(self.acked)} by_node={dict(hosts)} "
+        return (f"writer {self.prefix}: acked={len(self.acked)} by_node={dict(self.by_host)} "
                 f"errors={dict(self.errors)} longest_gap_ms={int(self.longest * 1000)}"
                 f"{' (ended at %.1fs)' % (self.longest_end_ms / 1000) if self.longest_end_ms else ''}")
 
@@ -233,10 +244,10 @@ class ContainerWriter(threading.Thread):
                 f"other={dict(self.other)}{' ' + str(self.other_first) if self.other_first else ''}")
 
 
-def missing_on(host, keys_values):
+def missing_on(host, keys_values, password=PASSWORD):
     """The (key, value) pairs whose value is not on host; None when host cannot be read."""
     try:
-        r = Redis(host, timeout=5.0)
+        r = Redis(host, password=password, timeout=5.0)
     except (OSError, ReplyError):
         return None
     out = []
