@@ -16,6 +16,11 @@ pub struct WatchStats {
     pub probe_errors: AtomicU64,
     /// Milliseconds from the master's last good answer to the last eject decision (0: none yet).
     pub last_detection_ms: AtomicU64,
+    /// Trove's own eject or promote, accepted at the watcher's request (`flows::trove_sync`).
+    pub trove_actions: AtomicU64,
+    /// Trove's records as last read: 0 not read (no `[trove]` in the inventory), 1 they differ
+    /// from the accepted topology, 2 they match it.
+    pub trove_in_line: AtomicU64,
 }
 
 /// One scrape of the watcher. No secret: the discovery password and RPC keys are not read.
@@ -62,6 +67,13 @@ pub async fn encode(shared: &Shared) -> String {
     out.sample("trove_guestctl_watch_last_detection_seconds", &set, stats.last_detection_ms.load(Ordering::Relaxed) as f64 / 1000.0);
     out.family("trove_guestctl_watch_probe_errors_total", Kind::Counter, "Probes of a guest's agent that brought no status (no answer or an error)");
     out.sample("trove_guestctl_watch_probe_errors_total", &set, stats.probe_errors.load(Ordering::Relaxed) as f64);
+    let in_line = stats.trove_in_line.load(Ordering::Relaxed);
+    if in_line > 0 {
+        out.family("trove_guestctl_watch_trove_actions_total", Kind::Counter, "Trove's own eject or promote that Trove accepted at this watcher's request, to bring its records in line");
+        out.sample("trove_guestctl_watch_trove_actions_total", &set, stats.trove_actions.load(Ordering::Relaxed) as f64);
+        out.family("trove_guestctl_watch_trove_records_in_line", Kind::Gauge, "1 when Trove's records last matched the accepted topology (read by the lease holder)");
+        out.sample("trove_guestctl_watch_trove_records_in_line", &set, if in_line == 2 { 1.0 } else { 0.0 });
+    }
     out.finish()
 }
 

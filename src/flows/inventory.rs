@@ -62,10 +62,23 @@ pub struct Inventory {
     /// The password clients give the discovery endpoint (its `requirepass`); none: no password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discovery_password: Option<Redacted>,
+    /// Trove's API, for `trove-guestctl watch` to bring Trove's records in line after a failover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trove: Option<TroveApiConf>,
     #[serde(default, rename = "guest")]
     pub guests: Vec<GuestEntry>,
     #[serde(skip)]
     pub path: PathBuf,
+}
+
+/// Where Trove's API is and how the watcher authenticates: the project's endpoint
+/// (`https://trove.example:8779/v1.0/<project id>`) and a file holding a token (mode 0600,
+/// read again on every request, so it can be rotated in place).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TroveApiConf {
+    pub url: String,
+    pub token_file: PathBuf,
 }
 
 /// A secret string: serialized as itself, never printed by `Debug`.
@@ -130,6 +143,15 @@ impl Inventory {
             }
         }
         crate::rpc::transport::parse_transport_url(&self.transport_url).map_err(|e| e.to_string())?;
+        if let Some(t) = &self.trove {
+            let url = url::Url::parse(&t.url).map_err(|e| format!("trove.url {:?}: {e}", t.url))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+                return Err(format!("trove.url {:?} is not an http(s) URL of Trove's API", t.url));
+            }
+            if t.token_file.as_os_str().is_empty() {
+                return Err("trove.token_file is empty".into());
+            }
+        }
         let directives = crate::datastore::redis::conf::parse(&self.replica_source_config)
             .map_err(|e| format!("replica_source_config: {e}"))?;
         for d in directives {
@@ -210,6 +232,8 @@ mod tests {
             "transport_url = \"rabbit://h/\"\nreplica_source_config = \"maxmemory 1\"\n",
             "transport_url = \"rabbit://h/\"\nreplica_source_config = \"repl-diskless-sync maybe\"\n",
             "transport_url = \"rabbit://h/\"\nreplica_source_config = \"repl-diskless-sync-delay -1\"\n",
+            "transport_url = \"rabbit://h/\"\n[trove]\nurl = \"ftp://t/v1.0/p\"\ntoken_file = \"/t\"\n",
+            "transport_url = \"rabbit://h/\"\n[trove]\nurl = \"http://t/v1.0/p\"\n",
         ] {
             std::fs::write(&p, bad).unwrap();
             assert!(Inventory::load(&p).is_err(), "{bad}");

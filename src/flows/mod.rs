@@ -8,6 +8,8 @@ pub mod inventory;
 pub mod prepare;
 pub mod promote;
 pub mod show;
+pub mod trove_api;
+pub mod trove_sync;
 pub mod watch;
 
 use std::time::Duration;

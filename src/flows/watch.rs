@@ -11,6 +11,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::epoch::topology_of;
+use super::trove_api::TroveApi;
+use super::trove_sync::TroveSync;
 use super::{Error, Inventory, Live, Taskmanager};
 use crate::discovery::{Node, Shared, View};
 use crate::rpc::hint::Hints;
@@ -86,6 +88,8 @@ struct Memory {
     /// The master's write fence as it last reported it (`min-replicas-max-lag`), if any.
     fence_lag: Option<Duration>,
     fence_wait_logged: bool,
+    /// Trove's records, kept in line by the lease holder (the inventory's `[trove]`).
+    trove: Option<TroveSync>,
 }
 
 impl Memory {
@@ -182,6 +186,10 @@ impl Taskmanager {
             mismatch_since: None,
             fence_lag: None,
             fence_wait_logged: false,
+            trove: match self.inventory.trove.clone() {
+                Some(conf) => Some(TroveSync::new(TroveApi::new(conf)?)),
+                None => None,
+            },
         };
         let mut requests = shared.failover_requests.lock().await.take();
         let mut hints: Option<Hints> = None;
@@ -424,6 +432,13 @@ impl Taskmanager {
         let mismatch = master_ok && (epoch == 0 || !master_is_master || !stray.is_empty());
         if !mismatch {
             mem.mismatch_since = None;
+            // The guests match the accepted topology: Trove's records follow it.
+            if master_ok && !mem.sdown {
+                if let Some(trove) = mem.trove.as_mut() {
+                    let members: Vec<String> = self.inventory.guests.iter().map(|g| g.id.clone()).collect();
+                    trove.look(&topology, &members, &lives, &shared.stats).await;
+                }
+            }
             return;
         }
         let since = *mem.mismatch_since.get_or_insert(now);

@@ -169,12 +169,20 @@ impl Guest {
         })
     }
 
-    /// `prepare`'s `backup_info` (Trove: id, location, checksum, storage_driver, swift_url).
-    pub(super) fn restore_spec(&self, a: &Args<'_>, info: &Map<String, Value>, ctx: &CallContext) -> Result<backup::RestoreSpec, RemoteFailure> {
+    /// `prepare`'s `backup_info` (Trove: id, location, checksum, storage_driver, swift_url). A
+    /// snapshot backup (`cinder`) needs the volume Trove made from the snapshot (`device_path`).
+    pub(super) fn restore_spec(&self, a: &Args<'_>, info: &Map<String, Value>, ctx: &CallContext) -> Result<backup::Restore, RemoteFailure> {
         let text = |k: &str| info.get(k).and_then(Value::as_str).map(str::to_owned).filter(|v| !v.is_empty());
         let id = text("id").filter(|id| backup::valid_id(id)).ok_or_else(|| a.wrong("backup_info.id", "a backup id (letters, digits, '-' and '_')"))?;
-        if let Some(driver) = text("storage_driver").filter(|d| d != "swift") {
-            return Err(not_supported(&format!("restore from storage driver '{driver}'")));
+        match text("storage_driver").as_deref() {
+            None | Some("swift") => {}
+            Some("cinder") => {
+                if a.opt_str("device_path")?.filter(|d| !d.is_empty()).is_none() {
+                    return Err(a.wrong("device_path", "the volume Trove created from the snapshot (a snapshot backup restores from it)"));
+                }
+                return Ok(backup::Restore::Snapshot { id });
+            }
+            Some(driver) => return Err(not_supported(&format!("restore from storage driver '{driver}'"))),
         }
         let location = text("location").ok_or_else(|| a.wrong("backup_info.location", "the backup's Swift location"))?;
         let swift_url = text("swift_url").ok_or_else(|| a.wrong("backup_info.swift_url", "the Swift storage URL"))?;
@@ -184,7 +192,7 @@ impl Guest {
         }
         let token = ctx.auth_token.as_ref().ok_or_else(|| RemoteFailure::guest_error("prepare from a backup: the request carries no auth_token for Swift"))?;
         let s = &self.backups.settings;
-        Ok(backup::RestoreSpec {
+        Ok(backup::Restore::Swift(backup::RestoreSpec {
             id,
             location,
             checksum,
@@ -192,7 +200,7 @@ impl Guest {
             token: secrecy::SecretString::from(secrecy::ExposeSecret::expose_secret(token).to_owned()),
             key: s.aes_cbc_key.clone(),
             insecure: s.swift_api_insecure,
-        })
+        }))
     }
 
 }

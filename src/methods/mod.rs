@@ -7,6 +7,7 @@ mod log_calls;
 mod module_calls;
 mod root_calls;
 mod ssl_calls;
+mod trove_calls;
 mod upgrade_calls;
 mod volume_calls;
 
@@ -23,6 +24,7 @@ use crate::datastore::redis::logs::GuestLogs;
 use crate::datastore::redis::{backup, diagnostics, root, ssl, RedisManager};
 use crate::datastore::{self, ServiceStatus};
 use crate::replication::epoch::{Epochs, Topology};
+use trove_calls::Asks;
 use crate::replication::{self, ReplicationStrategy, SnapshotRequest};
 use crate::rpc::{CallContext, Endpoint, RemoteFailure};
 use args::Args;
@@ -159,12 +161,20 @@ impl Guest {
         self.set_status(ServiceStatus::Building);
         let result = async {
             match restore {
-                Some(spec) => {
-                    let id = spec.id.clone();
+                Some(restore) => {
+                    let id = restore.id().to_owned();
                     self.manager
                         .prepare_restored(config_contents, overrides, volume, |rdb| async move {
-                            let bytes = backup::restore(&spec, rdb).await?;
-                            tracing::info!(backup = %spec.id, bytes, "backup restored");
+                            match restore {
+                                backup::Restore::Swift(spec) => {
+                                    let bytes = backup::restore(&spec, rdb).await?;
+                                    tracing::info!(backup = %spec.id, bytes, "backup restored");
+                                }
+                                backup::Restore::Snapshot { id } => {
+                                    let bytes = backup::check_snapshot_rdb(&rdb).await?;
+                                    tracing::info!(backup = %id, bytes, "snapshot backup: the volume made from it holds the dataset");
+                                }
+                            }
                             Ok(())
                         })
                         .await
@@ -302,10 +312,13 @@ impl Guest {
             }
             // `attach_replication_slave(snapshot, slave_config)`: Trove's older name, still in its guest API.
             "attach_replica" | "attach_replication_slave" => {
-                self.admit(a, false)?;
                 let name = if a.method == "attach_replica" { "replica_info" } else { "snapshot" };
                 let info = a.req_object(name)?;
                 let master = a.master_ref(name, &info)?;
+                if self.agrees(a, Asks::Follows(&master)).await? {
+                    return Ok(Value::Null);
+                }
+                self.admit(a, false)?;
                 let tls = self.replica_tls(a, name, &info)?;
                 let config = a.opt_str("slave_config")?;
                 a.opt_bool("restart", false)?;
@@ -318,13 +331,19 @@ impl Guest {
                 ok(r)
             }
             "detach_replica" => {
+                let for_failover = a.opt_bool("for_failover", false)?;
+                // Trove's eject or promote: the new master, and each replica before its attach.
+                if for_failover && (self.agrees(a, Asks::Master).await? || self.agrees(a, Asks::Replica).await?) {
+                    return Ok(Value::Null);
+                }
                 self.admit(a, false)?;
-                ok(strategy.detach(a.opt_bool("for_failover", false)?).await)
+                ok(strategy.detach(for_failover).await)
             }
             "make_read_only" => {
                 let read_only = a.req_bool("read_only")?;
                 let report_offset = a.opt_bool("report_offset", false)?;
-                self.admit(a, read_only)?;
+                let agrees = !read_only && self.agrees(a, Asks::Master).await?;
+                self.admit(a, read_only || agrees)?;
                 strategy.make_read_only(read_only).await.map_err(|e| to_failure(a, e))?;
                 // Our extension: the fenced master's final offset in the same round trip.
                 if report_offset {
@@ -336,6 +355,9 @@ impl Guest {
                 let catch_up_to = a.opt_u64("catch_up_to")?;
                 let detach = a.opt_bool("detach", false)?;
                 let config = a.opt_str("replica_source_config")?;
+                if self.agrees(a, Asks::Master).await? {
+                    return Ok(Value::Null);
+                }
                 self.admit(a, false)?;
                 // Our extension: catch up to the fenced master's offset and detach first, in this
                 // one call (a promote's write pause is its round trips).
@@ -348,11 +370,14 @@ impl Guest {
                 ok(strategy.enable_as_master(config.as_deref()).await)
             }
             "demote_replication_master" => {
+                if self.agrees(a, Asks::Replica).await? {
+                    return Ok(Value::Null);
+                }
                 self.admit(a, false)?;
                 ok(strategy.demote().await)
             }
             "get_latest_txn_id" => strategy.latest_txn_id().await.map(|t| json!(t)).map_err(|e| to_failure(a, e)),
-            "get_last_txn" => strategy.last_txn().await.map(|(h, t)| json!([h, t])).map_err(|e| to_failure(a, e)),
+            "get_last_txn" => strategy.last_txn().await.map(|(h, t)| json!([h, self.rank_offset(h.as_ref(), t)])).map_err(|e| to_failure(a, e)),
             "wait_for_txn" => ok(strategy.wait_for_txn(a.req_int("txn")?).await),
             "cleanup_source_on_replica_detach" => {
                 a.required("replica_info")?;

@@ -245,3 +245,48 @@ async fn an_ejected_master_counts_again_once_re_attached() {
     let w = g.iter().find(|x| x.id == second).unwrap();
     assert_eq!(role(w).await, "master");
 }
+
+/// Trove's eject or promote after a watcher's failover, without an epoch: the calls that ask for
+/// the accepted topology as it is are answered without a change; the others are refused.
+#[tokio::test]
+async fn troves_calls_that_match_the_accepted_topology_change_nothing() {
+    let (g, mut tm, _dir) = replicated_set("trove-calls").await;
+    tm.epoch = None;
+    let t = Duration::from_secs(10);
+    // Trove's eject ranks the replicas by get_last_txn: the accepted master ranks first even at an
+    // equal offset.
+    let txn = |v: serde_json::Value| v[1].as_i64().unwrap();
+    eventually(10, "replica 1 caught up", || async {
+        let m = tm.call(&g[0].id, "get_latest_txn_id", json!({}), t).await.unwrap().as_i64().unwrap();
+        let r = txn(tm.call(&g[1].id, "get_last_txn", json!({}), t).await.unwrap());
+        m == r
+    })
+    .await;
+    let m = txn(tm.call(&g[0].id, "get_last_txn", json!({}), t).await.unwrap());
+    let r = txn(tm.call(&g[1].id, "get_last_txn", json!({}), t).await.unwrap());
+    assert!(m > r, "the accepted master ranks {m}, its caught-up replica {r}");
+    // The accepted master: Trove's detach (for a failover), enable_as_master, make_read_only(false).
+    tm.call(&g[0].id, "detach_replica", json!({"for_failover": true}), t).await.unwrap();
+    tm.call(&g[0].id, "enable_as_master", json!({}), t).await.unwrap();
+    tm.call(&g[0].id, "make_read_only", json!({"read_only": false}), t).await.unwrap();
+    // A replica: detach for the failover, then attach to the master it already follows, demote.
+    tm.call(&g[1].id, "detach_replica", json!({"for_failover": true}), t).await.unwrap();
+    let master = json!({"replica_info": {"master": {"host": "127.0.0.1", "port": g[0].port}}});
+    tm.call(&g[1].id, "attach_replica", master, t).await.unwrap();
+    tm.call(&g[1].id, "demote_replication_master", json!({}), t).await.unwrap();
+    // What the accepted topology does not say is refused: the replica as master, an attach elsewhere.
+    let err = tm.call(&g[1].id, "enable_as_master", json!({}), t).await.unwrap_err().to_string();
+    assert!(err.contains("without an epoch"), "{err}");
+    let elsewhere = json!({"replica_info": {"master": {"host": "127.0.0.1", "port": g[2].port}}});
+    let err = tm.call(&g[1].id, "attach_replica", elsewhere, t).await.unwrap_err().to_string();
+    assert!(err.contains("without an epoch"), "{err}");
+    let err = tm.call(&g[0].id, "demote_replication_master", json!({}), t).await.unwrap_err().to_string();
+    assert!(err.contains("without an epoch"), "{err}");
+    // Nothing changed: same roles, and a write on the master reaches both replicas.
+    assert_eq!(role(&g[0]).await, "master");
+    assert_eq!(role(&g[1]).await, "replica");
+    add_set(&g[0], "trove-calls-after", 0..10).await;
+    for r in [&g[1], &g[2]] {
+        eventually(10, "replicated after Trove's calls", || async { has_set(r, "trove-calls-after", 0..10).await }).await;
+    }
+}

@@ -52,7 +52,7 @@ def volume_records(stage):
     d = os.path.join(stage.work, "volumes")
     out = {}
     for f in os.listdir(d) if os.path.isdir(d) else []:
-        if f.endswith(".json"):
+        if f.endswith(".json") and not f.endswith(".snap.json"):  # a snapshot's record is not a volume
             with open(os.path.join(d, f)) as fh:
                 rec = json.load(fh)
             out[rec["id"]] = rec
@@ -659,6 +659,16 @@ def tls_call(ip, ca_pem, line, port=6380, client=None):
         return rest[:need - 2]
 
 
+def tls_read_only(ip, ca_pem, port=6380):
+    """A TLS handshake without a client certificate, then a read with nothing sent: TLS 1.3 checks the
+    client's certificate after the client's handshake ends, so the server's refusal arrives as an
+    alert on that read. (Sending first races the server's close: a reset can drop the alert.)"""
+    import socket
+    ctx = ssl.create_default_context(cadata=ca_pem)
+    with socket.create_connection((ip, port), timeout=5) as raw, ctx.wrap_socket(raw, server_hostname=ip) as s_:
+        return s_.recv(1)
+
+
 def tls_ping(ip, ca_pem, port=6380, client=None):
     return tls_call(ip, ca_pem, "PING", port, client)
 
@@ -872,7 +882,7 @@ def test_logs_diagnostics_upgrade(trove, stage, barbican):
                 f"{g.container}'s TLS port does not answer a client with a certificate"
             # the refusal Redis really sent (a TLS 1.3 alert), not a connection error
             with pytest.raises(ssl.SSLError) as refused:
-                tls_ping(g.ip, ca_pem)
+                tls_read_only(g.ip, ca_pem)
             assert "CERTIFICATE_REQUIRED" in str(refused.value), \
                 f"{g.container}: a client without a certificate got {refused.value!r}, not the certificate-required alert"
         linked = wait_linked_tls(gr.ip, gm.ip, ca_pem, client=client_pem)
@@ -891,7 +901,7 @@ def test_logs_diagnostics_upgrade(trove, stage, barbican):
 
     # 15c. a snapshot backup (storage_driver cinder): Trove calls pre_create_backup (BGSAVE, then the
     # file system frozen), snapshots the volume, then post_create_backup (thawed)
-    with steps.step("15c snapshot backup (Cinder), delete") as n:
+    with steps.step("15c snapshot backup (Cinder), restore, delete") as n:
         with redisnode.Redis(gm.ip) as rc:
             assert rc.call("SET", "snap-key", "in-the-snapshot") == "OK"
             rdb = rc.call("CONFIG", "GET", "dbfilename")[1].decode()
@@ -909,12 +919,36 @@ def test_logs_diagnostics_upgrade(trove, stage, barbican):
         t = docker("exec", gm.container, "timeout", "10", "touch", f"{MOUNT_POINT}/.thaw-check", check=False)
         assert t.returncode == 0, f"the volume is still frozen after the backup: {t.stderr.strip()}"
         docker("exec", gm.container, "rm", "-f", f"{MOUNT_POINT}/.thaw-check")
+        with redisnode.Redis(gm.ip) as rc:
+            assert rc.call("SET", "after-snapshot", 1) == "OK"
+        # restore: Trove makes the new instance's volume from the snapshot and prepares it with the
+        # backup's info; the guest mounts that volume (never formats it) and serves its RDB
+        cli(stage, trove, "instance", "create", f"{p}-from-snapshot", "--flavor", FLAVOR, "--size", str(VOLUME_GB),
+            "--datastore", "redis", "--datastore-version", "7.0", "--backup", b.id)
+        sn = next(i for i in trove.instances.list() if i.name == f"{p}-from-snapshot")
+        wait_for(trove, "the instance restored from the snapshot to become ready", lambda x: ready(x, [sn.id]), 240)
+        gsn = Guest(stage, sn)
+        steps.add_guest("from-snapshot", gsn.container)
+        assert role(gsn.ip)["role"] == "master"
+        wait_no_missing(gsn.ip, data + [("snap-key", "in-the-snapshot")])
+        with redisnode.Redis(gsn.ip) as rc:
+            assert rc.call("EXISTS", "after-snapshot") == 0, "the instance restored from the snapshot holds a key written after it"
+            assert rc.call("SET", "on-the-restored", 1) == "OK"
+        check_volume(stage, gsn)
+        cli(stage, trove, "instance", "delete", sn.id)
+        wait_for(trove, "the instance restored from the snapshot to be deleted", lambda x: sn.id not in x, 180)
+        deadline = time.monotonic() + 60
+        while not gone(gsn):
+            assert time.monotonic() < deadline, "the restored instance's container is still there after the delete"
+            time.sleep(1)
+        assert_volumes_gone(stage, {gsn.devices[DEVICE]})
         cli(stage, trove, "backup", "delete", b.id)
         deadline = time.monotonic() + 60
         while os.path.exists(snap) or any(x.id == b.id for x in trove.backups.list()):
             assert time.monotonic() < deadline, "the snapshot backup or its snapshot is still there after the delete"
             time.sleep(1)
-        n["note"] = f"snapshot {location}; its /{rdb} holds the key written before; thawed; deleted"
+        n["note"] = (f"snapshot {location}; its /{rdb} holds the key written before; thawed; an instance restored "
+                     "from it (volume from the snapshot) serves that key and not one written after; deleted")
 
     # 16. upgrade to Valkey 9.1, the replica first, then the master: the data stays and the link holds
     with steps.step("16 upgrade replica, then master, 7.0 -> valkey-9.1") as n:

@@ -487,11 +487,15 @@ class _Volumes:
 
     def create(self, size, name=None, description=None, volume_type=None, availability_zone=None, snapshot_id=None,
                **_):
-        if snapshot_id:
-            raise RuntimeError("trove_standins: volumes from snapshots are not supported")
         volume_id = str(uuid.uuid4())
         img = self._path(volume_id, "img")
-        with open(img, "wb") as f:
+        if snapshot_id:  # Cinder's volume from a snapshot: its blocks, at least its size
+            snap = _Snapshots().get(snapshot_id)
+            if int(size) < int(snap.size):
+                from cinderclient import exceptions
+                raise exceptions.BadRequest(400, f"size {size} is smaller than the snapshot's {snap.size}")
+            subprocess.run(["cp", "--sparse=always", snap.file, img], check=True, capture_output=True, timeout=300)
+        with open(img, "ab") as f:
             f.truncate(int(size) << 30)  # sparse
         loop = subprocess.run(["losetup", "-f", "--show", img], capture_output=True, text=True, timeout=60)
         if loop.returncode != 0:
@@ -499,7 +503,7 @@ class _Volumes:
             raise RuntimeError(f"trove_standins: losetup failed: {loop.stderr.strip()}")
         rec = {"id": volume_id, "name": name, "description": description, "size": int(size), "volume_type": volume_type,
                "status": "available", "loop": loop.stdout.strip(), "file": img, "server_id": None, "device_name": None,
-               "delete_on_termination": False}
+               "delete_on_termination": False, "snapshot_id": snapshot_id}
         self._write(rec)
         return self._obj(rec)
 

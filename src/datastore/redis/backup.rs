@@ -42,7 +42,23 @@ pub struct BackupDone {
     pub segments: usize,
 }
 
-/// What a `prepare` restores (Trove's `backup_info`, checked).
+/// What a `prepare` restores (Trove's `backup_info`, checked): a backup in Swift, or a snapshot
+/// backup (`storage_driver` cinder), whose data Cinder already put on the new instance's volume.
+pub enum Restore {
+    Swift(RestoreSpec),
+    Snapshot { id: String },
+}
+
+impl Restore {
+    pub fn id(&self) -> &str {
+        match self {
+            Restore::Swift(spec) => &spec.id,
+            Restore::Snapshot { id } => id,
+        }
+    }
+}
+
+/// A backup in Swift to restore.
 pub struct RestoreSpec {
     pub id: String,
     pub location: String,
@@ -426,6 +442,30 @@ async fn unpack(mut resp: reqwest::Response, key: Option<Vec<u8>>, tmp: &Path) -
     download?;
     written?;
     Ok((archive::hex(&md5.finalize()), size))
+}
+
+/// A snapshot backup's dataset: the RDB that `pre_create_backup` saved before the snapshot, on the
+/// volume Trove made from it. Its size, or an error when the volume holds no RDB.
+pub async fn check_snapshot_rdb(rdb: &std::path::Path) -> Result<u64> {
+    let path = rdb.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut head = Vec::with_capacity(9);
+        let file = std::fs::File::open(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::Storage(format!("the volume made from the snapshot holds no Redis dataset ({} is missing)", path.display()))
+            } else {
+                Error::io(&path, e)
+            }
+        })?;
+        let size = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+        std::io::Read::take(file, 9).read_to_end(&mut head).map_err(|e| Error::io(&path, e))?;
+        let mut check = RdbCheck::new(std::io::sink());
+        check.write_all(&head).map_err(|e| Error::io(&path, e))?;
+        check.finish().map_err(|_| Error::Storage(format!("{} on the volume made from the snapshot is not a Redis RDB file", path.display())))?;
+        Ok(size)
+    })
+    .await
+    .map_err(|e| Error::Storage(format!("snapshot check: {e}")))?
 }
 
 trait Mode0600 {

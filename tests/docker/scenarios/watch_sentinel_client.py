@@ -1,7 +1,6 @@
 """trove-guestctl watch (the compose service, plus a second watcher on the host) fails over a docker-killed master while redis-py's Sentinel client keeps writing; the old master returns as a replica; then the new master is cut off the network (partition), failed over, fenced and re-attached."""
 
 import os
-import threading
 import time
 
 from faultlib.base import PASSWORD, say
@@ -11,6 +10,7 @@ from faultlib.env import set_net
 from faultlib.watchers import NAME, add_watch_settings, free_port, guest_at, watch_compose, watch_container
 from faultlib.writer import ContainerWriter
 from faultlib.resp import ReplyError, rcall
+from sentinel_writer import SentinelWriter  # tests/pylib, on the path through faultlib.resp
 
 try:  # redis-py from the project's venv: scripts/docker-tests.sh runs this scenario with it
     import redis
@@ -26,40 +26,6 @@ MIN_WRITES = 300
 MIN_WRITES_NEW_MASTER = 50
 # A cut-off master stops acknowledging within min-replicas-max-lag + this (see master_cut_off).
 FENCE_SLACK_S = 3.0
-
-
-class SentinelWriter(threading.Thread):
-    """Writes <prefix>:1, :2, ... through redis-py's Sentinel-managed master connection, recording
-    every acknowledged write (key, value, host unknown to the client, time of the +OK)."""
-
-    def __init__(self, master, prefix):
-        super().__init__(daemon=True)
-        self.master, self.prefix = master, prefix
-        self.acked = []  # (n, sent, acked) monotonic times
-        self.errors = {}
-        self._halt = threading.Event()
-
-    def run(self):
-        n = 0
-        while not self._halt.is_set():
-            n += 1
-            sent = time.monotonic()
-            try:
-                self.master.set(f"{self.prefix}:{n}", n)
-                self.acked.append((n, sent, time.monotonic()))
-            except (redis.RedisError, OSError) as e:
-                k = type(e).__name__
-                self.errors[k] = self.errors.get(k, 0) + 1
-                time.sleep(0.01)
-
-    def stop(self):
-        self._halt.set()
-        self.join(timeout=10)
-        if self.is_alive():
-            raise RuntimeError("the redis-py writer did not end within 10 s")
-
-    def records(self):
-        return [(f"{self.prefix}:{n}", n, None, t) for n, _, t in self.acked]
 
 
 def run(env, res):
