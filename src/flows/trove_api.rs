@@ -20,9 +20,10 @@ pub struct Record {
 }
 
 impl Record {
-    /// Trove runs a task on the instance (a promote, an eject, a build, a resize...).
+    /// Trove runs a task on the instance that may change the set (its status names the task, as
+    /// Trove's `Instance.status` does; a dead guest shows SHUTDOWN or UNKNOWN, which are not tasks).
     pub fn busy(&self) -> bool {
-        !matches!(self.status.as_str(), "ACTIVE" | "HEALTHY" | "SHUTDOWN" | "ERROR" | "FAILED")
+        matches!(self.status.as_str(), "BUILD" | "REBOOT" | "RESIZE" | "UPGRADE" | "PROMOTE" | "EJECT" | "DETACH")
     }
 }
 
@@ -153,6 +154,9 @@ mod tests {
         assert_eq!(got["a"], Record { status: "HEALTHY".into(), replica_of: None });
         assert_eq!(got["b"].replica_of.as_deref(), Some("a"));
         assert!(got["b"].busy() && !got["a"].busy());
+        for idle in ["UNKNOWN", "SHUTDOWN", "BACKUP", "ERROR", "ACTIVE"] {
+            assert!(!Record { status: idle.into(), replica_of: None }.busy(), "{idle}");
+        }
         assert!(parse_instances(&json!({"x": 1})).is_none());
         let refused = json!({"badRequest": {"message": "Replica Source a cannot be ejected as it has a current heartbeat", "code": 400}});
         assert!(message(&refused).contains("current heartbeat"));

@@ -106,6 +106,61 @@ impl TroveSync {
     }
 }
 
+/// What the watcher does about guests that differ from the accepted topology, given Trove's records.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Adopt {
+    /// Trove runs a task on the set (its own promote, eject or detach in flight): wait for it.
+    Wait(String),
+    /// The guests are as Trove records them, which differs from the accepted topology: Trove's own
+    /// promote, eject or detach did it. The watcher accepts this topology in a new epoch.
+    Take(Topology),
+    /// Not Trove's doing: the watcher makes the guests match the accepted topology.
+    No,
+}
+
+impl TroveSync {
+    /// Reads Trove's records (at once, not every `PERIOD`) for guests that differ from `accepted`.
+    pub async fn adopt(&mut self, accepted: &Topology, members: &[String], lives: &[Live]) -> Adopt {
+        let records = match self.api.instances().await {
+            Ok(r) => r,
+            Err(error) => {
+                // Without Trove's records the watcher cannot tell Trove's change from a stray.
+                self.say(format!("cannot read Trove's records: {error}"), true);
+                return Adopt::Wait(error.to_string());
+            }
+        };
+        let got = troves_change(accepted, members, lives, &|id| records.get(id).map(|r| (r.busy(), r.replica_of.clone())));
+        if let Adopt::Wait(why) = &got {
+            self.say(why.clone(), false);
+        }
+        got
+    }
+}
+
+/// Whether the guests, which differ from `accepted`, are as Trove records them (see `Adopt`).
+pub fn troves_change(accepted: &Topology, members: &[String], lives: &[Live], record: &dyn Fn(&str) -> Option<(bool, Option<String>)>) -> Adopt {
+    if let Some(busy) = members.iter().find(|m| record(m).is_some_and(|(busy, _)| busy)) {
+        return Adopt::Wait(format!("Trove runs a task on {busy}: waiting for it before acting on the guests"));
+    }
+    let of = |id: &str| record(id).and_then(|(_, of)| of);
+    let masters: Vec<&String> = members.iter().filter(|m| record(m).is_some() && of(m).is_none() && members.iter().any(|r| of(r).as_deref() == Some(m.as_str()))).collect();
+    let [master] = masters.as_slice() else { return Adopt::No };
+    let replicas: Vec<String> = members.iter().filter(|r| of(r).as_deref() == Some(master.as_str())).cloned().collect();
+    if accepted.master == **master && accepted.replicas.iter().all(|r| replicas.contains(r)) && replicas.iter().all(|r| accepted.replicas.contains(r)) {
+        return Adopt::No;
+    }
+    let live = |id: &str| lives.iter().find(|l| l.id == id);
+    let Some(master_live) = live(master).filter(|l| l.role() == Some("master") && l.status.as_ref().and_then(|s| s.get("fenced")) != Some(&json!(true))) else {
+        return Adopt::No;
+    };
+    let addr = master_live.addr();
+    let follow = replicas.iter().all(|r| live(r).is_some_and(|l| l.role() == Some("replica") && addr.is_some() && l.master_addr() == addr));
+    if !follow {
+        return Adopt::No;
+    }
+    Adopt::Take(Topology::new(master, replicas))
+}
+
 /// What to ask of Trove, given its records (`record(id)`: whether Trove runs a task on it, and
 /// its `replica_of`) and the guests, which match the accepted `topology`.
 pub fn decide(topology: &Topology, members: &[String], lives: &[Live], record: &dyn Fn(&str) -> Option<(bool, Option<String>)>) -> Step {
@@ -160,7 +215,7 @@ mod tests {
 
     #[test]
     fn trove_is_asked_to_eject_its_recorded_master_then_waited_for() {
-        let t = Topology { master: "b".into(), replicas: vec!["c".into()], returning: vec!["a".into()] };
+        let t = Topology { master: "b".into(), replicas: vec!["c".into()], returning: vec!["a".into()], trove: true };
         let members: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
         let b = live("b", json!({"role": "master", "host": "10.0.0.2", "port": 6379}));
         let c = live("c", json!({"role": "replica", "link_up": true, "master_host": "10.0.0.2", "master_port": 6379}));
@@ -180,5 +235,35 @@ mod tests {
         assert_eq!(decide(&t, &members, &lives, &|id| standalone.get(id).cloned()), Step::InLine, "detached in Trove's records");
         let odd = records(&[("a", false, None), ("b", false, None), ("c", false, Some("a"))]);
         assert!(matches!(decide(&t, &members, &lives, &|id| odd.get(id).cloned()), Step::Stuck(_)));
+    }
+
+    #[test]
+    fn what_troves_own_promote_or_detach_did_is_adopted_once_its_task_ends() {
+        let accepted = Topology::new("b", vec!["c".into(), "a".into()]);
+        let members: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        // Trove promoted c: c is master, a and b follow it
+        let lives = vec![
+            live("a", json!({"role": "replica", "master_host": "10.0.0.3", "master_port": 6379})),
+            live("b", json!({"role": "replica", "master_host": "10.0.0.3", "master_port": 6379})),
+            live("c", json!({"role": "master", "host": "10.0.0.3", "port": 6379})),
+        ];
+        let running = records(&[("a", false, Some("b")), ("b", false, None), ("c", true, Some("b"))]);
+        assert!(matches!(troves_change(&accepted, &members, &lives, &|id| running.get(id).cloned()), Adopt::Wait(_)));
+        let done = records(&[("a", false, Some("c")), ("b", false, Some("c")), ("c", false, None)]);
+        assert_eq!(troves_change(&accepted, &members, &lives, &|id| done.get(id).cloned()), Adopt::Take(Topology::new("c", vec!["a".into(), "b".into()])));
+        // Trove's records say so, the guests do not (a stray): not Trove's doing
+        let stray = vec![lives[0].clone(), live("b", json!({"role": "master", "host": "10.0.0.2", "port": 6379})), lives[2].clone()];
+        assert_eq!(troves_change(&accepted, &members, &stray, &|id| done.get(id).cloned()), Adopt::No);
+        // Trove detached a from b: b keeps c only
+        let lives = vec![
+            live("a", json!({"role": "master", "host": "10.0.0.1", "port": 6379})),
+            live("b", json!({"role": "master", "host": "10.0.0.2", "port": 6379})),
+            live("c", json!({"role": "replica", "master_host": "10.0.0.2", "master_port": 6379})),
+        ];
+        let detached = records(&[("a", false, None), ("b", false, None), ("c", false, Some("b"))]);
+        assert_eq!(troves_change(&accepted, &members, &lives, &|id| detached.get(id).cloned()), Adopt::Take(Topology::new("b", vec!["c".into()])));
+        // Trove's records match the accepted topology: the mismatch is not Trove's doing
+        let same = records(&[("a", false, Some("b")), ("b", false, None), ("c", false, Some("b"))]);
+        assert_eq!(troves_change(&accepted, &members, &lives, &|id| same.get(id).cloned()), Adopt::No);
     }
 }

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::epoch::topology_of;
 use super::trove_api::TroveApi;
-use super::trove_sync::TroveSync;
+use super::trove_sync::{Adopt, TroveSync};
 use super::{Error, Inventory, Live, Taskmanager};
 use crate::discovery::{Node, Shared, View};
 use crate::rpc::hint::Hints;
@@ -444,6 +444,28 @@ impl Taskmanager {
         let since = *mem.mismatch_since.get_or_insert(now);
         if now - since < opts.down_after || !lease_holds(lease, opts.probe_timeout()).await {
             return;
+        }
+        // In a set Trove keeps, the difference may be Trove's own promote, eject or detach.
+        if let Some(trove) = mem.trove.as_mut() {
+            let members: Vec<String> = self.inventory.guests.iter().map(|g| g.id.clone()).collect();
+            match trove.adopt(&topology, &members, &lives).await {
+                Adopt::Wait(_) => return,
+                Adopt::No => {}
+                Adopt::Take(troves) => {
+                    tracing::warn!(%master, new_master = %troves.master, replicas = ?troves.replicas, "decision: the guests are as Trove's own promote, eject or detach left them; accepting that topology");
+                    let result = async {
+                        let claim = self.claim().await?;
+                        self.commit(&claim, &troves).await
+                    }
+                    .await;
+                    self.epoch = None;
+                    mem.mismatch_since = None;
+                    if let Err(error) = result {
+                        tracing::warn!(%error, "could not accept Trove's topology; retrying");
+                    }
+                    return;
+                }
+            }
         }
         tracing::warn!(%master, epoch, ?stray, master_is_master, "decision: the guests differ from the accepted topology; making them match it");
         let result = async {

@@ -50,6 +50,10 @@ pub struct Guest {
     /// The snapshot backups' freeze of the data volume.
     freezer: Freezer,
     modules: datastore::modules::Modules,
+    /// The offset an epoch-less `wait_for_txn` (Trove's promote, after fencing its old master)
+    /// last reached, and when: the evidence `trove_calls` asks before Trove makes a guest that the
+    /// accepted topology deposes a master.
+    trove_caught_up: std::sync::Mutex<Option<(i64, std::time::Instant)>>,
 }
 
 impl Guest {
@@ -64,15 +68,30 @@ impl Guest {
         let s = &backups.settings;
         let freezer = Freezer::new(std::time::Duration::from_secs(s.freeze_timeout), std::time::Duration::from_secs(s.snapshot_timeout));
         let modules = datastore::modules::Modules::new(datastore::modules::dir_of(&manager.settings));
-        Guest { manager, strategy, epochs, status, lifecycle: Mutex::new(()), backups, backup_running: Mutex::new(()), logs, freezer, modules }
+        Guest {
+            manager,
+            strategy,
+            epochs,
+            status,
+            lifecycle: Mutex::new(()),
+            backups,
+            backup_running: Mutex::new(()),
+            logs,
+            freezer,
+            modules,
+            trove_caught_up: std::sync::Mutex::new(None),
+        }
     }
 
     /// Admits a state-changing replication call: its `epoch` (if any) is not stale, and a deposed
     /// guest (the accepted topology names another master) never becomes or unfences a master.
-    fn admit(&self, a: &Args<'_>, epochless_ok: bool) -> Result<(), RemoteFailure> {
+    async fn admit(&self, a: &Args<'_>, epochless_ok: bool) -> Result<(), RemoteFailure> {
         let epoch = a.opt_u64("epoch")?;
-        self.epochs.admit(epoch, a.method, epochless_ok).map_err(|e| to_failure(a, e))?;
         let unfences = a.method == "enable_as_master" || (a.method == "make_read_only" && a.opt_bool("read_only", true)? == false);
+        if epoch.is_none() && unfences {
+            self.trove_may_unfence(a).await?;
+        }
+        self.epochs.admit(epoch, a.method, epochless_ok).map_err(|e| to_failure(a, e))?;
         if unfences && self.epochs.deposed() {
             let r = self.epochs.record();
             let master = r.topology.map(|t| t.master).unwrap_or_default();
@@ -285,7 +304,7 @@ impl Guest {
             "backup_required_for_replication" => Ok(json!(strategy.backup_required())),
             "epoch_promise" | "epoch_accept" => self.epoch_call(a).await,
             "get_replication_snapshot" => {
-                self.admit(a, true)?;
+                self.admit(a, true).await?;
                 let info = a.opt_object("snapshot_info")?.unwrap_or_default();
                 a.required("snapshot_info")?;
                 let replica_count = match info.get("replica_count") {
@@ -318,7 +337,7 @@ impl Guest {
                 if self.agrees(a, Asks::Follows(&master)).await? {
                     return Ok(Value::Null);
                 }
-                self.admit(a, false)?;
+                self.admit(a, false).await?;
                 let tls = self.replica_tls(a, name, &info)?;
                 let config = a.opt_str("slave_config")?;
                 a.opt_bool("restart", false)?;
@@ -336,14 +355,14 @@ impl Guest {
                 if for_failover && (self.agrees(a, Asks::Master).await? || self.agrees(a, Asks::Replica).await?) {
                     return Ok(Value::Null);
                 }
-                self.admit(a, false)?;
+                self.admit(a, false).await?;
                 ok(strategy.detach(for_failover).await)
             }
             "make_read_only" => {
                 let read_only = a.req_bool("read_only")?;
                 let report_offset = a.opt_bool("report_offset", false)?;
                 let agrees = !read_only && self.agrees(a, Asks::Master).await?;
-                self.admit(a, read_only || agrees)?;
+                self.admit(a, read_only || agrees).await?;
                 strategy.make_read_only(read_only).await.map_err(|e| to_failure(a, e))?;
                 // Our extension: the fenced master's final offset in the same round trip.
                 if report_offset {
@@ -358,7 +377,7 @@ impl Guest {
                 if self.agrees(a, Asks::Master).await? {
                     return Ok(Value::Null);
                 }
-                self.admit(a, false)?;
+                self.admit(a, false).await?;
                 // Our extension: catch up to the fenced master's offset and detach first, in this
                 // one call (a promote's write pause is its round trips).
                 if let Some(txn) = catch_up_to.filter(|t| *t > 0) {
@@ -373,12 +392,19 @@ impl Guest {
                 if self.agrees(a, Asks::Replica).await? {
                     return Ok(Value::Null);
                 }
-                self.admit(a, false)?;
+                self.admit(a, false).await?;
                 ok(strategy.demote().await)
             }
             "get_latest_txn_id" => strategy.latest_txn_id().await.map(|t| json!(t)).map_err(|e| to_failure(a, e)),
             "get_last_txn" => strategy.last_txn().await.map(|(h, t)| json!([h, self.rank_offset(h.as_ref(), t)])).map_err(|e| to_failure(a, e)),
-            "wait_for_txn" => ok(strategy.wait_for_txn(a.req_int("txn")?).await),
+            "wait_for_txn" => {
+                let txn = a.req_int("txn")?;
+                strategy.wait_for_txn(txn).await.map_err(|e| to_failure(a, e))?;
+                if a.opt_u64("epoch")?.is_none() {
+                    *self.trove_caught_up.lock().unwrap_or_else(|p| p.into_inner()) = Some((txn, std::time::Instant::now()));
+                }
+                Ok(Value::Null)
+            }
             "cleanup_source_on_replica_detach" => {
                 a.required("replica_info")?;
                 Ok(Value::Null)

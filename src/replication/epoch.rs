@@ -24,11 +24,15 @@ pub struct Topology {
     pub replicas: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub returning: Vec<String>,
+    /// Trove's own calls change this set too (a watcher keeps Trove's records and adopts what
+    /// Trove's promote, eject or detach did): the agents admit Trove's epoch-less calls.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trove: bool,
 }
 
 impl Topology {
     pub fn new(master: &str, replicas: Vec<String>) -> Topology {
-        Topology { master: master.to_owned(), replicas, returning: Vec::new() }
+        Topology { master: master.to_owned(), replicas, returning: Vec::new(), trove: false }
     }
 
     /// Every member that must follow the master: replicas and returning ones.
@@ -57,6 +61,9 @@ pub struct Epochs {
     path: PathBuf,
     me: String,
     record: Mutex<Record>,
+    /// Trove's own epoch-less call changed this guest's part in a Trove-kept set since the last
+    /// accepted epoch: the topology no longer deposes it until a watcher adopts Trove's.
+    trove_changed: std::sync::atomic::AtomicBool,
 }
 
 impl Epochs {
@@ -68,7 +75,7 @@ impl Epochs {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Record::default(),
             Err(e) => return Err(crate::datastore::Error::io(&path, e).into()),
         };
-        Ok(Epochs { path, me: me.to_owned(), record: Mutex::new(record) })
+        Ok(Epochs { path, me: me.to_owned(), record: Mutex::new(record), trove_changed: Default::default() })
     }
 
     /// An in-memory record (unit tests).
@@ -124,6 +131,7 @@ impl Epochs {
         let next = Record { promised: epoch, accepted: epoch, topology };
         self.save(&next)?;
         *r = next;
+        self.trove_changed.store(false, std::sync::atomic::Ordering::SeqCst);
         tracing::info!(epoch, master = %r.topology.as_ref().map(|t| t.master.as_str()).unwrap_or(""), "accepted topology");
         Ok(r.clone())
     }
@@ -145,6 +153,11 @@ impl Epochs {
             }
             Some(_) => Ok(()),
             None if r.topology.is_none() || epochless_ok => Ok(()),
+            None if r.topology.as_ref().is_some_and(|t| t.trove) => {
+                tracing::info!(method, epoch = r.accepted, "Trove's own call on a set it keeps: admitted; the watcher adopts what it changes");
+                self.trove_changed.store(true, std::sync::atomic::Ordering::SeqCst);
+                Ok(())
+            }
             None => Err(Error::Refused(format!(
                 "{method} without an epoch refused: this guest's replica set is managed under epoch {} \
                  (trove-guestctl); a call outside the epochs could undo a failover. Run it with trove-guestctl \
@@ -164,6 +177,9 @@ impl Epochs {
     /// This guest is in the accepted topology, and not as its master: if its Redis is a master it
     /// must not take writes.
     pub fn deposed(&self) -> bool {
+        if self.trove_changed.load(std::sync::atomic::Ordering::SeqCst) {
+            return false;
+        }
         let r = self.lock();
         r.topology.as_ref().is_some_and(|t| t.master != self.me && t.followers().any(|x| *x == self.me))
     }

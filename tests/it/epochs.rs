@@ -179,7 +179,7 @@ async fn an_eject_whose_coordinator_dies_at_any_step_is_completed() {
         let long = Duration::from_secs(30);
         let claim = tm.claim().await.unwrap();
         if step != "claimed" {
-            let next = Topology { master: cand.clone(), replicas: vec![other.clone()], returning: vec![m.clone()] };
+            let next = Topology { master: cand.clone(), replicas: vec![other.clone()], returning: vec![m.clone()], trove: false };
             tm.commit(&claim, &next).await.unwrap();
         }
         if matches!(step, "candidate detached" | "candidate enabled" | "one replica re-pointed") {
@@ -288,5 +288,48 @@ async fn troves_calls_that_match_the_accepted_topology_change_nothing() {
     add_set(&g[0], "trove-calls-after", 0..10).await;
     for r in [&g[1], &g[2]] {
         eventually(10, "replicated after Trove's calls", || async { has_set(r, "trove-calls-after", 0..10).await }).await;
+    }
+}
+
+/// A set Trove keeps (a watcher with `[trove]` in its inventory): Trove's eject that picked a
+/// replica while the accepted master serves is refused; Trove's own promote (the master fenced,
+/// the candidate caught up with its offset) is admitted, call by call, as Trove makes it.
+#[tokio::test]
+async fn troves_own_promote_is_admitted_on_a_set_trove_keeps_and_a_stale_eject_is_not() {
+    let (g, mut tm, _dir) = replicated_set("trove-kept").await;
+    tm.inventory.trove = Some(trove_guest::flows::inventory::TroveApiConf {
+        url: "http://127.0.0.1:9/v1.0/project".into(),
+        token_file: "/nonexistent".into(),
+    });
+    let claim = tm.claim().await.unwrap();
+    let topology = claim.topology.clone();
+    tm.commit(&claim, &topology).await.unwrap();
+    tm.epoch = None;
+    let t = Duration::from_secs(10);
+    // Trove's eject with a stale picture chose replica 1: refused, nothing changes.
+    let err = tm.call(&g[1].id, "enable_as_master", json!({}), t).await.unwrap_err().to_string();
+    assert!(err.contains("has not caught up with a fenced master"), "{err}");
+    assert_eq!(role(&g[1]).await, "replica");
+    assert!(write_refusal(&g[0]).await.is_none(), "the accepted master still takes writes");
+    // Trove's promote of replica 1, step by step as its taskmanager calls them.
+    tm.call(&g[0].id, "make_read_only", json!({"read_only": true}), t).await.unwrap();
+    let txn = tm.call(&g[0].id, "get_latest_txn_id", json!({}), t).await.unwrap();
+    tm.call(&g[1].id, "wait_for_txn", json!({"txn": txn}), t).await.unwrap();
+    tm.call(&g[1].id, "detach_replica", json!({"for_failover": true}), t).await.unwrap();
+    tm.call(&g[1].id, "enable_as_master", json!({}), t).await.unwrap();
+    tm.call(&g[1].id, "make_read_only", json!({"read_only": false}), t).await.unwrap();
+    let new_master = json!({"replica_info": {"master": {"host": "127.0.0.1", "port": g[1].port}}});
+    tm.call(&g[2].id, "detach_replica", json!({"for_failover": true}), t).await.unwrap();
+    tm.call(&g[2].id, "attach_replica", new_master.clone(), t).await.unwrap();
+    tm.call(&g[0].id, "attach_replica", new_master, t).await.unwrap();
+    tm.call(&g[0].id, "demote_replication_master", json!({}), t).await.unwrap();
+    assert_eq!(role(&g[1]).await, "master");
+    assert_eq!(role(&g[0]).await, "replica");
+    // The new master takes writes although the accepted topology still names guest 0 (until the
+    // watcher adopts Trove's topology), and they reach both replicas.
+    eventually(10, "the new master takes writes", || async { write_refusal(&g[1]).await.is_none() }).await;
+    add_set(&g[1], "trove-kept-after", 0..10).await;
+    for r in [&g[0], &g[2]] {
+        eventually(10, "replicated from the promoted guest", || async { has_set(r, "trove-kept-after", 0..10).await }).await;
     }
 }
