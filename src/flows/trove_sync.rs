@@ -144,9 +144,15 @@ pub fn troves_change(accepted: &Topology, members: &[String], lives: &[Live], re
     }
     let of = |id: &str| record(id).and_then(|(_, of)| of);
     let masters: Vec<&String> = members.iter().filter(|m| record(m).is_some() && of(m).is_none() && members.iter().any(|r| of(r).as_deref() == Some(m.as_str()))).collect();
-    let [master] = masters.as_slice() else { return Adopt::No };
+    let master = match masters.as_slice() {
+        [master] => *master,
+        // No member follows another (Trove detached the last replica): the accepted master stays
+        // the master of a set of one, if Trove records it standalone.
+        [] if record(&accepted.master).is_some() && of(&accepted.master).is_none() => &accepted.master,
+        _ => return Adopt::No,
+    };
     let replicas: Vec<String> = members.iter().filter(|r| of(r).as_deref() == Some(master.as_str())).cloned().collect();
-    if accepted.master == **master && accepted.replicas.iter().all(|r| replicas.contains(r)) && replicas.iter().all(|r| accepted.replicas.contains(r)) {
+    if accepted.master == *master && accepted.replicas.iter().all(|r| replicas.contains(r)) && replicas.iter().all(|r| accepted.replicas.contains(r)) {
         return Adopt::No;
     }
     let live = |id: &str| lives.iter().find(|l| l.id == id);
@@ -262,6 +268,12 @@ mod tests {
         ];
         let detached = records(&[("a", false, None), ("b", false, None), ("c", false, Some("b"))]);
         assert_eq!(troves_change(&accepted, &members, &lives, &|id| detached.get(id).cloned()), Adopt::Take(Topology::new("b", vec!["c".into()])));
+        // Trove detached the last replica: a set of one
+        let lives2 = vec![lives[1].clone(), live("c", json!({"role": "master", "host": "10.0.0.3", "port": 6379}))];
+        let last = records(&[("b", false, None), ("c", false, None)]);
+        let pair = Topology::new("b", vec!["c".into()]);
+        let two: Vec<String> = vec!["b".into(), "c".into()];
+        assert_eq!(troves_change(&pair, &two, &lives2, &|id| last.get(id).cloned()), Adopt::Take(Topology::new("b", vec![])));
         // Trove's records match the accepted topology: the mismatch is not Trove's doing
         let same = records(&[("a", false, Some("b")), ("b", false, None), ("c", false, Some("b"))]);
         assert_eq!(troves_change(&accepted, &members, &lives, &|id| same.get(id).cloned()), Adopt::No);
