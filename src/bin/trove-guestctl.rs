@@ -89,6 +89,10 @@ enum Command {
         /// Serve Prometheus metrics at http://HOST:PORT/metrics (docs/metrics.md). Off when not given.
         #[arg(long, value_name = "HOST:PORT")]
         metrics_listen: Option<std::net::SocketAddr>,
+        /// Watch every replica set whose inventory (`*.toml`) is in DIR, in this one process, instead
+        /// of the one --inventory names. DIR is read again every 5 s: sets come and go with their files.
+        #[arg(long, value_name = "DIR")]
+        sets: Option<PathBuf>,
     },
     /// One raw guest call; prints the JSON result.
     Call {
@@ -123,6 +127,12 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Watch { listen, down_after_ms, metrics_listen, sets: Some(dir) } = &cli.command {
+        if cli.inventory.is_some() {
+            bail!("watch --sets DIR replaces --inventory: give one or the other");
+        }
+        return watch_sets(dir, *listen, *down_after_ms, *metrics_listen).await;
+    }
     let Some(path) = cli.inventory.clone() else {
         bail!("no inventory: pass --inventory PATH or set TROVE_GUESTCTL_INVENTORY (see etc/inventory.example.toml)");
     };
@@ -136,7 +146,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Runs one command against the connected taskmanager.
 async fn command(cli: Cli, tm: &mut Taskmanager) -> anyhow::Result<ExitCode> {
-    if let Command::Watch { listen, down_after_ms, metrics_listen } = cli.command {
+    if let Command::Watch { listen, down_after_ms, metrics_listen, .. } = cli.command {
         return watch(tm, listen, down_after_ms, metrics_listen).await;
     }
     if !matches!(cli.command, Command::Call { .. } | Command::Prepare { .. }) {
@@ -282,15 +292,29 @@ async fn watch(tm: &mut Taskmanager, listen: std::net::SocketAddr, down_after_ms
     let shared = trove_guest::discovery::Shared::new(&inv.name, peers, password, down_after_ms);
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(%listen, name = %inv.name, "discovery listening");
-    let server = tokio::spawn(trove_guest::discovery::serve(listener, shared.clone()));
+    let sets = trove_guest::discovery::Sets::one(shared.clone());
+    let server = tokio::spawn(trove_guest::discovery::serve(listener, sets.clone()));
+    let cancel = serve_metrics_and_signals(metrics_listen, &sets).await?;
+    let opts = flows::watch::WatchOptions { down_after: std::time::Duration::from_millis(down_after_ms) };
+    let result = tm.watch(opts, shared, cancel).await;
+    server.abort();
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `/metrics` on `metrics_listen` when given, and a token cancelled at SIGTERM/SIGINT.
+async fn serve_metrics_and_signals(
+    metrics_listen: Option<std::net::SocketAddr>,
+    sets: &std::sync::Arc<trove_guest::discovery::Sets>,
+) -> anyhow::Result<tokio_util::sync::CancellationToken> {
     let cancel = tokio_util::sync::CancellationToken::new();
     if let Some(addr) = metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for metrics"))?;
         tracing::info!(%addr, "metrics served at /metrics");
-        let view = shared.clone();
+        let sets = sets.clone();
         let render: trove_guest::metrics::Render = std::sync::Arc::new(move || {
-            let view = view.clone();
-            Box::pin(async move { trove_guest::discovery::metrics::encode(&view).await })
+            let sets = sets.clone();
+            Box::pin(async move { trove_guest::discovery::metrics::encode(&sets).await })
         });
         tokio::spawn(trove_guest::metrics::serve(listener, render, cancel.clone()));
     }
@@ -299,9 +323,145 @@ async fn watch(tm: &mut Taskmanager, listen: std::net::SocketAddr, down_after_ms
         trove_guest::signal::shutdown().await;
         stop.cancel();
     });
+    Ok(cancel)
+}
+
+/// How often `watch --sets` reads its directory again.
+const RESCAN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// One set `watch --sets` runs: its inventory's name, and its watch loop.
+struct Running {
+    name: String,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// `watch --sets DIR`: one watch loop per inventory in DIR, one discovery endpoint (each set under
+/// its inventory's `name`) and one `/metrics` for all. Every inventory must give the same
+/// `discovery_password` (or none): the endpoint has one.
+async fn watch_sets(dir: &std::path::Path, listen: std::net::SocketAddr, down_after_ms: u64, metrics_listen: Option<std::net::SocketAddr>) -> anyhow::Result<ExitCode> {
+    use secrecy::{ExposeSecret, SecretString};
+    let first = inventories(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    let passwords: std::collections::BTreeSet<Option<String>> =
+        first.iter().filter_map(|(_, inv)| inv.as_ref().ok()).map(|inv| inv.discovery_password.as_ref().map(|p| p.0.clone())).collect();
+    if passwords.len() > 1 {
+        bail!("the inventories in {} give different discovery_password values; one endpoint has one password", dir.display());
+    }
+    let password = passwords.into_iter().next().flatten().map(SecretString::from);
+    let sets = trove_guest::discovery::Sets::new(password.clone());
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(%listen, dir = %dir.display(), "discovery listening for every set in the directory");
+    let server = tokio::spawn(trove_guest::discovery::serve(listener, sets.clone()));
+    let cancel = serve_metrics_and_signals(metrics_listen, &sets).await?;
     let opts = flows::watch::WatchOptions { down_after: std::time::Duration::from_millis(down_after_ms) };
-    let result = tm.watch(opts, shared, cancel).await;
+    let mut running: std::collections::BTreeMap<PathBuf, Running> = Default::default();
+    let mut said: std::collections::BTreeMap<PathBuf, String> = Default::default();
+    loop {
+        let found = match inventories(dir) {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(dir = %dir.display(), %error, "cannot read the inventory directory; the sets keep running");
+                Vec::new()
+            }
+        };
+        let scanned = !found.is_empty() || dir.is_dir();
+        let mut seen = std::collections::BTreeSet::new();
+        for (path, inv) in found {
+            seen.insert(path.clone());
+            let inv = match inv {
+                Ok(inv) => inv,
+                Err(error) => {
+                    let text = error.to_string();
+                    if said.get(&path) != Some(&text) {
+                        tracing::error!(path = %path.display(), %error, "inventory skipped");
+                        said.insert(path.clone(), text);
+                    }
+                    continue;
+                }
+            };
+            said.remove(&path);
+            if running.get(&path).is_some_and(|r| r.name == inv.name && !r.task.is_finished()) {
+                continue;
+            }
+            if let Some(old) = running.remove(&path) {
+                stop_set(&sets, old).await;
+            }
+            if inv.discovery_password.as_ref().map(|p| p.0.as_str()) != password.as_ref().map(|p| p.expose_secret()) {
+                tracing::error!(path = %path.display(), "inventory skipped: its discovery_password differs from the endpoint's");
+                continue;
+            }
+            let peers: Vec<String> = inv.watchers.iter().filter(|w| !is_me(w, listen)).cloned().collect();
+            let name = inv.name.clone();
+            let shared = match sets.add(&name, peers, down_after_ms) {
+                Ok(shared) => shared,
+                Err(error) => {
+                    tracing::error!(path = %path.display(), %error, "inventory skipped");
+                    continue;
+                }
+            };
+            let mut tm = match tokio::time::timeout(std::time::Duration::from_secs(10), Taskmanager::connect(inv)).await {
+                Ok(Ok(tm)) => tm,
+                Ok(Err(error)) => {
+                    tracing::warn!(set = %name, %error, "cannot reach RabbitMQ for this set; trying again");
+                    sets.remove(&name);
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!(set = %name, "RabbitMQ did not answer in time for this set; trying again");
+                    sets.remove(&name);
+                    continue;
+                }
+            };
+            let stop = cancel.child_token();
+            let (opts, token) = (opts.clone(), stop.clone());
+            let set_name = name.clone();
+            let task = tokio::spawn(async move {
+                if let Err(error) = tm.watch(opts, shared, token).await {
+                    tracing::error!(set = %set_name, %error, "watch loop ended");
+                }
+                tm.close().await;
+            });
+            tracing::info!(set = %name, path = %path.display(), "watching the set");
+            running.insert(path, Running { name, stop, task });
+        }
+        if scanned {
+            let gone: Vec<PathBuf> = running.keys().filter(|p| !seen.contains(*p)).cloned().collect();
+            for path in gone {
+                if let Some(old) = running.remove(&path) {
+                    tracing::info!(set = %old.name, path = %path.display(), "inventory removed: no longer watching the set");
+                    stop_set(&sets, old).await;
+                }
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(RESCAN) => {}
+        }
+    }
+    for (_, r) in std::mem::take(&mut running) {
+        stop_set(&sets, r).await;
+    }
     server.abort();
-    result?;
     Ok(ExitCode::SUCCESS)
+}
+
+async fn stop_set(sets: &trove_guest::discovery::Sets, r: Running) {
+    r.stop.cancel();
+    if tokio::time::timeout(std::time::Duration::from_secs(10), r.task).await.is_err() {
+        tracing::warn!(set = %r.name, "the set's watch loop did not stop within 10 s");
+    }
+    sets.remove(&r.name);
+}
+
+/// Every `*.toml` in `dir` (sorted), loaded.
+fn inventories(dir: &std::path::Path) -> std::io::Result<Vec<(PathBuf, Result<Inventory, flows::inventory::Error>)>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+        .collect();
+    paths.sort();
+    Ok(paths.into_iter().map(|p| {
+        let inv = Inventory::load(&p);
+        (p, inv)
+    }).collect())
 }

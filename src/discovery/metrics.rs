@@ -2,7 +2,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::Shared;
+use std::sync::Arc;
+
+use super::{Node, Sets, Shared, View};
 use crate::metrics::{Kind, Text};
 
 /// What the watch loop counts.
@@ -23,56 +25,103 @@ pub struct WatchStats {
     pub trove_in_line: AtomicU64,
 }
 
-/// One scrape of the watcher. No secret: the discovery password and RPC keys are not read.
-pub async fn encode(shared: &Shared) -> String {
-    let view = shared.view.read().await.clone();
-    let stats = &shared.stats;
-    let name = shared.name.as_str();
+/// One set's figures for a scrape.
+struct Row {
+    set: Arc<Shared>,
+    view: View,
+    /// Peer watchers answering, when the set has a master.
+    ok_peers: usize,
+}
+
+/// One scrape of the watcher: every set it watches, each family's samples together. No secret:
+/// the discovery password and RPC keys are not read.
+pub async fn encode(sets: &Sets) -> String {
+    let mut rows = Vec::new();
+    for set in sets.all() {
+        let view = set.view.read().await.clone();
+        let ok_peers = match view.master {
+            Some(_) => futures_util::future::join_all(set.peers.iter().map(|p| answers(p))).await.iter().filter(|ok| **ok).count(),
+            None => 0,
+        };
+        rows.push(Row { set, view, ok_peers });
+    }
     let mut out = Text::new();
-    out.single("redis_sentinel_masters", Kind::Gauge, "The number of masters this sentinel is watching", if view.master.is_some() { 1.0 } else { 0.0 });
-    if let Some(m) = &view.master {
-        let address = format!("{}:{}", m.host, m.port);
-        let at = [("master_name", name), ("master_address", address.as_str())];
-        let status = if view.odown { "odown" } else if view.sdown { "sdown" } else { "ok" };
+    let masters = rows.iter().filter(|r| r.view.master.is_some()).count();
+    out.single("redis_sentinel_masters", Kind::Gauge, "The number of masters this sentinel is watching", masters as f64);
+    let with_master: Vec<(&Row, &Node, String)> = rows.iter().filter_map(|r| r.view.master.as_ref().map(|m| (r, m, format!("{}:{}", m.host, m.port)))).collect();
+    let per_master = |out: &mut Text, name: &str, help: &str, value: &dyn Fn(&Row) -> f64| {
+        if with_master.is_empty() {
+            return;
+        }
+        out.family(name, Kind::Gauge, help);
+        for (r, _, address) in &with_master {
+            out.sample(name, &[("master_name", r.set.name.as_str()), ("master_address", address.as_str())], value(r));
+        }
+    };
+    if !with_master.is_empty() {
         out.family("redis_sentinel_master_status", Kind::Gauge, "Master status on Sentinel");
-        out.sample("redis_sentinel_master_status", &[at[0], at[1], ("master_status", status)], if status == "ok" { 1.0 } else { 0.0 });
-        let ok = view.replicas.iter().filter(|r| !r.down && r.link_up).count();
-        out.family("redis_sentinel_master_slaves", Kind::Gauge, "The number of slaves of the master");
-        out.sample("redis_sentinel_master_slaves", &at, view.replicas.len() as f64);
-        out.family("redis_sentinel_master_ok_slaves", Kind::Gauge, "The number of okay slaves of the master");
-        out.sample("redis_sentinel_master_ok_slaves", &at, ok as f64);
-        out.family("redis_sentinel_master_sentinels", Kind::Gauge, "The number of sentinels monitoring this master");
-        out.sample("redis_sentinel_master_sentinels", &at, (shared.peers.len() + 1) as f64);
-        let answering = futures_util::future::join_all(shared.peers.iter().map(|p| answers(p))).await;
-        out.family("redis_sentinel_master_ok_sentinels", Kind::Gauge, "The number of okay sentinels monitoring this master");
-        out.sample("redis_sentinel_master_ok_sentinels", &at, (1 + answering.iter().filter(|ok| **ok).count()) as f64);
-        out.family("redis_sentinel_master_setting_down_after_milliseconds", Kind::Gauge, "Show the current down-after-milliseconds config for each master");
-        out.sample("redis_sentinel_master_setting_down_after_milliseconds", &at, shared.down_after_ms as f64);
+        for (r, _, address) in &with_master {
+            let status = if r.view.odown { "odown" } else if r.view.sdown { "sdown" } else { "ok" };
+            let labels = [("master_name", r.set.name.as_str()), ("master_address", address.as_str()), ("master_status", status)];
+            out.sample("redis_sentinel_master_status", &labels, if status == "ok" { 1.0 } else { 0.0 });
+        }
     }
-    let set = [("master_name", name)];
-    out.family("trove_guestctl_watch_config_epoch", Kind::Gauge, "The accepted epoch of the set's topology (Sentinel's config-epoch)");
-    out.sample("trove_guestctl_watch_config_epoch", &set, view.epoch as f64);
-    out.family("trove_guestctl_watch_lease_holder", Kind::Gauge, "1 while this watcher holds the set's lease (it alone acts)");
-    out.sample("trove_guestctl_watch_lease_holder", &set, if shared.acting.load(Ordering::SeqCst) { 1.0 } else { 0.0 });
-    out.family("trove_guestctl_watch_failovers_total", Kind::Counter, "Failovers run by this watcher: kind eject (automatic) or switchover (SENTINEL FAILOVER), result ok or failed");
-    for (kind, result, n) in [
-        ("eject", "ok", &stats.ejects_ok),
-        ("eject", "failed", &stats.ejects_failed),
-        ("switchover", "ok", &stats.switchovers_ok),
-        ("switchover", "failed", &stats.switchovers_failed),
-    ] {
-        out.sample("trove_guestctl_watch_failovers_total", &[set[0], ("kind", kind), ("result", result)], n.load(Ordering::Relaxed) as f64);
+    per_master(&mut out, "redis_sentinel_master_slaves", "The number of slaves of the master", &|r| r.view.replicas.len() as f64);
+    per_master(&mut out, "redis_sentinel_master_ok_slaves", "The number of okay slaves of the master", &|r| {
+        r.view.replicas.iter().filter(|n| !n.down && n.link_up).count() as f64
+    });
+    per_master(&mut out, "redis_sentinel_master_sentinels", "The number of sentinels monitoring this master", &|r| (r.set.peers.len() + 1) as f64);
+    per_master(&mut out, "redis_sentinel_master_ok_sentinels", "The number of okay sentinels monitoring this master", &|r| (1 + r.ok_peers) as f64);
+    per_master(&mut out, "redis_sentinel_master_setting_down_after_milliseconds", "Show the current down-after-milliseconds config for each master", &|r| {
+        r.set.down_after_ms as f64
+    });
+    let per_set = |out: &mut Text, name: &str, kind: Kind, help: &str, value: &dyn Fn(&Row) -> f64| {
+        if rows.is_empty() {
+            return;
+        }
+        out.family(name, kind, help);
+        for r in &rows {
+            out.sample(name, &[("master_name", r.set.name.as_str())], value(r));
+        }
+    };
+    per_set(&mut out, "trove_guestctl_watch_config_epoch", Kind::Gauge, "The accepted epoch of the set's topology (Sentinel's config-epoch)", &|r| r.view.epoch as f64);
+    per_set(&mut out, "trove_guestctl_watch_lease_holder", Kind::Gauge, "1 while this watcher holds the set's lease (it alone acts)", &|r| {
+        if r.set.acting.load(Ordering::SeqCst) { 1.0 } else { 0.0 }
+    });
+    if !rows.is_empty() {
+        let name = "trove_guestctl_watch_failovers_total";
+        out.family(name, Kind::Counter, "Failovers run by this watcher: kind eject (automatic) or switchover (SENTINEL FAILOVER), result ok or failed");
+        for r in &rows {
+            let stats = &r.set.stats;
+            for (kind, result, n) in [
+                ("eject", "ok", &stats.ejects_ok),
+                ("eject", "failed", &stats.ejects_failed),
+                ("switchover", "ok", &stats.switchovers_ok),
+                ("switchover", "failed", &stats.switchovers_failed),
+            ] {
+                out.sample(name, &[("master_name", r.set.name.as_str()), ("kind", kind), ("result", result)], n.load(Ordering::Relaxed) as f64);
+            }
+        }
     }
-    out.family("trove_guestctl_watch_last_detection_seconds", Kind::Gauge, "From the master's last good answer to this watcher's last eject decision (0: none yet)");
-    out.sample("trove_guestctl_watch_last_detection_seconds", &set, stats.last_detection_ms.load(Ordering::Relaxed) as f64 / 1000.0);
-    out.family("trove_guestctl_watch_probe_errors_total", Kind::Counter, "Probes of a guest's agent that brought no status (no answer or an error)");
-    out.sample("trove_guestctl_watch_probe_errors_total", &set, stats.probe_errors.load(Ordering::Relaxed) as f64);
-    let in_line = stats.trove_in_line.load(Ordering::Relaxed);
-    if in_line > 0 {
-        out.family("trove_guestctl_watch_trove_actions_total", Kind::Counter, "Trove's own eject or promote that Trove accepted at this watcher's request, to bring its records in line");
-        out.sample("trove_guestctl_watch_trove_actions_total", &set, stats.trove_actions.load(Ordering::Relaxed) as f64);
-        out.family("trove_guestctl_watch_trove_records_in_line", Kind::Gauge, "1 when Trove's records last matched the accepted topology (read by the lease holder)");
-        out.sample("trove_guestctl_watch_trove_records_in_line", &set, if in_line == 2 { 1.0 } else { 0.0 });
+    per_set(&mut out, "trove_guestctl_watch_last_detection_seconds", Kind::Gauge, "From the master's last good answer to this watcher's last eject decision (0: none yet)", &|r| {
+        r.set.stats.last_detection_ms.load(Ordering::Relaxed) as f64 / 1000.0
+    });
+    per_set(&mut out, "trove_guestctl_watch_probe_errors_total", Kind::Counter, "Probes of a guest's agent that brought no status (no answer or an error)", &|r| {
+        r.set.stats.probe_errors.load(Ordering::Relaxed) as f64
+    });
+    let kept: Vec<&Row> = rows.iter().filter(|r| r.set.stats.trove_in_line.load(Ordering::Relaxed) > 0).collect();
+    if !kept.is_empty() {
+        let name = "trove_guestctl_watch_trove_actions_total";
+        out.family(name, Kind::Counter, "Trove's own eject or promote that Trove accepted at this watcher's request, to bring its records in line");
+        for r in &kept {
+            out.sample(name, &[("master_name", r.set.name.as_str())], r.set.stats.trove_actions.load(Ordering::Relaxed) as f64);
+        }
+        let name = "trove_guestctl_watch_trove_records_in_line";
+        out.family(name, Kind::Gauge, "1 when Trove's records last matched the accepted topology (read by the lease holder)");
+        for r in &kept {
+            let in_line = r.set.stats.trove_in_line.load(Ordering::Relaxed) == 2;
+            out.sample(name, &[("master_name", r.set.name.as_str())], if in_line { 1.0 } else { 0.0 });
+        }
     }
     out.finish()
 }
@@ -93,7 +142,6 @@ async fn answers(addr: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Node, View};
     use super::*;
 
     fn node(id: &str, port: u16, down: bool, link_up: bool) -> Node {
@@ -115,13 +163,14 @@ mod tests {
         });
         let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().to_string();
         let shared = Shared::new("set\"1", vec![up_addr, gone], Some(secrecy::SecretString::from("discovery-pw")), 1000);
-        let body = encode(&shared).await;
+        let sets = Sets::one(shared.clone());
+        let body = encode(&sets).await;
         assert!(body.contains("redis_sentinel_masters 0\n"), "{body}");
         assert!(!body.contains("redis_sentinel_master_status"));
         *shared.view.write().await = View { master: Some(node("m", 6379, false, false)), replicas: vec![node("a", 6380, false, true), node("b", 6381, true, false)], sdown: false, odown: false, epoch: 7 };
         shared.stats.ejects_ok.fetch_add(2, Ordering::Relaxed);
         shared.stats.last_detection_ms.store(1250, Ordering::Relaxed);
-        let body = encode(&shared).await;
+        let body = encode(&sets).await;
         let at = "{master_name=\"set\\\"1\",master_address=\"10.0.0.1:6379\"}";
         assert!(body.contains("redis_sentinel_masters 1\n"));
         assert!(body.contains("redis_sentinel_master_status{master_name=\"set\\\"1\",master_address=\"10.0.0.1:6379\",master_status=\"ok\"} 1\n"), "{body}");
@@ -135,6 +184,6 @@ mod tests {
         assert!(body.contains("trove_guestctl_watch_lease_holder{master_name=\"set\\\"1\"} 0\n"));
         assert!(!body.contains("discovery-pw"));
         shared.view.write().await.odown = true;
-        assert!(encode(&shared).await.contains("master_status=\"odown\"} 0\n"));
+        assert!(encode(&sets).await.contains("master_status=\"odown\"} 0\n"));
     }
 }

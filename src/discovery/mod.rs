@@ -1,5 +1,5 @@
 //! Discovery that Sentinel clients already speak: a subset of the Sentinel protocol (RESP2/RESP3) served
-//! from the watcher's live view of one replica set.
+//! from the watcher's live view of every replica set it watches (`Sets`, by name).
 
 pub mod metrics;
 pub mod resp;
@@ -62,14 +62,23 @@ pub struct Shared {
     pub stats: metrics::WatchStats,
 }
 
+/// A 40-hex Sentinel id.
+fn new_id() -> String {
+    (0..40).map(|_| format!("{:x}", rand::random::<u8>() % 16)).collect()
+}
+
 impl Shared {
     pub fn new(name: &str, peers: Vec<String>, password: Option<SecretString>, down_after_ms: u64) -> Arc<Shared> {
-        let my_id: String = (0..40).map(|_| format!("{:x}", rand::random::<u8>() % 16)).collect();
+        Shared::in_process(name, peers, password, down_after_ms, broadcast::channel(256).0, new_id())
+    }
+
+    /// One of several sets a process watches: its events go on the process's one channel.
+    fn in_process(name: &str, peers: Vec<String>, password: Option<SecretString>, down_after_ms: u64, events: broadcast::Sender<(String, String)>, my_id: String) -> Arc<Shared> {
         let (failovers, requests) = mpsc::channel(1);
         Arc::new(Shared {
             name: name.into(),
             view: RwLock::new(View::default()),
-            events: broadcast::channel(256).0,
+            events,
             peers,
             password,
             down_after_ms,
@@ -88,13 +97,59 @@ impl Shared {
     }
 }
 
+/// Every replica set a watcher process serves, by name, with the process's one Sentinel id, event
+/// channel and discovery password.
+pub struct Sets {
+    sets: std::sync::RwLock<std::collections::BTreeMap<String, Arc<Shared>>>,
+    events: broadcast::Sender<(String, String)>,
+    password: Option<SecretString>,
+    my_id: String,
+}
+
+impl Sets {
+    pub fn new(password: Option<SecretString>) -> Arc<Sets> {
+        Arc::new(Sets { sets: Default::default(), events: broadcast::channel(1024).0, password, my_id: new_id() })
+    }
+
+    /// One set only (`watch --inventory`).
+    pub fn one(shared: Arc<Shared>) -> Arc<Sets> {
+        let sets = Sets { sets: Default::default(), events: shared.events.clone(), password: shared.password.clone(), my_id: shared.my_id.clone() };
+        sets.sets.write().unwrap_or_else(|p| p.into_inner()).insert(shared.name.clone(), shared);
+        Arc::new(sets)
+    }
+
+    /// Adds a set; a name already served is refused.
+    pub fn add(&self, name: &str, peers: Vec<String>, down_after_ms: u64) -> Result<Arc<Shared>, String> {
+        let mut sets = self.sets.write().unwrap_or_else(|p| p.into_inner());
+        if sets.contains_key(name) {
+            return Err(format!("a set named {name:?} is already watched"));
+        }
+        let shared = Shared::in_process(name, peers, self.password.clone(), down_after_ms, self.events.clone(), self.my_id.clone());
+        sets.insert(name.to_owned(), shared.clone());
+        Ok(shared)
+    }
+
+    pub fn remove(&self, name: &str) {
+        self.sets.write().unwrap_or_else(|p| p.into_inner()).remove(name);
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Shared>> {
+        self.sets.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+    }
+
+    /// Every set, by name.
+    pub fn all(&self) -> Vec<Arc<Shared>> {
+        self.sets.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+}
+
 /// Accepts clients until the listener fails.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+pub async fn serve(listener: TcpListener, sets: Arc<Sets>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let shared = shared.clone();
-                tokio::spawn(async move { Session::new(shared).run(stream).await });
+                let sets = sets.clone();
+                tokio::spawn(async move { Session::new(sets).run(stream).await });
             }
             Err(error) => {
                 tracing::warn!(%error, "discovery: accept failed");
@@ -106,7 +161,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 
 /// One client connection.
 struct Session {
-    shared: Arc<Shared>,
+    sets: Arc<Sets>,
     authed: bool,
     name: Option<String>,
     channels: Vec<String>,
@@ -122,16 +177,16 @@ enum Next {
 }
 
 impl Session {
-    fn new(shared: Arc<Shared>) -> Session {
-        let authed = shared.password.is_none();
-        Session { shared, authed, name: None, channels: Vec::new(), patterns: Vec::new(), resp3: false }
+    fn new(sets: Arc<Sets>) -> Session {
+        let authed = sets.password.is_none();
+        Session { sets, authed, name: None, channels: Vec::new(), patterns: Vec::new(), resp3: false }
     }
 
     async fn run(mut self, stream: TcpStream) {
         let _ = stream.set_nodelay(true);
         let (rd, mut wr) = stream.into_split();
         let mut rd = BufReader::new(rd);
-        let mut events = self.shared.events.subscribe();
+        let mut events = self.sets.events.subscribe();
         loop {
             let subscribed = !self.channels.is_empty() || !self.patterns.is_empty();
             let next = tokio::select! {
@@ -179,7 +234,7 @@ impl Session {
     }
 
     fn check_password(&self, given: &str) -> bool {
-        self.shared.password.as_ref().map_or(true, |p| p.expose_secret() == given)
+        self.sets.password.as_ref().map_or(true, |p| p.expose_secret() == given)
     }
 
     async fn handle(&mut self, args: Vec<String>) -> Next {
@@ -200,7 +255,7 @@ impl Session {
             "RESET" => {
                 self.channels.clear();
                 self.patterns.clear();
-                self.authed = self.shared.password.is_none();
+                self.authed = self.sets.password.is_none();
                 Reply::Simple("RESET".into())
             }
             "AUTH" => match args.len() {
@@ -212,7 +267,7 @@ impl Session {
                 _ => Reply::err("ERR wrong number of arguments for 'auth' command"),
             },
             "HELLO" => return Next::Reply(self.hello(&args)),
-            "ROLE" => Reply::Array(vec![Reply::Bulk("sentinel".into()), Reply::Array(vec![Reply::Bulk(self.shared.name.clone())])]),
+            "ROLE" => Reply::Array(vec![Reply::Bulk("sentinel".into()), Reply::Array(self.sets.all().iter().map(|s| Reply::Bulk(s.name.clone())).collect())]),
             "INFO" => Reply::Bulk(self.info().await),
             "CLIENT" => match sub.as_str() {
                 "SETNAME" if args.len() == 3 => {
@@ -298,43 +353,65 @@ impl Session {
     }
 
     async fn info(&self) -> String {
-        let v = self.shared.view.read().await;
-        let status = if v.odown { "odown" } else if v.sdown { "sdown" } else { "ok" };
-        let address = v.master.as_ref().map(|m| format!("{}:{}", m.host, m.port)).unwrap_or_default();
+        let sets = self.sets.all();
+        let mut masters = String::new();
+        for (n, set) in sets.iter().enumerate() {
+            let v = set.view.read().await;
+            let status = if v.odown { "odown" } else if v.sdown { "sdown" } else { "ok" };
+            let address = v.master.as_ref().map(|m| format!("{}:{}", m.host, m.port)).unwrap_or_default();
+            masters += &format!("master{n}:name={},status={status},address={address},slaves={},sentinels={}\r\n", set.name, v.replicas.len(), set.peers.len() + 1);
+        }
         format!(
-            "# Server\r\nredis_version:7.0.0\r\nredis_mode:sentinel\r\nrun_id:{}\r\nexecutable:trove-guestctl\r\n\r\n# Sentinel\r\nsentinel_masters:1\r\nsentinel_tilt:0\r\nsentinel_running_scripts:0\r\nsentinel_scripts_queue_length:0\r\nmaster0:name={},status={status},address={address},slaves={},sentinels={}\r\n",
-            self.shared.my_id,
-            self.shared.name,
-            v.replicas.len(),
-            self.shared.peers.len() + 1
+            "# Server\r\nredis_version:7.0.0\r\nredis_mode:sentinel\r\nrun_id:{}\r\nexecutable:trove-guestctl\r\n\r\n# Sentinel\r\nsentinel_masters:{}\r\nsentinel_tilt:0\r\nsentinel_running_scripts:0\r\nsentinel_scripts_queue_length:0\r\n{masters}",
+            self.sets.my_id,
+            sets.len(),
         )
     }
 
     async fn sentinel(&self, sub: &str, args: &[String]) -> Reply {
-        let name_ok = |i: usize| args.get(i).is_some_and(|n| *n == self.shared.name);
         let no_master = || Reply::err("ERR No such master with that name");
-        let v = self.shared.view.read().await.clone();
+        if sub == "MASTERS" {
+            let mut out = Vec::new();
+            for set in self.sets.all() {
+                let v = set.view.read().await.clone();
+                if let Some(m) = &v.master {
+                    out.push(master_state(&set, m, &v));
+                }
+            }
+            return Reply::Array(out);
+        }
+        if sub == "MYID" {
+            return Reply::Bulk(self.sets.my_id.clone());
+        }
+        let set = args.get(2).and_then(|n| self.sets.get(n));
+        let known = matches!(sub, "GET-MASTER-ADDR-BY-NAME" | "MASTER" | "REPLICAS" | "SLAVES" | "SENTINELS" | "FAILOVER" | "CKQUORUM");
+        let Some(set) = set else {
+            return match sub {
+                "GET-MASTER-ADDR-BY-NAME" => Reply::Nil,
+                _ if known => no_master(),
+                _ => Reply::err(format!("ERR Unknown sentinel subcommand '{}'", args.get(1).cloned().unwrap_or_default())),
+            };
+        };
+        let v = set.view.read().await.clone();
         match sub {
-            "GET-MASTER-ADDR-BY-NAME" => match (&v.master, name_ok(2)) {
-                (Some(m), true) => Reply::Array(vec![Reply::Bulk(m.host.clone()), Reply::Bulk(m.port.to_string())]),
-                _ => Reply::Nil,
+            "GET-MASTER-ADDR-BY-NAME" => match &v.master {
+                Some(m) => Reply::Array(vec![Reply::Bulk(m.host.clone()), Reply::Bulk(m.port.to_string())]),
+                None => Reply::Nil,
             },
-            "MASTERS" => Reply::Array(v.master.as_ref().map(|m| vec![self.master_state(m, &v)]).unwrap_or_default()),
-            "MASTER" if name_ok(2) => v.master.as_ref().map(|m| self.master_state(m, &v)).unwrap_or_else(no_master),
-            "REPLICAS" | "SLAVES" if name_ok(2) => {
+            "MASTER" => v.master.as_ref().map(|m| master_state(&set, m, &v)).unwrap_or_else(no_master),
+            "REPLICAS" | "SLAVES" => {
                 let Some(m) = &v.master else { return no_master() };
                 Reply::Array(v.replicas.iter().map(|r| replica_state(r, m)).collect())
             }
-            "SENTINELS" if name_ok(2) => Reply::Array(self.shared.peers.iter().map(|p| peer_state(p)).collect()),
-            "MYID" => Reply::Bulk(self.shared.my_id.clone()),
+            "SENTINELS" => Reply::Array(set.peers.iter().map(|p| peer_state(p)).collect()),
             // A planned switchover through the promote (no acknowledged write lost); answered once
             // it is done, where Sentinel answers at once.
-            "FAILOVER" if name_ok(2) => {
-                if !self.shared.acting.load(Ordering::SeqCst) {
+            "FAILOVER" => {
+                if !set.acting.load(Ordering::SeqCst) {
                     return Reply::err("ERR this watcher does not hold the lease: send SENTINEL FAILOVER to the acting watcher");
                 }
                 let (done, outcome) = oneshot::channel();
-                if self.shared.failovers.try_send(done).is_err() {
+                if set.failovers.try_send(done).is_err() {
                     return Reply::err("INPROG Failover already in progress");
                 }
                 match outcome.await {
@@ -343,32 +420,31 @@ impl Session {
                     Err(_) => Reply::err("ERR the watcher stopped before the failover"),
                 }
             }
-            "CKQUORUM" if name_ok(2) => Reply::Simple(format!("OK {} usable Sentinels. Quorum and failover authorization can be reached", self.shared.peers.len() + 1)),
-            "MASTER" | "REPLICAS" | "SLAVES" | "SENTINELS" | "CKQUORUM" | "FAILOVER" => no_master(),
+            "CKQUORUM" => Reply::Simple(format!("OK {} usable Sentinels. Quorum and failover authorization can be reached", set.peers.len() + 1)),
             _ => Reply::err(format!("ERR Unknown sentinel subcommand '{}'", args.get(1).cloned().unwrap_or_default())),
         }
     }
+}
 
-    fn master_state(&self, m: &Node, v: &View) -> Reply {
-        // The watcher's sdown is about the agent, not Redis: a master whose agent is silent may
-        // serve well. Clients are steered away only once it is objectively down.
-        let mut flags = vec!["master"];
-        if v.odown {
-            flags.extend(["s_down", "o_down"]);
-        }
-        state(self.shared.name.clone(), &m.host, m.port, &m.run_id, &flags, &[
-            ("down-after-milliseconds", self.shared.down_after_ms.to_string()),
-            ("info-refresh", "0".into()),
-            ("role-reported", "master".into()),
-            ("role-reported-time", "0".into()),
-            ("config-epoch", v.epoch.to_string()),
-            ("num-slaves", v.replicas.len().to_string()),
-            ("num-other-sentinels", self.shared.peers.len().to_string()),
-            ("quorum", (self.shared.peers.len() / 2 + 1).to_string()),
-            ("failover-timeout", "180000".into()),
-            ("parallel-syncs", v.replicas.len().max(1).to_string()),
-        ])
+fn master_state(set: &Shared, m: &Node, v: &View) -> Reply {
+    // The watcher's sdown is about the agent, not Redis: a master whose agent is silent may
+    // serve well. Clients are steered away only once it is objectively down.
+    let mut flags = vec!["master"];
+    if v.odown {
+        flags.extend(["s_down", "o_down"]);
     }
+    state(set.name.clone(), &m.host, m.port, &m.run_id, &flags, &[
+        ("down-after-milliseconds", set.down_after_ms.to_string()),
+        ("info-refresh", "0".into()),
+        ("role-reported", "master".into()),
+        ("role-reported-time", "0".into()),
+        ("config-epoch", v.epoch.to_string()),
+        ("num-slaves", v.replicas.len().to_string()),
+        ("num-other-sentinels", set.peers.len().to_string()),
+        ("quorum", (set.peers.len() / 2 + 1).to_string()),
+        ("failover-timeout", "180000".into()),
+        ("parallel-syncs", v.replicas.len().max(1).to_string()),
+    ])
 }
 
 fn replica_state(r: &Node, m: &Node) -> Reply {
