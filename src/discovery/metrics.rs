@@ -186,4 +186,33 @@ mod tests {
         shared.view.write().await.odown = true;
         assert!(encode(&sets).await.contains("master_status=\"odown\"} 0\n"));
     }
+
+    #[tokio::test]
+    async fn many_sets_keep_each_familys_samples_together() {
+        let sets = Sets::new(None);
+        for (name, port) in [("a", 6379), ("b", 6390)] {
+            let shared = sets.add(name, vec![], 1000).unwrap();
+            *shared.view.write().await = View { master: Some(node("m", port, false, true)), replicas: vec![node("r", port + 1, false, true)], sdown: false, odown: false, epoch: 1 };
+        }
+        assert!(sets.add("a", vec![], 1000).is_err(), "a name is served once");
+        let body = encode(&sets).await;
+        assert!(body.contains("redis_sentinel_masters 2\n"), "{body}");
+        // Prometheus's text format: one HELP/TYPE per family, its samples right after it.
+        let mut families: Vec<&str> = Vec::new();
+        for line in body.lines() {
+            let name = match line.strip_prefix("# TYPE ") {
+                Some(rest) => rest.split(' ').next().unwrap(),
+                None if line.starts_with('#') => continue,
+                None => line.split(['{', ' ']).next().unwrap(),
+            };
+            if families.last() != Some(&name) {
+                assert!(!families.contains(&name), "{name} is split: {body}");
+                families.push(name);
+            }
+        }
+        assert!(body.contains("redis_sentinel_master_slaves{master_name=\"a\",master_address=\"10.0.0.1:6379\"} 1\n"));
+        assert!(body.contains("redis_sentinel_master_slaves{master_name=\"b\",master_address=\"10.0.0.1:6390\"} 1\n"));
+        sets.remove("b");
+        assert!(encode(&sets).await.contains("redis_sentinel_masters 1\n"));
+    }
 }

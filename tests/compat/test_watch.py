@@ -131,10 +131,11 @@ def check_kill_losses(writer, r_new, t_kill, failover, what):
 
 
 @contextlib.contextmanager
-def replica_set(rabbit_url, tmp_path):
-    """Three prepared guests on rabbit_url, guest 0 the master of the others, an inventory naming
-    two watcher addresses; yields (guests, inventory, listen addresses, {name: watcher process})."""
-    guests = [Guest("rust", rabbit_url, name="watch%d" % n) for n in range(3)]
+def replica_set(rabbit_url, tmp_path, name=NAME, inv=None):
+    """Three prepared guests on rabbit_url, guest 0 the master of the others, an inventory (at inv,
+    default tmp_path/inventory.toml) for the set `name` naming two watcher addresses; yields
+    (guests, inventory, listen addresses, {name: watcher process})."""
+    guests = [Guest("rust", rabbit_url, name="%s%d" % (name, n)) for n in range(3)]
     watcher = {}
     try:
         for g in guests:
@@ -144,11 +145,11 @@ def replica_set(rabbit_url, tmp_path):
                                       mount_point="/var/lib/redis", backup_info=None,
                                       config_contents=CONF, root_password=None, overrides={},
                                       cluster_config=None, snapshot=None)
-        inv = tmp_path / "inventory.toml"
+        inv = inv or tmp_path / "inventory.toml"
         listen = ["127.0.0.1:%d" % lib.free_port() for _ in range(2)]
         inv.write_text('transport_url = "%s"\ncontrol_exchange = "trove"\nname = "%s"\n'
                        'watchers = ["%s", "%s"]\n%s' % (
-                           rabbit_url, NAME, listen[0], listen[1],
+                           rabbit_url, name, listen[0], listen[1],
                            "".join('\n[[guest]]\nid = "%s"\n' % g.id for g in guests)))
         guestctl(inv, "create-replicas", "--replica-of", guests[0].id, guests[1].id,
                  guests[2].id)
@@ -481,3 +482,60 @@ def test_a_paused_leader_is_replaced_and_acts_no_more(topology, tmp_path):
     for w in ("a", "b"):
         watcher[w].send_signal(signal.SIGTERM)
         assert watcher[w].wait(15) == 0
+
+
+def test_one_watcher_process_serves_every_set_of_a_directory(rabbit_url, tmp_path):
+    """watch --sets DIR: two replica sets in one watcher process, one discovery endpoint naming
+    each; the master of one is killed and only that set fails over (redis-py's Sentinel client
+    follows, losses bounded); an inventory removed from DIR is no longer served."""
+    sets_dir = tmp_path / "sets"
+    sets_dir.mkdir()
+    with contextlib.ExitStack() as stack:
+        a = stack.enter_context(replica_set(rabbit_url, tmp_path, "seta", sets_dir / "a.toml"))
+        b = stack.enter_context(replica_set(rabbit_url, tmp_path, "setb", sets_dir / "b.toml"))
+        listen = "127.0.0.1:%d" % lib.free_port()
+        log_path = tmp_path / "watch-sets.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen([str(GUESTCTL), "watch", "--sets", str(sets_dir), "--listen", listen,
+                                     "--down-after-ms", str(DOWN_AFTER_MS)], stdout=log, stderr=subprocess.STDOUT,
+                                    env=dict(os.environ, TROVE_GUESTCTL_LOG="trove_guest=debug,warn"))
+        a[3]["sets"] = proc
+        log_text = lambda: log_path.read_text(errors="replace")  # noqa: E731
+        host, port = listen.rsplit(":", 1)
+        sentinel = Sentinel([(host, int(port))], socket_timeout=0.5)
+        ports = {name: [redis_port(g) for g in t[0]] for name, t in (("seta", a), ("setb", b))}
+        for name in ("seta", "setb"):
+            wait_until("discovery names %s's master" % name,
+                       lambda: sentinel.discover_master(name) == ("127.0.0.1", ports[name][0]), secs=30)
+        sc = redis.Redis(host=host, port=int(port), socket_timeout=2)
+        assert sorted(sc.sentinel_masters()) == ["seta", "setb"], sc.sentinel_masters()
+        info = sc.info("sentinel")
+        assert info["sentinel_masters"] == 2, info
+
+        master = sentinel.master_for("seta", password=PW, socket_timeout=0.5)
+        writer = Writer(master)
+        writer.start()
+        wait_until("%d writes before the kill" % MIN_BEFORE, lambda: len(writer.acked) > MIN_BEFORE)
+        time.sleep(TAIL_S + 0.5)  # the check needs writes acknowledged before its window
+        os.killpg(a[0][0].proc.pid, signal.SIGKILL)
+        t_kill = time.monotonic()
+        new = wait_until("discovery names a new master of seta",
+                         lambda: (sentinel.discover_master("seta") != ("127.0.0.1", ports["seta"][0])
+                                  and sentinel.discover_master("seta")), secs=30)
+        first_after = wait_until("writes acknowledged again", lambda: writer.first_ack_sent_after(t_kill), secs=30)
+        wait_until("%d writes after the failover" % MIN_AFTER, lambda: writer.acked_since(first_after) >= MIN_AFTER, secs=30)
+        writer.stop()
+        assert new[1] in ports["seta"][1:], new
+        check_kill_losses(writer, redis.Redis(port=new[1], password=PW), t_kill, first_after, "one set of two, kill -9")
+        # The other set was not touched.
+        assert sentinel.discover_master("setb") == ("127.0.0.1", ports["setb"][0])
+        assert redis.Redis(port=ports["setb"][0], password=PW).info("replication")["role"] == "master"
+        decisions = [line for line in log_text().splitlines() if "decision: master is down" in line]
+        assert len(decisions) == 1 and b[0][0].id not in decisions[0], decisions
+
+        # An inventory removed from the directory: its set is no longer served.
+        (sets_dir / "b.toml").unlink()
+        wait_until("setb is no longer served", lambda: "setb" not in sc.sentinel_masters(), secs=20)
+        assert sentinel.discover_master("seta") == new
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0, log_text()[-3000:]
