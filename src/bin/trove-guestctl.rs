@@ -93,6 +93,11 @@ enum Command {
         /// of the one --inventory names. DIR is read again every 5 s: sets come and go with their files.
         #[arg(long, value_name = "DIR")]
         sets: Option<PathBuf>,
+        /// With --sets: membership from Trove. Every 5 s the watcher reads Trove's instances (the
+        /// template's `[trove]`) and keeps one inventory per Redis replica set in DIR, made from
+        /// this template (transport, watchers, password), each named by its first master's id.
+        #[arg(long, value_name = "FILE", requires = "sets")]
+        trove_template: Option<PathBuf>,
     },
     /// One raw guest call; prints the JSON result.
     Call {
@@ -127,11 +132,15 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    if let Command::Watch { listen, down_after_ms, metrics_listen, sets: Some(dir) } = &cli.command {
+    if let Command::Watch { listen, down_after_ms, metrics_listen, sets: Some(dir), trove_template } = &cli.command {
         if cli.inventory.is_some() {
             bail!("watch --sets DIR replaces --inventory: give one or the other");
         }
-        return watch_sets(dir, *listen, *down_after_ms, *metrics_listen).await;
+        let from_trove = match trove_template {
+            Some(path) => Some(trove_membership(path, dir)?),
+            None => None,
+        };
+        return watch_sets(dir, *listen, *down_after_ms, *metrics_listen, from_trove).await;
     }
     let Some(path) = cli.inventory.clone() else {
         bail!("no inventory: pass --inventory PATH or set TROVE_GUESTCTL_INVENTORY (see etc/inventory.example.toml)");
@@ -329,6 +338,20 @@ async fn serve_metrics_and_signals(
 /// How often `watch --sets` reads its directory again.
 const RESCAN: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// `--trove-template`: the template inventory and a client of the Trove API it names.
+fn trove_membership(path: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<(Inventory, flows::trove_api::TroveApi)> {
+    let template = Inventory::load(path)?;
+    let Some(conf) = template.trove.clone() else { bail!("{}: a --trove-template needs a [trove] table (url, token_file)", path.display()) };
+    let inside = path.parent().zip(std::fs::canonicalize(dir).ok()).is_some_and(|(p, d)| std::fs::canonicalize(p).ok() == Some(d));
+    if inside && path.extension().is_some_and(|x| x == "toml") {
+        bail!("{}: keep the template outside {} (every *.toml there is a set)", path.display(), dir.display());
+    }
+    if !template.guests.is_empty() {
+        bail!("{}: a template lists no [[guest]]: the sets come from Trove", path.display());
+    }
+    Ok((template, flows::trove_api::TroveApi::new(conf)?))
+}
+
 /// One set `watch --sets` runs: its inventory's name, and its watch loop.
 struct Running {
     name: String,
@@ -339,8 +362,35 @@ struct Running {
 /// `watch --sets DIR`: one watch loop per inventory in DIR, one discovery endpoint (each set under
 /// its inventory's `name`) and one `/metrics` for all. Every inventory must give the same
 /// `discovery_password` (or none): the endpoint has one.
-async fn watch_sets(dir: &std::path::Path, listen: std::net::SocketAddr, down_after_ms: u64, metrics_listen: Option<std::net::SocketAddr>) -> anyhow::Result<ExitCode> {
+async fn watch_sets(
+    dir: &std::path::Path,
+    listen: std::net::SocketAddr,
+    down_after_ms: u64,
+    metrics_listen: Option<std::net::SocketAddr>,
+    from_trove: Option<(Inventory, flows::trove_api::TroveApi)>,
+) -> anyhow::Result<ExitCode> {
     use secrecy::{ExposeSecret, SecretString};
+    let mut trove_said = String::new();
+    let sync = async |trove_said: &mut String| {
+        let Some((template, api)) = &from_trove else { return };
+        let said = match flows::region::sync_from_trove(api, template, dir).await {
+            Ok((written, removed)) => {
+                for p in &written {
+                    tracing::info!(path = %p.display(), "membership from Trove: inventory written");
+                }
+                for p in &removed {
+                    tracing::info!(path = %p.display(), "membership from Trove: the set is gone, inventory removed");
+                }
+                String::new()
+            }
+            Err(error) => error.to_string(),
+        };
+        if !said.is_empty() && said != *trove_said {
+            tracing::warn!(error = %said, "membership from Trove: cannot read or write; the sets keep running");
+        }
+        *trove_said = said;
+    };
+    sync(&mut trove_said).await;
     let first = inventories(dir).with_context(|| format!("cannot read {}", dir.display()))?;
     let passwords: std::collections::BTreeSet<Option<String>> =
         first.iter().filter_map(|(_, inv)| inv.as_ref().ok()).map(|inv| inv.discovery_password.as_ref().map(|p| p.0.clone())).collect();
@@ -357,6 +407,7 @@ async fn watch_sets(dir: &std::path::Path, listen: std::net::SocketAddr, down_af
     let mut running: std::collections::BTreeMap<PathBuf, Running> = Default::default();
     let mut said: std::collections::BTreeMap<PathBuf, String> = Default::default();
     loop {
+        sync(&mut trove_said).await;
         let found = match inventories(dir) {
             Ok(found) => found,
             Err(error) => {

@@ -7,6 +7,7 @@ pub mod epoch;
 pub mod inventory;
 pub mod prepare;
 pub mod promote;
+pub mod region;
 pub mod show;
 pub mod trove_api;
 pub mod trove_sync;

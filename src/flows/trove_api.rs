@@ -17,6 +17,8 @@ pub struct Record {
     pub status: String,
     /// Trove's `replica_of` (its `slave_of_id`).
     pub replica_of: Option<String>,
+    /// The datastore's type (`redis`), when Trove shows it.
+    pub datastore: Option<String>,
 }
 
 impl Record {
@@ -135,7 +137,8 @@ fn parse_instances(body: &Value) -> Option<HashMap<String, Record>> {
         let id = i.get("id")?.as_str()?.to_owned();
         let status = i.get("status").and_then(Value::as_str).unwrap_or_default().to_owned();
         let replica_of = i.get("replica_of").and_then(|r| r.get("id")).and_then(Value::as_str).map(str::to_owned);
-        out.insert(id, Record { status, replica_of });
+        let datastore = i.get("datastore").and_then(|d| d.get("type")).and_then(Value::as_str).map(str::to_owned);
+        out.insert(id, Record { status, replica_of, datastore });
     }
     Some(out)
 }
@@ -151,11 +154,11 @@ mod tests {
             {"id": "b", "status": "EJECT", "replica_of": {"id": "a", "links": []}},
         ]});
         let got = parse_instances(&body).unwrap();
-        assert_eq!(got["a"], Record { status: "HEALTHY".into(), replica_of: None });
+        assert_eq!(got["a"], Record { status: "HEALTHY".into(), replica_of: None, datastore: None });
         assert_eq!(got["b"].replica_of.as_deref(), Some("a"));
         assert!(got["b"].busy() && !got["a"].busy());
         for idle in ["UNKNOWN", "SHUTDOWN", "BACKUP", "ERROR", "ACTIVE"] {
-            assert!(!Record { status: idle.into(), replica_of: None }.busy(), "{idle}");
+            assert!(!Record { status: idle.into(), replica_of: None, datastore: None }.busy(), "{idle}");
         }
         assert!(parse_instances(&json!({"x": 1})).is_none());
         let refused = json!({"badRequest": {"message": "Replica Source a cannot be ejected as it has a current heartbeat", "code": 400}});

@@ -1032,24 +1032,27 @@ def write_private(path, text):
 
 
 class Watcher:
-    """`trove-guestctl watch` on the host over a set Trove made, with Trove's API in its inventory
-    (the tenant's token in a 0600 file): it keeps Trove's records in line after a failover."""
+    """`trove-guestctl watch --sets DIR --trove-template FILE` on the host: membership from Trove's
+    API (the tenant's token in a 0600 file), one inventory per Redis replica set written into DIR,
+    each set named by its first master's instance id; it keeps Trove's records in line."""
 
-    def __init__(self, stage, name, master, replicas, down_after_ms=1000):
-        self.stage, self.name = stage, name
+    def __init__(self, stage, tag, down_after_ms=1000):
+        self.stage = stage
         self.port = free_port()
-        token = os.path.join(stage.work, f"{name}-token")
+        token = os.path.join(stage.work, f"{tag}-token")
         write_private(token, stage.token)
-        self.inventory = os.path.join(stage.work, f"{name}-inventory.toml")
-        guests = f'[[guest]]\nid = "{master}"\n' + "".join(f'[[guest]]\nid = "{r}"\nreplica_of = "{master}"\n' for r in replicas)
-        write_private(self.inventory, f'transport_url = "{stage.transport}"\ncontrol_exchange = "trove"\nname = "{name}"\n'
-                                      f'[trove]\nurl = "{stage.api}/v1.0/trovestage"\ntoken_file = "{token}"\n{guests}')
-        self.log_path = os.path.join(stage.work, f"{name}-watch.log")
+        self.template = os.path.join(stage.work, f"{tag}-template.toml")
+        write_private(self.template, f'transport_url = "{stage.transport}"\ncontrol_exchange = "trove"\n'
+                                     f'[trove]\nurl = "{stage.api}/v1.0/trovestage"\ntoken_file = "{token}"\n')
+        self.sets = os.path.join(stage.work, f"{tag}-sets")
+        os.makedirs(self.sets, exist_ok=True)
+        self.log_path = os.path.join(stage.work, f"{tag}-watch.log")
         log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([stage.guestctl, "--inventory", self.inventory, "watch", "--listen", f"127.0.0.1:{self.port}",
-                                      "--down-after-ms", str(down_after_ms)], stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen([stage.guestctl, "watch", "--sets", self.sets, "--trove-template", self.template,
+                                      "--listen", f"127.0.0.1:{self.port}", "--down-after-ms", str(down_after_ms)],
+                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
+        self.name = None  # the set's name: its first master's instance id
 
     def log(self):
         with open(self.log_path) as f:
@@ -1109,12 +1112,21 @@ def test_watcher_keeps_troves_records(trove, stage):
             steps.add_guest(label, g.container)
         for g in (g1, g2):
             wait_linked(g.ip, gm.ip)
-        w = Watcher(stage, f"{p}-set", m.id, [r1.id, r2.id])
+        w = Watcher(stage, f"{p}-w")
+        w.name = m.id
         try:
+            # membership from Trove: the watcher wrote the set's inventory, named by the master's id
+            inv = os.path.join(w.sets, f"{m.id}.toml")
+            wait_until("the watcher writes the set's inventory from Trove's records", lambda: os.path.exists(inv), 30,
+                       detail=lambda: w.log()[-2000:])
+            with open(inv) as f:
+                text = f.read()
+            assert all(f'id = "{i}"' in text for i in (m.id, r1.id, r2.id)) and oct(os.stat(inv).st_mode & 0o777) == "0o600", text
             wait_until("the watcher names the master", lambda: w.discover() == (gm.ip, 6379), 30, detail=lambda: w.log()[-2000:])
             wait_until("the watcher finds Trove's records in line", lambda: "Trove's records match the accepted topology" in w.log(),
                        30, detail=lambda: w.log()[-2000:])
-            n["note"] = "the watcher took the set (epoch claimed) and found Trove's records in line"
+            n["note"] = ("the watcher found the set in Trove's records (its inventory written, named by the master's id), "
+                         "took it (epoch claimed) and found Trove's records in line")
         except BaseException:
             w.stop()
             raise
@@ -1212,5 +1224,9 @@ def test_watcher_keeps_troves_records(trove, stage):
             while not all(gone(g) for g in (gm, g1, g2)):
                 assert time.monotonic() < deadline, "guest containers are still there after the delete"
                 time.sleep(1)
+            # the set is gone from Trove: the watcher removes its inventory and stops serving it
+            wait_until("the watcher drops the deleted set", lambda: not os.listdir(w.sets) and w.discover() is None, 30,
+                       detail=lambda: w.log()[-2000:])
+            n["note"] = "the watcher removed the set's inventory and stopped serving it"
     finally:
         w.stop()
