@@ -42,6 +42,18 @@ def rpc_lines(guests):
     return n
 
 
+def broker_pid(amqp_url):
+    """The RabbitMQ node (beam.smp) listening on the AMQP URL's port, if it runs here."""
+    port = (amqp_url.rsplit(":", 1)[-1].split("/")[0]) if amqp_url.count(":") >= 2 else "5672"
+    out = subprocess.run(["ss", "-Hltnp", "sport = :%s" % port], capture_output=True, text=True).stdout
+    for part in out.split("pid=")[1:]:
+        pid = int(part.split(",")[0])
+        with open("/proc/%d/comm" % pid) as f:
+            if f.read().strip().startswith("beam"):
+                return pid
+    return None
+
+
 def discover(sentinel, name):
     try:
         return sentinel.discover_master(name)
@@ -61,8 +73,9 @@ def measure(ctx, n):
         with open(t.fleet.inventory) as f:
             body = f.read()
         path = os.path.join(sets_dir, "set%d.toml" % k)
+        lines = [line for line in body.splitlines() if not line.startswith("name = ")]
         with open(path, "w") as f:
-            f.write('name = "set%d"\n%s' % (k, body))
+            f.write('name = "set%d"\n%s\n' % (k, "\n".join(lines)))
         os.chmod(path, 0o600)
     port = free_port()
     watcher = ctx.spawn([ctx.ctl_bin, "watch", "--sets", sets_dir, "--listen", "127.0.0.1:%d" % port,
@@ -71,9 +84,11 @@ def measure(ctx, n):
     wait_until("the watcher serves %d sets" % n, lambda: len(sc.sentinel_masters()) == n, timeout=60)
     time.sleep(3 * DOWN_AFTER_MS / 1000)  # every set's first epoch claimed
     guests = [g for t in trios for g in t.fleet.guests]
-    cpu0, agents0, rpc0, t_a = proc_cpu_s(watcher.pid), sum(proc_cpu_s(g.proc.pid) for g in guests), rpc_lines(guests), now()
+    broker = broker_pid(ctx.amqp_url)
+    broker_cpu = lambda: proc_cpu_s(broker) if broker else 0.0  # noqa: E731
+    cpu0, agents0, b0, rpc0, t_a = proc_cpu_s(watcher.pid), sum(proc_cpu_s(g.proc.pid) for g in guests), broker_cpu(), rpc_lines(guests), now()
     time.sleep(WINDOW_S)
-    cpu1, agents1, rpc1, t_b = proc_cpu_s(watcher.pid), sum(proc_cpu_s(g.proc.pid) for g in guests), rpc_lines(guests), now()
+    cpu1, agents1, b1, rpc1, t_b = proc_cpu_s(watcher.pid), sum(proc_cpu_s(g.proc.pid) for g in guests), broker_cpu(), rpc_lines(guests), now()
     span = t_b - t_a
     mem = proc_mem_kib(watcher.pid)
     row = {
@@ -84,7 +99,9 @@ def measure(ctx, n):
         "watcher_rss_mib": round(mem.get("VmRSS", 0) / 1024, 1),
         "agents_cpu_pct": round(100 * (agents1 - agents0) / span, 1),
         "agent_cpu_pct_each": round(100 * (agents1 - agents0) / span / len(guests), 2),
+        "broker_cpu_pct": round(100 * (b1 - b0) / span, 1) if broker else None,
         "probe_rpcs_per_s": round((rpc1 - rpc0) / span),
+        "probe_rpcs_due_per_s": round(len(guests) * 1000 / max(20, DOWN_AFTER_MS / 20)),
         "broker_messages_per_s": round(2 * (rpc1 - rpc0) / span),
     }
     log("region x%d idle: %s" % (n, row))
@@ -147,12 +164,13 @@ def main():
            "window_s": WINDOW_S, "cores": os.cpu_count(), "rows": rows}
     with open(a.out, "w") as f:
         json.dump(out, f, indent=1)
-    print("| sets | agents | watcher CPU % | watcher RSS MiB | agents CPU % (each) | probe RPCs/s | broker msgs/s | detect ms | client pause ms |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| sets | agents | watcher CPU % | watcher RSS MiB | agents CPU % (each) | broker CPU % | probe RPCs/s (due) | broker msgs/s | detect ms | client pause ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print("| %d | %d | %.1f | %.1f | %.1f (%.2f) | %d | %d | %d | %d |" % (
+        print("| %d | %d | %.1f | %.1f | %.1f (%.2f) | %s | %d (%d) | %d | %d | %d |" % (
             r["sets"], r["agents"], r["watcher_cpu_pct"], r["watcher_rss_mib"], r["agents_cpu_pct"], r["agent_cpu_pct_each"],
-            r["probe_rpcs_per_s"], r["broker_messages_per_s"], r["detect_ms"], r["client_pause_ms"]))
+            r["broker_cpu_pct"], r["probe_rpcs_per_s"], r["probe_rpcs_due_per_s"], r["broker_messages_per_s"], r["detect_ms"],
+            r["client_pause_ms"]))
 
 
 if __name__ == "__main__":
