@@ -153,6 +153,7 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "region.json"))
     a = ap.parse_args()
     ctx = Ctx(a.amqp_url, a.bin_dir)
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     rows = []
     commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     try:
@@ -160,7 +161,8 @@ def main():
             rows.append(measure(ctx, n))
     finally:
         ctx.close()
-    out = {"commit": commit, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "down_after_ms": DOWN_AFTER_MS,
+    out = {"commit": commit, "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "down_after_ms": DOWN_AFTER_MS,
            "window_s": WINDOW_S, "cores": os.cpu_count(), "rows": rows}
     with open(a.out, "w") as f:
         json.dump(out, f, indent=1)
